@@ -1,0 +1,5 @@
+import sys
+
+from samplerguard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,497 @@
+"""The policy spec: one pydantic model behind the CRD schema, the webhook, the sidecar and the verifier.
+
+``ClusterSamplerPolicy`` and ``SamplerPolicy`` (group ``samplerguard.dev``, version ``v1alpha1``)
+share :class:`SamplerPolicySpec`. Field names on the wire are camelCase, as Kubernetes expects;
+Python code uses snake_case. Validation here is the *only* validation: the CRD's OpenAPI and CEL
+rules are generated from these models, and the webhook and operator call :func:`parse_policy`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Annotated, Any, Literal
+
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from samplerguard.errors import PolicyError
+
+__all__ = [
+    "GROUP",
+    "KNOWN_PREDICTION_TYPES",
+    "KNOWN_SAMPLERS",
+    "KNOWN_SCHEDULES",
+    "VERSION",
+    "AttestationRule",
+    "Authority",
+    "CanaryCase",
+    "ClusterSamplerPolicy",
+    "FloatRange",
+    "GoldenDigests",
+    "ImageRule",
+    "IntRange",
+    "KeyAuthority",
+    "KeylessAuthority",
+    "KeylessIdentity",
+    "LabelSelector",
+    "LabelSelectorRequirement",
+    "ObjectMeta",
+    "PolicyCondition",
+    "PolicyStatus",
+    "RecipeRule",
+    "RngRule",
+    "SamplerPolicy",
+    "SamplerPolicySpec",
+    "VerificationRule",
+    "parse_policy",
+]
+
+GROUP = "samplerguard.dev"
+VERSION = "v1alpha1"
+
+#: Sampler ids the project knows, mapped to the diffusers scheduler class that implements them.
+KNOWN_SAMPLERS: dict[str, str] = {
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_sde": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "lcm": "LCMScheduler",
+    "edm_euler": "EDMEulerScheduler",
+    "edm_dpmpp_2m": "EDMDPMSolverMultistepScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
+}
+
+#: Schedule ids: diffusers' timestep spacings and sigma schedules.
+KNOWN_SCHEDULES: frozenset[str] = frozenset(
+    {"leading", "trailing", "linspace", "karras", "exponential", "beta", "edm", "flow-shift"}
+)
+
+KNOWN_PREDICTION_TYPES: frozenset[str] = frozenset(
+    {"epsilon", "v_prediction", "sample", "flow_prediction"}
+)
+
+Sha256Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+Duration = Annotated[str, StringConstraints(pattern=r"^([0-9]+(ms|s|m|h|d))+$", max_length=32)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(text: str) -> float:
+    """``"1h30m"`` → 5400.0. The pattern has been validated already."""
+    return sum(
+        float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d)", text)
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON body, without unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _compile(pattern: str, what: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{what} {pattern!r} is not a valid regular expression: {exc}") from None
+    return pattern
+
+
+# --- images and who must sign them ------------------------------------------------------------
+
+
+class KeyAuthority(_Model):
+    """A cosign public key (PEM). ECDSA P-256/P-384, Ed25519 and RSA are accepted."""
+
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=16384)]
+    hash_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
+
+    @field_validator("public_key")
+    @classmethod
+    def _parse_key(cls, value: str) -> str:
+        try:
+            load_pem_public_key(value.encode())
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"publicKey is not a PEM public key: {exc}") from None
+        return value
+
+
+class KeylessIdentity(_Model):
+    """A Fulcio certificate identity: issuer and subject, each exact or a regular expression."""
+
+    issuer: NonEmpty | None = None
+    issuer_reg_exp: NonEmpty | None = Field(default=None, alias="issuerRegExp")
+    subject: NonEmpty | None = None
+    subject_reg_exp: NonEmpty | None = Field(default=None, alias="subjectRegExp")
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> KeylessIdentity:
+        if (self.issuer is None) == (self.issuer_reg_exp is None):
+            raise ValueError("an identity needs exactly one of issuer or issuerRegExp")
+        if (self.subject is None) == (self.subject_reg_exp is None):
+            raise ValueError("an identity needs exactly one of subject or subjectRegExp")
+        if self.issuer_reg_exp is not None:
+            _compile(self.issuer_reg_exp, "issuerRegExp")
+        if self.subject_reg_exp is not None:
+            _compile(self.subject_reg_exp, "subjectRegExp")
+        return self
+
+    def matches(self, issuer: str, subject: str) -> bool:
+        if self.issuer is not None and issuer != self.issuer:
+            return False
+        if self.issuer_reg_exp is not None and not re.fullmatch(self.issuer_reg_exp, issuer):
+            return False
+        if self.subject is not None and subject != self.subject:
+            return False
+        return not (
+            self.subject_reg_exp is not None and not re.fullmatch(self.subject_reg_exp, subject)
+        )
+
+
+class KeylessAuthority(_Model):
+    """Fulcio-issued certificates, Rekor-logged, chained to a trusted root."""
+
+    identities: Annotated[list[KeylessIdentity], Field(min_length=1, max_length=64)]
+    #: Path (local mode) or ConfigMap key (cluster) of a trusted_root.json. Unset: the
+    #: root bundled with the installation, which is the public-good production instance.
+    trusted_root: NonEmpty | None = None
+
+
+class Authority(_Model):
+    """One signer. Exactly one of ``key`` or ``keyless``."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    key: KeyAuthority | None = None
+    keyless: KeylessAuthority | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Authority:
+        if (self.key is None) == (self.keyless is None):
+            raise ValueError(f"authority {self.name!r} needs exactly one of key or keyless")
+        return self
+
+
+class ImageRule(_Model):
+    """Images matching ``glob`` need signatures from ``threshold`` of ``authorities``."""
+
+    glob: NonEmpty
+    authorities: Annotated[list[Authority], Field(min_length=1, max_length=32)]
+    threshold: Annotated[int, Field(ge=1, le=32)] = 1
+
+    @model_validator(mode="after")
+    def _threshold_reachable(self) -> ImageRule:
+        if self.threshold > len(self.authorities):
+            raise ValueError(
+                f"threshold {self.threshold} exceeds the {len(self.authorities)} authorities "
+                f"of image rule {self.glob!r}"
+            )
+        names = [a.name for a in self.authorities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"authority names repeat in image rule {self.glob!r}: {names}")
+        return self
+
+    def matches(self, image: str) -> bool:
+        """Glob match in cosign policy-controller's style: ``*`` does not cross ``/``,
+        ``**`` does."""
+        return _glob_regex(self.glob).fullmatch(image) is not None
+
+
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    parts = glob.split("**")
+    translated = ".*".join(
+        fnmatch.translate(p)[4:-3].replace(".*", "[^/]*") for p in parts
+    )
+    return re.compile(translated)
+
+
+# --- attestations -------------------------------------------------------------------------------
+
+
+class AttestationRule(_Model):
+    """An in-toto attestation the image must carry, signed by the image rule's authorities."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    predicate_type: NonEmpty = "https://slsa.dev/provenance/v1"
+    #: Exact builder ids (SLSA v1 ``runDetails.builder.id``; v0.2 ``builder.id``).
+    builder_ids: Annotated[list[NonEmpty], Field(max_length=64)] = []
+    #: Source repository URIs, e.g. ``git+https://github.com/acme/sampler``.
+    source_uris: Annotated[list[NonEmpty], Field(max_length=64)] = []
+    #: Refs or tags the build must come from, e.g. ``refs/heads/main``.
+    source_refs: Annotated[list[NonEmpty], Field(max_length=64)] = []
+
+
+# --- the sampling recipe -----------------------------------------------------------------------
+
+
+class IntRange(_Model):
+    min: Annotated[int, Field(ge=1, le=10000)]
+    max: Annotated[int, Field(ge=1, le=10000)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int | float) and self.min <= value <= self.max
+
+
+class FloatRange(_Model):
+    min: Annotated[float, Field(ge=0.0, le=100.0)]
+    max: Annotated[float, Field(ge=0.0, le=100.0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int | float) and self.min <= value <= self.max
+
+
+class RecipeRule(_Model):
+    """What a sampler may do at inference time."""
+
+    samplers: Annotated[list[str], Field(min_length=1, max_length=32)]
+    schedules: Annotated[list[str], Field(max_length=32)] = []
+    steps: IntRange
+    cfg: FloatRange
+    prediction_types: Annotated[list[str], Field(max_length=8)] = ["epsilon"]
+
+    @field_validator("samplers")
+    @classmethod
+    def _known_samplers(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in KNOWN_SAMPLERS]
+        if unknown:
+            raise ValueError(f"unknown sampler(s) {unknown}; known: {sorted(KNOWN_SAMPLERS)}")
+        return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _known_schedules(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in KNOWN_SCHEDULES]
+        if unknown:
+            raise ValueError(f"unknown schedule(s) {unknown}; known: {sorted(KNOWN_SCHEDULES)}")
+        return value
+
+    @field_validator("prediction_types")
+    @classmethod
+    def _known_predictions(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in KNOWN_PREDICTION_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown prediction type(s) {unknown}; known: {sorted(KNOWN_PREDICTION_TYPES)}"
+            )
+        return value
+
+
+class GoldenDigests(_Model):
+    """Digests the running artefacts must match. An empty list leaves that artefact unpinned."""
+
+    model_weights: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+    text_encoder: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+    scheduler_config: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+    solver_code: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+
+
+class RngRule(_Model):
+    mode: Literal["ctr-drbg", "hmac-drbg", "framework"] = "ctr-drbg"
+    #: Require the request seed escrowed to the verifier's X25519 key.
+    escrow: bool = False
+    #: Run the seed-vector health checks before generation.
+    health_checks: bool = True
+
+
+class CanaryCase(_Model):
+    """A canary condition run by the verifier against the declared model."""
+
+    class_label: Annotated[int, Field(ge=0, le=100000)]
+    #: Shift η applied to the canary's seed vector (0 = honest seed).
+    seed_shift: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    samples: Annotated[int, Field(ge=1, le=1024)] = 16
+
+
+class VerificationRule(_Model):
+    #: Fraction of requests challenged.
+    fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    #: Steps opened per challenge (k).
+    steps_per_challenge: Annotated[int, Field(ge=1, le=64)] = 2
+    #: Honest tolerance τ on rel-L2.
+    tau: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
+    #: How long openings are kept.
+    retention: Duration = "24h"
+    canaries: Annotated[list[CanaryCase], Field(max_length=64)] = []
+    #: Minimum conditional accuracy for the canary suite; a drop below fails the promotion.
+    canary_min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.8
+
+    @property
+    def retention_seconds(self) -> float:
+        return duration_seconds(self.retention)
+
+
+# --- selectors and metadata ---------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_Model):
+    key: NonEmpty
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: Annotated[list[str], Field(max_length=64)] = []
+
+
+class LabelSelector(_Model):
+    match_labels: dict[str, str] = {}
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=32)] = []
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        for key, value in self.match_labels.items():
+            if labels.get(key) != value:
+                return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+            if req.operator == "In" and labels.get(req.key) not in req.values:
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+        return True
+
+
+class SamplerPolicySpec(_Model):
+    """The spec both policy kinds share."""
+
+    mode: Literal["enforce", "warn", "audit"] = "enforce"
+    images: Annotated[list[ImageRule], Field(max_length=64)] = []
+    attestations: Annotated[list[AttestationRule], Field(max_length=32)] = []
+    recipe: RecipeRule | None = None
+    golden_digests: GoldenDigests = GoldenDigests()
+    rng: RngRule = RngRule()
+    verification: VerificationRule = VerificationRule()
+    #: Only on ClusterSamplerPolicy: which namespaces it governs. Unset: every opted-in one.
+    namespace_selector: LabelSelector | None = None
+
+    def image_rules_for(self, image: str) -> list[ImageRule]:
+        return [rule for rule in self.images if rule.matches(image)]
+
+
+class ObjectMeta(_Model):
+    """The part of ``metadata`` samplerguard reads."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    namespace: str | None = None
+    uid: str = ""
+    resource_version: str = ""
+    generation: int = 0
+    labels: dict[str, str] = {}
+
+
+class PolicyCondition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class PolicyStatus(_Model):
+    conditions: list[PolicyCondition] = []
+    last_verdict: str | None = None
+    observed_generation: int | None = None
+
+
+class _PolicyObject(_Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    api_version: Literal["samplerguard.dev/v1alpha1"] = "samplerguard.dev/v1alpha1"
+    metadata: ObjectMeta
+    spec: SamplerPolicySpec
+    status: PolicyStatus | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable identity for caches: kind/namespace/name@uid."""
+        ns = self.metadata.namespace or ""
+        return f"{type(self).__name__}/{ns}/{self.metadata.name}@{self.metadata.uid}"
+
+
+class ClusterSamplerPolicy(_PolicyObject):
+    kind: Literal["ClusterSamplerPolicy"] = "ClusterSamplerPolicy"
+
+
+class SamplerPolicy(_PolicyObject):
+    kind: Literal["SamplerPolicy"] = "SamplerPolicy"
+
+    @model_validator(mode="after")
+    def _no_namespace_selector(self) -> SamplerPolicy:
+        if self.spec.namespace_selector is not None:
+            raise ValueError(
+                "spec.namespaceSelector is only allowed on ClusterSamplerPolicy; "
+                "a SamplerPolicy governs its own namespace"
+            )
+        return self
+
+
+AnyPolicy = ClusterSamplerPolicy | SamplerPolicy
+
+
+def parse_policy(body: object) -> ClusterSamplerPolicy | SamplerPolicy:
+    """Parse a policy object (a dict from YAML/JSON). Raises :class:`PolicyError` that names the
+    offending field and what was wrong with it."""
+    if not isinstance(body, dict):
+        raise PolicyError(f"a policy must be a mapping, got {type(body).__name__}")
+    kind = body.get("kind")
+    model: type[ClusterSamplerPolicy] | type[SamplerPolicy]
+    if kind == "ClusterSamplerPolicy":
+        model = ClusterSamplerPolicy
+    elif kind == "SamplerPolicy":
+        model = SamplerPolicy
+    else:
+        raise PolicyError(
+            f"kind {kind!r} is not a samplerguard policy "
+            "(expected ClusterSamplerPolicy or SamplerPolicy)"
+        )
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise PolicyError(_explain(kind, body, exc)) from None
+
+
+def _explain(kind: str, body: dict[str, Any], exc: ValidationError) -> str:
+    name = body.get("metadata", {}).get("name", "?") if isinstance(body.get("metadata"), dict) else "?"
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False)[:10]:
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {msg}")
+    more = f" (and {exc.error_count() - 10} more)" if exc.error_count() > 10 else ""
+    return f"{kind} {name!r} is invalid: " + "; ".join(problems) + more

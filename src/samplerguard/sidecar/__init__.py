@@ -1,0 +1,1 @@
+"""samplerguard.sidecar."""
