@@ -1,0 +1,95 @@
+"""Route the noise diffusers draws inside schedulers and pipelines to a function of ours.
+
+Schedulers such as Euler ancestral, DDPM and SDE solvers draw their step noise themselves with
+``diffusers.utils.torch_utils.randn_tensor``. Passing a ``torch.Generator`` would keep that noise
+on torch's PRNG. Instead, :func:`noise_from` installs a dispatcher in every loaded diffusers
+module that imported ``randn_tensor``; while a noise function is active *in the current context*
+(a :class:`contextvars.ContextVar`, so concurrent requests on other threads are unaffected), every
+draw is answered by it. Outside such a context the dispatcher calls diffusers' own function
+unchanged.
+
+Uses: the DRBG noise source feeds generation through it, and the re-check replays the committed
+step noise through it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+
+__all__ = ["NoiseFn", "install", "noise_from"]
+
+#: ``fn(shape, dtype, device) -> tensor`` of standard normal noise.
+NoiseFn = Callable[[tuple[int, ...], torch.dtype, torch.device], torch.Tensor]
+
+_ACTIVE: ContextVar[NoiseFn | None] = ContextVar("samplerguard_noise_fn", default=None)
+_LOCK = threading.Lock()
+_ORIGINAL: Callable[..., torch.Tensor] | None = None
+_PATCHED: set[str] = set()
+
+# Modules whose schedulers draw noise themselves; imported eagerly so the patch sees them.
+_NOISY_MODULES = (
+    "diffusers.schedulers.scheduling_euler_ancestral_discrete",
+    "diffusers.schedulers.scheduling_ddpm",
+    "diffusers.schedulers.scheduling_ddim",
+    "diffusers.schedulers.scheduling_dpmsolver_multistep",
+    "diffusers.schedulers.scheduling_unipc_multistep",
+    "diffusers.schedulers.scheduling_lcm",
+    "diffusers.schedulers.scheduling_edm_euler",
+)
+
+
+def _dispatch(
+    shape: Sequence[int] | torch.Size,
+    generator: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    layout: torch.layout | None = None,
+) -> torch.Tensor:
+    fn = _ACTIVE.get()
+    if fn is None:
+        assert _ORIGINAL is not None
+        return _ORIGINAL(shape, generator=generator, device=device, dtype=dtype, layout=layout)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    return fn(tuple(int(s) for s in shape), dtype or torch.float32, dev)
+
+
+def install() -> None:
+    """Patch every loaded diffusers module that holds ``randn_tensor``. Idempotent; cheap after
+    the first call unless new diffusers modules were imported since."""
+    global _ORIGINAL
+    import importlib
+
+    with _LOCK:
+        if _ORIGINAL is None:
+            from diffusers.utils import torch_utils
+
+            _ORIGINAL = torch_utils.randn_tensor
+            for name in _NOISY_MODULES:
+                try:
+                    importlib.import_module(name)
+                except ImportError:  # pragma: no cover - older diffusers
+                    continue
+        for name, module in list(sys.modules.items()):
+            if name in _PATCHED or not name.startswith("diffusers") or module is None:
+                continue
+            if getattr(module, "randn_tensor", None) is _ORIGINAL:
+                module.randn_tensor = _dispatch
+            _PATCHED.add(name)
+
+
+@contextmanager
+def noise_from(fn: NoiseFn) -> Iterator[None]:
+    """Within this block, in this context only, diffusers' noise draws call ``fn``."""
+    install()
+    token = _ACTIVE.set(fn)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
