@@ -1,4 +1,4 @@
-"""Policy models: the single source for the CRD schemas, the webhook, the sidecar and the verifier."""
+"""Policy models: the single source for the CRD schemas, the webhook, sidecar and verifier."""
 
 from samplerguard.policy.spec import (
     GROUP,

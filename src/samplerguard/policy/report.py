@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from samplerguard.errors import MalformedInputError
+from samplerguard.policy.spec import LabelSelector
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -137,6 +138,8 @@ class ReportResult(_Wire):
     scored: bool | None = True
     timestamp: Timestamp | None = None
     resources: Annotated[list[ObjectReference], Field(max_length=64)] = []
+    #: Upstream's alternative to ``resources``; samplerguard never writes it.
+    resource_selector: LabelSelector | None = Field(default=None, alias="resourceSelector")
     properties: Annotated[
         dict[str, Annotated[str, StringConstraints(max_length=1024)]], Field(max_length=64)
     ] = {}
@@ -270,6 +273,7 @@ class _ReportBase(_Wire):
     )
     metadata: _ReportMeta
     scope: ObjectReference | None = None
+    scope_selector: LabelSelector | None = Field(default=None, alias="scopeSelector")
     summary: ReportSummary = ReportSummary()
     results: list[ReportResult] = []
 

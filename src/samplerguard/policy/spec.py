@@ -1,4 +1,4 @@
-"""The policy spec: one pydantic model behind the CRD schema, the webhook, the sidecar and the verifier.
+"""The policy spec: one pydantic model behind the CRD schema, the webhook, sidecar and verifier.
 
 ``ClusterSamplerPolicy`` and ``SamplerPolicy`` (group ``samplerguard.dev``, version ``v1alpha1``)
 share :class:`SamplerPolicySpec`. Field names on the wire are camelCase, as Kubernetes expects;
@@ -93,9 +93,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def duration_seconds(text: str) -> float:
     """``"1h30m"`` → 5400.0. The pattern has been validated already."""
-    return sum(
-        float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d)", text)
-    )
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d)", text))
 
 
 class _Model(BaseModel):
@@ -106,6 +104,24 @@ class _Model(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The camelCase JSON body, without unset optional fields."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """``x-kubernetes-validations`` for the generated CRD: (CEL rule, message) pairs. They restate
+    the model validator beside them so that ``kubectl apply`` refuses what :func:`parse_policy`
+    refuses; the operator's status carries the model's own message for everything CEL cannot
+    express (PEM parsing, regex compilation)."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+def _cel_config(*rules: tuple[str, str]) -> ConfigDict:
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=_cel(*rules),
+    )
 
 
 def _compile(pattern: str, what: str) -> str:
@@ -122,6 +138,15 @@ def _compile(pattern: str, what: str) -> str:
 class KeyAuthority(_Model):
     """A cosign public key (PEM). ECDSA P-256/P-384, Ed25519 and RSA are accepted."""
 
+    model_config = _cel_config(
+        (
+            "self.publicKey.contains('-----BEGIN PUBLIC KEY-----') && "
+            "self.publicKey.contains('-----END PUBLIC KEY-----')",
+            "publicKey must be a PEM public key (-----BEGIN PUBLIC KEY----- ... "
+            "-----END PUBLIC KEY-----)",
+        )
+    )
+
     public_key: Annotated[str, StringConstraints(min_length=1, max_length=16384)]
     hash_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
 
@@ -137,6 +162,29 @@ class KeyAuthority(_Model):
 
 class KeylessIdentity(_Model):
     """A Fulcio certificate identity: issuer and subject, each exact or a regular expression."""
+
+    model_config = _cel_config(
+        (
+            "has(self.issuer) != has(self.issuerRegExp)",
+            "an identity needs exactly one of issuer or issuerRegExp",
+        ),
+        (
+            "has(self.subject) != has(self.subjectRegExp)",
+            "an identity needs exactly one of subject or subjectRegExp",
+        ),
+        # CEL's matches() raises on a pattern that does not compile (RE2 syntax), and an
+        # error on both sides of || is an error, so the object is refused.
+        (
+            "!has(self.issuerRegExp) || ''.matches(self.issuerRegExp) || "
+            "!''.matches(self.issuerRegExp)",
+            "issuerRegExp is not a valid regular expression",
+        ),
+        (
+            "!has(self.subjectRegExp) || ''.matches(self.subjectRegExp) || "
+            "!''.matches(self.subjectRegExp)",
+            "subjectRegExp is not a valid regular expression",
+        ),
+    )
 
     issuer: NonEmpty | None = None
     issuer_reg_exp: NonEmpty | None = Field(default=None, alias="issuerRegExp")
@@ -179,6 +227,10 @@ class KeylessAuthority(_Model):
 class Authority(_Model):
     """One signer. Exactly one of ``key`` or ``keyless``."""
 
+    model_config = _cel_config(
+        ("has(self.key) != has(self.keyless)", "an authority needs exactly one of key or keyless")
+    )
+
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     key: KeyAuthority | None = None
     keyless: KeylessAuthority | None = None
@@ -193,8 +245,26 @@ class Authority(_Model):
 class ImageRule(_Model):
     """Images matching ``glob`` need signatures from ``threshold`` of ``authorities``."""
 
+    model_config = _cel_config(
+        (
+            "!has(self.threshold) || self.threshold <= size(self.authorities)",
+            "threshold exceeds the number of authorities",
+        )
+    )
+
     glob: NonEmpty
-    authorities: Annotated[list[Authority], Field(min_length=1, max_length=32)]
+    # Names are list-map keys in the CRD, so the API server refuses duplicates.
+    authorities: Annotated[
+        list[Authority],
+        Field(
+            min_length=1,
+            max_length=32,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        ),
+    ]
     threshold: Annotated[int, Field(ge=1, le=32)] = 1
 
     @model_validator(mode="after")
@@ -217,9 +287,7 @@ class ImageRule(_Model):
 
 def _glob_regex(glob: str) -> re.Pattern[str]:
     parts = glob.split("**")
-    translated = ".*".join(
-        fnmatch.translate(p)[4:-3].replace(".*", "[^/]*") for p in parts
-    )
+    translated = ".*".join(fnmatch.translate(p)[4:-3].replace(".*", "[^/]*") for p in parts)
     return re.compile(translated)
 
 
@@ -243,6 +311,8 @@ class AttestationRule(_Model):
 
 
 class IntRange(_Model):
+    model_config = _cel_config(("self.min <= self.max", "min must be less than or equal to max"))
+
     min: Annotated[int, Field(ge=1, le=10000)]
     max: Annotated[int, Field(ge=1, le=10000)]
 
@@ -257,6 +327,8 @@ class IntRange(_Model):
 
 
 class FloatRange(_Model):
+    model_config = _cel_config(("self.min <= self.max", "min must be less than or equal to max"))
+
     min: Annotated[float, Field(ge=0.0, le=100.0)]
     max: Annotated[float, Field(ge=0.0, le=100.0)]
 
@@ -270,14 +342,26 @@ class FloatRange(_Model):
         return isinstance(value, int | float) and self.min <= value <= self.max
 
 
+def _enum_items(names: object) -> dict[str, Any]:
+    # The CRD lists the known names, so an unknown sampler is refused at ``kubectl apply``.
+    return {"items": {"type": "string", "enum": sorted(names)}}  # type: ignore[call-overload]
+
+
 class RecipeRule(_Model):
     """What a sampler may do at inference time."""
 
-    samplers: Annotated[list[str], Field(min_length=1, max_length=32)]
-    schedules: Annotated[list[str], Field(max_length=32)] = []
+    samplers: Annotated[
+        list[str],
+        Field(min_length=1, max_length=32, json_schema_extra=_enum_items(KNOWN_SAMPLERS)),
+    ]
+    schedules: Annotated[
+        list[str], Field(max_length=32, json_schema_extra=_enum_items(KNOWN_SCHEDULES))
+    ] = []
     steps: IntRange
     cfg: FloatRange
-    prediction_types: Annotated[list[str], Field(max_length=8)] = ["epsilon"]
+    prediction_types: Annotated[
+        list[str], Field(max_length=8, json_schema_extra=_enum_items(KNOWN_PREDICTION_TYPES))
+    ] = ["epsilon"]
 
     @field_validator("samplers")
     @classmethod
@@ -383,15 +467,32 @@ class LabelSelector(_Model):
 class SamplerPolicySpec(_Model):
     """The spec both policy kinds share."""
 
+    # The attestation rules are keyed by name, so the API server refuses duplicates.
     mode: Literal["enforce", "warn", "audit"] = "enforce"
     images: Annotated[list[ImageRule], Field(max_length=64)] = []
-    attestations: Annotated[list[AttestationRule], Field(max_length=32)] = []
+    attestations: Annotated[
+        list[AttestationRule],
+        Field(
+            max_length=32,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        ),
+    ] = []
     recipe: RecipeRule | None = None
     golden_digests: GoldenDigests = GoldenDigests()
     rng: RngRule = RngRule()
     verification: VerificationRule = VerificationRule()
     #: Only on ClusterSamplerPolicy: which namespaces it governs. Unset: every opted-in one.
     namespace_selector: LabelSelector | None = None
+
+    @model_validator(mode="after")
+    def _unique_attestation_names(self) -> SamplerPolicySpec:
+        names = [a.name for a in self.attestations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"attestation names repeat: {names}")
+        return self
 
     def image_rules_for(self, image: str) -> list[ImageRule]:
         return [rule for rule in self.images if rule.matches(image)]
@@ -487,7 +588,9 @@ def parse_policy(body: object) -> ClusterSamplerPolicy | SamplerPolicy:
 
 
 def _explain(kind: str, body: dict[str, Any], exc: ValidationError) -> str:
-    name = body.get("metadata", {}).get("name", "?") if isinstance(body.get("metadata"), dict) else "?"
+    name = (
+        body.get("metadata", {}).get("name", "?") if isinstance(body.get("metadata"), dict) else "?"
+    )
     problems = []
     for err in exc.errors(include_url=False, include_input=False)[:10]:
         where = ".".join(str(p) for p in err["loc"]) or "(root)"

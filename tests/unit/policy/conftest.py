@@ -1,0 +1,79 @@
+"""A CRD-schema check without a cluster: OpenAPI v3 via jsonschema plus the CEL rules via
+cel-python, walking the schema the way the API server's structural validator does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+CRD_DIR = REPO / "charts" / "samplerguard" / "crds"
+
+_ENV = celpy.Environment()
+
+
+def load_crds() -> dict[str, dict[str, Any]]:
+    """kind -> CRD, from the committed files."""
+    out = {}
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        out[crd["spec"]["names"]["kind"]] = crd
+    return out
+
+
+def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    errors: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key, sub in value.items():
+            if key in props:
+                errors += _cel_errors(props[key], sub, f"{path}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += _cel_errors(schema["additionalProperties"], sub, f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, sub in enumerate(value):
+            errors += _cel_errors(schema["items"], sub, f"{path}[{i}]")
+    for rule in schema.get("x-kubernetes-validations", []):
+        program = _ENV.program(_ENV.compile(rule["rule"]))
+        try:
+            ok = program.evaluate({"self": celpy.json_to_cel(value)})
+        except celpy.CELEvalError:
+            ok = False
+        if not isinstance(ok, celpy.celtypes.BoolType) or not bool(ok):
+            errors.append(f"{path}: Invalid value: {rule['message']}")
+    return errors
+
+
+def crd_errors(crd: dict[str, Any], obj: dict[str, Any]) -> list[str]:
+    """What the API server would refuse ``obj`` for (OpenAPI first, CEL only if it passes,
+    as the server does)."""
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft4Validator(schema)
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in validator.iter_errors(obj)
+    ]
+    if errors:
+        return errors
+    return _cel_errors(schema, obj, "")
+
+
+@pytest.fixture(scope="session")
+def crds() -> dict[str, dict[str, Any]]:
+    return load_crds()
+
+
+@pytest.fixture(scope="session")
+def crd_validate(
+    crds: dict[str, dict[str, Any]],
+) -> Callable[[dict[str, Any]], list[str]]:
+    def check(obj: dict[str, Any]) -> list[str]:
+        return crd_errors(crds[obj["kind"]], obj)
+
+    return check
