@@ -23,12 +23,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["NoiseFn", "install", "noise_from"]
+__all__ = ["NoiseFn", "install", "noise_from", "observe_noise"]
 
 #: ``fn(shape, dtype, device) -> tensor`` of standard normal noise.
 NoiseFn = Callable[[tuple[int, ...], torch.dtype, torch.device], torch.Tensor]
 
 _ACTIVE: ContextVar[NoiseFn | None] = ContextVar("samplerguard_noise_fn", default=None)
+_OBSERVER: ContextVar[Callable[[torch.Tensor], None] | None] = ContextVar(
+    "samplerguard_noise_observer", default=None
+)
 _LOCK = threading.Lock()
 _ORIGINAL: Callable[..., torch.Tensor] | None = None
 _PATCHED: set[str] = set()
@@ -55,9 +58,14 @@ def _dispatch(
     fn = _ACTIVE.get()
     if fn is None:
         assert _ORIGINAL is not None
-        return _ORIGINAL(shape, generator=generator, device=device, dtype=dtype, layout=layout)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    return fn(tuple(int(s) for s in shape), dtype or torch.float32, dev)
+        out = _ORIGINAL(shape, generator=generator, device=device, dtype=dtype, layout=layout)
+    else:
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        out = fn(tuple(int(s) for s in shape), dtype or torch.float32, dev)
+    observer = _OBSERVER.get()
+    if observer is not None:
+        observer(out)
+    return out
 
 
 def install() -> None:
@@ -80,7 +88,7 @@ def install() -> None:
             if name in _PATCHED or not name.startswith("diffusers") or module is None:
                 continue
             if getattr(module, "randn_tensor", None) is _ORIGINAL:
-                module.randn_tensor = _dispatch
+                setattr(module, "randn_tensor", _dispatch)  # noqa: B010 - a module attribute
             _PATCHED.add(name)
 
 
@@ -93,3 +101,15 @@ def noise_from(fn: NoiseFn) -> Iterator[None]:
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+@contextmanager
+def observe_noise(callback: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Within this block, in this context only, every noise tensor diffusers draws (from any
+    source) is passed to ``callback`` after it is drawn. The tensor is not altered."""
+    install()
+    token = _OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
