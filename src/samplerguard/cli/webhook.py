@@ -1,0 +1,265 @@
+"""``samplerguard webhook``: the admission webhook over HTTPS.
+
+Every flag has an environment variable (``SAMPLERGUARD_WEBHOOK_*``, shown in ``--help``), so the
+chart configures the container through ``env`` alone. With ``--policies`` the webhook reads
+policies from files (local mode); without it, it watches the CRDs through the API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"SAMPLERGUARD_WEBHOOK_{name}", default)
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
+    default = kw.pop("default", None)
+    value = _env(env)
+    if value is not None:
+        default = (
+            kw.get("type", str)(value)
+            if "action" not in kw
+            else value.lower() in ("1", "true", "yes")
+        )
+    parser.add_argument(
+        flag, default=default, help=f"{help} [env SAMPLERGUARD_WEBHOOK_{env}]", **kw
+    )
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "webhook",
+        help="run the admission webhook (validate + inject) over HTTPS",
+        description="Admission webhook: verifies sampler images against samplerguard policies "
+        "and injects the sidecar. See docs/webhook.md.",
+    )
+    _add(p, "--listen", "LISTEN", "HOST:PORT to serve HTTPS on", default="127.0.0.1:8443")
+    _add(p, "--cert", "CERT", "serving certificate (PEM); reloaded when the file changes")
+    _add(p, "--key", "KEY", "serving private key (PEM); reloaded with the certificate")
+    _add(
+        p,
+        "--policies",
+        "POLICIES",
+        "policy file or directory (local mode); unset: watch the CRDs in the cluster",
+    )
+    _add(
+        p,
+        "--namespace-labels",
+        "NAMESPACE_LABELS",
+        "local mode: YAML mapping namespace -> labels, for the opt-in double check",
+    )
+    _add(
+        p,
+        "--namespace",
+        "NAMESPACE",
+        "samplerguard's own namespace (never touched)",
+        default=os.environ.get("POD_NAMESPACE", "samplerguard"),
+    )
+    p.add_argument(
+        "--exempt-namespace",
+        action="append",
+        default=[],
+        help="another namespace never touched (repeatable; kube-system always is)",
+    )
+    _add(p, "--deadline", "DEADLINE", "seconds per request, end to end", type=float, default=8.0)
+    _add(p, "--max-body-bytes", "MAX_BODY_BYTES", "largest request body", type=int, default=3 << 20)
+    _add(
+        p,
+        "--no-match",
+        "NO_MATCH",
+        "what happens to images no policy names",
+        choices=["deny", "warn", "allow"],
+        default="deny",
+    )
+    _add(
+        p,
+        "--fresh-ttl",
+        "FRESH_TTL",
+        "seconds a pass is served from cache",
+        type=float,
+        default=300.0,
+    )
+    _add(
+        p,
+        "--last-known-good-ttl",
+        "LAST_KNOWN_GOOD_TTL",
+        "seconds a pass still counts while the registry is unreachable",
+        type=float,
+        default=3600.0,
+    )
+    _add(
+        p, "--failure-ttl", "FAILURE_TTL", "seconds a rejection is cached", type=float, default=10.0
+    )
+    _add(p, "--audit-log", "AUDIT_LOG", "append failed checks here as JSON lines")
+    _add(p, "--trusted-root", "TRUSTED_ROOT", "Sigstore trusted_root.json for keyless checks")
+    p.add_argument(
+        "--plain-http-registry",
+        action="append",
+        default=[h for h in (_env("PLAIN_HTTP_REGISTRIES") or "").split(",") if h],
+        help="registry HOST:PORT spoken to over plain HTTP (loopback test registries; "
+        "repeatable) [env SAMPLERGUARD_WEBHOOK_PLAIN_HTTP_REGISTRIES, comma-separated]",
+    )
+    _add(p, "--registry-ca", "REGISTRY_CA", "CA bundle for registries with private TLS")
+    _add(
+        p,
+        "--registry-timeout",
+        "REGISTRY_TIMEOUT",
+        "seconds per registry request",
+        type=float,
+        default=3.0,
+    )
+    _add(
+        p,
+        "--sidecar-image",
+        "SIDECAR_IMAGE",
+        "sidecar image to inject",
+        default="ghcr.io/samplerguard/sidecar:0.1.0",
+    )
+    _add(p, "--hook-image", "HOOK_IMAGE", "image holding the hook package (default: sidecar's)")
+    _add(
+        p,
+        "--run-dir",
+        "RUN_DIR",
+        "shared directory for the socket and openings",
+        default="/var/run/samplerguard",
+    )
+    _add(
+        p,
+        "--sidecar-port",
+        "SIDECAR_PORT",
+        "TCP port the verifier reaches the sidecar on",
+        type=int,
+        default=9471,
+    )
+    _add(p, "--no-inject", "NO_INJECT", "validate and pin digests only", action="store_true")
+    _add(
+        p,
+        "--plain-sidecar",
+        "PLAIN_SIDECAR",
+        "inject the sidecar as a plain container instead of a native sidecar",
+        action="store_true",
+    )
+    p.add_argument(
+        "--sidecar-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the sidecar (repeatable)",
+    )
+    p.set_defaults(_run=run)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from samplerguard.errors import MalformedInputError
+    from samplerguard.webhook import InjectionConfig, WebhookConfig
+
+    host, _, port = str(args.listen).rpartition(":")
+    if not host or not port.isdigit():
+        raise MalformedInputError(f"--listen {args.listen!r} is not HOST:PORT")
+    if not args.cert or not args.key:
+        raise MalformedInputError("--cert and --key are required: the webhook only speaks HTTPS")
+    env: list[tuple[str, str]] = []
+    for item in args.sidecar_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise MalformedInputError(f"--sidecar-env {item!r} is not NAME=VALUE")
+        env.append((name, value))
+    return WebhookConfig(
+        host=host.strip("[]"),
+        port=int(port),
+        certfile=args.cert,
+        keyfile=args.key,
+        policies=args.policies,
+        own_namespace=args.namespace,
+        exempt_namespaces=("kube-system", *args.exempt_namespace),
+        deadline=args.deadline,
+        max_body_bytes=args.max_body_bytes,
+        no_match=args.no_match,
+        fresh_ttl=args.fresh_ttl,
+        last_known_good_ttl=args.last_known_good_ttl,
+        failure_ttl=args.failure_ttl,
+        audit_log=args.audit_log,
+        namespace_lookup=args.policies is None,
+        injection=InjectionConfig(
+            enabled=not args.no_inject,
+            sidecar_image=args.sidecar_image,
+            hook_image=args.hook_image,
+            run_dir=args.run_dir,
+            sidecar_port=args.sidecar_port,
+            native_sidecar=not args.plain_sidecar,
+            sidecar_env=tuple(env),
+        ),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    import yaml
+
+    from samplerguard.errors import MalformedInputError
+    from samplerguard.supplychain import ImageVerifier, RegistryClient, TrustedRoots
+    from samplerguard.webhook import (
+        Admission,
+        FilePolicySource,
+        ReloadingCertificate,
+        StaticNamespaceLabels,
+    )
+    from samplerguard.webhook.optin import NamespaceLabels
+    from samplerguard.webhook.policies import PolicySource
+    from samplerguard.webhook.server import uvicorn_config
+
+    try:
+        config = _config(args)
+        tls = ReloadingCertificate(config.certfile, config.keyfile)
+        policies: PolicySource
+        namespaces: NamespaceLabels | None = None
+        if config.policies is not None:
+            policies = FilePolicySource(config.policies)
+            if args.namespace_labels:
+                with open(args.namespace_labels, encoding="utf-8") as fh:
+                    labels = yaml.safe_load(fh) or {}
+                if not isinstance(labels, dict):
+                    raise MalformedInputError("--namespace-labels must be a mapping")
+                namespaces = StaticNamespaceLabels(labels)
+        else:
+            from kubernetes import config as kube_config
+
+            from samplerguard.webhook.kube import KubernetesNamespaceLabels, KubernetesPolicySource
+
+            try:
+                kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except kube_config.ConfigException:
+                kube_config.load_kube_config()  # type: ignore[no-untyped-call]
+            policies = KubernetesPolicySource()
+            namespaces = KubernetesNamespaceLabels()
+        roots = TrustedRoots.from_files(default=args.trusted_root) if args.trusted_root else None
+    except (MalformedInputError, OSError) as exc:
+        log.error("%s", exc)
+        print(f"samplerguard webhook: {exc}")
+        return 2
+
+    client = RegistryClient(
+        timeout=args.registry_timeout,
+        plain_http=args.plain_http_registry,
+        verify=args.registry_ca or True,
+    )
+    verifier = ImageVerifier(client, trusted_roots=roots)
+    admission = Admission(config, policies, verifier, client, namespaces=namespaces)
+    policies.start()
+    try:
+        server = uvicorn.Server(uvicorn_config(config, admission, tls))
+        print(f"samplerguard webhook: serving https://{args.listen}", flush=True)
+        server.run()
+    finally:
+        policies.stop()
+        client.close()
+    return 0

@@ -1,0 +1,431 @@
+"""The decision: which images a request brings, which policies govern them, and the answer.
+
+One pass serves both endpoints. ``/mutate`` additionally pins tags to the verified digests
+and injects the sidecar, after verifying the injected images under the same policies, so a
+pod is never admitted with an image that was not checked (verify-then-inject).
+
+Per image and policy the order is:
+
+1. parse the reference (a bad one is a denial);
+2. resolve a tag to its digest (cached; during an outage the last-known-good resolution);
+3. the verdict cache, keyed by (repository, digest, policy uid, resourceVersion);
+4. on a miss, the verifier in a bounded thread pool; identical concurrent checks share one
+   verification (single flight);
+5. registry unreachable → a pass within the last-known-good window still passes, anything
+   else is denied: fail closed.
+
+The policy's mode decides what a failed check does: ``enforce`` denies, ``warn`` admits with
+a warning, ``audit`` admits and records. The whole request runs under one deadline, well
+inside the API server's webhook timeout; running out of time is a denial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
+from samplerguard.policy.report import ReportResult
+from samplerguard.supplychain.reference import parse_reference
+from samplerguard.webhook.audit import AuditTrail
+from samplerguard.webhook.cache import CacheKey, ResolutionCache, VerdictCache
+from samplerguard.webhook.config import ANNOTATION_POLICY, LABEL_INJECT, WebhookConfig
+from samplerguard.webhook.inject import already_injected, injection_patch, pin_patch, tenant_of
+from samplerguard.webhook.optin import NamespaceLabels, opted_in
+from samplerguard.webhook.policies import AnyPolicy, PolicySource, policy_name
+from samplerguard.webhook.review import AdmissionRequest, AdmissionReview, allow, deny
+from samplerguard.webhook.verifying import DigestResolver, ImageVerifierLike
+from samplerguard.webhook.workloads import PodTemplate, find_pod_template, handles
+
+__all__ = ["Admission", "Check"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["enforce", "warn", "audit"]
+T = TypeVar("T")
+NO_POLICY = "(no policy)"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One image checked under one policy (or under none: the no-match rule)."""
+
+    image: str
+    policy: str
+    mode: Mode
+    passed: bool
+    detail: str
+    last_known_good: bool = False
+
+    def sentence(self) -> str:
+        return f"image {self.image}: policy {self.policy}: {self.detail}"
+
+
+@dataclass
+class _ImageOutcome:
+    image: str
+    #: The reference to admit (pinned to the verified digest), when it was resolved.
+    pinned: str | None = None
+    checks: list[Check] = field(default_factory=list)
+    #: Names of the policies whose image rules match this image.
+    governed_by: list[str] = field(default_factory=list)
+
+
+def _candidates(image: str) -> tuple[str, ...]:
+    """The strings an image rule's glob is matched against: as written, and the normalised
+    repository with and without tag/digest (so ``nginx`` matches ``index.docker.io/**``)."""
+    ref = parse_reference(image)
+    full = str(ref)
+    return tuple(dict.fromkeys((image, ref.name, full)))
+
+
+def _governs(policy: AnyPolicy, candidates: tuple[str, ...]) -> bool:
+    return any(policy.spec.image_rules_for(c) for c in candidates)
+
+
+class Admission:
+    """Answers AdmissionReview requests. One instance per process; runs on one event loop."""
+
+    def __init__(
+        self,
+        config: WebhookConfig,
+        policies: PolicySource,
+        verifier: ImageVerifierLike,
+        resolver: DigestResolver,
+        *,
+        namespaces: NamespaceLabels | None = None,
+        cache: VerdictCache | None = None,
+        resolutions: ResolutionCache | None = None,
+        audit: AuditTrail | None = None,
+    ) -> None:
+        self.config = config
+        self.policies = policies
+        self.verifier = verifier
+        self.resolver = resolver
+        self.namespaces = namespaces
+        self.cache = cache or VerdictCache(
+            fresh_ttl=config.fresh_ttl,
+            last_known_good_ttl=config.last_known_good_ttl,
+            failure_ttl=config.failure_ttl,
+        )
+        self.resolutions = resolutions or ResolutionCache(
+            ttl=config.resolve_ttl, last_known_good_ttl=config.last_known_good_ttl
+        )
+        self.audit = audit or AuditTrail(config.audit_log)
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._inflight: dict[Any, asyncio.Future[Any]] = {}
+
+    # -- entry point --------------------------------------------------------------------------
+
+    async def review(self, request: AdmissionRequest, *, mutate: bool) -> AdmissionReview:
+        """The answer to one request. Never raises: every failure is a denial."""
+        uid = request.uid
+        try:
+            async with asyncio.timeout(self.config.deadline):
+                return await self._review(request, mutate)
+        except TimeoutError:
+            return deny(
+                uid,
+                f"samplerguard could not finish checking within {self.config.deadline:g}s; "
+                "denied (fail closed). Retry: verdicts computed meanwhile are cached.",
+                code=503,
+                reason="Timeout",
+            )
+        except MalformedInputError as exc:
+            return deny(
+                uid, f"samplerguard cannot check this object: {exc}", code=400, reason="BadRequest"
+            )
+        except Exception:  # a bug must not admit anything
+            log.exception("admission of request %s failed", uid)
+            return deny(
+                uid,
+                "samplerguard failed internally; denied (fail closed)",
+                code=500,
+                reason="InternalError",
+            )
+
+    async def _review(self, req: AdmissionRequest, mutate: bool) -> AdmissionReview:
+        uid = req.uid
+        if req.operation in ("DELETE", "CONNECT"):
+            return allow(uid)
+        if req.sub_resource and not (
+            req.kind.kind == "Pod" and req.sub_resource == "ephemeralcontainers"
+        ):
+            # status, scale, binding, eviction…: no new pod spec to check.
+            return allow(uid)
+        namespace = req.namespace
+        if namespace in self.config.exempt:
+            return allow(uid)
+        if not handles(req.kind.group, req.kind.kind):
+            raise MalformedInputError(
+                f"kind {req.kind.group or 'core'}/{req.kind.version}/{req.kind.kind} carries no "
+                "pod spec samplerguard checks; the webhook configuration should not send it"
+            )
+        if req.object is None:
+            raise MalformedInputError(f"{req.operation} request without an object")
+        metadata = req.object.get("metadata")
+        if isinstance(metadata, dict) and metadata.get("deletionTimestamp"):
+            return allow(uid)  # finalizer removal and the like on a dying object
+        if not namespace:
+            raise MalformedInputError("the request names no namespace")
+        tpl = find_pod_template(req.kind.group, req.kind.kind, req.object)
+
+        ns_labels = await self._namespace_labels(namespace)
+        if not opted_in(tpl.labels, ns_labels):
+            return allow(uid)
+        policies = self.policies.snapshot().for_namespace(namespace, ns_labels)
+
+        inj = self.config.injection
+        inject = (
+            mutate
+            and tpl.is_pod
+            and inj.enabled
+            and tpl.labels.get(LABEL_INJECT) != "false"
+            and not already_injected(tpl)
+        )
+        images = tpl.images()
+        injected = [inj.sidecar_image, inj.effective_hook_image] if inject else []
+        wanted = list(dict.fromkeys(images + injected))
+        outcomes = await asyncio.gather(*(self._check_image(i, policies) for i in wanted))
+        checks = [c for o in outcomes for c in o.checks]
+        what = f"{req.kind.kind} {namespace}/{_name_of(req, tpl)}"
+
+        denials = [c for c in checks if not c.passed and c.mode == "enforce"]
+        warnings = [
+            f"samplerguard ({c.mode}): {c.sentence()}"
+            for c in checks
+            if not c.passed and c.mode == "warn"
+        ]
+        audits = [c for c in checks if not c.passed and c.mode == "audit"]
+        warnings += [
+            f"samplerguard: image {c.image} admitted on a last-known-good verdict under "
+            f"{c.policy} (registry unreachable)"
+            for c in checks
+            if c.passed and c.last_known_good
+        ]
+        if not req.dry_run:
+            self._record(req, tpl, [c for c in checks if not c.passed])
+        if denials:
+            return deny(
+                uid,
+                f"samplerguard denied {what}: " + "; ".join(c.sentence() for c in denials),
+                warnings=warnings,
+            )
+        audit_note = (
+            {"image-policy-audit": "; ".join(c.sentence() for c in audits)[:1024]}
+            if audits
+            else None
+        )
+        if not mutate:
+            return allow(uid, warnings=warnings, audit=audit_note)
+
+        pins = {
+            o.image: o.pinned
+            for o in outcomes
+            if o.pinned and parse_reference(o.image).digest is None
+        }
+        patch = pin_patch(tpl, pins)
+        if inject:
+            chosen = _pod_policy(tpl, policies, outcomes, images)
+            more, inj_warnings = injection_patch(
+                tpl,
+                inj,
+                sidecar_image=pins.get(inj.sidecar_image, inj.sidecar_image),
+                hook_image=pins.get(inj.effective_hook_image, inj.effective_hook_image),
+                tenant=tenant_of(tpl, namespace),
+                policy=chosen,
+            )
+            patch += more
+            warnings += inj_warnings
+        return allow(uid, patch=patch, warnings=warnings, audit=audit_note)
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    async def _namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        if self.namespaces is None:
+            return None
+        try:
+            return await self.namespaces.labels(namespace)
+        except Exception as exc:  # unknown labels fail closed (see optin)
+            log.warning("namespace %s: label lookup failed: %s", namespace, exc)
+            return None
+
+    async def _check_image(self, image: str, policies: list[AnyPolicy]) -> _ImageOutcome:
+        outcome = _ImageOutcome(image)
+        try:
+            ref = parse_reference(image)
+            candidates = _candidates(image)
+        except MalformedInputError as exc:
+            outcome.checks.append(Check(image, NO_POLICY, "enforce", False, str(exc)))
+            return outcome
+        governing = [p for p in policies if _governs(p, candidates)]
+        outcome.governed_by = [policy_name(p) for p in governing]
+        if not governing:
+            action = self.config.no_match
+            outcome.checks.append(
+                Check(
+                    image,
+                    NO_POLICY,
+                    "enforce" if action == "deny" else "warn",
+                    action == "allow",
+                    "no policy's image rules match this image "
+                    f"({len(policies)} policies govern this namespace)",
+                )
+            )
+            return outcome
+
+        try:
+            digest = ref.digest or await self._resolve(str(ref))
+        except SamplerGuardError as exc:
+            detail = f"cannot resolve the tag to a digest: {exc}"
+            outcome.checks += [
+                Check(image, policy_name(p), p.spec.mode, False, detail) for p in governing
+            ]
+            return outcome
+        outcome.pinned = f"{ref.name}@{digest}"
+        outcome.checks += await asyncio.gather(
+            *(self._verdict(image, ref.name, digest, p) for p in governing)
+        )
+        return outcome
+
+    async def _resolve(self, ref: str) -> str:
+        hit = self.resolutions.fresh(ref)
+        if hit is not None:
+            return hit
+        try:
+            digest = await self._single_flight(
+                ("resolve", ref), functools.partial(self.resolver.resolve, ref)
+            )
+        except TemporaryError as exc:
+            lkg = self.resolutions.last_known_good(ref)
+            if lkg is None:
+                raise TemporaryError(
+                    f"{exc}; no resolution within the last-known-good window, denied (fail closed)"
+                ) from exc
+            return lkg
+        self.resolutions.put(ref, digest)
+        return digest
+
+    async def _verdict(self, image: str, name: str, digest: str, policy: AnyPolicy) -> Check:
+        pname = policy_name(policy)
+        mode = policy.spec.mode
+        key: CacheKey = (name, digest, policy.metadata.uid, policy.metadata.resource_version)
+        hit = self.cache.fresh(key)
+        if hit is not None:
+            return Check(image, pname, mode, hit.passed, hit.detail)
+        call = functools.partial(
+            self.verifier.verify,
+            f"{name}@{digest}",
+            policy.spec,
+            policy_name=pname,
+            digest=digest,
+        )
+        try:
+            verdict = await self._single_flight(("verify", key), call)
+        except TemporaryError as exc:
+            lkg = self.cache.last_known_good(key)
+            if lkg is not None:
+                return Check(image, pname, mode, True, lkg.detail, last_known_good=True)
+            return Check(
+                image,
+                pname,
+                mode,
+                False,
+                f"registry unreachable ({exc}) and no pass within the last-known-good window; "
+                "denied (fail closed)",
+            )
+        except SamplerGuardError as exc:  # malformed reference, auth refused, not found
+            return Check(image, pname, mode, False, f"cannot be checked: {exc}")
+        if verdict.passed and verdict.digest == digest:
+            self.cache.record_pass(key, f"verified {digest}")
+            return Check(image, pname, mode, True, f"verified {digest}")
+        reasons = "; ".join(verdict.reasons) or "not verified"
+        if verdict.passed:  # the verifier checked another digest than the one to be admitted
+            reasons = f"verified digest {verdict.digest} differs from the admitted {digest}"
+        self.cache.record_failure(key, reasons)
+        return Check(image, pname, mode, False, reasons)
+
+    async def _single_flight(self, key: Any, call: Callable[[], T]) -> T:
+        """Run ``call`` in the worker pool, sharing one run among concurrent identical keys.
+        The shared run is shielded: one request's deadline does not cancel it for the rest."""
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._in_thread(call))
+            self._inflight[key] = future
+            future.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        result: T = await asyncio.shield(future)
+        return result
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.config.verify_concurrency)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def _record(self, req: AdmissionRequest, tpl: PodTemplate, failed: list[Check]) -> None:
+        if not failed:
+            return
+        resource = {
+            "apiVersion": f"{req.kind.group}/{req.kind.version}".lstrip("/"),
+            "kind": req.kind.kind,
+            "namespace": req.namespace,
+            "name": _name_of(req, tpl),
+        }
+        self.audit.record(
+            [
+                ReportResult.build(
+                    policy=_report_policy(c.policy),
+                    rule="signature",
+                    result="fail" if c.mode == "enforce" else "warn",
+                    message=c.sentence(),
+                    resource=resource,
+                    image=c.image,
+                    mode=c.mode,
+                )
+                for c in failed
+            ]
+        )
+
+
+def _name_of(req: AdmissionRequest, tpl: PodTemplate) -> str:
+    if req.name:
+        return req.name
+    meta = req.object.get("metadata") if req.object else None
+    if isinstance(meta, dict):
+        name = meta.get("name") or meta.get("generateName")
+        if isinstance(name, str) and name:
+            return name[:253]
+    return "(unnamed)"
+
+
+def _report_policy(name: str) -> str:
+    """PolicyReport naming: a ClusterSamplerPolicy by name, a SamplerPolicy as ``ns/name``."""
+    kind, _, rest = name.partition("/")
+    return rest if kind in ("ClusterSamplerPolicy", "SamplerPolicy") else name
+
+
+def _pod_policy(
+    tpl: PodTemplate, policies: list[AnyPolicy], outcomes: list[_ImageOutcome], images: list[str]
+) -> str:
+    """The policy the sidecar enforces: the pod's annotation if it names a governing policy,
+    else the first (namespaced first) policy governing one of the pod's own images."""
+    names = [policy_name(p) for p in policies]
+    wanted = tpl.annotations.get(ANNOTATION_POLICY)
+    if wanted is not None:
+        if wanted not in names:
+            raise MalformedInputError(
+                f"annotation {ANNOTATION_POLICY} names {wanted!r}, which does not govern this "
+                f"namespace (governing: {', '.join(names) or 'none'})"
+            )
+        return wanted
+    own = set(images)
+    for outcome in outcomes:
+        if outcome.image in own and outcome.governed_by:
+            return outcome.governed_by[0]
+    return names[0] if names else ""

@@ -1,0 +1,158 @@
+"""The HTTP surface: ``/validate``, ``/mutate``, ``/healthz`` and ``/readyz``.
+
+Status codes say whose fault a failure is. A body that is not an AdmissionReview v1 gets a
+4xx (400 unparsable, 413 too large, 415 not JSON, 408 too slow to arrive): the API server
+then applies the webhook's ``failurePolicy: Fail``, i.e. denies. A well-formed review always
+gets 200 with an answer inside, and an object that cannot be checked is a clean denial. No
+path answers 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from samplerguard.webhook.admission import Admission
+from samplerguard.webhook.review import AdmissionReview
+
+__all__ = ["BodyLimit", "create_app"]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = json.dumps({"error": text}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """ASGI middleware: read the whole request body, at most ``max_bytes`` within ``timeout``
+    seconds, before the application sees it; 413 and 408 otherwise."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _plain(send, 400, "Content-Length is not a number")
+                    return
+                if declared > self.max_bytes:
+                    await _plain(send, 413, f"body larger than {self.max_bytes} bytes")
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # disconnected
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await _plain(send, 413, f"body larger than {self.max_bytes} bytes")
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _plain(send, 408, f"body did not arrive within {self.timeout:g}s")
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _json_error(status: int, text: str) -> Response:
+    return Response(
+        json.dumps({"error": text[:2048]}), status_code=status, media_type="application/json"
+    )
+
+
+def create_app(admission: Admission) -> FastAPI:
+    """The webhook's ASGI application (wrap it in :class:`BodyLimit`, as :func:`serve` does)."""
+    app = FastAPI(
+        title="samplerguard admission webhook",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    async def answer(request: Request, *, mutate: bool) -> Response:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            return _json_error(415, f"expected application/json, got {ctype[:64]!r}")
+        body = await request.body()
+        try:
+            review = AdmissionReview.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[:3]
+            where = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in first
+            )
+            return _json_error(400, f"not an AdmissionReview admission.k8s.io/v1: {where}")
+        if review.request is None:
+            return _json_error(400, "the AdmissionReview carries no request")
+        answer = await admission.review(review.request, mutate=mutate)
+        return Response(answer.to_json(), media_type="application/json")
+
+    @app.post("/validate")
+    async def validate(request: Request) -> Response:
+        return await answer(request, mutate=False)
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        return await answer(request, mutate=True)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response("ok", media_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if not admission.policies.ready:
+            return Response("policies not loaded", status_code=503, media_type="text/plain")
+        return Response("ok", media_type="text/plain")
+
+    return app

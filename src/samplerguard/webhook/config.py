@@ -1,0 +1,115 @@
+"""The webhook's configuration: flags and environment variables map onto these fields.
+
+Everything the injected containers rely on (images, socket path, ports, environment) is named
+here and documented in docs/webhook.md, the contract with the sidecar and the hook.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "ANNOTATION_CONTAINERS",
+    "ANNOTATION_INJECTED",
+    "ANNOTATION_POLICY",
+    "ANNOTATION_TENANT",
+    "HOOK_INIT_NAME",
+    "HOOK_VOLUME",
+    "LABEL_ENFORCE",
+    "LABEL_INJECT",
+    "RUN_VOLUME",
+    "SIDECAR_NAME",
+    "InjectionConfig",
+    "WebhookConfig",
+]
+
+#: Namespace label that opts a whole namespace in.
+LABEL_ENFORCE = "samplerguard.dev/enforce"
+#: Pod label that opts one pod in (value "true"); "false" turns injection off for the pod.
+LABEL_INJECT = "samplerguard.dev/inject"
+ANNOTATION_INJECTED = "samplerguard.dev/injected"
+ANNOTATION_POLICY = "samplerguard.dev/policy"
+ANNOTATION_TENANT = "samplerguard.dev/tenant"
+#: Comma-separated container names the hook instruments (default: all app containers).
+ANNOTATION_CONTAINERS = "samplerguard.dev/container-names"
+
+SIDECAR_NAME = "samplerguard-sidecar"
+HOOK_INIT_NAME = "samplerguard-hook-init"
+HOOK_VOLUME = "samplerguard-python"
+RUN_VOLUME = "samplerguard-run"
+
+
+@dataclass(frozen=True)
+class InjectionConfig:
+    """What the mutating webhook injects. See docs/webhook.md, "The injection contract"."""
+
+    enabled: bool = True
+    sidecar_image: str = "ghcr.io/samplerguard/sidecar:0.1.0"
+    #: The image whose ``hook_source`` directory holds the hook package and its
+    #: ``sitecustomize.py``; unset: the sidecar image.
+    hook_image: str | None = None
+    #: Directory inside the hook image copied into the shared volume.
+    hook_source: str = "/opt/samplerguard/python"
+    #: Where app containers see the hook package; prepended to their PYTHONPATH.
+    hook_mount: str = "/samplerguard/python"
+    #: The shared emptyDir with the Unix socket and the openings store.
+    run_dir: str = "/var/run/samplerguard"
+    socket_name: str = "sidecar.sock"
+    #: TCP port on which the verifier reaches the sidecar.
+    sidecar_port: int = 9471
+    #: Run the sidecar as a native sidecar (an init container with restartPolicy Always,
+    #: Kubernetes ≥ 1.29) so Jobs complete; otherwise as a plain container.
+    native_sidecar: bool = True
+    #: Extra environment for the sidecar, e.g. the verifier's address or telemetry endpoint.
+    sidecar_env: tuple[tuple[str, str], ...] = ()
+    sidecar_cpu_request: str = "50m"
+    sidecar_memory_request: str = "128Mi"
+    sidecar_memory_limit: str = "1Gi"
+
+    @property
+    def socket_path(self) -> str:
+        return posixpath.join(self.run_dir, self.socket_name)
+
+    @property
+    def openings_dir(self) -> str:
+        return posixpath.join(self.run_dir, "openings")
+
+    @property
+    def effective_hook_image(self) -> str:
+        return self.hook_image or self.sidecar_image
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    certfile: str = ""
+    keyfile: str = ""
+    #: Policy file or directory (local mode); None: watch the CRDs through the API server.
+    policies: str | None = None
+    #: samplerguard's own namespace, never touched.
+    own_namespace: str = "samplerguard"
+    exempt_namespaces: tuple[str, ...] = ("kube-system",)
+    #: Seconds a request may take end to end; keep it under the webhook's timeoutSeconds.
+    deadline: float = 8.0
+    max_body_bytes: int = 3 << 20
+    #: What happens to an image that no policy's image rules match.
+    no_match: Literal["deny", "warn", "allow"] = "deny"
+    fresh_ttl: float = 300.0
+    last_known_good_ttl: float = 3600.0
+    failure_ttl: float = 10.0
+    resolve_ttl: float = 30.0
+    #: Threads verifying images concurrently (each holds one registry conversation).
+    verify_concurrency: int = 16
+    #: JSON-lines audit log of failed checks (policy.report records); None: log only.
+    audit_log: str | None = None
+    #: In-cluster: look namespace labels up to double-check the webhook's namespaceSelector.
+    namespace_lookup: bool = False
+    namespace_labels_ttl: float = 30.0
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
+
+    @property
+    def exempt(self) -> frozenset[str]:
+        return frozenset((*self.exempt_namespaces, self.own_namespace))

@@ -1,0 +1,43 @@
+"""What the webhook needs from the supply-chain verifier, as protocols.
+
+:class:`samplerguard.supplychain.ImageVerifier` and :class:`~samplerguard.supplychain.
+RegistryClient` satisfy them; the webhook depends on the shape only, so tests and embedders
+can hand in anything that keeps the contract:
+
+* ``verify`` returns a verdict (``passed=False`` is a rejection), raises
+  :class:`~samplerguard.errors.TemporaryError` when the registry is unreachable and
+  :class:`~samplerguard.errors.MalformedInputError` for a reference it cannot parse;
+* ``resolve`` turns a tag into the manifest digest, with the same errors.
+
+Both are blocking; the webhook runs them in a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from samplerguard.policy import SamplerPolicySpec
+
+__all__ = ["DigestResolver", "ImageVerifierLike", "VerdictLike"]
+
+
+class VerdictLike(Protocol):
+    @property
+    def passed(self) -> bool: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def reasons(self) -> Sequence[str]: ...
+
+
+class ImageVerifierLike(Protocol):
+    def verify(
+        self, image_ref: str, spec: SamplerPolicySpec, *, policy_name: str, digest: str | None = ...
+    ) -> VerdictLike: ...
+
+
+class DigestResolver(Protocol):
+    def resolve(self, ref: str) -> str: ...

@@ -1,0 +1,203 @@
+"""The webhook over real HTTPS: AdmissionReview v1 bodies in, decisions and patches out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from samplerguard.webhook import WebhookServer
+from webhook_support import REGISTRY, RegistryDouble, patched, post, review, workload
+
+SIGNED = f"{REGISTRY}/acme/sampler:1.0"
+UNSIGNED = f"{REGISTRY}/acme/unsigned:1.0"
+KINDS = ["Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"]
+
+
+def test_signed_pod_is_pinned_and_injected(client: httpx.Client, registry: RegistryDouble) -> None:
+    pod = workload("Pod", SIGNED)
+    response = post(client, "/mutate", review(pod))
+    assert response["allowed"] is True
+    out = patched(pod, response)
+    spec = out["spec"]
+    assert spec["containers"][0]["image"] == f"{REGISTRY}/acme/sampler@{registry.tags[SIGNED]}"
+    init = spec["initContainers"]
+    assert [c["name"] for c in init] == ["samplerguard-hook-init", "samplerguard-sidecar"]
+    assert init[1]["restartPolicy"] == "Always"
+    # The injected images were verified and pinned in the same pass.
+    assert init[0]["image"].endswith(registry.tags[f"{REGISTRY}/samplerguard/hook:0.1"])
+    assert init[1]["image"].endswith(registry.tags[f"{REGISTRY}/samplerguard/sidecar:0.1"])
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["PYTHONPATH"] == "/samplerguard/python"
+    assert env["SAMPLERGUARD_SOCKET"] == "/var/run/samplerguard/sidecar.sock"
+    assert env["SAMPLERGUARD_TENANT"] == "ml"
+    assert env["SAMPLERGUARD_POLICY"] == "ClusterSamplerPolicy/acme"
+    assert env["A"] == "1"
+    assert {v["name"] for v in spec["volumes"]} == {"samplerguard-python", "samplerguard-run"}
+    assert out["metadata"]["annotations"]["samplerguard.dev/injected"] == "true"
+
+
+def test_reinvocation_changes_nothing(client: httpx.Client) -> None:
+    pod = workload("Pod", SIGNED)
+    once = patched(pod, post(client, "/mutate", review(pod)))
+    again = post(client, "/mutate", review(once))
+    assert again["allowed"] is True
+    assert "patch" not in again
+    assert post(client, "/validate", review(once))["allowed"] is True
+
+
+def test_denial_names_image_policy_and_reason(client: httpx.Client) -> None:
+    response = post(client, "/validate", review(workload("Pod", SIGNED, UNSIGNED)))
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 403
+    message = response["status"]["message"]
+    assert f"image {UNSIGNED}" in message
+    assert "policy ClusterSamplerPolicy/acme" in message
+    assert "no signature verifies" in message
+    assert SIGNED not in message
+
+
+def test_mutate_denies_before_injecting(client: httpx.Client) -> None:
+    response = post(client, "/mutate", review(workload("Pod", UNSIGNED)))
+    assert response["allowed"] is False
+    assert "patch" not in response
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pod_templates_of_every_kind(client: httpx.Client, kind: str) -> None:
+    bad = post(client, "/validate", review(workload(kind, UNSIGNED), kind=kind))
+    assert bad["allowed"] is False
+    assert f"{kind} ml/sampler" in bad["status"]["message"]
+    good = workload(kind, SIGNED, init=(SIGNED,))
+    response = post(client, "/mutate", review(good, kind=kind))
+    assert response["allowed"] is True
+    out = patched(good, response)
+    if kind != "Pod":  # templates get pinned, never injected
+        text = str(out)
+        assert "samplerguard-sidecar" not in text
+        assert "acme/sampler@sha256:" in text
+        assert SIGNED not in text
+
+
+def test_unmatched_image_is_denied(client: httpx.Client) -> None:
+    response = post(client, "/validate", review(workload("Pod", "busybox:1.36")))
+    assert response["allowed"] is False
+    assert (
+        "image busybox:1.36: policy (no policy): no policy's image rules match"
+        in (response["status"]["message"])
+    )
+
+
+def test_unknown_tag_is_denied(client: httpx.Client) -> None:
+    response = post(client, "/validate", review(workload("Pod", f"{REGISTRY}/acme/sampler:9")))
+    assert response["allowed"] is False
+    assert "cannot resolve the tag" in response["status"]["message"]
+
+
+def test_namespace_not_opted_in_is_left_alone(client: httpx.Client) -> None:
+    response = post(client, "/mutate", review(workload("Pod", UNSIGNED), namespace="dev"))
+    assert response == {"uid": response["uid"], "allowed": True}
+
+
+def test_pod_label_opts_in(client: httpx.Client) -> None:
+    pod = workload("Pod", UNSIGNED, labels={"samplerguard.dev/inject": "true"})
+    response = post(client, "/validate", review(pod, namespace="dev"))
+    assert response["allowed"] is False
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "samplerguard"])
+def test_exempt_namespaces_are_never_touched(client: httpx.Client, namespace: str) -> None:
+    pod = workload("Pod", UNSIGNED, labels={"samplerguard.dev/inject": "true"})
+    response = post(client, "/mutate", review(pod, namespace=namespace))
+    assert response["allowed"] is True
+    assert "patch" not in response
+
+
+def test_ephemeral_containers_are_checked(client: httpx.Client) -> None:
+    pod = workload("Pod", SIGNED)
+    pod["spec"]["ephemeralContainers"] = [{"name": "debug", "image": UNSIGNED}]
+    body = review(pod, operation="UPDATE", sub_resource="ephemeralcontainers")
+    assert post(client, "/validate", body)["allowed"] is False
+
+
+@pytest.mark.parametrize(
+    ("operation", "sub_resource"), [("DELETE", None), ("UPDATE", "status"), ("UPDATE", "scale")]
+)
+def test_requests_without_new_pod_spec_pass(
+    client: httpx.Client, operation: str, sub_resource: str | None
+) -> None:
+    body = review(workload("Pod", UNSIGNED), operation=operation, sub_resource=sub_resource)
+    assert post(client, "/validate", body)["allowed"] is True
+
+
+def test_dying_objects_pass(client: httpx.Client) -> None:
+    pod = workload("Pod", UNSIGNED)
+    pod["metadata"]["deletionTimestamp"] = "2026-11-23T20:00:00Z"
+    assert post(client, "/validate", review(pod, operation="UPDATE"))["allowed"] is True
+
+
+def test_malformed_object_is_a_clean_denial(client: httpx.Client) -> None:
+    pod = workload("Pod", SIGNED)
+    pod["spec"]["containers"] = {"name": "x"}
+    response = post(client, "/validate", review(pod))
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 400
+    assert "containers must be a list" in response["status"]["message"]
+
+
+def test_wrong_kind_is_denied(client: httpx.Client) -> None:
+    body = review({"metadata": {"name": "c"}, "data": {}}, kind="ConfigMap")
+    response = post(client, "/validate", body)
+    assert response["allowed"] is False
+    assert "carries no pod spec" in response["status"]["message"]
+
+
+def test_verdicts_are_cached(client: httpx.Client, registry: RegistryDouble) -> None:
+    post(client, "/validate", review(workload("Pod", SIGNED, UNSIGNED)))
+    calls = registry.verify_calls
+    for _ in range(3):
+        post(client, "/validate", review(workload("Pod", SIGNED, UNSIGNED)))
+    # A pass (fresh TTL) and a rejection (failure TTL) were each verified once.
+    assert registry.verify_calls == calls
+
+
+def test_http_errors_are_4xx(client: httpx.Client, server: WebhookServer) -> None:
+    ok_body = review(workload("Pod", SIGNED))
+    r = client.post("/validate", content=b"{}", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    r = client.post("/validate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    wrong = dict(ok_body, apiVersion="admission.k8s.io/v1beta1")
+    r = client.post("/validate", json=wrong)
+    assert r.status_code == 400
+    assert "apiVersion" in r.text
+    r = client.post(
+        "/validate", json={"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}
+    )
+    assert r.status_code == 400
+    assert "no request" in r.text
+    big = b"[" + b"0," * (server.config.max_body_bytes // 2) + b"0]"
+    assert _status(client, big) == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit applies while streaming
+        for _ in range(64):
+            yield b" " * (server.config.max_body_bytes // 32)
+
+    assert _status(client, chunks()) == 413
+    assert client.get("/validate").status_code == 405
+
+
+def _status(client: httpx.Client, content: bytes | Iterator[bytes]) -> int:
+    """The status of an oversized POST. The server answers 413 without reading the rest and
+    closes; a client still writing may see the close before the answer, which counts too."""
+    try:
+        r = client.post("/mutate", content=content, headers={"content-type": "application/json"})
+    except (httpx.RemoteProtocolError, httpx.WriteError, httpx.ReadError):
+        return 413
+    return r.status_code
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/healthz").text == "ok"
+    assert client.get("/readyz").status_code == 200
