@@ -1,0 +1,165 @@
+"""DSSE envelopes and the in-toto statements inside them, parsed strictly and bounded.
+
+PAE (pre-authentication encoding), per the DSSE spec::
+
+    "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from samplerguard.errors import MalformedInputError
+
+__all__ = [
+    "INTOTO_PAYLOAD_TYPE",
+    "Envelope",
+    "Statement",
+    "Subject",
+    "pae",
+]
+
+INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPES = frozenset(
+    {"https://in-toto.io/Statement/v0.1", "https://in-toto.io/Statement/v1"}
+)
+MAX_ENVELOPE_BYTES = 4 << 20
+MAX_SIGNATURES = 16
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def _b64(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedInputError(f"DSSE {what} must be a base64 string")
+    try:
+        # Both alphabets occur in the wild (Go's StdEncoding and URLEncoding).
+        if "-" in value or "_" in value:
+            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedInputError(f"DSSE {what} is not valid base64") from None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed DSSE envelope. ``signatures`` holds ``(keyid, sig)`` pairs."""
+
+    payload_type: str
+    payload: bytes = field(repr=False)
+    signatures: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        if len(raw) > MAX_ENVELOPE_BYTES:
+            raise MalformedInputError(
+                f"DSSE envelope is {len(raw)} bytes (at most {MAX_ENVELOPE_BYTES})"
+            )
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedInputError(f"DSSE envelope is not JSON: {exc}") from None
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: object) -> Envelope:
+        if not isinstance(doc, dict):
+            raise MalformedInputError("DSSE envelope must be a JSON object")
+        payload_type = doc.get("payloadType")
+        if not isinstance(payload_type, str) or not payload_type:
+            raise MalformedInputError("DSSE envelope lacks payloadType")
+        payload = _b64(doc.get("payload"), "payload")
+        sigs = doc.get("signatures")
+        if not isinstance(sigs, list) or not sigs:
+            raise MalformedInputError("DSSE envelope has no signatures")
+        if len(sigs) > MAX_SIGNATURES:
+            raise MalformedInputError(
+                f"DSSE envelope has {len(sigs)} signatures (at most {MAX_SIGNATURES})"
+            )
+        pairs = []
+        for i, sig in enumerate(sigs):
+            if not isinstance(sig, dict):
+                raise MalformedInputError(f"DSSE signature {i} is not an object")
+            keyid = sig.get("keyid", "")
+            if not isinstance(keyid, str):
+                raise MalformedInputError(f"DSSE signature {i} keyid is not a string")
+            pairs.append((keyid, _b64(sig.get("sig"), f"signature {i}")))
+        return cls(payload_type, payload, tuple(pairs))
+
+    @property
+    def pae(self) -> bytes:
+        return pae(self.payload_type, self.payload)
+
+    def statement(self) -> Statement:
+        if self.payload_type != INTOTO_PAYLOAD_TYPE:
+            raise MalformedInputError(
+                f"DSSE payloadType is {self.payload_type[:100]!r} (expected {INTOTO_PAYLOAD_TYPE})"
+            )
+        return Statement.from_json(self.payload)
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    digest: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """An in-toto Statement (v0.1 or v1)."""
+
+    type: str
+    predicate_type: str
+    subjects: tuple[Subject, ...]
+    predicate: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Statement:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedInputError(f"in-toto statement is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise MalformedInputError("in-toto statement must be a JSON object")
+        stype = doc.get("_type")
+        if stype not in STATEMENT_TYPES:
+            raise MalformedInputError(
+                f"in-toto _type is {str(stype)[:100]!r} (expected one of {sorted(STATEMENT_TYPES)})"
+            )
+        ptype = doc.get("predicateType")
+        if not isinstance(ptype, str) or not ptype:
+            raise MalformedInputError("in-toto statement lacks predicateType")
+        subjects_doc = doc.get("subject")
+        if not isinstance(subjects_doc, list) or not subjects_doc or len(subjects_doc) > 1024:
+            raise MalformedInputError("in-toto statement needs 1–1024 subjects")
+        subjects = []
+        for i, s in enumerate(subjects_doc):
+            if not isinstance(s, dict):
+                raise MalformedInputError(f"in-toto subject {i} is not an object")
+            digest = s.get("digest")
+            if not isinstance(digest, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in digest.items()
+            ):
+                raise MalformedInputError(f"in-toto subject {i} digest must map strings")
+            name = s.get("name", "")
+            subjects.append(Subject(name if isinstance(name, str) else "", digest))
+        predicate = doc.get("predicate", {})
+        if not isinstance(predicate, dict):
+            raise MalformedInputError("in-toto predicate must be a JSON object")
+        return cls(stype, ptype, tuple(subjects), predicate)
+
+    def names_digest(self, digest: str) -> bool:
+        """Whether some subject carries ``digest`` (``sha256:<hex>``)."""
+        algo, _, value = digest.partition(":")
+        return any(s.digest.get(algo, "").lower() == value for s in self.subjects)
+
+    def subject_digests(self) -> list[str]:
+        return [f"{k}:{v}" for s in self.subjects for k, v in s.digest.items()]

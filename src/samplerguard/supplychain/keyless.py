@@ -1,0 +1,295 @@
+"""Keyless (Fulcio + Rekor) verification of cosign's legacy annotations, offline.
+
+For a layer carrying ``dev.sigstore.cosign/certificate`` and ``dev.sigstore.cosign/bundle``:
+
+1. verify the Rekor inclusion promise (SET) with the trusted root's Rekor key;
+2. take the log's integration time as the signing time;
+3. build the certificate chain to a Fulcio CA of the trusted root, valid at that time
+   (an expired or not-yet-valid certificate fails here);
+4. verify the certificate's SCT when the trusted root has CT logs;
+5. check the Sigstore X.509 profile: digitalSignature key usage, codeSigning EKU;
+6. match the identity (SAN) and OIDC issuer against the authority's identities;
+7. verify the signature with the certificate's key;
+8. check the log entry is about *these* materials (signature, payload hash and
+   certificate), so an entry for something else cannot vouch for them (CVE-2022-36056).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+)
+from cryptography.x509.verification import VerificationError as X509VerificationError
+
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.policy.spec import KeylessIdentity
+from samplerguard.supplychain.keys import HashName, PublicKey
+
+__all__ = ["CertificateIdentity", "certificate_identity", "verify_keyless"]
+
+_ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
+_ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
+
+
+class CertificateIdentity:
+    """The identity a Fulcio certificate asserts."""
+
+    def __init__(self, subjects: list[str], issuer: str) -> None:
+        self.subjects = subjects
+        self.issuer = issuer
+
+    def __str__(self) -> str:
+        return f"{' | '.join(self.subjects) or '(no SAN)'} (issuer {self.issuer or '?'})"
+
+    def matches_any(self, identities: list[KeylessIdentity]) -> bool:
+        return any(
+            ident.matches(self.issuer, subject) for ident in identities for subject in self.subjects
+        )
+
+
+def certificate_identity(cert: x509.Certificate) -> CertificateIdentity:
+    subjects: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        subjects += san.get_values_for_type(x509.RFC822Name)
+        subjects += san.get_values_for_type(x509.UniformResourceIdentifier)
+        for other in san.get_values_for_type(x509.OtherName):
+            subjects.append(_der_utf8(other.value))
+    except x509.ExtensionNotFound:
+        pass
+    issuer = ""
+    for ext in cert.extensions:
+        if ext.oid == _ISSUER_V2 and isinstance(ext.value, x509.UnrecognizedExtension):
+            issuer = _der_utf8(ext.value.value)
+            break
+        if ext.oid == _ISSUER_V1 and isinstance(ext.value, x509.UnrecognizedExtension):
+            issuer = ext.value.value.decode("utf-8", "replace")
+    return CertificateIdentity(subjects, issuer)
+
+
+def _der_utf8(raw: bytes) -> str:
+    """Decode a DER UTF8String (tag 0x0c); fall back to the raw text."""
+    if len(raw) >= 2 and raw[0] == 0x0C:
+        length, offset = raw[1], 2
+        if length & 0x80:
+            n = length & 0x7F
+            length, offset = int.from_bytes(raw[2 : 2 + n], "big"), 2 + n
+        return raw[offset : offset + length].decode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def _load_certs(pem: bytes, what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise MalformedInputError(f"{what} is not PEM certificates") from None
+    if not certs or len(certs) > 8:
+        raise MalformedInputError(f"{what} must hold 1–8 certificates")
+    return certs
+
+
+def verify_keyless(
+    *,
+    certificate_pem: bytes | None,
+    chain_pem: bytes | None,
+    rekor_bundle: dict[str, Any] | None,
+    signature: bytes,
+    signed_bytes: bytes,
+    payload: bytes,
+    identities: list[KeylessIdentity],
+    trusted_root: Any,
+) -> CertificateIdentity:
+    """Verify one keyless signature (see the module doc); returns the verified identity.
+
+    ``signed_bytes`` is what the signature covers (the payload for simple signing, the PAE
+    for DSSE); ``payload`` is what the log entry hashes. Raises :class:`VerificationError`
+    with the step that failed.
+    """
+    from sigstore._internal.sct import verify_sct
+    from sigstore._internal.trust import KeyringPurpose
+    from sigstore._utils import KeyID
+    from sigstore.errors import Error as SigstoreError
+
+    if certificate_pem is None:
+        raise VerificationError("keyless signature has no certificate")
+    cert = _load_certs(certificate_pem, "certificate")[0]
+    intermediates = _load_certs(chain_pem, "certificate chain") if chain_pem else []
+    if rekor_bundle is None:
+        raise VerificationError("keyless signature has no Rekor bundle (inclusion promise)")
+
+    # (1): the inclusion promise, signed by a Rekor key of the trusted root.
+    try:
+        set_sig = base64.b64decode(rekor_bundle["SignedEntryTimestamp"], validate=True)
+        entry = rekor_bundle["Payload"]
+        body_b64 = entry["body"]
+        integrated = entry["integratedTime"]
+        log_index = entry["logIndex"]
+        log_id = entry["logID"]
+        if not (
+            isinstance(body_b64, str)
+            and isinstance(integrated, int)
+            and isinstance(log_index, int)
+            and isinstance(log_id, str)
+        ):
+            raise TypeError
+        key_id = bytes.fromhex(log_id)
+        body = json.loads(base64.b64decode(body_b64, validate=True))
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise MalformedInputError("Rekor bundle annotation is malformed") from None
+    canonical = rfc8785.dumps(
+        {"body": body_b64, "integratedTime": integrated, "logID": log_id, "logIndex": log_index}
+    )
+    try:
+        trusted_root.rekor_keyring(KeyringPurpose.VERIFY).verify(
+            key_id=KeyID(key_id), signature=set_sig, data=canonical
+        )
+    except SigstoreError as exc:
+        raise VerificationError(
+            f"Rekor SET does not verify against the trusted root: {exc}"
+        ) from None
+
+    # (2)+(3): the chain, at the time the log saw the signature.
+    try:
+        signed_at = datetime.fromtimestamp(integrated, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise MalformedInputError(f"Rekor integratedTime {integrated} is out of range") from None
+    ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, Criticality.NON_CRITICAL, None
+    )
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.ExtendedKeyUsage, Criticality.NON_CRITICAL, None
+    )
+    try:
+        verifier = (
+            PolicyBuilder()
+            .store(Store(trusted_root.get_fulcio_certs()))
+            .time(signed_at)
+            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+            .build_client_verifier()
+        )
+        chain = verifier.verify(cert, intermediates).chain[1:]
+    except (X509VerificationError, x509.UnsupportedGeneralNameType) as exc:
+        raise VerificationError(
+            f"certificate does not chain to a Fulcio root of the trusted root at "
+            f"{signed_at.isoformat()} (not before {cert.not_valid_before_utc.isoformat()}, "
+            f"not after {cert.not_valid_after_utc.isoformat()}): {exc}"
+        ) from None
+
+    # (4): the SCT, when the trusted root names CT logs.
+    if list(trusted_root._inner.ctlogs):
+        try:
+            verify_sct(cert, chain, trusted_root.ct_keyring(KeyringPurpose.VERIFY))
+        except SigstoreError as exc:
+            raise VerificationError(f"certificate SCT does not verify: {exc}") from None
+
+    # (5): the Sigstore certificate profile.
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise VerificationError("certificate lacks key usage or extended key usage") from None
+    if not usage.digital_signature or ExtendedKeyUsageOID.CODE_SIGNING not in eku:
+        raise VerificationError("certificate is not for code signing")
+
+    # (6): identity and issuer.
+    identity = certificate_identity(cert)
+    if not identity.matches_any(identities):
+        raise VerificationError(
+            f"certificate identity mismatch (got {identity}, expected "
+            + " or ".join(_describe(i) for i in identities)
+            + ")"
+        )
+
+    # (7): the signature itself.
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+        raise VerificationError(f"certificate key type {type(key).__name__} is not supported")
+    hash_name: HashName = "sha256"
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size == 384:
+        hash_name = "sha384"
+    if not PublicKey(key, hash_name).verify(signature, signed_bytes):
+        raise VerificationError("signature does not verify with the certificate's key")
+
+    # (8): the log entry must be about these materials.
+    _check_entry_binds(body, cert, signature, payload)
+    return identity
+
+
+def _describe(ident: KeylessIdentity) -> str:
+    subject = ident.subject if ident.subject is not None else f"~/{ident.subject_reg_exp}/"
+    issuer = ident.issuer if ident.issuer is not None else f"~/{ident.issuer_reg_exp}/"
+    return f"{subject} (issuer {issuer})"
+
+
+def _b64_text(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError
+    return base64.b64decode(value, validate=True)
+
+
+def _check_entry_binds(
+    body: object, cert: x509.Certificate, signature: bytes, payload: bytes
+) -> None:
+    cert_der = cert.public_bytes(Encoding.DER)
+    payload_hash = hashlib.sha256(payload).hexdigest()
+    try:
+        if not isinstance(body, dict):
+            raise TypeError
+        kind, spec = body.get("kind"), body.get("spec")
+        if not isinstance(spec, dict):
+            raise TypeError
+        if kind == "hashedrekord":
+            sig = spec["signature"]
+            logged_sig = _b64_text(sig["content"])
+            logged_key = _b64_text(sig["publicKey"]["content"])
+            logged_hash = spec["data"]["hash"]["value"]
+            sigs = [logged_sig]
+        elif kind == "intoto":
+            content = spec["content"]
+            logged_hash = content["payloadHash"]["value"]
+            envelope = content["envelope"]
+            sigs = []
+            for s in envelope["signatures"]:
+                raw = _b64_text(s["sig"])
+                with contextlib.suppress(binascii.Error, ValueError):
+                    # v0.0.2 double-encodes the signature
+                    raw = base64.b64decode(raw, validate=True)
+                sigs.append(raw)
+            logged_key = _b64_text(envelope["signatures"][0]["publicKey"])
+        elif kind == "dsse":
+            logged_hash = spec["payloadHash"]["value"]
+            sigs = [_b64_text(s["signature"]) for s in spec["signatures"]]
+            logged_key = _b64_text(spec["signatures"][0]["verifier"])
+        else:
+            raise VerificationError(f"Rekor entry kind {str(kind)[:40]!r} is not supported")
+    except (KeyError, TypeError, IndexError, ValueError, binascii.Error):
+        raise VerificationError("Rekor entry body is malformed") from None
+    if logged_hash != payload_hash:
+        raise VerificationError(
+            "Rekor entry is for other content (payload hash mismatch: "
+            f"got {str(logged_hash)[:64]}, expected {payload_hash})"
+        )
+    if signature not in sigs:
+        raise VerificationError("Rekor entry is for another signature")
+    try:
+        logged_cert = x509.load_pem_x509_certificate(logged_key).public_bytes(Encoding.DER)
+    except ValueError:
+        logged_cert = b""
+    if logged_cert != cert_der:
+        raise VerificationError("Rekor entry is for another certificate")
