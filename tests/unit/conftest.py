@@ -1,5 +1,8 @@
-"""A CRD-schema check without a cluster: OpenAPI v3 via jsonschema plus the CEL rules via
-cel-python, walking the schema the way the API server's structural validator does."""
+"""Unit-test fixtures shared across components.
+
+``crds`` / ``crd_validate``: a CRD-schema check without a cluster, OpenAPI v3 via jsonschema
+plus the CEL rules via cel-python, walking the schema the way the API server's structural
+validator does. The imports are lazy so other components' tests do not pay for them."""
 
 from __future__ import annotations
 
@@ -7,15 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import celpy
-import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "charts" / "samplerguard" / "crds"
-
-_ENV = celpy.Environment()
 
 
 def load_crds() -> dict[str, dict[str, Any]]:
@@ -28,6 +27,9 @@ def load_crds() -> dict[str, dict[str, Any]]:
 
 
 def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    import celpy
+
+    env = celpy.Environment()
     errors: list[str] = []
     if isinstance(value, dict):
         props = schema.get("properties", {})
@@ -40,7 +42,7 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
         for i, sub in enumerate(value):
             errors += _cel_errors(schema["items"], sub, f"{path}[{i}]")
     for rule in schema.get("x-kubernetes-validations", []):
-        program = _ENV.program(_ENV.compile(rule["rule"]))
+        program = env.program(env.compile(rule["rule"]))
         try:
             ok = program.evaluate({"self": celpy.json_to_cel(value)})
         except celpy.CELEvalError:
@@ -53,6 +55,8 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
 def crd_errors(crd: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     """What the API server would refuse ``obj`` for (OpenAPI first, CEL only if it passes,
     as the server does)."""
+    import jsonschema
+
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     validator = jsonschema.Draft4Validator(schema)
     errors = [

@@ -1,0 +1,148 @@
+"""``samplerguard operator``: the kopf operator (policies, certificates, reports, audit)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run"]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"SAMPLERGUARD_{name}", default)
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "operator",
+        help="run the operator (policy status, webhook certificates, PolicyReports, audit)",
+        description="Run the kopf operator. In a pod it uses the in-cluster config; outside, "
+        "the kubeconfig named by KUBECONFIG. Flags default to SAMPLERGUARD_<FLAG> variables.",
+    )
+    p.add_argument("--namespace", default=_env("NAMESPACE", "samplerguard"))
+    p.add_argument("--tls-secret", default=_env("TLS_SECRET", "samplerguard-webhook-tls"))
+    p.add_argument("--mutating-webhook", default=_env("MUTATING_WEBHOOK", "samplerguard-mutating"))
+    p.add_argument(
+        "--validating-webhook", default=_env("VALIDATING_WEBHOOK", "samplerguard-validating")
+    )
+    p.add_argument("--webhook-service", default=_env("WEBHOOK_SERVICE", "samplerguard-webhook"))
+    p.add_argument("--operator-service", default=_env("OPERATOR_SERVICE", "samplerguard-operator"))
+    p.add_argument(
+        "--ip-san", action="append", default=[], help="extra IP SAN (out-of-cluster webhook)"
+    )
+    p.add_argument("--dns-san", action="append", default=[], help="extra DNS SAN")
+    p.add_argument("--cert-dir", type=Path, help="also write tls.crt/tls.key/ca.crt here")
+    p.add_argument("--audit-interval", type=float, default=float(_env("AUDIT_INTERVAL", "600")))
+    p.add_argument("--cert-check", type=float, default=float(_env("CERT_CHECK", "300")))
+    p.add_argument(
+        "--verifier-user",
+        action="append",
+        default=[],
+        help="ServiceAccount user allowed to post results "
+        "(default system:serviceaccount:<namespace>:samplerguard-verifier)",
+    )
+    p.add_argument("--ingest", default=_env("INGEST", "0.0.0.0:8443"), help="HOST:PORT, or 'off'")
+    p.add_argument("--ingest-token-file", type=Path, help="local mode: shared bearer token")
+    p.add_argument("--peering", default=os.environ.get("SAMPLERGUARD_PEERING") or None)
+    p.add_argument(
+        "--registry-plain-http",
+        action="append",
+        default=[],
+        help="registry host:port spoken to over plain HTTP (loopback test registries)",
+    )
+    p.add_argument("--no-audit", action="store_true", help="disable the background image audit")
+    p.set_defaults(_run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+
+    import kopf
+    from kubernetes import config as kconfig
+
+    from samplerguard.operator import audit as audit_mod
+    from samplerguard.operator.controller import Controller, OperatorConfig
+    from samplerguard.operator.handlers import register as register_handlers
+    from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
+    from samplerguard.operator.kube import Kube
+
+    try:
+        kconfig.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kconfig.ConfigException:
+        kconfig.load_kube_config()  # type: ignore[no-untyped-call]
+    users = tuple(args.verifier_user) or (
+        f"system:serviceaccount:{args.namespace}:samplerguard-verifier",
+    )
+    cfg = OperatorConfig(
+        namespace=args.namespace,
+        tls_secret=args.tls_secret,
+        mutating_webhook=args.mutating_webhook,
+        validating_webhook=args.validating_webhook,
+        webhook_service=args.webhook_service,
+        operator_service=args.operator_service,
+        extra_ip_sans=tuple(args.ip_san),
+        extra_dns_sans=tuple(args.dns_san),
+        cert_dir=args.cert_dir,
+        cert_check_seconds=args.cert_check,
+        audit_interval_seconds=args.audit_interval,
+        verifier_users=users,
+    )
+    kube = Kube()
+    controller = Controller(cfg, kube)
+
+    auditor = None
+    if not args.no_audit:
+        try:
+            from samplerguard.supplychain.registry import RegistryClient
+            from samplerguard.supplychain.verifier import ImageVerifier
+
+            verifier = ImageVerifier(RegistryClient(plain_http=args.registry_plain_http))
+            check = audit_mod.image_checker(verifier)
+
+            def auditor() -> int:
+                results = audit_mod.audit(
+                    kube.list_pods(),
+                    kube.list_namespaces(),
+                    kube.list_policies("clustersamplerpolicies")
+                    + kube.list_policies("samplerpolicies"),
+                    check,
+                    cfg.namespace,
+                )
+                return controller.record(results)
+
+        except ImportError as exc:  # the supply-chain package is optional at this layer
+            print(f"background audit disabled: {exc}")
+
+    async def start_ingest() -> None:
+        if args.ingest == "off":
+            return
+        host, _, port = args.ingest.rpartition(":")
+        if args.ingest_token_file is not None:
+            auth = Authenticator(local_token=args.ingest_token_file.read_text().strip())
+        else:
+            auth = Authenticator(review=kube.token_user, allowed_users=users)
+        await asyncio.to_thread(controller.reconcile_certs)
+        state, _ = await asyncio.to_thread(kube.get_secret, cfg.namespace, cfg.tls_secret)
+        tmp = Path(tempfile.mkdtemp(prefix="sg-operator-tls-"))
+        (tmp / "tls.crt").write_bytes(state.data["tls.crt"])
+        (tmp / "tls.key").write_bytes(state.data["tls.key"])
+        (tmp / "tls.key").chmod(0o600)
+        ctx = tls_context(str(tmp / "tls.crt"), str(tmp / "tls.key"))
+        await serve(build_app(controller.record, auth), host or "0.0.0.0", int(port), ctx)  # noqa: S104
+
+    registry = kopf.OperatorRegistry()
+    register_handlers(
+        registry, controller, auditor=auditor, peering=args.peering, start_ingest=start_ingest
+    )
+    kopf.configure(verbose=args.verbose > 0)
+    kopf.run(
+        registry=registry,
+        clusterwide=True,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint="http://0.0.0.0:8080/healthz",
+    )
+    return 0

@@ -1,0 +1,236 @@
+"""The operator's reconcilers, free of kopf so that tests drive them directly.
+
+:class:`Controller` holds the configuration and a :class:`~samplerguard.operator.kube.Kube`;
+:mod:`samplerguard.operator.handlers` wires its methods to kopf's events and timers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from samplerguard.errors import TemporaryError
+from samplerguard.operator.certs import CertPolicy, plan
+from samplerguard.operator.kube import Conflict, Kube
+from samplerguard.operator.reports import (
+    CLUSTER_REPORT_NAME,
+    REPORT_NAME,
+    cluster_report,
+    namespace_report,
+)
+from samplerguard.operator.status import Evaluation, evaluate, policy_ref
+from samplerguard.policy.report import ObjectReference, ReportResult
+
+__all__ = ["Controller", "OperatorConfig"]
+
+log = logging.getLogger("samplerguard.operator")
+
+MANAGED = "app.kubernetes.io/managed-by=samplerguard"
+_EVENT_REASON = {"fail": "VerificationFailed", "error": "VerificationError"}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the chart passes in (flags or ``SAMPLERGUARD_*`` environment)."""
+
+    namespace: str = "samplerguard"
+    tls_secret: str = "samplerguard-webhook-tls"  # noqa: S105 - a Secret's name
+    mutating_webhook: str = "samplerguard-mutating"
+    validating_webhook: str = "samplerguard-validating"
+    webhook_service: str = "samplerguard-webhook"
+    operator_service: str = "samplerguard-operator"
+    extra_ip_sans: tuple[str, ...] = ()
+    extra_dns_sans: tuple[str, ...] = ()
+    #: Write tls.crt/tls.key/ca.crt here too (local mode: an out-of-cluster webhook reads them).
+    cert_dir: Path | None = None
+    leaf_days: int = 90
+    leaf_renew_before_days: int = 30
+    cert_check_seconds: float = 300.0
+    audit_interval_seconds: float = 600.0
+    #: ServiceAccount user names allowed to post results (``system:serviceaccount:ns:name``).
+    verifier_users: tuple[str, ...] = ("system:serviceaccount:samplerguard:samplerguard-verifier",)
+    lease_name: str = "samplerguard-operator"
+    holder: str = field(default_factory=lambda: os.environ.get("POD_NAME", os.uname().nodename))
+    events: bool = True
+
+    def cert_policy(self) -> CertPolicy:
+        dns: list[str] = []
+        for svc in (self.webhook_service, self.operator_service):
+            dns += [svc, f"{svc}.{self.namespace}.svc", f"{svc}.{self.namespace}.svc.cluster.local"]
+        dns += list(self.extra_dns_sans)
+        return CertPolicy(
+            dns_names=tuple(dns),
+            ip_addresses=self.extra_ip_sans,
+            leaf_days=self.leaf_days,
+            leaf_renew_before_days=self.leaf_renew_before_days,
+        )
+
+
+class Controller:
+    def __init__(self, config: OperatorConfig, kube: Kube) -> None:
+        self.config = config
+        self.kube = kube
+        self._lock = threading.Lock()
+        #: Current validity result of every ClusterSamplerPolicy (by policy ref).
+        self._cluster_policy_results: dict[str, ReportResult] = {}
+        self._cluster_dirty = True
+        self._last_event: dict[tuple[str, str], float] = {}
+
+    # -- policies ----------------------------------------------------------------------------
+
+    def reconcile_policy(self, body: dict[str, object]) -> Evaluation:
+        """Validate; remember the result for the reports; an Event when invalid."""
+        ev = evaluate(dict(body))
+        ref = policy_ref(dict(body))
+        if body.get("kind") == "ClusterSamplerPolicy":
+            with self._lock:
+                old = self._cluster_policy_results.get(ref)
+                self._cluster_policy_results[ref] = ev.result
+                self._cluster_dirty |= old is None or old.result != ev.result.result
+        else:
+            ns = ev.result.namespace
+            if ns is not None and not ev.ok:
+                self.record([ev.result])
+        if not ev.ok:
+            self.event(ev.result, "PolicyInvalid", ev.message)
+        return ev
+
+    def forget_policy(self, body: dict[str, object]) -> None:
+        with self._lock:
+            if self._cluster_policy_results.pop(policy_ref(dict(body)), None) is not None:
+                self._cluster_dirty = True
+
+    # -- certificates --------------------------------------------------------------------------
+
+    def reconcile_certs(self, now: dt.datetime | None = None) -> bool:
+        """Ensure the Secret, then the caBundles. Returns whether anything was written."""
+        cfg = self.config
+        now = now or dt.datetime.now(dt.UTC)
+        for _ in range(5):
+            state, rv = self.kube.get_secret(cfg.namespace, cfg.tls_secret)
+            decision = plan(state, cfg.cert_policy(), now)
+            if not decision.changed:
+                break
+            try:
+                self.kube.put_secret(cfg.namespace, cfg.tls_secret, decision.state, rv)
+            except Conflict:
+                continue  # another replica rotated first: re-read theirs
+            log.info(
+                "TLS Secret %s/%s updated: %s",
+                cfg.namespace,
+                cfg.tls_secret,
+                "; ".join(decision.reasons),
+            )
+            break
+        else:
+            raise TemporaryError("the TLS Secret kept changing under us")
+        state = decision.state
+        changed = decision.changed
+        if cfg.cert_dir is not None:
+            self._write_cert_dir(cfg.cert_dir, state.data)
+        for kind, name in (
+            ("mutating", cfg.mutating_webhook),
+            ("validating", cfg.validating_webhook),
+        ):
+            if self.kube.patch_ca_bundle(kind, name, state.ca_bundle):
+                log.info("caBundle of %s webhook configuration %s patched", kind, name)
+                changed = True
+        return changed
+
+    @staticmethod
+    def _write_cert_dir(directory: Path, data: dict[str, bytes]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for key in ("tls.crt", "tls.key", "ca.crt", "ca-bundle.crt"):
+            target = directory / key
+            if target.is_file() and target.read_bytes() == data[key]:
+                continue
+            tmp = directory / f".{key}.tmp"
+            tmp.write_bytes(data[key])
+            tmp.chmod(0o600 if key.endswith(".key") else 0o644)
+            tmp.replace(target)  # atomic, so a reloading webhook never reads half a file
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def record(self, results: Iterable[ReportResult]) -> int:
+        """Fold results into their namespaces' PolicyReports. Results without a namespace go
+        to the ClusterPolicyReport's cluster-scoped part. Returns how many were recorded."""
+        by_ns: dict[str | None, list[ReportResult]] = {}
+        results = list(results)
+        for r in results:
+            by_ns.setdefault(r.namespace, []).append(r)
+        n = 0
+        for ns, batch in by_ns.items():
+            if ns is None:
+                with self._lock:
+                    for r in batch:
+                        self._cluster_policy_results[f"{r.policy}#{r.rule}#{r.workload}"] = r
+                    self._cluster_dirty = True
+                n += len(batch)
+                continue
+            for _ in range(8):
+                existing = self.kube.get_report(ns, REPORT_NAME)
+                body = namespace_report(ns, existing, batch)
+                try:
+                    self.kube.put_report(body)
+                except Conflict:
+                    continue
+                break
+            else:
+                raise TemporaryError(f"PolicyReport {ns}/{REPORT_NAME} kept conflicting")
+            n += len(batch)
+            with self._lock:
+                self._cluster_dirty = True
+        for r in results:
+            if r.result in ("fail", "error"):
+                self.event(r, _EVENT_REASON[r.result], f"{r.rule}: {r.message}")
+        return n
+
+    def refresh_cluster_report(self, force: bool = False) -> bool:
+        with self._lock:
+            if not (self._cluster_dirty or force):
+                return False
+            self._cluster_dirty = False
+            own = list(self._cluster_policy_results.values())
+        namespaced = self.kube.list_reports(MANAGED)
+        for _ in range(8):
+            existing = self.kube.get_report(None, CLUSTER_REPORT_NAME)
+            body = cluster_report(namespaced, own, existing)
+            try:
+                self.kube.put_report(body)
+            except Conflict:
+                continue
+            return True
+        with self._lock:
+            self._cluster_dirty = True
+        raise TemporaryError("ClusterPolicyReport kept conflicting")
+
+    # -- events --------------------------------------------------------------------------------
+
+    def event(self, result: ReportResult, reason: str, message: str) -> None:
+        """A Warning Event on the result's resource; at most one per resource and reason a
+        minute, and never an exception (Events are best effort)."""
+        if not self.config.events or not result.resources:
+            return
+        ref = result.resources[0]
+        if ref.namespace is None and ref.kind not in ("ClusterSamplerPolicy",):
+            return
+        key = (f"{ref.kind}/{ref.namespace}/{ref.name}", reason)
+        now = time.monotonic()
+        if now - self._last_event.get(key, -1e9) < 60:
+            return
+        self._last_event[key] = now
+        involved = ref
+        if ref.namespace is None:  # cluster-scoped objects' Events live in "default"
+            involved = ObjectReference.model_validate({**ref.to_wire(), "namespace": None})
+        try:
+            self.kube.create_event(
+                involved, type_="Warning", reason=reason, message=f"{result.policy}: {message}"
+            )
+        except Exception as exc:
+            log.warning("could not post Event %s on %s: %s", reason, key[0], exc)

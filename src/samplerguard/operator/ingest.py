@@ -1,0 +1,142 @@
+"""``POST /v1/results``: where the verifier (and anything else that judges) hands results over.
+
+Body: JSON lines, one :class:`~samplerguard.policy.report.ReportResult` per line, at most
+:data:`MAX_BODY` bytes and :data:`MAX_RESULTS_PER_POST` lines. All or nothing: one bad line and
+nothing is recorded (400 names the line). 200 means the results are in their PolicyReports;
+503 (with ``Retry-After``) means the API server did not take them and the client must retry.
+
+Authentication: ``Authorization: Bearer <token>``. In a cluster the token is the verifier's
+projected ServiceAccount token, checked with a TokenReview and accepted only for the
+configured user names; in local mode a shared token file, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from samplerguard.errors import TemporaryError
+from samplerguard.policy.report import ReportResult
+
+__all__ = ["MAX_BODY", "MAX_RESULTS_PER_POST", "Authenticator", "build_app"]
+
+log = logging.getLogger("samplerguard.operator.ingest")
+
+MAX_BODY = 4 * 1024 * 1024
+MAX_RESULTS_PER_POST = 5000
+_AUTH_CACHE_SECONDS = 60.0
+
+
+class Authenticator:
+    """Bearer-token check: a local token, or TokenReview + an allow-list of user names."""
+
+    def __init__(
+        self,
+        *,
+        local_token: str | None = None,
+        review: Callable[[str], str | None] | None = None,
+        allowed_users: tuple[str, ...] = (),
+    ) -> None:
+        if local_token is None and review is None:
+            raise ValueError("an authenticator needs a local token or a TokenReview function")
+        self._local = local_token.encode() if local_token else None
+        self._review = review
+        self._allowed = frozenset(allowed_users)
+        self._cache: dict[bytes, tuple[float, str | None]] = {}
+
+    async def user(self, header: str | None) -> str | None:
+        if not header or not header.startswith("Bearer "):
+            return None
+        token = header[len("Bearer ") :].strip()
+        if not token or len(token) > 16384:
+            return None
+        if self._local is not None:
+            return "local" if hmac.compare_digest(token.encode(), self._local) else None
+        assert self._review is not None
+        key = hashlib.sha256(token.encode()).digest()  # never keep the token itself
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        user = await asyncio.to_thread(self._review, token)
+        allowed = user if user in self._allowed else None
+        if len(self._cache) > 1024:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + _AUTH_CACHE_SECONDS, allowed)
+        return allowed
+
+
+def parse_body(raw: bytes) -> list[ReportResult]:
+    """All lines or a ValueError naming the first bad one."""
+    results: list[ReportResult] = []
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(results) >= MAX_RESULTS_PER_POST:
+            raise ValueError(f"more than {MAX_RESULTS_PER_POST} results in one request")
+        try:
+            results.append(ReportResult.model_validate(json.loads(line)))
+        except (ValueError, ValidationError) as exc:
+            first = str(exc).splitlines()[0][:300]
+            raise ValueError(f"line {lineno}: not a PolicyReport result: {first}") from None
+    return results
+
+
+def build_app(record: Callable[[list[ReportResult]], int], auth: Authenticator) -> web.Application:
+    async def results(request: web.Request) -> web.Response:
+        user = await auth.user(request.headers.get("Authorization"))
+        if user is None:
+            return web.json_response({"error": "unauthenticated"}, status=401)
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
+        try:
+            raw = await request.content.read(MAX_BODY + 1)
+        except (TimeoutError, ConnectionError):
+            return web.json_response({"error": "body not received"}, status=400)
+        if len(raw) > MAX_BODY:
+            return web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
+        try:
+            batch = parse_body(raw)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        try:
+            n = await asyncio.to_thread(record, batch)
+        except TemporaryError as exc:
+            return web.json_response(
+                {"error": str(exc)}, status=503, headers={"Retry-After": str(int(exc.delay))}
+            )
+        log.info("recorded %d result(s) from %s", n, user)
+        return web.json_response({"recorded": n})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=MAX_BODY + 1)  # the module global, read per app
+    app.router.add_post("/v1/results", results)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
+) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
+    return runner
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx

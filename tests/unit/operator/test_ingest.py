@@ -1,0 +1,130 @@
+"""The results endpoint on a real loopback HTTP server: auth, all-or-nothing, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from samplerguard.errors import TemporaryError
+from samplerguard.operator.ingest import Authenticator, build_app, serve
+from samplerguard.policy.report import ReportResult
+
+TOKEN = "s3cret-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _line(**kw: Any) -> str:
+    r = ReportResult.build(
+        policy="p",
+        rule="recipe",
+        result="pass",
+        resource={"kind": "Pod", "namespace": "ml", "name": "x"},
+        **kw,
+    )
+    return json.dumps(r.to_wire())
+
+
+def _run(
+    record: Callable[[list[ReportResult]], int], auth: Authenticator, requests: Callable[[str], Any]
+) -> Any:
+    async def main() -> Any:
+        port = _free_port()
+        runner = await serve(build_app(record, auth), "127.0.0.1", port, None)
+        try:
+            return await asyncio.to_thread(requests, f"http://127.0.0.1:{port}")
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(main())
+
+
+def test_auth_then_all_or_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from samplerguard.operator import ingest
+
+    monkeypatch.setattr(ingest, "MAX_BODY", 4096)
+    got: list[ReportResult] = []
+
+    def record(batch: list[ReportResult]) -> int:
+        got.extend(batch)
+        return len(batch)
+
+    def calls(base: str) -> list[httpx.Response]:
+        h = {"Authorization": f"Bearer {TOKEN}"}
+        body = "\n".join([_line(guidance=4.0), _line(steps=20)]) + "\n"
+        return [
+            httpx.post(f"{base}/v1/results", content=body),
+            httpx.post(
+                f"{base}/v1/results", content=body, headers={"Authorization": "Bearer nope"}
+            ),
+            httpx.post(f"{base}/v1/results", content=body + "{not json\n", headers=h),
+            httpx.post(f"{base}/v1/results", content=body, headers=h),
+            httpx.post(f"{base}/v1/results", content=b"x" * 5000, headers=h),
+        ]
+
+    r = _run(record, Authenticator(local_token=TOKEN), calls)
+    assert [x.status_code for x in r] == [401, 401, 400, 200, 413]
+    assert "line 3: not a PolicyReport result" in r[2].json()["error"]
+    assert r[3].json() == {"recorded": 2}
+    assert len(got) == 2 and got[0].metric("guidance") == 4.0
+
+
+def test_api_server_trouble_is_503_retry() -> None:
+    def record(batch: list[ReportResult]) -> int:
+        raise TemporaryError("PolicyReport ml/samplerguard kept conflicting", delay=2)
+
+    def call(base: str) -> httpx.Response:
+        return httpx.post(
+            f"{base}/v1/results", content=_line(), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+
+    r = _run(record, Authenticator(local_token=TOKEN), call)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+
+
+def test_token_review_allow_list_and_cache() -> None:
+    reviews: list[str] = []
+
+    def review(token: str) -> str | None:
+        reviews.append(token)
+        return {
+            "good": "system:serviceaccount:sg:samplerguard-verifier",
+            "other": "system:serviceaccount:sg:default",
+        }.get(token)
+
+    auth = Authenticator(
+        review=review, allowed_users=("system:serviceaccount:sg:samplerguard-verifier",)
+    )
+
+    async def main() -> list[str | None]:
+        return [
+            await auth.user("Bearer good"),
+            await auth.user("Bearer good"),
+            await auth.user("Bearer other"),
+            await auth.user("Basic Zm9v"),
+            await auth.user(None),
+        ]
+
+    assert asyncio.run(main()) == [
+        "system:serviceaccount:sg:samplerguard-verifier",
+        "system:serviceaccount:sg:samplerguard-verifier",
+        None,
+        None,
+        None,
+    ]
+    assert reviews == ["good", "other"]  # the second "good" came from the cache
+
+
+def test_authenticator_needs_a_method() -> None:
+    with pytest.raises(ValueError, match="needs a local token or a TokenReview"):
+        Authenticator()
