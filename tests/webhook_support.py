@@ -164,7 +164,7 @@ def review(
         "resource": gvr,
         "requestKind": gvk,
         "requestResource": gvr,
-        "name": (obj or {}).get("metadata", {}).get("name", ""),
+        "name": _name(obj),
         "namespace": namespace,
         "operation": operation,
         "userInfo": {
@@ -180,6 +180,12 @@ def review(
         request["subResource"] = sub_resource
         request["requestSubResource"] = sub_resource
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def _name(obj: dict[str, Any] | None) -> str:
+    meta = (obj or {}).get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -312,5 +318,10 @@ def patched(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         return obj
     assert response["patchType"] == "JSONPatch"
     ops = json.loads(base64.b64decode(response["patch"]))
+    result: dict[str, Any] = jsonpatch.apply_patch(obj, ops)
+    return result
+
+
+def patched_ops(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = jsonpatch.apply_patch(obj, ops)
     return result

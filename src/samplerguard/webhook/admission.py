@@ -110,15 +110,24 @@ class Admission:
         self.verifier = verifier
         self.resolver = resolver
         self.namespaces = namespaces
-        self.cache = cache or VerdictCache(
-            fresh_ttl=config.fresh_ttl,
-            last_known_good_ttl=config.last_known_good_ttl,
-            failure_ttl=config.failure_ttl,
+        # "is None", not "or": an empty cache is falsy.
+        self.cache = (
+            cache
+            if cache is not None
+            else VerdictCache(
+                fresh_ttl=config.fresh_ttl,
+                last_known_good_ttl=config.last_known_good_ttl,
+                failure_ttl=config.failure_ttl,
+            )
         )
-        self.resolutions = resolutions or ResolutionCache(
-            ttl=config.resolve_ttl, last_known_good_ttl=config.last_known_good_ttl
+        self.resolutions = (
+            resolutions
+            if resolutions is not None
+            else ResolutionCache(
+                ttl=config.resolve_ttl, last_known_good_ttl=config.last_known_good_ttl
+            )
         )
-        self.audit = audit or AuditTrail(config.audit_log)
+        self.audit = audit if audit is not None else AuditTrail(config.audit_log)
         self._limiter: anyio.CapacityLimiter | None = None
         self._inflight: dict[Any, asyncio.Future[Any]] = {}
 

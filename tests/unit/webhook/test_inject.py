@@ -1,0 +1,80 @@
+"""Injection details: PYTHONPATH prepending, plain sidecars, conflicts, idempotence."""
+
+from __future__ import annotations
+
+import pytest
+
+from samplerguard.errors import MalformedInputError
+from samplerguard.webhook import InjectionConfig
+from samplerguard.webhook.inject import injection_patch
+from samplerguard.webhook.workloads import find_pod_template
+from webhook_support import patched_ops, workload
+
+CFG = InjectionConfig(sidecar_image="s@sha256:" + "a" * 64, hook_image="h@sha256:" + "b" * 64)
+
+
+def _inject(
+    pod: dict[str, object], cfg: InjectionConfig = CFG
+) -> tuple[dict[str, object], list[str]]:
+    tpl = find_pod_template("", "Pod", pod)
+    ops, warnings = injection_patch(
+        tpl,
+        cfg,
+        sidecar_image=cfg.sidecar_image,
+        hook_image=cfg.effective_hook_image,
+        tenant="t",
+        policy="ClusterSamplerPolicy/p",
+    )
+    return patched_ops(pod, ops), warnings
+
+
+def test_pythonpath_is_prepended() -> None:
+    pod = workload("Pod", "app")
+    pod["spec"]["containers"][0]["env"].append({"name": "PYTHONPATH", "value": "/app/lib"})
+    out, _ = _inject(pod)
+    env = {e["name"]: e.get("value") for e in out["spec"]["containers"][0]["env"]}
+    assert env["PYTHONPATH"] == "/samplerguard/python:/app/lib"
+    assert env["A"] == "1"
+
+
+def test_pythonpath_from_value_from_is_warned_about() -> None:
+    pod = workload("Pod", "app")
+    pod["spec"]["containers"][0]["env"].append(
+        {"name": "PYTHONPATH", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}
+    )
+    _, warnings = _inject(pod)
+    assert "valueFrom" in warnings[0]
+
+
+def test_plain_sidecar_and_container_selection() -> None:
+    from dataclasses import replace
+
+    pod = workload("Pod", "app", "helper", annotations={"samplerguard.dev/container-names": "c1"})
+    out, _ = _inject(pod, replace(CFG, native_sidecar=False))
+    containers = out["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["c0", "c1", "samplerguard-sidecar"]
+    assert "restartPolicy" not in containers[2]
+    assert not any(e["name"] == "PYTHONPATH" for e in containers[0]["env"])
+    assert any(e["name"] == "PYTHONPATH" for e in containers[1]["env"])
+    assert out["metadata"]["annotations"]["samplerguard.dev/container-names"] == "c1"
+    # Injected again: nothing to do.
+    tpl = find_pod_template("", "Pod", out)
+    assert injection_patch(tpl, CFG, sidecar_image="s", hook_image="h", tenant="t", policy="p") == (
+        [],
+        [],
+    )
+
+
+def test_conflicting_volume_is_refused() -> None:
+    pod = workload("Pod", "app")
+    pod["spec"]["volumes"] = [{"name": "samplerguard-run", "emptyDir": {}}]
+    with pytest.raises(MalformedInputError, match="already has a volume named 'samplerguard-run'"):
+        _inject(pod)
+    pod = workload("Pod", "app")
+    pod["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "x", "mountPath": "/var/run/samplerguard"}
+    ]
+    with pytest.raises(
+        MalformedInputError, match="already mounts a volume at /var/run/samplerguard"
+    ):
+        _inject(pod)
