@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--ingest", default=_env("INGEST", "0.0.0.0:8443"), help="HOST:PORT, or 'off'")
     p.add_argument("--ingest-token-file", type=Path, help="local mode: shared bearer token")
+    p.add_argument("--lease", default=_env("LEASE", "samplerguard-operator"))
     p.add_argument("--peering", default=os.environ.get("SAMPLERGUARD_PEERING") or None)
     p.add_argument(
         "--registry-plain-http",
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         cert_check_seconds=args.cert_check,
         audit_interval_seconds=args.audit_interval,
         verifier_users=users,
+        lease_name=args.lease,
     )
     kube = Kube()
     controller = Controller(cfg, kube)

@@ -1,0 +1,157 @@
+"""The Helm chart, rendered by Helm's own Go templating (helm-python-sdk) and every manifest
+validated against the Kubernetes 1.36 schemas (kubernetes-validate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from samplerguard.policy.crd import render_all
+
+CHART = Path(__file__).resolve().parents[3] / "charts" / "samplerguard"
+K8S = "1.36.0"
+NOT_IN_SCHEMAS = {"ClusterKopfPeering", "ServiceMonitor"}  # CRD kinds: not in the core schemas
+
+
+def _render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(CHART)
+    out = chart.render(values or {}, name="sg", namespace="samplerguard", is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict[str, Any]]:
+    return _render()
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"operator": {"replicas": 1, "auditIntervalSeconds": 0}, "verifier": {"enabled": False}},
+        {
+            "webhook": {"readPullSecrets": True, "trustedRootConfigMap": "roots", "inject": False},
+            "excludedNamespaces": ["batch"],
+            "image": {"digest": "sha256:" + "a" * 64},
+            "telemetry": {"otlpEndpoint": "http://otel:4317"},
+        },
+    ],
+    ids=["defaults", "minimal", "everything"],
+)
+def test_every_manifest_is_valid_kubernetes(values: dict[str, Any]) -> None:
+    docs = _render(values)
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "ClusterRole",
+        "Role",
+        "ServiceAccount",
+    } <= kinds
+    for d in docs:
+        if d["kind"] in NOT_IN_SCHEMAS:
+            continue
+        kubernetes_validate.validate(d, K8S, strict=True)
+
+
+def test_chart_lints_clean() -> None:
+    report = helm.lint(CHART, strict=True, namespace="samplerguard", kube_version="v1.36.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    chart_crds = {Path(c["name"]).name: c["data"] for c in helm.Chart.load(CHART).crds}
+    for name, text in render_all().items():
+        assert chart_crds[name] == text  # what Helm installs is what the models generate
+    assert "kopf.dev_clusterkopfpeerings.yaml" in chart_crds
+
+
+def test_webhook_is_highly_available_and_fails_closed(docs: list[dict[str, Any]]) -> None:
+    dep = _one(docs, "Deployment", "sg-webhook")
+    assert dep["spec"]["replicas"] == 2
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "https",
+        "scheme": "HTTPS",
+    }
+    pdb = _one(docs, "PodDisruptionBudget", "sg-webhook")
+    assert pdb["spec"]["minAvailable"] == 1
+    for kind, name in (
+        ("MutatingWebhookConfiguration", "sg-mutating"),
+        ("ValidatingWebhookConfiguration", "sg-validating"),
+    ):
+        cfg = _one(docs, kind, name)
+        for hook in cfg["webhooks"]:
+            assert hook["failurePolicy"] == "Fail"
+            assert hook["timeoutSeconds"] == 10
+            assert hook["sideEffects"] == "None"
+            exprs = {e["key"]: e for e in hook["namespaceSelector"]["matchExpressions"]}
+            excluded = exprs["kubernetes.io/metadata.name"]
+            assert excluded["operator"] == "NotIn"
+            assert {"kube-system", "samplerguard"} <= set(excluded["values"])
+            assert hook["clientConfig"]["service"]["name"] == "sg-webhook"
+    mutating = _one(docs, "MutatingWebhookConfiguration", "sg-mutating")
+    assert mutating["webhooks"][0]["namespaceSelector"]["matchExpressions"][0] == {
+        "key": "samplerguard.dev/enforce",
+        "operator": "In",
+        "values": ["true"],
+    }
+    assert mutating["webhooks"][1]["objectSelector"] == {
+        "matchLabels": {"samplerguard.dev/inject": "true"}
+    }
+
+
+def test_rbac_is_least_privilege(docs: list[dict[str, Any]]) -> None:
+    for d in docs:
+        if d["kind"] not in ("ClusterRole", "Role"):
+            continue
+        for rule in d["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], (
+                d["metadata"]["name"],
+                rule,
+            )
+            if "secrets" in rule["resources"] and d["kind"] == "ClusterRole":
+                pytest.fail("a ClusterRole may read Secrets only when readPullSecrets is set")
+            if (
+                set(rule["verbs"]) & {"update", "patch", "delete"}
+                and "secrets" in rule["resources"]
+            ):
+                assert rule["resourceNames"] == ["sg-webhook-tls"]
+    operator = _one(docs, "ClusterRole", "sg-operator")
+    webhook_writes = [
+        r
+        for r in operator["rules"]
+        if "mutatingwebhookconfigurations" in r["resources"] and "patch" in r["verbs"]
+    ]
+    assert webhook_writes[0]["resourceNames"] == ["sg-mutating", "sg-validating"]
+    assert not any("delete" in r["verbs"] for r in operator["rules"])
+
+
+def test_operator_wiring_matches_names(docs: list[dict[str, Any]]) -> None:
+    dep = _one(docs, "Deployment", "sg-operator")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--tls-secret=sg-webhook-tls" in args and "--peering=sg" in args
+    assert "--mutating-webhook=sg-mutating" in args and "--lease=sg-operator" in args
+    assert any(d["kind"] == "ClusterKopfPeering" and d["metadata"]["name"] == "sg" for d in docs)
+    webhook = _one(docs, "Deployment", "sg-webhook")
+    volumes = webhook["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "sg-webhook-tls"}} in volumes
