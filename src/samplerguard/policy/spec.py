@@ -87,6 +87,7 @@ KNOWN_PREDICTION_TYPES: frozenset[str] = frozenset(
 Sha256Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 Duration = Annotated[str, StringConstraints(pattern=r"^([0-9]+(ms|s|m|h|d))+$", max_length=32)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+RegExp = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -147,7 +148,8 @@ class KeyAuthority(_Model):
         )
     )
 
-    public_key: Annotated[str, StringConstraints(min_length=1, max_length=16384)]
+    # 8 KiB holds an RSA-8192 PEM; the bound keeps the CRD's CEL cost within budget.
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
     hash_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
 
     @field_validator("public_key")
@@ -187,9 +189,9 @@ class KeylessIdentity(_Model):
     )
 
     issuer: NonEmpty | None = None
-    issuer_reg_exp: NonEmpty | None = Field(default=None, alias="issuerRegExp")
+    issuer_reg_exp: RegExp | None = Field(default=None, alias="issuerRegExp")
     subject: NonEmpty | None = None
-    subject_reg_exp: NonEmpty | None = Field(default=None, alias="subjectRegExp")
+    subject_reg_exp: RegExp | None = Field(default=None, alias="subjectRegExp")
 
     @model_validator(mode="after")
     def _one_of_each(self) -> KeylessIdentity:
@@ -218,7 +220,7 @@ class KeylessIdentity(_Model):
 class KeylessAuthority(_Model):
     """Fulcio-issued certificates, Rekor-logged, chained to a trusted root."""
 
-    identities: Annotated[list[KeylessIdentity], Field(min_length=1, max_length=64)]
+    identities: Annotated[list[KeylessIdentity], Field(min_length=1, max_length=16)]
     #: Path (local mode) or ConfigMap key (cluster) of a trusted_root.json. Unset: the
     #: root bundled with the installation, which is the public-good production instance.
     trusted_root: NonEmpty | None = None
@@ -258,14 +260,14 @@ class ImageRule(_Model):
         list[Authority],
         Field(
             min_length=1,
-            max_length=32,
+            max_length=8,
             json_schema_extra={
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["name"],
             },
         ),
     ]
-    threshold: Annotated[int, Field(ge=1, le=32)] = 1
+    threshold: Annotated[int, Field(ge=1, le=8)] = 1
 
     @model_validator(mode="after")
     def _threshold_reachable(self) -> ImageRule:
@@ -469,7 +471,9 @@ class SamplerPolicySpec(_Model):
 
     # The attestation rules are keyed by name, so the API server refuses duplicates.
     mode: Literal["enforce", "warn", "audit"] = "enforce"
-    images: Annotated[list[ImageRule], Field(max_length=64)] = []
+    # The list bounds multiply into the API server's CEL cost estimate (images x authorities x
+    # identities); they were chosen so the CRD is accepted with room to spare.
+    images: Annotated[list[ImageRule], Field(max_length=16)] = []
     attestations: Annotated[
         list[AttestationRule],
         Field(
