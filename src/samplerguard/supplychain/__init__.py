@@ -24,9 +24,10 @@ from samplerguard.supplychain.registry import (
     RegistryClient,
     RegistryUnavailableError,
 )
+from samplerguard.supplychain.sigstore_bundles import verify_artifact_bundle, verify_dsse_bundle
 from samplerguard.supplychain.trust import TrustedRoots, load_trusted_root
 from samplerguard.supplychain.verdict import CheckResult, ImageVerdict
-from samplerguard.supplychain.verifier import ImageVerifier
+from samplerguard.supplychain.verifier import ImageVerifier, glob_candidates
 
 __all__ = [
     "CheckResult",
@@ -42,6 +43,9 @@ __all__ = [
     "RegistryClient",
     "RegistryUnavailableError",
     "TrustedRoots",
+    "glob_candidates",
     "load_trusted_root",
     "parse_reference",
+    "verify_artifact_bundle",
+    "verify_dsse_bundle",
 ]

@@ -22,8 +22,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.supplychain.reference import ImageReference
@@ -65,6 +68,7 @@ BUNDLE_ARTIFACT_TYPES = frozenset(
 COSIGN_SIG_ARTIFACT_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 COSIGN_ATT_ARTIFACT_TYPE = "application/vnd.dev.cosign.artifact.att.v1+json"
 MAX_LAYERS = 64
+T = TypeVar("T")
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_ANNOTATION_BYTES = 64 << 10
 
@@ -153,6 +157,28 @@ class Artifacts:
     sources: list[str] = field(default_factory=list)
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """A small shared pool: the independent fetches of one verification run side by side,
+    so the critical path is three round-trips (resolve, manifests, blobs), not seven."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sg-fetch")
+        return _POOL
+
+
+def _gather(calls: list[Callable[[], T]]) -> list[T]:
+    if len(calls) <= 1:
+        return [c() for c in calls]
+    futures = [_pool().submit(c) for c in calls[1:]]
+    first = calls[0]()  # the calling thread works too
+    return [first, *(f.result() for f in futures)]
+
+
 def fetch_artifacts(
     client: RegistryClient,
     image: ImageReference,
@@ -168,45 +194,76 @@ def fetch_artifacts(
     layer must not hide a valid one beside it.
     """
     out = Artifacts()
-    referrers = client.referrers(image, digest)
+    suffixes = [s for s, wanted in (("sig", signatures), ("att", attestations)) if wanted]
+
+    def tag_manifest(suffix: str) -> Callable[[], tuple[str, Manifest | str | None]]:
+        def run() -> tuple[str, Manifest | str | None]:
+            tag = tag_for(digest, suffix)
+            ref = ImageReference(image.registry, image.repository, tag, None)
+            try:
+                return tag, client.get_manifest_if_exists(ref)
+            except MalformedInputError as exc:
+                return tag, str(exc)
+
+        return run
+
+    def referrers() -> tuple[str, list[Descriptor] | None]:
+        return "referrers", client.referrers(image, digest)
+
+    # (a): the referrers API and the fallback tags, side by side.
+    phase1: list[Callable[[], tuple[str, Any]]] = [referrers]
+    phase1 += [tag_manifest(s) for s in suffixes]
+    results = _gather(phase1)
     manifests: list[tuple[str, Manifest]] = []
-    if referrers is not None:
-        out.sources.append("referrers API")
-        for desc in referrers[:MAX_LAYERS]:
-            kind = desc.artifact_type or ""
-            if kind in BUNDLE_ARTIFACT_TYPES:
-                _collect_bundle(client, image, desc, out)
-            elif (signatures and kind == COSIGN_SIG_ARTIFACT_TYPE) or (
-                attestations and kind == COSIGN_ATT_ARTIFACT_TYPE
-            ):
-                manifest = _manifest_or_problem(client, image.with_digest(desc.digest), out)
-                if manifest is not None:
-                    manifests.append((f"referrer {desc.digest[:19]}", manifest))
-    for suffix, wanted in (("sig", signatures), ("att", attestations)):
-        if not wanted:
-            continue
-        tag = tag_for(digest, suffix)
-        ref = ImageReference(image.registry, image.repository, tag, None)
-        try:
-            manifest = client.get_manifest_if_exists(ref)
-        except MalformedInputError as exc:
-            out.problems.append(f"tag {tag}: {exc}")
-            continue
-        if manifest is not None:
-            out.sources.append(f"tag {tag}")
-            manifests.append((f"tag {tag}", manifest))
+    bundle_manifests: list[Descriptor] = []
+    for where, found in results:
+        if where == "referrers":
+            if found is None:
+                continue
+            out.sources.append("referrers API")
+            for desc in found[:MAX_LAYERS]:
+                kind = desc.artifact_type or ""
+                if kind in BUNDLE_ARTIFACT_TYPES:
+                    bundle_manifests.append(desc)
+                elif (signatures and kind == COSIGN_SIG_ARTIFACT_TYPE) or (
+                    attestations and kind == COSIGN_ATT_ARTIFACT_TYPE
+                ):
+                    manifest = _manifest_or_problem(client, image.with_digest(desc.digest), out)
+                    if manifest is not None:
+                        manifests.append((f"referrer {desc.digest[:19]}", manifest))
+        elif isinstance(found, str):
+            out.problems.append(f"tag {where}: {found}")
+        elif found is not None:
+            out.sources.append(f"tag {where}")
+            manifests.append((f"tag {where}", found))
+    for desc in bundle_manifests:
+        _collect_bundle(client, image, desc, out)
+
+    # (b): every layer's blob, side by side.
+    jobs: list[tuple[list[SignedLayer], str, Descriptor]] = []
     for where, manifest in manifests:
         for i, layer in enumerate(manifest.layers[:MAX_LAYERS]):
             if layer.media_type == SIMPLE_SIGNING_MEDIA_TYPE and signatures:
-                target = out.signatures
+                jobs.append((out.signatures, f"{where} layer {i}", layer))
             elif layer.media_type == ATTESTATION_MEDIA_TYPE and attestations:
-                target = out.attestations
-            else:
-                continue
+                jobs.append((out.attestations, f"{where} layer {i}", layer))
+
+    def read(layer: Descriptor, where: str) -> Callable[[], SignedLayer | str]:
+        def run() -> SignedLayer | str:
             try:
-                target.append(_read_layer(client, image, layer, f"{where} layer {i}"))
+                return _read_layer(client, image, layer, where)
             except (MalformedInputError, VerificationError) as exc:
-                out.problems.append(f"{where} layer {i}: {exc}")
+                return f"{where}: {exc}"
+
+        return run
+
+    for (target, _, _), got in zip(
+        jobs, _gather([read(layer, where) for _, where, layer in jobs]), strict=True
+    ):
+        if isinstance(got, str):
+            out.problems.append(got)
+        else:
+            target.append(got)
     return out
 
 

@@ -25,12 +25,47 @@ cache). A reference that cannot be parsed raises :class:`MalformedInputError`.
 
 from __future__ import annotations
 
-from samplerguard.policy.spec import SamplerPolicySpec
-from samplerguard.supplychain.registry import RegistryClient
-from samplerguard.supplychain.trust import TrustedRoots
-from samplerguard.supplychain.verdict import ImageVerdict
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ImageVerifier"]
+from samplerguard.errors import MalformedInputError, SamplerGuardError, VerificationError
+from samplerguard.policy.spec import Authority, ImageRule, KeyAuthority, SamplerPolicySpec
+from samplerguard.supplychain.cosign import (
+    Artifacts,
+    BundleArtifact,
+    SignedLayer,
+    check_simple_signing,
+    fetch_artifacts,
+)
+from samplerguard.supplychain.dsse import Envelope, Statement
+from samplerguard.supplychain.keyless import verify_keyless
+from samplerguard.supplychain.keys import PublicKey, load_public_key
+from samplerguard.supplychain.provenance import check_attestation_rule, check_golden
+from samplerguard.supplychain.reference import ImageReference, parse_reference
+from samplerguard.supplychain.registry import RegistryClient
+from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE, verify_dsse_bundle
+from samplerguard.supplychain.trust import TrustedRoots
+from samplerguard.supplychain.verdict import CheckResult, ImageVerdict
+
+__all__ = ["ImageVerifier", "glob_candidates"]
+
+_MAX_DETAIL = 1500
+
+
+def glob_candidates(image_ref: str, parsed: ImageReference | None = None) -> tuple[str, ...]:
+    """The strings an image rule's glob is matched against: the reference as written, the
+    normalised ``registry/repo``, and the normalised full reference."""
+    ref = parsed or parse_reference(image_ref)
+    return tuple(dict.fromkeys((image_ref, ref.name, str(ref))))
+
+
+@dataclass(frozen=True)
+class _Attestation:
+    source: str
+    statement: Statement
+    signer: str
 
 
 class ImageVerifier:
@@ -46,6 +81,8 @@ class ImageVerifier:
     ) -> None:
         self._client = client
         self._roots = trusted_roots or TrustedRoots()
+        self._keys: dict[tuple[str, str], PublicKey] = {}
+        self._lock = threading.Lock()
 
     def verify(
         self,
@@ -68,4 +105,280 @@ class ImageVerifier:
         Returns the verdict (a rejection is ``passed=False``). Raises :class:`TemporaryError`
         when the registry is unreachable and :class:`MalformedInputError` for a bad reference.
         """
-        raise NotImplementedError
+        image = parse_reference(image_ref)
+        registry = client or self._client
+        checks: list[CheckResult] = []
+
+        def verdict(resolved: str) -> ImageVerdict:
+            passed = bool(checks) and all(c.passed for c in checks)
+            return ImageVerdict(image_ref, resolved, policy_name, passed, tuple(checks))
+
+        # (1): the rules that govern this image.
+        candidates = glob_candidates(image_ref, image)
+        rules = [r for r in spec.images if any(r.matches(c) for c in candidates)]
+        if not rules:
+            globs = [r.glob for r in spec.images]
+            checks.append(
+                CheckResult("image-rule", False, f"no image rule matches {image} (globs: {globs})")
+            )
+            return verdict(image.digest or "")
+        checks.append(
+            CheckResult("image-rule", True, "matched " + ", ".join(repr(r.glob) for r in rules))
+        )
+
+        # (2): one digest for every later check.
+        if digest is not None and not _is_digest(digest):
+            raise MalformedInputError(f"digest {digest[:80]!r} is not sha256:<64 hex>")
+        if image.digest and digest and digest != image.digest:
+            raise MalformedInputError(f"digest {digest} contradicts the reference {image}")
+        resolved = image.digest or digest
+        if resolved is None:
+            try:
+                resolved = registry.resolve(image)
+            except VerificationError as exc:
+                checks.append(CheckResult("resolve", False, str(exc)))
+                return verdict("")
+            checks.append(CheckResult("resolve", True, f"{image.tag} -> {resolved}"))
+        else:
+            checks.append(CheckResult("resolve", True, f"pinned {resolved}"))
+
+        # (3): fetch everything attached to the digest, once.
+        need_attestations = bool(spec.attestations) or _pins_golden(spec)
+        artifacts = fetch_artifacts(registry, image, resolved, attestations=need_attestations)
+
+        # (4): N-of-M authorities per rule.
+        bundle_statements: list[_Attestation] = []
+        for rule in rules:
+            checks.append(self._check_rule(rule, artifacts, resolved, bundle_statements))
+
+        # (5)–(7): attestations and golden digests.
+        if need_attestations:
+            authorities = [a for r in rules for a in r.authorities]
+            kept, rejected = self._attestations(artifacts, authorities, resolved)
+            kept += [
+                b for b in bundle_statements if b.statement.predicate_type != COSIGN_SIGN_PREDICATE
+            ]
+            notes = rejected + artifacts.problems
+            for att_rule in spec.attestations:
+                checks.append(_check_attestation(att_rule, kept, notes, resolved))
+            for role, problems in check_golden(
+                [k.statement for k in kept], spec.golden_digests
+            ).items():
+                detail = "; ".join(problems) if problems else "bound by a verified attestation"
+                checks.append(CheckResult(f"golden/{role}", not problems, _clip(detail)))
+        return verdict(resolved)
+
+    # -- signatures ------------------------------------------------------------------------
+
+    def _check_rule(
+        self,
+        rule: ImageRule,
+        artifacts: Artifacts,
+        digest: str,
+        bundle_statements: list[_Attestation],
+    ) -> CheckResult:
+        lines = []
+        count = 0
+        for authority in rule.authorities:
+            ok, detail = self._check_authority(authority, artifacts, digest, bundle_statements)
+            count += ok
+            lines.append(f"{authority.name}: {'ok, ' if ok else ''}{detail}")
+        passed = count >= rule.threshold
+        if not artifacts.signatures and not artifacts.bundles:
+            where = ", ".join(artifacts.sources) or "referrers and tag sha256-….sig"
+            lines.append(f"no signatures found (looked at {where})")
+        if not passed and artifacts.problems:
+            lines.append("unreadable: " + "; ".join(artifacts.problems[:4]))
+        head = (
+            f"{count} of {len(rule.authorities)} authorities verified {digest} "
+            f"(threshold {rule.threshold})"
+        )
+        return CheckResult(
+            f"signatures[{rule.glob}]", passed, _clip(head + ": " + "; ".join(lines))
+        )
+
+    def _key(self, key: KeyAuthority) -> PublicKey:
+        cache_key = (key.public_key, key.hash_algorithm)
+        with self._lock:
+            found = self._keys.get(cache_key)
+            if found is None:
+                found = load_public_key(key.public_key, key.hash_algorithm)
+                self._keys[cache_key] = found
+            return found
+
+    def _check_authority(
+        self,
+        authority: Authority,
+        artifacts: Artifacts,
+        digest: str,
+        bundle_statements: list[_Attestation],
+    ) -> tuple[bool, str]:
+        failures: list[str] = []
+        for layer in artifacts.signatures:
+            try:
+                signer = self._verify_signature(authority, layer, digest)
+            except (VerificationError, MalformedInputError) as exc:
+                failures.append(f"{layer.source}: {exc}")
+                continue
+            return True, f"{signer} ({layer.source})"
+        if authority.keyless is not None:
+            for bundle in artifacts.bundles:
+                try:
+                    statement, identity = self._verify_bundle(authority, bundle)
+                except (VerificationError, MalformedInputError) as exc:
+                    failures.append(f"{bundle.source}: {exc}")
+                    continue
+                bundle_statements.append(_Attestation(bundle.source, statement, identity))
+                if statement.predicate_type != COSIGN_SIGN_PREDICATE:
+                    continue
+                if not statement.names_digest(digest):
+                    failures.append(
+                        f"{bundle.source}: signed digest mismatch "
+                        f"(got {statement.subject_digests()}, expected {digest})"
+                    )
+                    continue
+                return True, f"{identity} ({bundle.source})"
+        if not failures:
+            return False, "no signature to check"
+        return False, "no signature verifies: " + "; ".join(failures[:4])
+
+    def _verify_signature(self, authority: Authority, layer: SignedLayer, digest: str) -> str:
+        if authority.key is not None:
+            key = self._key(authority.key)
+            # (a): the signature over the payload, with the authority's key.
+            if not key.verify(layer.signature, layer.payload):
+                raise VerificationError(f"signature does not verify with key ({key.algorithm})")
+            # (b): the payload names this digest.
+            check_simple_signing(layer.payload, digest)
+            return f"key {key.algorithm}"
+        assert authority.keyless is not None
+        root = self._roots.get(authority.keyless.trusted_root)
+        identity = verify_keyless(
+            certificate_pem=layer.certificate_pem,
+            chain_pem=layer.chain_pem,
+            rekor_bundle=layer.rekor_bundle,
+            signature=layer.signature,
+            signed_bytes=layer.payload,
+            payload=layer.payload,
+            identities=list(authority.keyless.identities),
+            trusted_root=root,
+        )
+        check_simple_signing(layer.payload, digest)
+        return f"keyless {identity}"
+
+    def _verify_bundle(self, authority: Authority, bundle: BundleArtifact) -> tuple[Statement, str]:
+        assert authority.keyless is not None
+        root = self._roots.get(authority.keyless.trusted_root)
+        payload_type, payload, identity = verify_dsse_bundle(
+            bundle.raw, list(authority.keyless.identities), root
+        )
+        statement = Envelope(payload_type, payload, ()).statement()
+        return statement, f"keyless {identity}"
+
+    # -- attestations ----------------------------------------------------------------------
+
+    def _attestations(
+        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str
+    ) -> tuple[list[_Attestation], list[str]]:
+        kept: list[_Attestation] = []
+        rejected: list[str] = []
+        for layer in artifacts.attestations:
+            try:
+                envelope = Envelope.from_json(layer.payload)
+                statement = envelope.statement()
+            except MalformedInputError as exc:
+                rejected.append(f"{layer.source}: {exc}")
+                continue
+            signer = None
+            errors: list[str] = []
+            for authority in authorities:
+                try:
+                    signer = self._verify_envelope(authority, layer, envelope)
+                    break
+                except (VerificationError, MalformedInputError) as exc:
+                    errors.append(f"{authority.name}: {exc}")
+            if signer is None:
+                rejected.append(
+                    f"{layer.source} ({statement.predicate_type}) is signed by no authority: "
+                    + "; ".join(errors[:3])
+                )
+                continue
+            if not statement.names_digest(digest):
+                rejected.append(
+                    f"{layer.source} ({statement.predicate_type}) is for another image "
+                    f"(subject digest mismatch: got {statement.subject_digests()[:4]}, "
+                    f"expected {digest})"
+                )
+                continue
+            kept.append(_Attestation(layer.source, statement, signer))
+        return kept, rejected
+
+    def _verify_envelope(self, authority: Authority, layer: SignedLayer, envelope: Envelope) -> str:
+        signed = envelope.pae
+        if authority.key is not None:
+            key = self._key(authority.key)
+            if any(key.verify(sig, signed) for _, sig in envelope.signatures):
+                return f"{authority.name} (key {key.algorithm})"
+            raise VerificationError(f"no DSSE signature verifies with key ({key.algorithm})")
+        assert authority.keyless is not None
+        root = self._roots.get(authority.keyless.trusted_root)
+        last: SamplerGuardError | None = None
+        for _, sig in envelope.signatures:
+            try:
+                identity = verify_keyless(
+                    certificate_pem=layer.certificate_pem,
+                    chain_pem=layer.chain_pem,
+                    rekor_bundle=layer.rekor_bundle,
+                    signature=sig,
+                    signed_bytes=signed,
+                    payload=envelope.payload,
+                    identities=list(authority.keyless.identities),
+                    trusted_root=root,
+                )
+            except (VerificationError, MalformedInputError) as exc:
+                last = exc
+                continue
+            return f"{authority.name} (keyless {identity})"
+        raise VerificationError(str(last) if last else "no DSSE signature")
+
+
+def _check_attestation(
+    rule: Any, kept: list[_Attestation], notes: list[str], digest: str
+) -> CheckResult:
+    name = f"attestation/{rule.name}"
+    of_type = [k for k in kept if k.statement.predicate_type == rule.predicate_type]
+    if not of_type:
+        found = sorted({k.statement.predicate_type for k in kept})
+        detail = (
+            f"no verified attestation of type {rule.predicate_type} for {digest} "
+            f"(verified types: {found or 'none'})"
+        )
+        if notes:
+            detail += "; ignored: " + "; ".join(notes[:4])
+        return CheckResult(name, False, _clip(detail))
+    failures = []
+    for att in of_type:
+        problems = check_attestation_rule(att.statement, rule)
+        if not problems:
+            return CheckResult(
+                name, True, f"{rule.predicate_type} from {att.source}, signed by {att.signer}"
+            )
+        failures.append(f"{att.source}: " + "; ".join(problems))
+    return CheckResult(name, False, _clip("; ".join(failures[:4])))
+
+
+def _pins_golden(spec: SamplerPolicySpec) -> bool:
+    g = spec.golden_digests
+    return bool(g.model_weights or g.text_encoder or g.scheduler_config or g.solver_code)
+
+
+def _is_digest(value: str) -> bool:
+    return (
+        len(value) == 71
+        and value.startswith("sha256:")
+        and all(c in "0123456789abcdef" for c in value[7:])
+    )
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
