@@ -39,7 +39,10 @@ class PolicyError(MalformedInputError):
 
 
 class TemporaryError(SamplerGuardError):
-    """A dependency (registry, sidecar, API server) did not answer in time. Retry after ``delay``."""
+    """A dependency (registry, sidecar, API server) did not answer in time.
+
+    Retry after ``delay`` seconds.
+    """
 
     def __init__(self, message: str, *, delay: float = 1.0) -> None:
         super().__init__(message)

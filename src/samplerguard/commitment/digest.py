@@ -1,0 +1,60 @@
+"""The canonical tensor digest: the same bytes on CPU and GPU.
+
+    sha256( b"sg-tensor-v1|<dtype>|<d0>x<d1>x…|" ‖ contiguous little-endian bytes )
+
+``<dtype>`` is torch's name without the ``torch.`` prefix (``float32``, ``bfloat16``, ``int64``);
+a 0-d tensor has an empty shape field. Digests are written ``sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+
+import torch
+
+__all__ = [
+    "DIGEST_RE",
+    "bytes_digest",
+    "module_digest",
+    "tensor_digest",
+    "tensor_header",
+]
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("samplerguard's tensor digest assumes a little-endian host")
+
+
+def tensor_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    return f"sg-tensor-v1|{dtype}|{'x'.join(str(d) for d in shape)}|".encode("ascii")
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """``sha256:<hex>`` of a tensor on any device. A CUDA tensor is copied to the host first;
+    callers on the hot path pass host copies made with ``non_blocking=True``."""
+    h = hashlib.sha256(tensor_header(_dtype_name(t), tuple(t.shape)))
+    if t.numel():
+        cpu = t.detach().to("cpu").contiguous().reshape(-1)
+        # A uint8 view gives the raw little-endian bytes for every dtype, bfloat16 included.
+        h.update(cpu.view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """Digest of a model's weights: SHA-256 over the RFC 8785 JSON of
+    ``{parameter/buffer name: tensor digest}``. Independent of file format and device."""
+    import rfc8785
+
+    doc = {k: tensor_digest(v) for k, v in sorted(module.state_dict().items())}
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()

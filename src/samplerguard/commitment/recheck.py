@@ -1,0 +1,310 @@
+"""The single-step re-check: does the declared model, sampler and recipe produce this transition?
+
+Order (DESIGN.md): DSSE signature (done by :meth:`Commitment.verify`, so a :class:`Commitment`
+here is already authentic), then Merkle inclusion of every opened leaf, then the opened tensors
+against the committed digests, then one reference step, then
+``rel-L2 = ‖ẑ − z‖₂ / ‖z‖₂ ≤ τ``. Nothing is scored against a latent the root does not commit.
+
+The reference step is a :class:`StepProgram`: the same function the pipeline runs (for the
+bundled model, :func:`samplerguard.models.digits.denoise_step`), bound to a reference model whose
+digest the caller has checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.merkle import verify_inclusion
+from samplerguard.commitment.opening import Opening
+from samplerguard.commitment.state import (
+    SamplerState,
+    capture_schedule,
+    capture_state,
+    restore_state,
+    schedule_digest,
+)
+from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.trajectory import (
+    LEAF_INITIAL,
+    LEAF_RECIPE,
+    LEAF_STEP,
+    canonical,
+    leaf_index_of_step,
+)
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.rng.shim import noise_from
+
+__all__ = [
+    "RecheckResult",
+    "StepProgram",
+    "build_scheduler",
+    "recheck_step",
+    "rel_l2",
+]
+
+
+class StepProgram(Protocol):
+    """One denoising step of a pipeline family, bound to a reference model."""
+
+    #: the pipeline family this program reproduces (the recipe's ``pipeline``)
+    pipeline: str
+    #: digest of the reference model's weights (the recipe's ``model.digest``)
+    model_digest: str
+    device: torch.device
+
+    def step(
+        self,
+        scheduler: Any,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Mapping[str, torch.Tensor],
+        guidance_scale: float,
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RecheckResult:
+    request_id: str
+    step: int
+    rel_l2: float
+    state_rel_l2: float
+    tau: float
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reasons and self.worst <= self.tau
+
+    @property
+    def worst(self) -> float:
+        return max(self.rel_l2, self.state_rel_l2)
+
+
+def rel_l2(got: torch.Tensor, want: torch.Tensor) -> float:
+    """‖got − want‖₂ / ‖want‖₂ in float64; 0 when both are zero, inf on a shape mismatch."""
+    if got.shape != want.shape:
+        return math.inf
+    g, w = got.detach().double().cpu(), want.detach().double().cpu()
+    denom = float(torch.linalg.vector_norm(w))
+    num = float(torch.linalg.vector_norm(g - w))
+    if denom == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / denom
+
+
+def _state_rel_l2(got: SamplerState, want: SamplerState) -> float:
+    g, w = got.tensors(), want.tensors()
+    if set(g) != set(w):
+        return math.inf
+    worst = 0.0
+    for k in g:
+        worst = max(worst, rel_l2(g[k], w[k]))
+    for k, v in want.values.items():  # scalars (counters, orders) must match exactly
+        if not isinstance(v, torch.Tensor | list) and got.values.get(k) != v:
+            return math.inf
+    return worst
+
+
+def build_scheduler(recipe: Mapping[str, Any]) -> Any:
+    """A fresh scheduler of the declared class and config, with the declared steps set."""
+    import diffusers
+
+    from samplerguard.policy.spec import KNOWN_SAMPLERS
+
+    sampler, cls_name = recipe.get("sampler"), recipe.get("scheduler_class")
+    if sampler not in KNOWN_SAMPLERS:
+        raise VerificationError(
+            f"recipe declares unknown sampler {sampler!r}; known: {sorted(KNOWN_SAMPLERS)}"
+        )
+    if KNOWN_SAMPLERS[str(sampler)] != cls_name:
+        raise VerificationError(
+            f"recipe declares sampler {sampler!r} but scheduler class {cls_name!r} "
+            f"(expected {KNOWN_SAMPLERS[str(sampler)]!r})"
+        )
+    config = recipe.get("scheduler_config")
+    steps = recipe.get("steps")
+    if not isinstance(config, dict) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+        raise MalformedInputError("recipe lacks a scheduler_config object or a steps count")
+    cls = getattr(diffusers, str(cls_name))
+    scheduler = cls.from_config(_decode_floats(config))
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def _decode_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$float"} and value["$float"] in ("inf", "-inf", "nan"):
+            return float(value["$float"])
+        return {k: _decode_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_floats(v) for v in value]
+    return value
+
+
+def _leaf_doc(opening: Opening, commitment: Commitment, index: int, kind: str) -> dict[str, Any]:
+    leaf = opening.leaf(index)
+    data = leaf.leaf_bytes()
+    # (2): inclusion of the opened leaf under the signed root
+    if not verify_inclusion(data, index, commitment.tree_size, leaf.proof_bytes(), commitment.root):
+        raise VerificationError(
+            f"leaf {index} is not included under the committed root "
+            f"{commitment.root.hex()[:16]}… (tree size {commitment.tree_size})"
+        )
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise VerificationError(f"committed leaf {index} is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("type") != kind:
+        got = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
+        raise VerificationError(f"leaf {index} has type {got!r}, expected {kind!r}")
+    return doc
+
+
+def _expect_digest(what: str, tensor: torch.Tensor, committed: object) -> None:
+    got = tensor_digest(tensor)
+    if got != committed:
+        raise VerificationError(
+            f"opened {what} digest mismatch: got {got[:23]}…, committed {str(committed)[:23]}…"
+        )
+
+
+def _replay(noise: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    yield from noise
+
+
+def recheck_step(
+    commitment: Commitment,
+    opening: Opening,
+    program: StepProgram,
+    *,
+    tau: float,
+) -> RecheckResult:
+    """Re-run one committed step. Raises :class:`VerificationError` for anything that is not a
+    clean transition of the declared model; returns the measured rel-L2 otherwise (the caller
+    compares it with ``tau`` via :attr:`RecheckResult.accepted`)."""
+    step = opening.step
+    meta = opening.meta
+    # (1): the opening must be for this commitment
+    if meta.request_id != commitment.request_id:
+        raise VerificationError(
+            f"opening is for request {meta.request_id!r}, commitment is for "
+            f"{commitment.request_id!r}"
+        )
+    if meta.root != commitment.root.hex() or meta.tree_size != commitment.tree_size:
+        raise VerificationError(
+            f"opening claims root {meta.root[:16]}…/size {meta.tree_size}, commitment has "
+            f"{commitment.root.hex()[:16]}…/size {commitment.tree_size}"
+        )
+    if step >= commitment.n_steps:
+        raise VerificationError(f"step {step} is outside the committed {commitment.n_steps} steps")
+
+    # (2): inclusion of the recipe, initial, previous and current leaves
+    recipe_doc = _leaf_doc(opening, commitment, 0, LEAF_RECIPE)
+    if canonical(recipe_doc) != canonical(commitment.recipe):
+        raise VerificationError("the committed recipe leaf differs from the signed recipe")
+    initial_doc = _leaf_doc(opening, commitment, 1, LEAF_INITIAL)
+    prev_index = leaf_index_of_step(step) - 1
+    prev_doc = initial_doc if step == 0 else _leaf_doc(opening, commitment, prev_index, LEAF_STEP)
+    cur_doc = _leaf_doc(opening, commitment, leaf_index_of_step(step), LEAF_STEP)
+    if cur_doc.get("index") != step or (step and prev_doc.get("index") != step - 1):
+        raise VerificationError(f"leaf indices do not match step {step}")
+
+    # (3): the opened tensors are the committed ones
+    _expect_digest("input latent", opening.latent_in, prev_doc.get("latent"))
+    _expect_digest("output latent", opening.latent_out, cur_doc.get("latent"))
+    if opening.state_in.digest() != prev_doc.get("state"):
+        raise VerificationError("opened input sampler state does not match its committed digest")
+    if opening.state_out.digest() != cur_doc.get("state"):
+        raise VerificationError("opened output sampler state does not match its committed digest")
+    committed_noise = cur_doc.get("noise")
+    if not isinstance(committed_noise, list) or len(committed_noise) != len(opening.noise):
+        raise VerificationError("opened step noise does not match the committed noise count")
+    for k, (n, d) in enumerate(zip(opening.noise, committed_noise, strict=True)):
+        _expect_digest(f"noise {k}", n, d)
+    committed_cond = recipe_doc.get("conditioning")
+    if not isinstance(committed_cond, dict) or set(committed_cond) != set(opening.conditioning):
+        raise VerificationError("opened conditioning tensors do not match the recipe's")
+    for name, t in opening.conditioning.items():
+        _expect_digest(f"conditioning {name!r}", t, committed_cond[name])
+
+    # (4): the declared model, sampler and schedule
+    if recipe_doc.get("pipeline") != program.pipeline:
+        raise VerificationError(
+            f"recipe declares pipeline {recipe_doc.get('pipeline')!r}, reference program is "
+            f"{program.pipeline!r}"
+        )
+    declared_model = recipe_doc.get("model", {}).get("digest")
+    if declared_model != program.model_digest:
+        raise VerificationError(
+            f"recipe declares model {str(declared_model)[:23]}…, the reference model is "
+            f"{program.model_digest[:23]}…"
+        )
+    scheduler = build_scheduler(recipe_doc)
+    schedule = capture_schedule(scheduler)
+    if schedule_digest(schedule) != initial_doc.get("schedule"):
+        raise VerificationError(
+            "committed schedule digest differs from the declared scheduler's schedule "
+            "(tampered timesteps or sigmas)"
+        )
+    timesteps = scheduler.timesteps
+    if len(timesteps) != commitment.n_steps:
+        raise VerificationError(
+            f"declared sampler runs {len(timesteps)} steps for steps={recipe_doc.get('steps')}, "
+            f"commitment has {commitment.n_steps}"
+        )
+    t = timesteps[step]
+    if float(t) != float(cur_doc.get("timestep", math.nan)):
+        raise VerificationError(
+            f"step {step} committed timestep {cur_doc.get('timestep')}, declared schedule has "
+            f"{float(t)}"
+        )
+    guidance = recipe_doc.get("guidance_scale")
+    if not isinstance(guidance, int | float) or isinstance(guidance, bool):
+        raise MalformedInputError("recipe has no numeric guidance_scale")
+
+    # (5): one reference step from the opened latent and state, replaying the committed noise
+    device = program.device
+    restore_state(scheduler, opening.state_in, device)
+    draws = _replay([n.to(device) for n in opening.noise])
+    used = 0
+
+    def replay(shape: tuple[int, ...], dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
+        nonlocal used
+        n = next(draws, None)
+        if n is None:
+            raise VerificationError(f"step {step} drew more noise than was committed")
+        if tuple(n.shape) != shape:
+            raise VerificationError(
+                f"committed noise has shape {tuple(n.shape)}, step drew {shape}"
+            )
+        used += 1
+        return n.to(dtype=dtype, device=dev)
+
+    with torch.no_grad(), noise_from(replay):
+        z_hat = program.step(
+            scheduler,
+            opening.latent_in.to(device),
+            t,
+            {k: v.to(device) for k, v in opening.conditioning.items()},
+            float(guidance),
+        )
+    reasons = []
+    if used != len(opening.noise):
+        reasons.append(f"step drew {used} noise tensors, {len(opening.noise)} were committed")
+    state_hat = capture_state(scheduler, schedule)
+    # (6): the score
+    return RecheckResult(
+        request_id=commitment.request_id,
+        step=step,
+        rel_l2=rel_l2(z_hat, opening.latent_out),
+        state_rel_l2=_state_rel_l2(state_hat, opening.state_out),
+        tau=tau,
+        reasons=reasons,
+    )

@@ -1,0 +1,255 @@
+"""Sampler state: what a diffusers scheduler carries from one step into the next.
+
+Multistep solvers keep a history of model outputs, Heun keeps its first-order derivative and
+``dt``, every scheduler keeps a step counter. The commitment binds all of it, so the verifier can
+restart the solver at *any* step, including inside a multistep window.
+
+The split, made generically for every scheduler:
+
+* the **schedule**: tensors that ``set_timesteps`` produced and ``step`` never replaces
+  (``timesteps``, ``sigmas``, ``alphas_cumprod`` …). Its digest is committed once, in the
+  initial leaf; the verifier rebuilds it from the declared config and compares.
+* the **state**: every other attribute of a supported kind (tensors, lists/tuples of tensors and
+  scalars, scalars, ``None``), captured after each step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+import torch
+
+from samplerguard.commitment.digest import tensor_digest
+from samplerguard.errors import MalformedInputError, VerificationError
+
+__all__ = [
+    "SamplerState",
+    "capture_schedule",
+    "capture_state",
+    "host_copy",
+    "restore_state",
+    "schedule_digest",
+]
+
+Scalar = bool | int | float | str | None
+Value = torch.Tensor | Scalar | list["Value"]
+
+_SKIP = frozenset({"_internal_dict", "config"})
+_MAX_ITEMS = 256  # a scheduler with a longer list attribute is not one we can bind
+
+
+@dataclass(frozen=True)
+class SamplerState:
+    """The captured dynamic state. ``values`` maps attribute name → value; tensors are host
+    copies owned by the state."""
+
+    values: Mapping[str, Value]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flattened ``{"attr": t, "attr.0": t, …}``: how the state travels in an opening."""
+        out: dict[str, torch.Tensor] = {}
+        for name, value in self.values.items():
+            for path, t in _walk_tensors(name, value):
+                out[path] = t
+        return out
+
+    def skeleton(self) -> dict[str, Any]:
+        """JSON structure with tensors replaced by ``{"tensor": "<path>"}``."""
+        return {name: _skeleton(name, v) for name, v in self.values.items()}
+
+    def digest(self) -> str:
+        """``sha256:`` over the RFC 8785 JSON of the state with tensors as their digests."""
+        doc = {name: _digest_doc(v) for name, v in sorted(self.values.items())}
+        return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+
+    @classmethod
+    def from_parts(
+        cls, skeleton: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> SamplerState:
+        """Rebuild from :meth:`skeleton` and :meth:`tensors` (as parsed from an opening)."""
+        if not isinstance(skeleton, Mapping):
+            raise MalformedInputError("sampler state skeleton is not a JSON object")
+        values = {str(k): _from_skeleton(v, tensors, depth=0) for k, v in skeleton.items()}
+        return cls(values=values)
+
+
+def _walk_tensors(path: str, value: Value) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk_tensors(f"{path}.{i}", item)
+
+
+def _skeleton(path: str, value: Value) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {"tensor": path}
+    if isinstance(value, list):
+        return {"list": [_skeleton(f"{path}.{i}", v) for i, v in enumerate(value)]}
+    if isinstance(value, float):
+        return {"float": value.hex()}  # exact, and JSON has no NaN/inf
+    return value
+
+
+def _from_skeleton(node: Any, tensors: Mapping[str, torch.Tensor], depth: int) -> Value:
+    if depth > 4:
+        raise MalformedInputError("sampler state nests too deeply")
+    if node is None or isinstance(node, bool | int | str):
+        return node
+    if isinstance(node, dict) and set(node) == {"tensor"}:
+        path = node["tensor"]
+        if not isinstance(path, str) or path not in tensors:
+            raise MalformedInputError(f"sampler state names tensor {path!r}, which is missing")
+        return tensors[path]
+    if isinstance(node, dict) and set(node) == {"float"}:
+        try:
+            return float.fromhex(str(node["float"]))
+        except ValueError:
+            raise MalformedInputError(f"sampler state float {node['float']!r} is bad") from None
+    if isinstance(node, dict) and set(node) == {"list"} and isinstance(node["list"], list):
+        if len(node["list"]) > _MAX_ITEMS:
+            raise MalformedInputError("sampler state list is too long")
+        return [_from_skeleton(v, tensors, depth + 1) for v in node["list"]]
+    raise MalformedInputError(f"sampler state holds an unsupported value {str(node)[:60]!r}")
+
+
+def _digest_doc(value: Value) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {"tensor": tensor_digest(value)}
+    if isinstance(value, list):
+        return {"list": [_digest_doc(v) for v in value]}
+    if isinstance(value, float):
+        return {"float": value.hex()}
+    return value
+
+
+def host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A host copy the caller owns. From CUDA it goes into pinned memory with
+    ``non_blocking=True``, so the denoising loop does not wait for it; whoever reads the copy
+    must first synchronise on an event recorded after it (the hook's worker does)."""
+    if t.device.type == "cpu":
+        return t.detach().clone()
+    buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+    buf.copy_(t.detach(), non_blocking=True)
+    return buf
+
+
+def _capture_value(value: Any, depth: int = 0) -> tuple[bool, Value]:
+    if value is None or isinstance(value, bool | int | float | str):
+        return True, value
+    if isinstance(value, torch.Tensor):
+        return True, host_copy(value)
+    if isinstance(value, list | tuple) and depth < 3 and len(value) <= _MAX_ITEMS:
+        items = []
+        for item in value:
+            ok, v = _capture_value(item, depth + 1)
+            if not ok:
+                return False, None
+            items.append(v)
+        return True, items
+    return False, None
+
+
+def capture_schedule(scheduler: Any) -> dict[str, torch.Tensor]:
+    """The schedule tensors right after ``set_timesteps``, by identity (no copies).
+
+    Which attributes form the schedule is learnt from a *fresh* scheduler of the same class and
+    config (cached): a reused scheduler may still hold tensors from its previous run, and those
+    are state, not schedule.
+    """
+    n = getattr(scheduler, "num_inference_steps", None)
+    names = _schedule_names(
+        type(scheduler).__qualname__,
+        type(scheduler),
+        json.dumps(_plain(dict(scheduler.config)), sort_keys=True, default=str),
+        n,
+    )
+    out = {}
+    for k in names:
+        v = getattr(scheduler, k, None)
+        if isinstance(v, torch.Tensor):
+            out[k] = v
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+_SCHEDULE_NAMES: dict[tuple[str, str, int | None], frozenset[str]] = {}
+
+
+def _schedule_names(name: str, cls: Any, config_json: str, n: int | None) -> frozenset[str]:
+    key = (name, config_json, n)
+    cached = _SCHEDULE_NAMES.get(key)
+    if cached is not None:
+        return cached
+    fresh = cls.from_config(json.loads(config_json, parse_constant=float))
+    if n is not None:
+        fresh.set_timesteps(n)
+    names = frozenset(k for k, v in vars(fresh).items() if isinstance(v, torch.Tensor))
+    if len(_SCHEDULE_NAMES) > 256:
+        _SCHEDULE_NAMES.clear()
+    _SCHEDULE_NAMES[key] = names
+    return names
+
+
+def schedule_digest(schedule: Mapping[str, torch.Tensor]) -> str:
+    doc = {k: tensor_digest(v) for k, v in sorted(schedule.items())}
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+
+
+def capture_state(scheduler: Any, schedule: Mapping[str, torch.Tensor]) -> SamplerState:
+    """Everything the scheduler carries into its next step, as host copies."""
+    values: dict[str, Value] = {}
+    for name, value in vars(scheduler).items():
+        if name in _SKIP or (name in schedule and value is schedule[name]):
+            continue
+        ok, captured = _capture_value(value)
+        if ok:
+            values[name] = captured
+    return SamplerState(values=values)
+
+
+def restore_state(scheduler: Any, state: SamplerState, device: torch.device | str) -> None:
+    """Load ``state`` into a scheduler that has just had ``set_timesteps`` called.
+
+    Raises :class:`VerificationError` when the state names something of the scheduler that is
+    not state (a method, a property): the trajectory came from a different sampler. Attributes
+    a scheduler creates lazily inside ``step`` (Heun's ``sample``) are legitimate state.
+    """
+    cls = type(scheduler)
+    for name in state.values:
+        attr = getattr(cls, name, None)
+        if (
+            not name.isidentifier()
+            or name.startswith("__")
+            or callable(attr)
+            or isinstance(attr, property)
+        ):
+            raise VerificationError(
+                f"sampler state does not fit {cls.__name__}: it sets {name!r}, which is not a "
+                "state attribute of that scheduler (a different sampler ran)"
+            )
+    for name, value in state.values.items():
+        setattr(scheduler, name, _to_device(value, device))
+
+
+def _to_device(value: Value, device: torch.device | str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device).clone()
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value

@@ -1,0 +1,161 @@
+"""The trajectory commitment: an in-toto Statement v1 in a DSSE envelope, signed with Ed25519.
+
+Standard in-toto tooling reads it: ``subject`` is the output's sha256, ``predicateType`` is
+``https://samplerguard.dev/trajectory/v1``, and the predicate carries the Merkle root, the tree
+size, the recipe, the model and recipe digests, the tenant's pseudonym and the request id.
+
+A :class:`Commitment` only comes from :meth:`Commitment.verify` (signature checked) or from
+:func:`commit` (just signed). There is no other public constructor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from samplerguard.commitment.dsse import sign_envelope, verify_envelope
+from samplerguard.commitment.trajectory import TrajectoryRecord, canonical
+from samplerguard.errors import MalformedInputError, VerificationError
+
+__all__ = ["PREDICATE_TYPE", "STATEMENT_TYPE", "Commitment", "commit"]
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://samplerguard.dev/trajectory/v1"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """A verified trajectory commitment."""
+
+    envelope: dict[str, Any]
+    statement: dict[str, Any]
+    root: bytes
+    tree_size: int
+    recipe: dict[str, Any]
+    request_id: str
+    tenant: str
+    output_digest: str
+
+    @property
+    def predicate(self) -> dict[str, Any]:
+        predicate: dict[str, Any] = self.statement["predicate"]
+        return predicate
+
+    @property
+    def n_steps(self) -> int:
+        return self.tree_size - 4
+
+    def to_json(self) -> str:
+        return json.dumps(self.envelope, sort_keys=True)
+
+    @classmethod
+    def verify(cls, envelope: object, public_key: Ed25519PublicKey) -> Commitment:
+        """Check the DSSE signature, then parse the statement. Raises
+        :class:`VerificationError` (bad signature, wrong types) or
+        :class:`MalformedInputError` (not an envelope / statement at all)."""
+        payload = verify_envelope(envelope, public_key)
+        if isinstance(envelope, bytes | str):
+            envelope = json.loads(envelope)
+        assert isinstance(envelope, dict)
+        try:
+            statement = json.loads(payload)
+        except ValueError as exc:
+            raise MalformedInputError(f"commitment payload is not JSON: {exc}") from None
+        return cls._from_statement(envelope, statement)
+
+    @classmethod
+    def _from_statement(cls, envelope: dict[str, Any], statement: object) -> Commitment:
+        if not isinstance(statement, dict):
+            raise MalformedInputError("commitment statement is not a JSON object")
+        if statement.get("_type") != STATEMENT_TYPE:
+            raise VerificationError(
+                f"statement _type is {statement.get('_type')!r}, expected {STATEMENT_TYPE!r}"
+            )
+        if statement.get("predicateType") != PREDICATE_TYPE:
+            raise VerificationError(
+                f"predicateType is {statement.get('predicateType')!r}, expected {PREDICATE_TYPE!r}"
+            )
+        pred = statement.get("predicate")
+        subjects = statement.get("subject")
+        if not isinstance(pred, dict) or not isinstance(subjects, list) or len(subjects) != 1:
+            raise MalformedInputError("statement needs one subject and a predicate object")
+        subject = subjects[0]
+        digest = subject.get("digest", {}).get("sha256") if isinstance(subject, dict) else None
+        root_hex, size = pred.get("root"), pred.get("treeSize")
+        recipe, request_id, tenant = pred.get("recipe"), pred.get("requestId"), pred.get("tenant")
+        if not (isinstance(digest, str) and _HEX64.match(digest)):
+            raise MalformedInputError("statement subject has no sha256 digest")
+        if not (isinstance(root_hex, str) and _HEX64.match(root_hex)):
+            raise MalformedInputError("predicate.root is not a 64-hex SHA-256")
+        if not (isinstance(size, int) and not isinstance(size, bool) and 5 <= size <= 4100):
+            raise MalformedInputError(f"predicate.treeSize {size!r} is out of range")
+        if not isinstance(recipe, dict):
+            raise MalformedInputError("predicate.recipe is not an object")
+        if not (isinstance(request_id, str) and _REQUEST_ID.match(request_id)):
+            raise MalformedInputError("predicate.requestId is missing or malformed")
+        if not isinstance(tenant, str) or len(tenant) > 128:
+            raise MalformedInputError("predicate.tenant is missing or malformed")
+        recipe_digest = "sha256:" + hashlib.sha256(canonical(recipe)).hexdigest()
+        if pred.get("recipeDigest") != recipe_digest:
+            raise VerificationError(
+                f"predicate.recipeDigest is {pred.get('recipeDigest')!r}, but the recipe it "
+                f"carries hashes to {recipe_digest!r}"
+            )
+        return cls(
+            envelope=envelope,
+            statement=statement,
+            root=bytes.fromhex(root_hex),
+            tree_size=size,
+            recipe=recipe,
+            request_id=request_id,
+            tenant=tenant,
+            output_digest="sha256:" + digest,
+        )
+
+
+def commit(
+    record: TrajectoryRecord,
+    key: Ed25519PrivateKey,
+    *,
+    request_id: str,
+    tenant: str,
+    extra: dict[str, Any] | None = None,
+) -> Commitment:
+    """Sign the commitment for a finished trajectory."""
+    if not _REQUEST_ID.match(request_id):
+        raise MalformedInputError(f"request id {request_id[:40]!r} is malformed")
+    recipe = record.recipe
+    predicate: dict[str, Any] = {
+        "root": record.root.hex(),
+        "treeSize": record.tree_size,
+        "recipe": recipe,
+        "recipeDigest": "sha256:" + hashlib.sha256(canonical(recipe)).hexdigest(),
+        "modelDigest": recipe.get("model", {}).get("digest"),
+        "tenant": tenant,
+        "requestId": request_id,
+        "committedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if extra:
+        predicate.update(extra)
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [
+            {
+                "name": f"{request_id}/output",
+                "digest": {"sha256": record.output_digest.removeprefix("sha256:")},
+            }
+        ],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": predicate,
+    }
+    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+    envelope = sign_envelope(payload, key)
+    return Commitment._from_statement(envelope, statement)

@@ -1,0 +1,115 @@
+"""diffusers integration: record a pipeline call through its own callback contract.
+
+``instrument(pipe, recorder)`` returns a callable with the pipeline's signature plus a
+``trajectory_request`` keyword. It observes three things, and changes none of them:
+
+* the initial latents, by wrapping the pipeline's ``prepare_latents`` for this call only;
+* every step, through ``callback_on_step_end`` (the latents and the conditioning tensors are
+  declared in ``callback_on_step_end_tensor_inputs`` and returned unchanged; a user callback is
+  chained after ours);
+* the scheduler state, read from ``pipe.scheduler`` inside the callback, and the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from samplerguard.commitment.digest import tensor_header
+from samplerguard.commitment.statement import Commitment
+from samplerguard.hook.recorder import Recorder, Trajectory, TrajectoryRequest
+
+__all__ = ["InstrumentedPipeline", "RecordedOutput", "instrument", "output_bytes"]
+
+#: Which callback tensors are the conditioning, per pipeline family.
+CONDITIONING_INPUTS: dict[str, tuple[str, ...]] = {
+    "DigitsPipeline": ("class_labels",),
+    "StableDiffusionPipeline": ("prompt_embeds",),
+}
+
+
+@dataclass(frozen=True)
+class RecordedOutput:
+    output: Any
+    commitment: Commitment
+    trajectory: Trajectory
+
+
+def output_bytes(output: Any) -> bytes:
+    """Canonical bytes of a pipeline output: tensors and arrays as header ‖ raw bytes."""
+    if hasattr(output, "images"):
+        output = output.images
+    if isinstance(output, list) and output and hasattr(output[0], "tobytes"):
+        output = np.stack([np.asarray(im) for im in output])
+    if isinstance(output, np.ndarray):
+        output = torch.from_numpy(np.ascontiguousarray(output))
+    if isinstance(output, torch.Tensor):
+        t = output.detach().cpu().contiguous()
+        head = tensor_header(str(t.dtype).removeprefix("torch."), tuple(t.shape))
+        return head + t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    raise TypeError(f"cannot take the bytes of a {type(output).__name__} output")
+
+
+class InstrumentedPipeline:
+    def __init__(self, pipe: Any, recorder: Recorder) -> None:
+        self.pipe = pipe
+        self.recorder = recorder
+        self.conditioning = CONDITIONING_INPUTS.get(type(pipe).__name__, ())
+
+    def __call__(
+        self, *args: Any, trajectory_request: TrajectoryRequest, **kwargs: Any
+    ) -> RecordedOutput:
+        pipe = self.pipe
+        user_cb: Callable[..., dict[str, Any]] | None = kwargs.pop("callback_on_step_end", None)
+        user_inputs = list(kwargs.pop("callback_on_step_end_tensor_inputs", ["latents"]))
+        inputs = list(dict.fromkeys(["latents", *self.conditioning, *user_inputs]))
+        last: dict[str, torch.Tensor] = {}
+        original_prepare = pipe.prepare_latents
+
+        with self.recorder.trajectory(trajectory_request) as tr:
+
+            def prepare_latents(*a: Any, **kw: Any) -> Any:
+                latents = original_prepare(*a, **kw)
+                tr.begin(pipe.scheduler, latents)
+                return latents
+
+            def on_step_end(
+                p: Any, i: int, t: Any, callback_kwargs: dict[str, Any]
+            ) -> dict[str, Any]:
+                if i == 0:
+                    tr.set_conditioning(
+                        {k: callback_kwargs[k] for k in self.conditioning if k in callback_kwargs}
+                    )
+                latents = callback_kwargs["latents"]
+                tr.step(i, t, latents, p.scheduler)
+                last["latents"] = latents
+                if user_cb is not None:
+                    seen = {k: callback_kwargs[k] for k in user_inputs if k in callback_kwargs}
+                    callback_kwargs.update(user_cb(p, i, t, seen))
+                return callback_kwargs
+
+            pipe.prepare_latents = prepare_latents
+            try:
+                out = pipe(
+                    *args,
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=inputs,
+                    **kwargs,
+                )
+            finally:
+                del pipe.prepare_latents  # drop the instance attribute: the method shows again
+            tr.end(last["latents"], output_bytes(out))
+        assert tr.commitment is not None
+        return RecordedOutput(output=out, commitment=tr.commitment, trajectory=tr)
+
+
+def instrument(pipe: Any, recorder: Recorder) -> InstrumentedPipeline:
+    """Wrap ``pipe`` so each call is recorded. The pipeline object itself is not modified
+    outside a call."""
+    if not hasattr(pipe, "prepare_latents"):
+        raise TypeError(f"{type(pipe).__name__} has no prepare_latents; use the plain-loop API")
+    return InstrumentedPipeline(pipe, recorder)

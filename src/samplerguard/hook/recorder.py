@@ -1,0 +1,323 @@
+"""The in-process recorder: observes a denoising loop and hands it to a sink, off the loop thread.
+
+The loop thread does the minimum: host copies of the latent and of the sampler state (pinned and
+non-blocking from CUDA), a CUDA event when needed, and one ``queue.put``. Hashing, canonical JSON,
+the Merkle tree, signing and storage happen on the recorder's worker thread. The hook never
+changes what the pipeline computes: it reads tensors and returns them untouched.
+
+Plain loop, three lines of the API::
+
+    with recorder.trajectory(request) as tr:
+        tr.begin(scheduler, latents, conditioning={"class_labels": labels})
+        for i, t in enumerate(scheduler.timesteps):
+            latents = my_step(latents, t)
+            tr.step(i, t, latents, scheduler)
+        tr.end(latents, output_bytes)
+    commitment = tr.commitment
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from samplerguard.commitment.digest import bytes_digest
+from samplerguard.commitment.state import (
+    capture_schedule,
+    capture_state,
+    host_copy,
+    schedule_digest,
+)
+from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryRecord
+from samplerguard.errors import MalformedInputError, SamplerGuardError
+from samplerguard.rng.shim import observe_noise
+
+__all__ = ["Recorder", "RecordingError", "Sink", "Trajectory", "TrajectoryRequest"]
+
+log = logging.getLogger(__name__)
+
+
+class RecordingError(SamplerGuardError):
+    """The trajectory could not be recorded or committed; the request is *unverified*."""
+
+
+@dataclass(frozen=True)
+class TrajectoryRequest:
+    """The public facts of one generation, as the serving app declares them."""
+
+    request_id: str
+    tenant: str
+    pipeline: str  # "digits", "stable-diffusion", …
+    model_name: str
+    model_digest: str
+    sampler: str
+    guidance_scale: float
+    steps: int
+    rng_mode: str = "framework"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def recipe(self, scheduler: Any, latent_shape: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "model": {"name": self.model_name, "digest": self.model_digest},
+            "sampler": self.sampler,
+            "scheduler_class": type(scheduler).__name__,
+            "scheduler_config": _jsonable(dict(scheduler.config)),
+            "steps": self.steps,
+            "guidance_scale": float(self.guidance_scale),
+            "rng": self.rng_mode,
+            "latent_shape": list(latent_shape),
+            **{k: _jsonable(v) for k, v in self.extra.items()},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}  # JSON has no inf/nan; build_scheduler decodes this
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+class Sink(Protocol):
+    """Where finished trajectories go: signed in-process, or streamed to the sidecar."""
+
+    def start(self, request: TrajectoryRequest) -> Any:
+        """Called on the worker thread; returns a per-trajectory handle."""
+
+    def leaf(self, handle: Any, builder: TrajectoryBuilder) -> None:
+        """Called on the worker after each leaf is appended (for streaming sinks)."""
+
+    def finish(self, handle: Any, record: TrajectoryRecord) -> Commitment:
+        """Commit the finished record; runs on the worker thread."""
+
+    def abort(self, handle: Any, reason: str) -> None:
+        """The trajectory failed; nothing may be committed for it."""
+
+
+_STOP = object()
+
+
+class Recorder:
+    """Owns the worker thread and the bounded hand-off queue.
+
+    ``max_pending`` bounds memory: when the worker falls that far behind, the loop thread
+    blocks on ``put`` (it cannot drop data without making the trajectory unverifiable).
+    """
+
+    def __init__(self, sink: Sink, *, max_pending: int = 256) -> None:
+        self.sink = sink
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(
+            target=self._work, name="samplerguard-recorder", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                item()
+            except Exception:  # pragma: no cover - every job catches its own errors
+                log.exception("recorder job failed")
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    @contextmanager
+    def trajectory(self, request: TrajectoryRequest) -> Iterator[Trajectory]:
+        tr = Trajectory(self, request)
+        with ExitStack() as stack:
+            stack.enter_context(observe_noise(tr._saw_noise))
+            try:
+                yield tr
+            except BaseException as exc:
+                tr._abort(f"generation raised {type(exc).__name__}")
+                raise
+        tr._wait()
+
+
+class Trajectory:
+    """One generation being recorded. Methods are called on the denoising loop's thread."""
+
+    def __init__(self, recorder: Recorder, request: TrajectoryRequest) -> None:
+        self._recorder = recorder
+        self.request = request
+        self._noise: list[torch.Tensor] = []
+        self._schedule: dict[str, torch.Tensor] = {}
+        self._pending_initial: tuple[Any, ...] | None = None
+        self._conditioning: dict[str, torch.Tensor] | None = None
+        self._builder: TrajectoryBuilder | None = None
+        self._handle: Any = None
+        self._error: str | None = None
+        self._done = threading.Event()
+        self._began = False
+        self._ended = False
+        self._next_step = 0
+        self.commitment: Commitment | None = None
+        self.record: TrajectoryRecord | None = None
+
+    # -- loop-thread side ----------------------------------------------------------------------
+
+    def _saw_noise(self, t: torch.Tensor) -> None:
+        if self._began:
+            self._noise.append(host_copy(t))
+
+    @staticmethod
+    def _event(*tensors: torch.Tensor) -> Any:
+        if any(t.is_cuda for t in tensors):
+            ev = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ev.record()
+            return ev
+        return None
+
+    def begin(
+        self,
+        scheduler: Any,
+        latents: torch.Tensor,
+        conditioning: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Record z_N and the sampler before step 0. Call after ``set_timesteps``."""
+        if self._began:
+            raise MalformedInputError("trajectory already began")
+        self._began = True
+        self._schedule = capture_schedule(scheduler)
+        state = capture_state(scheduler, self._schedule)
+        latent = host_copy(latents)
+        recipe = self.request.recipe(scheduler, tuple(latents.shape))
+        schedule = dict(self._schedule)
+        self._pending_initial = (recipe, latent, state, schedule, self._event(latents))
+        if conditioning is not None:
+            self.set_conditioning(conditioning)
+
+    def set_conditioning(self, conditioning: Mapping[str, torch.Tensor]) -> None:
+        """Conditioning tensors (class labels, prompt embeddings). Must precede step 0."""
+        if self._conditioning is not None:
+            return
+        self._conditioning = {k: host_copy(v) for k, v in conditioning.items()}
+        self._flush_initial()
+
+    def _flush_initial(self) -> None:
+        if self._pending_initial is None:
+            return
+        recipe, latent, state, schedule, event = self._pending_initial
+        cond = self._conditioning or {}
+        self._pending_initial = None
+
+        def job() -> None:
+            if self._error:
+                return
+            _sync(event)
+            try:
+                self._handle = self._recorder.sink.start(self.request)
+                builder = TrajectoryBuilder(recipe=recipe)
+                builder.set_conditioning(cond)
+                builder.initial(latent, state, schedule_digest(schedule))
+                self._builder = builder
+                self._recorder.sink.leaf(self._handle, builder)
+            except Exception as exc:
+                self._fail(f"could not start the trajectory: {exc}")
+
+        self._recorder.submit(job)
+
+    def step(self, index: int, timestep: Any, latents: torch.Tensor, scheduler: Any) -> None:
+        """Record the latent after step ``index`` and the state the scheduler carries on."""
+        if not self._began:
+            raise MalformedInputError("step() before begin()")
+        if index != self._next_step:
+            raise MalformedInputError(f"step {index} out of order (expected {self._next_step})")
+        self._next_step += 1
+        if self._pending_initial is not None:
+            self.set_conditioning({})
+        latent = host_copy(latents)
+        state = capture_state(scheduler, self._schedule)
+        noise, self._noise = self._noise, []
+        t = timestep.item() if isinstance(timestep, torch.Tensor) else timestep
+        event = self._event(latents)
+
+        def job() -> None:
+            if self._error or self._builder is None:
+                return
+            _sync(event)
+            try:
+                self._builder.step(index, t, latent, state, noise)
+                self._recorder.sink.leaf(self._handle, self._builder)
+            except Exception as exc:
+                self._fail(f"could not record step {index}: {exc}")
+
+        self._recorder.submit(job)
+
+    def end(self, final_latents: torch.Tensor, output: bytes) -> None:
+        """Record the final latent and the output bytes; the commitment follows on the worker."""
+        if self._ended:
+            raise MalformedInputError("trajectory already ended")
+        self._ended = True
+        latent = host_copy(final_latents)
+        event = self._event(final_latents)
+        digest = bytes_digest(output)
+
+        def job() -> None:
+            try:
+                if self._error or self._builder is None:
+                    raise RecordingError(self._error or "trajectory never began")
+                _sync(event)
+                self._builder.final(latent)
+                record = self._builder.finish(digest)
+                self.record = record
+                self.commitment = self._recorder.sink.finish(self._handle, record)
+            except Exception as exc:
+                self._fail(f"could not commit: {exc}")
+            finally:
+                self._done.set()
+
+        self._recorder.submit(job)
+
+    # -- failure and completion ----------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        if self._error is None:
+            self._error = reason
+            log.warning("trajectory %s is unverified: %s", self.request.request_id, reason)
+            try:
+                self._recorder.sink.abort(self._handle, reason)
+            except Exception:  # the sink is already broken; the error above is what counts
+                log.debug("sink abort failed", exc_info=True)
+
+    def _abort(self, reason: str) -> None:
+        def job() -> None:
+            self._fail(reason)
+            self._done.set()
+
+        self._recorder.submit(job)
+
+    def _wait(self, timeout: float = 60.0) -> None:
+        if not self._ended:
+            self._abort("the generation ended without end()")
+        if not self._done.wait(timeout):
+            self._error = self._error or f"commitment not ready after {timeout:.0f}s"
+        if self._error is not None:
+            raise RecordingError(f"request {self.request.request_id} is unverified: {self._error}")
+
+
+def _sync(event: Any) -> None:
+    if event is not None:
+        event.synchronize()

@@ -1,0 +1,85 @@
+"""Reference step programs: one denoising step per pipeline family, for the re-check.
+
+Each program runs exactly the operations its pipeline's loop body runs, in the same order and
+batch layout, so an honest opening re-checks to rel-L2 = 0 on the same build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from samplerguard.commitment.digest import module_digest
+from samplerguard.errors import MalformedInputError
+from samplerguard.models.digits import StepInputs, denoise_step
+
+__all__ = ["DigitsProgram", "StableDiffusionProgram"]
+
+
+class DigitsProgram:
+    """The bundled digits pipeline's step (:func:`samplerguard.models.digits.denoise_step`)."""
+
+    pipeline = "digits"
+
+    def __init__(self, unet: Any, model_digest: str | None = None) -> None:
+        self.unet = unet.eval()
+        self.device = unet.device
+        self.model_digest = model_digest or module_digest(unet)
+
+    def step(
+        self,
+        scheduler: Any,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Mapping[str, torch.Tensor],
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        labels = conditioning.get("class_labels")
+        if labels is None or labels.dtype != torch.int64 or labels.shape != latents.shape[:1]:
+            raise MalformedInputError(
+                "digits conditioning needs int64 class_labels, one per sample"
+            )
+        return denoise_step(self.unet, scheduler, latents, t, StepInputs(labels, guidance_scale))
+
+
+class StableDiffusionProgram:
+    """The loop body of diffusers' ``StableDiffusionPipeline`` (no guidance rescale, no
+    timestep conditioning, no IP-adapter), with classifier-free guidance as it batches it."""
+
+    pipeline = "stable-diffusion"
+
+    def __init__(self, unet: Any, model_digest: str | None = None) -> None:
+        self.unet = unet.eval()
+        self.device = unet.device
+        self.model_digest = model_digest or module_digest(unet)
+
+    def step(
+        self,
+        scheduler: Any,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Mapping[str, torch.Tensor],
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        prompt_embeds = conditioning.get("prompt_embeds")
+        if prompt_embeds is None:
+            raise MalformedInputError("stable-diffusion conditioning needs prompt_embeds")
+        do_cfg = guidance_scale > 1.0
+        latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+        latent_model_input = scheduler.scale_model_input(latent_model_input, t)
+        noise_pred = self.unet(
+            latent_model_input,
+            t,
+            encoder_hidden_states=prompt_embeds,
+            timestep_cond=None,
+            cross_attention_kwargs=None,
+            added_cond_kwargs=None,
+            return_dict=False,
+        )[0]
+        if do_cfg:
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+        out: torch.Tensor = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        return out
