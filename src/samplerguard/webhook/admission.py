@@ -33,7 +33,7 @@ import anyio.to_thread
 
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 from samplerguard.policy.report import ReportResult
-from samplerguard.supplychain.reference import parse_reference
+from samplerguard.supplychain.reference import ImageReference, parse_reference
 from samplerguard.webhook.audit import AuditTrail
 from samplerguard.webhook.cache import CacheKey, ResolutionCache, VerdictCache
 from samplerguard.webhook.config import ANNOTATION_POLICY, LABEL_INJECT, WebhookConfig
@@ -78,16 +78,31 @@ class _ImageOutcome:
     governed_by: list[str] = field(default_factory=list)
 
 
-def _candidates(image: str) -> tuple[str, ...]:
-    """The strings an image rule's glob is matched against: as written, and the normalised
-    repository with and without tag/digest (so ``nginx`` matches ``index.docker.io/**``)."""
+@functools.lru_cache(maxsize=4096)
+def _reference(image: str) -> tuple[ImageReference, tuple[str, ...]]:
+    """The parsed reference and the strings an image rule's glob is matched against: as
+    written, and the normalised repository with and without tag/digest (so ``nginx`` matches
+    ``index.docker.io/**``). Memoised: a pure function of the string, on the hot path."""
     ref = parse_reference(image)
-    full = str(ref)
-    return tuple(dict.fromkeys((image, ref.name, full)))
+    return ref, tuple(dict.fromkeys((image, ref.name, str(ref))))
+
+
+#: (glob, candidate) → match. The policy model compiles the glob on every call.
+_GLOB_MEMO: dict[tuple[str, str], bool] = {}
 
 
 def _governs(policy: AnyPolicy, candidates: tuple[str, ...]) -> bool:
-    return any(policy.spec.image_rules_for(c) for c in candidates)
+    for rule in policy.spec.images:
+        for candidate in candidates:
+            key = (rule.glob, candidate)
+            hit = _GLOB_MEMO.get(key)
+            if hit is None:
+                if len(_GLOB_MEMO) >= 65536:
+                    _GLOB_MEMO.clear()
+                hit = _GLOB_MEMO[key] = rule.matches(candidate)
+            if hit:
+                return True
+    return False
 
 
 class Admission:
@@ -202,7 +217,11 @@ class Admission:
         images = tpl.images()
         injected = [inj.sidecar_image, inj.effective_hook_image] if inject else []
         wanted = list(dict.fromkeys(images + injected))
-        outcomes = await asyncio.gather(*(self._check_image(i, policies) for i in wanted))
+        outcomes = (
+            [await self._check_image(wanted[0], policies)]
+            if len(wanted) == 1
+            else await asyncio.gather(*(self._check_image(i, policies) for i in wanted))
+        )
         checks = [c for o in outcomes for c in o.checks]
         what = f"{req.kind.kind} {namespace}/{_name_of(req, tpl)}"
 
@@ -238,7 +257,7 @@ class Admission:
         pins = {
             o.image: o.pinned
             for o in outcomes
-            if o.pinned and parse_reference(o.image).digest is None
+            if o.pinned and _reference(o.image)[0].digest is None
         }
         patch = pin_patch(tpl, pins)
         if inject:
@@ -269,8 +288,7 @@ class Admission:
     async def _check_image(self, image: str, policies: list[AnyPolicy]) -> _ImageOutcome:
         outcome = _ImageOutcome(image)
         try:
-            ref = parse_reference(image)
-            candidates = _candidates(image)
+            ref, candidates = _reference(image)
         except MalformedInputError as exc:
             outcome.checks.append(Check(image, NO_POLICY, "enforce", False, str(exc)))
             return outcome
@@ -299,9 +317,12 @@ class Admission:
             ]
             return outcome
         outcome.pinned = f"{ref.name}@{digest}"
-        outcome.checks += await asyncio.gather(
-            *(self._verdict(image, ref.name, digest, p) for p in governing)
-        )
+        if len(governing) == 1:  # the common case, without gather's task overhead
+            outcome.checks.append(await self._verdict(image, ref.name, digest, governing[0]))
+        else:
+            outcome.checks += await asyncio.gather(
+                *(self._verdict(image, ref.name, digest, p) for p in governing)
+            )
         return outcome
 
     async def _resolve(self, ref: str) -> str:

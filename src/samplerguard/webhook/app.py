@@ -137,13 +137,16 @@ def create_app(admission: Admission) -> FastAPI:
         answer = await admission.review(review.request, mutate=mutate)
         return Response(answer.to_json(), media_type="application/json")
 
-    @app.post("/validate")
     async def validate(request: Request) -> Response:
         return await answer(request, mutate=False)
 
-    @app.post("/mutate")
     async def mutate(request: Request) -> Response:
         return await answer(request, mutate=True)
+
+    # Plain routes: the hot path skips FastAPI's dependency solving (about a third of the
+    # per-request cost for a body this size); the handlers parse with pydantic themselves.
+    app.add_route("/validate", validate, methods=["POST"])
+    app.add_route("/mutate", mutate, methods=["POST"])
 
     @app.get("/healthz")
     async def healthz() -> Response:
