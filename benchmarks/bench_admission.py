@@ -324,7 +324,8 @@ def _start_server(tmp: Path, setup: dict[str, Any], name: str) -> subprocess.Pop
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server died")
+                err = proc.stderr.read().decode() if proc.stderr else "server died"
+                raise RuntimeError(err) from None
             time.sleep(0.1)
     raise RuntimeError("server did not start")
 
@@ -377,7 +378,7 @@ def main() -> int:
         load(args)
         return 0
 
-    from webhook_support import policy, write_self_signed
+    from webhook_support import write_self_signed
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -437,23 +438,22 @@ def main() -> int:
                 registry_proc.close()
 
     print(
-        f"samplerguard webhook admission benchmark ({os.cpu_count()} CPUs; server: 1 uvicorn process; "
-        f"load: 1 process, HTTP/1.1 keep-alive over TLS; body {size} bytes; {note})"
+        f"samplerguard webhook admission benchmark ({os.cpu_count()} CPUs; "
+        "server: 1 uvicorn process; load: 1 process, HTTP/1.1 keep-alive over TLS; "
+        f"body {size} bytes; {note})"
     )
-    print(
-        f"{'scenario':44s} {'adm/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'requests':>9s} {'errors':>7s}"
-    )
+    head = ("scenario", "adm/s", "p50 ms", "p99 ms", "requests", "errors")
+    print(f"{head[0]:44s} " + " ".join(f"{h:>9s}" for h in head[1:]))
     for name, r in rows:
-        print(
-            f"{name:44s} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['n']:9d} {r['errors']:7d}"
-        )
+        cells = (f"{r['rps']:.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["n"], r["errors"])
+        print(f"{name:44s} " + " ".join(f"{c:>9}" for c in cells))
         if r["errors"]:
             print(f"    first error: {r['first_error']}")
     by = dict(rows)
     best = max((r for k, r in rows if k.startswith("validate, cached")), key=lambda r: r["rps"])
     print()
     print(
-        f"goal ≥ 1000 adm/s (cached):     {best['rps']:.0f} adm/s = {best['rps'] / 1000:.2f}× the goal"
+        f"goal ≥ 1000 adm/s (cached): {best['rps']:.0f} adm/s = {best['rps'] / 1000:.2f}× the goal"
     )
     for label in (
         "validate, cached, 1 conn",
@@ -462,7 +462,8 @@ def main() -> int:
     ):
         r = by[label]
         print(
-            f"goal p99 ≤ 10 ms ({label}): p99 {r['p99']:.2f} ms = {r['p99'] / 10:.2f}× the budget at {r['rps']:.0f} adm/s"
+            f"goal p99 ≤ 10 ms ({label}): p99 {r['p99']:.2f} ms = "
+            f"{r['p99'] / 10:.2f}× the budget at {r['rps']:.0f} adm/s"
         )
     mut = by[f"mutate (pin + inject), cached, {args.connections} conns"]
     print(
@@ -472,7 +473,8 @@ def main() -> int:
     off = by[f"validate, cache off, {args.connections} conns"]
     same = by[f"validate, cached, {args.connections} conns"]
     print(
-        f"cached / cache-off throughput at {args.connections} conns: {same['rps'] / off['rps']:.1f}×  "
+        f"cached / cache-off throughput at {args.connections} conns: "
+        f"{same['rps'] / off['rps']:.1f}×  "
         f"(p50 {same['p50']:.2f} ms vs {off['p50']:.2f} ms)"
     )
     return 0
@@ -481,9 +483,8 @@ def main() -> int:
 def _registry_setup(tmp: Path) -> tuple[dict[str, Any], Any, str]:
     """A real docker-registry with a cosign-signed, SLSA-attested sampler image and sidecar,
     and a policy requiring both; a stand-in only where docker-registry is not installed."""
-    from webhook_support import policy
-
     from samplerguard.supplychain.testing import LocalRegistry, registry_binary
+    from webhook_support import policy
 
     if registry_binary() is None:
         registry = "registry.local:5000"
