@@ -1,0 +1,178 @@
+"""Fixtures: a real docker-registry on loopback (open, htpasswd basic auth, token auth), a
+private Sigstore instance, and factories for signed and attested images.
+
+The webhook's tests build the same things from :mod:`samplerguard.supplychain.testing`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from samplerguard.policy.spec import (
+    AttestationRule,
+    Authority,
+    GoldenDigests,
+    ImageRule,
+    KeyAuthority,
+    KeylessAuthority,
+    KeylessIdentity,
+    SamplerPolicySpec,
+)
+from samplerguard.supplychain import (
+    ImageVerifier,
+    RegistryClient,
+    TrustedRoots,
+    load_trusted_root,
+)
+from samplerguard.supplychain.publish import (
+    Signer,
+    attest_image,
+    push_image,
+    sign_image,
+    slsa_v1_predicate,
+)
+from samplerguard.supplychain.testing import LocalRegistry, PrivateSigstore, registry_binary
+
+BUILDER = "https://github.com/acme/sampler/.github/workflows/release.yml@refs/heads/main"
+REPO = "https://github.com/acme/sampler"
+WEIGHTS = "sha256:" + "ab" * 32
+SCHEDULER = "sha256:" + "cd" * 32
+CI_ID = "https://github.com/acme/sampler/.github/workflows/release.yml@refs/heads/main"
+CI_ISSUER = "https://token.actions.githubusercontent.com"
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[LocalRegistry]:
+    if registry_binary() is None:
+        pytest.skip("docker-registry is not installed")
+    with LocalRegistry() as reg:
+        yield reg
+
+
+@pytest.fixture
+def client(registry: LocalRegistry) -> Iterator[RegistryClient]:
+    with registry.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def sigstore() -> PrivateSigstore:
+    return PrivateSigstore()
+
+
+@pytest.fixture(scope="session")
+def roots(sigstore: PrivateSigstore) -> TrustedRoots:
+    return TrustedRoots(named={"private": load_trusted_root(sigstore.trusted_root_json())})
+
+
+@pytest.fixture
+def verifier(client: RegistryClient, roots: TrustedRoots) -> ImageVerifier:
+    return ImageVerifier(client, trusted_roots=roots)
+
+
+_counter = itertools.count()
+
+
+@dataclass
+class Published:
+    ref: str
+    digest: str
+    release: Signer
+    ci: Signer
+
+
+@pytest.fixture
+def new_ref(registry: LocalRegistry) -> Callable[[], str]:
+    """A fresh repository:tag on the registry for each call."""
+
+    def make() -> str:
+        return f"{registry.host}/acme/sampler-{next(_counter)}:1.0"
+
+    return make
+
+
+@pytest.fixture
+def publish(
+    client: RegistryClient, sigstore: PrivateSigstore, new_ref: Callable[[], str]
+) -> Callable[..., Published]:
+    """Push an image, sign it with a release key and a keyless CI identity, and attest SLSA v1
+    provenance (with model weights and scheduler config) with the release key."""
+
+    def make(*, sign: bool = True, keyless: bool = True, attest: bool = True) -> Published:
+        ref = new_ref()
+        digest = push_image(client, ref)
+        release = Signer.generate("ecdsa-p256")
+        ci = sigstore.keyless_signer(CI_ID, CI_ISSUER)
+        if sign:
+            sign_image(client, ref, digest, release)
+        if keyless:
+            sign_image(client, ref, digest, ci)
+        if attest:
+            attest_image(
+                client,
+                ref,
+                digest,
+                release,
+                "https://slsa.dev/provenance/v1",
+                slsa_v1_predicate(
+                    builder_id=BUILDER,
+                    repository=REPO,
+                    ref="refs/heads/main",
+                    ml_artifacts={
+                        "model-weights": ("unet.safetensors", WEIGHTS),
+                        "scheduler-config": ("scheduler_config.json", SCHEDULER),
+                    },
+                ),
+            )
+        return Published(ref, digest, release, ci)
+
+    return make
+
+
+def _policy_for(
+    pub: Published,
+    *,
+    threshold: int = 1,
+    keyless: bool = False,
+    attest: bool = True,
+    golden: GoldenDigests | None = None,
+    identity: KeylessIdentity | None = None,
+) -> SamplerPolicySpec:
+    authorities = [Authority(name="release", key=KeyAuthority(public_key=pub.release.public_pem))]
+    if keyless:
+        authorities.append(
+            Authority(
+                name="ci",
+                keyless=KeylessAuthority(
+                    identities=[identity or KeylessIdentity(subject=CI_ID, issuer=CI_ISSUER)],
+                    trusted_root="private",
+                ),
+            )
+        )
+    return SamplerPolicySpec(
+        images=[
+            ImageRule(glob="127.0.0.1:*/acme/**", authorities=authorities, threshold=threshold)
+        ],
+        attestations=[
+            AttestationRule(
+                name="slsa",
+                builder_ids=[BUILDER],
+                source_uris=["github.com/acme/sampler"],
+                source_refs=["refs/heads/main"],
+            )
+        ]
+        if attest
+        else [],
+        golden_digests=golden or GoldenDigests(),
+    )
+
+
+@pytest.fixture
+def policy_for() -> Callable[..., SamplerPolicySpec]:
+    """``policy_for(published, threshold=, keyless=, attest=, golden=, identity=)``: a policy
+    naming the published image's release key (and the keyless CI identity)."""
+    return _policy_for
