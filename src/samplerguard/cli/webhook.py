@@ -100,6 +100,14 @@ def register(sub: Any) -> None:
         p, "--failure-ttl", "FAILURE_TTL", "seconds a rejection is cached", type=float, default=10.0
     )
     _add(p, "--audit-log", "AUDIT_LOG", "append failed checks here as JSON lines")
+    _add(
+        p,
+        "--read-pull-secrets",
+        "READ_PULL_SECRETS",
+        "in a cluster: read pods' imagePullSecrets to reach private registries (needs get on "
+        "secrets)",
+        action="store_true",
+    )
     _add(p, "--trusted-root", "TRUSTED_ROOT", "Sigstore trusted_root.json for keyless checks")
     p.add_argument(
         "--plain-http-registry",
@@ -216,12 +224,14 @@ def run(args: argparse.Namespace) -> int:
     from samplerguard.webhook.optin import NamespaceLabels
     from samplerguard.webhook.policies import PolicySource
     from samplerguard.webhook.server import uvicorn_config
+    from samplerguard.webhook.verifying import PullSecrets
 
     try:
         config = _config(args)
         tls = ReloadingCertificate(config.certfile, config.keyfile)
         policies: PolicySource
         namespaces: NamespaceLabels | None = None
+        pull_secrets: PullSecrets | None = None
         if config.policies is not None:
             policies = FilePolicySource(config.policies)
             if args.namespace_labels:
@@ -233,7 +243,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             from kubernetes import config as kube_config
 
-            from samplerguard.webhook.kube import KubernetesNamespaceLabels, KubernetesPolicySource
+            from samplerguard.webhook.kube import (
+                KubernetesNamespaceLabels,
+                KubernetesPolicySource,
+                KubernetesPullSecrets,
+            )
 
             try:
                 kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -241,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
                 kube_config.load_kube_config()  # type: ignore[no-untyped-call]
             policies = KubernetesPolicySource()
             namespaces = KubernetesNamespaceLabels()
+            if args.read_pull_secrets:
+                pull_secrets = KubernetesPullSecrets()
         roots = TrustedRoots.from_files(default=args.trusted_root) if args.trusted_root else None
     except (MalformedInputError, OSError) as exc:
         log.error("%s", exc)
@@ -253,7 +269,9 @@ def run(args: argparse.Namespace) -> int:
         verify=args.registry_ca or True,
     )
     verifier = ImageVerifier(client, trusted_roots=roots)
-    admission = Admission(config, policies, verifier, client, namespaces=namespaces)
+    admission = Admission(
+        config, policies, verifier, client, namespaces=namespaces, pull_secrets=pull_secrets
+    )
     policies.start()
     try:
         server = uvicorn.Server(uvicorn_config(config, admission, tls))

@@ -41,7 +41,7 @@ from samplerguard.webhook.inject import already_injected, injection_patch, pin_p
 from samplerguard.webhook.optin import NamespaceLabels, opted_in
 from samplerguard.webhook.policies import AnyPolicy, PolicySource, policy_name
 from samplerguard.webhook.review import AdmissionRequest, AdmissionReview, allow, deny
-from samplerguard.webhook.verifying import DigestResolver, ImageVerifierLike
+from samplerguard.webhook.verifying import DigestResolver, ImageVerifierLike, PullSecrets
 from samplerguard.webhook.workloads import PodTemplate, find_pod_template, handles
 
 __all__ = ["Admission", "Check"]
@@ -66,6 +66,14 @@ class Check:
 
     def sentence(self) -> str:
         return f"image {self.image}: policy {self.policy}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class _Scoped:
+    """The resolver for one pod (None: the default) and the pull secrets it carries."""
+
+    resolver: DigestResolver | None
+    scope: str
 
 
 @dataclass
@@ -119,12 +127,14 @@ class Admission:
         cache: VerdictCache | None = None,
         resolutions: ResolutionCache | None = None,
         audit: AuditTrail | None = None,
+        pull_secrets: PullSecrets | None = None,
     ) -> None:
         self.config = config
         self.policies = policies
         self.verifier = verifier
         self.resolver = resolver
         self.namespaces = namespaces
+        self.pull_secrets = pull_secrets
         # "is None", not "or": an empty cache is falsy.
         self.cache = (
             cache
@@ -217,10 +227,11 @@ class Admission:
         images = tpl.images()
         injected = [inj.sidecar_image, inj.effective_hook_image] if inject else []
         wanted = list(dict.fromkeys(images + injected))
+        scoped = await self._resolver_for(namespace, tpl)
         outcomes = (
-            [await self._check_image(wanted[0], policies)]
+            [await self._check_image(wanted[0], policies, scoped)]
             if len(wanted) == 1
-            else await asyncio.gather(*(self._check_image(i, policies) for i in wanted))
+            else await asyncio.gather(*(self._check_image(i, policies, scoped) for i in wanted))
         )
         checks = [c for o in outcomes for c in o.checks]
         what = f"{req.kind.kind} {namespace}/{_name_of(req, tpl)}"
@@ -285,7 +296,24 @@ class Admission:
             log.warning("namespace %s: label lookup failed: %s", namespace, exc)
             return None
 
-    async def _check_image(self, image: str, policies: list[AnyPolicy]) -> _ImageOutcome:
+    async def _resolver_for(self, namespace: str, tpl: PodTemplate) -> _Scoped:
+        """A resolver carrying the pod's ``imagePullSecrets`` (None: the default one) and the
+        scope naming those secrets, under which rejections are cached."""
+        refs = tpl.spec.get("imagePullSecrets")
+        if self.pull_secrets is None or not isinstance(refs, list):
+            return _Scoped(None, "")
+        names = sorted(
+            {r["name"] for r in refs[:16] if isinstance(r, dict) and isinstance(r.get("name"), str)}
+        )
+        creds = await self.pull_secrets.credentials(namespace, names) if names else None
+        if creds is None:
+            return _Scoped(None, "")
+        return _Scoped(self.resolver.with_credentials(creds), f"{namespace}/{','.join(names)}")
+
+    async def _check_image(
+        self, image: str, policies: list[AnyPolicy], scoped: _Scoped | None = None
+    ) -> _ImageOutcome:
+        scoped = scoped or _Scoped(None, "")
         outcome = _ImageOutcome(image)
         try:
             ref, candidates = _reference(image)
@@ -309,7 +337,7 @@ class Admission:
             return outcome
 
         try:
-            digest = ref.digest or await self._resolve(str(ref))
+            digest = ref.digest or await self._resolve(str(ref), scoped)
         except SamplerGuardError as exc:
             detail = f"cannot resolve the tag to a digest: {exc}"
             outcome.checks += [
@@ -318,20 +346,23 @@ class Admission:
             return outcome
         outcome.pinned = f"{ref.name}@{digest}"
         if len(governing) == 1:  # the common case, without gather's task overhead
-            outcome.checks.append(await self._verdict(image, ref.name, digest, governing[0]))
+            outcome.checks.append(
+                await self._verdict(image, ref.name, digest, governing[0], scoped)
+            )
         else:
             outcome.checks += await asyncio.gather(
-                *(self._verdict(image, ref.name, digest, p) for p in governing)
+                *(self._verdict(image, ref.name, digest, p, scoped) for p in governing)
             )
         return outcome
 
-    async def _resolve(self, ref: str) -> str:
+    async def _resolve(self, ref: str, scoped: _Scoped) -> str:
         hit = self.resolutions.fresh(ref)
         if hit is not None:
             return hit
         try:
             digest = await self._single_flight(
-                ("resolve", ref), functools.partial(self.resolver.resolve, ref)
+                ("resolve", ref, scoped.scope),
+                functools.partial((scoped.resolver or self.resolver).resolve, ref),
             )
         except TemporaryError as exc:
             lkg = self.resolutions.last_known_good(ref)
@@ -343,11 +374,18 @@ class Admission:
         self.resolutions.put(ref, digest)
         return digest
 
-    async def _verdict(self, image: str, name: str, digest: str, policy: AnyPolicy) -> Check:
+    async def _verdict(
+        self,
+        image: str,
+        name: str,
+        digest: str,
+        policy: AnyPolicy,
+        scoped: _Scoped,
+    ) -> Check:
         pname = policy_name(policy)
         mode = policy.spec.mode
         key: CacheKey = (name, digest, policy.metadata.uid, policy.metadata.resource_version)
-        hit = self.cache.fresh(key)
+        hit = self.cache.fresh(key, scoped.scope)
         if hit is not None:
             return Check(image, pname, mode, hit.passed, hit.detail)
         call = functools.partial(
@@ -356,9 +394,10 @@ class Admission:
             policy.spec,
             policy_name=pname,
             digest=digest,
+            client=scoped.resolver,
         )
         try:
-            verdict = await self._single_flight(("verify", key), call)
+            verdict = await self._single_flight(("verify", key, scoped.scope), call)
         except TemporaryError as exc:
             lkg = self.cache.last_known_good(key)
             if lkg is not None:
@@ -374,12 +413,12 @@ class Admission:
         except SamplerGuardError as exc:  # malformed reference, auth refused, not found
             return Check(image, pname, mode, False, f"cannot be checked: {exc}")
         if verdict.passed and verdict.digest == digest:
-            self.cache.record_pass(key, f"verified {digest}")
+            self.cache.record_pass(key, f"verified {digest}", scoped.scope)
             return Check(image, pname, mode, True, f"verified {digest}")
         reasons = "; ".join(verdict.reasons) or "not verified"
         if verdict.passed:  # the verifier checked another digest than the one to be admitted
             reasons = f"verified digest {verdict.digest} differs from the admitted {digest}"
-        self.cache.record_failure(key, reasons)
+        self.cache.record_failure(key, reasons, scoped.scope)
         return Check(image, pname, mode, False, reasons)
 
     async def _single_flight(self, key: Any, call: Callable[[], T]) -> T:

@@ -11,7 +11,9 @@ Three clocks:
 * ``last_known_good_ttl``: while the registry is unreachable (a :class:`TemporaryError`), a
   pass younger than this still passes; anything else fails closed;
 * ``failure_ttl``: a rejection is remembered briefly so a crash-looping bad pod does not hammer
-  the registry; temporary failures are never cached.
+  the registry; temporary failures are never cached. A rejection is remembered per *scope*
+  (the pull secrets it was checked with): a registry refusing anonymous access must not deny a
+  pod that brings credentials. A pass is a pass whoever asked.
 
 Tag→digest resolutions are cached the same way (``resolve_ttl`` fresh, last-known-good during
 an outage), since a tag's digest was verified before it was cached. Everything runs on the
@@ -84,16 +86,16 @@ class VerdictCache:
         self.failure_ttl = failure_ttl
         self._clock = clock
         self._passes: _Lru[CacheKey, CachedVerdict] = _Lru(max_entries)
-        self._failures: _Lru[CacheKey, CachedVerdict] = _Lru(max_entries)
+        self._failures: _Lru[tuple[CacheKey, str], CachedVerdict] = _Lru(max_entries)
 
-    def fresh(self, key: CacheKey) -> CachedVerdict | None:
+    def fresh(self, key: CacheKey, scope: str = "") -> CachedVerdict | None:
         """A verdict to serve without asking the registry, if there is one."""
         now = self._clock()
-        failure = self._failures.get(key)
+        failure = self._failures.get((key, scope))
         if failure is not None:
             if now - failure.at < self.failure_ttl:
                 return failure
-            self._failures.pop(key)
+            self._failures.pop((key, scope))
         passed = self._passes.get(key)
         if passed is not None and now - passed.at < self.fresh_ttl:
             return passed
@@ -106,18 +108,18 @@ class VerdictCache:
             return passed
         return None
 
-    def record_pass(self, key: CacheKey, detail: str) -> CachedVerdict:
+    def record_pass(self, key: CacheKey, detail: str, scope: str = "") -> CachedVerdict:
         verdict = CachedVerdict(True, detail, self._clock())
         self._passes.put(key, verdict)
-        self._failures.pop(key)
+        self._failures.pop((key, scope))
         return verdict
 
-    def record_failure(self, key: CacheKey, detail: str) -> CachedVerdict:
+    def record_failure(self, key: CacheKey, detail: str, scope: str = "") -> CachedVerdict:
         verdict = CachedVerdict(False, detail, self._clock())
         # A rejection ends the last-known-good of the same key: the registry has spoken.
         self._passes.pop(key)
         if self.failure_ttl > 0:
-            self._failures.put(key, verdict)
+            self._failures.put((key, scope), verdict)
         return verdict
 
     def __len__(self) -> int:

@@ -9,17 +9,19 @@ reads them, so it needs ``get/list/watch`` on ``clustersamplerpolicies`` and
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from samplerguard.errors import PolicyError
 from samplerguard.policy import GROUP, VERSION, parse_policy
+from samplerguard.supplychain.auth import DockerConfig
 from samplerguard.webhook.policies import AnyPolicy, PolicySnapshot, with_identity
 
-__all__ = ["KubernetesNamespaceLabels", "KubernetesPolicySource"]
+__all__ = ["KubernetesNamespaceLabels", "KubernetesPolicySource", "KubernetesPullSecrets"]
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +195,50 @@ class KubernetesNamespaceLabels:
             self._cache.clear()
         self._cache[namespace] = (labels, now)
         return labels
+
+
+class KubernetesPullSecrets:
+    """A pod's ``imagePullSecrets`` read from the API server (``kubernetes.io/dockerconfigjson``
+    Secrets), cached for ``ttl`` seconds. Needs ``get`` on secrets (chart:
+    ``webhook.readPullSecrets``). An unreadable or malformed Secret is skipped and logged,
+    never its content."""
+
+    def __init__(self, api: Any = None, *, ttl: float = 60.0, timeout: float = 2.0) -> None:
+        if api is None:
+            from kubernetes import client
+
+            api = client.CoreV1Api()
+        self._api = api
+        self._ttl = ttl
+        self._timeout = timeout
+        self._cache: dict[tuple[str, str], tuple[DockerConfig | None, float]] = {}
+
+    def _read(self, namespace: str, name: str) -> DockerConfig | None:
+        try:
+            secret = self._api.read_namespaced_secret(
+                name, namespace, _request_timeout=self._timeout
+            )
+            raw = (secret.data or {}).get(".dockerconfigjson")
+            if secret.type != "kubernetes.io/dockerconfigjson" or not raw:
+                log.warning("pull secret %s/%s is not a dockerconfigjson Secret", namespace, name)
+                return None
+            return DockerConfig.from_dockerconfigjson(base64.b64decode(raw))
+        except Exception as exc:  # ApiException, bad base64, MalformedInputError
+            log.warning("pull secret %s/%s unusable: %s", namespace, name, type(exc).__name__)
+            return None
+
+    async def credentials(self, namespace: str, names: Sequence[str]) -> DockerConfig | None:
+        now = time.monotonic()
+        configs: list[DockerConfig] = []
+        for name in names:
+            hit = self._cache.get((namespace, name))
+            if hit is None or now - hit[1] >= self._ttl:
+                config = await asyncio.to_thread(self._read, namespace, name)
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[(namespace, name)] = (config, now)
+            else:
+                config = hit[0]
+            if config is not None:
+                configs.append(config)
+        return DockerConfig.merged(configs) if configs else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def _loop() -> str:
+    forced = os.environ.get("SAMPLERGUARD_WEBHOOK_LOOP")
+    if forced in ("asyncio", "uvloop"):
+        return forced
     try:
         import uvloop  # noqa: F401
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]

@@ -15,11 +15,12 @@ Both are blocking; the webhook runs them in a bounded thread pool.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from samplerguard.policy import SamplerPolicySpec
+from samplerguard.supplychain.auth import DockerConfig
 
-__all__ = ["DigestResolver", "ImageVerifierLike", "VerdictLike"]
+__all__ = ["DigestResolver", "ImageVerifierLike", "PullSecrets", "VerdictLike"]
 
 
 class VerdictLike(Protocol):
@@ -35,9 +36,28 @@ class VerdictLike(Protocol):
 
 class ImageVerifierLike(Protocol):
     def verify(
-        self, image_ref: str, spec: SamplerPolicySpec, *, policy_name: str, digest: str | None = ...
-    ) -> VerdictLike: ...
+        self,
+        image_ref: str,
+        spec: SamplerPolicySpec,
+        *,
+        policy_name: str,
+        digest: str | None = ...,
+        client: Any = ...,
+    ) -> VerdictLike:
+        """``client``: the resolver to use for this call (one carrying the pod's pull
+        secrets), or None for the verifier's own."""
+        ...
 
 
 class DigestResolver(Protocol):
     def resolve(self, ref: str) -> str: ...
+
+    def with_credentials(self, credentials: DockerConfig) -> DigestResolver:
+        """A resolver sharing this one's connections but using the pod's pull secrets."""
+        ...
+
+
+class PullSecrets(Protocol):
+    async def credentials(self, namespace: str, names: Sequence[str]) -> DockerConfig | None:
+        """The merged ``.dockerconfigjson`` of the named Secrets; None if none is readable."""
+        ...

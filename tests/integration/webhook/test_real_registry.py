@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from samplerguard.policy import parse_policy
-from samplerguard.supplychain import ImageVerifier, RegistryClient
+from samplerguard.supplychain import DockerConfig, ImageVerifier, RegistryClient
 from samplerguard.supplychain.publish import (
     Signer,
     attest_image,
@@ -195,3 +195,56 @@ def test_registry_outage_last_known_good(
     # Past the window: the old pass no longer counts either.
     admission.cache = VerdictCache(fresh_ttl=0, last_known_good_ttl=0)
     assert post(http, "/validate", review(workload("Pod", good)))["allowed"] is False
+
+
+class _Secrets:
+    """Pull secrets by (namespace, name), as the API server would hand them out."""
+
+    def __init__(self, secrets: dict[tuple[str, str], bytes]) -> None:
+        self.secrets = secrets
+
+    async def credentials(self, namespace: str, names: list[str]) -> DockerConfig | None:
+        found = [
+            DockerConfig.from_dockerconfigjson(self.secrets[(namespace, n)])
+            for n in names
+            if (namespace, n) in self.secrets
+        ]
+        return DockerConfig.merged(found) if found else None
+
+
+def test_private_registry_needs_the_pods_pull_secret(tmp_path: Path) -> None:
+    if registry_binary() is None:
+        pytest.skip("docker-registry is not installed")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_self_signed(cert, key)
+    with LocalRegistry(auth="basic") as reg, reg.client() as publisher:
+        release = Signer.generate("ecdsa-p256")
+        image = f"{reg.host}/acme/sampler:1.0"
+        _publish(publisher, image, sign=release, attest=release)
+        world = World(reg, publisher, release, image, "", "", "", image, {})
+        config = WebhookConfig(port=0, certfile=str(cert), keyfile=str(key))
+        anonymous = reg.client(authenticated=False, timeout=2.0, retries=0)
+        admission = Admission(
+            config,
+            StaticPolicySource([parse_policy(_policy(world))]),
+            ImageVerifier(anonymous),
+            anonymous,
+            namespaces=StaticNamespaceLabels({"ml": {"samplerguard.dev/enforce": "true"}}),
+            pull_secrets=_Secrets({("ml", "regcred"): reg.dockerconfigjson()}),
+        )
+        with (
+            WebhookServer(config, admission, ReloadingCertificate(cert, key)) as srv,
+            httpx.Client(
+                base_url=srv.url, verify=ssl.create_default_context(cafile=str(cert)), timeout=15
+            ) as http,
+        ):
+            bare = workload("Pod", image)
+            denied = post(http, "/validate", review(bare))
+            assert denied["allowed"] is False
+            with_secret = workload("Pod", image)
+            with_secret["spec"]["imagePullSecrets"] = [{"name": "regcred"}]
+            # The anonymous rejection just cached does not stick to a pod with credentials.
+            assert post(http, "/validate", review(with_secret))["allowed"] is True
+            other_ns = post(http, "/validate", review(with_secret, namespace="ml2"))
+            assert other_ns["allowed"] is True  # not opted in: ml2 has no enforce label
+        anonymous.close()

@@ -183,6 +183,7 @@ class _Slow:
         *,
         policy_name: str,
         digest: str | None = None,
+        client: object = None,
     ) -> Any:
         self.calls += 1
         time.sleep(self.delay)
