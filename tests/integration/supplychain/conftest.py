@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
+from sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
+from sc_scenario import policy_for as scenario_policy_for
 
 from samplerguard.policy.spec import (
-    AttestationRule,
-    Authority,
-    GoldenDigests,
-    ImageRule,
-    KeyAuthority,
-    KeylessAuthority,
-    KeylessIdentity,
     SamplerPolicySpec,
 )
 from samplerguard.supplychain import (
@@ -36,13 +30,6 @@ from samplerguard.supplychain.publish import (
     slsa_v1_predicate,
 )
 from samplerguard.supplychain.testing import LocalRegistry, PrivateSigstore, registry_binary
-
-BUILDER = "https://github.com/acme/sampler/.github/workflows/release.yml@refs/heads/main"
-REPO = "https://github.com/acme/sampler"
-WEIGHTS = "sha256:" + "ab" * 32
-SCHEDULER = "sha256:" + "cd" * 32
-CI_ID = "https://github.com/acme/sampler/.github/workflows/release.yml@refs/heads/main"
-CI_ISSUER = "https://token.actions.githubusercontent.com"
 
 
 @pytest.fixture(scope="session")
@@ -75,14 +62,6 @@ def verifier(client: RegistryClient, roots: TrustedRoots) -> ImageVerifier:
 
 
 _counter = itertools.count()
-
-
-@dataclass
-class Published:
-    ref: str
-    digest: str
-    release: Signer
-    ci: Signer
 
 
 @pytest.fixture
@@ -133,46 +112,8 @@ def publish(
     return make
 
 
-def _policy_for(
-    pub: Published,
-    *,
-    threshold: int = 1,
-    keyless: bool = False,
-    attest: bool = True,
-    golden: GoldenDigests | None = None,
-    identity: KeylessIdentity | None = None,
-) -> SamplerPolicySpec:
-    authorities = [Authority(name="release", key=KeyAuthority(public_key=pub.release.public_pem))]
-    if keyless:
-        authorities.append(
-            Authority(
-                name="ci",
-                keyless=KeylessAuthority(
-                    identities=[identity or KeylessIdentity(subject=CI_ID, issuer=CI_ISSUER)],
-                    trusted_root="private",
-                ),
-            )
-        )
-    return SamplerPolicySpec(
-        images=[
-            ImageRule(glob="127.0.0.1:*/acme/**", authorities=authorities, threshold=threshold)
-        ],
-        attestations=[
-            AttestationRule(
-                name="slsa",
-                builder_ids=[BUILDER],
-                source_uris=["github.com/acme/sampler"],
-                source_refs=["refs/heads/main"],
-            )
-        ]
-        if attest
-        else [],
-        golden_digests=golden or GoldenDigests(),
-    )
-
-
 @pytest.fixture
 def policy_for() -> Callable[..., SamplerPolicySpec]:
     """``policy_for(published, threshold=, keyless=, attest=, golden=, identity=)``: a policy
     naming the published image's release key (and the keyless CI identity)."""
-    return _policy_for
+    return scenario_policy_for
