@@ -139,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
     register_handlers(
         registry, controller, auditor=auditor, peering=args.peering, start_ingest=start_ingest
     )
-    kopf.configure(verbose=args.verbose > 0)
     kopf.run(
         registry=registry,
         clusterwide=True,

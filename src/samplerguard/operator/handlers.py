@@ -56,6 +56,12 @@ def register(
         if start_ingest is not None:
             await start_ingest()
 
+    @kopf.on.login(registry=registry)  # type: ignore[misc,arg-type]
+    def _login(**kwargs: Any) -> Any:
+        # A private registry has none of kopf's default login handlers; use the kubernetes
+        # client's configuration (in-cluster or KUBECONFIG), loaded by the CLI.
+        return kopf.login_via_client(**kwargs)
+
     for plural in ("clustersamplerpolicies", "samplerpolicies"):
 
         @kopf.on.event(GROUP, VERSION, plural, registry=registry)  # type: ignore[misc,arg-type]
