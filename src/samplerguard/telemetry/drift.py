@@ -40,6 +40,7 @@ per window rather than one per request.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import math
@@ -135,14 +136,25 @@ def ks_binned(
     D is the largest CDF gap at the bucket edges; p uses n_eff = n·N/(n+N) and Stephens'
     small-sample correction. With an empty side, ``(0.0, 1.0)``.
     """
+    q, p = _pair(expected, actual)
+    return _ks(q, p)
+
+
+def _pair(
+    expected: Sequence[float] | np.ndarray[Any, Any], actual: Sequence[float] | np.ndarray[Any, Any]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     q = _as_counts(expected, "expected")
     p = _as_counts(actual, "actual")
     if q.shape != p.shape:
         raise ValueError(f"bucket count mismatch: expected has {q.size}, actual has {p.size}")
+    return q, p
+
+
+def _ks(q: np.ndarray[Any, Any], p: np.ndarray[Any, Any]) -> tuple[float, float]:
     big_n, n = float(q.sum()), float(p.sum())
     if big_n <= 0 or n <= 0:
         return 0.0, 1.0
-    d = float(np.max(np.abs(np.cumsum(p) / n - np.cumsum(q) / big_n)))
+    d = float(np.abs(np.cumsum(p) / n - np.cumsum(q) / big_n).max())
     n_eff = n * big_n / (n + big_n)
     root = math.sqrt(n_eff)
     return d, kolmogorov_sf((root + 0.12 + 0.11 / root) * d)
@@ -156,21 +168,23 @@ def psi(
     Each used bucket gets a pseudo-count of ½ on both sides, so an empty bucket on one side
     gives a large but finite term.
     """
-    q = _as_counts(expected, "expected")
-    p = _as_counts(actual, "actual")
-    if q.shape != p.shape:
-        raise ValueError(f"bucket count mismatch: expected has {q.size}, actual has {p.size}")
+    q, p = _pair(expected, actual)
+    return _psi(q, p)
+
+
+def _psi(q: np.ndarray[Any, Any], p: np.ndarray[Any, Any]) -> tuple[float, int]:
     used = (q > 0) | (p > 0)
-    k = int(used.sum())
+    k = int(np.count_nonzero(used))
     if k < 2 or q.sum() <= 0 or p.sum() <= 0:
         return 0.0, k
     qs = q[used] + _SMOOTHING
     ps = p[used] + _SMOOTHING
     qs /= qs.sum()
     ps /= ps.sum()
-    return float(np.sum((ps - qs) * np.log(ps / qs))), k
+    return float(((ps - qs) * np.log(ps / qs)).sum()), k
 
 
+@functools.lru_cache(maxsize=1024)
 def _chi2_quantile(df: int, alpha: float) -> float:
     """Upper-α quantile of χ²_df by Wilson–Hilferty (accurate to a few % for df ≥ 1)."""
     z = NormalDist().inv_cdf(1.0 - alpha)
@@ -223,8 +237,8 @@ def compare_histogram(
             f"live histogram has {live.size} buckets, the baseline has {len(baseline.counts)}"
         )
     base = np.asarray(baseline.counts, dtype=np.float64)
-    d, p = ks_binned(base, live)
-    value, used = psi(base, live)
+    d, p = _ks(base, live)
+    value, used = _psi(base, live)
     n = float(live.sum())
     limit = _psi_limit(used, n, float(base.sum()), alpha, psi_threshold) if n > 0 else math.inf
     return DriftScore(int(n), d, p, value, limit, alpha)
@@ -243,7 +257,7 @@ def compare_categorical(
     base = [float(baseline.counts[c]) for c in names] + [0.0]
     live = [float(counts.get(c, 0.0)) for c in names]
     live.append(float(sum(v for c, v in counts.items() if c not in baseline.counts)))
-    value, used = psi(base, live)
+    value, used = _psi(np.asarray(base), np.asarray(live))
     n = sum(live)
     limit = _psi_limit(used, n, sum(base), alpha, psi_threshold) if n > 0 else math.inf
     return DriftScore(int(n), 0.0, 1.0, value, limit, alpha)
@@ -539,22 +553,25 @@ class _NumericWindow:
 
 
 class _CategoricalWindow:
+    """Counts per baseline category, plus one pooled bucket for values the baseline lacks."""
+
     def __init__(self, baseline: CategoricalBaseline, window: int) -> None:
         self.baseline = baseline
-        self.counts: dict[str, float] = {}
-        self.recent: deque[str] = deque(maxlen=window)
+        names = sorted(baseline.counts)
+        self.index = {name: i for i, name in enumerate(names)}
+        self.base = np.asarray([baseline.counts[c] for c in names] + [0], dtype=np.float64)
+        self.counts = np.zeros(len(names) + 1, dtype=np.float64)
+        self.recent: deque[int] = deque(maxlen=window)
         self.seen = 0
         self.quiet_until = 0
         self.alerted: OrderedDict[str, None] = OrderedDict()
 
     def add(self, label: str) -> None:
         if len(self.recent) == self.recent.maxlen:
-            old = self.recent[0]
-            self.counts[old] -= 1
-            if self.counts[old] <= 0:
-                del self.counts[old]
-        self.recent.append(label)
-        self.counts[label] = self.counts.get(label, 0.0) + 1
+            self.counts[self.recent[0]] -= 1
+        index = self.index.get(label, len(self.index))
+        self.recent.append(index)
+        self.counts[index] += 1
         self.seen += 1
 
     def first_unknown(self, label: str) -> bool:
@@ -666,8 +683,8 @@ class DriftDetector:
         n = len(win.recent)
         if n < self.min_samples or win.seen < win.quiet_until:
             return None
-        d, p = ks_binned(win.base, win.counts)
-        value, used = psi(win.base, win.counts)
+        d, p = _ks(win.base, win.counts)
+        value, used = _psi(win.base, win.counts)
         limit = _psi_limit(used, n, float(win.base.sum()), self.alpha, self.psi_threshold)
         ks_alarm, psi_alarm = p < self.alpha, value >= limit
         if not (ks_alarm or psi_alarm):
@@ -689,10 +706,9 @@ class DriftDetector:
         n = len(win.recent)
         if n < self.min_samples or win.seen < win.quiet_until:
             return None
-        score = compare_categorical(
-            win.baseline, win.counts, alpha=self.alpha, psi_threshold=self.psi_threshold
-        )
-        if not score.psi_alarm:
+        value, used = _psi(win.base, win.counts)
+        limit = _psi_limit(used, n, float(win.base.sum()), self.alpha, self.psi_threshold)
+        if value < limit:
             return None
         win.quiet_until = win.seen + self.window
         return DriftAlert(
@@ -701,6 +717,6 @@ class DriftDetector:
             statistic="psi",
             samples=n,
             observed=win.seen,
-            psi=score.psi,
-            psi_limit=score.psi_limit,
+            psi=value,
+            psi_limit=limit,
         )

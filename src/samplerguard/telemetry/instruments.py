@@ -8,7 +8,7 @@ alert rules depend on them, and ``docs/telemetry.md`` lists them.
 
 The methods never raise on odd *values* (a NaN guidance scale, an unknown schedule): telemetry
 observes, it does not judge. Odd values land in ``"invalid"``/``"other"`` attributes or, for
-non-finite numbers, in a dedicated ``samplerguard.telemetry.dropped`` counter.
+non-finite or negative numbers, in a dedicated ``samplerguard.telemetry.dropped`` counter.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ class SamplerTelemetry:
         self._dropped = meter.create_counter(
             MetricName.DROPPED,
             unit="{value}",
-            description="Values not recorded because they were not finite numbers",
+            description="Values not recorded because they were not finite, non-negative numbers",
         )
         if drift is not None:
             self.attach_drift(drift)
@@ -307,7 +307,8 @@ class SamplerTelemetry:
     ) -> None:
         """A guidance scale clipped to the policy's CFG range: ``samplerguard.guidance.clipped``
         {sampler, direction="above"|"below"}. ``requested == limit`` is not a clip."""
-        if not (self._finite(requested, MetricName.GUIDANCE_CLIPPED) and math.isfinite(limit)):
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (requested, limit)):
+            self._dropped.add(1, {"metric": MetricName.GUIDANCE_CLIPPED})
             return
         if requested == limit:
             return
@@ -422,8 +423,10 @@ class SamplerTelemetry:
     # --- helpers --------------------------------------------------------------------------
 
     def _finite(self, value: object, metric: str) -> bool:
+        """True for a finite, non-negative number (OTel histograms refuse negatives); anything
+        else is counted in ``samplerguard.telemetry.dropped`` {metric}."""
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(float(value))  # type: ignore[arg-type]
+        ok = ok and math.isfinite(float(value)) and float(value) >= 0.0  # type: ignore[arg-type]
         if not ok:
             self._dropped.add(1, {"metric": metric})
         return ok
