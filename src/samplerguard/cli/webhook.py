@@ -181,6 +181,9 @@ def _config(args: argparse.Namespace) -> Any:
         if not sep or not name:
             raise MalformedInputError(f"--sidecar-env {item!r} is not NAME=VALUE")
         env.append((name, value))
+    if args.policies is None and not any(name == "SAMPLERGUARD_AUTH" for name, _ in env):
+        # In a cluster the verifier authenticates to the sidecar with its ServiceAccount token.
+        env.append(("SAMPLERGUARD_AUTH", "tokenreview"))
     return WebhookConfig(
         host=host.strip("[]"),
         port=int(port),
@@ -196,7 +199,6 @@ def _config(args: argparse.Namespace) -> Any:
         last_known_good_ttl=args.last_known_good_ttl,
         failure_ttl=args.failure_ttl,
         audit_log=args.audit_log,
-        namespace_lookup=args.policies is None,
         injection=InjectionConfig(
             enabled=not args.no_inject,
             sidecar_image=args.sidecar_image,

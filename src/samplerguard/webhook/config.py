@@ -105,9 +105,6 @@ class WebhookConfig:
     verify_concurrency: int = 16
     #: JSON-lines audit log of failed checks (policy.report records); None: log only.
     audit_log: str | None = None
-    #: In-cluster: look namespace labels up to double-check the webhook's namespaceSelector.
-    namespace_lookup: bool = False
-    namespace_labels_ttl: float = 30.0
     injection: InjectionConfig = field(default_factory=InjectionConfig)
 
     @property
