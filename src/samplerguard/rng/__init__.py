@@ -21,6 +21,15 @@ from samplerguard.rng.escrow import (
     regenerate_initial_noise,
     verify_initial_noise,
 )
+from samplerguard.rng.health import (
+    HealthReport,
+    HealthTest,
+    NoiseReuseDetector,
+    NoiseReuseError,
+    SeedShiftError,
+    check_seed_vector,
+    tensor_digest,
+)
 from samplerguard.rng.ledger import RequestLedger, RequestReuseError
 from samplerguard.rng.noise import RequestNoise
 from samplerguard.rng.seed import RNG_MODES, RequestSeed, RngMode
@@ -30,8 +39,12 @@ __all__ = [
     "CtrDrbg",
     "Drbg",
     "DrbgError",
+    "HealthReport",
+    "HealthTest",
     "HmacDrbg",
     "NoiseAuthority",
+    "NoiseReuseDetector",
+    "NoiseReuseError",
     "RequestLedger",
     "RequestNoise",
     "RequestReuseError",
@@ -39,11 +52,14 @@ __all__ = [
     "ReseedRequiredError",
     "RngMode",
     "SeedEscrow",
+    "SeedShiftError",
+    "check_seed_vector",
     "escrow_seed",
     "load_master_secret",
     "load_x25519_private_key",
     "load_x25519_public_key",
     "open_escrow",
     "regenerate_initial_noise",
+    "tensor_digest",
     "verify_initial_noise",
 ]

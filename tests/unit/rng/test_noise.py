@@ -1,0 +1,116 @@
+"""RequestNoise: draws, the draw record, the shim, Gaussian quality, secrecy."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samplerguard.errors import MalformedInputError
+from samplerguard.rng import DrbgError, NoiseAuthority
+from samplerguard.rng.gaussian import bytes_for, gaussian_from_bytes
+
+MASTER = bytes(range(32))
+
+
+def noise(mode: str = "ctr-drbg", rid: str = "r") -> object:
+    return NoiseAuthority(MASTER, mode, deterministic=True).request("acme", rid)
+
+
+def _reference(buf: bytes, n: int) -> np.ndarray:
+    """The module doc's transform, written out plainly in float64."""
+    m = (n + 1) // 2
+    w = np.frombuffer(buf, dtype="<u4", count=2 * m).astype(np.uint64)
+    f = ((w >> 9) | 0x3F800000).astype(np.uint32).view(np.float32).astype(np.float64)
+    u1, u2 = 2.0 - f[:m], f[m:] - 1.0
+    r = np.sqrt(-2 * np.log(u1))
+    return np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])[:n]
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), n=st.integers(1, 3000))
+def test_transform_matches_its_specification(data: st.DataObject, n: int) -> None:
+    buf = data.draw(st.binary(min_size=bytes_for(n), max_size=bytes_for(n)))
+    got = gaussian_from_bytes(bytearray(buf), n).numpy()
+    assert got.shape == (n,)
+    np.testing.assert_allclose(got, _reference(buf, n), rtol=2e-5, atol=2e-5)
+
+
+def test_extreme_words_stay_finite() -> None:
+    for word in (b"\x00" * 4, b"\xff" * 4):
+        z = gaussian_from_bytes(bytearray(word * 8), 8)
+        assert torch.isfinite(z).all()
+        assert float(z.abs().max()) <= math.sqrt(46 * math.log(2)) + 1e-4
+    with pytest.raises(ValueError, match="need 8 bytes"):
+        gaussian_from_bytes(bytearray(4), 2)
+
+
+@pytest.mark.parametrize("mode", ["ctr-drbg", "hmac-drbg", "framework"])
+def test_moments_of_a_large_draw(mode: str) -> None:
+    z = noise(mode).randn((200_000,)).double()  # type: ignore[attr-defined]
+    assert abs(float(z.mean())) < 0.015
+    assert abs(float(z.var()) - 1) < 0.015
+    assert abs(float(((z - z.mean()) ** 4).mean() / z.var() ** 2) - 3) < 0.1
+
+
+def test_dtypes_shapes_and_record() -> None:
+    n = noise()
+    a = n.randn((2, 3), dtype=torch.float16)  # type: ignore[attr-defined]
+    b = n.randn(torch.Size([4]))  # type: ignore[attr-defined]
+    assert a.dtype == torch.float16 and a.shape == (2, 3) and b.shape == (4,)
+    drawn = n.take_drawn()  # type: ignore[attr-defined]
+    assert [t.shape for t in drawn] == [(2, 3), (4,)]
+    assert torch.equal(drawn[1], b)
+    b.add_(1)  # the record is a copy: a caller mutating its noise does not change it
+    assert not torch.equal(drawn[1], b)
+    assert n.take_drawn() == []  # type: ignore[attr-defined]
+    assert n.draws == 2  # type: ignore[attr-defined]
+
+
+def test_noise_fn_continues_the_stream() -> None:
+    a, b = noise(rid="x"), NoiseAuthority(MASTER, deterministic=True).request("acme", "x")
+    fn = a.noise_fn()  # type: ignore[attr-defined]
+    first = fn((3, 3), torch.float32, torch.device("cpu"))
+    assert torch.equal(first, b.randn((3, 3)))
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((-1, 2), torch.float32, "negative"),
+        ((2,), torch.int64, "floating point"),
+        ((1 << 16, 1 << 16), torch.float32, "exceeds"),
+    ],
+)
+def test_bad_draws(shape: tuple[int, ...], dtype: torch.dtype, message: str) -> None:
+    with pytest.raises(MalformedInputError, match=message):
+        noise().randn(shape, dtype=dtype)  # type: ignore[attr-defined]
+
+
+def test_closed_noise_and_secrecy() -> None:
+    n = noise()
+    seed = n._seed._unsafe_material()  # type: ignore[attr-defined]
+    text = repr(n) + str(n) + repr(n._seed)  # type: ignore[attr-defined]
+    assert seed.hex() not in text and seed[:32].hex() not in text
+    assert n.seed_pseudonym.startswith("s-") and n.seed_pseudonym[2:] not in seed.hex()  # type: ignore[attr-defined]
+    for obj in (n, n._seed):  # type: ignore[attr-defined]
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(obj)
+    n.close()  # type: ignore[attr-defined]
+    with pytest.raises(DrbgError):
+        n.randn((2,))  # type: ignore[attr-defined]
+
+
+def test_global_generators_untouched_by_draws() -> None:
+    torch_state = torch.get_rng_state()
+    np_state = np.random.get_state()
+    for mode in ("ctr-drbg", "hmac-drbg", "framework"):
+        noise(mode, rid="g").randn((4, 16, 16))  # type: ignore[attr-defined]
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
