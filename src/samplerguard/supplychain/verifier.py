@@ -146,18 +146,33 @@ class ImageVerifier:
         need_attestations = bool(spec.attestations) or _pins_golden(spec)
         artifacts = fetch_artifacts(registry, image, resolved, attestations=need_attestations)
 
+        # Sigstore bundles are verified once per keyless authority, and serve as signatures
+        # (cosign's sign predicate) and as attestations (any other predicate).
+        authorities = list({a.name: a for r in rules for a in r.authorities}.values())
+        bundles = self._bundles(artifacts, authorities)
+
         # (4): N-of-M authorities per rule.
-        bundle_statements: list[_Attestation] = []
         for rule in rules:
-            checks.append(self._check_rule(rule, artifacts, resolved, bundle_statements))
+            checks.append(self._check_rule(rule, artifacts, resolved, bundles))
 
         # (5)–(7): attestations and golden digests.
         if need_attestations:
-            authorities = [a for r in rules for a in r.authorities]
             kept, rejected = self._attestations(artifacts, authorities, resolved)
-            kept += [
-                b for b in bundle_statements if b.statement.predicate_type != COSIGN_SIGN_PREDICATE
-            ]
+            for name, found in bundles.items():
+                for att in found:
+                    if (
+                        isinstance(att, str)
+                        or att.statement.predicate_type == COSIGN_SIGN_PREDICATE
+                    ):
+                        continue
+                    if att.statement.names_digest(resolved):
+                        kept.append(att)
+                    else:
+                        rejected.append(
+                            f"{att.source} ({att.statement.predicate_type}, signed by {name}) is "
+                            "for another image (subject digest mismatch: got "
+                            f"{att.statement.subject_digests()[:4]}, expected {resolved})"
+                        )
             notes = rejected + artifacts.problems
             for att_rule in spec.attestations:
                 checks.append(_check_attestation(att_rule, kept, notes, resolved))
@@ -170,17 +185,40 @@ class ImageVerifier:
 
     # -- signatures ------------------------------------------------------------------------
 
+    def _bundles(
+        self, artifacts: Artifacts, authorities: Sequence[Authority]
+    ) -> dict[str, list[_Attestation | str]]:
+        """Per keyless authority: the statements of the bundles it signed, or why not."""
+        out: dict[str, list[_Attestation | str]] = {}
+        if not artifacts.bundles:
+            return out
+        for authority in authorities:
+            if authority.keyless is None:
+                continue
+            found: list[_Attestation | str] = []
+            for bundle in artifacts.bundles:
+                try:
+                    statement, identity = self._verify_bundle(authority, bundle)
+                except (VerificationError, MalformedInputError) as exc:
+                    found.append(f"{bundle.source}: {exc}")
+                    continue
+                found.append(
+                    _Attestation(bundle.source, statement, f"{authority.name} ({identity})")
+                )
+            out[authority.name] = found
+        return out
+
     def _check_rule(
         self,
         rule: ImageRule,
         artifacts: Artifacts,
         digest: str,
-        bundle_statements: list[_Attestation],
+        bundles: dict[str, list[_Attestation | str]],
     ) -> CheckResult:
         lines = []
         count = 0
         for authority in rule.authorities:
-            ok, detail = self._check_authority(authority, artifacts, digest, bundle_statements)
+            ok, detail = self._check_authority(authority, artifacts, digest, bundles)
             count += ok
             lines.append(f"{authority.name}: {'ok, ' if ok else ''}{detail}")
         passed = count >= rule.threshold
@@ -211,7 +249,7 @@ class ImageVerifier:
         authority: Authority,
         artifacts: Artifacts,
         digest: str,
-        bundle_statements: list[_Attestation],
+        bundles: dict[str, list[_Attestation | str]],
     ) -> tuple[bool, str]:
         failures: list[str] = []
         for layer in artifacts.signatures:
@@ -221,23 +259,19 @@ class ImageVerifier:
                 failures.append(f"{layer.source}: {exc}")
                 continue
             return True, f"{signer} ({layer.source})"
-        if authority.keyless is not None:
-            for bundle in artifacts.bundles:
-                try:
-                    statement, identity = self._verify_bundle(authority, bundle)
-                except (VerificationError, MalformedInputError) as exc:
-                    failures.append(f"{bundle.source}: {exc}")
-                    continue
-                bundle_statements.append(_Attestation(bundle.source, statement, identity))
-                if statement.predicate_type != COSIGN_SIGN_PREDICATE:
-                    continue
-                if not statement.names_digest(digest):
-                    failures.append(
-                        f"{bundle.source}: signed digest mismatch "
-                        f"(got {statement.subject_digests()}, expected {digest})"
-                    )
-                    continue
-                return True, f"{identity} ({bundle.source})"
+        for att in bundles.get(authority.name, []):
+            if isinstance(att, str):
+                failures.append(att)
+                continue
+            if att.statement.predicate_type != COSIGN_SIGN_PREDICATE:
+                continue
+            if not att.statement.names_digest(digest):
+                failures.append(
+                    f"{att.source}: signed digest mismatch "
+                    f"(got {att.statement.subject_digests()[:4]}, expected {digest})"
+                )
+                continue
+            return True, f"keyless {att.signer} ({att.source})"
         if not failures:
             return False, "no signature to check"
         return False, "no signature verifies: " + "; ".join(failures[:4])
@@ -273,7 +307,7 @@ class ImageVerifier:
             bundle.raw, list(authority.keyless.identities), root
         )
         statement = Envelope(payload_type, payload, ()).statement()
-        return statement, f"keyless {identity}"
+        return statement, str(identity)
 
     # -- attestations ----------------------------------------------------------------------
 
