@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from samplerguard.commitment.state import SamplerState
 from samplerguard.commitment.trajectory import TrajectoryRecord, leaf_index_of_step
-from samplerguard.errors import MalformedInputError
+from samplerguard.errors import MalformedInputError, VerificationError
 
 __all__ = ["MAX_OPENING_BYTES", "METADATA_KEY", "LeafProof", "Opening", "open_step"]
 
@@ -103,7 +103,9 @@ class Opening:
         for leaf in self.meta.leaves:
             if leaf.index == index:
                 return leaf
-        raise MalformedInputError(f"opening does not carry leaf {index}")
+        raise VerificationError(
+            f"opening does not carry leaf {index}, which step {self.step} needs"
+        )
 
     def to_bytes(self) -> bytes:
         from safetensors.torch import save

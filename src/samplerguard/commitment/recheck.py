@@ -75,6 +75,7 @@ class RecheckResult:
     step: int
     rel_l2: float
     state_rel_l2: float
+    update_rel_l2: float
     tau: float
     reasons: list[str] = field(default_factory=list)
 
@@ -84,7 +85,11 @@ class RecheckResult:
 
     @property
     def worst(self) -> float:
-        return max(self.rel_l2, self.state_rel_l2)
+        """The score compared with τ: the worst of the latent's rel-L2 (DESIGN.md), the sampler
+        state's, and the error relative to the step's own update ‖z_out − z_in‖. The last one
+        keeps late, small steps honest: there the latent barely moves, so an error that is
+        tiny next to ‖z‖ can still be most of what the step did."""
+        return max(self.rel_l2, self.state_rel_l2, self.update_rel_l2)
 
 
 def rel_l2(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -94,6 +99,18 @@ def rel_l2(got: torch.Tensor, want: torch.Tensor) -> float:
     g, w = got.detach().double().cpu(), want.detach().double().cpu()
     denom = float(torch.linalg.vector_norm(w))
     num = float(torch.linalg.vector_norm(g - w))
+    if denom == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / denom
+
+
+def _update_rel_l2(got: torch.Tensor, want: torch.Tensor, before: torch.Tensor) -> float:
+    """‖got − want‖₂ / ‖want − before‖₂: the error relative to what the step changed."""
+    if got.shape != want.shape or want.shape != before.shape:
+        return math.inf
+    w = want.detach().double().cpu()
+    denom = float(torch.linalg.vector_norm(w - before.detach().double().cpu()))
+    num = float(torch.linalg.vector_norm(got.detach().double().cpu() - w))
     if denom == 0.0:
         return 0.0 if num == 0.0 else math.inf
     return num / denom
@@ -305,6 +322,7 @@ def recheck_step(
         step=step,
         rel_l2=rel_l2(z_hat, opening.latent_out),
         state_rel_l2=_state_rel_l2(state_hat, opening.state_out),
+        update_rel_l2=_update_rel_l2(z_hat, opening.latent_out, opening.latent_in),
         tau=tau,
         reasons=reasons,
     )

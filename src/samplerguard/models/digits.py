@@ -35,6 +35,8 @@ __all__ = [
     "StepInputs",
     "build_unet",
     "denoise_step",
+    "guided_eps",
+    "scheduler_step",
     "load_classifier",
     "load_unet",
     "to_pixels",
@@ -143,6 +145,44 @@ class StepInputs:
     guidance_scale: float
 
 
+def guided_eps(
+    unet: UNet2DModel,
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    inputs: StepInputs,
+) -> torch.Tensor:
+    """The classifier-free-guided ε prediction for one step."""
+    labels = inputs.class_labels.to(latents.device)
+    do_cfg = inputs.guidance_scale > 1.0
+    if do_cfg:
+        model_in = torch.cat([latents, latents])
+        labels = torch.cat([torch.full_like(labels, NULL_CLASS), labels])
+    else:
+        model_in = latents
+    model_in = scheduler.scale_model_input(model_in, t)
+    eps: torch.Tensor = unet(model_in, t, class_labels=labels).sample
+    if do_cfg:
+        eps_uncond, eps_cond = eps.chunk(2)
+        eps = eps_uncond + inputs.guidance_scale * (eps_cond - eps_uncond)
+    return eps
+
+
+def scheduler_step(
+    scheduler: SchedulerMixin,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    latents: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The scheduler's update, passing ``generator`` only to schedulers that take one."""
+    extra: dict[str, Any] = {}
+    if generator is not None and "generator" in _step_parameters(scheduler):
+        extra["generator"] = generator
+    out: torch.Tensor = scheduler.step(eps, t, latents, return_dict=False, **extra)[0]
+    return out
+
+
 def denoise_step(
     unet: UNet2DModel,
     scheduler: SchedulerMixin,
@@ -156,23 +196,8 @@ def denoise_step(
     The pipeline *and* the verifier call this one function, so an honest re-check reproduces the
     generation bit for bit on the same build.
     """
-    labels = inputs.class_labels.to(latents.device)
-    do_cfg = inputs.guidance_scale > 1.0
-    if do_cfg:
-        model_in = torch.cat([latents, latents])
-        labels = torch.cat([torch.full_like(labels, NULL_CLASS), labels])
-    else:
-        model_in = latents
-    model_in = scheduler.scale_model_input(model_in, t)
-    eps = unet(model_in, t, class_labels=labels).sample
-    if do_cfg:
-        eps_uncond, eps_cond = eps.chunk(2)
-        eps = eps_uncond + inputs.guidance_scale * (eps_cond - eps_uncond)
-    extra: dict[str, Any] = {}
-    if generator is not None and "generator" in _step_parameters(scheduler):
-        extra["generator"] = generator
-    out: torch.Tensor = scheduler.step(eps, t, latents, return_dict=False, **extra)[0]
-    return out
+    eps = guided_eps(unet, scheduler, latents, t, inputs)
+    return scheduler_step(scheduler, eps, t, latents, generator)
 
 
 _STEP_PARAMETERS: dict[str, frozenset[str]] = {}

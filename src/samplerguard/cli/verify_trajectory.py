@@ -1,0 +1,119 @@
+"""``samplerguard verify-trajectory``: check a commitment and an opening offline.
+
+Exit codes: 0 the step re-checks within τ, 1 rejected, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run"]
+
+MAX_COMMITMENT_BYTES = 1 << 20
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify-trajectory",
+        help="check a trajectory commitment and one opening offline",
+        description="Checks the DSSE signature, the Merkle inclusion of the opened leaves, the "
+        "opened tensors against their digests, then re-runs the opened step with the given "
+        "model and compares rel-L2 with tau.",
+    )
+    p.add_argument("--commitment", type=Path, required=True, help="DSSE envelope (JSON)")
+    p.add_argument("--opening", type=Path, required=True, help="opening (.safetensors)")
+    p.add_argument("--model", type=Path, required=True, help="reference checkpoint (.safetensors)")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        required=True,
+        help="the sidecar's Ed25519 public key (PEM) that signed the commitment",
+    )
+    p.add_argument("--tau", type=float, default=1e-5, help="honest tolerance on rel-L2")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(_run=run)
+
+
+def _read(path: Path, limit: int, what: str) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise ValueError(f"{what} {path} is {size} bytes, over the {limit}-byte limit")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from samplerguard.commitment.dsse import load_public_key
+    from samplerguard.commitment.opening import MAX_OPENING_BYTES, Opening
+    from samplerguard.commitment.recheck import recheck_step
+    from samplerguard.commitment.statement import Commitment
+    from samplerguard.errors import MalformedInputError, VerificationError
+
+    def say(verdict: str, reasons: list[str], **facts: Any) -> None:
+        if args.json:
+            print(json.dumps({"verdict": verdict, "reasons": reasons, **facts}, default=str))
+        else:
+            print(f"verdict: {verdict}")
+            for k, v in facts.items():
+                print(f"  {k}: {v}")
+            for r in reasons:
+                print(f"  reason: {r}")
+
+    try:
+        key = load_public_key(_read(args.public_key, 1 << 16, "public key"))
+        envelope = _read(args.commitment, MAX_COMMITMENT_BYTES, "commitment")
+        opening_bytes = _read(args.opening, MAX_OPENING_BYTES, "opening")
+        opening = Opening.from_bytes(opening_bytes)
+    except (ValueError, MalformedInputError) as exc:
+        say("unusable", [str(exc)])
+        return 2
+    try:
+        commitment = Commitment.verify(envelope, key)
+        print("checked: DSSE signature (Ed25519)", file=sys.stderr)
+        pipeline = commitment.recipe.get("pipeline")
+        if pipeline != "digits":
+            say(
+                "unusable",
+                [
+                    f"no offline reference program for pipeline {pipeline!r}; "
+                    "this command re-runs the bundled digits pipeline"
+                ],
+            )
+            return 2
+        from samplerguard.models.digits import load_unet
+        from samplerguard.models.programs import DigitsProgram
+
+        try:
+            program = DigitsProgram(load_unet(args.model))
+        except Exception as exc:  # safetensors/torch raise many types for a bad checkpoint
+            say("unusable", [f"cannot load model {args.model}: {exc}"])
+            return 2
+        result = recheck_step(commitment, opening, program, tau=args.tau)
+    except MalformedInputError as exc:
+        say("unusable", [str(exc)])
+        return 2
+    except VerificationError as exc:
+        say("reject", [str(exc)], request=opening.meta.request_id, step=opening.step)
+        return 1
+    print("checked: Merkle inclusion, opened tensor digests, reference step", file=sys.stderr)
+    facts = {
+        "request": commitment.request_id,
+        "root": commitment.root.hex(),
+        "step": result.step,
+        "rel_l2": f"{result.rel_l2:.3e}",
+        "worst (latent/state/update)": f"{result.worst:.3e}",
+        "tau": f"{args.tau:.1e}",
+    }
+    if result.accepted:
+        say("accept", [], **facts)
+        return 0
+    reasons = result.reasons or [f"rel-L2 {result.worst:.3e} exceeds tau {args.tau:.1e}"]
+    say("reject", reasons, **facts)
+    return 1

@@ -1,0 +1,178 @@
+"""Sampler providers for the demo and the tests: one honest, five that cheat.
+
+Every provider *declares* the same thing: the bundled model, the policy's sampler, ``steps``
+steps and guidance ``cfg``. What each one actually runs:
+
+==================  =========================================================================
+honest              exactly what it declares, through the diffusers pipeline and the hook
+substituted-model   a perturbed copy of the weights (a cheaper or fine-tuned model)
+fewer-steps         evaluates the UNet on every other step only, reusing the last ε between
+guidance-off        skips the unconditional pass (guidance 1.0: half the UNet cost)
+scheduler-swap      a different scheduler (DDIM) than the declared one
+fabricated-step     one step at a random position whose latent is made up, not computed
+==================  =========================================================================
+
+The cheaters use the hook's plain-loop API, as a custom serving loop would, and commit honestly
+to what they *computed*: the commitment is signed, so the lie is in the declared recipe. That
+is the case the re-check exists for.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from samplerguard.commitment.digest import module_digest
+from samplerguard.hook.pipelines import instrument, output_bytes
+from samplerguard.hook.recorder import Recorder, TrajectoryRequest
+from samplerguard.models.digits import (
+    SCHEDULER_CONFIG,
+    DigitsPipeline,
+    StepInputs,
+    guided_eps,
+    scheduler_step,
+)
+from samplerguard.policy.spec import KNOWN_SAMPLERS
+
+__all__ = ["CHEATS", "Declared", "Generation", "Provider", "make_scheduler", "providers"]
+
+CHEATS = (
+    "substituted-model",
+    "fewer-steps",
+    "guidance-off",
+    "scheduler-swap",
+    "fabricated-step",
+)
+
+
+def make_scheduler(sampler: str) -> Any:
+    """A diffusers scheduler for a sampler id, on the bundled model's noise schedule."""
+    import diffusers
+
+    cls = getattr(diffusers, KNOWN_SAMPLERS[sampler])
+    extra: dict[str, Any] = {}
+    if sampler == "dpmpp_2m":
+        extra = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+    return cls.from_config({**SCHEDULER_CONFIG, **extra})
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What every provider claims to run."""
+
+    sampler: str = "dpmpp_2m"
+    steps: int = 20
+    cfg: float = 3.0
+    tenant: str = "tenant-demo"
+
+
+@dataclass
+class Generation:
+    images: torch.Tensor
+    commitment: Any
+    request_id: str
+    labels: torch.Tensor
+    #: steps whose computation was faked (known only to the provider; for reporting)
+    faked_steps: list[int] = field(default_factory=list)
+
+
+class Provider:
+    """A named provider serving class-conditional digits under a declared recipe."""
+
+    def __init__(self, name: str, unet: Any, declared: Declared, recorder: Recorder) -> None:
+        if name != "honest" and name not in CHEATS:
+            raise ValueError(f"unknown provider {name!r}; known: honest, {', '.join(CHEATS)}")
+        self.name = name
+        self.declared = declared
+        self.recorder = recorder
+        self.model_digest = module_digest(unet)
+        self.unet = unet
+        self.run_unet = _perturbed(unet) if name == "substituted-model" else unet
+        self._pipe = DigitsPipeline(unet, make_scheduler(declared.sampler))
+        self._instrumented = instrument(self._pipe, recorder)
+
+    def request(self, request_id: str, extra: dict[str, Any] | None = None) -> TrajectoryRequest:
+        d = self.declared
+        return TrajectoryRequest(
+            request_id=request_id,
+            tenant=d.tenant,
+            pipeline="digits",
+            model_name="samplerguard/digits",
+            model_digest=self.model_digest,
+            sampler=d.sampler,
+            guidance_scale=d.cfg,
+            steps=d.steps,
+            extra=extra or {},
+        )
+
+    def generate(self, request_id: str, labels: torch.Tensor, latents: torch.Tensor) -> Generation:
+        if self.name == "honest":
+            out = self._instrumented(
+                labels,
+                num_inference_steps=self.declared.steps,
+                guidance_scale=self.declared.cfg,
+                latents=latents,
+                trajectory_request=self.request(request_id),
+            )
+            return Generation(out.output, out.commitment, request_id, labels)
+        return self._cheat(request_id, labels, latents)
+
+    def _cheat(self, request_id: str, labels: torch.Tensor, latents: torch.Tensor) -> Generation:
+        d = self.declared
+        run_sampler = "ddim" if self.name == "scheduler-swap" else d.sampler
+        scheduler = make_scheduler(run_sampler)
+        scheduler.set_timesteps(d.steps)
+        extra: dict[str, Any] = {}
+        if self.name == "scheduler-swap":
+            # Claim the declared scheduler in the signed recipe while running another.
+            declared = make_scheduler(d.sampler)
+            extra = {
+                "sampler": d.sampler,
+                "scheduler_class": type(declared).__name__,
+                "scheduler_config": dict(declared.config),
+            }
+        cfg = 1.0 if self.name == "guidance-off" else d.cfg
+        inputs = StepInputs(class_labels=labels, guidance_scale=cfg)
+        n = len(scheduler.timesteps)
+        fake = secrets.randbelow(n - 1) if self.name == "fabricated-step" else -1
+        faked: list[int] = []
+        eps: torch.Tensor | None = None
+        with torch.no_grad(), self.recorder.trajectory(self.request(request_id, extra)) as tr:
+            tr.begin(scheduler, latents, conditioning={"class_labels": labels})
+            for i, t in enumerate(scheduler.timesteps):
+                if self.name == "fewer-steps" and i % 2 == 1 and eps is not None:
+                    faked.append(i)  # reuse the previous ε: no UNet call
+                else:
+                    eps = guided_eps(self.run_unet, scheduler, latents, t, inputs)
+                latents = scheduler_step(scheduler, eps, t, latents)
+                if i == fake:
+                    # Made up rather than computed: a plausible-looking latent.
+                    latents = latents + 0.05 * latents.std() * torch.ones_like(latents)
+                    faked.append(i)
+                tr.step(i, t, latents, scheduler)
+            tr.end(latents, output_bytes(latents))
+        assert tr.commitment is not None
+        return Generation(latents, tr.commitment, request_id, labels, faked)
+
+
+def _perturbed(unet: Any, scale: float = 0.05) -> Any:
+    """A copy of ``unet`` with every weight tensor moved by ``scale`` of its own std."""
+    import copy
+
+    other = copy.deepcopy(unet)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.numel() > 1:
+                p.add_(torch.randn(p.shape, generator=gen) * p.std() * scale)
+    return other
+
+
+def providers(
+    unet: Any, declared: Declared, recorder_for: Callable[[str], Recorder]
+) -> list[Provider]:
+    return [Provider(name, unet, declared, recorder_for(name)) for name in ("honest", *CHEATS)]

@@ -1,0 +1,253 @@
+"""``samplerguard demo``: the whole lane on the bundled model, one honest provider, five cheats.
+
+For each provider it generates class-conditional digits under the declared recipe, commits the
+trajectory (signed DSSE, Merkle root), lets a challenger pick k steps *after* it holds the
+signed root, opens them, re-runs each step with the reference model and scores rel-L2 against τ.
+A cheater that survives a request is challenged again on its next one, up to a bound, so the
+table also shows how many requests each cheat lasted (a cheat that fakes one step in N is caught
+per request with probability about k/N).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samplerguard.commitment.opening import Opening
+from samplerguard.commitment.recheck import RecheckResult, recheck_step
+from samplerguard.commitment.statement import Commitment
+from samplerguard.demo.providers import CHEATS, Declared, Provider
+from samplerguard.errors import SamplerGuardError, VerificationError
+from samplerguard.hook.local import LocalSink
+from samplerguard.hook.recorder import Recorder
+from samplerguard.models.programs import DigitsProgram
+
+__all__ = ["DemoConfig", "ProviderResult", "choose_steps", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("samplerguard-demo")
+    steps: int = 20
+    cfg: float = 3.0
+    sampler: str = "dpmpp_2m"
+    k: int = 3
+    tau: float = 1e-5
+    batch: int = 8
+    honest_requests: int = 3
+    max_requests: int = 12
+    threads: int = 0
+
+
+@dataclass
+class Check:
+    step: int
+    rel_l2: float | None
+    worst: float | None
+    verdict: str
+    reason: str = ""
+
+
+@dataclass
+class ProviderResult:
+    provider: str
+    verdict: str  # "accepted" | "rejected" | "not caught"
+    requests: int
+    root: str
+    checks: list[Check] = field(default_factory=list)
+    faked_steps: list[int] = field(default_factory=list)
+    generation_s: float = 0.0
+    recheck_s: float = 0.0
+    accuracy: float | None = None
+    image: str = ""
+
+
+def choose_steps(n_steps: int, k: int) -> list[int]:
+    """k distinct steps from the OS CSPRNG. Call only once the signed root is held."""
+    rng = secrets.SystemRandom()
+    return sorted(rng.sample(range(n_steps), min(k, n_steps)))
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _check(
+    commitment: Commitment, sink: LocalSink, program: DigitsProgram, step: int, tau: float
+) -> tuple[Check, float]:
+    start = time.perf_counter()
+    try:
+        opening = Opening.from_bytes(sink.opening(commitment.request_id, step).to_bytes())
+        result: RecheckResult = recheck_step(commitment, opening, program, tau=tau)
+    except VerificationError as exc:
+        return Check(step, None, None, "reject", str(exc)), time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if result.accepted:
+        return Check(step, result.rel_l2, result.worst, "pass"), elapsed
+    reason = "; ".join(result.reasons) or f"rel-L2 {result.worst:.2e} > τ {tau:.0e}"
+    return Check(step, result.rel_l2, result.worst, "reject", reason), elapsed
+
+
+def _save_grid(images: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    from samplerguard.models.digits import to_pixels
+
+    pixels = to_pixels(images)  # (B, 8, 8)
+    tiles = [Image.fromarray(p).resize((64, 64), Image.Resampling.NEAREST) for p in pixels]
+    grid = Image.new("L", (64 * len(tiles) + 4 * (len(tiles) - 1), 64), color=40)
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, (i * 68, 0))
+    grid.save(path)
+
+
+def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[str, Any]:
+    from samplerguard.models.digits import CLASSIFIER_FILE, MODEL_FILE, load_classifier, load_unet
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not MODEL_FILE.exists():
+        raise SamplerGuardError(
+            f"bundled weights are missing at {MODEL_FILE}; "
+            "rebuild them with `python -m samplerguard.models.train`"
+        )
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    unet = load_unet()
+    classifier = load_classifier() if CLASSIFIER_FILE.exists() else None
+    program = DigitsProgram(unet)
+    declared = Declared(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
+    progress(
+        f"samplerguard demo: bundled digits model {program.model_digest[:19]}…, declared "
+        f"{cfg.sampler} × {cfg.steps} steps, CFG {cfg.cfg}, k={cfg.k} challenged steps, "
+        f"τ={cfg.tau:.0e}"
+    )
+    results: list[ProviderResult] = []
+    gen = torch.Generator().manual_seed(2024)
+    for name in ("honest", *CHEATS):
+        sink = LocalSink()
+        recorder = Recorder(sink)
+        provider = Provider(name, unet, declared, recorder)
+        limit = cfg.honest_requests if name == "honest" else cfg.max_requests
+        res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
+        gen_times: list[float] = []
+        check_times: list[float] = []
+        for r in range(1, limit + 1):
+            labels = torch.randint(0, 10, (cfg.batch,), generator=gen)
+            latents = torch.randn((cfg.batch, 1, 8, 8), generator=gen)
+            start = time.perf_counter()
+            g = provider.generate(f"{name}-{r}", labels, latents)
+            gen_times.append(time.perf_counter() - start)
+            # The verifier's side: authenticate the commitment, then pick the steps.
+            commitment = Commitment.verify(g.commitment.to_json(), sink.key.public_key())
+            steps = choose_steps(commitment.n_steps, cfg.k)
+            checks = []
+            for s in steps:
+                check, elapsed = _check(commitment, sink, program, s, cfg.tau)
+                checks.append(check)
+                check_times.append(elapsed)
+            res.requests, res.root, res.checks = r, commitment.root.hex(), checks
+            res.faked_steps = g.faked_steps
+            if classifier is not None:
+                res.accuracy = classifier.accuracy(g.images, labels)
+            if r == 1 or any(c.verdict == "reject" for c in checks):
+                _save_grid(g.images, cfg.out / f"{name}.png")
+                res.image = f"{name}.png"
+            caught = any(c.verdict == "reject" for c in checks)
+            progress(
+                f"  {name:<18} request {r}: root {commitment.root.hex()[:16]}… steps {steps} → "
+                + ("REJECTED" if caught else "pass")
+            )
+            if caught:
+                res.verdict = "rejected"
+                break
+        else:
+            res.verdict = "accepted" if name == "honest" else "not caught"
+        res.generation_s = statistics.mean(gen_times)
+        res.recheck_s = statistics.mean(check_times) if check_times else 0.0
+        results.append(res)
+        recorder.close()
+    honest = results[0]
+    rho = honest.recheck_s / honest.generation_s if honest.generation_s else float("nan")
+    summary: dict[str, Any] = {
+        "model_digest": program.model_digest,
+        "declared": asdict(declared),
+        "k": cfg.k,
+        "tau": cfg.tau,
+        "verification_ratio": {
+            "one_step_recheck_s": honest.recheck_s,
+            "generation_s": honest.generation_s,
+            "rho": rho,
+            "rho_times_N": rho * cfg.steps,
+        },
+        "providers": [asdict(r) for r in results],
+        "all_cheaters_caught": all(r.verdict == "rejected" for r in results[1:]),
+        "honest_accepted": honest.verdict == "accepted",
+    }
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (cfg.out / "summary.md").write_text(render_markdown(summary))
+    return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2e}"
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    d = summary["declared"]
+    vr = summary["verification_ratio"]
+    lines = [
+        "# samplerguard demo",
+        "",
+        f"Declared recipe: `{d['sampler']}`, {d['steps']} steps, CFG {d['cfg']}; "
+        f"k = {summary['k']} challenged steps per request; τ = {summary['tau']:.0e}.",
+        "",
+        "| provider | verdict | requests | root | challenged steps (rel-L2 / worst) | reason |"
+        " accuracy | image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in summary["providers"]:
+        checks = ", ".join(
+            f"{c['step']}: {_fmt(c['rel_l2'])}/{_fmt(c['worst'])}" for c in p["checks"]
+        )
+        reasons = "; ".join(c["reason"] for c in p["checks"] if c["reason"])[:160]
+        acc = "—" if p["accuracy"] is None else f"{p['accuracy']:.0%}"
+        img = f"![{p['provider']}]({p['image']})" if p["image"] else ""
+        lines.append(
+            f"| {p['provider']} | **{p['verdict']}** | {p['requests']} | `{p['root'][:16]}…` | "
+            f"{checks} | {reasons} | {acc} | {img} |"
+        )
+    lines += [
+        "",
+        f"Verification cost: one-step re-check {vr['one_step_recheck_s'] * 1e3:.1f} ms, "
+        f"generation {vr['generation_s'] * 1e3:.1f} ms, ρ = {vr['rho']:.4f} "
+        f"(ρ·N = {vr['rho_times_N']:.2f}; 1/N = {1 / d['steps']:.4f}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def print_table(summary: dict[str, Any], out: Callable[[str], None] = print) -> None:
+    out(f"{'provider':<18} {'verdict':<11} {'req':>3}  {'root':<18} worst rel-L2 per step")
+    for p in summary["providers"]:
+        checks = " ".join(f"{c['step']}:{_fmt(c['worst'])}" for c in p["checks"])
+        out(
+            f"{p['provider']:<18} {p['verdict']:<11} {p['requests']:>3}  {p['root'][:16]}…  "
+            f"{checks}"
+        )
+        for c in p["checks"]:
+            if c["reason"]:
+                out(f"{'':<18}   step {c['step']}: {c['reason']}")
+    vr = summary["verification_ratio"]
+    out(
+        f"verification/generation cost ρ = {vr['rho']:.4f} per challenged step "
+        f"(ρ·N = {vr['rho_times_N']:.2f}, goal ≤ 1.5)"
+    )
