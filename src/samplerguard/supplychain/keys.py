@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from samplerguard.errors import MalformedInputError
 
-__all__ = ["PublicKey", "SignatureAlgorithmError", "load_public_key"]
+__all__ = ["PublicKey", "SignatureAlgorithmError", "default_hash", "load_public_key"]
 
 HashName = Literal["sha256", "sha384", "sha512"]
 
@@ -74,3 +74,14 @@ def load_public_key(pem: str | bytes, hash_name: HashName = "sha256") -> PublicK
     if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
         raise SignatureAlgorithmError(f"{type(key).__name__} keys are not supported by cosign")
     return PublicKey(key, hash_name)
+
+
+def default_hash(key: PublicKey) -> HashName:
+    """The hash cosign pairs with a key when none is configured: SHA-384 for P-384, SHA-512
+    for P-521, SHA-256 otherwise (sigstore's ``LoadDefaultSignerVerifier``)."""
+    size = key.key.curve.key_size if isinstance(key.key, ec.EllipticCurvePublicKey) else 0
+    if size == 384:
+        return "sha384"
+    if size == 521:
+        return "sha512"
+    return "sha256"

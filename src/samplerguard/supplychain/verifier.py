@@ -41,7 +41,7 @@ from samplerguard.supplychain.cosign import (
 )
 from samplerguard.supplychain.dsse import Envelope, Statement
 from samplerguard.supplychain.keyless import verify_keyless
-from samplerguard.supplychain.keys import PublicKey, load_public_key
+from samplerguard.supplychain.keys import PublicKey, default_hash, load_public_key
 from samplerguard.supplychain.provenance import check_attestation_rule, check_golden
 from samplerguard.supplychain.reference import ImageReference, parse_reference
 from samplerguard.supplychain.registry import RegistryClient
@@ -236,11 +236,15 @@ class ImageVerifier:
         )
 
     def _key(self, key: KeyAuthority) -> PublicKey:
-        cache_key = (key.public_key, key.hash_algorithm)
+        explicit = "hash_algorithm" in key.model_fields_set
+        cache_key = (key.public_key, key.hash_algorithm if explicit else "")
         with self._lock:
             found = self._keys.get(cache_key)
             if found is None:
                 found = load_public_key(key.public_key, key.hash_algorithm)
+                if not explicit:
+                    # As sigstore's LoadDefaultSignerVerifier: the hash follows the curve.
+                    found = PublicKey(found.key, default_hash(found))
                 self._keys[cache_key] = found
             return found
 

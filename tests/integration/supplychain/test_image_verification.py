@@ -116,9 +116,8 @@ def test_every_cosign_key_type(
                 authorities=[
                     Authority(
                         name="k",
-                        key=KeyAuthority(
-                            public_key=signer.public_pem, hash_algorithm=signer.hash_algorithm
-                        ),
+                        # hashAlgorithm unset: it follows the curve, as in cosign.
+                        key=KeyAuthority(public_key=signer.public_pem),
                     )
                 ],
             )
