@@ -17,6 +17,7 @@ reference with a digest is left as it is.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -171,7 +172,10 @@ def _container_ops(
     return ops, warnings
 
 
+@functools.lru_cache(maxsize=256)
 def _sidecar(cfg: InjectionConfig, image: str, tenant: str, policy: str) -> dict[str, Any]:
+    """The sidecar container. Memoised (a pure function of its arguments); the patch is
+    serialised at once and never mutated."""
     env = [
         *_contract_env(cfg, tenant, policy),
         _env("SAMPLERGUARD_OPENINGS_DIR", cfg.openings_dir),
@@ -208,6 +212,7 @@ def _sidecar(cfg: InjectionConfig, image: str, tenant: str, policy: str) -> dict
     return sidecar
 
 
+@functools.lru_cache(maxsize=64)
 def _hook_init(cfg: InjectionConfig, image: str) -> dict[str, Any]:
     return {
         "name": HOOK_INIT_NAME,
