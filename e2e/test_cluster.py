@@ -241,6 +241,7 @@ def cluster(
             "--validating-webhook",
             "sg-e2e-validating",
             "--no-audit",
+            "--health=off",
             "--cert-check",
             "5",
         ],

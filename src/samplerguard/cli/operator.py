@@ -45,6 +45,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--ingest", default=_env("INGEST", "0.0.0.0:8443"), help="HOST:PORT, or 'off'")
     p.add_argument("--ingest-token-file", type=Path, help="local mode: shared bearer token")
+    p.add_argument(
+        "--health",
+        default=_env("HEALTH", "0.0.0.0:8080"),
+        help="HOST:PORT of the liveness endpoint (/healthz), or 'off'",
+    )
     p.add_argument("--lease", default=_env("LEASE", "samplerguard-operator"))
     p.add_argument("--peering", default=os.environ.get("SAMPLERGUARD_PEERING") or None)
     p.add_argument(
@@ -144,6 +149,6 @@ def run(args: argparse.Namespace) -> int:
         clusterwide=True,
         standalone=args.peering is None,
         peering_name=args.peering,
-        liveness_endpoint="http://0.0.0.0:8080/healthz",
+        liveness_endpoint=None if args.health == "off" else f"http://{args.health}/healthz",
     )
     return 0
