@@ -1,0 +1,310 @@
+"""A sink that streams each trajectory to the sidecar over its Unix socket.
+
+Everything here runs on the recorder's worker thread. Per trajectory, one connection:
+
+* after the initial leaf: ``START`` with the request, the recipe, z_N, the sampler state and the
+  conditioning; the sidecar answers at once (policy, integrity), so a refused request fails
+  fast;
+* after each step leaf: ``STEP`` with the latent, the state and the step noise (not answered;
+  when the sidecar is slow the socket buffer fills and this thread blocks, which is the
+  backpressure);
+* at the end: ``FINAL`` and ``FINISH``; the sidecar builds the same tree from the bytes it
+  received, signs the commitment with its own key and sends it back. The sink checks the
+  signature and that the sidecar's root equals the root the hook computed itself, so a
+  corrupted or reordered stream can never be committed silently.
+
+Any failure (sidecar gone, timeout, refusal) raises, and the recorder marks the request
+unverified (:class:`~samplerguard.hook.recorder.RecordingError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from samplerguard.commitment.dsse import keyid, load_public_key
+from samplerguard.commitment.state import SamplerState
+from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryRecord
+from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
+from samplerguard.hook.solver import solver_code_digest
+from samplerguard.hook.wire import (
+    FRAME_ABORT,
+    FRAME_FINAL,
+    FRAME_FINISH,
+    FRAME_HELLO,
+    FRAME_REPLY,
+    FRAME_START,
+    FRAME_STEP,
+    WireClosedError,
+    read_frame,
+    send_frame,
+)
+
+__all__ = ["SidecarRefusedError", "SidecarSink", "probe"]
+
+ENV_SOCKET = "SAMPLERGUARD_SOCKET"
+#: Optional PEM file pinning the sidecar's public key (else the key the sidecar announces).
+ENV_PUBLIC_KEY = "SAMPLERGUARD_SIDECAR_PUBLIC_KEY"
+
+
+class SidecarRefusedError(SamplerGuardError):
+    """The sidecar refused the request (policy, integrity, store full); the reason is its own."""
+
+
+@dataclass
+class _Session:
+    request: Any
+    sock: socket.socket | None = None
+    builder: TrajectoryBuilder | None = None
+    sent_steps: int = 0
+    public_key: Ed25519PublicKey | None = None
+    verdict: dict[str, Any] = field(default_factory=dict)
+
+
+def _state_tensors(prefix: str, state: SamplerState) -> list[tuple[str, torch.Tensor]]:
+    return [(f"{prefix}{k}", v) for k, v in state.tensors().items()]
+
+
+class SidecarSink:
+    """Implements the recorder's :class:`~samplerguard.hook.recorder.Sink` over the socket.
+
+    ``io_timeout`` bounds every blocking send and receive: a sidecar that stops reading for that
+    long fails the trajectory rather than hanging the worker forever.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        *,
+        connect_timeout: float = 5.0,
+        io_timeout: float = 60.0,
+        public_key: Ed25519PublicKey | None = None,
+    ) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self.pinned_key = public_key
+        self._lock = threading.Lock()
+        self.aborted: dict[str, str] = {}
+        self.verdicts: dict[str, dict[str, Any]] = {}
+        self._escrows: dict[str, dict[str, Any]] = {}
+
+    def attach_escrow(self, request_id: str, escrow_json: str) -> None:
+        """Send a :class:`~samplerguard.rng.SeedEscrow` (its JSON) with the request's START; the
+        sidecar keeps it beside the commitment for the verifier's seed check."""
+        doc = json.loads(escrow_json)
+        if not isinstance(doc, dict):
+            raise MalformedInputError("a seed escrow is a JSON object")
+        with self._lock:
+            self._escrows[request_id] = doc
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> SidecarSink:
+        """The sink the injected hook uses: ``SAMPLERGUARD_SOCKET`` (and an optional pinned key)."""
+        env = dict(os.environ if env is None else env)
+        path = env.get(ENV_SOCKET)
+        if not path:
+            raise MalformedInputError(f"{ENV_SOCKET} is not set: no sidecar to stream to")
+        key = None
+        if env.get(ENV_PUBLIC_KEY):
+            with open(env[ENV_PUBLIC_KEY], "rb") as fh:
+                key = load_public_key(fh.read())
+        return cls(path, public_key=key)
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.connect_timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as exc:
+            sock.close()
+            raise TemporaryError(
+                f"cannot reach the sidecar at {self.socket_path}: {exc.strerror or exc}"
+            ) from None
+        sock.settimeout(self.io_timeout)
+        return sock
+
+    def _reply(self, sock: socket.socket, what: str) -> dict[str, Any]:
+        try:
+            frame = read_frame(sock, max_body=0)
+        except WireClosedError:
+            raise TemporaryError(
+                f"the sidecar closed the connection before answering {what}"
+            ) from None
+        except TimeoutError:
+            raise TemporaryError(
+                f"the sidecar did not answer {what} within {self.io_timeout:.0f}s"
+            ) from None
+        if frame.kind != FRAME_REPLY:
+            raise MalformedInputError(f"the sidecar answered {what} with frame kind {frame.kind}")
+        if not frame.header.get("ok"):
+            raise SidecarRefusedError(
+                f"the sidecar refused {what}: {str(frame.header.get('error'))[:500]}"
+            )
+        return frame.header
+
+    def _send(self, sess: _Session, kind: int, header: dict[str, Any], tensors: Any) -> None:
+        assert sess.sock is not None
+        try:
+            send_frame(sess.sock, kind, header, tensors)
+        except TimeoutError:
+            raise TemporaryError(
+                f"the sidecar did not take data for {self.io_timeout:.0f}s (overloaded or hung)"
+            ) from None
+        except OSError as exc:
+            reason = self._pending_error(sess.sock)
+            raise TemporaryError(
+                f"lost the sidecar connection: {exc.strerror or type(exc).__name__}"
+                + (f" (the sidecar said: {reason})" if reason else "")
+            ) from None
+
+    @staticmethod
+    def _pending_error(sock: socket.socket) -> str | None:
+        """The sidecar answers a refused stream with an error frame before closing; read it."""
+        try:
+            sock.settimeout(0.5)
+            frame = read_frame(sock, max_body=0)
+        except (OSError, MalformedInputError):
+            return None
+        return str(frame.header.get("error"))[:500] if frame.kind == FRAME_REPLY else None
+
+    # -- the Sink protocol ---------------------------------------------------------------------
+
+    def start(self, request: Any) -> _Session:
+        sess = _Session(request=request)
+        sess.sock = self._connect()
+        return sess
+
+    def leaf(self, handle: _Session, builder: TrajectoryBuilder) -> None:
+        # The builder is the recorder's; we read what it just appended. Its fields are private
+        # to the commitment package, but the sink is the designated reader (see recorder.Sink).
+        sess = handle
+        sess.builder = builder
+        leaves = builder._leaves
+        if len(leaves) == 2:
+            self._send_start(sess, builder)
+        else:
+            self._send_step(sess, builder)
+
+    def _send_start(self, sess: _Session, builder: TrajectoryBuilder) -> None:
+        req = sess.request
+        initial = builder._initial
+        assert initial is not None
+        initial_doc = json.loads(builder._leaves[1])
+        recipe = {k: v for k, v in builder.recipe.items() if k not in ("type", "conditioning")}
+        header = {
+            "request": {
+                "requestId": req.request_id,
+                "tenant": req.tenant,
+                "rngMode": req.rng_mode,
+            },
+            "recipe": recipe,
+            "schedule": initial_doc["schedule"],
+            "state": initial.state.skeleton(),
+            "conditioning": sorted(builder._conditioning),
+            "solverCode": solver_code_digest(str(recipe.get("scheduler_class"))),
+        }
+        with self._lock:
+            escrow = self._escrows.pop(req.request_id, None)
+        if escrow is not None:
+            header["seedEscrow"] = escrow
+        tensors = [("latent", initial.latent), *_state_tensors("state/", initial.state)]
+        tensors += [(f"cond/{k}", v) for k, v in sorted(builder._conditioning.items())]
+        self._send(sess, FRAME_START, header, tensors)
+        assert sess.sock is not None
+        reply = self._reply(sess.sock, f"request {req.request_id}")
+        sess.verdict = reply
+        pem = reply.get("publicKey")
+        if not isinstance(pem, str):
+            raise MalformedInputError("the sidecar's START reply carries no public key")
+        announced = load_public_key(pem.encode())
+        if self.pinned_key is not None and keyid(announced) != keyid(self.pinned_key):
+            raise SidecarRefusedError(
+                f"the sidecar announced key {keyid(announced)[:16]}…, the pinned key is "
+                f"{keyid(self.pinned_key)[:16]}…"
+            )
+        sess.public_key = announced
+
+    def _send_step(self, sess: _Session, builder: TrajectoryBuilder) -> None:
+        step = builder._steps[-1]
+        doc = json.loads(builder._leaves[-1])
+        header = {
+            "index": doc["index"],
+            "timestep": doc["timestep"],
+            "state": step.state.skeleton(),
+        }
+        tensors = [("latent", step.latent), *_state_tensors("state/", step.state)]
+        tensors += [(f"noise/{k}", n) for k, n in enumerate(step.noise)]
+        self._send(sess, FRAME_STEP, header, tensors)
+        sess.sent_steps += 1
+
+    def finish(self, handle: _Session, record: TrajectoryRecord) -> Commitment:
+        sess = handle
+        try:
+            if sess.builder is None or sess.builder._final is None or sess.public_key is None:
+                raise MalformedInputError("the trajectory was not streamed completely")
+            self._send(sess, FRAME_FINAL, {}, [("latent", sess.builder._final)])
+            self._send(
+                sess,
+                FRAME_FINISH,
+                {"output": record.output_digest, "root": record.root.hex()},
+                [],
+            )
+            assert sess.sock is not None
+            reply = self._reply(sess.sock, f"the commitment of {sess.request.request_id}")
+            commitment = Commitment.verify(reply.get("commitment"), sess.public_key)
+            if commitment.root != record.root or commitment.request_id != sess.request.request_id:
+                raise MalformedInputError(
+                    f"the sidecar committed root {commitment.root.hex()[:16]}… for "
+                    f"{commitment.request_id!r}; the hook computed {record.root.hex()[:16]}… "
+                    f"for {sess.request.request_id!r}"
+                )
+            with self._lock:
+                self.verdicts[commitment.request_id] = {
+                    "verdict": sess.verdict.get("verdict", "accept"),
+                    "reasons": list(sess.verdict.get("reasons", [])),
+                }
+            return commitment
+        finally:
+            self._close(sess)
+
+    def abort(self, handle: _Session | None, reason: str) -> None:
+        if handle is None:
+            return
+        with self._lock:
+            self.aborted[handle.request.request_id] = reason
+        if handle.sock is not None:
+            # a gone sidecar discards partial trajectories on its own
+            with contextlib.suppress(OSError):
+                send_frame(handle.sock, FRAME_ABORT, {"reason": reason[:500]})
+        self._close(handle)
+
+    @staticmethod
+    def _close(sess: _Session) -> None:
+        if sess.sock is not None:
+            try:
+                sess.sock.close()
+            finally:
+                sess.sock = None
+
+
+def probe(socket_path: str, timeout: float = 3.0) -> dict[str, Any]:
+    """Ask the sidecar whether it is ready (``HELLO``); returns its answer or raises."""
+    sink = SidecarSink(socket_path, connect_timeout=timeout, io_timeout=timeout)
+    sock = sink._connect()
+    try:
+        send_frame(sock, FRAME_HELLO, {})
+        return sink._reply(sock, "the readiness probe")
+    finally:
+        sock.close()

@@ -1,0 +1,79 @@
+"""Load the one policy a data-plane service runs under: from a file, or from the API server.
+
+The sidecar and the verifier are each told one policy (``SAMPLERGUARD_POLICY``, set by the
+webhook; or ``--policy``):
+
+* a path to a YAML/JSON file holding one ``ClusterSamplerPolicy`` or ``SamplerPolicy``;
+* ``ClusterSamplerPolicy/<name>`` or ``SamplerPolicy/<namespace>/<name>``, read through the
+  Kubernetes API (in-cluster configuration).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from samplerguard.errors import PolicyError, TemporaryError
+from samplerguard.policy.spec import (
+    GROUP,
+    VERSION,
+    ClusterSamplerPolicy,
+    SamplerPolicy,
+    parse_policy,
+)
+
+__all__ = ["load_policy", "report_policy_name"]
+
+MAX_POLICY_BYTES = 1 << 20
+
+
+def report_policy_name(policy: ClusterSamplerPolicy | SamplerPolicy) -> str:
+    """The ``policy`` field of a PolicyReport result: ``name`` or ``namespace/name``."""
+    if isinstance(policy, SamplerPolicy):
+        return f"{policy.metadata.namespace}/{policy.metadata.name}"
+    return policy.metadata.name
+
+
+def load_policy(ref: str, *, api: Any = None) -> ClusterSamplerPolicy | SamplerPolicy:
+    """Raises :class:`PolicyError` (invalid or missing) or :class:`TemporaryError` (API down)."""
+    parts = ref.split("/")
+    if parts[0] in ("ClusterSamplerPolicy", "SamplerPolicy") and not Path(ref).exists():
+        return _from_api(parts, api)
+    path = Path(ref)
+    try:
+        if path.stat().st_size > MAX_POLICY_BYTES:
+            raise PolicyError(f"policy file {path} exceeds {MAX_POLICY_BYTES} bytes")
+        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc}") from None
+    if len(docs) != 1:
+        raise PolicyError(f"policy file {path} holds {len(docs)} documents, expected one policy")
+    return parse_policy(docs[0])
+
+
+def _from_api(parts: list[str], api: Any) -> ClusterSamplerPolicy | SamplerPolicy:
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    if api is None:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        api = client.CustomObjectsApi()
+    try:
+        if parts[0] == "ClusterSamplerPolicy" and len(parts) == 2:
+            body = api.get_cluster_custom_object(GROUP, VERSION, "clustersamplerpolicies", parts[1])
+        elif parts[0] == "SamplerPolicy" and len(parts) == 3:
+            body = api.get_namespaced_custom_object(
+                GROUP, VERSION, parts[1], "samplerpolicies", parts[2]
+            )
+        else:
+            raise PolicyError(
+                f"policy reference {'/'.join(parts)!r} is not ClusterSamplerPolicy/<name> "
+                "or SamplerPolicy/<namespace>/<name>"
+            )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise PolicyError(f"policy {'/'.join(parts)} does not exist") from None
+        raise TemporaryError(f"cannot read policy {'/'.join(parts)}: HTTP {exc.status}") from None
+    return parse_policy(body)

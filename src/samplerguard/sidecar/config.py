@@ -1,0 +1,108 @@
+"""The sidecar's configuration: flags and ``SAMPLERGUARD_*`` variables map onto these fields.
+
+The variable names are the injection contract of docs/webhook.md: the webhook sets
+``SAMPLERGUARD_SOCKET``, ``SAMPLERGUARD_OPENINGS_DIR``, ``SAMPLERGUARD_LISTEN_TCP``,
+``SAMPLERGUARD_TENANT``, ``SAMPLERGUARD_POLICY`` and ``SAMPLERGUARD_POD_*``; the rest have
+defaults that work in a pod and on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["ENV", "SidecarConfig", "parse_hostport"]
+
+#: flag name → environment variable
+ENV: dict[str, str] = {
+    "socket": "SAMPLERGUARD_SOCKET",
+    "openings_dir": "SAMPLERGUARD_OPENINGS_DIR",
+    "listen_tcp": "SAMPLERGUARD_LISTEN_TCP",
+    "tenant": "SAMPLERGUARD_TENANT",
+    "policy": "SAMPLERGUARD_POLICY",
+    "pod_name": "SAMPLERGUARD_POD_NAME",
+    "pod_namespace": "SAMPLERGUARD_POD_NAMESPACE",
+    "pod_uid": "SAMPLERGUARD_POD_UID",
+    "key_file": "SAMPLERGUARD_KEY_FILE",
+    "token_file": "SAMPLERGUARD_TOKEN_FILE",
+    "auth": "SAMPLERGUARD_AUTH",
+    "allowed_subjects": "SAMPLERGUARD_VERIFIER_SUBJECTS",
+    "audience": "SAMPLERGUARD_TOKEN_AUDIENCE",
+    "model_files": "SAMPLERGUARD_MODEL_FILES",
+    "scheduler_config": "SAMPLERGUARD_SCHEDULER_CONFIG",
+    "retention": "SAMPLERGUARD_RETENTION",
+    "max_store_bytes": "SAMPLERGUARD_MAX_STORE_BYTES",
+    "min_free_bytes": "SAMPLERGUARD_MIN_FREE_BYTES",
+    "integrity_interval": "SAMPLERGUARD_INTEGRITY_INTERVAL",
+}
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the pod's verifier port
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    #: Unix socket the hook streams to.
+    socket: Path = Path("/var/run/samplerguard/sidecar.sock")
+    #: Where openings are stored (on the pod's emptyDir).
+    openings_dir: Path = Path("/var/run/samplerguard/openings")
+    #: TCP address the verifier reaches; port 0 picks a free one (see ``ready_file``).
+    listen_tcp: tuple[str, int] = ("127.0.0.1", 9471)
+    #: Ed25519 signing key; generated at first start. Default: beside the openings.
+    key_file: Path | None = None
+    tenant: str | None = None
+    #: A policy file (YAML/JSON), or ``ClusterSamplerPolicy/<name>`` /
+    #: ``SamplerPolicy/<ns>/<name>`` read through the API server. None: no enforcement.
+    policy: str | None = None
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_uid: str = ""
+    #: ``token-file`` (local mode) or ``tokenreview`` (cluster).
+    auth: Literal["token-file", "tokenreview"] = "token-file"
+    token_file: Path | None = None
+    #: TokenReview: ServiceAccount usernames allowed to read openings.
+    allowed_subjects: tuple[str, ...] = (
+        "system:serviceaccount:samplerguard:samplerguard-verifier",
+    )
+    #: TokenReview: the audience the verifier's projected token must carry.
+    audience: str | None = "samplerguard-sidecar"
+    #: Model weight files (safetensors) hashed at start and every ``integrity_interval``.
+    model_files: tuple[Path, ...] = ()
+    scheduler_config: Path | None = None
+    integrity_interval: float = 300.0
+    #: Openings older than this are deleted (the policy's retention wins when it is set).
+    retention: float = 24 * 3600.0
+    #: Store size cap; the oldest trajectories are evicted beyond it.
+    max_store_bytes: int = 2 << 30
+    #: Never let the volume's free space fall below this; refuse new trajectories instead.
+    min_free_bytes: int = 64 << 20
+    #: Largest trajectory accepted (all frames together).
+    max_trajectory_bytes: int = 1 << 30
+    #: Concurrent hook connections; further ones wait in the listen backlog (backpressure).
+    max_connections: int = 64
+    #: fsync each committed trajectory before answering (durable across power loss).
+    fsync: bool = False
+    #: JSON file written once both listeners are up: addresses, public key id, pid.
+    ready_file: Path | None = None
+    socket_mode: int = 0o660
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_key_file(self) -> Path:
+        return self.key_file or self.openings_dir.parent / "sidecar-ed25519.pem"
+
+    @property
+    def pod(self) -> dict[str, str]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": self.pod_name or os.uname().nodename,
+            "namespace": self.pod_namespace or "local",
+            "uid": self.pod_uid or f"local-{os.uname().nodename}",
+        }

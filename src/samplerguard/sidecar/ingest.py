@@ -1,0 +1,380 @@
+"""Ingestion: the Unix-socket server the hook streams trajectories to.
+
+One thread per connection, one connection per trajectory (the wire format is in
+:mod:`samplerguard.hook.wire`). The sidecar does not trust the digests the hook computed: it
+rebuilds the tree from the tensor bytes it received and stores, with the same
+:class:`~samplerguard.commitment.trajectory.TrajectoryBuilder`, so every stored opening is
+exactly what the signed root commits. At ``FINISH`` it compares its root with the hook's (a
+mismatch means a corrupted stream: refused), signs the commitment with its own key, commits the
+trajectory to the store and answers with the DSSE envelope.
+
+Connections beyond ``max_connections`` wait in the listen backlog: backpressure reaches the
+hook's worker thread as a slow ``connect``/``sendall``, never as lost data.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samplerguard.commitment.state import SamplerState
+from samplerguard.commitment.statement import Commitment, commit
+from samplerguard.commitment.trajectory import TrajectoryBuilder
+from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
+from samplerguard.hook.wire import (
+    FRAME_ABORT,
+    FRAME_FINAL,
+    FRAME_FINISH,
+    FRAME_HELLO,
+    FRAME_REPLY,
+    FRAME_START,
+    FRAME_STEP,
+    Frame,
+    WireClosedError,
+    decode_tensors,
+    read_frame,
+    send_frame,
+)
+from samplerguard.sidecar.enforce import Admission, RequestRefusedError
+from samplerguard.sidecar.store import OpeningStore, TrajectoryWriter
+
+__all__ = ["Gate", "IngestServer", "StartRequest"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    request_id: str
+    tenant: str
+    rng_mode: str
+    recipe: dict[str, Any]
+    solver_code: str | None
+    seed_escrow: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    admission: Admission
+    predicate: dict[str, Any] = field(default_factory=dict)
+
+
+class Gate:
+    """Admission and signing, provided by the service: policy, integrity, key."""
+
+    def __init__(
+        self,
+        *,
+        key: Any,
+        public_pem: str,
+        admit: Callable[[StartRequest], Decision],
+        committed: Callable[[StartRequest, Commitment, Decision], None] | None = None,
+        refused: Callable[[StartRequest | None, str], None] | None = None,
+    ) -> None:
+        self.key = key
+        self.public_pem = public_pem
+        self.admit = admit
+        self.committed = committed
+        self.refused = refused
+        self.ready = True
+
+
+def _state(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> tuple[SamplerState, dict[str, str]]:
+    skeleton = header.get("state")
+    if not isinstance(skeleton, dict):
+        raise MalformedInputError("frame carries no sampler state skeleton")
+    parts = {k.removeprefix("state/"): v for k, v in tensors.items() if k.startswith("state/")}
+    return SamplerState.from_parts(skeleton, parts), {p: f"state/{p}" for p in parts}
+
+
+def _str(doc: dict[str, Any], key: str, limit: int = 256) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise MalformedInputError(f"START field {key!r} is missing or malformed")
+    return value
+
+
+class _Trajectory:
+    """Server side of one connection's trajectory."""
+
+    def __init__(self, server: IngestServer, frame: Frame) -> None:
+        self.server = server
+        header = frame.header
+        req = header.get("request")
+        recipe = header.get("recipe")
+        if not isinstance(req, dict) or not isinstance(recipe, dict):
+            raise MalformedInputError("START lacks the request or the recipe")
+        escrow = header.get("seedEscrow")
+        solver = header.get("solverCode")
+        self.start = StartRequest(
+            request_id=_str(req, "requestId", 128),
+            tenant=_str(req, "tenant", 128),
+            rng_mode=_str(req, "rngMode", 32),
+            recipe=recipe,
+            solver_code=solver if isinstance(solver, str) else None,
+            seed_escrow=escrow if isinstance(escrow, dict) else None,
+        )
+        self.decision = server.gate.admit(self.start)
+        tensors = decode_tensors(frame)
+        self.writer: TrajectoryWriter = server.store.open(self.start.request_id)
+        try:
+            self.writer.add("i/", header, frame.body)
+            latent = tensors.get("latent")
+            if latent is None:
+                raise MalformedInputError("START carries no initial latent")
+            state, state_keys = _state(header, tensors)
+            cond = {k.removeprefix("cond/"): v for k, v in tensors.items() if k.startswith("cond/")}
+            schedule = header.get("schedule")
+            if not isinstance(schedule, str):
+                raise MalformedInputError("START carries no schedule digest")
+            self.builder = TrajectoryBuilder(recipe=dict(recipe))
+            self.builder.set_conditioning(cond)
+            self.builder.initial(latent, state, schedule)
+        except BaseException:
+            self.writer.discard()
+            raise
+        self.index: dict[str, Any] = {
+            "initial": {
+                "latent": "i/latent",
+                "state": header["state"],
+                "stateTensors": {p: f"i/{k}" for p, k in state_keys.items()},
+            },
+            "conditioning": {c: f"i/cond/{c}" for c in cond},
+            "steps": [],
+        }
+
+    def step(self, frame: Frame) -> None:
+        header = frame.header
+        index = header.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise MalformedInputError("STEP carries no integer index")
+        tensors = decode_tensors(frame)
+        latent = tensors.get("latent")
+        if latent is None:
+            raise MalformedInputError(f"STEP {index} carries no latent")
+        state, state_keys = _state(header, tensors)
+        noise_names = sorted(
+            (k for k in tensors if k.startswith("noise/")), key=lambda k: int(k.split("/")[1])
+        )
+        noise = [tensors[k] for k in noise_names]
+        timestep = header.get("timestep")
+        if not isinstance(timestep, int | float) or isinstance(timestep, bool):
+            raise MalformedInputError(f"STEP {index} carries no numeric timestep")
+        self.builder.step(index, timestep, latent, state, noise)
+        prefix = f"s{index}/"
+        self._check_size(len(frame.body))
+        self.writer.add(prefix, header, frame.body)
+        self.index["steps"].append(
+            {
+                "latent": f"{prefix}latent",
+                "state": header["state"],
+                "stateTensors": {p: f"{prefix}{k}" for p, k in state_keys.items()},
+                "noise": [f"{prefix}{k}" for k in noise_names],
+            }
+        )
+
+    def _check_size(self, more: int) -> None:
+        cap = self.server.max_trajectory_bytes
+        if self.writer.size + more > cap:
+            raise MalformedInputError(f"trajectory exceeds the {cap}-byte cap")
+
+    def final(self, frame: Frame) -> None:
+        tensors = decode_tensors(frame)
+        latent = tensors.get("latent")
+        if latent is None:
+            raise MalformedInputError("FINAL carries no latent")
+        self.builder.final(latent)
+        self._check_size(len(frame.body))
+        self.writer.add("f/", frame.header, frame.body)
+
+    def finish(self, frame: Frame) -> Commitment:
+        output = frame.header.get("output")
+        if not isinstance(output, str) or not output.startswith("sha256:"):
+            raise MalformedInputError("FINISH carries no output digest")
+        record = self.builder.finish(output)
+        hook_root = frame.header.get("root")
+        if hook_root != record.root.hex():
+            raise MalformedInputError(
+                f"the hook's root {str(hook_root)[:16]}… differs from the root of the bytes "
+                f"received {record.root.hex()[:16]}… (corrupted stream)"
+            )
+        predicate = dict(self.decision.predicate)
+        if self.decision.admission.verdict == "quarantine":
+            predicate["quarantine"] = list(self.decision.admission.reasons)
+        commitment = commit(
+            record,
+            self.server.gate.key,
+            request_id=self.start.request_id,
+            tenant=self.start.tenant,
+            extra=predicate,
+        )
+        self.index.update(
+            id=self.start.request_id,
+            committedAt=time.time(),
+            root=record.root.hex(),
+            leaves=[base64.b64encode(leaf).decode() for leaf in record.leaves],
+            envelope=commitment.envelope,
+            quarantine=list(self.decision.admission.reasons),
+            seedEscrow=self.start.seed_escrow,
+        )
+        self.writer.commit(self.index, fsync=self.server.fsync)
+        return commitment
+
+
+def _reply(sock: socket.socket, **fields: Any) -> None:
+    send_frame(sock, FRAME_REPLY, fields)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _UnixServer
+
+    def handle(self) -> None:
+        ingest = self.server.ingest
+        sock: socket.socket = self.request
+        sock.settimeout(ingest.idle_timeout)
+        tr: _Trajectory | None = None
+        try:
+            first = read_frame(sock)
+            if first.kind == FRAME_HELLO:
+                _reply(
+                    sock,
+                    ok=ingest.gate.ready,
+                    publicKey=ingest.gate.public_pem,
+                    error=None if ingest.gate.ready else "runtime integrity mismatch",
+                )
+                return
+            if first.kind != FRAME_START:
+                raise MalformedInputError(f"expected START, got frame kind {first.kind}")
+            tr = _Trajectory(ingest, first)
+            _reply(
+                sock,
+                ok=True,
+                verdict=tr.decision.admission.verdict,
+                reasons=list(tr.decision.admission.reasons),
+                publicKey=ingest.gate.public_pem,
+            )
+            while True:
+                frame = read_frame(sock)
+                if frame.kind == FRAME_STEP:
+                    tr.step(frame)
+                elif frame.kind == FRAME_FINAL:
+                    tr.final(frame)
+                elif frame.kind == FRAME_FINISH:
+                    commitment = tr.finish(frame)
+                    done, tr = tr, None
+                    ingest.count_committed()
+                    if ingest.gate.committed is not None:
+                        ingest.gate.committed(done.start, commitment, done.decision)
+                    _reply(sock, ok=True, commitment=commitment.envelope, id=done.start.request_id)
+                    return
+                elif frame.kind == FRAME_ABORT:
+                    log.info(
+                        "hook aborted %s: %s",
+                        tr.start.request_id,
+                        str(frame.header.get("reason"))[:200],
+                    )
+                    return
+                else:
+                    raise MalformedInputError(f"unexpected frame kind {frame.kind}")
+        except WireClosedError:
+            if tr is not None:
+                log.warning(
+                    "hook connection for %s closed mid-trajectory; nothing committed",
+                    tr.start.request_id,
+                )
+        except (TimeoutError, OSError) as exc:
+            log.warning("hook connection failed: %s", type(exc).__name__)
+        except (SamplerGuardError, ValueError) as exc:
+            msg = str(exc)[:1000]
+            log.warning("refused a trajectory: %s", msg)
+            if ingest.gate.refused is not None:
+                ingest.gate.refused(tr.start if tr is not None else None, msg)
+            with contextlib.suppress(OSError):
+                _reply(
+                    sock,
+                    ok=False,
+                    error=msg,
+                    retry=isinstance(exc, TemporaryError)
+                    and not isinstance(exc, RequestRefusedError),
+                )
+        finally:
+            if tr is not None:
+                tr.writer.discard()
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+    ingest: IngestServer
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Block the accept loop while max_connections are busy: further hooks wait in the
+        # backlog (backpressure) instead of being refused.
+        self.ingest._slots.acquire()
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.ingest._slots.release()
+
+
+class IngestServer:
+    def __init__(
+        self,
+        path: Path,
+        store: OpeningStore,
+        gate: Gate,
+        *,
+        max_connections: int = 64,
+        max_trajectory_bytes: int = 1 << 30,
+        idle_timeout: float = 300.0,
+        fsync: bool = False,
+        mode: int = 0o660,
+    ) -> None:
+        self.path = path
+        self.store = store
+        self.gate = gate
+        self.max_trajectory_bytes = max_trajectory_bytes
+        self.idle_timeout = idle_timeout
+        self.fsync = fsync
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._count_lock = threading.Lock()
+        self.committed = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            path.unlink()  # a stale socket from a previous run
+        self._server = _UnixServer(str(path), _Handler)
+        self._server.ingest = self
+        os.chmod(path, mode)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="sg-ingest", daemon=True
+        )
+
+    def count_committed(self) -> None:
+        with self._count_lock:
+            self.committed += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,209 @@
+"""Runtime integrity: hash what actually runs and compare it with the policy's golden digests.
+
+Measured at start and every ``interval`` seconds:
+
+* **model weights**: each safetensors file, digested exactly as
+  :func:`samplerguard.commitment.digest.module_digest` digests the loaded module (SHA-256 over
+  the RFC 8785 JSON of ``{tensor name: tensor digest}``), so the file's digest equals the
+  ``model.digest`` a pipeline declares in its recipe;
+* **scheduler config**: SHA-256 over the RFC 8785 JSON of ``scheduler_config.json``;
+* **solver code**: reported per request by the hook (the diffusers scheduler modules loaded in
+  the app process, :func:`samplerguard.hook.solver.solver_code_digest`).
+
+A mismatch with a non-empty golden list marks the sidecar *unhealthy*: new requests are
+refused and an alert is raised until a later measurement is clean again. Each request gets a
+*hash beacon*, one digest over all of these, which goes into the signed predicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+from samplerguard.commitment.digest import tensor_digest
+from samplerguard.errors import MalformedInputError
+from samplerguard.policy.spec import GoldenDigests
+
+__all__ = [
+    "IntegrityMonitor",
+    "Measurement",
+    "hash_beacon",
+    "scheduler_config_digest",
+    "weights_file_digest",
+]
+
+log = logging.getLogger(__name__)
+
+
+def weights_file_digest(path: Path) -> str:
+    """The weights digest of a safetensors file (equal to ``module_digest`` of the module it
+    loads into with ``strict=True``)."""
+    from safetensors import SafetensorError, safe_open
+
+    doc: dict[str, str] = {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            for name in sorted(fh.keys()):
+                doc[name] = tensor_digest(fh.get_tensor(name))
+    except (SafetensorError, OSError) as exc:
+        raise MalformedInputError(f"cannot read weights {path}: {exc}") from None
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+
+
+def scheduler_config_digest(path: Path) -> str:
+    try:
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise MalformedInputError(f"cannot read scheduler config {path}: {exc}") from None
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(config)).hexdigest()
+
+
+def hash_beacon(facts: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(dict(facts))).hexdigest()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    model_weights: dict[str, str] = field(default_factory=dict)  # file name → digest
+    scheduler_config: str | None = None
+    problems: tuple[str, ...] = ()
+    at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "modelWeights": sorted(set(self.model_weights.values())),
+            "schedulerConfig": self.scheduler_config,
+        }
+
+
+class IntegrityMonitor:
+    """Measures, compares, and keeps the latest verdict. Thread-safe."""
+
+    def __init__(
+        self,
+        golden: GoldenDigests,
+        *,
+        model_files: tuple[Path, ...] = (),
+        scheduler_config: Path | None = None,
+        interval: float = 300.0,
+        on_alert: Callable[[str], None] | None = None,
+    ) -> None:
+        self.golden = golden
+        self.model_files = model_files
+        self.scheduler_config = scheduler_config
+        self.interval = interval
+        self.on_alert = on_alert
+        self._lock = threading.Lock()
+        self._current = Measurement()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def current(self) -> Measurement:
+        with self._lock:
+            return self._current
+
+    def set_golden(self, golden: GoldenDigests) -> None:
+        with self._lock:
+            self.golden = golden
+
+    def measure(self) -> Measurement:
+        import time
+
+        with self._lock:
+            golden = self.golden
+        weights: dict[str, str] = {}
+        problems: list[str] = []
+        allowed_weights = set(golden.model_weights) | set(golden.text_encoder)
+        for path in self.model_files:
+            try:
+                digest = weights_file_digest(path)
+            except MalformedInputError as exc:
+                problems.append(str(exc))
+                continue
+            weights[path.name] = digest
+            if allowed_weights and digest not in allowed_weights:
+                problems.append(
+                    f"model weights {path.name}: digest mismatch (got {digest}, expected one "
+                    f"of the policy's goldenDigests {sorted(allowed_weights)})"
+                )
+        sched: str | None = None
+        if self.scheduler_config is not None:
+            try:
+                sched = scheduler_config_digest(self.scheduler_config)
+            except MalformedInputError as exc:
+                problems.append(str(exc))
+            else:
+                if golden.scheduler_config and sched not in golden.scheduler_config:
+                    problems.append(
+                        f"scheduler config: digest mismatch (got {sched}, expected one of "
+                        f"{golden.scheduler_config})"
+                    )
+        m = Measurement(weights, sched, tuple(problems), time.time())
+        with self._lock:
+            was_ok = self._current.ok
+            self._current = m
+        if not m.ok:
+            msg = "runtime integrity mismatch: " + "; ".join(m.problems)
+            log.error("%s (new requests are refused)", msg)
+            if self.on_alert is not None:
+                self.on_alert(msg)
+        elif not was_ok:
+            log.warning("runtime integrity restored: new requests are accepted again")
+        return m
+
+    def check_request(
+        self, recipe: Mapping[str, Any], solver_code: str | None
+    ) -> tuple[str, dict[str, Any], list[str]]:
+        """The hash beacon and the integrity facts for one request, and what is wrong."""
+        m = self.current
+        with self._lock:
+            golden = self.golden
+        problems = list(m.problems)
+        if golden.solver_code and solver_code not in golden.solver_code:
+            problems.append(
+                f"solver code: digest mismatch (got {solver_code}, expected one of "
+                f"{golden.solver_code})"
+            )
+        declared = recipe.get("model", {}).get("digest") if isinstance(recipe, Mapping) else None
+        if golden.model_weights and declared not in golden.model_weights:
+            problems.append(
+                f"declared model digest {declared} is not among the policy's goldenDigests"
+            )
+        measured = set(m.model_weights.values())
+        if measured and declared not in measured:
+            problems.append(
+                f"declared model digest {declared} is not the digest of the weights on disk "
+                f"({sorted(measured)})"
+            )
+        facts = {**m.facts(), "solverCode": solver_code, "declaredModel": declared}
+        return hash_beacon(facts), facts, problems
+
+    # -- the periodic re-measurement -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.measure()
+        self._thread = threading.Thread(target=self._loop, name="sg-integrity", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.measure()
+            except Exception:  # a measurement bug must not kill the monitor
+                log.exception("integrity measurement failed")
+
+    def stop(self) -> None:
+        self._stop.set()

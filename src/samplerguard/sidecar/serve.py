@@ -1,0 +1,77 @@
+"""Run the sidecar until SIGTERM/SIGINT: ingestion thread, housekeeping, and uvicorn on TCP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from samplerguard.sidecar.config import SidecarConfig
+
+__all__ = ["bind_tcp", "serve", "write_ready_file"]
+
+log = logging.getLogger(__name__)
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free port (read it back with ``getsockname``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+def write_ready_file(path: Path, doc: dict[str, Any]) -> None:
+    """Atomically, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def serve(cfg: SidecarConfig) -> int:
+    import uvicorn
+
+    from samplerguard.sidecar.app import create_app
+    from samplerguard.sidecar.service import Sidecar
+
+    sidecar = Sidecar(cfg)
+    tcp = bind_tcp(*cfg.listen_tcp)
+    host, port = tcp.getsockname()[:2]
+    app = create_app(sidecar)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        sidecar.start()
+        if cfg.ready_file is not None:
+            write_ready_file(
+                cfg.ready_file,
+                {
+                    "tcp": f"{host}:{port}",
+                    "url": f"http://{host}:{port}",
+                    "socket": str(cfg.socket),
+                    "keyid": sidecar.keyid,
+                    "pid": os.getpid(),
+                },
+            )
+        try:
+            yield
+        finally:
+            sidecar.stop()
+            if cfg.ready_file is not None:
+                cfg.ready_file.unlink(missing_ok=True)
+
+    app.router.lifespan_context = lifespan
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    )
+    log.info("sidecar API on http://%s:%d", host, port)
+    server.run(sockets=[tcp])
+    return 0

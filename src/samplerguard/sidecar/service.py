@@ -1,0 +1,241 @@
+"""The sidecar service: wires key, policy, store, integrity, ingestion, auth and telemetry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from samplerguard.commitment.dsse import keyid
+from samplerguard.commitment.statement import Commitment
+from samplerguard.errors import MalformedInputError
+from samplerguard.policy.load import load_policy, report_policy_name
+from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
+from samplerguard.sidecar.auth import Authenticator, TokenFileAuth, TokenReviewAuth
+from samplerguard.sidecar.config import SidecarConfig
+from samplerguard.sidecar.enforce import Admission, RequestRefusedError, admit, schedule_id
+from samplerguard.sidecar.ingest import Decision, Gate, IngestServer, StartRequest
+from samplerguard.sidecar.integrity import IntegrityMonitor
+from samplerguard.sidecar.keys import load_or_create_key, public_pem
+from samplerguard.sidecar.store import OpeningStore
+
+__all__ = ["Sidecar"]
+
+log = logging.getLogger(__name__)
+
+
+def _telemetry(service: str) -> Any:
+    """OTLP metrics when an OTLP endpoint is configured; otherwise none (nothing to export to)."""
+    if not any(
+        os.environ.get(v)
+        for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    ):
+        return None
+    try:
+        from samplerguard.telemetry import setup_metrics
+
+        return setup_metrics(service_name=service, set_global=True)
+    except Exception as exc:  # telemetry must never stop the data plane
+        log.warning("telemetry disabled: %s", exc)
+        return None
+
+
+class Sidecar:
+    def __init__(self, cfg: SidecarConfig, *, k8s_api: Any = None) -> None:
+        self.cfg = cfg
+        self.key, created = load_or_create_key(cfg.effective_key_file)
+        self.public_pem = public_pem(self.key)
+        self.keyid = keyid(self.key.public_key())
+        if created:
+            log.info("generated the sidecar signing key %s…", self.keyid[:16])
+        self.policy = load_policy(cfg.policy, api=k8s_api) if cfg.policy else None
+        self.spec: SamplerPolicySpec | None = self.policy.spec if self.policy else None
+        self.policy_name = report_policy_name(self.policy) if self.policy else None
+        retention = self.spec.verification.retention_seconds if self.spec else cfg.retention
+        self.store = OpeningStore(
+            cfg.openings_dir,
+            retention=retention,
+            max_bytes=cfg.max_store_bytes,
+            min_free_bytes=cfg.min_free_bytes,
+        )
+        self.metrics = _telemetry("samplerguard-sidecar")
+        self.telemetry = self.metrics.telemetry if self.metrics is not None else None
+        self.alerts: list[str] = []
+        self.integrity = IntegrityMonitor(
+            self.spec.golden_digests if self.spec else GoldenDigests(),
+            model_files=cfg.model_files,
+            scheduler_config=cfg.scheduler_config,
+            interval=cfg.integrity_interval,
+            on_alert=self._alert,
+        )
+        self.auth = self._authenticator()
+        self.gate = Gate(
+            key=self.key,
+            public_pem=self.public_pem,
+            admit=self._admit,
+            committed=self._committed,
+            refused=self._refused,
+        )
+        self.ingest = IngestServer(
+            cfg.socket,
+            self.store,
+            self.gate,
+            max_connections=cfg.max_connections,
+            max_trajectory_bytes=cfg.max_trajectory_bytes,
+            fsync=cfg.fsync,
+            mode=cfg.socket_mode,
+        )
+        self.refused = 0
+        self._stop = threading.Event()
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, name="sg-retention", daemon=True
+        )
+
+    def _authenticator(self) -> Authenticator:
+        if self.cfg.auth == "tokenreview":
+            return TokenReviewAuth(self.cfg.allowed_subjects, audience=self.cfg.audience)
+        if self.cfg.token_file is None:
+            raise MalformedInputError(
+                "local mode needs --token-file (the verifier's bearer token); in a cluster use "
+                "--auth tokenreview"
+            )
+        return TokenFileAuth(self.cfg.token_file)
+
+    @property
+    def pod(self) -> dict[str, str]:
+        pod = self.cfg.pod
+        if not self.cfg.pod_uid:
+            # several local sidecars on one host: tell them apart by their socket
+            pod["uid"] = "local-" + hashlib.sha256(str(self.cfg.socket).encode()).hexdigest()[:16]
+        return pod
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.integrity.start()
+        self.gate.ready = self.integrity.current.ok
+        self.ingest.start()
+        self._housekeeper.start()
+        log.info(
+            "sidecar up: socket %s, key %s…, policy %s, %d trajectories kept",
+            self.cfg.socket,
+            self.keyid[:16],
+            self.policy_name or "(none)",
+            len(self.store.committed(limit=1 << 30)),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.integrity.stop()
+        self.ingest.close()
+        if self.metrics is not None:
+            self.metrics.shutdown()
+
+    def _housekeep(self) -> None:
+        while not self._stop.wait(min(60.0, max(1.0, self.store.retention / 10))):
+            expired = self.store.expire()
+            if expired:
+                log.info("retention: %d trajectories expired", expired)
+            self.gate.ready = self.integrity.current.ok
+
+    # -- admission (called on ingestion threads) -----------------------------------------------
+
+    def _alert(self, message: str) -> None:
+        self.gate.ready = False
+        self.alerts = [
+            *self.alerts[-49:],
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}",
+        ]
+        if self.telemetry is not None:
+            for artifact in ("model_weights", "scheduler_config"):
+                if artifact.replace("_", " ") in message:
+                    self.telemetry.record_integrity_check(artifact, ok=False)
+
+    def _admit(self, start: StartRequest) -> Decision:
+        m = self.integrity.current
+        if not m.ok:
+            raise RequestRefusedError(
+                "runtime integrity mismatch, new requests are refused: " + "; ".join(m.problems),
+                checks=("integrity",),
+            )
+        if self.cfg.tenant and start.tenant != self.cfg.tenant:
+            raise RequestRefusedError(
+                f"request tenant {start.tenant!r} is not this pod's tenant {self.cfg.tenant!r}"
+            )
+        admission = admit(self.spec, start.recipe, start.rng_mode)
+        reasons, checks = list(admission.reasons), list(admission.checks)
+        beacon, facts, problems = self.integrity.check_request(start.recipe, start.solver_code)
+        if self.spec is not None and self.spec.rng.escrow and start.seed_escrow is None:
+            problems.append("the policy requires a seed escrow; the request carries none")
+            checks.append("seed")
+        if problems:
+            checks += ["integrity"] * (len(problems) - checks.count("seed"))
+            if self.spec is not None and self.spec.mode == "enforce":
+                raise RequestRefusedError("; ".join(problems), checks=tuple(checks))
+            reasons += problems
+        if reasons:
+            admission = Admission("quarantine", tuple(reasons), tuple(checks))
+            action = "warned" if self.spec and self.spec.mode == "warn" else "audited"
+            self._record_violations(checks, action)
+        predicate: dict[str, Any] = {
+            "hashBeacon": beacon,
+            "integrity": facts,
+            "sidecar": {"keyid": self.keyid, "pod": self.pod},
+        }
+        if self.policy_name:
+            predicate["policy"] = self.policy_name
+        if start.seed_escrow is not None:
+            predicate["seedEscrowDigest"] = (
+                "sha256:"
+                + hashlib.sha256(
+                    json.dumps(start.seed_escrow, sort_keys=True, separators=(",", ":")).encode()
+                ).hexdigest()
+            )
+        if self.telemetry is not None:
+            self._record_request(start, beacon)
+        return Decision(admission, predicate)
+
+    def _record_violations(self, checks: list[str], action: str) -> None:
+        if self.telemetry is not None:
+            for check in checks:
+                self.telemetry.record_policy_violation(check, action=action)
+
+    def _record_request(self, start: StartRequest, beacon: str) -> None:
+        from samplerguard.telemetry import RequestObservation
+
+        if self.telemetry is None:
+            return
+        recipe = start.recipe
+        config = recipe.get("scheduler_config")
+        try:
+            self.telemetry.record_request(
+                RequestObservation(
+                    sampler=str(recipe.get("sampler")),
+                    schedule=schedule_id(config if isinstance(config, dict) else {}),
+                    steps=int(recipe.get("steps", 0)),
+                    guidance_scale=float(recipe.get("guidance_scale", 0.0)),
+                    rng_mode=start.rng_mode,
+                    rng_escrowed=start.seed_escrow is not None,
+                )
+            )
+            self.telemetry.record_beacon(beacon)
+        except (TypeError, ValueError):
+            log.debug("telemetry: odd recipe values", exc_info=True)
+
+    def _committed(self, start: StartRequest, commitment: Commitment, decision: Decision) -> None:
+        log.info(
+            "committed %s: root %s…, %d steps%s",
+            start.request_id,
+            commitment.root.hex()[:16],
+            commitment.n_steps,
+            " (quarantined)" if decision.admission.verdict == "quarantine" else "",
+        )
+
+    def _refused(self, start: StartRequest | None, reason: str) -> None:
+        self.refused += 1
+        if self.telemetry is not None and start is not None and "out of policy" in reason:
+            self.telemetry.record_policy_violation("integrity", action="rejected")

@@ -1,0 +1,384 @@
+"""The openings store: every committed trajectory's tensors on the sidecar's volume.
+
+Per trajectory two files in the store directory:
+
+* ``<id>.bin``: the tensor bytes exactly as the frames carried them, appended as they arrive
+  (one ``write`` per frame; while the trajectory is open the file is ``<id>.bin.partial``);
+* ``<id>.json``: the index, written last and renamed into place. Its presence *is* the commit:
+  after a crash or restart, a ``.bin`` without an index is an uncommitted trajectory and is
+  deleted; everything with an index is served again.
+
+Bounds: a retention time, a size cap (the oldest trajectories are evicted first) and a floor
+on the volume's free space. Space is reserved before each frame is written; when nothing more
+can be evicted the trajectory is refused (:class:`StoreFullError`), so the sidecar never fills
+the disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samplerguard.commitment.merkle import inclusion_proof, leaf_hash
+from samplerguard.commitment.opening import LeafProof, Opening, OpeningMeta
+from samplerguard.commitment.trajectory import leaf_index_of_step
+from samplerguard.errors import MalformedInputError, TemporaryError
+from samplerguard.hook.wire import DTYPES
+
+__all__ = [
+    "OpeningStore",
+    "StoreFullError",
+    "StoredTrajectory",
+    "TrajectoryWriter",
+    "UnknownTrajectoryError",
+]
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_INDEX_CACHE = 32
+
+
+class StoreFullError(TemporaryError):
+    """No room for this trajectory without breaking the size cap or the free-space floor."""
+
+
+class UnknownTrajectoryError(MalformedInputError):
+    """No committed trajectory with this id (never committed, or evicted)."""
+
+
+@dataclass(frozen=True)
+class StoredTrajectory:
+    id: str
+    seq: int
+    committed_at: float
+    nbytes: int
+    root: str
+    quarantine: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "committedAt": self.committed_at,
+            "root": self.root,
+            "bytes": self.nbytes,
+            "quarantine": list(self.quarantine),
+        }
+
+
+def _safe_name(trajectory_id: str) -> str:
+    if not _ID.match(trajectory_id) or trajectory_id in (".", ".."):
+        raise MalformedInputError(f"trajectory id {trajectory_id[:40]!r} is malformed")
+    return trajectory_id
+
+
+class TrajectoryWriter:
+    """Appends one trajectory's frames to its ``.bin.partial`` file. One owner thread."""
+
+    def __init__(self, store: OpeningStore, trajectory_id: str) -> None:
+        self.store = store
+        self.id = trajectory_id
+        self.path = store.root / f"{trajectory_id}.bin.partial"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.size = 0
+        #: key → [offset, dtype, shape, nbytes]
+        self.tensors: dict[str, list[Any]] = {}
+        self.closed = False
+
+    def add(self, prefix: str, header: dict[str, Any], body: bytearray) -> None:
+        """Write a frame body and index its tensors under ``prefix``."""
+        if self.closed:
+            raise MalformedInputError("trajectory is already closed")
+        self.store.reserve(self, len(body))
+        base = self.size
+        view = memoryview(body)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.size += len(body)
+        offset = base
+        for name, dtype, shape, nbytes in header.get("tensors", []):
+            self.tensors[f"{prefix}{name}"] = [offset, dtype, shape, nbytes]
+            offset += nbytes
+
+    def commit(self, index: dict[str, Any], *, fsync: bool) -> StoredTrajectory:
+        """Make the trajectory durable and visible: data file, then the index (the commit)."""
+        index = dict(index, tensors=self.tensors, bytes=self.size)
+        if fsync:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self.closed = True
+        return self.store._commit(self, index, fsync=fsync)
+
+    def discard(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+            self.closed = True
+        self.path.unlink(missing_ok=True)
+        self.store._release(self)
+
+
+class OpeningStore:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        retention: float,
+        max_bytes: int,
+        min_free_bytes: int,
+    ) -> None:
+        self.root = root
+        self.retention = retention
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, StoredTrajectory] = OrderedDict()  # by seq
+        self._open: dict[str, TrajectoryWriter] = {}
+        self._open_bytes = 0
+        self._committed_bytes = 0
+        self._seq = 0
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.evicted = 0
+        root.mkdir(parents=True, exist_ok=True)
+        self._recover()
+
+    # -- startup -------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Drop what was never committed, reload what was."""
+        found: list[StoredTrajectory] = []
+        for path in self.root.iterdir():
+            name = path.name
+            if name.endswith((".partial", ".tmp")):
+                path.unlink(missing_ok=True)
+            elif name.endswith(".json"):
+                try:
+                    doc = json.loads(path.read_bytes())
+                    found.append(self._entry(doc))
+                except (OSError, ValueError, KeyError, TypeError):
+                    log.warning("store: unreadable index %s is removed", name)
+                    path.unlink(missing_ok=True)
+                    (self.root / (name.removesuffix(".json") + ".bin")).unlink(missing_ok=True)
+        for path in self.root.glob("*.bin"):
+            if not (self.root / (path.name.removesuffix(".bin") + ".json")).exists():
+                path.unlink(missing_ok=True)
+        for entry in sorted(found, key=lambda e: e.seq):
+            self._entries[entry.id] = entry
+            self._committed_bytes += entry.nbytes
+            self._seq = max(self._seq, entry.seq)
+        if found:
+            log.info("store: %d committed trajectories kept across the restart", len(found))
+
+    @staticmethod
+    def _entry(doc: dict[str, Any]) -> StoredTrajectory:
+        return StoredTrajectory(
+            id=_safe_name(str(doc["id"])),
+            seq=int(doc["seq"]),
+            committed_at=float(doc["committedAt"]),
+            nbytes=int(doc["bytes"]),
+            root=str(doc["root"]),
+            quarantine=tuple(doc.get("quarantine", [])),
+        )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def open(self, trajectory_id: str) -> TrajectoryWriter:
+        _safe_name(trajectory_id)
+        with self._lock:
+            if trajectory_id in self._entries or trajectory_id in self._open:
+                raise MalformedInputError(
+                    f"request id {trajectory_id!r} was already used (a trajectory id is "
+                    "committed once; a replayed request is refused)"
+                )
+            writer = TrajectoryWriter(self, trajectory_id)
+            self._open[trajectory_id] = writer
+            return writer
+
+    def reserve(self, writer: TrajectoryWriter, nbytes: int) -> None:
+        with self._lock:
+            while self._committed_bytes + self._open_bytes + nbytes > self.max_bytes or (
+                self._free_bytes() - nbytes < self.min_free_bytes
+            ):
+                if not self._evict_oldest_locked():
+                    raise StoreFullError(
+                        f"openings store is full: {self._committed_bytes + self._open_bytes} "
+                        f"bytes held of {self.max_bytes}, "
+                        f"{self._free_bytes()} free on the volume (floor {self.min_free_bytes})",
+                        delay=5.0,
+                    )
+            self._open_bytes += nbytes
+
+    def _free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def _release(self, writer: TrajectoryWriter) -> None:
+        with self._lock:
+            if self._open.pop(writer.id, None) is not None:
+                self._open_bytes -= writer.size
+
+    def _commit(
+        self, writer: TrajectoryWriter, index: dict[str, Any], *, fsync: bool
+    ) -> StoredTrajectory:
+        with self._lock:
+            self._seq += 1
+            index["seq"] = self._seq
+            entry = self._entry(index)
+            data_path = self.root / f"{writer.id}.bin"
+            index_path = self.root / f"{writer.id}.json"
+            tmp = self.root / f"{writer.id}.json.tmp"
+            os.replace(writer.path, data_path)
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(index, separators=(",", ":")).encode())
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, index_path)
+            if fsync:
+                dfd = os.open(self.root, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            self._open.pop(writer.id, None)
+            self._open_bytes -= writer.size
+            self._committed_bytes += writer.size
+            self._entries[entry.id] = entry
+            return entry
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def _evict_oldest_locked(self) -> bool:
+        if not self._entries:
+            return False
+        _, entry = self._entries.popitem(last=False)
+        self._delete_locked(entry)
+        return True
+
+    def _delete_locked(self, entry: StoredTrajectory) -> None:
+        (self.root / f"{entry.id}.json").unlink(missing_ok=True)
+        (self.root / f"{entry.id}.bin").unlink(missing_ok=True)
+        self._committed_bytes -= entry.nbytes
+        self._cache.pop(entry.id, None)
+        self.evicted += 1
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete trajectories past the retention time; returns how many."""
+        cutoff = (time.time() if now is None else now) - self.retention
+        n = 0
+        with self._lock:
+            while self._entries:
+                first = next(iter(self._entries.values()))
+                if first.committed_at >= cutoff:
+                    break
+                self._entries.popitem(last=False)
+                self._delete_locked(first)
+                n += 1
+        return n
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def committed_bytes(self) -> int:
+        return self._committed_bytes
+
+    def committed(self, *, after: int = 0, limit: int = 1000) -> list[StoredTrajectory]:
+        with self._lock:
+            return [e for e in self._entries.values() if e.seq > after][:limit]
+
+    def index(self, trajectory_id: str) -> dict[str, Any]:
+        _safe_name(trajectory_id)
+        with self._lock:
+            if trajectory_id not in self._entries:
+                raise UnknownTrajectoryError(f"no committed trajectory {trajectory_id!r}")
+            cached = self._cache.get(trajectory_id)
+            if cached is not None:
+                self._cache.move_to_end(trajectory_id)
+                return cached
+        try:
+            doc: dict[str, Any] = json.loads((self.root / f"{trajectory_id}.json").read_bytes())
+        except FileNotFoundError:
+            raise UnknownTrajectoryError(f"trajectory {trajectory_id!r} was evicted") from None
+        hashes = [leaf_hash(base64.b64decode(leaf)) for leaf in doc["leaves"]]
+        doc["_hashes"] = hashes
+        with self._lock:
+            self._cache[trajectory_id] = doc
+            while len(self._cache) > _INDEX_CACHE:
+                self._cache.popitem(last=False)
+        return doc
+
+    def opening_bytes(self, trajectory_id: str, step: int) -> bytes:
+        """The safetensors opening of ``step``, assembled from the stored frames."""
+        doc = self.index(trajectory_id)
+        steps = doc["steps"]
+        if not 0 <= step < len(steps):
+            raise MalformedInputError(
+                f"step {step} is outside trajectory {trajectory_id!r} of {len(steps)} steps"
+            )
+        before = doc["initial"] if step == 0 else steps[step - 1]
+        after = steps[step]
+        wanted: dict[str, str] = {"latent_in": before["latent"], "latent_out": after["latent"]}
+        wanted.update({f"state_in/{p}": k for p, k in before["stateTensors"].items()})
+        wanted.update({f"state_out/{p}": k for p, k in after["stateTensors"].items()})
+        wanted.update({f"noise/{i}": k for i, k in enumerate(after["noise"])})
+        wanted.update({f"cond/{c}": k for c, k in doc["conditioning"].items()})
+        tensors = self._read(trajectory_id, doc["tensors"], wanted)
+        hashes: list[bytes] = doc["_hashes"]
+        indices = sorted({0, 1, leaf_index_of_step(step) - 1, leaf_index_of_step(step)})
+        leaves = [
+            LeafProof(
+                index=i,
+                data=doc["leaves"][i],
+                proof=[p.hex() for p in inclusion_proof(hashes, i, hashed=True)],
+            )
+            for i in indices
+        ]
+        meta = OpeningMeta(
+            request_id=trajectory_id,
+            step=step,
+            tree_size=len(hashes),
+            root=doc["root"],
+            leaves=leaves,
+            state_in=before["state"],
+            state_out=after["state"],
+            noise_count=len(after["noise"]),
+            conditioning=sorted(doc["conditioning"]),
+        )
+        return Opening(meta, tensors).to_bytes()
+
+    def _read(
+        self, trajectory_id: str, table: dict[str, list[Any]], wanted: dict[str, str]
+    ) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        try:
+            fd = os.open(self.root / f"{trajectory_id}.bin", os.O_RDONLY)
+        except FileNotFoundError:
+            raise UnknownTrajectoryError(f"trajectory {trajectory_id!r} was evicted") from None
+        try:
+            for name, key in wanted.items():
+                offset, dtype_name, shape, nbytes = table[key]
+                dtype = DTYPES[dtype_name]
+                if nbytes == 0:
+                    out[name] = torch.empty(shape, dtype=dtype)
+                    continue
+                raw = bytearray(os.pread(fd, nbytes, offset))
+                if len(raw) != nbytes:
+                    raise MalformedInputError(
+                        f"stored trajectory {trajectory_id!r} is truncated at tensor {key!r}"
+                    )
+                out[name] = torch.frombuffer(raw, dtype=dtype).reshape(shape)
+        finally:
+            os.close(fd)
+        return out
