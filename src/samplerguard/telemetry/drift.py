@@ -44,6 +44,7 @@ import functools
 import json
 import logging
 import math
+import os
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -467,7 +468,7 @@ class DriftBaseline:
         return cls(numeric=numeric, categorical=categorical)
 
     @classmethod
-    def load(cls, path: str | Path) -> DriftBaseline:
+    def load(cls, path: str | os.PathLike[str]) -> DriftBaseline:
         p = Path(path)
         try:
             size = p.stat().st_size
@@ -480,7 +481,7 @@ class DriftBaseline:
             raise BaselineError(f"cannot read drift baseline {p}: {exc.strerror}") from None
         return cls.from_json(data)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")
 
 

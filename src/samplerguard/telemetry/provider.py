@@ -16,6 +16,7 @@ for tests and for ``samplerguard demo``.
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -25,14 +26,14 @@ from typing import TYPE_CHECKING, Literal
 from opentelemetry import metrics
 
 from samplerguard.errors import MalformedInputError
+from samplerguard.telemetry.drift import DriftAlert, DriftBaseline, DriftDetector
 from samplerguard.telemetry.instruments import SamplerTelemetry, histogram_views
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
 
-    from samplerguard.telemetry.drift import DriftDetector
-
 __all__ = [
+    "DRIFT_BASELINE_ENV",
     "Metrics",
     "MetricsConfig",
     "OtlpProtocol",
@@ -42,6 +43,11 @@ __all__ = [
 
 OtlpProtocol = Literal["grpc", "http/protobuf"]
 ExporterName = Literal["otlp", "console", "none"]
+
+log = logging.getLogger(__name__)
+
+#: Path of a drift baseline JSON; when set, setup_metrics attaches a DriftDetector.
+DRIFT_BASELINE_ENV = "SAMPLERGUARD_DRIFT_BASELINE"
 
 _DEFAULT_INTERVAL_MS = 60_000
 _DEFAULT_TIMEOUT_MS = 30_000
@@ -170,6 +176,9 @@ class Metrics:
     #: The SDK reader: an InMemoryMetricReader with ``in_memory=True``, a periodic exporting
     #: reader otherwise, ``None`` when disabled or ``OTEL_METRICS_EXPORTER=none``.
     reader: MetricReader | None = None
+    #: The drift detector fed by ``telemetry.record_request`` (``None`` without a baseline).
+    #: Add your own alert listeners with ``drift.add_listener``.
+    drift: DriftDetector | None = None
 
     def collect(self) -> MetricsData | None:
         """The in-memory reader's current data (``None`` for any other reader)."""
@@ -205,6 +214,7 @@ def setup_metrics(
     export_interval_ms: int | None = None,
     env: Mapping[str, str] | None = None,
     drift: DriftDetector | None = None,
+    drift_baseline: str | os.PathLike[str] | None = None,
     set_global: bool = False,
 ) -> Metrics:
     """Build a MeterProvider and the :class:`SamplerTelemetry` on it.
@@ -216,10 +226,13 @@ def setup_metrics(
       the full signal URL.
     * ``env``: the variables to read (default ``os.environ``).
     * ``drift``: a detector fed by ``record_request`` whose alerts are counted.
+    * ``drift_baseline``: or just a baseline JSON path (default: ``$SAMPLERGUARD_DRIFT_BASELINE``)
+      for a detector with default settings whose alerts are also logged at WARNING.
     * ``set_global``: also install the provider as OpenTelemetry's global one (once per
       process; the sidecar and verifier entry points do this, libraries and tests do not).
 
-    Raises :class:`TelemetryConfigError` for unusable settings.
+    Raises :class:`TelemetryConfigError` for unusable settings and
+    :class:`~samplerguard.telemetry.drift.BaselineError` for an unusable baseline.
     """
     config = MetricsConfig.from_env(
         env,
@@ -228,6 +241,10 @@ def setup_metrics(
         endpoint=endpoint,
         export_interval_ms=export_interval_ms,
     )
+    if drift is None:
+        source = drift_baseline or (os.environ if env is None else env).get(DRIFT_BASELINE_ENV)
+        if source:
+            drift = DriftDetector(DriftBaseline.load(source), on_alert=_log_alert)
     provider: metrics.MeterProvider
     reader: MetricReader | None = None
     if config.disabled:
@@ -255,7 +272,12 @@ def setup_metrics(
         provider=provider,
         telemetry=SamplerTelemetry(provider, drift=drift),
         reader=reader,
+        drift=drift,
     )
+
+
+def _log_alert(alert: DriftAlert) -> None:
+    log.warning("drift alert: %s", alert.message)
 
 
 def _exporting_reader(config: MetricsConfig) -> MetricReader:

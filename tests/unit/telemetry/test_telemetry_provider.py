@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -9,6 +11,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExpor
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.telemetry import (
+    BaselineError,
+    DriftAlert,
+    DriftBaseline,
     MetricName,
     MetricsConfig,
     RequestObservation,
@@ -177,3 +182,35 @@ def test_exporter_none_has_no_reader() -> None:
     assert m.reader is None
     m.telemetry.record_guidance(7.0, sampler="euler")
     m.shutdown()
+
+
+def test_drift_baseline_from_the_environment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "baseline.json"
+    DriftBaseline.fit([{"guidance_scale": 7.0, "schedule": "karras"}] * 50).save(path)
+    with setup_metrics(in_memory=True, env={"SAMPLERGUARD_DRIFT_BASELINE": str(path)}) as m:
+        assert m.drift is not None
+        seen: list[DriftAlert] = []
+        m.drift.add_listener(seen.append)
+        alerts = m.telemetry.record_request(
+            RequestObservation("euler", "trailing", 30, 7.0, "ctr-drbg")
+        )
+        assert [a.category for a in alerts] == ["trailing"] and seen == alerts
+    assert "drift alert: schedule 'trailing' is not in the golden baseline" in caplog.text
+
+
+def test_unusable_drift_baseline_fails_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    path.write_text('{"kind": "samplerguard.dev/drift-baseline/v1"')
+    with pytest.raises(BaselineError, match="not valid JSON"):
+        setup_metrics(in_memory=True, env={}, drift_baseline=path)
+
+
+def test_no_baseline_no_detector() -> None:
+    with setup_metrics(in_memory=True, env={}) as m:
+        assert m.drift is None
+        assert (
+            m.telemetry.record_request(RequestObservation("euler", "anything", 30, 7.0, "ctr-drbg"))
+            == []
+        )
