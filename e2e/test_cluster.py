@@ -97,7 +97,7 @@ def _publish(client: Any, registry: Any) -> dict[str, Any]:
         ),
     ):
         signer = sigstore.keyless_signer(subject, OIDC_ISSUER)
-        ref = f"{registry.host}/samplerguard/keyless/{name}:1.0"
+        ref = f"{registry.host}/sg-e2e/keyless/{name}:1.0"
         digest = push_image(client, ref, layers=[name.encode()])
         sign_image(client, ref, digest, signer)
         pred = slsa_v1_predicate(
@@ -113,7 +113,7 @@ def _publish(client: Any, registry: Any) -> dict[str, Any]:
         ("wrong-identity", other_key, "git+https://github.com/acme/sampler"),
         ("bad-provenance", good_key, "git+https://github.com/evil/fork"),
     ):
-        ref = f"{registry.host}/samplerguard/{name}:1.0"
+        ref = f"{registry.host}/sg-e2e/{name}:1.0"
         digest = push_image(client, ref, layers=[name.encode()])
         if signer is not None:
             sign_image(client, ref, digest, signer)
@@ -145,7 +145,7 @@ def cluster(
             "namespaceSelector": {"matchLabels": {"samplerguard.dev/enforce": "true"}},
             "images": [
                 {
-                    "glob": f"{registry.host}/samplerguard/keyless/**",
+                    "glob": f"{registry.host}/sg-e2e/keyless/**",
                     "authorities": [
                         {
                             "name": "release-workflow",
@@ -161,7 +161,7 @@ def cluster(
                     ],
                 },
                 {
-                    "glob": f"{registry.host}/samplerguard/*",
+                    "glob": f"{registry.host}/sg-e2e/*",
                     "authorities": [{"name": "release-key", "key": {"publicKey": images["key"]}}],
                 },
             ],
@@ -274,7 +274,7 @@ def cluster(
                 "--trusted-root",
                 str(tmp / "trusted_root.json"),
                 "--sidecar-image",
-                f"{registry.host}/samplerguard/good:1.0",
+                f"{registry.host}/sg-e2e/good:1.0",
             ],
             stdout=wh_log,
             stderr=subprocess.STDOUT,
