@@ -253,9 +253,12 @@ async def _load(
     latencies: list[float] = []
     errors: list[str] = []
     # Warm-up: connections, TLS sessions, caches.
+    warm: list[float] = []
     await asyncio.gather(
         *(
-            _connection("127.0.0.1", port, ctx, path, bodies, time.perf_counter() + 1.0, [], errors)
+            _connection(
+                "127.0.0.1", port, ctx, path, bodies, time.perf_counter() + 1.0, warm, errors
+            )
             for _ in range(conns)
         )
     )
@@ -274,6 +277,7 @@ async def _load(
         "p50": q[49] * 1e3,
         "p99": q[98] * 1e3,
         "n": len(latencies),
+        "total": len(latencies) + len(warm),
         "errors": len(errors),
         "first_error": errors[0] if errors else "",
     }
@@ -328,6 +332,23 @@ def _start_server(tmp: Path, setup: dict[str, Any], name: str) -> subprocess.Pop
                 raise RuntimeError(err) from None
             time.sleep(0.1)
     raise RuntimeError("server did not start")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(
+    proc: Any, path: str, cert: str, bodies: Path, seconds: float, conns: int
+) -> dict[str, Any]:
+    """One load run, plus the server's CPU time per admission (contention-independent)."""
+    before = _cpu_seconds(proc.pid)
+    result = _run_load(proc.port, cert, path, bodies, seconds, conns)
+    spent = _cpu_seconds(proc.pid) - before
+    result["cpu_us"] = spent / result["total"] * 1e6  # warm-up requests included
+    return result
 
 
 def _run_load(
@@ -401,25 +422,25 @@ def main() -> int:
             rows.append(
                 (
                     "validate, cached, 1 conn",
-                    _run_load(cached.port, str(cert), "/validate", bodies, args.seconds, 1),
+                    _measured(cached, "/validate", str(cert), bodies, args.seconds, 1),
                 )
             )
             rows.append(
                 (
                     "validate, cached, 4 conns",
-                    _run_load(cached.port, str(cert), "/validate", bodies, args.seconds, 4),
+                    _measured(cached, "/validate", str(cert), bodies, args.seconds, 4),
                 )
             )
             rows.append(
                 (
                     f"validate, cached, {n} conns",
-                    _run_load(cached.port, str(cert), "/validate", bodies, args.seconds, n),
+                    _measured(cached, "/validate", str(cert), bodies, args.seconds, n),
                 )
             )
             rows.append(
                 (
                     f"mutate (pin + inject), cached, {n} conns",
-                    _run_load(cached.port, str(cert), "/mutate", bodies, args.seconds, n),
+                    _measured(cached, "/mutate", str(cert), bodies, args.seconds, n),
                 )
             )
             cold = _start_server(tmp, dict(setup, fresh_ttl=0.0), "uncached")
@@ -427,7 +448,7 @@ def main() -> int:
             rows.append(
                 (
                     f"validate, cache off, {n} conns",
-                    _run_load(cold.port, str(cert), "/validate", bodies, args.seconds, n),
+                    _measured(cold, "/validate", str(cert), bodies, args.seconds, n),
                 )
             )
         finally:
@@ -442,10 +463,19 @@ def main() -> int:
         "server: 1 uvicorn process; load: 1 process, HTTP/1.1 keep-alive over TLS; "
         f"body {size} bytes; {note})"
     )
-    head = ("scenario", "adm/s", "p50 ms", "p99 ms", "requests", "errors")
+    load1, load5, _ = os.getloadavg()
+    print(f"machine load average during the run: {load1:.1f} (1 min), {load5:.1f} (5 min)")
+    head = ("scenario", "adm/s", "p50 ms", "p99 ms", "requests", "errors", "srv CPU µs")
     print(f"{head[0]:44s} " + " ".join(f"{h:>9s}" for h in head[1:]))
     for name, r in rows:
-        cells = (f"{r['rps']:.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["n"], r["errors"])
+        cells = (
+            f"{r['rps']:.0f}",
+            f"{r['p50']:.2f}",
+            f"{r['p99']:.2f}",
+            r["n"],
+            r["errors"],
+            f"{r['cpu_us']:.0f}",
+        )
         print(f"{name:44s} " + " ".join(f"{c:>9}" for c in cells))
         if r["errors"]:
             print(f"    first error: {r['first_error']}")
@@ -465,6 +495,11 @@ def main() -> int:
             f"goal p99 ≤ 10 ms ({label}): p99 {r['p99']:.2f} ms = "
             f"{r['p99'] / 10:.2f}× the budget at {r['rps']:.0f} adm/s"
         )
+    cpu = by[f"validate, cached, {args.connections} conns"]["cpu_us"]
+    print(
+        f"server CPU per cached admission: {cpu:.0f} µs → {1e6 / cpu:.0f} adm/s per fully "
+        f"available core = {1e6 / cpu / 1000:.2f}× the goal"
+    )
     mut = by[f"mutate (pin + inject), cached, {args.connections} conns"]
     print(
         f"mutate / validate throughput at {args.connections} conns: "

@@ -5,6 +5,12 @@ Status codes say whose fault a failure is. A body that is not an AdmissionReview
 then applies the webhook's ``failurePolicy: Fail``, i.e. denies. A well-formed review always
 gets 200 with an answer inside, and an object that cannot be checked is a clean denial. No
 path answers 500.
+
+The served stack is :func:`webhook_asgi`: the body limit, then ``POST /validate`` and
+``POST /mutate`` answered directly from the buffered body (the hot path: this skips
+Starlette's request/response objects, a third of the per-request CPU), then the FastAPI app
+for everything else. The FastAPI app serves the same two endpoints through the same
+:func:`handle_review`, so either path gives byte-identical answers.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pydantic import ValidationError
 from samplerguard.webhook.admission import Admission
 from samplerguard.webhook.review import AdmissionReview
 
-__all__ = ["BodyLimit", "create_app"]
+__all__ = ["BodyLimit", "create_app", "handle_review", "webhook_asgi"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +57,21 @@ async def _plain(send: Send, status: int, text: str) -> None:
 
 class BodyLimit:
     """ASGI middleware: read the whole request body, at most ``max_bytes`` within ``timeout``
-    seconds, before the application sees it; 413 and 408 otherwise."""
+    seconds, before the application sees it; 413 and 408 otherwise. With ``admission``,
+    ``POST /validate`` and ``POST /mutate`` are answered here from the buffered body."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        timeout: float,
+        admission: Admission | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +107,24 @@ class BodyLimit:
             await _plain(send, 408, f"body did not arrive within {self.timeout:g}s")
             return
         body = b"".join(chunks)
+        path = scope.get("path")
+        if self.admission is not None and scope["method"] == "POST" and path in _HOT:
+            ctype = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), b"")
+            status, payload = await handle_review(
+                self.admission, body, ctype.decode("latin-1"), mutate=path == "/mutate"
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -104,14 +137,42 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def _json_error(status: int, text: str) -> Response:
-    return Response(
-        json.dumps({"error": text[:2048]}), status_code=status, media_type="application/json"
+_HOT = frozenset({"/validate", "/mutate"})
+
+
+def _error(text: str) -> bytes:
+    return json.dumps({"error": text[:2048]}).encode()
+
+
+async def handle_review(
+    admission: Admission, body: bytes, content_type: str, *, mutate: bool
+) -> tuple[int, bytes]:
+    """One AdmissionReview request body → (HTTP status, response body)."""
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        return 415, _error(f"expected application/json, got {content_type[:64]!r}")
+    try:
+        review = AdmissionReview.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[:3]
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in first
+        )
+        return 400, _error(f"not an AdmissionReview admission.k8s.io/v1: {where}")
+    if review.request is None:
+        return 400, _error("the AdmissionReview carries no request")
+    answer = await admission.review(review.request, mutate=mutate)
+    return 200, answer.to_json()
+
+
+def webhook_asgi(admission: Admission, *, max_bytes: int, timeout: float) -> ASGIApp:
+    """What uvicorn serves: the body limit and the hot path in front of :func:`create_app`."""
+    return BodyLimit(
+        create_app(admission), max_bytes=max_bytes, timeout=timeout, admission=admission
     )
 
 
 def create_app(admission: Admission) -> FastAPI:
-    """The webhook's ASGI application (wrap it in :class:`BodyLimit`, as :func:`serve` does)."""
+    """The webhook's FastAPI application (serve it through :func:`webhook_asgi`)."""
     app = FastAPI(
         title="samplerguard admission webhook",
         openapi_url=None,
@@ -120,22 +181,13 @@ def create_app(admission: Admission) -> FastAPI:
     )
 
     async def answer(request: Request, *, mutate: bool) -> Response:
-        ctype = request.headers.get("content-type", "")
-        if ctype.split(";", 1)[0].strip().lower() != "application/json":
-            return _json_error(415, f"expected application/json, got {ctype[:64]!r}")
-        body = await request.body()
-        try:
-            review = AdmissionReview.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[:3]
-            where = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in first
-            )
-            return _json_error(400, f"not an AdmissionReview admission.k8s.io/v1: {where}")
-        if review.request is None:
-            return _json_error(400, "the AdmissionReview carries no request")
-        answer = await admission.review(review.request, mutate=mutate)
-        return Response(answer.to_json(), media_type="application/json")
+        status, payload = await handle_review(
+            admission,
+            await request.body(),
+            request.headers.get("content-type", ""),
+            mutate=mutate,
+        )
+        return Response(payload, status_code=status, media_type="application/json")
 
     async def validate(request: Request) -> Response:
         return await answer(request, mutate=False)
@@ -143,8 +195,7 @@ def create_app(admission: Admission) -> FastAPI:
     async def mutate(request: Request) -> Response:
         return await answer(request, mutate=True)
 
-    # Plain routes: the hot path skips FastAPI's dependency solving (about a third of the
-    # per-request cost for a body this size); the handlers parse with pydantic themselves.
+    # Plain routes: no dependency solving; the handlers parse with pydantic themselves.
     app.add_route("/validate", validate, methods=["POST"])
     app.add_route("/mutate", mutate, methods=["POST"])
 

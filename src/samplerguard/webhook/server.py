@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from samplerguard.webhook.admission import Admission
-from samplerguard.webhook.app import BodyLimit, create_app
+from samplerguard.webhook.app import webhook_asgi
 from samplerguard.webhook.config import WebhookConfig
 from samplerguard.webhook.tls import ReloadingCertificate
 
@@ -46,7 +46,7 @@ def uvicorn_config(config: WebhookConfig, admission: Admission, tls: ReloadingCe
     """A ``uvicorn.Config`` serving the webhook with ``tls`` (whose context follows rotation)."""
     import uvicorn
 
-    app = BodyLimit(create_app(admission), max_bytes=config.max_body_bytes, timeout=config.deadline)
+    app = webhook_asgi(admission, max_bytes=config.max_body_bytes, timeout=config.deadline)
 
     def tls_context(_cfg: Any, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return tls.context

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from samplerguard.webhook import WebhookServer
-from webhook_support import REGISTRY, RegistryDouble, patched, post, review, workload
+from samplerguard.webhook import Admission, WebhookServer
+from webhook_support import REGISTRY, RegistryDouble, encode, patched, post, review, workload
 
 SIGNED = f"{REGISTRY}/acme/sampler:1.0"
 UNSIGNED = f"{REGISTRY}/acme/unsigned:1.0"
@@ -201,3 +201,24 @@ def _status(client: httpx.Client, content: bytes | Iterator[bytes]) -> int:
 def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").text == "ok"
     assert client.get("/readyz").status_code == 200
+
+
+def test_fastapi_routes_answer_like_the_hot_path(
+    client: httpx.Client, admission: Admission
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from samplerguard.webhook.app import create_app
+
+    body = review(workload("Pod", UNSIGNED))
+    hot = post(client, "/validate", body)
+    with TestClient(create_app(admission)) as plain:
+        r = plain.post(
+            "/validate", content=encode(body), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 200
+        assert r.json()["response"] == hot
+        assert (
+            plain.post("/mutate", content=b"{}", headers={"content-type": "text/plain"}).status_code
+            == 415
+        )
