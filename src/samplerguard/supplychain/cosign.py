@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import json
 import threading
 from collections.abc import Callable
@@ -174,7 +175,8 @@ def _pool() -> ThreadPoolExecutor:
 def _gather(calls: list[Callable[[], T]]) -> list[T]:
     if len(calls) <= 1:
         return [c() for c in calls]
-    futures = [_pool().submit(c) for c in calls[1:]]
+    # Copy the context so a verification deadline holds in the pool's threads too.
+    futures = [_pool().submit(contextvars.copy_context().run, c) for c in calls[1:]]
     first = calls[0]()  # the calling thread works too
     return [first, *(f.result() for f in futures)]
 

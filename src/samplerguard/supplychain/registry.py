@@ -21,6 +21,8 @@ Errors, translated once here:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -47,6 +49,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryClient",
     "RegistryUnavailableError",
+    "deadline",
 ]
 
 _log = logging.getLogger(__name__)
@@ -62,6 +65,32 @@ _ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 MAX_MANIFEST_BYTES = 4 << 20  # the limit distribution itself applies
 MAX_BLOB_BYTES = 16 << 20  # signature payloads and attestations are kilobytes
 MAX_TOKEN_BYTES = 64 << 10
+
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "samplerguard_registry_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Bound every registry call made inside the block (and in pools that copy the context)
+    to finish within ``seconds`` in total: each request's timeout shrinks to what is left, and
+    no retry starts after the deadline. Running out raises :class:`RegistryUnavailableError`.
+    """
+    if seconds is None:
+        yield
+        return
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _remaining() -> float | None:
+    end = _DEADLINE.get()
+    return None if end is None else end - time.monotonic()
 
 
 class RegistryUnavailableError(TemporaryError):
@@ -252,6 +281,7 @@ class RegistryClient:
         self._credentials = credentials or DockerConfig()
         self._plain_http = frozenset(h.lower() for h in plain_http)
         self._retries = max(0, retries)
+        self._timeout = timeout
         self._backoff = max(0.0, backoff)
         self._max_blob = max_blob_bytes
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
@@ -518,9 +548,14 @@ class RegistryClient:
         content: bytes | None,
         limit: int,
     ) -> httpx.Response:
+        left = _remaining()
+        if left is not None and left <= 0:
+            raise httpx.TimeoutException("verification deadline exceeded")
         request = self._http.build_request(
             method, url, headers=headers, params=params, content=content
         )
+        if left is not None:
+            request.extensions["timeout"] = httpx.Timeout(min(left, self._timeout)).as_dict()
         resp = self._http.send(request, stream=True)
         try:
             declared = resp.headers.get("Content-Length")
@@ -551,6 +586,9 @@ class RegistryClient:
         delay = self._backoff * (2**attempt) * (0.5 + random.random())  # noqa: S311
         if retry_after and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 2.0))
+        left = _remaining()
+        if left is not None:
+            delay = max(0.0, min(delay, left))
         time.sleep(delay)
 
     def _auth_header(self, registry: str, scope: str) -> str | None:

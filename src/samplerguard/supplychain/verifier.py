@@ -44,7 +44,7 @@ from samplerguard.supplychain.keyless import verify_keyless
 from samplerguard.supplychain.keys import PublicKey, default_hash, load_public_key
 from samplerguard.supplychain.provenance import check_attestation_rule, check_golden
 from samplerguard.supplychain.reference import ImageReference, parse_reference
-from samplerguard.supplychain.registry import RegistryClient
+from samplerguard.supplychain.registry import RegistryClient, deadline
 from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE, verify_dsse_bundle
 from samplerguard.supplychain.trust import TrustedRoots
 from samplerguard.supplychain.verdict import CheckResult, ImageVerdict
@@ -74,12 +74,20 @@ class ImageVerifier:
     Args:
         client: the registry client (connections and tokens are reused across calls).
         trusted_roots: roots for keyless authorities and Sigstore bundles.
+        budget: seconds one :meth:`verify` may spend on the registry in total, retries
+            included (default 8 s, inside the API server's 10 s webhook timeout); past it,
+            :class:`TemporaryError`. ``None``: only the client's per-request timeouts.
     """
 
     def __init__(
-        self, client: RegistryClient, *, trusted_roots: TrustedRoots | None = None
+        self,
+        client: RegistryClient,
+        *,
+        trusted_roots: TrustedRoots | None = None,
+        budget: float | None = 8.0,
     ) -> None:
         self._client = client
+        self._budget = budget
         self._roots = trusted_roots or TrustedRoots()
         self._keys: dict[tuple[str, str], PublicKey] = {}
         self._lock = threading.Lock()
@@ -105,6 +113,17 @@ class ImageVerifier:
         Returns the verdict (a rejection is ``passed=False``). Raises :class:`TemporaryError`
         when the registry is unreachable and :class:`MalformedInputError` for a bad reference.
         """
+        with deadline(self._budget):
+            return self._verify(image_ref, spec, policy_name, digest, client)
+
+    def _verify(
+        self,
+        image_ref: str,
+        spec: SamplerPolicySpec,
+        policy_name: str,
+        digest: str | None,
+        client: RegistryClient | None,
+    ) -> ImageVerdict:
         image = parse_reference(image_ref)
         registry = client or self._client
         checks: list[CheckResult] = []

@@ -211,3 +211,68 @@ def test_signature_found_through_the_referrers_api() -> None:
     with reg.client() as client:
         verdict = ImageVerifier(client).verify(REF, spec, policy_name="p")
     assert not verdict.passed and "no signatures found" in verdict.reasons[0]
+
+
+def test_verification_budget_bounds_a_silent_registry() -> None:
+    """A registry that accepts connections and never answers: the verification gives up
+    at its budget, not after timeout x retries x requests."""
+    import socket
+    import time
+
+    from samplerguard.supplychain import RegistryClient
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        spec = SamplerPolicySpec(
+            images=[
+                ImageRule(
+                    glob="127.0.0.1:*/acme/*",
+                    authorities=[
+                        Authority(
+                            name="k", key=KeyAuthority(public_key=Signer.generate().public_pem)
+                        )
+                    ],
+                )
+            ]
+        )
+        with RegistryClient(plain_http=[host], timeout=5.0, retries=2) as client:
+            verifier = ImageVerifier(client, budget=0.4)
+            start = time.monotonic()
+            with pytest.raises(RegistryUnavailableError, match="unreachable"):
+                verifier.verify(f"{host}/acme/x:1", spec, policy_name="p")
+            assert time.monotonic() - start < 2.0
+
+
+def test_budget_covers_the_fetch_pool() -> None:
+    import time
+
+    reg = FakeRegistry()
+    digest = reg.image()
+    raw, _ = _sig_manifest(reg, Signer.generate(), digest)
+    reg.put_manifest("acme/x", raw, tag=f"sha256-{digest[7:]}.sig")  # so blobs must be fetched
+    slow_calls: list[str] = []
+
+    def slow(request: httpx.Request) -> httpx.Response | None:
+        slow_calls.append(request.url.path)
+        time.sleep(0.15)
+        return None
+
+    reg.hook = slow
+    spec = SamplerPolicySpec(
+        images=[
+            ImageRule(
+                glob=f"{HOST}/acme/*",
+                authorities=[
+                    Authority(name="k", key=KeyAuthority(public_key=Signer.generate().public_pem))
+                ],
+            )
+        ]
+    )
+    with reg.client() as client:
+        start = time.monotonic()
+        with pytest.raises(RegistryUnavailableError):
+            ImageVerifier(client, budget=0.2).verify(REF, spec, policy_name="p")
+        assert time.monotonic() - start < 1.5
+    assert any("/blobs/" in c for c in slow_calls) is False  # the blob fetch never started
