@@ -10,6 +10,7 @@ subject). Identities are the policy's :class:`KeylessIdentity` list (exact or re
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from cryptography import x509
@@ -60,13 +61,28 @@ def _load(raw: bytes) -> Any:
         raise MalformedInputError(f"not a Sigstore bundle: {exc}") from None
 
 
+_VERIFIERS: dict[int, tuple[Any, Any]] = {}
+_VERIFIERS_LOCK = threading.Lock()
+
+
 def _verifier(trusted_root: Any) -> Any:
+    """One sigstore Verifier per trusted root (building one parses the root's certificates)."""
     from sigstore.verify import Verifier
 
+    with _VERIFIERS_LOCK:
+        cached = _VERIFIERS.get(id(trusted_root))
+        if cached is not None and cached[0] is trusted_root:
+            return cached[1]
     try:
-        return Verifier(trusted_root=trusted_root)
+        verifier = Verifier(trusted_root=trusted_root)
     except Exception as exc:
         raise MalformedInputError(f"trusted root unusable for bundles: {exc}") from None
+    with _VERIFIERS_LOCK:
+        if len(_VERIFIERS) > 64:
+            _VERIFIERS.clear()
+        # Holding the root keeps its id from being reused while the entry lives.
+        _VERIFIERS[id(trusted_root)] = (trusted_root, verifier)
+    return verifier
 
 
 def verify_artifact_bundle(
