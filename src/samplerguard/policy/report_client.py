@@ -1,0 +1,112 @@
+"""Hand results to the operator: ``POST /v1/results`` (JSON lines), as the verifier and the
+webhook do in a cluster.
+
+The operator answers 200 once the results are in their PolicyReports, 401 for a bad token,
+400 for a malformed batch (nothing recorded) and 503 when the API server did not take them.
+:meth:`ResultsClient.post` retries 503s and network errors with backoff within a bounded
+total time, then raises :class:`~samplerguard.errors.TemporaryError` so that the caller keeps
+the batch (the verifier's journal) and tries again later; a 4xx raises
+:class:`~samplerguard.errors.MalformedInputError` (retrying cannot help).
+
+The token is re-read from its file on every call: projected ServiceAccount tokens rotate.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from samplerguard.errors import MalformedInputError, TemporaryError
+from samplerguard.policy.report import ReportResult
+
+__all__ = ["ResultsClient"]
+
+_MAX_BATCH = 5000  # the operator's MAX_RESULTS_PER_POST
+
+
+class ResultsClient:
+    """Args:
+    url: e.g. ``https://samplerguard-operator.samplerguard.svc/v1/results``.
+    token_file: bearer token (projected ServiceAccount token, or the local token file).
+    ca_file: CA that issued the operator's certificate (``ca.crt`` of the TLS Secret).
+    timeout: seconds per request; deadline: seconds for all attempts of one post.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token_file: str | Path,
+        ca_file: str | Path | None = None,
+        timeout: float = 10.0,
+        deadline: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._url = url
+        self._token_file = Path(token_file)
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        )
+        self._client = httpx.Client(timeout=timeout, verify=verify, transport=transport)
+        self._deadline = deadline
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ResultsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def post(self, results: Sequence[ReportResult]) -> int:
+        """Send ``results`` (in batches); returns how many the operator recorded."""
+        recorded = 0
+        for start in range(0, len(results), _MAX_BATCH):
+            batch = results[start : start + _MAX_BATCH]
+            body = "".join(json.dumps(r.to_wire(), separators=(",", ":")) + "\n" for r in batch)
+            recorded += self._post_once(body.encode())
+        return recorded
+
+    def _post_once(self, body: bytes) -> int:
+        end = time.monotonic() + self._deadline
+        delay = 0.2
+        last = ""
+        while True:
+            try:
+                token = self._token_file.read_text().strip()
+            except OSError as exc:
+                raise MalformedInputError(f"cannot read token {self._token_file}: {exc}") from exc
+            try:
+                resp = self._client.post(
+                    self._url,
+                    content=body,
+                    headers={
+                        "Authorization": f"Bearer {token}",
+                        "Content-Type": "application/x-ndjson",
+                    },
+                )
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    return int(resp.json().get("recorded", 0))
+                text = resp.text[:300]
+                if resp.status_code in (429, 502, 503, 504):
+                    last = f"HTTP {resp.status_code}: {text}"
+                    retry_after = resp.headers.get("Retry-After", "")
+                    if retry_after.isdigit():
+                        delay = max(delay, float(retry_after))
+                else:
+                    raise MalformedInputError(
+                        f"operator refused the results ({resp.status_code}): {text}"
+                    )
+            if time.monotonic() + delay > end:
+                raise TemporaryError(f"results not recorded by {self._url}: {last}", delay=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,136 @@
+"""ResultsClient against the real ingest server over real TLS (operator-issued certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from samplerguard.errors import MalformedInputError, TemporaryError
+from samplerguard.operator.certs import CertPolicy, CertState, plan
+from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
+from samplerguard.policy.report import ReportResult
+from samplerguard.policy.report_client import ResultsClient
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, tmp: Path) -> None:
+        state = plan(
+            CertState(),
+            CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
+            dt.datetime.now(dt.UTC),
+        ).state
+        for k in ("tls.crt", "tls.key", "ca.crt"):
+            (tmp / k).write_bytes(state.data[k])
+        (tmp / "token").write_text("tok\n")
+        self.tmp = tmp
+        self.got: list[ReportResult] = []
+        self.fail_next = 0
+        self.port = _port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def record(self, batch: list[ReportResult]) -> int:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise TemporaryError("conflict", delay=0)
+        self.got.extend(batch)
+        return len(batch)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        ctx = tls_context(str(self.tmp / "tls.crt"), str(self.tmp / "tls.key"))
+        app = build_app(self.record, Authenticator(local_token="tok"))
+        self._runner = self._loop.run_until_complete(serve(app, "127.0.0.1", self.port, ctx))
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        fut.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path)
+    yield s
+    s.stop()
+
+
+def _r(i: int) -> ReportResult:
+    return ReportResult.build(
+        policy="p",
+        rule="trajectory-recheck",
+        result="pass",
+        resource={"kind": "Pod", "namespace": "ml", "name": f"x{i}"},
+        rel_l2=1e-7,
+    )
+
+
+def _client(server: Server, **kw: Any) -> ResultsClient:
+    return ResultsClient(
+        f"https://127.0.0.1:{server.port}/v1/results",
+        token_file=server.tmp / "token",
+        ca_file=server.tmp / "ca.crt",
+        **kw,
+    )
+
+
+def test_post_over_tls_with_retry(server: Server) -> None:
+    server.fail_next = 2  # two 503s, then accepted
+    with _client(server) as c:
+        assert c.post([_r(i) for i in range(3)]) == 3
+    assert [r.resources[0].name for r in server.got] == ["x0", "x1", "x2"]
+
+
+def test_bad_token_is_not_retried(server: Server) -> None:
+    (server.tmp / "token").write_text("wrong")
+    with (
+        _client(server) as c,
+        pytest.raises(MalformedInputError, match=r"refused the results \(401\)"),
+    ):
+        c.post([_r(0)])
+
+
+def test_operator_down_is_temporary(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok")
+    c = ResultsClient(
+        f"https://127.0.0.1:{_port()}/v1/results", token_file=tmp_path / "token", deadline=0.5
+    )
+    with c, pytest.raises(TemporaryError, match="results not recorded"):
+        c.post([_r(0)])
+
+
+def test_untrusted_certificate_is_refused(server: Server, tmp_path: Path) -> None:
+    other = plan(CertState(), CertPolicy(dns_names=("x",)), dt.datetime.now(dt.UTC)).state
+    (tmp_path / "other-ca.crt").write_bytes(other.data["ca.crt"])
+    c = ResultsClient(
+        f"https://127.0.0.1:{server.port}/v1/results",
+        token_file=server.tmp / "token",
+        ca_file=tmp_path / "other-ca.crt",
+        deadline=0.3,
+    )
+    with (
+        c,
+        pytest.raises(TemporaryError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"),
+    ):
+        c.post([_r(0)])
+    assert server.got == []
