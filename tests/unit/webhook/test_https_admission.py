@@ -2,13 +2,105 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from samplerguard.webhook import Admission, WebhookServer
-from webhook_support import REGISTRY, RegistryDouble, encode, patched, post, review, workload
+from samplerguard.policy import parse_policy
+from samplerguard.webhook import (
+    Admission,
+    InjectionConfig,
+    ReloadingCertificate,
+    StaticNamespaceLabels,
+    StaticPolicySource,
+    WebhookConfig,
+    WebhookServer,
+)
+from webhook_support import (
+    REGISTRY,
+    RegistryDouble,
+    encode,
+    patched,
+    policy,
+    post,
+    review,
+    workload,
+    write_self_signed,
+)
+
+# One server for the whole module (each test sends its own requests; cache state carries
+# over, which the caching test accounts for by counting calls before and after).
+
+
+@pytest.fixture(scope="module")
+def _world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[httpx.Client, RegistryDouble, WebhookServer, Admission]]:
+    tmp = tmp_path_factory.mktemp("https")
+    cert, key = tmp / "tls.crt", tmp / "tls.key"
+    write_self_signed(cert, key)
+    registry = RegistryDouble()
+    for ref in ("acme/sampler:1.0", "samplerguard/sidecar:0.1", "samplerguard/hook:0.1"):
+        registry.push(f"{REGISTRY}/{ref}")
+    registry.push(f"{REGISTRY}/acme/unsigned:1.0", signed=False)
+    config = WebhookConfig(
+        port=0,
+        certfile=str(cert),
+        keyfile=str(key),
+        injection=InjectionConfig(
+            sidecar_image=f"{REGISTRY}/samplerguard/sidecar:0.1",
+            hook_image=f"{REGISTRY}/samplerguard/hook:0.1",
+        ),
+    )
+    admission = Admission(
+        config,
+        StaticPolicySource(
+            [
+                parse_policy(policy("acme", f"{REGISTRY}/acme/**")),
+                parse_policy(policy("injected", f"{REGISTRY}/samplerguard/**")),
+            ]
+        ),
+        registry,
+        registry,
+        namespaces=StaticNamespaceLabels(
+            {
+                "ml": {"samplerguard.dev/enforce": "true"},
+                "dev": {"team": "dev"},
+                "kube-system": {"samplerguard.dev/enforce": "true"},
+            }
+        ),
+    )
+    ctx = ssl.create_default_context(cafile=str(cert))
+    with (
+        WebhookServer(config, admission, ReloadingCertificate(cert, key)) as srv,
+        httpx.Client(base_url=srv.url, verify=ctx, timeout=10) as client,
+    ):
+        yield client, registry, srv, admission
+
+
+@pytest.fixture
+def client(_world: tuple[httpx.Client, RegistryDouble, WebhookServer, Admission]) -> httpx.Client:
+    return _world[0]
+
+
+@pytest.fixture
+def registry(
+    _world: tuple[httpx.Client, RegistryDouble, WebhookServer, Admission],
+) -> RegistryDouble:
+    return _world[1]
+
+
+@pytest.fixture
+def server(_world: tuple[httpx.Client, RegistryDouble, WebhookServer, Admission]) -> WebhookServer:
+    return _world[2]
+
+
+@pytest.fixture
+def admission(_world: tuple[httpx.Client, RegistryDouble, WebhookServer, Admission]) -> Admission:
+    return _world[3]
+
 
 SIGNED = f"{REGISTRY}/acme/sampler:1.0"
 UNSIGNED = f"{REGISTRY}/acme/unsigned:1.0"
