@@ -205,7 +205,7 @@ def test_huge_body(fuzz_client: httpx.Client) -> None:
     _never_admits(fuzz_client, encode(body))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.dictionaries(st.sampled_from(["kind", "metadata", "spec", "apiVersion", "x"]), json_values)
 )
