@@ -167,7 +167,8 @@ class ImageVerifier:
 
         # Sigstore bundles are verified once per keyless authority, and serve as signatures
         # (cosign's sign predicate) and as attestations (any other predicate).
-        authorities = list({a.name: a for r in rules for a in r.authorities}.values())
+        # Two rules may name different signers alike: identity is the whole authority.
+        authorities = list({_akey(a): a for r in rules for a in r.authorities}.values())
         bundles = self._bundles(artifacts, authorities)
 
         # (4): N-of-M authorities per rule.
@@ -177,7 +178,7 @@ class ImageVerifier:
         # (5)–(7): attestations and golden digests.
         if need_attestations:
             kept, rejected = self._attestations(artifacts, authorities, resolved)
-            for name, found in bundles.items():
+            for found in bundles.values():
                 for att in found:
                     if (
                         isinstance(att, str)
@@ -188,9 +189,10 @@ class ImageVerifier:
                         kept.append(att)
                     else:
                         rejected.append(
-                            f"{att.source} ({att.statement.predicate_type}, signed by {name}) is "
-                            "for another image (subject digest mismatch: got "
-                            f"{att.statement.subject_digests()[:4]}, expected {resolved})"
+                            f"{att.source} ({att.statement.predicate_type}, "
+                            f"signed by {att.signer}) is for another image "
+                            f"(subject digest mismatch: got {att.statement.subject_digests()[:4]}, "
+                            f"expected {resolved})"
                         )
             notes = rejected + artifacts.problems
             for att_rule in spec.attestations:
@@ -224,7 +226,7 @@ class ImageVerifier:
                 found.append(
                     _Attestation(bundle.source, statement, f"{authority.name} ({identity})")
                 )
-            out[authority.name] = found
+            out[_akey(authority)] = found
         return out
 
     def _check_rule(
@@ -282,7 +284,7 @@ class ImageVerifier:
                 failures.append(f"{layer.source}: {exc}")
                 continue
             return True, f"{signer} ({layer.source})"
-        for att in bundles.get(authority.name, []):
+        for att in bundles.get(_akey(authority), []):
             if isinstance(att, str):
                 failures.append(att)
                 continue
@@ -422,6 +424,10 @@ def _check_attestation(
             )
         failures.append(f"{att.source}: " + "; ".join(problems))
     return CheckResult(name, False, _clip("; ".join(failures[:4])))
+
+
+def _akey(authority: Authority) -> str:
+    return authority.model_dump_json()
 
 
 def _pins_golden(spec: SamplerPolicySpec) -> bool:
