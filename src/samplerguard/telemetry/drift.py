@@ -199,6 +199,52 @@ def _psi_limit(buckets: int, n: float, big_n: float, alpha: float, floor: float)
     return max(floor, _chi2_quantile(buckets - 1, alpha) * (1.0 / n + 1.0 / big_n))
 
 
+def _fused(
+    base: list[float], live: list[float], base_cdf: list[float]
+) -> tuple[float, float, int, float]:
+    """The detector's hot path, in plain Python (≈2× faster than numpy on ~20 buckets):
+    ``(KS D, PSI, used buckets, n)`` in two passes. Same values as :func:`ks_binned` and
+    :func:`psi`."""
+    n = sq = sp = 0.0
+    for a, b in zip(base, live, strict=True):
+        n += b
+        if a > 0 or b > 0:
+            sq += a + _SMOOTHING
+            sp += b + _SMOOTHING
+    if n <= 0:
+        return 0.0, 0.0, 0, 0.0
+    cum = d = total = 0.0
+    used = 0
+    log = math.log
+    for a, b, fq in zip(base, live, base_cdf, strict=True):
+        cum += b
+        gap = abs(cum / n - fq)
+        if gap > d:
+            d = gap
+        if a > 0 or b > 0:
+            used += 1
+            x = (b + _SMOOTHING) / sp
+            y = (a + _SMOOTHING) / sq
+            total += (x - y) * log(x / y)
+    return d, (total if used >= 2 else 0.0), used, n
+
+
+def _ks_p(d: float, n: float, big_n: float) -> float:
+    if d <= 0.0 or n <= 0 or big_n <= 0:
+        return 1.0
+    root = math.sqrt(n * big_n / (n + big_n))
+    return kolmogorov_sf((root + 0.12 + 0.11 / root) * d)
+
+
+def _cdf(counts: list[float]) -> list[float]:
+    total = sum(counts)
+    out, cum = [], 0.0
+    for c in counts:
+        cum += c
+        out.append(cum / total if total > 0 else 0.0)
+    return out
+
+
 @dataclass(frozen=True)
 class DriftScore:
     """Both statistics for one comparison, and whether either crossed its limit."""
@@ -538,8 +584,10 @@ AlertListener = Callable[[DriftAlert], None]
 class _NumericWindow:
     def __init__(self, baseline: HistogramBaseline, window: int) -> None:
         self.baseline = baseline
-        self.base = np.asarray(baseline.counts, dtype=np.float64)
-        self.counts = np.zeros(len(baseline.counts), dtype=np.float64)
+        self.base = [float(c) for c in baseline.counts]
+        self.base_cdf = _cdf(self.base)
+        self.base_total = sum(self.base)
+        self.counts = [0.0] * len(self.base)
         self.recent: deque[int] = deque(maxlen=window)
         self.seen = 0
         self.quiet_until = 0
@@ -560,8 +608,10 @@ class _CategoricalWindow:
         self.baseline = baseline
         names = sorted(baseline.counts)
         self.index = {name: i for i, name in enumerate(names)}
-        self.base = np.asarray([baseline.counts[c] for c in names] + [0], dtype=np.float64)
-        self.counts = np.zeros(len(names) + 1, dtype=np.float64)
+        self.base = [float(baseline.counts[c]) for c in names] + [0.0]
+        self.base_cdf = _cdf(self.base)
+        self.base_total = sum(self.base)
+        self.counts = [0.0] * len(self.base)
         self.recent: deque[int] = deque(maxlen=window)
         self.seen = 0
         self.quiet_until = 0
@@ -684,9 +734,9 @@ class DriftDetector:
         n = len(win.recent)
         if n < self.min_samples or win.seen < win.quiet_until:
             return None
-        d, p = _ks(win.base, win.counts)
-        value, used = _psi(win.base, win.counts)
-        limit = _psi_limit(used, n, float(win.base.sum()), self.alpha, self.psi_threshold)
+        d, value, used, _ = _fused(win.base, win.counts, win.base_cdf)
+        p = _ks_p(d, n, win.base_total)
+        limit = _psi_limit(used, n, win.base_total, self.alpha, self.psi_threshold)
         ks_alarm, psi_alarm = p < self.alpha, value >= limit
         if not (ks_alarm or psi_alarm):
             return None
@@ -707,8 +757,8 @@ class DriftDetector:
         n = len(win.recent)
         if n < self.min_samples or win.seen < win.quiet_until:
             return None
-        value, used = _psi(win.base, win.counts)
-        limit = _psi_limit(used, n, float(win.base.sum()), self.alpha, self.psi_threshold)
+        _, value, used, _ = _fused(win.base, win.counts, win.base_cdf)
+        limit = _psi_limit(used, n, win.base_total, self.alpha, self.psi_threshold)
         if value < limit:
             return None
         win.quiet_until = win.seen + self.window

@@ -427,3 +427,24 @@ def test_compare_categorical() -> None:
     assert not compare_categorical(golden, {"karras": 60, "leading": 30, "trailing": 10}).alarm
     assert compare_categorical(golden, {"trailing": 100}).alarm
     assert compare_categorical(golden, {"karras": 50, "made-up": 50}).alarm
+
+
+def test_the_detector_hot_path_matches_the_reference_statistics() -> None:
+    from samplerguard.telemetry.drift import _cdf, _fused, _ks_p
+
+    rng = np.random.default_rng(99)
+    for _ in range(200):
+        size = int(rng.integers(2, 30))
+        base = rng.integers(0, 50, size).astype(float) * (rng.random(size) < 0.7)
+        live = rng.integers(0, 10, size).astype(float) * (rng.random(size) < 0.6)
+        if base.sum() == 0:
+            base[0] = 1.0
+        d, value, used, n = _fused(list(base), list(live), _cdf(list(base)))
+        ref_d, ref_p = ks_binned(base, live)
+        ref_psi, ref_used = psi(base, live)
+        assert n == live.sum()
+        assert d == pytest.approx(ref_d, abs=1e-12)
+        assert _ks_p(d, n, float(base.sum())) == pytest.approx(ref_p, abs=1e-12)
+        assert value == pytest.approx(ref_psi, abs=1e-12)
+        if n > 0:
+            assert used == ref_used
