@@ -158,11 +158,19 @@ class Admission:
 
     # -- entry point --------------------------------------------------------------------------
 
-    async def review(self, request: AdmissionRequest, *, mutate: bool) -> AdmissionReview:
-        """The answer to one request. Never raises: every failure is a denial."""
+    async def review(
+        self, request: AdmissionRequest, *, mutate: bool, deadline: float | None = None
+    ) -> AdmissionReview:
+        """The answer to one request. Never raises: every failure is a denial.
+
+        ``deadline``: the event loop time by which the answer must be ready (the server passes
+        the request's arrival + ``config.deadline``, so reading the body counts too); default
+        ``config.deadline`` from now."""
         uid = request.uid
+        loop = asyncio.get_running_loop()
+        when = deadline if deadline is not None else loop.time() + self.config.deadline
         try:
-            async with asyncio.timeout(self.config.deadline):
+            async with asyncio.timeout_at(when):
                 return await self._review(request, mutate)
         except TimeoutError:
             return deny(

@@ -89,8 +89,10 @@ class BodyLimit:
                     return
         chunks: list[bytes] = []
         size = 0
+        # One budget for the whole request: reading the body spends it too.
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout_at(deadline):
                 while True:
                     message = await receive()
                     if message["type"] != "http.request":
@@ -111,7 +113,11 @@ class BodyLimit:
         if self.admission is not None and scope["method"] == "POST" and path in _HOT:
             ctype = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), b"")
             status, payload = await handle_review(
-                self.admission, body, ctype.decode("latin-1"), mutate=path == "/mutate"
+                self.admission,
+                body,
+                ctype.decode("latin-1"),
+                mutate=path == "/mutate",
+                deadline=deadline,
             )
             await send(
                 {
@@ -145,9 +151,15 @@ def _error(text: str) -> bytes:
 
 
 async def handle_review(
-    admission: Admission, body: bytes, content_type: str, *, mutate: bool
+    admission: Admission,
+    body: bytes,
+    content_type: str,
+    *,
+    mutate: bool,
+    deadline: float | None = None,
 ) -> tuple[int, bytes]:
-    """One AdmissionReview request body → (HTTP status, response body)."""
+    """One AdmissionReview request body → (HTTP status, response body); ``deadline`` is the
+    event-loop time the answer is due (see :meth:`Admission.review`)."""
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         return 415, _error(f"expected application/json, got {content_type[:64]!r}")
     try:
@@ -160,7 +172,7 @@ async def handle_review(
         return 400, _error(f"not an AdmissionReview admission.k8s.io/v1: {where}")
     if review.request is None:
         return 400, _error("the AdmissionReview carries no request")
-    answer = await admission.review(review.request, mutate=mutate)
+    answer = await admission.review(review.request, mutate=mutate, deadline=deadline)
     return 200, answer.to_json()
 
 

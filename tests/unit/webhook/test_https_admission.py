@@ -314,3 +314,25 @@ def test_fastapi_routes_answer_like_the_hot_path(
             plain.post("/mutate", content=b"{}", headers={"content-type": "text/plain"}).status_code
             == 415
         )
+
+
+def test_a_stalled_body_gets_408_within_the_deadline(
+    tmp_path_factory: pytest.TempPathFactory, registry: RegistryDouble
+) -> None:
+    import socket
+
+    tmp = tmp_path_factory.mktemp("stall")
+    cert, key = tmp / "tls.crt", tmp / "tls.key"
+    write_self_signed(cert, key)
+    config = WebhookConfig(port=0, certfile=str(cert), keyfile=str(key), deadline=0.5)
+    admission = Admission(config, StaticPolicySource([]), registry, registry)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    with WebhookServer(config, admission, ReloadingCertificate(cert, key)) as srv:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"apiVersion":'
+            )
+            answer = tls.recv(4096)  # the server answers without the rest of the body
+    assert answer.startswith(b"HTTP/1.1 408")
