@@ -39,7 +39,7 @@ from cryptography.x509.verification import VerificationError as X509Verification
 
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
-from samplerguard.supplychain.keys import HashName, PublicKey
+from samplerguard.supplychain.keys import PublicKey
 
 __all__ = ["CertificateIdentity", "certificate_identity", "verify_keyless"]
 
@@ -220,10 +220,9 @@ def verify_keyless(
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
         raise VerificationError(f"certificate key type {type(key).__name__} is not supported")
-    hash_name: HashName = "sha256"
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size == 384:
-        hash_name = "sha384"
-    if not PublicKey(key, hash_name).verify(signature, signed_bytes):
+    # SHA-256 whatever the curve: cosign loads certificate keys with crypto.SHA256, and
+    # sigstore-python prehashes with SHA-256 (a real P-384 staging certificate proves it).
+    if not PublicKey(key, "sha256").verify(signature, signed_bytes):
         raise VerificationError("signature does not verify with the certificate's key")
 
     # (8): the log entry must be about these materials.
