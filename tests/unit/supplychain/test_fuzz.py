@@ -258,3 +258,34 @@ def test_fuzzed_attestation_blobs_never_pass(blob: bytes) -> None:
         verdict = ImageVerifier(client).verify(f"{name}:1.0", SPEC, policy_name="fuzz")
     assert not verdict.passed
     assert [c.name for c in verdict.failed] == ["attestation/slsa"]
+
+
+@SETTINGS
+@given(
+    doc=json_values | st.fixed_dictionaries({"auths": st.dictionaries(tricky_text, json_values)})
+)
+def test_dockerconfigjson_parser(doc: Any) -> None:
+    from samplerguard.supplychain import DockerConfig
+
+    with contextlib.suppress(MalformedInputError):
+        cfg = DockerConfig.from_dockerconfigjson(json.dumps(doc).encode())
+        cfg.credentials_for("registry.test")
+
+
+@SETTINGS
+@given(header=st.text(max_size=200) | tricky_text)
+def test_challenge_parser_never_raises(header: str) -> None:
+    from samplerguard.supplychain.auth import parse_challenge
+
+    challenge = parse_challenge(header)
+    assert challenge is None or isinstance(challenge.scheme, str)
+
+
+@SETTINGS
+@given(ref=st.text(max_size=80) | tricky_text)
+def test_reference_parser(ref: str) -> None:
+    from samplerguard.supplychain import parse_reference
+
+    with contextlib.suppress(MalformedInputError):
+        parsed = parse_reference(ref)
+        assert parse_reference(str(parsed)) == parsed
