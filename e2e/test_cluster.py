@@ -25,6 +25,9 @@ from samplerguard.policy.report import ReportResult
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
+# Where the out-of-cluster webhook and operator listen, as the API server reaches them
+# (127.0.0.1 for a local control plane; kind: the docker bridge gateway).
+HOST = os.environ.get("SG_E2E_HOST", "127.0.0.1")
 NS = "sg-e2e-system"
 APP_NS = "sg-e2e-ml"
 KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or "/opt/k8s/bin/kubectl"
@@ -43,7 +46,7 @@ def kubectl(
 
 def _port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return int(s.getsockname()[1])
 
 
@@ -197,7 +200,7 @@ def cluster(
             "failurePolicy": "Fail",
             "timeoutSeconds": 10,
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": APP_NS}},
-            "clientConfig": {"url": f"https://127.0.0.1:{wport}{path}"},
+            "clientConfig": {"url": f"https://{HOST}:{wport}{path}"},
             "rules": [
                 {
                     "apiGroups": [""],
@@ -229,11 +232,11 @@ def cluster(
             "--namespace",
             NS,
             "--ip-san",
-            "127.0.0.1",
+            HOST,
             "--cert-dir",
             str(tmp / "tls"),
             "--ingest",
-            f"127.0.0.1:{iport}",
+            f"{HOST}:{iport}",
             "--ingest-token-file",
             str(token),
             "--mutating-webhook",
@@ -262,7 +265,7 @@ def cluster(
                 "samplerguard",
                 "webhook",
                 "--listen",
-                f"127.0.0.1:{wport}",
+                f"{HOST}:{wport}",
                 "--cert",
                 str(tmp / "tls" / "tls.crt"),
                 "--key",
@@ -285,7 +288,7 @@ def cluster(
             try:
                 return (
                     httpx.get(
-                        f"https://127.0.0.1:{wport}/readyz",
+                        f"https://{HOST}:{wport}/readyz",
                         verify=ssl.create_default_context(cafile=str(tmp / "tls" / "ca.crt")),
                         timeout=2,
                     ).status_code
@@ -297,7 +300,7 @@ def cluster(
         _wait("webhook readiness", ready, 60)
         yield {
             "tmp": tmp,
-            "ingest": f"https://127.0.0.1:{iport}",
+            "ingest": f"https://{HOST}:{iport}",
             "token": token.read_text(),
             "images": images,
         }
