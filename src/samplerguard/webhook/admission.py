@@ -39,7 +39,7 @@ from samplerguard.webhook.cache import CacheKey, ResolutionCache, VerdictCache
 from samplerguard.webhook.config import ANNOTATION_POLICY, LABEL_INJECT, WebhookConfig
 from samplerguard.webhook.inject import already_injected, injection_patch, pin_patch, tenant_of
 from samplerguard.webhook.optin import NamespaceLabels, opted_in
-from samplerguard.webhook.policies import AnyPolicy, PolicySource, policy_name
+from samplerguard.webhook.policies import AnyPolicy, PolicySource, policy_name, spec_version
 from samplerguard.webhook.review import AdmissionRequest, AdmissionReview, allow, deny
 from samplerguard.webhook.verifying import DigestResolver, ImageVerifierLike, PullSecrets
 from samplerguard.webhook.workloads import PodTemplate, find_pod_template, handles
@@ -392,7 +392,7 @@ class Admission:
     ) -> Check:
         pname = policy_name(policy)
         mode = policy.spec.mode
-        key: CacheKey = (name, digest, policy.metadata.uid, policy.metadata.resource_version)
+        key: CacheKey = (name, digest, policy.metadata.uid, spec_version(policy))
         hit = self.cache.fresh(key, scoped.scope)
         if hit is not None:
             return Check(image, pname, mode, hit.passed, hit.detail)

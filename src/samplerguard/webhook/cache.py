@@ -1,9 +1,11 @@
 """The verdict cache, with last-known-good for registry outages.
 
-A verdict is cached under ``(repository, digest, policy uid, policy resourceVersion)``. The
-brief's key is (digest, policy uid, resourceVersion); the repository joins it because
+A verdict is cached under ``(repository, digest, policy uid, policy spec version)``. The
+brief's key is (digest, policy uid, resourceVersion). The repository joins it because
 signatures live beside the repository and image rules match on its name, so a digest verified
-under one name proves nothing about another.
+under one name proves nothing about another. The spec version is ``metadata.generation`` in a
+cluster (see :func:`~samplerguard.webhook.policies.spec_version`): the resourceVersion also
+moves on every status write by the operator.
 
 Three clocks:
 
@@ -30,7 +32,7 @@ from typing import Generic, TypeVar
 
 __all__ = ["CacheKey", "CachedVerdict", "ResolutionCache", "VerdictCache"]
 
-#: (repository, digest, policy uid, policy resourceVersion)
+#: (repository, digest, policy uid, policy spec version)
 CacheKey = tuple[str, str, str, str]
 
 K = TypeVar("K")

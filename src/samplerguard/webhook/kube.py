@@ -188,7 +188,8 @@ class KubernetesNamespaceLabels:
                 self._api.read_namespace, namespace, _request_timeout=self._timeout
             )
         except Exception as exc:
-            log.warning("cannot read namespace %s: %s", namespace, exc)
+            why = getattr(exc, "status", None) or type(exc).__name__
+            log.warning("cannot read namespace %s (%s); treating it as opted in", namespace, why)
             return None
         labels = dict(ns.metadata.labels or {})
         if len(self._cache) > 10_000:

@@ -35,6 +35,7 @@ __all__ = [
     "PolicySource",
     "StaticPolicySource",
     "policy_name",
+    "spec_version",
     "with_identity",
 ]
 
@@ -53,6 +54,17 @@ def policy_name(policy: AnyPolicy) -> str:
     if isinstance(policy, SamplerPolicy):
         return f"SamplerPolicy/{policy.metadata.namespace}/{policy.metadata.name}"
     return f"ClusterSamplerPolicy/{policy.metadata.name}"
+
+
+def spec_version(policy: AnyPolicy) -> str:
+    """The version of the policy's *spec*, for cache keys.
+
+    In a cluster this is ``metadata.generation``: with the status subresource the API server
+    bumps it on spec changes only, whereas ``resourceVersion`` also moves on every status
+    write by the operator, which would throw cached verdicts away for nothing. Policies
+    without a generation (files) use their content-derived resourceVersion."""
+    meta = policy.metadata
+    return f"generation-{meta.generation}" if meta.generation else meta.resource_version
 
 
 def with_identity(policy: AnyPolicy, origin: str) -> AnyPolicy:

@@ -231,3 +231,28 @@ def test_pod_policy_annotation(config: WebhookConfig, registry: RegistryDouble) 
     response = _run(adm, pod, mutate=True)
     assert response.allowed is False
     assert "does not govern this namespace" in response.status.message
+
+
+def test_status_writes_keep_cached_verdicts(
+    config: WebhookConfig, registry: RegistryDouble
+) -> None:
+    def cluster_policy(generation: int, rv: str) -> Any:
+        body = policy("acme", f"{REGISTRY}/acme/**")
+        body["metadata"] = {
+            "name": "acme",
+            "uid": "u-1",
+            "generation": generation,
+            "resourceVersion": rv,
+        }
+        return parse_policy(body)
+
+    adm = _admission(config, registry)
+    adm.policies = StaticPolicySource([cluster_policy(1, "10")])
+    _run(adm, workload("Pod", SIGNED))
+    calls = registry.verify_calls
+    adm.policies = StaticPolicySource([cluster_policy(1, "11")])  # the operator wrote status
+    _run(adm, workload("Pod", SIGNED))
+    assert registry.verify_calls == calls
+    adm.policies = StaticPolicySource([cluster_policy(2, "12")])  # the spec changed
+    _run(adm, workload("Pod", SIGNED))
+    assert registry.verify_calls == calls + 1
