@@ -8,9 +8,9 @@ does, and keep every ``ExportMetricsServiceRequest`` they accept.
 
 from __future__ import annotations
 
-import gzip
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -90,7 +90,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)
         if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
+            inflater = zlib.decompressobj(wbits=31)  # gzip framing, bounded output
+            body = inflater.decompress(body, MAX_BODY)
+            if inflater.unconsumed_tail:
+                self._reply(413, b"inflated body too large")
+                return
         request = metrics_service_pb2.ExportMetricsServiceRequest()
         try:
             request.ParseFromString(body)

@@ -229,3 +229,28 @@ def test_unreachable_collector_fails_soft(protocol: Any, caplog: pytest.LogCaptu
     ]
     assert failures, "the failed export was not reported"
     assert any("export" in r.getMessage().lower() for r in failures)
+
+
+def test_http_gzip_and_headers_come_from_the_process_environment(
+    otlp_http: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compression and headers are the exporter's business: they reach the wire, but the
+    header value (often an API key) never enters samplerguard's config."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "gzip")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cr3t-value")
+    metrics = setup_metrics(
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_http.base_url},
+        export_interval_ms=600_000,
+    )
+    assert "s3cr3t" not in repr(metrics.config)
+    try:
+        metrics.telemetry.record_seed_alarm("repeats")
+        assert metrics.force_flush(timeout_ms=10_000)
+    finally:
+        metrics.shutdown()
+    otlp_http.received.wait()
+    headers = {k.lower(): v for k, v in otlp_http.received.headers[0].items()}
+    assert headers["content-encoding"] == "gzip"
+    assert headers["x-api-key"] == "s3cr3t-value"
+    (alarm,) = otlp_http.received.metrics()[MetricName.SEED_HEALTH_ALARMS].sum.data_points
+    assert point_attributes(alarm) == {"check": "repeats"}
