@@ -20,14 +20,15 @@ test                   statistic, and its null distribution                     
 ``autocorr-w/-h/-c``   lag-1 products along width, height, channels, self-          sorted or
                        normalised Σp/√Σp² ≈ N(0,1)                                 smooth blocks
 ``batch-coherence``    ‖Σ_b x_b‖²/B ~ χ²_n (only B ≥ 2)                            shared u
-``repeats``            any repeated window of 4 consecutive values (exact floats)   tiled blocks
+``repeats``            any repeated 2×2 patch of values (exact floats)              tiled blocks
 =====================  ==========================================================  ===========
 
 Calibration. Every test but ``repeats`` is two-sided at level α/K, where K counts all tests run
 on the request (Bonferroni), so the request's false-alarm rate is at most α (default 1e-3) up to
-the accuracy of the normal approximations. ``repeats`` fires by chance only if four consecutive
+the accuracy of the normal approximations. ``repeats`` fires by chance only if four neighbouring
 continuous values repeat exactly, which has probability far below 1e-12 for any tensor size
-here. ``benchmarks/bench_seed_health.py`` checks the calibration by simulation.
+here (the 2×2 patches are hashed to 64 bits; see ``_repeated_windows``).
+``benchmarks/bench_seed_health.py`` checks the calibration by simulation.
 
 What it cannot see: a uniformly random permutation of i.i.d. noise is itself i.i.d. noise, and
 any z_N drawn honestly from a *different* seed is a valid seed. Those are the commitment's job
@@ -207,13 +208,20 @@ def _lag_z(x: torch.Tensor, dim: int) -> torch.Tensor | None:
 
 
 def _repeated_windows(x: torch.Tensor) -> int:
-    """How many windows of 4 consecutive values (along the last axis) occur more than once."""
-    bits = x.contiguous().view(torch.int32).to(torch.int64).reshape(-1, x.shape[-1])
-    if bits.shape[-1] < _WINDOW:
-        bits = bits.reshape(1, -1)
-    w = bits.unfold(1, _WINDOW, 1).reshape(-1, _WINDOW)
+    """How many 2×2 patches (1×4 windows for a single row) occur more than once."""
+    bits = x.contiguous().view(torch.int32).to(torch.int64)
+    if bits.ndim >= 2 and bits.shape[-1] >= 2 and bits.shape[-2] >= 2:
+        parts = [
+            bits[..., :-1, :-1],
+            bits[..., :-1, 1:],
+            bits[..., 1:, :-1],
+            bits[..., 1:, 1:],
+        ]
+        w = torch.stack([p.reshape(-1) for p in parts], dim=1)
+    else:
+        w = bits.reshape(1, -1).unfold(1, _WINDOW, 1).reshape(-1, _WINDOW)
     # A 64-bit mix of the four 32-bit patterns: exact duplicates always collide; distinct
-    # windows collide by chance with probability ~ m²/2^64.
+    # patches collide by chance with probability ~ m²/2^64.
     h = torch.zeros(w.shape[0], dtype=torch.int64)
     for k, mult in enumerate(_MIX):
         h = h * 0x100000001B3 + (w[:, k] + 0x632BE59BD9B4E019) * mult
