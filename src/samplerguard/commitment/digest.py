@@ -9,6 +9,7 @@ a 0-d tensor has an empty shape field. Digests are written ``sha256:<hex>``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 
@@ -18,6 +19,7 @@ __all__ = [
     "DIGEST_RE",
     "bytes_digest",
     "module_digest",
+    "safetensors_digest",
     "tensor_digest",
     "tensor_header",
 ]
@@ -57,4 +59,24 @@ def module_digest(module: torch.nn.Module) -> str:
     import rfc8785
 
     doc = {k: tensor_digest(v) for k, v in sorted(module.state_dict().items())}
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+
+
+def safetensors_digest(path: str | os.PathLike[str]) -> str:
+    """The weights digest of a safetensors checkpoint, computed from the file without building
+    the model: equal to :func:`module_digest` of the module it loads into with
+    ``strict=True`` (same names, same tensors). The sidecar's runtime-integrity check and the
+    verifier's reference-model gate both use it."""
+    import rfc8785
+    from safetensors import SafetensorError, safe_open
+
+    from samplerguard.errors import MalformedInputError
+
+    doc: dict[str, str] = {}
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            for name in sorted(fh.keys()):
+                doc[name] = tensor_digest(fh.get_tensor(name))
+    except (SafetensorError, OSError) as exc:
+        raise MalformedInputError(f"cannot read weights {os.fspath(path)}: {exc}") from None
     return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()

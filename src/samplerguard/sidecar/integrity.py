@@ -28,7 +28,7 @@ from typing import Any
 
 import rfc8785
 
-from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.digest import safetensors_digest
 from samplerguard.errors import MalformedInputError
 from samplerguard.policy.spec import GoldenDigests
 
@@ -46,16 +46,7 @@ log = logging.getLogger(__name__)
 def weights_file_digest(path: Path) -> str:
     """The weights digest of a safetensors file (equal to ``module_digest`` of the module it
     loads into with ``strict=True``)."""
-    from safetensors import SafetensorError, safe_open
-
-    doc: dict[str, str] = {}
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            for name in sorted(fh.keys()):
-                doc[name] = tensor_digest(fh.get_tensor(name))
-    except (SafetensorError, OSError) as exc:
-        raise MalformedInputError(f"cannot read weights {path}: {exc}") from None
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+    return safetensors_digest(path)
 
 
 def scheduler_config_digest(path: Path) -> str:

@@ -1,0 +1,158 @@
+"""``samplerguard verifier``: audit sidecars by spot-checking their committed trajectories.
+
+Local mode: ``--sidecar URL`` (repeatable) and ``--token-file``. In a cluster:
+``--discover kubernetes`` and the projected ServiceAccount token as ``--token-file``.
+``--once`` runs one round and exits (1 if any trajectory failed); otherwise the verifier
+serves its status API on ``--listen`` and audits every ``--interval`` seconds. ``canary``
+runs the policy's canary suite instead (see docs/verifier.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+__all__ = ["register", "run"]
+
+DEFAULT_SA_TOKEN = "/var/run/secrets/samplerguard/token"  # noqa: S105 - a path, not a secret
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "verifier",
+        help="run the verifier: challenge sidecars and re-check committed steps",
+        description="Pull new commitments from sidecars, challenge the policy's fraction with k "
+        "secret steps each, re-run them with the reference model, and write PolicyReport "
+        "results.",
+    )
+    env = os.environ.get
+    p.add_argument("--policy", default=env("SAMPLERGUARD_POLICY"), help="policy file or ref")
+    p.add_argument("--sidecar", action="append", default=[], help="sidecar URL (repeatable)")
+    p.add_argument("--discover", choices=["static", "kubernetes"], default="static")
+    p.add_argument("--namespace", help="kubernetes discovery: one namespace only")
+    p.add_argument("--label-selector", default="samplerguard.dev/inject=true")
+    p.add_argument("--token-file", default=env("SAMPLERGUARD_TOKEN_FILE", DEFAULT_SA_TOKEN))
+    p.add_argument(
+        "--reference-model",
+        action="append",
+        default=[],
+        metavar="PIPELINE=PATH",
+        help="reference checkpoint per pipeline (default: digits=<bundled weights>)",
+    )
+    p.add_argument("--state-dir", default=env("SAMPLERGUARD_STATE_DIR", "/var/lib/samplerguard"))
+    p.add_argument("--audit-log", default=env("SAMPLERGUARD_AUDIT_LOG"))
+    p.add_argument("--report-url", default=env("SAMPLERGUARD_REPORT_URL"))
+    p.add_argument("--report-token-file", default=env("SAMPLERGUARD_REPORT_TOKEN_FILE"))
+    p.add_argument("--shard", default=env("SAMPLERGUARD_SHARD", "0/1"), help="INDEX/COUNT")
+    p.add_argument("--escrow-key", default=env("SAMPLERGUARD_ESCROW_KEY"), help="X25519 key")
+    p.add_argument("--interval", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="per sidecar request, seconds")
+    p.add_argument("--listen", default=env("SAMPLERGUARD_LISTEN", "127.0.0.1:9472"))
+    p.add_argument("--ready-file")
+    p.add_argument("--once", action="store_true", help="one round, then exit")
+    p.add_argument("--no-loop", action="store_true", help="serve; audit only on POST /v1/rounds")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("mode", nargs="?", choices=["audit", "canary"], default="audit")
+    p.add_argument("--canary-baseline", help="canary: baseline JSON (written if absent)")
+    p.set_defaults(_run=run)
+
+
+def _reader(path: str) -> object:
+    def read() -> str:
+        return Path(path).read_text().strip()
+
+    return read
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from samplerguard.errors import SamplerGuardError
+
+    log = logging.getLogger("samplerguard.verifier")
+    try:
+        return _run(args)
+    except (SamplerGuardError, ValueError, OSError) as exc:
+        log.error("verifier cannot run: %s", exc)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from samplerguard.policy.load import load_policy, report_policy_name
+    from samplerguard.sidecar.config import parse_hostport
+    from samplerguard.verifier.check import Checker
+    from samplerguard.verifier.discovery import KubernetesDiscovery, StaticDiscovery
+    from samplerguard.verifier.journal import Journal
+    from samplerguard.verifier.reference import ReferenceModels
+    from samplerguard.verifier.service import Verifier
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    if not args.policy:
+        raise ValueError("--policy (or SAMPLERGUARD_POLICY) is required")
+    policy = load_policy(args.policy)
+    refs = _references(args.reference_model)
+    references = ReferenceModels(refs, policy.spec.golden_digests, device=args.device)
+    if args.mode == "canary":
+        from samplerguard.verifier.canary import run_canary_cli
+
+        return run_canary_cli(policy, references, refs, args)
+    escrow_key = None
+    if args.escrow_key:
+        from samplerguard.rng.escrow import load_x25519_private_key
+
+        escrow_key = load_x25519_private_key(Path(args.escrow_key).read_bytes())
+    checker = Checker(policy.spec, report_policy_name(policy), references, escrow_key=escrow_key)
+    if args.discover == "kubernetes":
+        discovery: StaticDiscovery | KubernetesDiscovery = KubernetesDiscovery(
+            label_selector=args.label_selector, namespace=args.namespace
+        )
+    else:
+        if not args.sidecar:
+            raise ValueError("static discovery needs at least one --sidecar URL")
+        discovery = StaticDiscovery(args.sidecar)
+    index, _, count = args.shard.partition("/")
+    verifier = Verifier(
+        discovery=discovery,
+        checker=checker,
+        journal=Journal(Path(args.state_dir) / "journal.jsonl"),
+        token=_reader(args.token_file),  # type: ignore[arg-type]
+        audit_log=Path(args.audit_log) if args.audit_log else None,
+        report_url=args.report_url,
+        report_token=_reader(args.report_token_file) if args.report_token_file else None,  # type: ignore[arg-type]
+        shard=int(index),
+        shards=int(count or 1),
+        timeout=args.timeout,
+        interval=args.interval,
+    )
+    if args.once:
+        verifier.redeliver()
+        verifier.run_round()
+        verifier.stop()
+        stats = verifier.stats
+        print(
+            f"judged {stats.judged}: {stats.passed} pass, {stats.failed} fail, {stats.errors} error"
+        )
+        return 1 if stats.failed else 0
+    from samplerguard.verifier.serve import serve
+
+    return serve(
+        verifier,
+        parse_hostport(args.listen),
+        Path(args.ready_file) if args.ready_file else None,
+        loop=not args.no_loop,
+    )
+
+
+def _references(specs: list[str]) -> dict[str, Path]:
+    from samplerguard.models.digits import MODEL_FILE
+
+    out = {"digits": MODEL_FILE}
+    for spec in specs:
+        pipeline, sep, path = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--reference-model {spec!r} is not PIPELINE=PATH")
+        out[pipeline] = Path(path)
+    return out

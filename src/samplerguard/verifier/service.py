@@ -1,0 +1,221 @@
+"""The verifier loop: discover sidecars, pull new commitments, judge them, deliver the results.
+
+Each round: the sidecars of this shard (stable hash of the pod UID); per sidecar, its public
+key and the trajectories committed since the last round; each one not yet in the journal is
+judged (:mod:`.check`), the verdict goes to the journal (fsync) and then to the audit log and,
+when configured, to the operator's ingest endpoint. A sidecar that times out or cannot be
+reached is reported once per outage as an ``error`` result and retried next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from samplerguard.errors import SamplerGuardError, TemporaryError
+from samplerguard.policy.report import ReportResult, append_audit_log
+from samplerguard.verifier.check import Checker
+from samplerguard.verifier.client import SidecarClient, VerifierAuthError
+from samplerguard.verifier.discovery import Discovery, Target, in_shard
+from samplerguard.verifier.journal import Journal
+
+__all__ = ["Verifier", "VerifierStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerifierStats:
+    rounds: int = 0
+    judged: int = 0
+    challenged: int = 0
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    sidecars: dict[str, str] = field(default_factory=dict)  # url → "ok" | error text
+
+
+class Verifier:
+    def __init__(
+        self,
+        *,
+        discovery: Discovery,
+        checker: Checker,
+        journal: Journal,
+        token: Callable[[], str],
+        audit_log: Path | None = None,
+        report_url: str | None = None,
+        report_token: Callable[[], str] | None = None,
+        shard: int = 0,
+        shards: int = 1,
+        timeout: float = 10.0,
+        interval: float = 5.0,
+    ) -> None:
+        self.discovery = discovery
+        self.checker = checker
+        self.journal = journal
+        self.token = token
+        self.audit_log = audit_log
+        self.report_url = report_url
+        self.report_token = report_token
+        self.shard, self.shards = shard, shards
+        self.timeout = timeout
+        self.interval = interval
+        self.stats = VerifierStats()
+        self._clients: dict[str, SidecarClient] = {}
+        self._cursor: dict[str, int] = {}
+        self._outage: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        checker.is_replay = self._replayed
+        checker.challenge = journal.challenge
+
+    def _replayed(self, root: str, key: str) -> str | None:
+        owner = self.journal.root_owner(root)
+        return owner if owner is not None and owner != key else None
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    def _deliver(self, key: str, results: list[dict[str, Any]]) -> bool:
+        parsed = [ReportResult.model_validate(r) for r in results]
+        try:
+            if self.audit_log is not None:
+                append_audit_log(self.audit_log, parsed)
+            if self.report_url is not None:
+                body = "".join(
+                    r.model_dump_json(by_alias=True, exclude_none=True) + "\n" for r in parsed
+                )
+                headers = {"Content-Type": "application/x-ndjson"}
+                if self.report_token is not None:
+                    headers["Authorization"] = f"Bearer {self.report_token()}"
+                resp = httpx.post(
+                    self.report_url,
+                    content=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    verify=True,
+                )
+                if resp.status_code != 200:
+                    raise TemporaryError(f"operator ingest answered HTTP {resp.status_code}")
+        except (OSError, httpx.HTTPError, TemporaryError) as exc:
+            log.warning("results for %s not delivered yet: %s", key, exc)
+            return False
+        self.journal.delivered(key)
+        return True
+
+    def redeliver(self) -> int:
+        n = 0
+        for key, results in self.journal.undelivered().items():
+            n += self._deliver(key, results)
+        return n
+
+    # -- one round -----------------------------------------------------------------------------
+
+    def _client(self, target: Target) -> SidecarClient:
+        client = self._clients.get(target.url)
+        if client is None:
+            client = SidecarClient(target.url, self.token, timeout=self.timeout)
+            self._clients[target.url] = client
+        return client
+
+    def _report_outage(self, target: Target, message: str) -> None:
+        self.stats.sidecars[target.url] = message
+        if self._outage.get(target.url) == message:
+            return
+        self._outage[target.url] = message
+        log.warning("%s", message)
+        result = self.checker._result(target, "trajectory-recheck", "error", message)
+        key = f"outage:{target.url}:{time.time_ns()}"
+        self.journal.record(key, "", [result.to_wire()])
+        self._deliver(key, [result.to_wire()])
+        self.stats.errors += 1
+
+    def run_round(self) -> int:
+        """One pass over every sidecar of this shard; returns how many trajectories were judged."""
+        judged = 0
+        try:
+            targets = self.discovery.targets()
+        except SamplerGuardError as exc:
+            log.warning("discovery failed: %s", exc)
+            return 0
+        for target in targets:
+            client = self._client(target)
+            try:
+                public_key, info = client.public_key()
+                pod = info.get("pod") if isinstance(info.get("pod"), dict) else {}
+                uid = str(pod.get("uid") or target.uid) if pod else target.uid
+                if pod and not target.name:
+                    target = Target(
+                        url=target.url,
+                        uid=uid,
+                        name=str(pod.get("name", "")),
+                        namespace=str(pod.get("namespace", "")),
+                    )
+                if not in_shard(uid, self.shard, self.shards):
+                    continue
+                judged += self._audit(target, client, public_key)
+                if self._outage.pop(target.url, None) is not None:
+                    log.info("sidecar %s is reachable again", target.url)
+                self.stats.sidecars[target.url] = "ok"
+            except (TemporaryError, VerifierAuthError) as exc:
+                self._report_outage(target, str(exc))
+        self.stats.rounds += 1
+        return judged
+
+    def _audit(self, target: Target, client: SidecarClient, public_key: Any) -> int:
+        n = 0
+        after = self._cursor.get(target.url, 0)
+        for item in client.trajectories(after=after):
+            tid, seq = str(item.get("id")), int(item.get("seq", 0))
+            key = f"{target.uid}/{tid}"
+            if self.journal.is_judged(key):
+                self._cursor[target.url] = max(self._cursor.get(target.url, 0), seq)
+                continue
+            judgement = self.checker.judge(target, client, public_key, key, tid)
+            results = [r.to_wire() for r in judgement.results]
+            self.journal.record(key, judgement.root, results)
+            self._deliver(key, results)
+            self._cursor[target.url] = max(self._cursor.get(target.url, 0), seq)
+            n += 1
+            self.stats.judged += 1
+            self.stats.challenged += judgement.challenged
+            if judgement.outcome == "pass":
+                self.stats.passed += 1
+            elif judgement.outcome == "fail":
+                self.stats.failed += 1
+            else:
+                self.stats.errors += 1
+            log.info("judged %s: %s", key, judgement.outcome)
+        return n
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.redeliver()
+        self._thread = threading.Thread(target=self._loop, name="sg-verifier", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_round()
+                self.redeliver()
+            except Exception:  # one bad round must not stop the auditing
+                log.exception("verifier round failed")
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for client in self._clients.values():
+            client.close()
+        self.journal.close()

@@ -1,0 +1,204 @@
+"""The real ``samplerguard sidecar`` process on loopback, fed by the real hook."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from dataplane_support import generate, make_model, write_policy
+from samplerguard.commitment.dsse import load_public_key
+from samplerguard.commitment.opening import Opening
+from samplerguard.commitment.recheck import recheck_step
+from samplerguard.commitment.statement import Commitment
+from samplerguard.demo.services import make_token, start_sidecar
+from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
+from samplerguard.hook.sidecar_sink import SidecarSink
+from samplerguard.models.programs import DigitsProgram
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lane(tmp_path_factory: pytest.TempPathFactory) -> object:
+    root = tmp_path_factory.mktemp("sidecar")
+    model = make_model(root, seed=0)
+    policy = write_policy(root / "policy.yaml", model.digest)
+    token = make_token(root / "token")
+    svc = start_sidecar(root / "run", token_file=token, policy=policy, model_files=[model.path])
+    yield svc, model, token, root
+    svc.stop()
+
+
+def _auth(token: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token.read_text().strip()}"}
+
+
+def test_honest_trajectory_is_committed_signed_and_openable(lane: object) -> None:
+    svc, model, token, _ = lane  # type: ignore[misc]
+    out = generate(Path(svc.ready["socket"]), model.unet, "honest-1", declared_digest=model.digest)
+    key = load_public_key(httpx.get(svc.url + "/v1/public-key").json()["publicKey"].encode())
+    doc = httpx.get(svc.url + "/v1/trajectories/honest-1", headers=_auth(token)).json()
+    commitment = Commitment.verify(doc["commitment"], key)
+    # the sidecar signed the root the hook computed itself
+    assert commitment.root == out.commitment.root == out.trajectory.record.root
+    assert commitment.predicate["hashBeacon"].startswith("sha256:")
+    assert commitment.predicate["policy"] == "dataplane-test"
+    raw = httpx.get(svc.url + "/v1/trajectories/honest-1/openings/3", headers=_auth(token))
+    assert raw.headers["content-type"] == "application/vnd.samplerguard.opening+safetensors"
+    result = recheck_step(
+        commitment, Opening.from_bytes(raw.content), DigitsProgram(model.unet), tau=1e-4
+    )
+    assert result.accepted and result.rel_l2 == 0.0
+
+
+def test_unauthenticated_requests_get_401_and_learn_nothing(lane: object) -> None:
+    svc, model, token, _ = lane  # type: ignore[misc]
+    generate(Path(svc.ready["socket"]), model.unet, "secret-1", declared_digest=model.digest)
+    for path in (
+        "/v1/trajectories",
+        "/v1/trajectories/secret-1",
+        "/v1/trajectories/does-not-exist",
+        "/v1/trajectories/secret-1/openings/0",
+        "/v1/trajectories/secret-1/openings/not-a-number",
+        "/v1/integrity",
+    ):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-wrong-token"},
+            {"Authorization": "Basic dXNlcjpwYXNz"},
+        ):
+            resp = httpx.get(svc.url + path, headers=headers)
+            assert resp.status_code == 401, (path, headers)
+            assert resp.json() == {"detail": "unauthorized"}
+            assert resp.headers["www-authenticate"].startswith("Bearer")
+            assert b"secret-1" not in resp.content
+    assert httpx.get(svc.url + "/v1/trajectories", headers=_auth(token)).status_code == 200
+
+
+def test_out_of_policy_request_is_refused_in_enforce_mode(lane: object) -> None:
+    svc, model, token, _ = lane  # type: ignore[misc]
+    with pytest.raises(RecordingError, match=r"out of policy: guidance scale 12\.0 outside"):
+        generate(
+            Path(svc.ready["socket"]),
+            model.unet,
+            "cfg-too-high",
+            declared_digest=model.digest,
+            cfg=12.0,
+        )
+    listed = httpx.get(svc.url + "/v1/trajectories", headers=_auth(token)).json()
+    assert "cfg-too-high" not in {t["id"] for t in listed["trajectories"]}
+
+
+def test_replayed_request_id_is_refused(lane: object) -> None:
+    svc, model, _, _ = lane  # type: ignore[misc]
+    generate(Path(svc.ready["socket"]), model.unet, "once-only", declared_digest=model.digest)
+    with pytest.raises(RecordingError, match="already used"):
+        generate(Path(svc.ready["socket"]), model.unet, "once-only", declared_digest=model.digest)
+
+
+def test_undeclared_model_digest_is_refused(lane: object) -> None:
+    svc, _, _, root = lane  # type: ignore[misc]
+    other = make_model(root, seed=5)
+    with pytest.raises(RecordingError, match="not among the policy's goldenDigests"):
+        generate(Path(svc.ready["socket"]), other.unet, "wrong-model", declared_digest=other.digest)
+
+
+def _slow_trajectory(
+    socket: Path, request_id: str, started: threading.Event
+) -> BaseException | None:
+    """A plain loop that streams two steps and then waits: the sidecar is killed meanwhile."""
+    import diffusers
+
+    from samplerguard.models.digits import SCHEDULER_CONFIG
+
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
+    scheduler.set_timesteps(8)
+    recorder = Recorder(SidecarSink(socket, io_timeout=10.0))
+    latents = torch.randn(1, 1, 8, 8) * scheduler.init_noise_sigma
+    request = TrajectoryRequest(
+        request_id=request_id,
+        tenant="tenant-a",
+        pipeline="digits",
+        model_name="digits",
+        model_digest="sha256:" + "0" * 64,
+        sampler="euler",
+        guidance_scale=1.0,
+        steps=8,
+    )
+    try:
+        with recorder.trajectory(request) as tr:
+            tr.begin(scheduler, latents, conditioning={"class_labels": torch.tensor([3])})
+            for i, t in enumerate(scheduler.timesteps):
+                latents = scheduler.step(torch.zeros_like(latents), t, latents).prev_sample
+                tr.step(i, t, latents, scheduler)
+                if i == 1:
+                    started.set()
+                    time.sleep(4.0)
+            tr.end(latents, b"output")
+    except RecordingError as exc:
+        return exc
+    finally:
+        recorder.close()
+    return None
+
+
+def test_killed_sidecar_fails_the_request_and_a_restart_keeps_the_committed(tmp_path: Path) -> None:
+    model = make_model(tmp_path, seed=0)
+    token = make_token(tmp_path / "token")
+    run = tmp_path / "run"
+    svc = start_sidecar(run, token_file=token)  # no policy: accept anything
+    try:
+        socket = Path(svc.ready["socket"])
+        kept = generate(socket, model.unet, "kept-1", declared_digest=model.digest)
+        keyid = svc.ready["keyid"]
+        started = threading.Event()
+        outcome: list[BaseException | None] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(_slow_trajectory(socket, "in-flight", started))
+        )
+        worker.start()
+        assert started.wait(60)
+        time.sleep(0.5)
+        svc.kill()  # SIGKILL mid-trajectory: no cleanup runs
+        worker.join(60)
+        assert outcome and isinstance(outcome[0], RecordingError)
+        assert "in-flight is unverified" in str(outcome[0])
+        assert any(p.name.endswith(".partial") for p in (run / "openings").iterdir())
+
+        svc = start_sidecar(run, token_file=token)
+        assert svc.ready["keyid"] == keyid  # same key across the restart
+        listed = httpx.get(svc.url + "/v1/trajectories", headers=_auth(token)).json()
+        assert [t["id"] for t in listed["trajectories"]] == ["kept-1"]
+        assert listed["trajectories"][0]["root"] == kept.commitment.root.hex()
+        assert not any(p.name.endswith(".partial") for p in (run / "openings").iterdir())
+        doc = httpx.get(svc.url + "/v1/trajectories/kept-1", headers=_auth(token)).json()
+        assert json.dumps(doc["commitment"], sort_keys=True) == kept.commitment.to_json()
+    finally:
+        svc.stop()
+
+
+def test_probe_reports_readiness(lane: object) -> None:
+    import subprocess
+    import sys
+
+    svc, _, _, root = lane  # type: ignore[misc]
+    ok = subprocess.run(
+        [sys.executable, "-m", "samplerguard", "sidecar", "--probe", svc.ready["socket"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "ready" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "samplerguard", "sidecar", "--probe", str(root / "nope.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "cannot reach the sidecar" in bad.stdout
