@@ -212,17 +212,29 @@ def fetch_artifacts(
     def referrers() -> tuple[str, list[Descriptor] | None]:
         return "referrers", client.referrers(image, digest)
 
-    # (a): the referrers API and the fallback tags, side by side.
-    phase1: list[Callable[[], tuple[str, Any]]] = [referrers]
+    def referrers_tag() -> tuple[str, list[Descriptor] | None]:
+        # The OCI 1.1 fallback for registries without the API: an index tagged sha256-<hex>.
+        ref = ImageReference(image.registry, image.repository, digest.replace(":", "-"), None)
+        try:
+            index = client.get_manifest_if_exists(ref)
+        except MalformedInputError as exc:
+            out.problems.append(f"referrers tag: {exc}")
+            return "referrers-tag", None
+        return "referrers-tag", list(index.manifests) if index and index.is_index else None
+
+    # (a): the referrers API, its fallback tag and cosign's tags, side by side.
+    phase1: list[Callable[[], tuple[str, Any]]] = [referrers, referrers_tag]
     phase1 += [tag_manifest(s) for s in suffixes]
     results = _gather(phase1)
     manifests: list[tuple[str, Manifest]] = []
     bundle_manifests: list[Descriptor] = []
-    for where, found in results:
+    listed = dict(results[:2])
+    api, fallback = listed["referrers"], listed["referrers-tag"]
+    for where, found in [("referrers", api if api is not None else fallback), *results[2:]]:
         if where == "referrers":
             if found is None:
                 continue
-            out.sources.append("referrers API")
+            out.sources.append("referrers API" if api is not None else "referrers tag")
             for desc in found[:MAX_LAYERS]:
                 kind = desc.artifact_type or ""
                 if kind in BUNDLE_ARTIFACT_TYPES:

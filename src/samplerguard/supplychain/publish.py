@@ -42,6 +42,7 @@ from samplerguard.supplychain.registry import (
 __all__ = [
     "KeyKind",
     "Signer",
+    "attach_bundle",
     "attest_image",
     "make_envelope",
     "make_statement",
@@ -247,6 +248,48 @@ def sign_image(
     annotations = {SIGNATURE_ANNOTATION: base64.b64encode(sig).decode()}
     annotations.update(signer.keyless_annotations("hashedrekord", sig, body))
     return _append_layer(client, image, digest, "sig", body, SIMPLE_SIGNING_MEDIA_TYPE, annotations)
+
+
+def attach_bundle(
+    client: RegistryClient,
+    ref: str | ImageReference,
+    digest: str,
+    bundle: bytes,
+    *,
+    artifact_type: str = "application/vnd.dev.sigstore.bundle.v0.3+json",
+) -> str:
+    """Attach a Sigstore bundle to ``digest`` as an OCI 1.1 referrer (an artifact manifest
+    whose ``subject`` is the image), and list it in the ``sha256-<hex>`` fallback index that
+    registries without the referrers API need, as cosign and oras do. Returns the artifact
+    manifest's digest."""
+    image = _ref(ref)
+    empty = b"{}"
+    cfg = client.push_blob(image, empty)
+    layer = client.push_blob(image, bundle)
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": cfg.digest,
+                "size": len(empty),
+            },
+            "layers": [{"mediaType": artifact_type, "digest": layer.digest, "size": len(bundle)}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 0},
+        }
+    )
+    manifest_digest = client.push_manifest(image, manifest, OCI_MANIFEST)
+    tag = digest.replace(":", "-")
+    existing = client.get_manifest_if_exists(ImageReference(image.registry, image.repository, tag))
+    entries = [d.to_json() for d in existing.manifests] if existing and existing.is_index else []
+    entry = Descriptor(OCI_MANIFEST, manifest_digest, len(manifest), artifact_type=artifact_type)
+    if entry.to_json() not in entries:
+        entries.append(entry.to_json())
+    index = _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+    client.push_manifest(image, index, OCI_INDEX, tag=tag)
+    return manifest_digest
 
 
 def make_statement(

@@ -35,7 +35,7 @@ from samplerguard.supplychain.dsse import Envelope, Statement
 from samplerguard.supplychain.publish import Signer, make_envelope, make_statement
 
 SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 # Through the whole verifier (fake registry, real crypto): fewer examples, each costs more.
 VERIFY_SETTINGS = settings(
@@ -58,7 +58,7 @@ json_values = st.recursive(
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
     ),
-    max_leaves=20,
+    max_leaves=10,
 )
 tricky_text = st.text(
     alphabet=st.sampled_from(["a", "\u202e", "\u0000", "\ufeff", "\U0001f600", '"', "\\", "é"]),
