@@ -110,7 +110,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             ]
             env = {**os.environ, "KUBECONFIG": str(sa_config), "POD_NAME": f"operator-{i}"}
             procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
-        yield {"tmp": tmp, "sa_config": str(sa_config), "procs": procs}
+        yield {
+            "tmp": tmp,
+            "sa_config": str(sa_config),
+            "procs": procs,
+            "hooks": [d for d in real if d["kind"].endswith("WebhookConfiguration")],
+        }
     finally:
         for p in procs:
             p.terminate()
@@ -202,3 +207,45 @@ def test_operator_as_its_service_account(installed: dict[str, Any]) -> None:
         text = (installed["tmp"] / f"operator-{i}.log").read_text()
         assert "403" not in text and "Forbidden" not in text, text[-3000:]
         assert installed["procs"][i].poll() is None, text[-3000:]
+
+
+def test_helm_upgrade_blanking_the_ca_bundle_is_repaired(installed: dict[str, Any]) -> None:
+    """``helm upgrade`` re-applies the webhook configurations from the templates; rendered
+    without a cluster (no ``lookup``) they carry no caBundle. The operator, watching them,
+    patches it back within seconds, and the CA is unchanged (the Secret is not Helm's)."""
+    name = f"{REL}-validating"
+    before = _wait(
+        "caBundle",
+        lambda: kubectl(
+            "get",
+            "validatingwebhookconfiguration",
+            name,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            check=False,
+        ),
+    )
+    for hook in installed["hooks"]:
+        kubectl("replace", "-f", "-", stdin=json.dumps(hook))  # as rendered: no caBundle
+    blank = kubectl(
+        "get",
+        "validatingwebhookconfiguration",
+        name,
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+    )
+    start = time.monotonic()
+    after = _wait(
+        "caBundle repaired",
+        lambda: kubectl(
+            "get",
+            "validatingwebhookconfiguration",
+            name,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            check=False,
+        ),
+        30,
+    )
+    assert after == before
+    print(f"caBundle blank={blank == ''}, repaired in {time.monotonic() - start:.1f}s")

@@ -486,6 +486,18 @@ def test_results_become_policy_reports(cluster: dict[str, Any]) -> None:
         60,
     )
     assert cluster_report >= 1
+    page = cluster["tmp"] / "report" / "report.md"
+    out = subprocess.run(
+        [sys.executable, "-m", "samplerguard", "report", "--out", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    text = page.read_text()
+    assert "trajectory-recheck" in text and f"Pod/{APP_NS}/good" in text
+    assert (page.parent / "rel_l2.png").is_file()
     events = kubectl(
         "get", "events", "-n", APP_NS, "--field-selector", "reason=VerificationFailed", "-o", "json"
     ).stdout
