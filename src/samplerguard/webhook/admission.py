@@ -423,7 +423,10 @@ class Admission:
         if verdict.passed and verdict.digest == digest:
             self.cache.record_pass(key, f"verified {digest}", scoped.scope)
             return Check(image, pname, mode, True, f"verified {digest}")
-        reasons = "; ".join(verdict.reasons) or "not verified"
+        # The sentence already names image and policy: keep only the failed checks.
+        reasons = f"{digest}: " + (
+            "; ".join(f"{c.name}: {c.detail}" for c in verdict.failed) or "not verified"
+        )
         if verdict.passed:  # the verifier checked another digest than the one to be admitted
             reasons = f"verified digest {verdict.digest} differs from the admitted {digest}"
         self.cache.record_failure(key, reasons, scoped.scope)

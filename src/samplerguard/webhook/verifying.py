@@ -20,7 +20,15 @@ from typing import Any, Protocol
 from samplerguard.policy import SamplerPolicySpec
 from samplerguard.supplychain.auth import DockerConfig
 
-__all__ = ["DigestResolver", "ImageVerifierLike", "PullSecrets", "VerdictLike"]
+__all__ = ["CheckLike", "DigestResolver", "ImageVerifierLike", "PullSecrets", "VerdictLike"]
+
+
+class CheckLike(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
 
 
 class VerdictLike(Protocol):
@@ -31,7 +39,9 @@ class VerdictLike(Protocol):
     def digest(self) -> str: ...
 
     @property
-    def reasons(self) -> Sequence[str]: ...
+    def failed(self) -> Sequence[CheckLike]:
+        """The checks that failed, each naming what it found and what it expected."""
+        ...
 
 
 class ImageVerifierLike(Protocol):
