@@ -486,6 +486,12 @@ def test_results_become_policy_reports(cluster: dict[str, Any]) -> None:
         60,
     )
     assert cluster_report >= 1
+    verdict = _wait(
+        "the Verdict column",
+        lambda: kubectl("get", "csp", "e2e-sampler", "-o", "jsonpath={.status.lastVerdict}").stdout,
+        60,
+    )
+    assert verdict == "fail 1/5 (trajectory-recheck)"
     page = cluster["tmp"] / "report" / "report.md"
     out = subprocess.run(
         [sys.executable, "-m", "samplerguard", "report", "--out", str(page)],

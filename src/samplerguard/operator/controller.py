@@ -72,6 +72,19 @@ class OperatorConfig:
         )
 
 
+@dataclass
+class _Tally:
+    passed: int = 0
+    failed: int = 0
+    rule: str = ""
+
+    def text(self) -> str:
+        total = self.passed + self.failed
+        return (
+            f"fail {self.failed}/{total} ({self.rule})" if self.failed else f"pass {total}/{total}"
+        )
+
+
 class Controller:
     def __init__(self, config: OperatorConfig, kube: Kube) -> None:
         self.config = config
@@ -81,6 +94,11 @@ class Controller:
         self._cluster_policy_results: dict[str, ReportResult] = {}
         self._cluster_dirty = True
         self._last_event: dict[tuple[str, str], float] = {}
+        #: policy ref -> [pass, fail+error, latest failing rule]; flushed to status.lastVerdict
+        self._verdicts: dict[str, _Tally] = {}
+        self._verdicts_dirty: set[str] = set()
+        #: last validity result per SamplerPolicy: recorded in reports only when it changes
+        self._ns_policy_state: dict[str, str] = {}
 
     # -- policies ----------------------------------------------------------------------------
 
@@ -95,7 +113,10 @@ class Controller:
                 self._cluster_dirty |= old is None or old.result != ev.result.result
         else:
             ns = ev.result.namespace
-            if ns is not None and not ev.ok:
+            with self._lock:
+                changed = self._ns_policy_state.get(ref) != ev.result.result
+                self._ns_policy_state[ref] = ev.result.result
+            if ns is not None and not ev.ok and changed:
                 self.record([ev.result])
         if not ev.ok:
             self.event(ev.result, "PolicyInvalid", ev.message)
@@ -103,6 +124,7 @@ class Controller:
 
     def forget_policy(self, body: dict[str, object]) -> None:
         with self._lock:
+            self._ns_policy_state.pop(policy_ref(dict(body)), None)
             if self._cluster_policy_results.pop(policy_ref(dict(body)), None) is not None:
                 self._cluster_dirty = True
 
@@ -164,6 +186,7 @@ class Controller:
         results = list(results)
         for r in results:
             by_ns.setdefault(r.namespace, []).append(r)
+        self._note_verdicts(results)
         n = 0
         for ns, batch in by_ns.items():
             if ns is None:
@@ -192,6 +215,7 @@ class Controller:
         return n
 
     def refresh_cluster_report(self, force: bool = False) -> bool:
+        self.flush_verdicts()
         with self._lock:
             if not (self._cluster_dirty or force):
                 return False
@@ -209,6 +233,39 @@ class Controller:
         with self._lock:
             self._cluster_dirty = True
         raise TemporaryError("ClusterPolicyReport kept conflicting")
+
+    # -- status.lastVerdict ----------------------------------------------------------------
+
+    def _note_verdicts(self, results: list[ReportResult]) -> None:
+        with self._lock:
+            for r in results:
+                if r.rule == "policy":
+                    continue
+                tally = self._verdicts.setdefault(r.policy, _Tally())
+                n = r.metric("count")
+                k = int(n) if n is not None and n >= 1 else 1
+                if r.result in ("fail", "error"):
+                    tally.failed += k
+                    tally.rule = r.rule
+                elif r.result == "pass":
+                    tally.passed += k
+                self._verdicts_dirty.add(r.policy)
+
+    def flush_verdicts(self) -> int:
+        """Write ``status.lastVerdict`` of the policies that got results since the last flush
+        (the Verdict printer column), e.g. ``fail 2/40 (trajectory-recheck)``."""
+        with self._lock:
+            dirty = {p: self._verdicts[p].text() for p in self._verdicts_dirty}
+            self._verdicts_dirty.clear()
+        written = 0
+        for ref, text in dirty.items():
+            ns, _, name = ref.rpartition("/")
+            try:
+                self.kube.patch_policy_status(ns or None, name, {"lastVerdict": text})
+                written += 1
+            except Exception as exc:
+                log.info("lastVerdict of %s not written: %s", ref, exc)
+        return written
 
     # -- events --------------------------------------------------------------------------------
 

@@ -252,6 +252,37 @@ class Kube:
         )
         return list(out.get("items") or [])  # type: ignore[attr-defined]
 
+    def patch_policy_status(self, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a policy's status subresource."""
+        body = {"status": status}
+        if namespace is None:
+            _call(
+                f"patch status of ClusterSamplerPolicy {name}",
+                lambda: self.custom.patch_cluster_custom_object_status(
+                    "samplerguard.dev",
+                    "v1alpha1",
+                    "clustersamplerpolicies",
+                    name,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=_TIMEOUT,
+                ),
+            )
+        else:
+            _call(
+                f"patch status of SamplerPolicy {namespace}/{name}",
+                lambda: self.custom.patch_namespaced_custom_object_status(
+                    "samplerguard.dev",
+                    "v1alpha1",
+                    namespace,
+                    "samplerpolicies",
+                    name,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=_TIMEOUT,
+                ),
+            )
+
     def list_namespaces(self) -> list[dict[str, Any]]:
         out = _call(
             "list namespaces",

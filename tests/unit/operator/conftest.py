@@ -24,6 +24,7 @@ class MemoryKube:
         self.conflicts_left = 0
         self._rv = itertools.count(1)
         self.writes = 0
+        self.status_patches: list[tuple[str | None, str, dict[str, Any]]] = []
 
     # secrets
     def get_secret(self, namespace: str, name: str) -> tuple[CertState, str | None]:
@@ -90,6 +91,9 @@ class MemoryKube:
 
     def list_reports(self, label_selector: str) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for k, o in self.objects.items() if k[0] == "PolicyReport"]
+
+    def patch_policy_status(self, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+        self.status_patches.append((namespace, name, status))
 
     def create_event(
         self, involved: ObjectReference, *, type_: str, reason: str, message: str

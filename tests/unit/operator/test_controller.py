@@ -99,6 +99,24 @@ def test_record_survives_lost_races(kube: Any, crd_validate: Validate) -> None:
     cluster = kube.get_report(None, "samplerguard-cluster")
     assert crd_validate(cluster) == [] and cluster["summary"]["fail"] == 2
     assert not c.refresh_cluster_report()  # nothing new
+    # The policy's Verdict column.
+    assert kube.status_patches == [
+        (None, "demo-tiny", {"lastVerdict": "fail 2/2 (trajectory-recheck)"})
+    ]
+
+
+def test_verdicts_per_policy_kind(kube: Any) -> None:
+    c = _controller(kube)
+    ok = ReportResult.build(
+        policy="ml/sdxl-base",
+        rule="recipe",
+        result="pass",
+        resource={"kind": "Pod", "namespace": "ml", "name": "p"},
+    )
+    c.record([ok, ok, ok])
+    assert c.flush_verdicts() == 1
+    assert kube.status_patches == [("ml", "sdxl-base", {"lastVerdict": "pass 3/3"})]
+    assert c.flush_verdicts() == 0
 
 
 def test_record_gives_up_with_a_temporary_error(kube: Any) -> None:
