@@ -439,9 +439,14 @@ class Admission:
         if future is None:
             future = asyncio.ensure_future(self._in_thread(call))
             self._inflight[key] = future
-            future.add_done_callback(lambda _f: self._inflight.pop(key, None))
+            future.add_done_callback(lambda f: self._settled(key, f))
         result: T = await asyncio.shield(future)
         return result
+
+    def _settled(self, key: Any, future: asyncio.Future[Any]) -> None:
+        self._inflight.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # retrieved: a failure nobody awaited any more is not "lost"
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
         if self._limiter is None:

@@ -8,10 +8,12 @@ import copy
 import json
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +21,7 @@ from samplerguard.errors import PolicyError
 from samplerguard.policy import parse_policy
 from samplerguard.webhook import (
     Admission,
+    FilePolicySource,
     ReloadingCertificate,
     StaticNamespaceLabels,
     StaticPolicySource,
@@ -213,3 +216,45 @@ def test_policies_parse_or_raise_policy_error(body: dict[str, Any]) -> None:
     body.setdefault("kind", "ClusterSamplerPolicy")
     with contextlib.suppress(PolicyError):
         parse_policy(body)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(
+        st.text(max_size=400),
+        st.builds(
+            lambda doc, key, value: _mutated(doc, key, value),
+            st.just(policy("p", "reg.io/**")),
+            st.sampled_from(
+                ["kind", "metadata", "spec", "mode", "images", "glob", "authorities", "namespace"]
+            ),
+            json_values,
+        ),
+    )
+)
+def test_policy_files_load_or_raise_policy_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
+    try:
+        source = FilePolicySource(tmp_path / "p.yaml")
+    except PolicyError:
+        return
+    for loaded in source.snapshot().policies:
+        assert loaded.metadata.uid and loaded.metadata.resource_version
+
+
+def _mutated(doc: dict[str, Any], key: str, value: Any) -> str:
+    doc = copy.deepcopy(doc)
+    spec = doc["spec"]
+    if key in ("kind", "metadata", "spec"):
+        doc[key] = value
+    elif key == "mode":
+        spec["mode"] = value
+    elif key == "images":
+        spec["images"] = value
+    elif key == "namespace":
+        doc["metadata"]["namespace"] = value
+    else:
+        spec["images"][0][key] = value
+    return yaml.safe_dump(doc, allow_unicode=True)
