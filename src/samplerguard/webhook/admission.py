@@ -227,6 +227,7 @@ class Admission:
         inj = self.config.injection
         inject = (
             mutate
+            and req.operation == "CREATE"  # a running pod's containers cannot be added to
             and tpl.is_pod
             and inj.enabled
             and tpl.labels.get(LABEL_INJECT) != "false"
@@ -278,6 +279,10 @@ class Admission:
             for o in outcomes
             if o.pinned and _reference(o.image)[0].digest is None
         }
+        if req.operation == "UPDATE":
+            # Rewriting an image the object already had would restart the pod's container
+            # (or roll a Deployment) for nothing: pin only what this update changes.
+            pins = {i: p for i, p in pins.items() if i not in _old_images(req)}
         patch = pin_patch(tpl, pins)
         if inject:
             chosen = _pod_policy(tpl, policies, outcomes, images)
@@ -319,9 +324,8 @@ class Admission:
         return _Scoped(self.resolver.with_credentials(creds), f"{namespace}/{','.join(names)}")
 
     async def _check_image(
-        self, image: str, policies: list[AnyPolicy], scoped: _Scoped | None = None
+        self, image: str, policies: list[AnyPolicy], scoped: _Scoped
     ) -> _ImageOutcome:
-        scoped = scoped or _Scoped(None, "")
         outcome = _ImageOutcome(image)
         try:
             ref, candidates = _reference(image)
@@ -476,6 +480,13 @@ class Admission:
                 for c in failed
             ]
         )
+
+
+def _old_images(req: AdmissionRequest) -> set[str]:
+    try:
+        return set(find_pod_template(req.kind.group, req.kind.kind, req.old_object).images())
+    except MalformedInputError:
+        return set()
 
 
 def _name_of(req: AdmissionRequest, tpl: PodTemplate) -> str:

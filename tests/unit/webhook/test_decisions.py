@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from typing import Any
 
@@ -256,3 +258,24 @@ def test_status_writes_keep_cached_verdicts(
     adm.policies = StaticPolicySource([cluster_policy(2, "12")])  # the spec changed
     _run(adm, workload("Pod", SIGNED))
     assert registry.verify_calls == calls + 1
+
+
+def test_updates_neither_inject_nor_repin_existing_images(
+    config: WebhookConfig, registry: RegistryDouble
+) -> None:
+    adm = _admission(
+        config,
+        registry,
+        policy("acme", f"{REGISTRY}/acme/**"),
+        policy("injected", f"{REGISTRY}/samplerguard/**"),
+    )
+    old = workload("Pod", SIGNED)  # created before samplerguard: a tag, no sidecar
+    new = workload("Pod", SIGNED, labels={"touched": "yes"})
+    response = _run(adm, new, mutate=True, operation="UPDATE", old=old)
+    assert response.allowed is True
+    assert response.patch is None
+    # An image this update introduces is pinned.
+    changed = workload("Pod", f"{REGISTRY}/acme/sampler:1.0", f"{REGISTRY}/samplerguard/hook:0.1")
+    response = _run(adm, changed, mutate=True, operation="UPDATE", old=old)
+    ops = json.loads(base64.b64decode(response.patch))
+    assert [o["path"] for o in ops] == ["/spec/containers/1/image"]
