@@ -240,7 +240,9 @@ def injection_patch(
 ) -> tuple[list[Op], list[str]]:
     """Operations that inject the sidecar into ``tpl``, and warnings for the user.
 
-    Returns no operations for a pod that already has the sidecar (reinvocation)."""
+    Returns no operations for a pod that already has the sidecar (reinvocation). The
+    operations share memoised values (the injected containers): serialise them, never mutate
+    them."""
     if already_injected(tpl):
         return [], []
     spec, at = tpl.spec, tpl.spec_pointer
