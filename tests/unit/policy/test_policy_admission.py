@@ -177,3 +177,13 @@ def test_duplicate_authority_names_are_a_list_map(crds: dict[str, dict[str, Any]
     spec = crds["ClusterSamplerPolicy"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     auth = spec["properties"]["spec"]["properties"]["images"]["items"]["properties"]["authorities"]
     assert auth["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def test_demo_policy_pins_the_bundled_weights() -> None:
+    weights = POLICIES[0].parents[1] / "src/samplerguard/models/weights/digits-unet.safetensors"
+    if not weights.is_file():
+        pytest.skip("the bundled weights are not built in this checkout")
+    from samplerguard.sidecar.integrity import weights_file_digest
+
+    pinned = parse_policy(_load("demo-tiny.yaml")).spec.golden_digests.model_weights
+    assert weights_file_digest(weights) in pinned, "update policies/demo-tiny.yaml"
