@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -265,7 +266,7 @@ def fetch_artifacts(
     def read(layer: Descriptor, where: str) -> Callable[[], SignedLayer | str]:
         def run() -> SignedLayer | str:
             try:
-                return _read_layer(client, image, layer, where)
+                return _read_layer(client, image, layer, where, digest)
             except (MalformedInputError, VerificationError) as exc:
                 return f"{where}: {exc}"
 
@@ -309,8 +310,26 @@ def _collect_bundle(
             out.bundles.append(BundleArtifact(f"bundle referrer {desc.digest[:19]}", raw))
 
 
+def _known_payload(image: ImageReference, digest: str, layer: Descriptor) -> bytes | None:
+    """The simple-signing payload cosign writes is a function of the repository and the
+    digest. When one of the names cosign may have used hashes to the layer's digest, those
+    are the blob's bytes (content addressing), and the round-trip is saved."""
+    names = [image.name]
+    if image.registry == "index.docker.io":
+        names += [image.repository, f"docker.io/{image.repository}"]
+    for name in names:
+        payload = simple_signing_payload(name, digest)
+        if len(payload) == layer.size and hashlib.sha256(payload).hexdigest() == layer.digest[7:]:
+            return payload
+    return None
+
+
 def _read_layer(
-    client: RegistryClient, image: ImageReference, layer: Descriptor, where: str
+    client: RegistryClient,
+    image: ImageReference,
+    layer: Descriptor,
+    where: str,
+    digest: str = "",
 ) -> SignedLayer:
     ann = layer.annotations
     for key in (SIGNATURE_ANNOTATION, CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, BUNDLE_ANNOTATION):
@@ -335,7 +354,12 @@ def _read_layer(
             raise MalformedInputError(f"{BUNDLE_ANNOTATION} is not JSON") from None
         if not isinstance(rekor_bundle, dict):
             raise MalformedInputError(f"{BUNDLE_ANNOTATION} is not a JSON object")
-    payload = client.get_blob(image, layer.digest, max_bytes=MAX_PAYLOAD_BYTES)
+    known = (
+        _known_payload(image, digest, layer)
+        if digest and layer.media_type == SIMPLE_SIGNING_MEDIA_TYPE
+        else None
+    )
+    payload = known or client.get_blob(image, layer.digest, max_bytes=MAX_PAYLOAD_BYTES)
     cert = ann.get(CERTIFICATE_ANNOTATION)
     chain = ann.get(CHAIN_ANNOTATION)
     return SignedLayer(

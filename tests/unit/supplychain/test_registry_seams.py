@@ -161,9 +161,9 @@ def test_blob_redirect_drops_the_token() -> None:
 
 
 def _sig_manifest(
-    reg: FakeRegistry, signer: Signer, digest: str
+    reg: FakeRegistry, signer: Signer, digest: str, name: str = f"{HOST}/acme/x"
 ) -> tuple[bytes, dict[str, object]]:
-    payload = simple_signing_payload(f"{HOST}/acme/x", digest)
+    payload = simple_signing_payload(name, digest)
     layer = reg.put_blob(payload)
     layer["mediaType"] = SIMPLE_SIGNING_MEDIA_TYPE
     layer["annotations"] = {SIGNATURE_ANNOTATION: base64.b64encode(signer.sign(payload)).decode()}
@@ -206,6 +206,8 @@ def test_signature_found_through_the_referrers_api() -> None:
         verdict = ImageVerifier(client).verify(REF, spec, policy_name="p")
     assert verdict.passed, verdict.summary()
     assert "referrer sha256:" in verdict.checks[-1].detail
+    # cosign's payload is rebuilt from the name and digest: its blob is never fetched.
+    assert not [c for c in reg.calls if "/blobs/" in c]
     # Without the referrers API, the same registry has nothing for this image.
     reg.referrers = None
     with reg.client() as client:
@@ -250,8 +252,9 @@ def test_budget_covers_the_fetch_pool() -> None:
 
     reg = FakeRegistry()
     digest = reg.image()
-    raw, _ = _sig_manifest(reg, Signer.generate(), digest)
-    reg.put_manifest("acme/x", raw, tag=f"sha256-{digest[7:]}.sig")  # so blobs must be fetched
+    # A payload naming another repository cannot be rebuilt locally: its blob must be fetched.
+    raw, _ = _sig_manifest(reg, Signer.generate(), digest, name="mirror.test/acme/x")
+    reg.put_manifest("acme/x", raw, tag=f"sha256-{digest[7:]}.sig")
     slow_calls: list[str] = []
 
     def slow(request: httpx.Request) -> httpx.Response | None:
