@@ -8,8 +8,9 @@ measured side by side:
 
 * warm process: one long-lived RegistryClient/ImageVerifier (pooled connections, parsed
   keys), as in the webhook;
-* cold process: a new RegistryClient and ImageVerifier per verification (new TCP
-  connections, key parsing, the referrers-API probe), as in a one-shot CLI call.
+* new client per call: a new RegistryClient and ImageVerifier per verification (new TCP
+  connections, key parsing, the referrers-API probe), as a one-shot CLI call pays them
+  (except loading the CA bundle, which happens once per process).
 
 Run: python benchmarks/bench_cold_verify.py [--images 40] [--rounds 5]
 """
@@ -161,7 +162,7 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"cold verification on loopback docker-registry ({os.cpu_count()} CPUs, load {load:.1f})")
     print(line("verify, warm process (webhook)", warm))
-    print(line("verify, cold process (CLI)", cold))
+    print(line("verify, new client per call", cold))
     print("per step (warm process):")
     print(line("  resolve tag -> digest (HEAD)", resolve))
     print(line("  fetch .sig/.att + blobs", fetch))

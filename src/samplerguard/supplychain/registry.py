@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
@@ -244,6 +245,20 @@ class Manifest:
         )
 
 
+_SSL_CONTEXT: ssl.SSLContext | None = None
+_SSL_LOCK = threading.Lock()
+
+
+def _default_ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: loading the CA bundle costs tens of
+    milliseconds (160 ms on a loaded 2-core VM), too much to pay per client."""
+    global _SSL_CONTEXT
+    with _SSL_LOCK:
+        if _SSL_CONTEXT is None:
+            _SSL_CONTEXT = httpx.create_ssl_context()
+        return _SSL_CONTEXT
+
+
 @dataclass
 class _Token:
     value: str = field(repr=False)
@@ -285,6 +300,8 @@ class RegistryClient:
         self._backoff = max(0.0, backoff)
         self._max_blob = max_blob_bytes
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        if verify is True:
+            verify = _default_ssl_context()
         if transport is None:
             # Headers and body go out in separate writes; without TCP_NODELAY, Nagle plus
             # delayed ACKs add ~40 ms to every upload.
