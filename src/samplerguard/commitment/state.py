@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -167,7 +166,11 @@ def capture_schedule(scheduler: Any) -> dict[str, torch.Tensor]:
     names = _schedule_names(
         type(scheduler).__qualname__,
         type(scheduler),
-        json.dumps(_plain(dict(scheduler.config)), sort_keys=True, default=str),
+        json.dumps(
+            _plain({k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}),
+            sort_keys=True,
+            default=str,
+        ),
         n,
     )
     out = {}
@@ -183,9 +186,7 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
+    return value  # non-finite floats stay floats: json writes -Infinity, parse_constant reads it
 
 
 _SCHEDULE_NAMES: dict[tuple[str, str, int | None], frozenset[str]] = {}

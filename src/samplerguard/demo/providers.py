@@ -28,7 +28,7 @@ import torch
 
 from samplerguard.commitment.digest import module_digest
 from samplerguard.hook.pipelines import instrument, output_bytes
-from samplerguard.hook.recorder import Recorder, TrajectoryRequest
+from samplerguard.hook.recorder import Recorder, TrajectoryRequest, scheduler_config
 from samplerguard.models.digits import (
     SCHEDULER_CONFIG,
     DigitsPipeline,
@@ -133,7 +133,7 @@ class Provider:
             extra = {
                 "sampler": d.sampler,
                 "scheduler_class": type(declared).__name__,
-                "scheduler_config": dict(declared.config),
+                "scheduler_config": scheduler_config(declared),
             }
         cfg = 1.0 if self.name == "guidance-off" else d.cfg
         inputs = StepInputs(class_labels=labels, guidance_scale=cfg)

@@ -41,7 +41,14 @@ from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryReco
 from samplerguard.errors import MalformedInputError, SamplerGuardError
 from samplerguard.rng.shim import observe_noise
 
-__all__ = ["Recorder", "RecordingError", "Sink", "Trajectory", "TrajectoryRequest"]
+__all__ = [
+    "Recorder",
+    "RecordingError",
+    "Sink",
+    "Trajectory",
+    "TrajectoryRequest",
+    "scheduler_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +78,24 @@ class TrajectoryRequest:
             "model": {"name": self.model_name, "digest": self.model_digest},
             "sampler": self.sampler,
             "scheduler_class": type(scheduler).__name__,
-            "scheduler_config": _jsonable(dict(scheduler.config)),
+            "scheduler_config": scheduler_config(scheduler),
             "steps": self.steps,
             "guidance_scale": float(self.guidance_scale),
             "rng": self.rng_mode,
             "latent_shape": list(latent_shape),
             **{k: _jsonable(v) for k, v in self.extra.items()},
         }
+
+
+def scheduler_config(scheduler: Any) -> dict[str, Any]:
+    """The scheduler's effective config as JSON. diffusers' private keys are dropped: in
+    particular ``_use_default_values``, which would make ``from_config`` reset values that a
+    pipeline changed after construction (Stable Diffusion rewrites DDIM's ``steps_offset``)."""
+    return {
+        str(k): _jsonable(v)
+        for k, v in dict(scheduler.config).items()
+        if not str(k).startswith("_")
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -36,9 +36,9 @@ __all__ = [
     "build_unet",
     "denoise_step",
     "guided_eps",
-    "scheduler_step",
     "load_classifier",
     "load_unet",
+    "scheduler_step",
     "to_pixels",
 ]
 

@@ -1,0 +1,74 @@
+"""A tiny Stable Diffusion pipeline from randomly initialised components.
+
+Nothing can be downloaded here, so the tests and benchmarks assemble diffusers'
+``StableDiffusionPipeline`` from real component classes (``UNet2DConditionModel``,
+``AutoencoderKL``, a tiny ``CLIPTextModel``) at toy sizes, in the style of diffusers' own
+pipeline tests. There is no tokenizer: callers pass prompt embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["build_tiny_sd", "prompt_embeddings"]
+
+
+def build_tiny_sd(scheduler: Any, *, seed: int = 0, sample_size: int = 16) -> Any:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            norm_num_groups=8,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=0,
+                eos_token_id=2,
+                hidden_size=32,
+                intermediate_size=37,
+                layer_norm_eps=1e-05,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                pad_token_id=1,
+                vocab_size=1000,
+            )
+        )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=None,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def prompt_embeddings(batch: int, *, seed: int, tokens: int = 8) -> torch.Tensor:
+    """Deterministic stand-in prompt embeddings of the tiny text encoder's width."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, tokens, 32), generator=gen)
