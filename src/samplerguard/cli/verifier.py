@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--once", action="store_true", help="one round, then exit")
     p.add_argument("--no-loop", action="store_true", help="serve; audit only on POST /v1/rounds")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (re-checks)")
     p.add_argument("mode", nargs="?", choices=["audit", "canary"], default="audit")
     p.add_argument("--canary-baseline", help="canary: baseline JSON (written if absent)")
     p.set_defaults(_run=run)
@@ -89,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     from samplerguard.verifier.reference import ReferenceModels
     from samplerguard.verifier.service import Verifier
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     if not args.policy:
         raise ValueError("--policy (or SAMPLERGUARD_POLICY) is required")
     policy = load_policy(args.policy)

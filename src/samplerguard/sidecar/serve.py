@@ -37,11 +37,15 @@ def write_ready_file(path: Path, doc: dict[str, Any]) -> None:
 
 
 def serve(cfg: SidecarConfig) -> int:
+    import torch
     import uvicorn
 
     from samplerguard.sidecar.app import create_app
     from samplerguard.sidecar.service import Sidecar
 
+    # the sidecar hashes and copies; it runs no model, and a thread pool only contends with
+    # the app container for its CPU
+    torch.set_num_threads(1)
     sidecar = Sidecar(cfg)
     tcp = bind_tcp(*cfg.listen_tcp)
     host, port = tcp.getsockname()[:2]

@@ -1,8 +1,9 @@
 """Judging one committed trajectory: signature → inclusion → one-step re-check, per DESIGN.md.
 
 1. fetch the commitment and verify its DSSE signature under the sidecar's published key;
-2. refuse a replay: the commitment must name the trajectory it was served for, and its root
-   must not have been judged under another id;
+2. refuse a replay: the signed predicate must name the trajectory it was served for (two
+   honest requests with the same seed and recipe share a root, so the root alone proves
+   nothing; the signed request id does, and the sidecar commits each request id once);
 3. one ``recipe`` result for every trajectory (guidance and steps, for the report's
    histograms); quarantined ones are ``warn`` with the sidecar's reasons;
 4. decide the challenge (the policy's fraction; always for quarantined trajectories) and draw
@@ -64,7 +65,6 @@ class Checker:
         references: ReferenceModels,
         *,
         escrow_key: Any = None,
-        is_replay: Any = None,
         challenge: Any = None,
         telemetry: Any = None,
     ) -> None:
@@ -72,7 +72,6 @@ class Checker:
         self.policy_name = policy_name
         self.references = references
         self.escrow_key = escrow_key
-        self.is_replay = is_replay or (lambda root, key: None)
         #: (key, draw) -> steps; the service journals the draw (see Journal.challenge)
         self.challenge = challenge or (lambda key, draw: draw())
         self.telemetry = telemetry
@@ -115,15 +114,6 @@ class Checker:
                 root,
                 f"replayed commitment: served for trajectory {trajectory_id!r} but signed for "
                 f"request {commitment.request_id!r}",
-                "signature",
-                ids,
-            )
-        owner = self.is_replay(root, key)
-        if owner is not None:
-            return self._fail(
-                target,
-                root,
-                f"replayed commitment: root {root[:16]}… was already judged as {owner}",
                 "signature",
                 ids,
             )

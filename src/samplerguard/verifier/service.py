@@ -75,12 +75,7 @@ class Verifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        checker.is_replay = self._replayed
         checker.challenge = journal.challenge
-
-    def _replayed(self, root: str, key: str) -> str | None:
-        owner = self.journal.root_owner(root)
-        return owner if owner is not None and owner != key else None
 
     # -- delivery ------------------------------------------------------------------------------
 
