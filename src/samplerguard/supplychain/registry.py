@@ -350,7 +350,13 @@ class RegistryClient:
         checking the registry has it. For an image index this is the index's digest, which is
         what cosign signs."""
         image = parse_reference(ref) if isinstance(ref, str) else ref
-        resp = self._request("HEAD", image, f"/manifests/{image.reference}", accept=_ACCEPT)
+        try:
+            resp = self._request("HEAD", image, f"/manifests/{image.reference}", accept=_ACCEPT)
+        except (ManifestNotFoundError, RegistryAuthError):
+            raise
+        except VerificationError:
+            # Some registries refuse HEAD (405 and the like): fetch and hash instead.
+            return self.get_manifest(image).digest
         digest = str(resp.headers.get("Docker-Content-Digest", ""))
         if image.digest:
             return image.digest

@@ -279,3 +279,12 @@ def test_budget_covers_the_fetch_pool() -> None:
             ImageVerifier(client, budget=0.2).verify(REF, spec, policy_name="p")
         assert time.monotonic() - start < 1.5
     assert any("/blobs/" in c for c in slow_calls) is False  # the blob fetch never started
+
+
+def test_resolve_falls_back_to_get_when_head_is_refused() -> None:
+    reg = FakeRegistry()
+    digest = reg.image()
+    reg.hook = lambda request: httpx.Response(405) if request.method == "HEAD" else None
+    with reg.client() as client:
+        assert client.resolve(REF) == digest
+    assert reg.calls[-1] == "GET /v2/acme/x/manifests/1.0"
