@@ -205,20 +205,24 @@ def fetch_artifacts(
             ref = ImageReference(image.registry, image.repository, tag, None)
             try:
                 return tag, client.get_manifest_if_exists(ref)
-            except MalformedInputError as exc:
+            except (MalformedInputError, VerificationError) as exc:
                 return tag, str(exc)
 
         return run
 
     def referrers() -> tuple[str, list[Descriptor] | None]:
-        return "referrers", client.referrers(image, digest)
+        try:
+            return "referrers", client.referrers(image, digest)
+        except (MalformedInputError, VerificationError) as exc:
+            out.problems.append(f"referrers API: {exc}")
+            return "referrers", None
 
     def referrers_tag() -> tuple[str, list[Descriptor] | None]:
         # The OCI 1.1 fallback for registries without the API: an index tagged sha256-<hex>.
         ref = ImageReference(image.registry, image.repository, digest.replace(":", "-"), None)
         try:
             index = client.get_manifest_if_exists(ref)
-        except MalformedInputError as exc:
+        except (MalformedInputError, VerificationError) as exc:
             out.problems.append(f"referrers tag: {exc}")
             return "referrers-tag", None
         return "referrers-tag", list(index.manifests) if index and index.is_index else None

@@ -154,7 +154,8 @@ class ImageVerifier:
         if resolved is None:
             try:
                 resolved = registry.resolve(image)
-            except VerificationError as exc:
+            except (VerificationError, MalformedInputError) as exc:
+                # The reference was fine; what the registry answered was not.
                 checks.append(CheckResult("resolve", False, str(exc)))
                 return verdict("")
             checks.append(CheckResult("resolve", True, f"{image.tag} -> {resolved}"))

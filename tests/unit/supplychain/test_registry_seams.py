@@ -288,3 +288,38 @@ def test_resolve_falls_back_to_get_when_head_is_refused() -> None:
     with reg.client() as client:
         assert client.resolve(REF) == digest
     assert reg.calls[-1] == "GET /v2/acme/x/manifests/1.0"
+
+
+@pytest.mark.parametrize("target", ["manifests/1.0", "referrers/", "sha256-", ".sig", ".att"])
+def test_garbage_from_the_registry_is_a_failed_verdict(target: str) -> None:
+    """Whatever the registry sends, the pod's reference was fine: a failed verdict, never
+    MalformedInputError (which would blame the request)."""
+    reg = FakeRegistry()
+    reg.image()
+    reg.referrers = {}
+
+    def garbage(request: httpx.Request) -> httpx.Response | None:
+        if target in request.url.path and request.method == "GET":
+            return httpx.Response(
+                200,
+                content=b"\x00not json",
+                headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+            )
+        if target == "manifests/1.0" and request.method == "HEAD":
+            return httpx.Response(405)
+        return None
+
+    reg.hook = garbage
+    spec = SamplerPolicySpec(
+        images=[
+            ImageRule(
+                glob=f"{HOST}/acme/*",
+                authorities=[
+                    Authority(name="k", key=KeyAuthority(public_key=Signer.generate().public_pem))
+                ],
+            )
+        ]
+    )
+    with reg.client() as client:
+        verdict = ImageVerifier(client).verify(REF, spec, policy_name="p")
+    assert not verdict.passed
