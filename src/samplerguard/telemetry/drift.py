@@ -504,8 +504,14 @@ class DriftBaseline:
                 raise BaselineError(f"numeric feature {name!r}: edges and counts must be lists")
             if any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in edges):
                 raise BaselineError(f"numeric feature {name!r}: edges must be numbers")
+            try:
+                floats = tuple(float(e) for e in edges)
+            except OverflowError:
+                raise BaselineError(
+                    f"numeric feature {name!r}: edges must be finite numbers"
+                ) from None
             numeric[name] = HistogramBaseline(
-                tuple(float(e) for e in edges),
+                floats,
                 tuple(_check_count(c, f"numeric feature {name!r}") for c in counts),
             )
         categorical: dict[str, CategoricalBaseline] = {}

@@ -23,7 +23,9 @@ from otlp_receivers import (
 def otlp_http() -> Iterator[HttpReceiver]:
     server = _HttpServer(("127.0.0.1", 0), _Handler)
     server.received = Received()
-    thread = threading.Thread(target=server.serve_forever, name="otlp-http", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="otlp-http", daemon=True
+    )
     thread.start()
     host, port = server.server_address[:2]
     try:

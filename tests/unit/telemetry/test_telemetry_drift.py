@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.telemetry import (
@@ -147,6 +149,8 @@ def _doc(**override: Any) -> dict[str, Any]:
          "strictly increasing"),
         ('{"kind": "samplerguard.dev/drift-baseline/v1", '
          '"numeric": {"steps": {"edges": [NaN, 1.0], "counts": [1, 2, 3]}}}', "finite numbers"),
+        (json.dumps(_doc(numeric={"steps": {"edges": [10**400], "counts": [1, 2]}})),
+         "edges must be finite numbers"),
         (json.dumps(_doc(numeric={"steps": {"edges": [1.0], "counts": [1, -2]}})),
          "counts must be integers"),
         (json.dumps(_doc(numeric={"steps": {"edges": [1.0], "counts": [1, True]}})),
@@ -448,3 +452,64 @@ def test_the_detector_hot_path_matches_the_reference_statistics() -> None:
         assert value == pytest.approx(ref_psi, abs=1e-12)
         if n > 0:
             assert used == ref_used
+
+
+def test_concurrent_observers_keep_the_windows_consistent(baseline: DriftBaseline) -> None:
+    import threading
+
+    detector = DriftDetector(baseline, window=100)
+    streams = [_stream(np.random.default_rng(300 + i), 500) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda s=s: [detector.observe(r) for r in s]) for s in streams
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for win in detector._numeric.values():
+        assert win.seen == 2000 and len(win.recent) == 100
+        assert sum(win.counts) == 100
+        assert all(c >= 0 for c in win.counts)
+    for cwin in detector._categorical.values():
+        assert cwin.seen == 2000 and sum(cwin.counts) == 100
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    numeric=st.dictionaries(
+        st.sampled_from(["guidance_scale", "steps", "tenant"]),
+        _json
+        | st.fixed_dictionaries(
+            {
+                "edges": st.lists(st.floats() | st.integers(), max_size=5),
+                "counts": st.lists(st.integers(min_value=-2) | st.floats(), max_size=6),
+            }
+        ),
+        max_size=2,
+    ),
+    categorical=st.one_of(
+        _json, st.dictionaries(st.sampled_from(["schedule", "sampler"]), _json, max_size=2)
+    ),
+)
+def test_arbitrary_baseline_documents_never_crash(numeric: Any, categorical: Any) -> None:
+    doc = {"kind": "samplerguard.dev/drift-baseline/v1", "numeric": numeric}
+    doc["categorical"] = categorical
+    try:
+        text = json.dumps(doc)
+    except ValueError:
+        return
+    try:
+        loaded = DriftBaseline.from_json(text)
+    except BaselineError:
+        return
+    # Whatever parsed is usable: a detector can be built and fed.
+    DriftDetector(loaded).observe({"guidance_scale": 7.0, "steps": 30, "schedule": "karras"})
