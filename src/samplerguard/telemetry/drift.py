@@ -46,6 +46,7 @@ import functools
 import json
 import logging
 import math
+import numbers
 import os
 import threading
 from collections import OrderedDict, deque
@@ -540,7 +541,8 @@ class DriftBaseline:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real: numpy scalars count too (np.int64 is not an int subclass)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     f = float(value)
     return f if math.isfinite(f) else None

@@ -14,6 +14,7 @@ non-finite or negative numbers, in a dedicated ``samplerguard.telemetry.dropped`
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol
@@ -307,7 +308,7 @@ class SamplerTelemetry:
     ) -> None:
         """A guidance scale clipped to the policy's CFG range: ``samplerguard.guidance.clipped``
         {sampler, direction="above"|"below"}. ``requested == limit`` is not a clip."""
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (requested, limit)):
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in (requested, limit)):
             self._dropped.add(1, {"metric": MetricName.GUIDANCE_CLIPPED})
             return
         if requested == limit:
@@ -425,7 +426,8 @@ class SamplerTelemetry:
     def _finite(self, value: object, metric: str) -> bool:
         """True for a finite, non-negative number (OTel histograms refuse negatives); anything
         else is counted in ``samplerguard.telemetry.dropped`` {metric}."""
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # numbers.Real: numpy scalars count too (np.int64 is not an int subclass)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         ok = ok and math.isfinite(float(value)) and float(value) >= 0.0  # type: ignore[arg-type]
         if not ok:
             self._dropped.add(1, {"metric": metric})

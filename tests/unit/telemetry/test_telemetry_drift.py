@@ -513,3 +513,10 @@ def test_arbitrary_baseline_documents_never_crash(numeric: Any, categorical: Any
         return
     # Whatever parsed is usable: a detector can be built and fed.
     DriftDetector(loaded).observe({"guidance_scale": 7.0, "steps": 30, "schedule": "karras"})
+
+
+def test_numpy_scalars_feed_the_detector(baseline: DriftBaseline) -> None:
+    detector = DriftDetector(baseline)
+    detector.observe({"guidance_scale": np.float32(7.0), "steps": np.int64(30)})
+    assert detector._numeric["steps"].seen == 1
+    assert detector._numeric["guidance_scale"].seen == 1

@@ -409,3 +409,19 @@ def test_client_strings_never_reach_attributes(
     # The one open-ended value is a 12-hex-digit beacon prefix.
     assert all(len(v) == 12 and all(c in "0123456789abcdef" for c in v) for v in extra), extra
     provider.shutdown()
+
+
+def test_numpy_scalars_are_numbers(metrics: Metrics, collect: Any) -> None:
+    import numpy as np
+
+    tel = metrics.telemetry
+    tel.record_request(_obs(steps=np.int64(30), guidance_scale=np.float32(7.5)))
+    tel.record_verification("pass", rel_l2=np.float64(1e-7))
+    tel.record_guidance_clip(requested=np.float32(20.0), limit=np.int32(12))
+    got = collect()
+    (steps,) = got.metric(MetricName.STEPS).data.data_points
+    assert steps.count == 1 and steps.sum == 30
+    (g,) = got.metric(MetricName.GUIDANCE_SCALE).data.data_points
+    assert g.sum == pytest.approx(7.5)
+    assert MetricName.DROPPED not in got.by_name
+    assert got.value(MetricName.GUIDANCE_CLIPPED, sampler="other", direction="above") == 1
