@@ -30,6 +30,16 @@ def register(sub: Any) -> None:
         help="requests a cheater may serve before it is reported as not caught",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="verify in this process (no sidecar/verifier services; the PR-2 demo)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the sidecar and verifier running afterwards, for exploration",
+    )
     p.set_defaults(_run=run)
 
 
@@ -47,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     try:
-        summary = run_demo(cfg)
+        if args.in_process:
+            summary = run_demo(cfg)
+        else:
+            from samplerguard.demo.live import run_live_demo
+
+            summary = run_live_demo(cfg, keep=args.keep)
     except SamplerGuardError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 2
@@ -56,5 +71,17 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.out}/summary.md, summary.json and one PNG per provider "
         f"in {time.monotonic() - start:.1f}s"
     )
+    services = summary.get("services")
+    if services and services.get("kept"):
+        sc, vf = services["sidecar"], services["verifier"]
+        print(
+            f"services left running (--keep):\n"
+            f"  sidecar  pid {sc['pid']}  {sc['url']}  socket {sc['socket']}\n"
+            f"  verifier pid {vf['pid']}  {vf['url']}  (POST /v1/rounds, GET /v1/status)\n"
+            f"  token    {services['token_file']}  audit log {services['audit_log']}\n"
+            f'  e.g. curl -H "Authorization: Bearer $(cat {services["token_file"]})" '
+            f"{sc['url']}/v1/trajectories\n"
+            f"  stop them with: kill {sc['pid']} {vf['pid']}"
+        )
     ok = summary["honest_accepted"] and summary["all_cheaters_caught"]
     return 0 if ok else 1

@@ -1,0 +1,269 @@
+"""The demo on real processes: a sidecar and a verifier on loopback, providers through the hook.
+
+``samplerguard demo`` (without ``--in-process``) runs this. It writes a policy pinning the bundled
+model's digest, starts ``samplerguard sidecar`` and ``samplerguard verifier`` as subprocesses
+(:mod:`samplerguard.demo.services`), and lets every provider of :mod:`.providers` generate
+through the real hook streaming to the sidecar's Unix socket (:class:`SidecarSink`). After each
+request the verifier is asked for a round (``POST /v1/rounds``): it pulls the new commitment
+over authenticated TCP, draws k steps from its CSPRNG, fetches the openings and re-runs them
+with its own copy of the model, and writes PolicyReport results to the audit log, which this
+module reads back. Teardown stops both services; ``--keep`` leaves them running and prints how
+to reach them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from samplerguard.demo.providers import CHEATS, Declared, Provider
+from samplerguard.demo.run import Check, DemoConfig, ProviderResult, _save_grid, render_markdown
+from samplerguard.demo.services import (
+    ServiceProcess,
+    make_token,
+    run_round,
+    start_sidecar,
+    start_verifier,
+)
+from samplerguard.errors import SamplerGuardError
+from samplerguard.hook.recorder import Recorder, RecordingError
+from samplerguard.hook.sidecar_sink import SidecarSink
+from samplerguard.policy.report import ReportResult, read_audit_log
+
+__all__ = ["run_live_demo"]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_demo_policy(path: Path, cfg: DemoConfig, model_digest: str) -> Path:
+    body = {
+        "apiVersion": "samplerguard.dev/v1alpha1",
+        "kind": "ClusterSamplerPolicy",
+        "metadata": {"name": "demo-live"},
+        "spec": {
+            "mode": "enforce",
+            "recipe": {
+                "samplers": [cfg.sampler],
+                "steps": {"min": cfg.steps, "max": cfg.steps},
+                "cfg": {"min": 1.0, "max": max(cfg.cfg, 1.0)},
+            },
+            "goldenDigests": {"modelWeights": [model_digest]},
+            "rng": {"mode": "framework", "escrow": False},
+            "verification": {
+                "fraction": 1.0,
+                "stepsPerChallenge": cfg.k,
+                "tau": cfg.tau,
+                "retention": "1h",
+            },
+        },
+    }
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _verdicts(audit: Path, seen: int) -> tuple[list[ReportResult], int]:
+    if not audit.exists():
+        return [], seen
+    results = list(read_audit_log(audit))
+    return results[seen:], len(results)
+
+
+def run_live_demo(
+    cfg: DemoConfig, *, keep: bool = False, progress: Callable[[str], None] = _log
+) -> dict[str, Any]:
+    from samplerguard.commitment.digest import safetensors_digest
+    from samplerguard.models.digits import CLASSIFIER_FILE, MODEL_FILE, load_classifier, load_unet
+
+    torch.set_num_threads(cfg.threads or 1)
+    if not MODEL_FILE.exists():
+        raise SamplerGuardError(f"bundled weights are missing at {MODEL_FILE}")
+    out = cfg.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    services = out / "services"
+    digest = safetensors_digest(MODEL_FILE)
+    policy = write_demo_policy(out / "policy.yaml", cfg, digest)
+    token = make_token(services / "verifier.token")
+    audit = out / "audit.jsonl"
+    audit.unlink(missing_ok=True)
+    for stale in (services / "verifier-state" / "journal.jsonl",):
+        stale.unlink(missing_ok=True)
+    sidecar: ServiceProcess | None = None
+    verifier: ServiceProcess | None = None
+    started = time.monotonic()
+    try:
+        import shutil
+
+        shutil.rmtree(services / "sidecar" / "openings", ignore_errors=True)
+        # Both services start at once (each takes seconds to import torch): the sidecar's port
+        # is chosen here so the verifier can be told it before the sidecar is up.
+        port = _free_port()
+        sidecar = start_sidecar(
+            services / "sidecar",
+            token_file=token,
+            policy=policy,
+            model_files=[MODEL_FILE],
+            extra_args=["--listen-tcp", f"127.0.0.1:{port}"],
+            wait=False,
+        )
+        verifier = start_verifier(
+            services / "verifier-state",
+            sidecars=[f"http://127.0.0.1:{port}"],
+            token_file=token,
+            policy=policy,
+            audit_log=audit,
+        )
+        sidecar.wait_ready(120)
+        progress(
+            f"samplerguard demo (live): sidecar pid {sidecar.pid} on {sidecar.url} "
+            f"(socket {sidecar.ready['socket']}), verifier pid {verifier.pid} on {verifier.url}, "
+            f"up in {time.monotonic() - started:.1f}s"
+        )
+        summary = _run_providers(
+            cfg,
+            out,
+            Path(sidecar.ready["socket"]),
+            verifier,
+            audit,
+            digest,
+            progress,
+            load_unet(),
+            load_classifier() if CLASSIFIER_FILE.exists() else None,
+        )
+        summary["services"] = {
+            "sidecar": {
+                "pid": sidecar.pid,
+                "url": sidecar.url,
+                "socket": sidecar.ready["socket"],
+                "log": str(sidecar.log_path),
+            },
+            "verifier": {"pid": verifier.pid, "url": verifier.url, "log": str(verifier.log_path)},
+            "token_file": str(token),
+            "audit_log": str(audit),
+            "kept": keep,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (out / "summary.md").write_text(render_markdown(summary))
+        return summary
+    finally:
+        if not keep:
+            for svc in (verifier, sidecar):
+                if svc is not None:
+                    svc.stop()
+
+
+def _run_providers(
+    cfg: DemoConfig,
+    out: Path,
+    socket: Path,
+    verifier: ServiceProcess,
+    audit: Path,
+    digest: str,
+    progress: Callable[[str], None],
+    unet: Any,
+    classifier: Any,
+) -> dict[str, Any]:
+    declared = Declared(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
+    progress(
+        f"  bundled digits model {digest[:19]}…, declared {cfg.sampler} × {cfg.steps} steps, "
+        f"CFG {cfg.cfg}, k={cfg.k}, τ={cfg.tau:.0e}"
+    )
+    gen = torch.Generator().manual_seed(2024)
+    seen = 0
+    results: list[ProviderResult] = []
+    for name in ("honest", *CHEATS):
+        recorder = Recorder(SidecarSink(socket, io_timeout=60.0))
+        provider = Provider(name, unet, declared, recorder)
+        limit = cfg.honest_requests if name == "honest" else cfg.max_requests
+        res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
+        gen_times: list[float] = []
+        check_times: list[float] = []
+        try:
+            for r in range(1, limit + 1):
+                labels = torch.randint(0, 10, (cfg.batch,), generator=gen)
+                latents = torch.randn((cfg.batch, 1, 8, 8), generator=gen)
+                rid = f"{name}-{r}-{time.time_ns() % 10**9}"
+                start = time.perf_counter()
+                try:
+                    g = provider.generate(rid, labels, latents)
+                except RecordingError as exc:
+                    res.checks = [Check(-1, None, None, "reject", f"sidecar refused: {exc}")]
+                    res.requests, res.verdict = r, "rejected"
+                    progress(f"  {name:<18} request {r}: REFUSED by the sidecar ({exc})")
+                    break
+                gen_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                run_round(verifier)
+                check_times.append(time.perf_counter() - start)
+                new, seen = _verdicts(audit, seen)
+                mine = [x for x in new if x.properties.get("trajectoryId") == rid]
+                rechecks = [x for x in mine if x.rule == "trajectory-recheck"]
+                res.requests, res.root = r, g.commitment.root.hex()
+                res.faked_steps = g.faked_steps
+                res.checks = [
+                    Check(
+                        int(x.metric("step") or -1),
+                        x.metric("relL2"),
+                        x.metric("relL2"),
+                        "pass" if x.result == "pass" else "reject",
+                        "" if x.result == "pass" else x.message,
+                    )
+                    for x in rechecks
+                ]
+                if classifier is not None:
+                    res.accuracy = classifier.accuracy(g.images, labels)
+                caught = any(c.verdict == "reject" for c in res.checks) or not rechecks
+                if r == 1 or caught:
+                    _save_grid(g.images, out / f"{name}.png")
+                    res.image = f"{name}.png"
+                progress(
+                    f"  {name:<18} request {r}: root {res.root[:16]}… → "
+                    + ("REJECTED by the verifier" if caught else "pass")
+                )
+                if caught:
+                    res.verdict = "rejected"
+                    break
+            else:
+                res.verdict = "accepted" if name == "honest" else "not caught"
+        finally:
+            recorder.close()
+        res.generation_s = statistics.mean(gen_times) if gen_times else 0.0
+        res.recheck_s = statistics.mean(check_times) if check_times else 0.0
+        results.append(res)
+    honest = results[0]
+    rho = honest.recheck_s / honest.generation_s if honest.generation_s else float("nan")
+    return {
+        "mode": "live",
+        "model_digest": digest,
+        "declared": asdict(declared),
+        "k": cfg.k,
+        "tau": cfg.tau,
+        "verification_ratio": {
+            "one_step_recheck_s": honest.recheck_s / max(cfg.k, 1),
+            "generation_s": honest.generation_s,
+            "rho": rho / max(cfg.k, 1),
+            "rho_times_N": rho / max(cfg.k, 1) * cfg.steps,
+        },
+        "providers": [asdict(r) for r in results],
+        "all_cheaters_caught": all(r.verdict == "rejected" for r in results[1:]),
+        "honest_accepted": honest.verdict == "accepted",
+    }
