@@ -279,3 +279,14 @@ def test_updates_neither_inject_nor_repin_existing_images(
     response = _run(adm, changed, mutate=True, operation="UPDATE", old=old)
     ops = json.loads(base64.b64decode(response.patch))
     assert [o["path"] for o in ops] == ["/spec/containers/1/image"]
+
+
+def test_pod_opt_out_of_injection_is_still_validated(
+    config: WebhookConfig, registry: RegistryDouble
+) -> None:
+    adm = _admission(config, registry, policy("acme", f"{REGISTRY}/acme/**"))
+    labels = {"samplerguard.dev/inject": "false"}
+    response = _run(adm, workload("Pod", SIGNED, labels=labels), mutate=True)
+    ops = json.loads(base64.b64decode(response.patch))
+    assert [o["path"] for o in ops] == ["/spec/containers/0/image"]  # pinned, not injected
+    assert _run(adm, workload("Pod", UNSIGNED, labels=labels), mutate=True).allowed is False
