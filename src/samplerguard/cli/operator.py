@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from kubernetes import config as kconfig
 
     from samplerguard.operator import audit as audit_mod
+    from samplerguard.operator.certs import CertState
     from samplerguard.operator.controller import Controller, OperatorConfig
     from samplerguard.operator.handlers import register as register_handlers
     from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
@@ -134,10 +135,21 @@ def run(args: argparse.Namespace) -> int:
         await asyncio.to_thread(controller.reconcile_certs)
         state, _ = await asyncio.to_thread(kube.get_secret, cfg.namespace, cfg.tls_secret)
         tmp = Path(tempfile.mkdtemp(prefix="sg-operator-tls-"))
-        (tmp / "tls.crt").write_bytes(state.data["tls.crt"])
-        (tmp / "tls.key").write_bytes(state.data["tls.key"])
-        (tmp / "tls.key").chmod(0o600)
-        ctx = tls_context(str(tmp / "tls.crt"), str(tmp / "tls.key"))
+
+        def write(st: CertState) -> tuple[str, str]:
+            (tmp / "tls.crt").write_bytes(st.data["tls.crt"])
+            key = tmp / "tls.key"
+            key.touch(mode=0o600)
+            key.write_bytes(st.data["tls.key"])
+            return str(tmp / "tls.crt"), str(key)
+
+        ctx = tls_context(*write(state))
+
+        def reload(st: CertState) -> None:
+            # New handshakes use the new leaf; the context object stays the server's.
+            ctx.load_cert_chain(*write(st))
+
+        controller.cert_listeners.append(reload)
         await serve(build_app(controller.record, auth), host or "0.0.0.0", int(port), ctx)  # noqa: S104
 
     registry = kopf.OperatorRegistry()

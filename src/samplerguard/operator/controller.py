@@ -11,12 +11,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from samplerguard.errors import TemporaryError
-from samplerguard.operator.certs import CertPolicy, plan
+from samplerguard.operator.certs import CertPolicy, CertState, plan
 from samplerguard.operator.kube import Conflict, Kube
 from samplerguard.operator.reports import (
     CLUSTER_REPORT_NAME,
@@ -94,6 +94,9 @@ class Controller:
         self._cluster_policy_results: dict[str, ReportResult] = {}
         self._cluster_dirty = True
         self._last_event: dict[tuple[str, str], float] = {}
+        #: Called with the new Secret content whenever the serving leaf changes.
+        self.cert_listeners: list[Callable[[CertState], None]] = []
+        self._served_leaf = b""
         #: policy ref -> [pass, fail+error, latest failing rule]; flushed to status.lastVerdict
         self._verdicts: dict[str, _Tally] = {}
         self._verdicts_dirty: set[str] = set()
@@ -154,6 +157,7 @@ class Controller:
             raise TemporaryError("the TLS Secret kept changing under us")
         state = decision.state
         changed = decision.changed
+        self._notify_certs(state)
         if cfg.cert_dir is not None:
             self._write_cert_dir(cfg.cert_dir, state.data)
         for kind, name in (
@@ -164,6 +168,24 @@ class Controller:
                 log.info("caBundle of %s webhook configuration %s patched", kind, name)
                 changed = True
         return changed
+
+    def observe_certs(self) -> None:
+        """Every replica, leader or not: pick up a leaf another replica rotated (the ingest
+        server of this one must serve it)."""
+        state, _ = self.kube.get_secret(self.config.namespace, self.config.tls_secret)
+        if state.data.get("tls.crt") and state.data.get("tls.key"):
+            self._notify_certs(state)
+
+    def _notify_certs(self, state: CertState) -> None:
+        leaf = state.data.get("tls.crt", b"")
+        if not leaf or leaf == self._served_leaf:
+            return
+        self._served_leaf = leaf
+        for listener in list(self.cert_listeners):
+            try:
+                listener(state)
+            except Exception as exc:
+                log.error("certificate listener failed: %s", exc)
 
     @staticmethod
     def _write_cert_dir(directory: Path, data: dict[str, bytes]) -> None:

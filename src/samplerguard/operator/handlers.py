@@ -117,7 +117,7 @@ async def _background(controller: Controller, auditor: Callable[[], int] | None)
     while this replica holds the Lease."""
     cfg = controller.config
     loop = asyncio.get_running_loop()
-    next_cert = next_audit = next_report = 0.0
+    next_cert = next_audit = next_report = next_observe = 0.0
     while True:
         try:
             leader = await asyncio.to_thread(
@@ -127,6 +127,12 @@ async def _background(controller: Controller, auditor: Callable[[], int] | None)
             log.warning("lease: %s", exc)
             leader = False
         now = loop.time()
+        if now >= next_observe:  # every replica: serve the leaf the leader rotated
+            try:
+                await asyncio.to_thread(controller.observe_certs)
+            except Exception as exc:
+                log.warning("observe certificates: %s", exc)
+            next_observe = now + 60.0
         if leader:
             for due, every, work in (
                 (next_cert, cfg.cert_check_seconds, controller.reconcile_certs),

@@ -146,3 +146,18 @@ def test_invalid_cluster_policy_reaches_report_and_event(kube: Any) -> None:
     c.forget_policy(body)
     c.refresh_cluster_report()
     assert kube.get_report(None, "samplerguard-cluster")["results"] == []
+
+
+def test_cert_listeners_hear_each_new_leaf_once(kube: Any) -> None:
+    c = _controller(kube)
+    seen: list[bytes] = []
+    c.cert_listeners.append(lambda st: seen.append(st.data["tls.crt"]))
+    c.reconcile_certs()
+    c.reconcile_certs()
+    c.observe_certs()
+    assert len(seen) == 1
+    # Another replica (the leader) rotates: this one picks the new leaf up by observing.
+    other = _controller(kube)
+    other.reconcile_certs(now=dt.datetime.now(dt.UTC) + dt.timedelta(days=70))
+    c.observe_certs()
+    assert len(seen) == 2 and seen[1] != seen[0]

@@ -54,7 +54,7 @@ class Server:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        ctx = tls_context(str(self.tmp / "tls.crt"), str(self.tmp / "tls.key"))
+        ctx = self.ctx = tls_context(str(self.tmp / "tls.crt"), str(self.tmp / "tls.key"))
         app = build_app(self.record, Authenticator(local_token="tok"))
         self._runner = self._loop.run_until_complete(serve(app, "127.0.0.1", self.port, ctx))
         self._ready.set()
@@ -134,3 +134,26 @@ def test_untrusted_certificate_is_refused(server: Server, tmp_path: Path) -> Non
     ):
         c.post([_r(0)])
     assert server.got == []
+
+
+def test_reloaded_certificate_serves_new_handshakes(server: Server, tmp_path: Path) -> None:
+    """What the operator does on rotation: load_cert_chain on the live context."""
+    new = plan(
+        CertState(),
+        CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
+        dt.datetime.now(dt.UTC),
+    ).state
+    d = tmp_path / "new"
+    d.mkdir()
+    for k in ("tls.crt", "tls.key", "ca.crt"):
+        (d / k).write_bytes(new.data[k])
+    server.ctx.load_cert_chain(str(d / "tls.crt"), str(d / "tls.key"))
+    fresh = ResultsClient(
+        f"https://127.0.0.1:{server.port}/v1/results",
+        token_file=server.tmp / "token",
+        ca_file=d / "ca.crt",
+    )
+    with fresh:
+        assert fresh.post([_r(9)]) == 1
+    with _client(server, deadline=0.3) as stale, pytest.raises(TemporaryError):
+        stale.post([_r(10)])  # the old CA no longer vouches for what is served

@@ -1,0 +1,42 @@
+"""The kopf wiring: which resources the operator watches, and that it adds no finalizers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from samplerguard.operator.controller import Controller, OperatorConfig
+from samplerguard.operator.handlers import _differs, register
+
+
+def test_registered_handlers(kube: Any) -> None:
+    registry = kopf.OperatorRegistry()
+    register(registry, Controller(OperatorConfig(), kube), peering="sg")
+    watched = {(s.group, s.any_name) for s in registry._watching.get_all_selectors()}
+    assert watched == {
+        ("samplerguard.dev", "clustersamplerpolicies"),
+        ("samplerguard.dev", "samplerpolicies"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
+    }
+    # Event handlers only: no change-tracking annotations, no finalizers that would block
+    # `helm uninstall` or policy deletion while the operator is down.
+    assert not list(registry._changing.get_all_handlers())
+    assert not list(registry._spawning.get_all_handlers())
+    activities = {h.activity.value for h in registry._activities.get_all_handlers()}
+    assert {"startup", "cleanup", "authentication"} <= activities
+
+
+def test_status_is_rewritten_only_when_it_changed() -> None:
+    cond = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Valid",
+        "message": "m",
+        "observedGeneration": 2,
+    }
+    same = {"conditions": [{**cond, "lastTransitionTime": "later"}]}
+    assert not _differs({"conditions": [cond]}, same)
+    assert _differs({"conditions": [cond]}, {"conditions": [{**cond, "observedGeneration": 3}]})
+    assert _differs({}, same)
