@@ -425,3 +425,85 @@ def test_numpy_scalars_are_numbers(metrics: Metrics, collect: Any) -> None:
     assert g.sum == pytest.approx(7.5)
     assert MetricName.DROPPED not in got.by_name
     assert got.value(MetricName.GUIDANCE_CLIPPED, sampler="other", direction="above") == 1
+
+
+def test_series_count_is_bounded_under_hostile_input(metrics: Metrics, collect: Any) -> None:
+    """Every vocabulary value plus a flood of junk: the number of time series per metric stays
+    within the product of its vocabularies (+ "other"/"invalid"), 689 in all."""
+    import random
+
+    from samplerguard.telemetry.attributes import (
+        ARTIFACTS,
+        POLICY_ACTIONS,
+        POLICY_CHECKS,
+        VERIFICATION_OUTCOMES,
+        VERIFICATION_REASONS,
+    )
+
+    rnd = random.Random(5)
+
+    def pick(vocab: Any) -> str:
+        r = rnd.random()
+        if r < 0.5:
+            return rnd.choice(sorted(vocab))
+        if r < 0.75:
+            return f"junk-{rnd.randrange(10**9)}"
+        return "".join(rnd.choice("aZ !/_-\x00é") for _ in range(rnd.randrange(0, 80)))
+
+    tel = metrics.telemetry
+    for _ in range(3000):
+        tel.record_request(
+            _obs(
+                sampler=pick(KNOWN_SAMPLERS),
+                schedule=pick(KNOWN_SCHEDULES),
+                rng_mode=pick(RNG_MODES),
+                rng_isolated=rnd.random() < 0.5,
+                rng_escrowed=rnd.random() < 0.5,
+                guidance_scale=rnd.uniform(-5, 40),
+            )
+        )
+        tel.record_guidance_clip(
+            requested=rnd.uniform(0, 40), limit=12.0, sampler=pick(KNOWN_SAMPLERS)
+        )
+        tel.record_seed_alarm(pick(SEED_HEALTH_CHECKS))
+        tel.record_seed_health(_Report(rnd.random() < 0.5, ()))
+        tel.record_beacon("sha256:" + f"{rnd.randrange(16**64):064x}")
+        tel.record_beacon_mismatch(
+            expected=BEACON_A, got="sha256:" + f"{rnd.randrange(16**64):064x}"
+        )
+        tel.record_integrity_check(pick(ARTIFACTS), ok=rnd.random() < 0.5)
+        tel.record_policy_violation(pick(POLICY_CHECKS), action=pick(POLICY_ACTIONS))
+        tel.record_verification(
+            pick(VERIFICATION_OUTCOMES),  # type: ignore[arg-type]
+            rel_l2=rnd.random(),
+            reason=pick(VERIFICATION_REASONS),
+            sampler=pick(KNOWN_SAMPLERS),
+        )
+    got = collect()
+    series = {name: len(got.points(name)) for name in got.by_name}
+    n_sampler, n_schedule = len(KNOWN_SAMPLERS) + 2, len(KNOWN_SCHEDULES) + 2
+    limits = {
+        MetricName.GUIDANCE_SCALE: n_sampler,
+        MetricName.GUIDANCE_CLIPPED: n_sampler * 2,
+        MetricName.STEPS: n_sampler * n_schedule,
+        MetricName.REQUESTS: n_sampler * n_schedule,
+        MetricName.RNG_REQUESTS: (len(RNG_MODES) + 2) * 4,
+        MetricName.SEED_HEALTH_CHECKS: 2,
+        MetricName.SEED_HEALTH_ALARMS: len(SEED_HEALTH_CHECKS) + 2,
+        MetricName.BEACONS: 32 + 2,
+        MetricName.INTEGRITY_CHECKS: (len(ARTIFACTS) + 2) * 2,
+        MetricName.INTEGRITY_MISMATCHES: len(ARTIFACTS) + 2 + 34,
+        MetricName.POLICY_VIOLATIONS: (len(POLICY_CHECKS) + 2) * (len(POLICY_ACTIONS) + 2),
+        MetricName.VERIFICATIONS: (len(VERIFICATION_OUTCOMES) + 2)
+        * (len(VERIFICATION_REASONS) + 2),
+        MetricName.REL_L2: (len(VERIFICATION_OUTCOMES) + 2) * n_sampler,
+        MetricName.DROPPED: 15,
+    }
+    for name, count in series.items():
+        assert count <= limits[name], (name, count, limits[name])
+    assert sum(limits.values()) + 36 == 689  # + drift.alerts: 6 features × 2 kinds × 3 stats
+    # The beacon cap (32 prefixes + "other") is shared by both beacon-carrying metrics.
+    beacons = got.attribute_values(MetricName.BEACONS, "beacon") | got.attribute_values(
+        MetricName.INTEGRITY_MISMATCHES, "beacon"
+    )
+    assert len(beacons - {None}) == 33 and "other" in beacons
