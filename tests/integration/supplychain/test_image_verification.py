@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
 
-from conftest import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
 from samplerguard.errors import MalformedInputError, TemporaryError, VerificationError
 from samplerguard.policy.spec import (
     Authority,
