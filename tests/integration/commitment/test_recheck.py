@@ -162,5 +162,5 @@ def test_flipped_tensor_byte_is_caught_by_the_digest(record: Any, program: Any) 
     rec = record()
     data = bytearray(rec.opening_bytes(2))
     data[-3] ^= 0x40  # inside the last tensor's bytes
-    with pytest.raises(VerificationError, match="digest mismatch|does not match"):
+    with pytest.raises(VerificationError, match=r"digest mismatch|does not match"):
         recheck_step(_verified(rec), Opening.from_bytes(bytes(data)), program, tau=1e-5)

@@ -1,0 +1,121 @@
+"""Hook overhead: generation time with recording / without, side by side in one run.
+
+    python benchmarks/bench_hook_overhead.py [--repeat 15]
+
+Goal: ≤ 1.02 on the bundled model and on the tiny Stable Diffusion pipeline. Recording includes
+the worker thread's hashing, Merkle tree and signing (LocalSink), i.e. everything but the
+sidecar transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import interleaved, median, table
+
+from samplerguard.commitment.digest import module_digest
+from samplerguard.demo.providers import make_scheduler
+from samplerguard.hook.local import LocalSink
+from samplerguard.hook.pipelines import instrument
+from samplerguard.hook.recorder import Recorder, TrajectoryRequest
+
+
+def request(i: int, digest: str, pipeline: str, steps: int) -> TrajectoryRequest:
+    return TrajectoryRequest(
+        request_id=f"bench-{i}",
+        tenant="bench",
+        pipeline=pipeline,
+        model_name="m",
+        model_digest=digest,
+        sampler="dpmpp_2m",
+        guidance_scale=3.0,
+        steps=steps,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    rows = []
+
+    from samplerguard.models.digits import DigitsPipeline, load_unet
+
+    unet = load_unet()
+    pipe = DigitsPipeline(unet, make_scheduler("dpmpp_2m"))
+    recorder = Recorder(LocalSink(keep=4))
+    inst = instrument(pipe, recorder)
+    digest = module_digest(unet)
+    labels = list(range(10)) * 2
+    counter = iter(range(10**9))
+    plain = lambda: pipe(labels, num_inference_steps=args.steps, guidance_scale=3.0)
+
+    def rec():
+        return inst(
+            labels,
+            num_inference_steps=args.steps,
+            guidance_scale=3.0,
+            trajectory_request=request(next(counter), digest, "digits", args.steps),
+        )
+
+    plain(), rec()  # warm up
+    tp, tr = interleaved(plain, rec, args.repeat)
+    rows.append(
+        [
+            "bundled digits (batch 20)",
+            f"{median(tp) * 1e3:.1f}",
+            f"{median(tr) * 1e3:.1f}",
+            f"{median(tr) / median(tp):.3f}",
+        ]
+    )
+
+    from samplerguard.models.tiny_sd import build_tiny_sd, prompt_embeddings
+
+    sd = build_tiny_sd(make_scheduler("dpmpp_2m"), sample_size=32)
+    sd_inst = instrument(sd, recorder)
+    sd_digest = module_digest(sd.unet)
+    pe, ne = prompt_embeddings(2, seed=1), prompt_embeddings(2, seed=2)
+    kw = dict(
+        prompt_embeds=pe,
+        negative_prompt_embeds=ne,
+        num_inference_steps=args.steps,
+        guidance_scale=3.0,
+        height=64,
+        width=64,
+        output_type="latent",
+    )
+    sd_plain = lambda: sd(**kw)
+
+    def sd_rec():
+        return sd_inst(
+            **kw,
+            trajectory_request=request(next(counter), sd_digest, "stable-diffusion", args.steps),
+        )
+
+    sd_plain(), sd_rec()
+    tp, tr = interleaved(sd_plain, sd_rec, args.repeat)
+    rows.append(
+        [
+            "tiny SD 64x64 (batch 2)",
+            f"{median(tp) * 1e3:.1f}",
+            f"{median(tr) * 1e3:.1f}",
+            f"{median(tr) / median(tp):.3f}",
+        ]
+    )
+    recorder.close()
+    print(
+        f"hook overhead, {args.steps} steps DPM++ 2M, CFG 3, median of {args.repeat} "
+        f"interleaved runs, torch threads={torch.get_num_threads()}"
+    )
+    print(table(rows, ["pipeline", "plain ms", "recorded ms", "ratio (goal ≤ 1.02)"]))
+
+
+if __name__ == "__main__":
+    main()
