@@ -55,7 +55,9 @@ def main() -> None:
     digest = module_digest(unet)
     labels = list(range(10)) * 2
     counter = iter(range(10**9))
-    plain = lambda: pipe(labels, num_inference_steps=args.steps, guidance_scale=3.0)
+
+    def plain():
+        return pipe(labels, num_inference_steps=args.steps, guidance_scale=3.0)
 
     def rec():
         return inst(
@@ -91,7 +93,9 @@ def main() -> None:
         width=64,
         output_type="latent",
     )
-    sd_plain = lambda: sd(**kw)
+
+    def sd_plain():
+        return sd(**kw)
 
     def sd_rec():
         return sd_inst(
