@@ -116,3 +116,36 @@ def test_unreachable_registry_exits_2(
     dead = "127.0.0.1:9/acme/sampler:1.0"
     assert main(["verify-image", dead, "--policy", str(policy), "--timeout", "0.3"]) == 2
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_private_registry_with_docker_config(
+    tmp_path: Path,
+    policy_for: Callable[..., SamplerPolicySpec],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from samplerguard.supplychain.publish import Signer, push_image, sign_image
+    from samplerguard.supplychain.testing import LocalRegistry
+
+    with LocalRegistry(auth="basic") as reg, reg.client() as client:
+        ref = f"{reg.host}/acme/private:1.0"
+        digest = push_image(client, ref)
+        signer = Signer.generate()
+        sign_image(client, ref, digest, signer)
+        policy = write_policy(
+            tmp_path, policy_for(Published(ref, digest, signer, signer), attest=False)
+        )
+        config = tmp_path / "config.json"
+        config.write_bytes(reg.dockerconfigjson())
+        assert (
+            main(["verify-image", ref, "--policy", str(policy), "--docker-config", str(config)])
+            == 0
+        )
+        assert capsys.readouterr().out.startswith(f"PASS {ref}")
+        # Without credentials the registry refuses: a rejection, and the secret is not shown.
+        empty = tmp_path / "empty.json"
+        empty.write_text('{"auths": {}}')
+        assert (
+            main(["verify-image", ref, "--policy", str(policy), "--docker-config", str(empty)]) == 1
+        )
+        out = capsys.readouterr().out
+        assert "requires credentials" in out and reg.password not in out
