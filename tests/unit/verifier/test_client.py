@@ -1,0 +1,65 @@
+"""The sidecar client translates transport failures into our error types, with bounds."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from samplerguard.errors import MalformedInputError, TemporaryError
+from samplerguard.verifier.client import SidecarClient, SidecarMissingError, VerifierAuthError
+
+
+def _client(handler: object) -> SidecarClient:
+    return SidecarClient(
+        "http://sidecar.test",
+        lambda: "tok",
+        transport=httpx.MockTransport(handler),  # type: ignore[arg-type]
+    )
+
+
+def test_bearer_token_is_sent_and_json_parsed() -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.headers.get("authorization", ""))
+        return httpx.Response(200, json={"trajectories": [{"id": "a", "seq": 1}]})
+
+    assert _client(handler).trajectories() == [{"id": "a", "seq": 1}]
+    assert seen == ["Bearer tok"]
+
+
+@pytest.mark.parametrize(
+    ("status", "exc", "match"),
+    [
+        (401, VerifierAuthError, "refused the verifier's credentials"),
+        (404, SidecarMissingError, "has no"),
+        (503, TemporaryError, "HTTP 503"),
+        (418, MalformedInputError, "HTTP 418"),
+    ],
+)
+def test_status_codes_map_to_types(status: int, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        _client(lambda req: httpx.Response(status)).trajectory("a")
+
+
+def test_timeouts_and_refusals_are_temporary() -> None:
+    def timeout(req: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=req)
+
+    def refused(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=req)
+
+    with pytest.raises(TemporaryError, match="timed out"):
+        _client(timeout).trajectory("a")
+    with pytest.raises(TemporaryError, match="unreachable"):
+        _client(refused).trajectory("a")
+
+
+def test_oversized_and_non_json_answers_are_refused() -> None:
+    big = b"x" * (9 << 20)
+    with pytest.raises(MalformedInputError, match="more than"):
+        _client(lambda req: httpx.Response(200, content=big)).trajectory("a")
+    with pytest.raises(MalformedInputError, match="non-JSON"):
+        _client(lambda req: httpx.Response(200, content=b"<html>")).trajectory("a")
+    with pytest.raises(MalformedInputError, match="no public key"):
+        _client(lambda req: httpx.Response(200, json={})).public_key()
