@@ -98,11 +98,13 @@ def build_app(record: Callable[[list[ReportResult]], int], auth: Authenticator) 
         if request.content_length is not None and request.content_length > MAX_BODY:
             return web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
         try:
-            raw = await request.content.read(MAX_BODY + 1)
+            # aiohttp's own bounded read of the whole body: client_max_size (MAX_BODY + 1)
+            # refuses more, whatever Content-Length claimed (a chunked body has none).
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
         except (TimeoutError, ConnectionError):
             return web.json_response({"error": "body not received"}, status=400)
-        if len(raw) > MAX_BODY:
-            return web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
         try:
             batch = parse_body(raw)
         except ValueError as exc:

@@ -128,3 +128,35 @@ def test_token_review_allow_list_and_cache() -> None:
 def test_authenticator_needs_a_method() -> None:
     with pytest.raises(ValueError, match="needs a local token or a TokenReview"):
         Authenticator()
+
+
+def test_large_and_chunked_bodies_arrive_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body bigger than one socket read (and one without Content-Length) is read whole;
+    a chunked body over the limit is refused."""
+    from samplerguard.operator import ingest
+
+    monkeypatch.setattr(ingest, "MAX_BODY", 512 * 1024)
+    got: list[ReportResult] = []
+
+    def record(batch: list[ReportResult]) -> int:
+        got.extend(batch)
+        return len(batch)
+
+    lines = [_line(guidance=float(i), steps=i + 1) for i in range(600)]  # ~300 KB
+    body = ("\n".join(lines) + "\n").encode()
+
+    def chunks(data: bytes) -> Any:
+        for i in range(0, len(data), 7000):
+            yield data[i : i + 7000]
+
+    def calls(base: str) -> list[httpx.Response]:
+        h = {"Authorization": f"Bearer {TOKEN}"}
+        return [
+            httpx.post(f"{base}/v1/results", content=body, headers=h),
+            httpx.post(f"{base}/v1/results", content=chunks(body), headers=h),
+            httpx.post(f"{base}/v1/results", content=chunks(body * 3), headers=h),
+        ]
+
+    r = _run(record, Authenticator(local_token=TOKEN), calls)
+    assert [x.status_code for x in r] == [200, 200, 413]
+    assert len(got) == 1200 and got[599].metric("steps") == 600  # the third recorded nothing
