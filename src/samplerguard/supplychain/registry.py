@@ -649,6 +649,8 @@ class RegistryClient:
             raise RegistryAuthError(f"registry {image.registry} sent bearer realm {realm[:100]!r}")
         token = self._fetch_token(image, realm, challenge.params.get("service"), scope, creds)
         with self._lock:
+            if len(self._tokens) >= 1024:  # one per repository scope; bound the memory
+                self._tokens.clear()
             self._tokens[(image.registry, scope)] = token
 
     def _fetch_token(
