@@ -30,14 +30,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "operator"))
 
-from conftest import MemoryKube  # noqa: E402  (the in-memory API server seam of the tests)
-
-from samplerguard.operator.certs import CertPolicy, CertState, plan  # noqa: E402
-from samplerguard.operator.controller import Controller, OperatorConfig  # noqa: E402
-from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context  # noqa: E402
-from samplerguard.operator.reports import namespace_report  # noqa: E402
-from samplerguard.policy.report import ReportResult  # noqa: E402
-from samplerguard.policy.report_client import ResultsClient  # noqa: E402
+from conftest import MemoryKube  # the tests' in-memory API server seam
+from samplerguard.operator.certs import CertPolicy, CertState, plan
+from samplerguard.operator.controller import Controller, OperatorConfig
+from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
+from samplerguard.operator.reports import namespace_report
+from samplerguard.policy.report import ReportResult
+from samplerguard.policy.report_client import ResultsClient
 
 
 def results(n: int, workloads: int, seed: int = 0) -> list[ReportResult]:
