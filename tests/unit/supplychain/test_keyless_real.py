@@ -140,3 +140,43 @@ def test_cve_2022_36056_material_fails(sig: Path, roots: dict[str, Any]) -> None
             identities=[KeylessIdentity(subject_reg_exp=".*", issuer_reg_exp=".*")],
             trusted_root=roots["staging"],
         )
+
+
+BAD_PEM = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+
+
+def test_malformed_rekor_annotations(sig: Path, roots: dict[str, Any]) -> None:
+    from samplerguard.errors import MalformedInputError
+
+    material = legacy_material(sig, "bundle_v3.txt")
+    ident = [KeylessIdentity(subject="william@yossarian.net", issuer=GH_OAUTH)]
+    good = material["rekor_bundle"]
+    broken: list[Any] = [
+        {},
+        {"SignedEntryTimestamp": "!!", "Payload": good["Payload"]},
+        {**good, "Payload": {**good["Payload"], "integratedTime": "soon"}},
+        {**good, "Payload": {**good["Payload"], "logID": "zz"}},
+        {**good, "Payload": {**good["Payload"], "body": "bm90IGpzb24="}},
+    ]
+    for bad in broken:
+        with pytest.raises(MalformedInputError):
+            verify_keyless(
+                **{**material, "rekor_bundle": bad}, identities=ident, trusted_root=roots["staging"]
+            )
+    with pytest.raises(VerificationError, match="no Rekor bundle"):
+        verify_keyless(
+            **{**material, "rekor_bundle": None}, identities=ident, trusted_root=roots["staging"]
+        )
+    with pytest.raises(VerificationError, match="no certificate"):
+        verify_keyless(
+            **{**material, "certificate_pem": None}, identities=ident, trusted_root=roots["staging"]
+        )
+    with pytest.raises(MalformedInputError, match="not PEM"):
+        verify_keyless(
+            **{
+                **material,
+                "certificate_pem": BAD_PEM,
+            },
+            identities=ident,
+            trusted_root=roots["staging"],
+        )
