@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 
 from samplerguard.policy.spec import (
     AttestationRule,
@@ -60,12 +59,6 @@ def line(name: str, values: list[float]) -> str:
         f"{name:<34} n={len(values):<4} p50={pct(values, 0.5):7.2f} ms  "
         f"p99={pct(values, 0.99):7.2f} ms  mean={statistics.fmean(values):7.2f} ms"
     )
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
 
 
 def main() -> int:
@@ -110,9 +103,16 @@ def main() -> int:
                 )
                 refs.append(ref)
 
-        # Each round verifies every image once; the verdict is never cached, so each call is a
-        # full cold verification of that digest.
+        # Each round verifies every image once in each mode, interleaved so that the modes see
+        # the same load; the verdict is never cached, so each call is a full cold verification.
         warm: list[float] = []
+        cold: list[float] = []
+        resolve: list[float] = []
+        fetch: list[float] = []
+        crypto: list[float] = []
+        slsa: list[float] = []
+        head: list[float] = []
+        key = load_public_key(signer.public_pem)
         with reg.client() as client:
             verifier = ImageVerifier(client)
             verifier.verify(refs[0], spec, policy_name="bench")  # connect, probe referrers
@@ -123,23 +123,12 @@ def main() -> int:
                     warm.append((time.perf_counter() - t0) * 1000)
                     assert passed
 
-        cold: list[float] = []
-        for _ in range(max(1, args.rounds // 2)):
-            for ref in refs:
+                    t0 = time.perf_counter()
+                    with RegistryClient(plain_http=[reg.host]) as fresh:
+                        assert ImageVerifier(fresh).verify(ref, spec, policy_name="bench").passed
+                    cold.append((time.perf_counter() - t0) * 1000)
 
-                def once(r: str = ref) -> None:
-                    with RegistryClient(plain_http=[reg.host]) as c:
-                        assert ImageVerifier(c).verify(r, spec, policy_name="bench").passed
-
-                cold.append(timed(once))
-
-        # The steps, on the warm client.
-        resolve, fetch, crypto, slsa, head = [], [], [], [], []
-        key = load_public_key(signer.public_pem)
-        with reg.client() as client:
-            client.resolve(refs[0])
-            for _ in range(args.rounds):
-                for ref in refs:
+                    # The same work, step by step, on the warm client.
                     image = parse_reference(ref)
                     t0 = time.perf_counter()
                     digest = client.resolve(image)
@@ -157,10 +146,15 @@ def main() -> int:
                     fetch.append((t2 - t1) * 1000)
                     crypto.append((t3 - t2) * 1000)
                     slsa.append((t4 - t3) * 1000)
-                    head.append(timed(lambda i=image: client.resolve(i)))  # type: ignore[misc]
+                    t0 = time.perf_counter()
+                    client.resolve(image)
+                    head.append((time.perf_counter() - t0) * 1000)
 
     load = os.getloadavg()[0]
-    print(f"cold verification on loopback docker-registry ({os.cpu_count()} CPUs, load {load:.1f})")
+    print(
+        f"cold verification on loopback docker-registry ({os.cpu_count()} CPUs, "
+        f"load {load:.1f}); modes interleaved per image"
+    )
     print(line("verify, warm process (webhook)", warm))
     print(line("verify, new client per call", cold))
     print("per step (warm process):")
