@@ -124,8 +124,10 @@ def test_private_registry_with_docker_config(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from samplerguard.supplychain.publish import Signer, push_image, sign_image
-    from samplerguard.supplychain.testing import LocalRegistry
+    from samplerguard.supplychain.testing import LocalRegistry, registry_binary
 
+    if registry_binary() is None:
+        pytest.skip("docker-registry is not installed")
     with LocalRegistry(auth="basic") as reg, reg.client() as client:
         ref = f"{reg.host}/acme/private:1.0"
         digest = push_image(client, ref)
