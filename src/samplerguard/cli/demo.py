@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 2
     print_table(summary)
+    _controls(args.out, summary)
     print(
         f"wrote {args.out}/summary.md, summary.json and one PNG per provider "
         f"in {time.monotonic() - start:.1f}s"
@@ -83,5 +84,39 @@ def run(args: argparse.Namespace) -> int:
             f"{sc['url']}/v1/trajectories\n"
             f"  stop them with: kill {sc['pid']} {vf['pid']}"
         )
-    ok = summary["honest_accepted"] and summary["all_cheaters_caught"]
+    ok = (
+        summary["honest_accepted"]
+        and summary["all_cheaters_caught"]
+        and summary.get("all_controls_refused", False)
+    )
     return 0 if ok else 1
+
+
+def _controls(out: Path, summary: dict[str, Any]) -> None:
+    """The three requests stopped before any trajectory exists (seed health, CFG cap,
+    forbidden scheduler), appended to the summary files and the table."""
+    import json
+
+    from samplerguard.demo.controls import run_controls
+    from samplerguard.models.digits import CLASSIFIER_FILE, load_classifier, load_unet
+
+    classifier = load_classifier() if CLASSIFIER_FILE.exists() else None
+    controls = run_controls(load_unet(), classifier, steps=summary["declared"]["steps"])
+    summary["controls"] = controls
+    summary["all_controls_refused"] = all(c["verdict"] == "refused" for c in controls)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    lines = [
+        "",
+        "## Controls before generation",
+        "",
+        "| case | control | verdict | reason | accuracy if it had run |",
+        "|---|---|---|---|---|",
+    ]
+    for c in controls:
+        acc = "—" if c["accuracy_if_run"] is None else f"{c['accuracy_if_run']:.0%}"
+        lines.append(
+            f"| {c['case']} | {c['control']} | **{c['verdict']}** | {c['reason']} | {acc} |"
+        )
+        print(f"{c['case']:<20} {c['verdict']:<8} by {c['control']}: {c['reason'][:110]}")
+    with (out / "summary.md").open("a") as fh:
+        fh.write("\n".join(lines) + "\n")

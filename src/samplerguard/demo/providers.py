@@ -30,6 +30,7 @@ from samplerguard.commitment.digest import module_digest
 from samplerguard.hook.pipelines import instrument, output_bytes
 from samplerguard.hook.recorder import Recorder, TrajectoryRequest, scheduler_config
 from samplerguard.models.digits import (
+    IMAGE_SHAPE,
     SCHEDULER_CONFIG,
     DigitsPipeline,
     StepInputs,
@@ -37,6 +38,8 @@ from samplerguard.models.digits import (
     scheduler_step,
 )
 from samplerguard.policy.spec import KNOWN_SAMPLERS
+from samplerguard.rng import NoiseAuthority
+from samplerguard.rng.shim import noise_from
 
 __all__ = ["CHEATS", "Declared", "Generation", "Provider", "make_scheduler", "providers"]
 
@@ -83,7 +86,14 @@ class Generation:
 class Provider:
     """A named provider serving class-conditional digits under a declared recipe."""
 
-    def __init__(self, name: str, unet: Any, declared: Declared, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        name: str,
+        unet: Any,
+        declared: Declared,
+        recorder: Recorder,
+        authority: NoiseAuthority | None = None,
+    ) -> None:
         if name != "honest" and name not in CHEATS:
             raise ValueError(f"unknown provider {name!r}; known: honest, {', '.join(CHEATS)}")
         self.name = name
@@ -92,10 +102,14 @@ class Provider:
         self.model_digest = module_digest(unet)
         self.unet = unet
         self.run_unet = _perturbed(unet) if name == "substituted-model" else unet
+        #: Per-request DRBG noise (SP 800-90A); None means the caller passes latents.
+        self.authority = authority
         self._pipe = DigitsPipeline(unet, make_scheduler(declared.sampler))
         self._instrumented = instrument(self._pipe, recorder)
 
-    def request(self, request_id: str, extra: dict[str, Any] | None = None) -> TrajectoryRequest:
+    def request(
+        self, request_id: str, extra: dict[str, Any] | None = None, rng_mode: str = "framework"
+    ) -> TrajectoryRequest:
         d = self.declared
         return TrajectoryRequest(
             request_id=request_id,
@@ -106,22 +120,44 @@ class Provider:
             sampler=d.sampler,
             guidance_scale=d.cfg,
             steps=d.steps,
+            rng_mode=rng_mode,
             extra=extra or {},
         )
 
-    def generate(self, request_id: str, labels: torch.Tensor, latents: torch.Tensor) -> Generation:
+    def generate(
+        self, request_id: str, labels: torch.Tensor, latents: torch.Tensor | None = None
+    ) -> Generation:
+        """Serve one request. Without ``latents``, z_N and any step noise come from this
+        request's DRBG (the provider's ``authority``); torch's global RNG is never touched."""
+        if latents is not None:
+            return self._generate(request_id, labels, latents, "framework")
+        if self.authority is None:
+            raise ValueError("no latents given and no NoiseAuthority to draw them from")
+        noise = self.authority.request(self.declared.tenant, request_id)
+        try:
+            z = noise.randn((labels.shape[0], *IMAGE_SHAPE))
+            with noise_from(noise.noise_fn()):
+                return self._generate(request_id, labels, z, noise.mode)
+        finally:
+            noise.close()
+
+    def _generate(
+        self, request_id: str, labels: torch.Tensor, latents: torch.Tensor, rng_mode: str
+    ) -> Generation:
         if self.name == "honest":
             out = self._instrumented(
                 labels,
                 num_inference_steps=self.declared.steps,
                 guidance_scale=self.declared.cfg,
                 latents=latents,
-                trajectory_request=self.request(request_id),
+                trajectory_request=self.request(request_id, rng_mode=rng_mode),
             )
             return Generation(out.output, out.commitment, request_id, labels)
-        return self._cheat(request_id, labels, latents)
+        return self._cheat(request_id, labels, latents, rng_mode)
 
-    def _cheat(self, request_id: str, labels: torch.Tensor, latents: torch.Tensor) -> Generation:
+    def _cheat(
+        self, request_id: str, labels: torch.Tensor, latents: torch.Tensor, rng_mode: str
+    ) -> Generation:
         d = self.declared
         run_sampler = "ddim" if self.name == "scheduler-swap" else d.sampler
         scheduler = make_scheduler(run_sampler)
@@ -141,7 +177,8 @@ class Provider:
         fake = secrets.randbelow(n - 1) if self.name == "fabricated-step" else -1
         faked: list[int] = []
         eps: torch.Tensor | None = None
-        with torch.no_grad(), self.recorder.trajectory(self.request(request_id, extra)) as tr:
+        request = self.request(request_id, extra, rng_mode)
+        with torch.no_grad(), self.recorder.trajectory(request) as tr:
             tr.begin(scheduler, latents, conditioning={"class_labels": labels})
             for i, t in enumerate(scheduler.timesteps):
                 if self.name == "fewer-steps" and i % 2 == 1 and eps is not None:

@@ -30,6 +30,7 @@ from samplerguard.errors import SamplerGuardError, VerificationError
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.recorder import Recorder
 from samplerguard.models.programs import DigitsProgram
+from samplerguard.rng import NoiseAuthority
 
 __all__ = ["DemoConfig", "ProviderResult", "choose_steps", "run_demo"]
 
@@ -69,6 +70,12 @@ class ProviderResult:
     recheck_s: float = 0.0
     accuracy: float | None = None
     image: str = ""
+
+
+def demo_authority() -> NoiseAuthority:
+    """CTR_DRBG noise per (tenant, request id). The demo's master secret is fresh per run;
+    a deployment reads it from a file or the environment (NoiseAuthority.from_env)."""
+    return NoiseAuthority(secrets.token_bytes(32), mode="ctr-drbg")
 
 
 def choose_steps(n_steps: int, k: int) -> list[int]:
@@ -131,20 +138,20 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
         f"τ={cfg.tau:.0e}"
     )
     results: list[ProviderResult] = []
-    gen = torch.Generator().manual_seed(2024)
+    gen = torch.Generator().manual_seed(2024)  # class labels only; noise comes from the DRBG
+    authority = demo_authority()
     for name in ("honest", *CHEATS):
         sink = LocalSink()
         recorder = Recorder(sink)
-        provider = Provider(name, unet, declared, recorder)
+        provider = Provider(name, unet, declared, recorder, authority)
         limit = cfg.honest_requests if name == "honest" else cfg.max_requests
         res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
         gen_times: list[float] = []
         check_times: list[float] = []
         for r in range(1, limit + 1):
             labels = torch.randint(0, 10, (cfg.batch,), generator=gen)
-            latents = torch.randn((cfg.batch, 1, 8, 8), generator=gen)
             start = time.perf_counter()
-            g = provider.generate(f"{name}-{r}", labels, latents)
+            g = provider.generate(f"{name}-{r}", labels)
             gen_times.append(time.perf_counter() - start)
             # The verifier's side: authenticate the commitment, then pick the steps.
             commitment = Commitment.verify(g.commitment.to_json(), sink.key.public_key())
