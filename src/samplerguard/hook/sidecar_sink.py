@@ -47,6 +47,7 @@ from samplerguard.hook.wire import (
     WireClosedError,
     read_frame,
     send_frame,
+    tune_socket,
 )
 
 __all__ = ["SidecarRefusedError", "SidecarSink", "probe"]
@@ -124,6 +125,7 @@ class SidecarSink:
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tune_socket(sock)
         sock.settimeout(self.connect_timeout)
         try:
             sock.connect(self.socket_path)

@@ -46,6 +46,7 @@ from samplerguard.hook.wire import (
     decode_tensors,
     read_frame,
     send_frame,
+    tune_socket,
 )
 from samplerguard.sidecar.enforce import Admission, RequestRefusedError
 from samplerguard.sidecar.store import OpeningStore, TrajectoryWriter
@@ -245,6 +246,7 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         ingest = self.server.ingest
         sock: socket.socket = self.request
+        tune_socket(sock)
         sock.settimeout(ingest.idle_timeout)
         tr: _Trajectory | None = None
         try:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _INDEX_CACHE = 32
+_STATVFS_EVERY = 8 << 20
 
 
 class StoreFullError(TemporaryError):
@@ -152,6 +153,8 @@ class OpeningStore:
         self._seq = 0
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.evicted = 0
+        self._free_cache: int | None = None
+        self._since_statvfs = 0
         root.mkdir(parents=True, exist_ok=True)
         self._recover()
 
@@ -209,20 +212,35 @@ class OpeningStore:
 
     def reserve(self, writer: TrajectoryWriter, nbytes: int) -> None:
         with self._lock:
+            fresh = False
             while self._committed_bytes + self._open_bytes + nbytes > self.max_bytes or (
-                self._free_bytes() - nbytes < self.min_free_bytes
+                self._free_bytes(fresh) - nbytes < self.min_free_bytes
             ):
                 if not self._evict_oldest_locked():
                     raise StoreFullError(
                         f"openings store is full: {self._committed_bytes + self._open_bytes} "
                         f"bytes held of {self.max_bytes}, "
-                        f"{self._free_bytes()} free on the volume (floor {self.min_free_bytes})",
+                        f"{self._free_bytes(True)} free on the volume "
+                        f"(floor {self.min_free_bytes})",
                         delay=5.0,
                     )
+                fresh = True  # an eviction freed space: measure again
             self._open_bytes += nbytes
+            self._since_statvfs += nbytes
 
-    def _free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+    def _free_bytes(self, fresh: bool = False) -> int:
+        """Free bytes on the volume, less what was reserved since the last ``statvfs``. It is
+        re-read after every 8 MiB reserved and whenever the floor is near, so the hot path does
+        not pay a syscall per record."""
+        if (
+            fresh
+            or self._free_cache is None
+            or self._since_statvfs > _STATVFS_EVERY
+            or self._free_cache - self._since_statvfs < self.min_free_bytes + _STATVFS_EVERY
+        ):
+            self._free_cache = shutil.disk_usage(self.root).free
+            self._since_statvfs = 0
+        return self._free_cache - self._since_statvfs
 
     def _release(self, writer: TrajectoryWriter) -> None:
         with self._lock:

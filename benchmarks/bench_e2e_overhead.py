@@ -1,0 +1,108 @@
+"""End-to-end overhead: generation through the hook + sidecar against plain generation.
+
+The bundled digits model through the real diffusers pipeline (DPM-Solver++ 2M, 20 steps, CFG 3,
+batch 8), interleaved run by run so machine load hits all variants alike:
+
+* plain: ``DigitsPipeline(...)``;
+* hook + LocalSink: the recorder, signing in-process (no sidecar);
+* hook + sidecar: the recorder streaming to a real ``samplerguard sidecar`` process, which
+  rebuilds the tree, signs and stores the openings; the call returns once the signed
+  commitment is back.
+
+The ratio is median(variant) / median(plain); goal <= 1.03 for hook + sidecar.
+
+    python benchmarks/bench_e2e_overhead.py [--runs 15] [--steps 20] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from _dataplane import sidecar
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from samplerguard.demo.providers import make_scheduler
+    from samplerguard.hook.local import LocalSink
+    from samplerguard.hook.pipelines import instrument
+    from samplerguard.hook.recorder import Recorder, TrajectoryRequest
+    from samplerguard.hook.sidecar_sink import SidecarSink
+    from samplerguard.models.digits import MODEL_FILE, DigitsPipeline, load_unet
+
+    unet = load_unet(MODEL_FILE)
+    from samplerguard.commitment.digest import module_digest
+
+    digest = module_digest(unet)
+    pipe = DigitsPipeline(unet, make_scheduler("dpmpp_2m"))
+    svc, _ = sidecar()
+    local = Recorder(LocalSink())
+    remote = Recorder(SidecarSink(svc.ready["socket"]))
+    variants = {
+        "plain": None,
+        "hook + LocalSink": instrument(pipe, local),
+        "hook + sidecar": instrument(pipe, remote),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for r in range(args.runs + 2):
+            labels = torch.randint(0, 10, (args.batch,), generator=gen)
+            latents = torch.randn((args.batch, 1, 8, 8), generator=gen)
+            for name, fn in variants.items():
+                kw = {
+                    "num_inference_steps": args.steps,
+                    "guidance_scale": 3.0,
+                    "latents": latents.clone(),
+                }
+                t = time.perf_counter()
+                if fn is None:
+                    pipe(labels, **kw)
+                else:
+                    req = TrajectoryRequest(
+                        request_id=f"{name.split()[-1]}-{r}-{time.time_ns()}",
+                        tenant="bench",
+                        pipeline="digits",
+                        model_name="digits",
+                        model_digest=digest,
+                        sampler="dpmpp_2m",
+                        guidance_scale=3.0,
+                        steps=args.steps,
+                    )
+                    fn(labels, trajectory_request=req, **kw)
+                if r >= 2:  # two warm-up rounds
+                    times[name].append(time.perf_counter() - t)
+    finally:
+        local.close()
+        remote.close()
+        svc.stop()
+    base = statistics.median(times["plain"])
+    print(
+        f"end-to-end generation, bundled digits model, dpmpp_2m x {args.steps} steps, batch "
+        f"{args.batch}, {args.runs} interleaved runs, {args.threads} torch thread(s) "
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:<18} median {med * 1e3:8.1f} ms   ratio {med / base:.3f}")
+    ratio = statistics.median(times["hook + sidecar"]) / base
+    print(f"  goal <= 1.03: hook + sidecar ratio = {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
