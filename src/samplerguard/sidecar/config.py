@@ -63,15 +63,17 @@ class SidecarConfig:
     pod_name: str = ""
     pod_namespace: str = ""
     pod_uid: str = ""
-    #: ``token-file`` (local mode) or ``tokenreview`` (cluster).
-    auth: Literal["token-file", "tokenreview"] = "token-file"
+    #: ``token-file`` (local mode) or ``tokenreview`` (cluster). Unset: ``token-file`` when a
+    #: token file is given, else ``tokenreview`` inside a cluster.
+    auth: Literal["token-file", "tokenreview"] | None = None
     token_file: Path | None = None
     #: TokenReview: ServiceAccount usernames allowed to read openings.
     allowed_subjects: tuple[str, ...] = (
         "system:serviceaccount:samplerguard:samplerguard-verifier",
     )
-    #: TokenReview: the audience the verifier's projected token must carry.
-    audience: str | None = "samplerguard-sidecar"
+    #: TokenReview: an audience the verifier's token must carry. Unset: the API server's
+    #: default audience (the chart's verifier token is the plain projected one).
+    audience: str | None = None
     #: Model weight files (safetensors) hashed at start and every ``integrity_interval``.
     model_files: tuple[Path, ...] = ()
     scheduler_config: Path | None = None

@@ -96,7 +96,11 @@ class Sidecar:
         )
 
     def _authenticator(self) -> Authenticator:
-        if self.cfg.auth == "tokenreview":
+        mode = self.cfg.auth
+        if mode is None:
+            in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+            mode = "tokenreview" if self.cfg.token_file is None and in_cluster else "token-file"
+        if mode == "tokenreview":
             return TokenReviewAuth(self.cfg.allowed_subjects, audience=self.cfg.audience)
         if self.cfg.token_file is None:
             raise MalformedInputError(
