@@ -43,6 +43,7 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     [
         {},
         {"operator": {"replicas": 1, "auditIntervalSeconds": 0}, "verifier": {"enabled": False}},
+        {"verifier": {"replicas": 3, "persistence": {"enabled": True, "storageClassName": "ssd"}}},
         {
             "webhook": {"readPullSecrets": True, "trustedRootConfigMap": "roots", "inject": False},
             "excludedNamespaces": ["batch"],
@@ -50,7 +51,7 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
             "telemetry": {"otlpEndpoint": "http://otel:4317"},
         },
     ],
-    ids=["defaults", "minimal", "everything"],
+    ids=["defaults", "minimal", "sharded-verifier", "everything"],
 )
 def test_every_manifest_is_valid_kubernetes(values: dict[str, Any]) -> None:
     docs = _render(values)
@@ -155,3 +156,19 @@ def test_operator_wiring_matches_names(docs: list[dict[str, Any]]) -> None:
     webhook = _one(docs, "Deployment", "sg-webhook")
     volumes = webhook["spec"]["template"]["spec"]["volumes"]
     assert {"name": "tls", "secret": {"secretName": "sg-webhook-tls"}} in volumes
+
+
+def test_verifier_is_sharded_and_reports_to_the_operator() -> None:
+    docs = _render({"verifier": {"replicas": 3}})
+    sts = _one(docs, "StatefulSet", "sg-verifier")
+    assert sts["spec"]["replicas"] == 3
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "--shard=$(POD_INDEX)/3" in c["args"]
+    assert "--report-url=https://sg-operator.samplerguard.svc/v1/results" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/samplerguard/tls/ca.crt"
+    operator = _one(docs, "Deployment", "sg-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert "--verifier-user=system:serviceaccount:samplerguard:sg-verifier" in operator["args"]
