@@ -172,3 +172,25 @@ def test_verifier_is_sharded_and_reports_to_the_operator() -> None:
     assert env["SSL_CERT_FILE"]["value"] == "/etc/samplerguard/tls/ca.crt"
     operator = _one(docs, "Deployment", "sg-operator")["spec"]["template"]["spec"]["containers"][0]
     assert "--verifier-user=system:serviceaccount:samplerguard:sg-verifier" in operator["args"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("Deployment", "sg-operator"), ("Deployment", "sg-webhook"), ("StatefulSet", "sg-verifier")],
+)
+def test_container_args_are_accepted_by_the_cli(kind: str, name: str) -> None:
+    """Every flag the chart passes exists in `samplerguard <command>` (argparse exits on an
+    unknown one)."""
+    from samplerguard.cli import build_parser
+
+    docs = _render(
+        {
+            "webhook": {"trustedRootConfigMap": "roots", "inject": False},
+            "excludedNamespaces": ["batch"],
+            "operator": {"plainHttpRegistries": ["r:5000"]},
+        }
+    )
+    container = _one(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
+    args = [a.replace("$(POD_INDEX)", "0") for a in container["args"]]
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == args[0]
