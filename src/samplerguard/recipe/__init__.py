@@ -19,6 +19,7 @@ from samplerguard.recipe.guard import (
     RecipeViolation,
     RecipeWarning,
     RunRequest,
+    build_recipe,
     describe_scheduler,
 )
 from samplerguard.recipe.model import (
@@ -56,6 +57,7 @@ __all__ = [
     "RunRequest",
     "SchedulerGrid",
     "TensorInfo",
+    "build_recipe",
     "describe_scheduler",
     "embed_provenance",
     "metadata_digest",

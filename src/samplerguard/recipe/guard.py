@@ -41,6 +41,7 @@ __all__ = [
     "RecipeViolation",
     "RecipeWarning",
     "RunRequest",
+    "build_recipe",
     "describe_scheduler",
 ]
 
@@ -434,3 +435,56 @@ def _is_subgrid(run: tuple[float, ...], grid: list[float]) -> bool:
 def with_timesteps(run: RunRequest, timesteps: list[float]) -> RunRequest:
     """``run`` with its visited timesteps set (and steps to match)."""
     return replace(run, timesteps=tuple(timesteps), steps=len(timesteps))
+
+
+def build_recipe(
+    model_id: str,
+    scheduler: Any,
+    *,
+    canonical_steps: int,
+    steps: tuple[int, int],
+    cfg: tuple[float, float],
+    default_steps: int,
+    default_cfg: float,
+    resolutions: list[tuple[int, int]],
+    allowed_steps: list[int] | None = None,
+    subsampling: str = "subset",
+    **extra: Any,
+) -> Recipe:
+    """A recipe whose grid is taken from a real diffusers scheduler: ``scheduler`` is set to
+    ``canonical_steps`` and its class, config, prediction type, sampler and schedule ids and
+    visited timesteps are recorded. ``extra`` passes further :class:`Recipe` fields (snake_case:
+    ``presets``, ``forbidden_samplers``, ``latent_shape``, ``vae_id`` …)."""
+    scheduler.set_timesteps(canonical_steps)
+    d = describe_scheduler(scheduler)
+    config = {
+        k: v
+        for k, v in dict(scheduler.config).items()
+        if not k.startswith("_") and (isinstance(v, str | int | float | bool) or v is None)
+    }
+    body: dict[str, Any] = {
+        "model_id": model_id,
+        "sampler": d["sampler"],
+        "schedule": d["schedule"],
+        "prediction_type": d["prediction_type"],
+        "grid": {
+            "class_name": type(scheduler).__name__,
+            "config": config,
+            "num_train_timesteps": _int_or(config.get("num_train_timesteps"), 1000),
+            "canonical_steps": canonical_steps,
+            "timesteps": list(d["timesteps"] or ()),
+            "subsampling": subsampling,
+            "allowed_steps": allowed_steps or [],
+        },
+        "steps": {"min": steps[0], "max": steps[1]},
+        "cfg": {"min": cfg[0], "max": cfg[1]},
+        "default_steps": default_steps,
+        "default_cfg": default_cfg,
+        "resolutions": [{"width": w, "height": h} for w, h in resolutions],
+        **extra,
+    }
+    return Recipe.from_dict(body, source=f"recipe for {model_id}")
+
+
+def _int_or(value: object, default: int) -> int:
+    return int(value) if isinstance(value, int | float) else default

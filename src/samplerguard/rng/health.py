@@ -43,8 +43,11 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
+import numpy as np
 import torch
+from scipy.special import ndtr
 
 from samplerguard.errors import MalformedInputError, VerificationError
 
@@ -131,27 +134,34 @@ class HealthReport:
 
 # --- the statistics, vectorised over groups (rows) ---------------------------------------------
 #
-# Every function takes x of shape (G, C, L, W): G groups (samples, or the pooled batch), C
-# channels, L rows (all middle dimensions folded), W columns, and returns one value per group.
+# numpy, not torch: numpy never hands small arrays to other threads, so the check costs the same
+# on a loaded node as on an idle one. Every function takes x of shape (G, C, L, W): G groups
+# (samples, or the pooled batch), C channels, L rows (middle dimensions folded), W columns, and
+# returns one value per group.
+
+Array = np.ndarray[Any, np.dtype[np.float64]]
 
 
-def _mean_z(flat: torch.Tensor) -> torch.Tensor:
-    return flat.sum(1) / math.sqrt(flat.shape[1])
+def _mean_z(flat: Array) -> Array:
+    out: Array = flat.sum(1) / math.sqrt(flat.shape[1])
+    return out
 
 
-def _variance_z(sum_sq: torch.Tensor, n: int) -> torch.Tensor:
+def _variance_z(sum_sq: Array, n: int) -> Array:
     # Wilson–Hilferty: (χ²_n / n)^(1/3) ≈ N(1 − 2/(9n), 2/(9n)).
     v = 2.0 / (9.0 * n)
-    return ((sum_sq / n).pow(1.0 / 3.0) - (1.0 - v)) / math.sqrt(v)
+    out: Array = (np.cbrt(sum_sq / n) - (1.0 - v)) / math.sqrt(v)
+    return out
 
 
-def _skew_z(flat: torch.Tensor) -> torch.Tensor:
+def _skew_z(flat: Array) -> Array:
     # D'Agostino's transform of the sample skewness (as scipy.stats.skewtest).
     n = flat.shape[1]
-    d = flat - flat.mean(1, keepdim=True)
-    m2 = (d * d).mean(1)
-    m3 = (d * d * d).mean(1)
-    b2 = m3 / m2.clamp_min(1e-300).pow(1.5)
+    d = flat - flat.mean(1, keepdims=True)
+    d2 = d * d
+    m2 = np.maximum(d2.mean(1), 1e-300)
+    m3 = (d2 * d).mean(1)
+    b2 = m3 / m2**1.5
     y = b2 * math.sqrt(((n + 1) * (n + 3)) / (6.0 * (n - 2)))
     beta2 = (
         3.0 * (n * n + 27 * n - 70) * (n + 1) * (n + 3) / ((n - 2.0) * (n + 5) * (n + 7) * (n + 9))
@@ -159,15 +169,16 @@ def _skew_z(flat: torch.Tensor) -> torch.Tensor:
     w2 = -1.0 + math.sqrt(2 * (beta2 - 1))
     delta = 1.0 / math.sqrt(0.5 * math.log(w2))
     alpha = math.sqrt(2.0 / (w2 - 1))
-    return delta * torch.asinh(y / alpha)
+    out: Array = delta * np.arcsinh(y / alpha)
+    return out
 
 
-def _kurtosis_z(flat: torch.Tensor) -> torch.Tensor:
+def _kurtosis_z(flat: Array) -> Array:
     # Anscombe–Glynn's transform of the sample kurtosis (as scipy.stats.kurtosistest).
     n = flat.shape[1]
-    d = flat - flat.mean(1, keepdim=True)
+    d = flat - flat.mean(1, keepdims=True)
     d2 = d * d
-    m2 = d2.mean(1).clamp_min(1e-300)
+    m2 = np.maximum(d2.mean(1), 1e-300)
     b2 = (d2 * d2).mean(1) / (m2 * m2)
     e = 3.0 * (n - 1) / (n + 1)
     varb2 = 24.0 * n * (n - 2) * (n - 3) / ((n + 1) ** 2 * (n + 3) * (n + 5))
@@ -180,17 +191,18 @@ def _kurtosis_z(flat: torch.Tensor) -> torch.Tensor:
     )
     a = 6.0 + 8.0 / sqrtbeta1 * (2.0 / sqrtbeta1 + math.sqrt(1 + 4.0 / sqrtbeta1**2))
     denom = 1 + xs * math.sqrt(2 / (a - 4.0))
-    term2 = torch.sign(denom) * ((1 - 2.0 / a) / denom.abs().clamp_min(1e-300)).pow(1 / 3.0)
-    return ((1 - 2 / (9.0 * a)) - term2) / math.sqrt(2 / (9.0 * a))
+    term2 = np.sign(denom) * np.cbrt((1 - 2.0 / a) / np.maximum(np.abs(denom), 1e-300))
+    out: Array = ((1 - 2 / (9.0 * a)) - term2) / math.sqrt(2 / (9.0 * a))
+    return out
 
 
-def _ks_scaled(flat: torch.Tensor) -> torch.Tensor:
+def _ks_scaled(flat: Array) -> Array:
     n = flat.shape[1]
-    s, _ = torch.sort(flat, dim=1)
-    cdf = torch.special.ndtr(s)
-    i = torch.arange(1, n + 1, dtype=s.dtype)
-    d = torch.maximum((i / n - cdf).amax(1), (cdf - (i - 1) / n).amax(1))
-    return d * (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n))
+    cdf = ndtr(np.sort(flat, axis=1))
+    i = np.arange(1, n + 1, dtype=np.float64)
+    d = np.maximum((i / n - cdf).max(1), (cdf - (i - 1) / n).max(1))
+    out: Array = d * (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n))
+    return out
 
 
 def _ks_threshold(alpha: float) -> float:
@@ -198,39 +210,41 @@ def _ks_threshold(alpha: float) -> float:
     return math.sqrt(-0.5 * math.log(alpha / 2.0))
 
 
-def _lag_z(x: torch.Tensor, dim: int) -> torch.Tensor | None:
-    """Self-normalised lag-1 product sum along ``dim``: Σp/√Σp², p = x_i·x_{i+1}."""
-    if x.shape[dim] < 2:
+def _lag_z(x: Array, axis: int) -> Array | None:
+    """Self-normalised lag-1 product sum along ``axis``: Σp/√Σp², p = x_i·x_{i+1}."""
+    size = x.shape[axis]
+    if size < 2:
         return None
-    p = x.narrow(dim, 0, x.shape[dim] - 1) * x.narrow(dim, 1, x.shape[dim] - 1)
-    p = p.reshape(x.shape[0], -1)
-    return p.sum(1) / (p * p).sum(1).clamp_min(1e-300).sqrt()
+    a = np.take(x, np.arange(size - 1), axis=axis)
+    b = np.take(x, np.arange(1, size), axis=axis)
+    p = (a * b).reshape(x.shape[0], -1)
+    out: Array = p.sum(1) / np.sqrt(np.maximum((p * p).sum(1), 1e-300))
+    return out
 
 
-def _repeated_windows(x: torch.Tensor) -> int:
+def _repeated_windows(x: np.ndarray[Any, Any]) -> int:
     """How many 2×2 patches (1×4 windows for a single row) occur more than once."""
-    bits = x.contiguous().view(torch.int32).to(torch.int64)
+    bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
     if bits.ndim >= 2 and bits.shape[-1] >= 2 and bits.shape[-2] >= 2:
-        parts = [
-            bits[..., :-1, :-1],
-            bits[..., :-1, 1:],
-            bits[..., 1:, :-1],
-            bits[..., 1:, 1:],
-        ]
-        w = torch.stack([p.reshape(-1) for p in parts], dim=1)
+        parts = [bits[..., :-1, :-1], bits[..., :-1, 1:], bits[..., 1:, :-1], bits[..., 1:, 1:]]
+        w = np.stack([p.reshape(-1) for p in parts], axis=1)
     else:
-        w = bits.reshape(1, -1).unfold(1, _WINDOW, 1).reshape(-1, _WINDOW)
-    # A 64-bit mix of the four 32-bit patterns: exact duplicates always collide; distinct
-    # patches collide by chance with probability ~ m²/2^64.
-    h = torch.zeros(w.shape[0], dtype=torch.int64)
-    for k, mult in enumerate(_MIX):
-        h = h * 0x100000001B3 + (w[:, k] + 0x632BE59BD9B4E019) * mult
-    s, _ = torch.sort(h)
+        flat = bits.reshape(-1)
+        if flat.size < _WINDOW:
+            return 0
+        w = np.lib.stride_tricks.sliding_window_view(flat, _WINDOW)
+    # A 64-bit mix of the four 32-bit patterns (wrapping arithmetic): exact duplicates always
+    # collide; distinct patches collide by chance with probability ~ m²/2^64.
+    h = np.zeros(w.shape[0], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k, mult in enumerate(_MIX):
+            h = h * np.uint64(0x100000001B3) + (w[:, k] + np.uint64(0x632BE59BD9B4E019)) * mult
+    s = np.sort(h)
     return int((s[1:] == s[:-1]).sum())
 
 
 _MIX = tuple(
-    m - (1 << 64) if m >= 1 << 63 else m
+    np.uint64(m)
     for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
 )
 
@@ -243,8 +257,8 @@ KURTOSIS_MIN_N = 4096
 # --- the battery --------------------------------------------------------------------------------
 
 
-def _as_groups(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, L, W) float64: batch first, channels second, middle dimensions folded."""
+def _as_groups(z: Array) -> Array:
+    """(B, C, L, W): batch first, channels second, middle dimensions folded."""
     if z.ndim >= 4:
         return z.reshape(z.shape[0], z.shape[1], -1, z.shape[-1])
     if z.ndim == 3:
@@ -254,26 +268,26 @@ def _as_groups(z: torch.Tensor) -> torch.Tensor:
     return z.reshape(1, 1, 1, -1)
 
 
-def _battery(x: torch.Tensor, labels: list[str], zcrit: float, kcrit: float) -> list[HealthTest]:
+def _battery(x: Array, labels: list[str], zcrit: float, kcrit: float) -> list[HealthTest]:
     g, c, _, _ = x.shape
     flat = x.reshape(g, -1)
     n = flat.shape[1]
-    stats: list[tuple[str, torch.Tensor, float]] = [
-        ("mean", _mean_z(flat).abs(), zcrit),
-        ("variance", _variance_z((flat * flat).sum(1), n).abs(), zcrit),
-        ("skewness", _skew_z(flat).abs(), zcrit),
+    stats: list[tuple[str, Array, float]] = [
+        ("mean", np.abs(_mean_z(flat)), zcrit),
+        ("variance", np.abs(_variance_z((flat * flat).sum(1), n)), zcrit),
+        ("skewness", np.abs(_skew_z(flat)), zcrit),
         ("ks", _ks_scaled(flat), kcrit),
     ]
     if n >= KURTOSIS_MIN_N:
-        stats.append(("kurtosis", _kurtosis_z(flat).abs(), zcrit))
+        stats.append(("kurtosis", np.abs(_kurtosis_z(flat)), zcrit))
     if c > 1:
         per_channel = x.reshape(g, c, -1)
-        cm = (per_channel.sum(2) / math.sqrt(per_channel.shape[2])).abs().amax(1)
+        cm = np.abs(per_channel.sum(2) / math.sqrt(per_channel.shape[2])).max(1)
         stats.append(("channel-mean", cm, zcrit))
-    for name, dim in (("autocorr-w", 3), ("autocorr-h", 2), ("autocorr-c", 1)):
-        lag = _lag_z(x, dim)
+    for name, axis in (("autocorr-w", 3), ("autocorr-h", 2), ("autocorr-c", 1)):
+        lag = _lag_z(x, axis)
         if lag is not None:
-            stats.append((name, lag.abs(), zcrit))
+            stats.append((name, np.abs(lag), zcrit))
     out = []
     for name, values, limit in stats:
         for label, v in zip(labels, values.tolist(), strict=True):
@@ -281,11 +295,11 @@ def _battery(x: torch.Tensor, labels: list[str], zcrit: float, kcrit: float) -> 
     return out
 
 
-def _tests_per_group(x: torch.Tensor) -> int:
+def _tests_per_group(x: Array) -> int:
     _, c, rows, cols = x.shape
     n = c * rows * cols
-    k = 4 + (n >= KURTOSIS_MIN_N) + (c > 1)
-    return k + sum(1 for size in (cols, rows, c) if size >= 2)
+    k = 4 + int(n >= KURTOSIS_MIN_N) + int(c > 1)
+    return int(k + sum(1 for size in (cols, rows, c) if size >= 2))
 
 
 def check_seed_vector(z: torch.Tensor, *, alpha: float = 1e-3) -> HealthReport:
@@ -300,14 +314,14 @@ def check_seed_vector(z: torch.Tensor, *, alpha: float = 1e-3) -> HealthReport:
     n_all = z.numel()
     if n_all < 16 or n_all > _MAX_ELEMENTS:
         raise MalformedInputError(f"a seed vector needs 16..{_MAX_ELEMENTS} values, got {n_all}")
-    raw = z.detach().to("cpu")
-    if not bool(torch.isfinite(raw).all()):
+    raw = z.detach().to("cpu", torch.float32).numpy()
+    if not bool(np.isfinite(raw).all()):
         inf = HealthTest("finite", "pooled", math.inf, 0.0)
         return HealthReport(False, (inf,), n_all, alpha)
-    x = _as_groups(raw.to(torch.float64))
+    x = _as_groups(raw.astype(np.float64))
     batch, channels, rows, cols = x.shape
     # The pooled group stacks the batch along the rows: (1, C, B·L, W).
-    pooled = x.transpose(0, 1).reshape(1, channels, batch * rows, cols) if batch > 1 else None
+    pooled = x.transpose(1, 0, 2, 3).reshape(1, channels, batch * rows, cols) if batch > 1 else None
 
     # Bonferroni over every test this request runs (per-sample, pooled, coherence).
     k = _tests_per_group(x) * batch
@@ -320,13 +334,12 @@ def check_seed_vector(z: torch.Tensor, *, alpha: float = 1e-3) -> HealthReport:
     tests: list[HealthTest] = []
     if pooled is not None:
         tests += _battery(pooled, ["pooled"], zcrit, kcrit)
-        total = x.sum(dim=0).reshape(1, -1)
+        total = x.sum(axis=0).reshape(1, -1)
         coherence = _variance_z((total * total).sum(1) / batch, total.shape[1])
         tests.append(HealthTest("batch-coherence", "pooled", abs(float(coherence[0])), zcrit))
     labels = [f"sample {i}" for i in range(batch)] if batch > 1 else ["sample"]
     tests += _battery(x, labels, zcrit, kcrit)
-    repeats = _repeated_windows(raw.to(torch.float32))
-    tests.append(HealthTest("repeats", "pooled", float(repeats), 0.0))
+    tests.append(HealthTest("repeats", "pooled", float(_repeated_windows(raw)), 0.0))
     return HealthReport(all(t.passed for t in tests), tuple(tests), n_all, alpha)
 
 

@@ -167,3 +167,25 @@ def test_unwritable_audit_log_fails_closed(recipe: Recipe, tmp_path: Path) -> No
     g = InferenceGuard(recipe, audit_log=tmp_path / "missing-dir" / "audit.jsonl")
     with pytest.raises(MalformedInputError, match="cannot write the audit log"):
         g.check(RunRequest(cfg=5.0))
+
+
+def test_build_recipe_from_a_real_scheduler() -> None:
+    from samplerguard.recipe import build_recipe
+
+    sched = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    r = build_recipe(
+        "sg-digits",
+        sched,
+        canonical_steps=20,
+        steps=(10, 50),
+        cfg=(1.0, 5.0),
+        default_steps=20,
+        default_cfg=3.0,
+        resolutions=[(8, 8)],
+        forbidden_samplers=["euler_ancestral"],
+        latent_shape=[1, 8, 8],
+    )
+    assert (r.sampler, r.schedule, r.grid.canonical_steps) == ("ddim", "trailing", 20)
+    assert r.grid.timesteps[0] == 999.0
+    assert InferenceGuard(r).check_scheduler(sched, cfg=3.0).clean
+    assert Recipe.from_json(r.to_json()) == r
