@@ -34,6 +34,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--dns-san", action="append", default=[], help="extra DNS SAN")
     p.add_argument("--cert-dir", type=Path, help="also write tls.crt/tls.key/ca.crt here")
+    p.add_argument(
+        "--leaf-days", type=int, default=int(_env("LEAF_DAYS", "90")), help="serving cert life"
+    )
+    p.add_argument(
+        "--leaf-renew-before-days",
+        type=int,
+        default=int(_env("LEAF_RENEW_BEFORE_DAYS", "30")),
+        help="re-issue the serving certificate when less than this is left",
+    )
     p.add_argument("--audit-interval", type=float, default=float(_env("AUDIT_INTERVAL", "600")))
     p.add_argument("--cert-check", type=float, default=float(_env("CERT_CHECK", "300")))
     p.add_argument(
@@ -94,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         extra_dns_sans=tuple(args.dns_san),
         cert_dir=args.cert_dir,
         cert_check_seconds=args.cert_check,
+        leaf_days=args.leaf_days,
+        leaf_renew_before_days=args.leaf_renew_before_days,
         audit_interval_seconds=args.audit_interval,
         verifier_users=users,
         lease_name=args.lease,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -189,15 +191,33 @@ class Controller:
 
     @staticmethod
     def _write_cert_dir(directory: Path, data: dict[str, bytes]) -> None:
+        """Lay the files out as a Secret volume does: ``tls.crt -> ..data/tls.crt`` and
+        ``..data -> ..<random>/``, swapped with one atomic rename, so a reader never sees a
+        new certificate with an old key."""
+        keys = ("tls.crt", "tls.key", "ca.crt", "ca-bundle.crt")
         directory.mkdir(parents=True, exist_ok=True)
-        for key in ("tls.crt", "tls.key", "ca.crt", "ca-bundle.crt"):
-            target = directory / key
-            if target.is_file() and target.read_bytes() == data[key]:
-                continue
-            tmp = directory / f".{key}.tmp"
-            tmp.write_bytes(data[key])
-            tmp.chmod(0o600 if key.endswith(".key") else 0o644)
-            tmp.replace(target)  # atomic, so a reloading webhook never reads half a file
+        current = directory / "..data"
+        if current.is_dir() and all(
+            (current / k).is_file() and (current / k).read_bytes() == data[k] for k in keys
+        ):
+            return
+        fresh = Path(tempfile.mkdtemp(prefix="..", dir=directory))
+        for key in keys:
+            target = fresh / key
+            target.touch(mode=0o600 if key.endswith(".key") else 0o644)
+            target.write_bytes(data[key])
+        staging = directory / "..data_tmp"
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(fresh.name)
+        old = current.resolve() if current.is_symlink() else None
+        staging.replace(current)  # the atomic switch
+        for key in keys:
+            link = directory / key
+            if not link.is_symlink():
+                link.unlink(missing_ok=True)
+                link.symlink_to(f"..data/{key}")
+        if old is not None and old.parent == directory.resolve() and old.name.startswith(".."):
+            shutil.rmtree(old, ignore_errors=True)
 
     # -- reports -------------------------------------------------------------------------------
 

@@ -161,3 +161,22 @@ def test_cert_listeners_hear_each_new_leaf_once(kube: Any) -> None:
     other.reconcile_certs(now=dt.datetime.now(dt.UTC) + dt.timedelta(days=70))
     c.observe_certs()
     assert len(seen) == 2 and seen[1] != seen[0]
+
+
+def test_cert_dir_switches_atomically(kube: Any, tmp_path: Path) -> None:
+    c = _controller(kube, tmp_path)
+    c.reconcile_certs()
+    first = (tmp_path / "tls.crt").read_bytes()
+    assert (tmp_path / "tls.crt").is_symlink() and (tmp_path / "..data").is_symlink()
+    c.reconcile_certs(now=dt.datetime.now(dt.UTC) + dt.timedelta(days=70))
+    second = (tmp_path / "tls.crt").read_bytes()
+    assert second != first
+    state, _ = kube.get_secret("sg", "samplerguard-webhook-tls")
+    assert (tmp_path / "tls.key").read_bytes() == state.data["tls.key"]
+    # only the live generation is kept
+    generations = [
+        p
+        for p in tmp_path.iterdir()
+        if p.name.startswith("..") and p.is_dir() and not p.is_symlink()
+    ]
+    assert len(generations) == 1
