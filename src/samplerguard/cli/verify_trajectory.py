@@ -34,6 +34,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--tau", type=float, default=1e-5, help="honest tolerance on rel-L2")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: the count the generation recorded, which reproduces it exactly)",
+    )
     p.set_defaults(_run=run)
 
 
@@ -87,7 +93,18 @@ def run(args: argparse.Namespace) -> int:
                 ],
             )
             return 2
+        import torch
+
         from samplerguard.models.digits import load_unet
+
+        runtime = commitment.recipe.get("runtime")
+        threads = runtime.get("threads") if isinstance(runtime, dict) else None
+        if isinstance(threads, int) and 1 <= threads <= 1024 and args.threads == 0:
+            # Same build, same thread count: CPU kernels then sum in the same order and an
+            # honest step re-checks to exactly 0.
+            torch.set_num_threads(threads)
+        elif args.threads:
+            torch.set_num_threads(args.threads)
         from samplerguard.models.programs import DigitsProgram
 
         try:

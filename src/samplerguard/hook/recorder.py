@@ -83,6 +83,9 @@ class TrajectoryRequest:
             "guidance_scale": float(self.guidance_scale),
             "rng": self.rng_mode,
             "latent_shape": list(latent_shape),
+            # Runtime facts a verifier on the same build needs to reproduce the step bit for
+            # bit: CPU kernels sum in an order that depends on the thread count.
+            "runtime": {"torch": torch.__version__, "threads": torch.get_num_threads()},
             **{k: _jsonable(v) for k, v in self.extra.items()},
         }
 
