@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from samplerguard.policy.report_client import ResultsClient
 
 __all__ = ["register", "run"]
 
@@ -121,8 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         journal=Journal(Path(args.state_dir) / "journal.jsonl"),
         token=_reader(args.token_file),  # type: ignore[arg-type]
         audit_log=Path(args.audit_log) if args.audit_log else None,
-        report_url=args.report_url,
-        report_token=_reader(args.report_token_file) if args.report_token_file else None,  # type: ignore[arg-type]
+        results_client=_results_client(args),
         shard=int(index),
         shards=int(count or 1),
         timeout=args.timeout,
@@ -144,6 +147,19 @@ def _run(args: argparse.Namespace) -> int:
         parse_hostport(args.listen),
         Path(args.ready_file) if args.ready_file else None,
         loop=not args.no_loop,
+    )
+
+
+def _results_client(args: argparse.Namespace) -> ResultsClient | None:
+    if not args.report_url:
+        return None
+    from samplerguard.policy.report_client import ResultsClient
+
+    return ResultsClient(
+        args.report_url,
+        token_file=args.report_token_file or args.token_file,
+        ca_file=os.environ.get("SSL_CERT_FILE"),
+        timeout=args.timeout,
     )
 
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from samplerguard.errors import SamplerGuardError, TemporaryError
+from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 from samplerguard.policy.report import ReportResult, append_audit_log
+from samplerguard.policy.report_client import ResultsClient
 from samplerguard.verifier.check import Checker
 from samplerguard.verifier.client import SidecarClient, VerifierAuthError
 from samplerguard.verifier.discovery import Discovery, Target, in_shard
@@ -51,8 +50,7 @@ class Verifier:
         journal: Journal,
         token: Callable[[], str],
         audit_log: Path | None = None,
-        report_url: str | None = None,
-        report_token: Callable[[], str] | None = None,
+        results_client: ResultsClient | None = None,
         shard: int = 0,
         shards: int = 1,
         timeout: float = 10.0,
@@ -63,8 +61,7 @@ class Verifier:
         self.journal = journal
         self.token = token
         self.audit_log = audit_log
-        self.report_url = report_url
-        self.report_token = report_token
+        self.results_client = results_client
         self.shard, self.shards = shard, shards
         self.timeout = timeout
         self.interval = interval
@@ -84,25 +81,15 @@ class Verifier:
         try:
             if self.audit_log is not None:
                 append_audit_log(self.audit_log, parsed)
-            if self.report_url is not None:
-                body = "".join(
-                    r.model_dump_json(by_alias=True, exclude_none=True) + "\n" for r in parsed
-                )
-                headers = {"Content-Type": "application/x-ndjson"}
-                if self.report_token is not None:
-                    headers["Authorization"] = f"Bearer {self.report_token()}"
-                resp = httpx.post(
-                    self.report_url,
-                    content=body,
-                    headers=headers,
-                    timeout=self.timeout,
-                    verify=True,
-                )
-                if resp.status_code != 200:
-                    raise TemporaryError(f"operator ingest answered HTTP {resp.status_code}")
-        except (OSError, httpx.HTTPError, TemporaryError) as exc:
+            if self.results_client is not None:
+                self.results_client.post(parsed)
+        except (OSError, TemporaryError) as exc:
+            # kept in the journal; delivered again next round
             log.warning("results for %s not delivered yet: %s", key, exc)
             return False
+        except MalformedInputError as exc:
+            # the operator refused the batch itself: retrying cannot help
+            log.error("the operator refused the results for %s: %s", key, exc)
         self.journal.delivered(key)
         return True
 

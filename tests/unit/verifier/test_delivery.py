@@ -1,0 +1,59 @@
+"""Delivery to the operator: a refused post stays in the journal and goes out next round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from samplerguard.policy.report import ReportResult, read_audit_log
+from samplerguard.policy.report_client import ResultsClient
+from samplerguard.verifier.discovery import StaticDiscovery
+from samplerguard.verifier.journal import Journal
+from samplerguard.verifier.service import Verifier
+
+
+class _Checker:
+    challenge: Any = None
+
+
+def test_undelivered_results_are_retried_until_the_operator_takes_them(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("operator-token-123456")
+    answers = [503, 503, 200]
+    bodies: list[bytes] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        bodies.append(req.content)
+        assert req.headers["authorization"] == "Bearer operator-token-123456"
+        status = answers.pop(0) if answers else 200
+        return httpx.Response(status, json={"recorded": 1} if status == 200 else {})
+
+    client = ResultsClient(
+        "https://operator.test/v1/results",
+        token_file=token,
+        transport=httpx.MockTransport(handler),
+        deadline=0.0,  # one attempt per delivery
+    )
+    journal = Journal(tmp_path / "journal.jsonl")
+    v = Verifier(
+        discovery=StaticDiscovery([]),
+        checker=_Checker(),  # type: ignore[arg-type]
+        journal=journal,
+        token=lambda: "x",
+        audit_log=tmp_path / "audit.jsonl",
+        results_client=client,
+    )
+    r = ReportResult.build(policy="p", rule="recipe", result="pass", trajectoryId="t-1")
+    journal.record("pod/t-1", "ab" * 32, [r.to_wire()])
+    assert v.redeliver() == 0 and "pod/t-1" in journal.undelivered()
+    assert v.redeliver() == 0
+    assert v.redeliver() == 1
+    assert journal.undelivered() == {}
+    assert b'"trajectoryId":"t-1"' in bodies[-1]
+    # the local audit log got it on every attempt (at least once, never zero times)
+    assert {x.properties["trajectoryId"] for x in read_audit_log(tmp_path / "audit.jsonl")} == {
+        "t-1"
+    }
+    journal.close()
