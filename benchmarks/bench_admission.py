@@ -156,18 +156,15 @@ def review_bytes(image: str, n: int) -> list[bytes]:
 
 def serve(args: argparse.Namespace) -> None:
     """Runs in the server subprocess: reads its setup from argv, serves until killed."""
-    import uvicorn
-
     from samplerguard.policy import parse_policy
     from samplerguard.webhook import (
         Admission,
         InjectionConfig,
-        ReloadingCertificate,
         StaticNamespaceLabels,
         StaticPolicySource,
         WebhookConfig,
     )
-    from samplerguard.webhook.server import uvicorn_config
+    from samplerguard.webhook.server import serve as serve_webhook
 
     setup = json.loads(Path(args.serve).read_text())
     config = WebhookConfig(
@@ -179,17 +176,18 @@ def serve(args: argparse.Namespace) -> None:
         failure_ttl=0 if setup["fresh_ttl"] == 0 else 10,
         injection=InjectionConfig(sidecar_image=setup["sidecar"], hook_image=setup["sidecar"]),
     )
-    verifier, resolver = _verifier(setup)
-    admission = Admission(
-        config,
-        StaticPolicySource([parse_policy(p) for p in setup["policies"]]),
-        verifier,
-        resolver,
-        namespaces=StaticNamespaceLabels({"ml": {"samplerguard.dev/enforce": "true"}}),
-    )
-    uvicorn.Server(
-        uvicorn_config(config, admission, ReloadingCertificate(config.certfile, config.keyfile))
-    ).run()
+
+    def build() -> Admission:  # in each worker, as `samplerguard webhook --workers N` does
+        verifier, resolver = _verifier(setup)
+        return Admission(
+            config,
+            StaticPolicySource([parse_policy(p) for p in setup["policies"]]),
+            verifier,
+            resolver,
+            namespaces=StaticNamespaceLabels({"ml": {"samplerguard.dev/enforce": "true"}}),
+        )
+
+    serve_webhook(config, build, workers=setup.get("workers", 1))
 
 
 def _verifier(setup: dict[str, Any]) -> tuple[Any, Any]:
@@ -336,9 +334,17 @@ def _start_server(tmp: Path, setup: dict[str, Any], name: str) -> subprocess.Pop
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its live children (Linux /proc): the
+    pre-forked workers of ``--workers N`` included."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 #: "python" (the asyncio generator above) or "wrk" (Debian's wrk, lighter on the shared CPUs).
@@ -509,6 +515,14 @@ def main() -> int:
                     _measured(cached, "/mutate", str(cert), bodies, args.seconds, n),
                 )
             )
+            two = _start_server(tmp, dict(setup, fresh_ttl=300.0, workers=2), "two")
+            procs.append(two)
+            rows.append(
+                (
+                    f"validate, cached, {n} conns, 2 workers",
+                    _measured(two, "/validate", str(cert), bodies, args.seconds, n),
+                )
+            )
             cold = _start_server(tmp, dict(setup, fresh_ttl=0.0), "uncached")
             procs.append(cold)
             rows.append(
@@ -526,7 +540,8 @@ def main() -> int:
 
     print(
         f"samplerguard webhook admission benchmark ({os.cpu_count()} CPUs; "
-        f"server: 1 uvicorn process; load: {LOAD_TOOL}, 1 process, HTTP/1.1 keep-alive over TLS; "
+        "server: 1 uvicorn process unless noted; "
+        f"load: {LOAD_TOOL}, 1 process, HTTP/1.1 keep-alive over TLS; "
         f"body {size} bytes; {note})"
     )
     load1, load5, _ = os.getloadavg()
@@ -555,6 +570,7 @@ def main() -> int:
         "validate, cached, 1 conn",
         "validate, cached, 4 conns",
         f"validate, cached, {args.connections} conns",
+        f"validate, cached, {args.connections} conns, 2 workers",
     ):
         r = by[label]
         print(

@@ -70,6 +70,14 @@ def register(sub: Any) -> None:
         default=[],
         help="another namespace never touched (repeatable; kube-system always is)",
     )
+    _add(
+        p,
+        "--workers",
+        "WORKERS",
+        "worker processes sharing the port (each with its own caches and policy watch)",
+        type=int,
+        default=1,
+    )
     _add(p, "--deadline", "DEADLINE", "seconds per request, end to end", type=float, default=8.0)
     _add(p, "--max-body-bytes", "MAX_BODY_BYTES", "largest request body", type=int, default=3 << 20)
     _add(
@@ -212,7 +220,6 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
     import yaml
 
     from samplerguard.errors import MalformedInputError
@@ -225,12 +232,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from samplerguard.webhook.optin import NamespaceLabels
     from samplerguard.webhook.policies import PolicySource
-    from samplerguard.webhook.server import uvicorn_config
+    from samplerguard.webhook.server import serve
     from samplerguard.webhook.verifying import PullSecrets
 
     try:
         config = _config(args)
-        tls = ReloadingCertificate(config.certfile, config.keyfile)
+        ReloadingCertificate(config.certfile, config.keyfile)  # unusable files: exit 2 now
         policies: PolicySource
         namespaces: NamespaceLabels | None = None
         pull_secrets: PullSecrets | None = None
@@ -265,21 +272,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"samplerguard webhook: {exc}")
         return 2
 
-    client = RegistryClient(
-        timeout=args.registry_timeout,
-        plain_http=args.plain_http_registry,
-        verify=args.registry_ca or True,
-    )
-    verifier = ImageVerifier(client, trusted_roots=roots)
-    admission = Admission(
-        config, policies, verifier, client, namespaces=namespaces, pull_secrets=pull_secrets
-    )
-    policies.start()
+    def build() -> Admission:
+        """Runs in each worker: everything with threads or connections is made here."""
+        client = RegistryClient(
+            timeout=args.registry_timeout,
+            plain_http=args.plain_http_registry,
+            verify=args.registry_ca or True,
+        )
+        source = FilePolicySource(config.policies) if config.policies is not None else policies
+        return Admission(
+            config,
+            source,
+            ImageVerifier(client, trusted_roots=roots),
+            client,
+            namespaces=namespaces,
+            pull_secrets=pull_secrets,
+        )
+
+    print(f"samplerguard webhook: serving https://{args.listen}", flush=True)
     try:
-        server = uvicorn.Server(uvicorn_config(config, admission, tls))
-        print(f"samplerguard webhook: serving https://{args.listen}", flush=True)
-        server.run()
-    finally:
-        policies.stop()
-        client.close()
-    return 0
+        return serve(config, build, workers=max(1, args.workers))
+    except OSError as exc:  # the address is taken or not ours
+        print(f"samplerguard webhook: cannot listen on {args.listen}: {exc}")
+        return 2

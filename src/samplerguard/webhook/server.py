@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -18,7 +19,7 @@ from samplerguard.webhook.app import webhook_asgi
 from samplerguard.webhook.config import WebhookConfig
 from samplerguard.webhook.tls import ReloadingCertificate
 
-__all__ = ["WebhookServer", "uvicorn_config"]
+__all__ = ["WebhookServer", "serve", "uvicorn_config"]
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +129,71 @@ class WebhookServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_worker(config: WebhookConfig, build: Callable[[], Admission], sock: socket.socket) -> None:
+    import uvicorn
+
+    admission = build()
+    tls = ReloadingCertificate(config.certfile, config.keyfile)
+    admission.policies.start()
+    try:
+        uvicorn.Server(uvicorn_config(config, admission, tls)).run(sockets=[sock])
+    finally:
+        admission.policies.stop()
+
+
+def serve(config: WebhookConfig, build: Callable[[], Admission], *, workers: int = 1) -> int:
+    """Serve in the foreground until SIGTERM or SIGINT; returns the exit code.
+
+    ``build`` makes the :class:`Admission` (and through it the policy source, verifier and
+    caches). With ``workers > 1`` the listening socket is bound once and the process forks:
+    each worker calls ``build`` itself, so caches, threads and watches are per process (no
+    state crosses a fork), and the kernel spreads connections over the workers' accept calls.
+    Signals are forwarded to the workers, which shut down gracefully.
+    """
+    sock = _bind(config.host, config.port)
+    if workers <= 1:
+        _run_worker(config, build, sock)
+        return 0
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child; tested through the CLI
+            code = 0
+            try:
+                _run_worker(config, build, sock)
+            except BaseException:
+                log.exception("webhook worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    forwarded: set[int] = set()
+
+    def forward(signum: int, _frame: object) -> None:
+        forwarded.add(signum)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = False
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        # uvicorn re-raises the signal it shut down on: that is a clean stop.
+        failed |= code != 0 and -code not in forwarded
+    sock.close()
+    return 1 if failed else 0

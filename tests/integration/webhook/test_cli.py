@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import subprocess
@@ -23,8 +24,8 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[httpx.Client, Path]]:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     write_self_signed(cert, key)
     (tmp_path / "policies").mkdir()
@@ -57,6 +58,8 @@ def running(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
             "0.5",
             "--audit-log",
             str(tmp_path / "audit.jsonl"),
+            "--workers",
+            str(request.param),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -79,7 +82,8 @@ def running(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
             yield client, tmp_path
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            # Graceful: 0, or uvicorn re-raising SIGTERM after its shutdown (one worker).
+            assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
             log.close()
 
 
