@@ -519,6 +519,12 @@ def main() -> int:
             procs.append(two)
             rows.append(
                 (
+                    "validate, cached, 4 conns, 2 workers",
+                    _measured(two, "/validate", str(cert), bodies, args.seconds, 4),
+                )
+            )
+            rows.append(
+                (
                     f"validate, cached, {n} conns, 2 workers",
                     _measured(two, "/validate", str(cert), bodies, args.seconds, n),
                 )
@@ -570,6 +576,7 @@ def main() -> int:
         "validate, cached, 1 conn",
         "validate, cached, 4 conns",
         f"validate, cached, {args.connections} conns",
+        "validate, cached, 4 conns, 2 workers",
         f"validate, cached, {args.connections} conns, 2 workers",
     ):
         r = by[label]
