@@ -131,8 +131,13 @@ def run_live_demo(
             token_file=token,
             policy=policy,
             audit_log=audit,
+            wait=False,
         )
+        # load the providers' model while both services import torch
+        unet = load_unet()
+        classifier = load_classifier() if CLASSIFIER_FILE.exists() else None
         sidecar.wait_ready(120)
+        verifier.wait_ready(120)
         progress(
             f"samplerguard demo (live): sidecar pid {sidecar.pid} on {sidecar.url} "
             f"(socket {sidecar.ready['socket']}), verifier pid {verifier.pid} on {verifier.url}, "
@@ -146,8 +151,8 @@ def run_live_demo(
             audit,
             digest,
             progress,
-            load_unet(),
-            load_classifier() if CLASSIFIER_FILE.exists() else None,
+            unet,
+            classifier,
         )
         summary["services"] = {
             "sidecar": {
@@ -221,7 +226,7 @@ def _run_providers(
                 res.faked_steps = g.faked_steps
                 res.checks = [
                     Check(
-                        int(x.metric("step") or -1),
+                        -1 if x.metric("step") is None else int(x.metric("step") or 0),
                         x.metric("relL2"),
                         x.metric("relL2"),
                         "pass" if x.result == "pass" else "reject",

@@ -177,6 +177,7 @@ def start_verifier(
     env: dict[str, str] | None = None,
     timeout: float = 90.0,
     loop: bool = False,
+    wait: bool = True,
 ) -> ServiceProcess:
     """A verifier serving on a free port. Without ``loop`` it audits only when asked
     (:func:`run_round`), which keeps demos and tests deterministic."""
@@ -202,7 +203,8 @@ def start_verifier(
         *extra_args,
     ]
     svc = _spawn("verifier", args, state_dir / "verifier.ready", state_dir / "verifier.log", env)
-    svc.wait_ready(timeout)
+    if wait:
+        svc.wait_ready(timeout)
     return svc
 
 
