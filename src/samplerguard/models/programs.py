@@ -18,15 +18,21 @@ from samplerguard.models.digits import StepInputs, denoise_step
 __all__ = ["DigitsProgram", "StableDiffusionProgram"]
 
 
-class DigitsProgram:
-    """The bundled digits pipeline's step (:func:`samplerguard.models.digits.denoise_step`)."""
+class _Program:
+    """A reference model and its digest (computed from the weights unless the caller pins it)."""
 
-    pipeline = "digits"
+    pipeline: str
 
     def __init__(self, unet: Any, model_digest: str | None = None) -> None:
         self.unet = unet.eval()
         self.device = unet.device
         self.model_digest = model_digest or module_digest(unet)
+
+
+class DigitsProgram(_Program):
+    """The bundled digits pipeline's step (:func:`samplerguard.models.digits.denoise_step`)."""
+
+    pipeline = "digits"
 
     def step(
         self,
@@ -44,16 +50,11 @@ class DigitsProgram:
         return denoise_step(self.unet, scheduler, latents, t, StepInputs(labels, guidance_scale))
 
 
-class StableDiffusionProgram:
+class StableDiffusionProgram(_Program):
     """The loop body of diffusers' ``StableDiffusionPipeline`` (no guidance rescale, no
     timestep conditioning, no IP-adapter), with classifier-free guidance as it batches it."""
 
     pipeline = "stable-diffusion"
-
-    def __init__(self, unet: Any, model_digest: str | None = None) -> None:
-        self.unet = unet.eval()
-        self.device = unet.device
-        self.model_digest = model_digest or module_digest(unet)
 
     def step(
         self,
