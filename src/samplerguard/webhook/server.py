@@ -87,9 +87,7 @@ class WebhookServer:
         self.admission = admission
         self.tls = tls
         self._server = uvicorn.Server(uvicorn_config(config, admission, tls))
-        self._sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((config.host, config.port))
+        self._sock = _bind(config.host, config.port)
         self.port: int = self._sock.getsockname()[1]
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
