@@ -8,7 +8,7 @@ Per image and policy the order is:
 
 1. parse the reference (a bad one is a denial);
 2. resolve a tag to its digest (cached; during an outage the last-known-good resolution);
-3. the verdict cache, keyed by (repository, digest, policy uid, resourceVersion);
+3. the verdict cache, keyed by (repository, digest, policy uid, policy spec version);
 4. on a miss, the verifier in a bounded thread pool; identical concurrent checks share one
    verification (single flight);
 5. registry unreachable → a pass within the last-known-good window still passes, anything
