@@ -18,6 +18,13 @@ import yaml
 from webhook_support import policy, post, review, workload, write_self_signed
 
 
+def _parent_of(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,6 +85,11 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ht
                 log.close()
                 pytest.fail(f"webhook did not start: {(tmp_path / 'webhook.log').read_text()}")
             time.sleep(0.1)
+        if request.param > 1:  # the workers are the webhook process's children
+            children = [
+                stat for stat in Path("/proc").glob("[0-9]*/stat") if _parent_of(stat) == proc.pid
+            ]
+            assert len(children) == request.param
         try:
             yield client, tmp_path
         finally:
