@@ -26,7 +26,14 @@ import torch
 import yaml
 
 from samplerguard.demo.providers import CHEATS, Declared, Provider
-from samplerguard.demo.run import Check, DemoConfig, ProviderResult, _save_grid, render_markdown
+from samplerguard.demo.run import (
+    Check,
+    DemoConfig,
+    ProviderResult,
+    _save_grid,
+    demo_authority,
+    render_markdown,
+)
 from samplerguard.demo.services import (
     ServiceProcess,
     make_token,
@@ -59,7 +66,7 @@ def write_demo_policy(path: Path, cfg: DemoConfig, model_digest: str) -> Path:
                 "cfg": {"min": 1.0, "max": max(cfg.cfg, 1.0)},
             },
             "goldenDigests": {"modelWeights": [model_digest]},
-            "rng": {"mode": "framework", "escrow": False},
+            "rng": {"mode": "ctr-drbg", "escrow": False},
             "verification": {
                 "fraction": 1.0,
                 "stepsPerChallenge": cfg.k,
@@ -192,12 +199,13 @@ def _run_providers(
         f"  bundled digits model {digest[:19]}…, declared {cfg.sampler} × {cfg.steps} steps, "
         f"CFG {cfg.cfg}, k={cfg.k}, τ={cfg.tau:.0e}"
     )
-    gen = torch.Generator().manual_seed(2024)
+    gen = torch.Generator().manual_seed(2024)  # class labels only; noise comes from the DRBG
+    authority = demo_authority()
     seen = 0
     results: list[ProviderResult] = []
     for name in ("honest", *CHEATS):
         recorder = Recorder(SidecarSink(socket, io_timeout=60.0))
-        provider = Provider(name, unet, declared, recorder)
+        provider = Provider(name, unet, declared, recorder, authority)
         limit = cfg.honest_requests if name == "honest" else cfg.max_requests
         res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
         gen_times: list[float] = []
@@ -205,11 +213,10 @@ def _run_providers(
         try:
             for r in range(1, limit + 1):
                 labels = torch.randint(0, 10, (cfg.batch,), generator=gen)
-                latents = torch.randn((cfg.batch, 1, 8, 8), generator=gen)
                 rid = f"{name}-{r}-{time.time_ns() % 10**9}"
                 start = time.perf_counter()
                 try:
-                    g = provider.generate(rid, labels, latents)
+                    g = provider.generate(rid, labels)
                 except RecordingError as exc:
                     res.checks = [Check(-1, None, None, "reject", f"sidecar refused: {exc}")]
                     res.requests, res.verdict = r, "rejected"
