@@ -7,7 +7,10 @@ it is fixed here exactly. For ``n`` values, with ``m = ceil(n / 2)``:
 2. ``f_i = float32(0x3F800000 | (w_i >> 9))`` is in [1, 2) with the top 23 random bits;
    ``u1_i = 2 - f_i`` ∈ (0, 1] for ``i < m`` (never 0, so the log is finite) and
    ``u2_i = f_{m+i} - 1`` ∈ [0, 1);
-3. Box–Muller: ``r = sqrt(-2 ln u1)``, ``out[i] = r cos(2π u2)``, ``out[m + i] = r sin(2π u2)``;
+3. Box–Muller with the angle θ = 2φ, ``φ = π (u2 − 1/2)`` ∈ [−π/2, π/2): ``r = sqrt(-2 ln u1)``,
+   ``t = tan φ``, ``c = (1 − t²)/(1 + t²)`` = cos θ, ``s = 2t/(1 + t²)`` = sin θ (the half-angle
+   identities: one transcendental instead of two, accurate to float32 rounding everywhere),
+   ``out[i] = r c``, ``out[m + i] = r s``;
 4. keep the first ``n`` values, in C order of the requested shape.
 
 All arithmetic is float32 on CPU; other dtypes are cast from it and other devices receive a copy,
@@ -47,23 +50,29 @@ def gaussian_from_bytes(buf: bytearray | memoryview, n: int) -> torch.Tensor:
     np.bitwise_or(words, _ONE_BITS, out=words)
     f = words.view(np.float32)
     u1 = np.subtract(np.float32(2.0), f[:m])  # (0, 1]
-    theta = f[m:]
-    np.subtract(theta, np.float32(1.0), out=theta)
-    np.multiply(theta, np.float32(2.0 * math.pi), out=theta)
-    log_u1, th = torch.from_numpy(u1), torch.from_numpy(theta)
-    out = torch.empty(2 * m, dtype=torch.float32)
-    # torch's vectorised log/cos/sin are the fastest here, but ATen splits them across threads
+    phi = f[m:]
+    np.subtract(phi, np.float32(1.5), out=phi)  # u2 − 1/2
+    np.multiply(phi, np.float32(math.pi), out=phi)
+    log_u1, half = torch.from_numpy(u1), torch.from_numpy(phi)
+    # torch's vectorised log/tan are the fastest here, but ATen splits them across threads
     # above 2048 elements, and on a loaded machine each OpenMP hand-off waits for a time slice.
     # Blocks of 2048 keep every call on this thread, like torch.randn's own fill; the cheap
     # arithmetic runs in bulk in numpy (single-threaded). Results are identical either way.
-    for lo in range(0, m, _BLOCK):
-        hi = min(lo + _BLOCK, m)
-        torch.log(log_u1[lo:hi], out=log_u1[lo:hi])
-        torch.cos(th[lo:hi], out=out[lo:hi])
-        torch.sin(th[lo:hi], out=out[m + lo : m + hi])
+    for lu, ph in zip(torch.split(log_u1, _BLOCK), torch.split(half, _BLOCK), strict=True):
+        torch.log(lu, out=lu)
+        torch.tan(ph, out=ph)
+    t = phi  # now tan φ
+    out = np.empty(2 * m, dtype=np.float32)
+    cos, sin = out[:m], out[m:]
+    np.multiply(t, t, out=cos)  # t²
+    np.add(np.float32(1.0), cos, out=sin)  # 1 + t²
+    np.subtract(np.float32(1.0), cos, out=cos)  # 1 − t²
+    np.divide(cos, sin, out=cos)  # cos θ
+    np.divide(t, sin, out=sin)
+    np.multiply(sin, np.float32(2.0), out=sin)  # sin θ
     np.multiply(u1, np.float32(-2.0), out=u1)
     np.sqrt(u1, out=u1)
-    o = out.numpy()
-    np.multiply(o[:m], u1, out=o[:m])
-    np.multiply(o[m:], u1, out=o[m:])
-    return out[:n] if n != 2 * m else out
+    np.multiply(cos, u1, out=cos)
+    np.multiply(sin, u1, out=sin)
+    z = torch.from_numpy(out)
+    return z[:n] if n != 2 * m else z

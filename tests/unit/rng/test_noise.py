@@ -29,7 +29,8 @@ def _reference(buf: bytes, n: int) -> np.ndarray:
     f = ((w >> 9) | 0x3F800000).astype(np.uint32).view(np.float32).astype(np.float64)
     u1, u2 = 2.0 - f[:m], f[m:] - 1.0
     r = np.sqrt(-2 * np.log(u1))
-    return np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])[:n]
+    theta = 2 * np.pi * (u2 - 0.5)  # = 2φ, the spec computes cos/sin via tan φ
+    return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:n]
 
 
 @settings(max_examples=30, deadline=None)
