@@ -1,0 +1,155 @@
+"""Auto-instrumentation: record every diffusers pipeline call in this process, no code change.
+
+The webhook's init container puts this package and a ``sitecustomize.py`` on ``PYTHONPATH``
+(in the style of the OpenTelemetry operator's Python auto-instrumentation). That file calls
+:func:`install_from_env`, which does nothing unless ``SAMPLERGUARD_SOCKET`` names the sidecar's
+socket. Then every pipeline *class* is wrapped the first time one of its instances is built
+(diffusers' ``register_modules`` runs in every pipeline's ``__init__``): a call to a pipeline
+that has ``prepare_latents`` and accepts ``callback_on_step_end`` goes through
+:func:`samplerguard.hook.pipelines.instrument` with a fresh request id. The commitment is
+attached to the returned output as ``output.samplerguard_commitment`` when the output object
+allows it.
+
+Failure policy: if the sidecar is unreachable the generation itself still raises
+:class:`~samplerguard.hook.recorder.RecordingError` (``SAMPLERGUARD_FAIL_OPEN=1`` instead logs
+and returns the unrecorded output, marked unverified). Failing closed is the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from samplerguard.hook.pipelines import instrument
+from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
+
+__all__ = ["install", "install_from_env", "request_for"]
+
+log = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()
+_WRAPPED: set[type] = set()
+_STATE: dict[str, Any] = {}
+
+#: diffusers class name → sampler id of the policy vocabulary
+_SAMPLER_IDS = {
+    "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_ancestral",
+    "DDIMScheduler": "ddim",
+    "DDPMScheduler": "ddpm",
+    "HeunDiscreteScheduler": "heun",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+    "UniPCMultistepScheduler": "unipc",
+    "LCMScheduler": "lcm",
+    "EDMEulerScheduler": "edm_euler",
+    "EDMDPMSolverMultistepScheduler": "edm_dpmpp_2m",
+    "FlowMatchEulerDiscreteScheduler": "flow_euler",
+}
+_PIPELINE_IDS = {"StableDiffusionPipeline": "stable-diffusion", "DigitsPipeline": "digits"}
+
+
+def request_for(pipe: Any, kwargs: Mapping[str, Any], tenant: str) -> TrajectoryRequest:
+    """The public facts of one call, read from the pipeline and its arguments."""
+    from samplerguard.commitment.digest import module_digest
+
+    digest = getattr(pipe, "_samplerguard_model_digest", None)
+    if digest is None:
+        digest = module_digest(pipe.unet)
+        pipe._samplerguard_model_digest = digest  # the weights of a loaded pipe do not change
+    sig = inspect.signature(type(pipe).__call__).parameters
+    steps = kwargs.get("num_inference_steps", sig["num_inference_steps"].default)
+    cfg = kwargs.get("guidance_scale", sig["guidance_scale"].default)
+    name = type(pipe).__name__
+    return TrajectoryRequest(
+        request_id=f"req-{uuid.uuid4().hex}",
+        tenant=tenant,
+        pipeline=_PIPELINE_IDS.get(name, name),
+        model_name=str(getattr(pipe, "name_or_path", None) or name),
+        model_digest=digest,
+        sampler=_SAMPLER_IDS.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__),
+        guidance_scale=float(cfg),
+        steps=int(steps),
+    )
+
+
+def _supported(cls: type) -> bool:
+    call = getattr(cls, "__call__", None)  # noqa: B004 - the class attribute, not callable()
+    if call is None or not hasattr(cls, "prepare_latents"):
+        return False
+    params = inspect.signature(call).parameters
+    return {"callback_on_step_end", "num_inference_steps", "guidance_scale"} <= set(params)
+
+
+def _wrap_class(cls: type, recorder: Recorder, tenant: str, fail_open: bool) -> None:
+    with _LOCK:
+        if cls in _WRAPPED or not _supported(cls):
+            return
+        _WRAPPED.add(cls)
+        original: Callable[..., Any] = cls.__call__  # type: ignore[operator]
+
+    @functools.wraps(original)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_STATE.get("busy"), "active", False):
+            return original(self, *args, **kwargs)  # a pipeline called from inside another
+        busy = _STATE.setdefault("busy", threading.local())
+        busy.active = True
+        try:
+            req = request_for(self, kwargs, tenant)
+            # The instrumented runner calls ``self(...)`` again; ``busy`` routes that inner call
+            # to the original method.
+            recorded = instrument(self, recorder)(*args, trajectory_request=req, **kwargs)
+        except RecordingError:
+            if not fail_open:
+                raise
+            log.exception("generation is unverified (fail-open is set)")
+            return original(self, *args, **kwargs)
+        finally:
+            busy.active = False
+        out = recorded.output
+        # tensors and tuples take no attribute: their commitment stays with the sidecar
+        with contextlib.suppress(AttributeError):
+            out.samplerguard_commitment = recorded.commitment
+        return out
+
+    cls.__call__ = call  # type: ignore[operator,method-assign]
+
+
+def install(recorder: Recorder, *, tenant: str, fail_open: bool = False) -> None:
+    """Wrap every diffusers pipeline class as its first instance is built. Idempotent."""
+    from diffusers import DiffusionPipeline
+
+    if _STATE.get("installed"):
+        return
+    original_register: Callable[..., Any] = DiffusionPipeline.register_modules
+
+    @functools.wraps(original_register)
+    def register_modules(self: Any, **kwargs: Any) -> Any:
+        result = original_register(self, **kwargs)
+        _wrap_class(type(self), recorder, tenant, fail_open)
+        return result
+
+    DiffusionPipeline.register_modules = register_modules  # type: ignore[method-assign]
+    _STATE["installed"] = True
+    _STATE["recorder"] = recorder
+
+
+def install_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """Called by the injected ``sitecustomize``. Returns whether instrumentation is active."""
+    env = os.environ if env is None else env
+    socket = env.get("SAMPLERGUARD_SOCKET")
+    if not socket:
+        return False
+    from samplerguard.hook.sidecar_sink import SidecarSink
+
+    tenant = env.get("SAMPLERGUARD_TENANT", "default")
+    recorder = Recorder(SidecarSink(socket))
+    install(recorder, tenant=tenant, fail_open=env.get("SAMPLERGUARD_FAIL_OPEN") == "1")
+    log.info("samplerguard hook active: pipelines report to %s as tenant %s", socket, tenant)
+    return True

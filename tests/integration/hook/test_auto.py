@@ -1,0 +1,114 @@
+"""Auto-instrumentation in a fresh interpreter, as the injected sitecustomize runs it: an
+unmodified script's pipeline calls are recorded by a real sidecar process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BOOTSTRAP = Path(__file__).resolve().parents[3] / "src" / "samplerguard" / "hook" / "bootstrap"
+
+SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from samplerguard.demo.providers import make_scheduler
+    from samplerguard.models.digits import DigitsPipeline, build_unet
+
+    pipe = DigitsPipeline(build_unet(seed=0).eval(), make_scheduler("euler"))
+    plain = pipe.__class__.__mro__[0]
+    out = pipe([3, 5], num_inference_steps=3, generator=torch.Generator().manual_seed(1))
+    print("OUT", tuple(out.shape))
+    """
+)
+
+
+def test_script_without_hook_code_is_not_touched_without_a_socket(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("SAMPLERGUARD_SOCKET", None)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "OUT (2, 1, 8, 8)" in p.stdout
+
+
+def test_unreachable_sidecar_fails_closed(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "SAMPLERGUARD_SOCKET": str(tmp_path / "missing.sock"),
+        "SAMPLERGUARD_TENANT": "team-a",
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert p.returncode != 0
+    assert "RecordingError" in p.stderr and "unverified" in p.stderr
+    assert "OUT" not in p.stdout
+
+
+@pytest.mark.parametrize("fail_open", ["1"])
+def test_fail_open_is_explicit(tmp_path: Path, fail_open: str) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "SAMPLERGUARD_SOCKET": str(tmp_path / "missing.sock"),
+        "SAMPLERGUARD_FAIL_OPEN": fail_open,
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "OUT (2, 1, 8, 8)" in p.stdout and "unverified" in p.stderr
+
+
+@pytest.mark.slow
+def test_unmodified_script_is_recorded_by_a_real_sidecar(tmp_path: Path) -> None:
+    import httpx
+
+    from samplerguard.demo.services import make_token, start_sidecar
+
+    token = make_token(tmp_path / "token")
+    svc = start_sidecar(tmp_path / "run", token_file=token)  # no policy: accept anything
+    try:
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "SAMPLERGUARD_SOCKET": svc.ready["socket"],
+            "SAMPLERGUARD_TENANT": "team-a",
+        }
+        p = subprocess.run(
+            [sys.executable, "-c", SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert p.returncode == 0, p.stderr
+        assert "OUT (2, 1, 8, 8)" in p.stdout
+        headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
+        listing = httpx.get(svc.url + "/v1/trajectories", headers=headers, timeout=10).json()
+        assert len(listing["trajectories"]) == 1
+    finally:
+        svc.stop()
