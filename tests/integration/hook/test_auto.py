@@ -20,7 +20,6 @@ SCRIPT = textwrap.dedent(
     from samplerguard.models.digits import DigitsPipeline, build_unet
 
     pipe = DigitsPipeline(build_unet(seed=0).eval(), make_scheduler("euler"))
-    plain = pipe.__class__.__mro__[0]
     out = pipe([3, 5], num_inference_steps=3, generator=torch.Generator().manual_seed(1))
     print("OUT", tuple(out.shape))
     """
