@@ -170,7 +170,11 @@ class Sidecar:
             raise RequestRefusedError(
                 f"request tenant {start.tenant!r} is not this pod's tenant {self.cfg.tenant!r}"
             )
-        admission = admit(self.spec, start.recipe, start.rng_mode)
+        try:
+            admission = admit(self.spec, start.recipe, start.rng_mode)
+        except RequestRefusedError as exc:
+            self._record_violations(list(exc.checks), "rejected")
+            raise
         reasons, checks = list(admission.reasons), list(admission.checks)
         beacon, facts, problems = self.integrity.check_request(start.recipe, start.solver_code)
         if self.spec is not None and self.spec.rng.escrow and start.seed_escrow is None:
@@ -179,6 +183,7 @@ class Sidecar:
         if problems:
             checks += ["integrity"] * (len(problems) - checks.count("seed"))
             if self.spec is not None and self.spec.mode == "enforce":
+                self._record_violations(checks, "rejected")
                 raise RequestRefusedError("; ".join(problems), checks=tuple(checks))
             reasons += problems
         if reasons:
@@ -241,5 +246,3 @@ class Sidecar:
 
     def _refused(self, start: StartRequest | None, reason: str) -> None:
         self.refused += 1
-        if self.telemetry is not None and start is not None and "out of policy" in reason:
-            self.telemetry.record_policy_violation("integrity", action="rejected")

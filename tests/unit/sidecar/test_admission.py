@@ -1,0 +1,117 @@
+"""The sidecar's admission in-process: policy, tenant, integrity, escrow, telemetry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from samplerguard.commitment.digest import module_digest
+from samplerguard.sidecar.config import SidecarConfig
+from samplerguard.sidecar.enforce import RequestRefusedError
+from samplerguard.sidecar.ingest import StartRequest
+from samplerguard.sidecar.service import Sidecar
+
+
+def _policy(path: Path, digest: str, mode: str = "enforce", escrow: bool = False) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "samplerguard.dev/v1alpha1",
+                "kind": "ClusterSamplerPolicy",
+                "metadata": {"name": "p"},
+                "spec": {
+                    "mode": mode,
+                    "recipe": {
+                        "samplers": ["euler"],
+                        "steps": {"min": 1, "max": 50},
+                        "cfg": {"min": 1, "max": 8},
+                    },
+                    "goldenDigests": {"modelWeights": [digest]},
+                    "rng": {"mode": "framework", "escrow": escrow},
+                },
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> tuple[Path, str]:
+    m = torch.nn.Linear(2, 2)
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return path, module_digest(m)
+
+
+def _sidecar(tmp_path: Path, policy: Path, model: Path, **kw: Any) -> Sidecar:
+    token = tmp_path / "token"
+    token.write_text("a-token-long-enough-123")
+    cfg = SidecarConfig(
+        socket=tmp_path / "s.sock",
+        openings_dir=tmp_path / "openings",
+        token_file=token,
+        policy=str(policy),
+        model_files=(model,),
+        **kw,
+    )
+    sc = Sidecar(cfg)
+    sc.integrity.measure()
+    return sc
+
+
+def _start(digest: str, **recipe: Any) -> StartRequest:
+    r = {"sampler": "euler", "steps": 10, "guidance_scale": 3.0, "model": {"digest": digest}}
+    r.update(recipe)
+    return StartRequest("r-1", "tenant-a", "framework", r, None, None)
+
+
+def test_admission_accepts_and_builds_the_predicate(tmp_path: Path, model: Any) -> None:
+    path, digest = model
+    sc = _sidecar(tmp_path, _policy(tmp_path / "p.yaml", digest), path)
+    try:
+        d = sc._admit(_start(digest))
+        assert d.admission.verdict == "accept"
+        assert d.predicate["policy"] == "p"
+        assert d.predicate["integrity"]["modelWeights"] == [digest]
+        assert d.predicate["hashBeacon"].startswith("sha256:")
+    finally:
+        sc.ingest.close()
+
+
+def test_tenant_escrow_and_warn_mode(tmp_path: Path, model: Any) -> None:
+    path, digest = model
+    sc = _sidecar(
+        tmp_path, _policy(tmp_path / "p.yaml", digest, escrow=True), path, tenant="tenant-b"
+    )
+    try:
+        with pytest.raises(RequestRefusedError, match="not this pod's tenant"):
+            sc._admit(_start(digest))
+    finally:
+        sc.ingest.close()
+    sc = _sidecar(tmp_path, _policy(tmp_path / "p.yaml", digest, mode="warn", escrow=True), path)
+    try:
+        d = sc._admit(_start(digest, guidance_scale=11.0))
+        assert d.admission.verdict == "quarantine"
+        assert any("CFG range" in r for r in d.admission.reasons)
+        assert any("requires a seed escrow" in r for r in d.admission.reasons)
+    finally:
+        sc.ingest.close()
+
+
+def test_integrity_mismatch_refuses_every_new_request(tmp_path: Path, model: Any) -> None:
+    path, digest = model
+    sc = _sidecar(tmp_path, _policy(tmp_path / "p.yaml", digest), path)
+    try:
+        save_file({"weight": torch.ones(2, 2), "bias": torch.ones(2)}, str(path))
+        sc.integrity.measure()
+        assert sc.alerts and "runtime integrity mismatch" in sc.alerts[-1]
+        assert not sc.gate.ready
+        with pytest.raises(RequestRefusedError, match="runtime integrity mismatch"):
+            sc._admit(_start(digest))
+    finally:
+        sc.ingest.close()
