@@ -56,10 +56,10 @@ def bytes_digest(data: bytes) -> str:
 def module_digest(module: torch.nn.Module) -> str:
     """Digest of a model's weights: SHA-256 over the RFC 8785 JSON of
     ``{parameter/buffer name: tensor digest}``. Independent of file format and device."""
-    import rfc8785
+    from samplerguard.commitment import jcs
 
     doc = {k: tensor_digest(v) for k, v in sorted(module.state_dict().items())}
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+    return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()
 
 
 def safetensors_digest(path: str | os.PathLike[str]) -> str:
@@ -67,9 +67,9 @@ def safetensors_digest(path: str | os.PathLike[str]) -> str:
     the model: equal to :func:`module_digest` of the module it loads into with
     ``strict=True`` (same names, same tensors). The sidecar's runtime-integrity check and the
     verifier's reference-model gate both use it."""
-    import rfc8785
     from safetensors import SafetensorError, safe_open
 
+    from samplerguard.commitment import jcs
     from samplerguard.errors import MalformedInputError
 
     doc: dict[str, str] = {}
@@ -79,4 +79,4 @@ def safetensors_digest(path: str | os.PathLike[str]) -> str:
                 doc[name] = tensor_digest(fh.get_tensor(name))
     except (SafetensorError, OSError) as exc:
         raise MalformedInputError(f"cannot read weights {os.fspath(path)}: {exc}") from None
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+    return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()

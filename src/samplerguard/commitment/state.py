@@ -21,9 +21,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import rfc8785
 import torch
 
+from samplerguard.commitment import jcs
 from samplerguard.commitment.digest import tensor_digest
 from samplerguard.errors import MalformedInputError, VerificationError
 
@@ -65,7 +65,7 @@ class SamplerState:
     def digest(self) -> str:
         """``sha256:`` over the RFC 8785 JSON of the state with tensors as their digests."""
         doc = {name: _digest_doc(v) for name, v in sorted(self.values.items())}
-        return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+        return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()
 
     @classmethod
     def from_parts(
@@ -209,7 +209,7 @@ def _schedule_names(name: str, cls: Any, config_json: str, n: int | None) -> fro
 
 def schedule_digest(schedule: Mapping[str, torch.Tensor]) -> str:
     doc = {k: tensor_digest(v) for k, v in sorted(schedule.items())}
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+    return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()
 
 
 def capture_state(scheduler: Any, schedule: Mapping[str, torch.Tensor]) -> SamplerState:

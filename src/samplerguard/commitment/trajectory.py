@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import rfc8785
 import torch
 
+from samplerguard.commitment import jcs
 from samplerguard.commitment.digest import tensor_digest
 from samplerguard.commitment.merkle import inclusion_proof, leaf_hash, merkle_root_from_hashes
 from samplerguard.commitment.state import SamplerState
@@ -52,7 +52,7 @@ MAX_STEPS = 4096
 
 def canonical(doc: Mapping[str, Any]) -> bytes:
     """RFC 8785 canonical JSON."""
-    return bytes(rfc8785.dumps(dict(doc)))
+    return jcs.dumps(dict(doc))
 
 
 def leaf_index_of_step(step: int) -> int:

@@ -15,8 +15,7 @@ import inspect
 import sys
 from functools import lru_cache
 
-import rfc8785
-
+from samplerguard.commitment import jcs
 from samplerguard.errors import MalformedInputError
 
 __all__ = ["solver_code_digest", "solver_modules"]
@@ -50,4 +49,4 @@ def _file_digest(path: str) -> str:
 
 def solver_code_digest(scheduler_class: str) -> str:
     doc = solver_modules(scheduler_class)
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+    return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()

@@ -126,7 +126,8 @@ def load_classifier(
 ) -> DigitsClassifier:
     from safetensors.torch import load_file
 
-    clf = DigitsClassifier()
+    with torch.random.fork_rng(devices=[]):  # initialisation must not move the global RNG
+        clf = DigitsClassifier()
     clf.load_state_dict(load_file(str(path), device=str(device)), strict=True)
     return clf.to(device).eval()
 

@@ -35,6 +35,7 @@ _OBSERVER: ContextVar[Callable[[torch.Tensor], None] | None] = ContextVar(
 _LOCK = threading.Lock()
 _ORIGINAL: Callable[..., torch.Tensor] | None = None
 _PATCHED: set[str] = set()
+_SEEN_MODULES = 0  # len(sys.modules) at the last scan: nothing new loaded, nothing to patch
 
 # Modules whose schedulers draw noise themselves; imported eagerly so the patch sees them.
 _NOISY_MODULES = (
@@ -71,8 +72,11 @@ def _dispatch(
 def install() -> None:
     """Patch every loaded diffusers module that holds ``randn_tensor``. Idempotent; cheap after
     the first call unless new diffusers modules were imported since."""
-    global _ORIGINAL
+    global _ORIGINAL, _SEEN_MODULES
     import importlib
+
+    if _ORIGINAL is not None and len(sys.modules) == _SEEN_MODULES:
+        return
 
     with _LOCK:
         if _ORIGINAL is None:
@@ -90,6 +94,7 @@ def install() -> None:
             if getattr(module, "randn_tensor", None) is _ORIGINAL:
                 setattr(module, "randn_tensor", _dispatch)  # noqa: B010 - a module attribute
             _PATCHED.add(name)
+        _SEEN_MODULES = len(sys.modules)
 
 
 @contextmanager

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import rfc8785
-
+from samplerguard.commitment import jcs
 from samplerguard.commitment.digest import safetensors_digest
 from samplerguard.errors import MalformedInputError
 from samplerguard.policy.spec import GoldenDigests
@@ -54,11 +53,11 @@ def scheduler_config_digest(path: Path) -> str:
         config = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise MalformedInputError(f"cannot read scheduler config {path}: {exc}") from None
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(config)).hexdigest()
+    return "sha256:" + hashlib.sha256(jcs.dumps(config)).hexdigest()
 
 
 def hash_beacon(facts: Mapping[str, Any]) -> str:
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(dict(facts))).hexdigest()
+    return "sha256:" + hashlib.sha256(jcs.dumps(dict(facts))).hexdigest()
 
 
 @dataclass(frozen=True)
