@@ -45,7 +45,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     if t.numel():
         cpu = t.detach().to("cpu").contiguous().reshape(-1)
         # A uint8 view gives the raw little-endian bytes for every dtype, bfloat16 included.
-        h.update(cpu.view(torch.uint8).numpy().tobytes())
+        h.update(cpu.view(torch.uint8).numpy().data)  # no copy
     return "sha256:" + h.hexdigest()
 
 
