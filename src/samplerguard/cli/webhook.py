@@ -110,6 +110,14 @@ def register(sub: Any) -> None:
     _add(p, "--audit-log", "AUDIT_LOG", "append failed checks here as JSON lines")
     _add(
         p,
+        "--report-url",
+        "REPORT_URL",
+        "post failed checks to the operator's /v1/results (PolicyReports and Events)",
+    )
+    _add(p, "--report-token-file", "REPORT_TOKEN_FILE", "bearer token for --report-url")
+    _add(p, "--report-ca", "REPORT_CA", "CA certificate of the operator's results endpoint")
+    _add(
+        p,
         "--read-pull-secrets",
         "READ_PULL_SECRETS",
         "in a cluster: read pods' imagePullSecrets to reach private registries (needs get on "
@@ -207,6 +215,9 @@ def _config(args: argparse.Namespace) -> Any:
         last_known_good_ttl=args.last_known_good_ttl,
         failure_ttl=args.failure_ttl,
         audit_log=args.audit_log,
+        report_url=args.report_url,
+        report_token_file=args.report_token_file,
+        report_ca_file=args.report_ca,
         injection=InjectionConfig(
             enabled=not args.no_inject,
             sidecar_image=args.sidecar_image,

@@ -34,7 +34,7 @@ import anyio.to_thread
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 from samplerguard.policy.report import ReportResult
 from samplerguard.supplychain.reference import ImageReference, parse_reference
-from samplerguard.webhook.audit import AuditTrail
+from samplerguard.webhook.audit import AuditTrail, ResultsForwarder
 from samplerguard.webhook.cache import CacheKey, ResolutionCache, VerdictCache
 from samplerguard.webhook.config import ANNOTATION_POLICY, LABEL_INJECT, WebhookConfig
 from samplerguard.webhook.inject import already_injected, injection_patch, pin_patch, tenant_of
@@ -152,7 +152,9 @@ class Admission:
                 ttl=config.resolve_ttl, last_known_good_ttl=config.last_known_good_ttl
             )
         )
-        self.audit = audit if audit is not None else AuditTrail(config.audit_log)
+        self.audit = (
+            audit if audit is not None else AuditTrail(config.audit_log, forward=_forwarder(config))
+        )
         self._limiter: anyio.CapacityLimiter | None = None
         self._inflight: dict[Any, asyncio.Future[Any]] = {}
 
@@ -480,6 +482,22 @@ class Admission:
                 for c in failed
             ]
         )
+
+
+def _forwarder(config: WebhookConfig) -> ResultsForwarder | None:
+    if not config.report_url:
+        return None
+    if not config.report_token_file:
+        raise MalformedInputError("--report-url needs --report-token-file")
+    from samplerguard.policy.report_client import ResultsClient
+
+    client = ResultsClient(
+        config.report_url,
+        token_file=config.report_token_file,
+        ca_file=config.report_ca_file,
+        deadline=10.0,
+    )
+    return ResultsForwarder(client)
 
 
 def _old_images(req: AdmissionRequest) -> set[str]:

@@ -105,6 +105,11 @@ class WebhookConfig:
     verify_concurrency: int = 16
     #: JSON-lines audit log of failed checks (policy.report records); None: log only.
     audit_log: str | None = None
+    #: The operator's results endpoint; failed checks are posted there (Events, PolicyReports).
+    report_url: str | None = None
+    report_token_file: str | None = None
+    #: CA of the operator's certificate (samplerguard's own CA; the registry trust is separate).
+    report_ca_file: str | None = None
     injection: InjectionConfig = field(default_factory=InjectionConfig)
 
     @property
