@@ -38,7 +38,8 @@ def register(sub: Any) -> None:
         "--threads",
         type=int,
         default=0,
-        help="torch threads (0: the count the generation recorded, which reproduces it exactly)",
+        help="torch threads for loading (the re-check itself uses the count the generation "
+        "recorded, which reproduces it exactly)",
     )
     p.set_defaults(_run=run)
 
@@ -96,17 +97,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         from samplerguard.models.digits import load_unet
-
-        runtime = commitment.recipe.get("runtime")
-        threads = runtime.get("threads") if isinstance(runtime, dict) else None
-        if isinstance(threads, int) and 1 <= threads <= 1024 and args.threads == 0:
-            # Same build, same thread count: CPU kernels then sum in the same order and an
-            # honest step re-checks to exactly 0.
-            torch.set_num_threads(threads)
-        elif args.threads:
-            torch.set_num_threads(args.threads)
         from samplerguard.models.programs import DigitsProgram
 
+        if args.threads:
+            torch.set_num_threads(args.threads)
         try:
             program = DigitsProgram(load_unet(args.model))
         except Exception as exc:  # safetensors/torch raise many types for a bad checkpoint
