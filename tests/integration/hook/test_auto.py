@@ -26,10 +26,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_script_without_hook_code_is_not_touched_without_a_socket(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    env.pop("SAMPLERGUARD_SOCKET", None)
-    p = subprocess.run(
+def _run(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The unmodified script in a fresh interpreter with the injected bootstrap on PYTHONPATH."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        **extra_env,
+    }
+    if "SAMPLERGUARD_SOCKET" not in extra_env:
+        env.pop("SAMPLERGUARD_SOCKET", None)
+    return subprocess.run(
         [sys.executable, "-c", SCRIPT],
         env=env,
         capture_output=True,
@@ -37,46 +43,25 @@ def test_script_without_hook_code_is_not_touched_without_a_socket(tmp_path: Path
         timeout=180,
         check=False,
     )
+
+
+def test_script_without_hook_code_is_not_touched_without_a_socket() -> None:
+    p = _run({})
     assert p.returncode == 0, p.stderr
     assert "OUT (2, 1, 8, 8)" in p.stdout
 
 
 def test_unreachable_sidecar_fails_closed(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "SAMPLERGUARD_SOCKET": str(tmp_path / "missing.sock"),
-        "SAMPLERGUARD_TENANT": "team-a",
-    }
-    p = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    p = _run(
+        {"SAMPLERGUARD_SOCKET": str(tmp_path / "missing.sock"), "SAMPLERGUARD_TENANT": "team-a"}
     )
     assert p.returncode != 0
     assert "RecordingError" in p.stderr and "unverified" in p.stderr
     assert "OUT" not in p.stdout
 
 
-@pytest.mark.parametrize("fail_open", ["1"])
-def test_fail_open_is_explicit(tmp_path: Path, fail_open: str) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "SAMPLERGUARD_SOCKET": str(tmp_path / "missing.sock"),
-        "SAMPLERGUARD_FAIL_OPEN": fail_open,
-    }
-    p = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+def test_fail_open_is_explicit(tmp_path: Path) -> None:
+    p = _run({"SAMPLERGUARD_SOCKET": str(tmp_path / "missing.sock"), "SAMPLERGUARD_FAIL_OPEN": "1"})
     assert p.returncode == 0, p.stderr
     assert "OUT (2, 1, 8, 8)" in p.stdout and "unverified" in p.stderr
 
@@ -90,20 +75,7 @@ def test_unmodified_script_is_recorded_by_a_real_sidecar(tmp_path: Path) -> None
     token = make_token(tmp_path / "token")
     svc = start_sidecar(tmp_path / "run", token_file=token)  # no policy: accept anything
     try:
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "SAMPLERGUARD_SOCKET": svc.ready["socket"],
-            "SAMPLERGUARD_TENANT": "team-a",
-        }
-        p = subprocess.run(
-            [sys.executable, "-c", SCRIPT],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        p = _run({"SAMPLERGUARD_SOCKET": svc.ready["socket"], "SAMPLERGUARD_TENANT": "team-a"})
         assert p.returncode == 0, p.stderr
         assert "OUT (2, 1, 8, 8)" in p.stdout
         headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
