@@ -43,10 +43,32 @@ def tensor_digest(t: torch.Tensor) -> str:
     callers on the hot path pass host copies made with ``non_blocking=True``."""
     h = hashlib.sha256(tensor_header(_dtype_name(t), tuple(t.shape)))
     if t.numel():
-        cpu = t.detach().to("cpu").contiguous().reshape(-1)
-        # A uint8 view gives the raw little-endian bytes for every dtype, bfloat16 included.
-        h.update(cpu.view(torch.uint8).numpy().data)  # no copy
+        if t.requires_grad:
+            t = t.detach()
+        if t.device.type != "cpu":
+            t = t.to("cpu")
+        if t.dim() and t.dtype in _NUMPY_DTYPES and t.is_contiguous():
+            # Fast path (the hook's worker digests every step): one torch call, no copy.
+            h.update(t.numpy().data.cast("B"))
+        else:
+            # A uint8 view gives the raw little-endian bytes of any dtype, bfloat16 included.
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return "sha256:" + h.hexdigest()
+
+
+_NUMPY_DTYPES = frozenset(
+    {
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    }
+)
 
 
 def bytes_digest(data: bytes) -> str:
