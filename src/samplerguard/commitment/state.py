@@ -167,7 +167,7 @@ def capture_schedule(scheduler: Any) -> dict[str, torch.Tensor]:
         type(scheduler).__qualname__,
         type(scheduler),
         json.dumps(
-            _plain({k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}),
+            {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
             sort_keys=True,
             default=str,
         ),
@@ -179,14 +179,6 @@ def capture_schedule(scheduler: Any) -> dict[str, torch.Tensor]:
         if isinstance(v, torch.Tensor):
             out[k] = v
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value  # non-finite floats stay floats: json writes -Infinity, parse_constant reads it
 
 
 _SCHEDULE_NAMES: dict[tuple[str, str, int | None], frozenset[str]] = {}

@@ -37,7 +37,6 @@ any z_N drawn honestly from a *different* seed is a valid seed. Those are the co
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 from collections import OrderedDict
@@ -49,6 +48,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 
+from samplerguard.commitment.digest import tensor_digest  # the design's canonical digest
 from samplerguard.errors import MalformedInputError, VerificationError
 
 __all__ = [
@@ -344,18 +344,6 @@ def check_seed_vector(z: torch.Tensor, *, alpha: float = 1e-3) -> HealthReport:
 
 
 # --- reuse across requests ------------------------------------------------------------------------
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """``sha256:<hex>`` over ``sg-tensor-v1|<dtype>|<d0>x<d1>…|`` and the tensor's contiguous
-    little-endian bytes: the design's canonical tensor digest."""
-    cpu = t.detach().to("cpu").contiguous()
-    dtype = str(cpu.dtype).removeprefix("torch.")
-    header = f"sg-tensor-v1|{dtype}|{'x'.join(str(d) for d in cpu.shape)}|".encode()
-    h = hashlib.sha256(header)
-    if cpu.numel():
-        h.update(cpu.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
 
 
 class NoiseReuseDetector:
