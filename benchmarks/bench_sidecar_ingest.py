@@ -49,7 +49,7 @@ def raw(socket_path: str, stream: RawStream, n: int, clients: int, tag: str) -> 
     return per * clients * stream.steps / elapsed
 
 
-def hook(socket_path: str, steps: int, n: int) -> float:
+def hook(socket_path: str, steps: int, n: int, tag: str = "hook") -> float:
     from samplerguard.commitment.state import SamplerState
     from samplerguard.hook.recorder import Recorder, TrajectoryRequest
     from samplerguard.hook.sidecar_sink import SidecarSink
@@ -66,12 +66,14 @@ def hook(socket_path: str, steps: int, n: int) -> float:
 
     recorder = Recorder(SidecarSink(socket_path, io_timeout=60.0))
     latents = [torch.randn(LATENT_SHAPE) for _ in range(4)]
-    start = time.perf_counter()
-    for r in range(n):
+    start = 0.0
+    for r in range(-1, n):  # r = -1 warms up: diffusers imports schedulers lazily
+        if r == 0:
+            start = time.perf_counter()
         sched = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000)
         sched.set_timesteps(steps)
         req = TrajectoryRequest(
-            request_id=f"hook-{r}",
+            request_id=f"{tag}-{r}",
             tenant="bench",
             pipeline="bench",
             model_name="bench",

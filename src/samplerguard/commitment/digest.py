@@ -8,6 +8,7 @@ a 0-d tensor has an empty shape field. Digests are written ``sha256:<hex>``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -19,6 +20,7 @@ __all__ = [
     "DIGEST_RE",
     "bytes_digest",
     "module_digest",
+    "raw_digest",
     "safetensors_digest",
     "tensor_digest",
     "tensor_header",
@@ -30,8 +32,18 @@ if sys.byteorder != "little":  # pragma: no cover - every supported platform is 
     raise ImportError("samplerguard's tensor digest assumes a little-endian host")
 
 
+@functools.lru_cache(maxsize=4096)
 def tensor_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return f"sg-tensor-v1|{dtype}|{'x'.join(str(d) for d in shape)}|".encode("ascii")
+
+
+def raw_digest(dtype: str, shape: tuple[int, ...] | list[int], data: bytes | memoryview) -> str:
+    """The tensor digest from a tensor's raw little-endian bytes, without building a tensor:
+    what the sidecar computes over the bytes a frame carried. The caller vouches that ``data``
+    holds exactly ``prod(shape)`` elements of ``dtype``."""
+    h = hashlib.sha256(tensor_header(dtype, tuple(shape)))
+    h.update(data)
+    return "sha256:" + h.hexdigest()
 
 
 def _dtype_name(t: torch.Tensor) -> str:

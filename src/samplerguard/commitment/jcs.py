@@ -6,19 +6,22 @@ sidecar's ingestion. Our leaves hold ASCII keys, strings, integers, booleans, nu
 objects, and occasionally a float (a fractional timestep, a guidance scale). For those,
 ``json.dumps`` with sorted keys and no whitespace produces exactly the JCS bytes: ES6 and Python
 escape strings the same way once ``ensure_ascii`` is off, and integers print the same. Floats
-are the exception (ES6 prints ``999`` for 999.0 and ``1e-7`` for 1e-07), so any float, any
-non-ASCII key (JCS sorts by UTF-16 code units) and any out-of-range integer sends the whole
-document to the reference encoder. A property test checks the two agree.
+print the same when they are not integral and at least 1e-4 in magnitude (Python's ``repr``
+and ES6 both give the shortest round-tripping digits, in fixed notation there); ES6 prints
+``999`` for 999.0 and ``1e-7`` for 1e-07, so other floats, any non-ASCII key (JCS sorts by
+UTF-16 code units) and any out-of-range integer send the whole document to the reference
+encoder. Property tests check the two agree.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import rfc8785
 
-__all__ = ["dumps"]
+__all__ = ["dumps", "number"]
 
 _MAX_SAFE = 2**53 - 1
 _encode = json.JSONEncoder(
@@ -26,20 +29,59 @@ _encode = json.JSONEncoder(
 ).encode
 
 
+_LEAF_TYPES = (str, bool, type(None))
+
+
 def _simple(value: Any, depth: int = 0) -> bool:
-    if depth > 32:
-        return False
-    if value is None or isinstance(value, bool | str):
+    # Exact type checks first (the hot path: leaves and sampler states); subclasses of the JSON
+    # types take the isinstance route below.
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is dict:
+        if depth > 32:
+            return False
+        for k, v in value.items():
+            if type(k) is not str or not k.isascii():
+                return False
+            if type(v) not in _LEAF_TYPES and not _simple(v, depth + 1):
+                return False
+        return True
+    if t is int:
+        return bool(-_MAX_SAFE <= value <= _MAX_SAFE)
+    if t is list or t is tuple:
+        if depth > 32:
+            return False
+        return all(type(v) in _LEAF_TYPES or _simple(v, depth + 1) for v in value)
+    if t is float:
+        return _plain_float(value)
+    if isinstance(value, str | bool):
         return True
     if isinstance(value, int):
         return -_MAX_SAFE <= value <= _MAX_SAFE
-    if isinstance(value, list | tuple):
-        return all(_simple(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(
-            isinstance(k, str) and k.isascii() and _simple(v, depth + 1) for k, v in value.items()
+    if isinstance(value, float):
+        return _plain_float(value)
+    if isinstance(value, list | tuple | dict):
+        return depth <= 32 and _simple(
+            dict(value) if isinstance(value, dict) else list(value), depth
         )
-    return False  # floats and anything else: the reference encoder decides
+    return False  # anything else: the reference encoder decides
+
+
+def _plain_float(value: float) -> bool:
+    """True when ``repr`` prints ``value`` exactly as ES6's Number::toString does."""
+    return math.isfinite(value) and not value.is_integer() and abs(value) >= 1e-4
+
+
+def number(value: int | float) -> str:
+    """The RFC 8785 text of one number (integral floats print as integers, as in ES6)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"not a number: {value!r}")
+    if isinstance(value, int) and -_MAX_SAFE <= value <= _MAX_SAFE:
+        return str(value)
+    if isinstance(value, float) and _plain_float(value):
+        return repr(value)
+    return bytes(rfc8785.dumps(value)).decode("ascii")
 
 
 def dumps(value: Any) -> bytes:

@@ -34,6 +34,7 @@ __all__ = [
     "host_copy",
     "restore_state",
     "schedule_digest",
+    "state_digest",
 ]
 
 Scalar = bool | int | float | str | None
@@ -64,8 +65,9 @@ class SamplerState:
 
     def digest(self) -> str:
         """``sha256:`` over the RFC 8785 JSON of the state with tensors as their digests."""
-        doc = {name: _digest_doc(v) for name, v in sorted(self.values.items())}
-        return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()
+        return state_digest(
+            self.skeleton(), {p: tensor_digest(t) for p, t in self.tensors().items()}
+        )
 
     @classmethod
     def from_parts(
@@ -76,6 +78,57 @@ class SamplerState:
             raise MalformedInputError("sampler state skeleton is not a JSON object")
         values = {str(k): _from_skeleton(v, tensors, depth=0) for k, v in skeleton.items()}
         return cls(values=values)
+
+
+_JSON_SCALARS = frozenset({bool, int, str})
+
+
+def state_digest(skeleton: Mapping[str, Any], digests: Mapping[str, str]) -> str:
+    """The state digest from its :meth:`SamplerState.skeleton` and the digests of its tensors
+    (by path), without the tensors: the sidecar computes the digests from the raw frame bytes.
+
+    The digested document is the skeleton with each ``{"tensor": path}`` replaced by
+    ``{"tensor": digest}``; floats stay ``{"float": hex}``. Every tensor must be named exactly
+    once."""
+    if not isinstance(skeleton, Mapping):
+        raise MalformedInputError("sampler state skeleton is not a JSON object")
+    used: set[str] = set()
+    doc = {str(k): _digest_node(v, digests, used, 0) for k, v in skeleton.items()}
+    if len(used) != len(digests):
+        extra = sorted(set(digests) - used)[:3]
+        raise MalformedInputError(f"sampler state carries tensors it does not name: {extra}")
+    return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()
+
+
+def _digest_node(node: Any, digests: Mapping[str, str], used: set[str], depth: int) -> Any:
+    if node is None or type(node) in _JSON_SCALARS:
+        return node
+    if depth > 4:
+        raise MalformedInputError("sampler state nests too deeply")
+    if isinstance(node, bool | int | str):
+        return node
+    if isinstance(node, dict) and len(node) == 1:
+        if "tensor" in node:
+            path = node["tensor"]
+            if not isinstance(path, str) or path not in digests or path in used:
+                raise MalformedInputError(
+                    f"sampler state names tensor {str(path)[:60]!r}, which is missing or repeated"
+                )
+            used.add(path)
+            return {"tensor": digests[path]}
+        if "float" in node and isinstance(node["float"], str):
+            try:
+                float.fromhex(node["float"])
+            except ValueError:
+                raise MalformedInputError(
+                    f"sampler state float {node['float'][:40]!r} is bad"
+                ) from None
+            return node
+        if "list" in node and isinstance(node["list"], list):
+            if len(node["list"]) > _MAX_ITEMS:
+                raise MalformedInputError("sampler state list is too long")
+            return {"list": [_digest_node(v, digests, used, depth + 1) for v in node["list"]]}
+    raise MalformedInputError(f"sampler state holds an unsupported value {str(node)[:60]!r}")
 
 
 def _walk_tensors(path: str, value: Value) -> Iterator[tuple[str, torch.Tensor]]:
@@ -116,16 +169,6 @@ def _from_skeleton(node: Any, tensors: Mapping[str, torch.Tensor], depth: int) -
             raise MalformedInputError("sampler state list is too long")
         return [_from_skeleton(v, tensors, depth + 1) for v in node["list"]]
     raise MalformedInputError(f"sampler state holds an unsupported value {str(node)[:60]!r}")
-
-
-def _digest_doc(value: Value) -> Any:
-    if isinstance(value, torch.Tensor):
-        return {"tensor": tensor_digest(value)}
-    if isinstance(value, list):
-        return {"list": [_digest_doc(v) for v in value]}
-    if isinstance(value, float):
-        return {"float": value.hex()}
-    return value
 
 
 def host_copy(t: torch.Tensor) -> torch.Tensor:

@@ -14,21 +14,39 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from samplerguard.commitment.dsse import sign_envelope, verify_envelope
-from samplerguard.commitment.trajectory import TrajectoryRecord, canonical
+from samplerguard.commitment.trajectory import canonical
 from samplerguard.errors import MalformedInputError, VerificationError
 
-__all__ = ["PREDICATE_TYPE", "STATEMENT_TYPE", "Commitment", "commit"]
+__all__ = ["PREDICATE_TYPE", "STATEMENT_TYPE", "Commitment", "Tree", "commit"]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://samplerguard.dev/trajectory/v1"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Tree(Protocol):
+    """What a commitment signs: a :class:`~samplerguard.commitment.trajectory.TrajectoryRecord`
+    in the hook, or the sidecar's digest-only tree."""
+
+    @property
+    def recipe(self) -> Mapping[str, Any]: ...
+
+    @property
+    def root(self) -> bytes: ...
+
+    @property
+    def tree_size(self) -> int: ...
+
+    @property
+    def output_digest(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,7 @@ class Commitment:
 
 
 def commit(
-    record: TrajectoryRecord,
+    record: Tree,
     key: Ed25519PrivateKey,
     *,
     request_id: str,
@@ -136,7 +154,7 @@ def commit(
     predicate: dict[str, Any] = {
         "root": record.root.hex(),
         "treeSize": record.tree_size,
-        "recipe": recipe,
+        "recipe": dict(recipe),
         "recipeDigest": "sha256:" + hashlib.sha256(canonical(recipe)).hexdigest(),
         "modelDigest": recipe.get("model", {}).get("digest"),
         "tenant": tenant,

@@ -50,11 +50,14 @@ __all__ = [
     "PREFIX",
     "WIRE_VERSION",
     "Frame",
+    "FrameReader",
+    "TensorSpec",
     "WireClosedError",
     "decode_tensors",
     "encode_frame",
     "read_frame",
     "send_frame",
+    "tensor_specs",
     "tune_socket",
 ]
 
@@ -181,11 +184,7 @@ def _recv_exact(sock: socket.socket, buf: memoryview, *, first: bool) -> None:
         got += n
 
 
-def read_frame(sock: socket.socket, *, max_body: int = MAX_BODY_BYTES) -> Frame:
-    """Read one frame. Raises :class:`WireClosedError` at end of stream and
-    :class:`MalformedInputError` for anything that is not a well-formed frame within bounds."""
-    prefix = bytearray(PREFIX.size)
-    _recv_exact(sock, memoryview(prefix), first=True)
+def _check_prefix(prefix: bytes | bytearray | memoryview, max_body: int) -> tuple[int, int, int]:
     magic, version, kind, head_len, body_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise MalformedInputError(f"not a samplerguard frame (magic {bytes(magic)!r})")
@@ -197,55 +196,156 @@ def read_frame(sock: socket.socket, *, max_body: int = MAX_BODY_BYTES) -> Frame:
         raise MalformedInputError(f"frame header of {head_len} bytes exceeds {MAX_HEADER_BYTES}")
     if body_len > max_body:
         raise MalformedInputError(f"frame body of {body_len} bytes exceeds the {max_body} cap")
-    head = bytearray(head_len)
-    _recv_exact(sock, memoryview(head), first=False)
-    body = bytearray(body_len)
-    _recv_exact(sock, memoryview(body), first=False)
+    return kind, head_len, body_len
+
+
+def _parse_header(head: bytes | bytearray) -> dict[str, Any]:
     try:
         header = json.loads(head)
     except (ValueError, UnicodeDecodeError):
         raise MalformedInputError("frame header is not JSON") from None
     if not isinstance(header, dict):
         raise MalformedInputError("frame header is not a JSON object")
-    return Frame(kind=kind, header=header, body=body)
+    return header
 
 
-def decode_tensors(frame: Frame) -> dict[str, torch.Tensor]:
-    """Map the frame's body onto tensors (views of the body, no copy), checking that the listed
-    sizes add up exactly to the body."""
+def read_frame(sock: socket.socket, *, max_body: int = MAX_BODY_BYTES) -> Frame:
+    """Read one frame. Raises :class:`WireClosedError` at end of stream and
+    :class:`MalformedInputError` for anything that is not a well-formed frame within bounds.
+    For a stream of many frames, :class:`FrameReader` needs far fewer system calls."""
+    prefix = bytearray(PREFIX.size)
+    _recv_exact(sock, memoryview(prefix), first=True)
+    kind, head_len, body_len = _check_prefix(prefix, max_body)
+    head = bytearray(head_len)
+    _recv_exact(sock, memoryview(head), first=False)
+    body = bytearray(body_len)
+    _recv_exact(sock, memoryview(body), first=False)
+    return Frame(kind=kind, header=_parse_header(head), body=body)
+
+
+class FrameReader:
+    """Reads a stream of frames through one receive buffer.
+
+    One ``recv`` fills the buffer with as many frames as the peer has sent, so a pipelined
+    stream of step records costs a fraction of a system call per frame instead of three. Each
+    frame's body is still its own ``bytearray`` (the caller may keep it); bodies larger than
+    what is buffered are received straight into it. Same errors as :func:`read_frame`.
+    """
+
+    def __init__(self, sock: socket.socket, *, buffer_size: int = 1 << 20) -> None:
+        if buffer_size < PREFIX.size:
+            raise ValueError("the receive buffer must hold at least a frame prefix")
+        self._sock = sock
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+
+    def _fill(self, n: int, *, first: bool = False) -> None:
+        """Buffer at least ``n`` bytes (``n`` <= the buffer size)."""
+        if self._end - self._start >= n:
+            return
+        if self._start + n > len(self._buf):
+            held = self._end - self._start
+            self._buf[:held] = self._buf[self._start : self._end]
+            self._start, self._end = 0, held
+        while self._end - self._start < n:
+            got = self._sock.recv_into(self._view[self._end :])
+            if got == 0:
+                held = self._end - self._start
+                if first and held == 0:
+                    raise WireClosedError("the peer closed the connection")
+                raise WireClosedError(
+                    f"the peer closed the connection mid-frame ({held} bytes read)"
+                )
+            self._end += got
+
+    def _take(self, n: int) -> bytearray:
+        out = bytearray(n)
+        have = min(n, self._end - self._start)
+        out[:have] = self._view[self._start : self._start + have]
+        self._start += have
+        if have < n:
+            _recv_exact(self._sock, memoryview(out)[have:], first=False)
+        if self._start == self._end:
+            self._start = self._end = 0
+        return out
+
+    def read(self, *, max_body: int = MAX_BODY_BYTES) -> Frame:
+        self._fill(PREFIX.size, first=True)
+        kind, head_len, body_len = _check_prefix(
+            self._view[self._start : self._start + PREFIX.size], max_body
+        )
+        self._start += PREFIX.size
+        if head_len <= len(self._buf):
+            self._fill(head_len)
+            head = self._buf[self._start : self._start + head_len]
+            self._start += head_len
+            header = _parse_header(head)
+        else:
+            header = _parse_header(self._take(head_len))
+        return Frame(kind=kind, header=header, body=self._take(body_len))
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One tensor of a frame body: where its raw bytes lie."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def tensor_specs(frame: Frame) -> list[TensorSpec]:
+    """The frame's tensor list, checked: names unique and bounded, known dtypes, sizes that
+    fit their shapes and add up exactly to the body."""
     specs = frame.header.get("tensors", [])
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise MalformedInputError("frame header 'tensors' is not a list within bounds")
-    out: dict[str, torch.Tensor] = {}
+    out: list[TensorSpec] = []
+    seen: set[str] = set()
     offset = 0
-    view = memoryview(frame.body)
+    size = len(frame.body)
     for spec in specs:
         if not (isinstance(spec, list) and len(spec) == 4):
             raise MalformedInputError("frame tensor entry is not [name, dtype, shape, nbytes]")
         name, dtype_name, shape, nbytes = spec
-        if not isinstance(name, str) or not 0 < len(name) <= 256 or name in out:
+        if not isinstance(name, str) or not 0 < len(name) <= 256 or name in seen:
             raise MalformedInputError(f"frame tensor name {str(name)[:40]!r} is bad or repeated")
-        dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
-        if dtype is None:
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
             raise MalformedInputError(f"tensor {name!r} has unsupported dtype {dtype_name!r}")
         if (
             not isinstance(shape, list)
             or len(shape) > 8
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or not all(type(d) is int and d >= 0 for d in shape)
         ):
             raise MalformedInputError(f"tensor {name!r} has a malformed shape")
-        itemsize = _ITEMSIZE[dtype_name]
-        if not isinstance(nbytes, int) or nbytes != math.prod(shape) * itemsize:
+        if type(nbytes) is not int or nbytes != math.prod(shape) * _ITEMSIZE[dtype_name]:
             raise MalformedInputError(f"tensor {name!r}: {nbytes!r} bytes do not fit its shape")
-        if offset + nbytes > len(view):
+        if offset + nbytes > size:
             raise MalformedInputError(f"frame body is truncated at tensor {name!r}")
-        if nbytes == 0:
-            out[name] = torch.empty(shape, dtype=dtype)
-        else:
-            out[name] = torch.frombuffer(view[offset : offset + nbytes], dtype=dtype).reshape(shape)
+        seen.add(name)
+        out.append(TensorSpec(name, dtype_name, tuple(shape), offset, nbytes))
         offset += nbytes
-    if offset != len(view):
+    if offset != size:
         raise MalformedInputError(
-            f"frame body carries {len(view) - offset} bytes beyond the listed tensors"
+            f"frame body carries {size - offset} bytes beyond the listed tensors"
         )
+    return out
+
+
+def decode_tensors(frame: Frame) -> dict[str, torch.Tensor]:
+    """Map the frame's body onto tensors (views of the body, no copy), after
+    :func:`tensor_specs` checked the layout."""
+    view = memoryview(frame.body)
+    out: dict[str, torch.Tensor] = {}
+    for spec in tensor_specs(frame):
+        dtype = DTYPES[spec.dtype]
+        if spec.nbytes == 0:
+            out[spec.name] = torch.empty(spec.shape, dtype=dtype)
+        else:
+            chunk = view[spec.offset : spec.offset + spec.nbytes]
+            out[spec.name] = torch.frombuffer(chunk, dtype=dtype).reshape(spec.shape)
     return out

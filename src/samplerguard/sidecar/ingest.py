@@ -2,11 +2,12 @@
 
 One thread per connection, one connection per trajectory (the wire format is in
 :mod:`samplerguard.hook.wire`). The sidecar does not trust the digests the hook computed: it
-rebuilds the tree from the tensor bytes it received and stores, with the same
-:class:`~samplerguard.commitment.trajectory.TrajectoryBuilder`, so every stored opening is
-exactly what the signed root commits. At ``FINISH`` it compares its root with the hook's (a
-mismatch means a corrupted stream: refused), signs the commitment with its own key, commits the
-trajectory to the store and answers with the DSSE envelope.
+rebuilds the tree from the tensor bytes it received and stores: it digests the raw frame bytes
+itself (no tensors are built on this path) and appends the leaves with the same
+:class:`~samplerguard.commitment.trajectory.LeafLog` the hook's builder uses, so every stored
+opening is exactly what the signed root commits. At ``FINISH`` it compares its root with the
+hook's (a mismatch means a corrupted stream: refused), signs the commitment with its own key,
+commits the trajectory to the store and answers with the DSSE envelope.
 
 Connections beyond ``max_connections`` wait in the listen backlog: backpressure reaches the
 hook's worker thread as a slow ``connect``/``sendall``, never as lost data.
@@ -18,6 +19,7 @@ import base64
 import contextlib
 import logging
 import os
+import re
 import socket
 import socketserver
 import threading
@@ -27,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from samplerguard.commitment.state import SamplerState
+from samplerguard.commitment.digest import raw_digest
+from samplerguard.commitment.state import state_digest
 from samplerguard.commitment.statement import Commitment, commit
-from samplerguard.commitment.trajectory import TrajectoryBuilder
+from samplerguard.commitment.trajectory import LeafLog
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 from samplerguard.hook.wire import (
     FRAME_ABORT,
@@ -42,10 +43,11 @@ from samplerguard.hook.wire import (
     FRAME_START,
     FRAME_STEP,
     Frame,
+    FrameReader,
+    TensorSpec,
     WireClosedError,
-    decode_tensors,
-    read_frame,
     send_frame,
+    tensor_specs,
     tune_socket,
 )
 from samplerguard.sidecar.enforce import Admission, RequestRefusedError
@@ -92,14 +94,9 @@ class Gate:
         self.ready = True
 
 
-def _state(
-    header: dict[str, Any], tensors: dict[str, torch.Tensor]
-) -> tuple[SamplerState, dict[str, str]]:
-    skeleton = header.get("state")
-    if not isinstance(skeleton, dict):
-        raise MalformedInputError("frame carries no sampler state skeleton")
-    parts = {k.removeprefix("state/"): v for k, v in tensors.items() if k.startswith("state/")}
-    return SamplerState.from_parts(skeleton, parts), {p: f"state/{p}" for p in parts}
+_STEP_NAMES = re.compile(r"^(latent|state/[^/].*|noise/(0|[1-9][0-9]{0,3}))$")
+_START_NAMES = re.compile(r"^(latent|state/[^/].*|cond/[^/].*)$")
+_FINAL_NAMES = re.compile(r"^latent$")
 
 
 def _str(doc: dict[str, Any], key: str, limit: int = 256) -> str:
@@ -107,6 +104,64 @@ def _str(doc: dict[str, Any], key: str, limit: int = 256) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= limit:
         raise MalformedInputError(f"START field {key!r} is missing or malformed")
     return value
+
+
+class _Layouts:
+    """Checked frame layouts, remembered per connection: every step of a trajectory lists the
+    same tensors, so the checks (:func:`tensor_specs`, the allowed names) run once, and later
+    frames only compare their tensor list with the remembered one."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, Any, int, list[TensorSpec]] | None = None
+
+    def specs(self, frame: Frame, names: re.Pattern[str], what: str) -> list[TensorSpec]:
+        listed = frame.header.get("tensors")
+        last = self._last
+        if (
+            last is not None
+            and last[0] == frame.kind
+            and last[2] == len(frame.body)
+            and last[1] == listed
+        ):
+            return last[3]
+        specs = tensor_specs(frame)
+        for spec in specs:
+            if not names.match(spec.name):
+                raise MalformedInputError(f"{what} carries an unexpected tensor {spec.name[:60]!r}")
+        self._last = (frame.kind, listed, len(frame.body), specs)
+        return specs
+
+
+def _digests(frame: Frame, specs: list[TensorSpec]) -> dict[str, str]:
+    """The canonical digest of every tensor in the frame, from the raw bytes received (no
+    tensors are built: one SHA-256 pass per tensor, with the GIL released)."""
+    view = memoryview(frame.body)
+    return {
+        spec.name: raw_digest(spec.dtype, spec.shape, view[spec.offset : spec.offset + spec.nbytes])
+        for spec in specs
+    }
+
+
+def _state_digest(header: dict[str, Any], digests: dict[str, str], what: str) -> str:
+    skeleton = header.get("state")
+    if not isinstance(skeleton, dict):
+        raise MalformedInputError(f"{what} carries no sampler state skeleton")
+    parts = {k[6:]: v for k, v in digests.items() if k.startswith("state/")}
+    return state_digest(skeleton, parts)
+
+
+def _state_keys(prefix: str, digests: dict[str, str]) -> dict[str, str]:
+    return {k[6:]: f"{prefix}{k}" for k in digests if k.startswith("state/")}
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """The digest-only tree the sidecar signs (a commitment `Tree`)."""
+
+    recipe: dict[str, Any]
+    root: bytes
+    tree_size: int
+    output_digest: str
 
 
 class _Trajectory:
@@ -130,21 +185,22 @@ class _Trajectory:
             seed_escrow=escrow if isinstance(escrow, dict) else None,
         )
         self.decision = server.gate.admit(self.start)
-        tensors = decode_tensors(frame)
+        self._layouts = _Layouts()
+        specs = self._layouts.specs(frame, _START_NAMES, "START")
+        digests = _digests(frame, specs)
+        latent = digests.get("latent")
+        if latent is None:
+            raise MalformedInputError("START carries no initial latent")
+        state = _state_digest(header, digests, "START")
+        cond = {k[5:]: v for k, v in digests.items() if k.startswith("cond/")}
+        schedule = header.get("schedule")
+        if not isinstance(schedule, str):
+            raise MalformedInputError("START carries no schedule digest")
+        self.leaves = LeafLog()
+        self.recipe = self.leaves.begin(recipe, cond, latent, state, schedule)
         self.writer: TrajectoryWriter = server.store.open(self.start.request_id)
         try:
-            self.writer.add("i/", header, frame.body)
-            latent = tensors.get("latent")
-            if latent is None:
-                raise MalformedInputError("START carries no initial latent")
-            state, state_keys = _state(header, tensors)
-            cond = {k.removeprefix("cond/"): v for k, v in tensors.items() if k.startswith("cond/")}
-            schedule = header.get("schedule")
-            if not isinstance(schedule, str):
-                raise MalformedInputError("START carries no schedule digest")
-            self.builder = TrajectoryBuilder(recipe=dict(recipe))
-            self.builder.set_conditioning(cond)
-            self.builder.initial(latent, state, schedule)
+            self.writer.add("i/", specs, frame.body)
         except BaseException:
             self.writer.discard()
             raise
@@ -152,39 +208,46 @@ class _Trajectory:
             "initial": {
                 "latent": "i/latent",
                 "state": header["state"],
-                "stateTensors": {p: f"i/{k}" for p, k in state_keys.items()},
+                "stateTensors": _state_keys("i/", digests),
             },
             "conditioning": {c: f"i/cond/{c}" for c in cond},
             "steps": [],
         }
 
-    def step(self, frame: Frame) -> None:
+    def digest(self, frame: Frame) -> tuple[list[TensorSpec], dict[str, str]]:
+        """Check a STEP or FINAL frame's layout and digest its bytes."""
+        if frame.kind == FRAME_FINAL:
+            specs = self._layouts.specs(frame, _FINAL_NAMES, "FINAL")
+        else:
+            what = f"STEP {str(frame.header.get('index'))[:12]}"
+            specs = self._layouts.specs(frame, _STEP_NAMES, what)
+        return specs, _digests(frame, specs)
+
+    def step(self, frame: Frame, specs: list[TensorSpec], digests: dict[str, str]) -> None:
         header = frame.header
         index = header.get("index")
-        if not isinstance(index, int) or isinstance(index, bool):
+        if type(index) is not int:
             raise MalformedInputError("STEP carries no integer index")
-        tensors = decode_tensors(frame)
-        latent = tensors.get("latent")
+        latent = digests.get("latent")
         if latent is None:
             raise MalformedInputError(f"STEP {index} carries no latent")
-        state, state_keys = _state(header, tensors)
-        noise_names = sorted(
-            (k for k in tensors if k.startswith("noise/")), key=lambda k: int(k.split("/")[1])
-        )
-        noise = [tensors[k] for k in noise_names]
+        noise_names = [f"noise/{k}" for k in range(sum(n.startswith("noise/") for n in digests))]
+        if not all(n in digests for n in noise_names):
+            raise MalformedInputError(f"STEP {index} numbers its noise tensors with gaps")
         timestep = header.get("timestep")
         if not isinstance(timestep, int | float) or isinstance(timestep, bool):
             raise MalformedInputError(f"STEP {index} carries no numeric timestep")
-        self.builder.step(index, timestep, latent, state, noise)
+        state = _state_digest(header, digests, f"STEP {index}")
+        self.leaves.step(index, timestep, latent, state, [digests[n] for n in noise_names])
         prefix = f"s{index}/"
         self._check_size(len(frame.body))
-        self.writer.add(prefix, header, frame.body)
+        self.writer.add(prefix, specs, frame.body)
         self.index["steps"].append(
             {
                 "latent": f"{prefix}latent",
                 "state": header["state"],
-                "stateTensors": {p: f"{prefix}{k}" for p, k in state_keys.items()},
-                "noise": [f"{prefix}{k}" for k in noise_names],
+                "stateTensors": _state_keys(prefix, digests),
+                "noise": [f"{prefix}{n}" for n in noise_names],
             }
         )
 
@@ -193,31 +256,31 @@ class _Trajectory:
         if self.writer.size + more > cap:
             raise MalformedInputError(f"trajectory exceeds the {cap}-byte cap")
 
-    def final(self, frame: Frame) -> None:
-        tensors = decode_tensors(frame)
-        latent = tensors.get("latent")
+    def final(self, frame: Frame, specs: list[TensorSpec], digests: dict[str, str]) -> None:
+        latent = digests.get("latent")
         if latent is None:
             raise MalformedInputError("FINAL carries no latent")
-        self.builder.final(latent)
+        self.leaves.final(latent)
         self._check_size(len(frame.body))
-        self.writer.add("f/", frame.header, frame.body)
+        self.writer.add("f/", specs, frame.body)
 
     def finish(self, frame: Frame) -> Commitment:
         output = frame.header.get("output")
         if not isinstance(output, str) or not output.startswith("sha256:"):
             raise MalformedInputError("FINISH carries no output digest")
-        record = self.builder.finish(output)
+        root = self.leaves.finish(output)
         hook_root = frame.header.get("root")
-        if hook_root != record.root.hex():
+        if hook_root != root.hex():
             raise MalformedInputError(
                 f"the hook's root {str(hook_root)[:16]}… differs from the root of the bytes "
-                f"received {record.root.hex()[:16]}… (corrupted stream)"
+                f"received {root.hex()[:16]}… (corrupted stream)"
             )
         predicate = dict(self.decision.predicate)
         if self.decision.admission.verdict == "quarantine":
             predicate["quarantine"] = list(self.decision.admission.reasons)
+        tree = _Tree(self.recipe, root, len(self.leaves.leaves), output)
         commitment = commit(
-            record,
+            tree,
             self.server.gate.key,
             request_id=self.start.request_id,
             tenant=self.start.tenant,
@@ -226,8 +289,8 @@ class _Trajectory:
         self.index.update(
             id=self.start.request_id,
             committedAt=time.time(),
-            root=record.root.hex(),
-            leaves=[base64.b64encode(leaf).decode() for leaf in record.leaves],
+            root=root.hex(),
+            leaves=[base64.b64encode(leaf).decode() for leaf in self.leaves.leaves],
             envelope=commitment.envelope,
             quarantine=list(self.decision.admission.reasons),
             seedEscrow=self.start.seed_escrow,
@@ -249,8 +312,9 @@ class _Handler(socketserver.BaseRequestHandler):
         tune_socket(sock)
         sock.settimeout(ingest.idle_timeout)
         tr: _Trajectory | None = None
+        frames = FrameReader(sock, buffer_size=ingest.receive_buffer)
         try:
-            first = read_frame(sock)
+            first = frames.read()
             if first.kind == FRAME_HELLO:
                 _reply(
                     sock,
@@ -270,11 +334,11 @@ class _Handler(socketserver.BaseRequestHandler):
                 publicKey=ingest.gate.public_pem,
             )
             while True:
-                frame = read_frame(sock)
+                frame = frames.read()
                 if frame.kind == FRAME_STEP:
-                    tr.step(frame)
+                    tr.step(frame, *tr.digest(frame))
                 elif frame.kind == FRAME_FINAL:
-                    tr.final(frame)
+                    tr.final(frame, *tr.digest(frame))
                 elif frame.kind == FRAME_FINISH:
                     commitment = tr.finish(frame)
                     done, tr = tr, None
@@ -303,6 +367,8 @@ class _Handler(socketserver.BaseRequestHandler):
         except (SamplerGuardError, ValueError) as exc:
             msg = str(exc)[:1000]
             log.warning("refused a trajectory: %s", msg)
+            if tr is not None:
+                tr.writer.discard()  # before the answer: a retry may reuse the request id
             if ingest.gate.refused is not None:
                 ingest.gate.refused(tr.start if tr is not None else None, msg)
             with contextlib.suppress(OSError):
@@ -349,8 +415,10 @@ class IngestServer:
         idle_timeout: float = 300.0,
         fsync: bool = False,
         mode: int = 0o660,
+        receive_buffer: int = 1 << 20,
     ) -> None:
         self.path = path
+        self.receive_buffer = receive_buffer
         self.store = store
         self.gate = gate
         self.max_trajectory_bytes = max_trajectory_bytes

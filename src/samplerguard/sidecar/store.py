@@ -25,6 +25,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from samplerguard.commitment.merkle import inclusion_proof, leaf_hash
 from samplerguard.commitment.opening import LeafProof, Opening, OpeningMeta
 from samplerguard.commitment.trajectory import leaf_index_of_step
 from samplerguard.errors import MalformedInputError, TemporaryError
-from samplerguard.hook.wire import DTYPES
+from samplerguard.hook.wire import DTYPES, TensorSpec
 
 __all__ = [
     "OpeningStore",
@@ -99,8 +100,9 @@ class TrajectoryWriter:
         self.tensors: dict[str, list[Any]] = {}
         self.closed = False
 
-    def add(self, prefix: str, header: dict[str, Any], body: bytearray) -> None:
-        """Write a frame body and index its tensors under ``prefix``."""
+    def add(self, prefix: str, specs: Sequence[TensorSpec], body: bytearray) -> None:
+        """Write a frame body and index its tensors (as :func:`~samplerguard.hook.wire.tensor_specs`
+        laid them out) under ``prefix``."""
         if self.closed:
             raise MalformedInputError("trajectory is already closed")
         self.store.reserve(self, len(body))
@@ -110,10 +112,13 @@ class TrajectoryWriter:
             n = os.write(self._fd, view)
             view = view[n:]
         self.size += len(body)
-        offset = base
-        for name, dtype, shape, nbytes in header.get("tensors", []):
-            self.tensors[f"{prefix}{name}"] = [offset, dtype, shape, nbytes]
-            offset += nbytes
+        for spec in specs:
+            self.tensors[f"{prefix}{spec.name}"] = [
+                base + spec.offset,
+                spec.dtype,
+                list(spec.shape),
+                spec.nbytes,
+            ]
 
     def commit(self, index: dict[str, Any], *, fsync: bool) -> StoredTrajectory:
         """Make the trajectory durable and visible: data file, then the index (the commit)."""

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from samplerguard.errors import MalformedInputError
+from samplerguard.hook.wire import TensorSpec
 from samplerguard.sidecar.store import OpeningStore, StoreFullError, UnknownTrajectoryError
+
+
+def _spec(name: str, nbytes: int) -> TensorSpec:
+    return TensorSpec(name, "uint8", (nbytes,), 0, nbytes)
 
 
 def _store(root: Path, **kw: object) -> OpeningStore:
@@ -20,7 +25,7 @@ def _store(root: Path, **kw: object) -> OpeningStore:
 
 def _commit(store: OpeningStore, tid: str, nbytes: int = 1000, at: float | None = None) -> None:
     w = store.open(tid)
-    w.add("i/", {"tensors": [["latent", "uint8", [nbytes], nbytes]]}, bytearray(nbytes))
+    w.add("i/", [_spec("latent", nbytes)], bytearray(nbytes))
     index = {
         "id": tid,
         "committedAt": time.time() if at is None else at,
@@ -37,7 +42,7 @@ def test_commit_is_visible_and_survives_a_restart_uncommitted_is_dropped(tmp_pat
     store = _store(tmp_path)
     _commit(store, "a")
     half = store.open("b")
-    half.add("i/", {"tensors": [["latent", "uint8", [10], 10]]}, bytearray(10))
+    half.add("i/", [_spec("latent", 10)], bytearray(10))
     # crash: no commit, no discard
     again = _store(tmp_path)
     assert [e.id for e in again.committed()] == ["a"]
@@ -75,7 +80,7 @@ def test_a_trajectory_bigger_than_the_cap_is_refused_not_written(tmp_path: Path)
     store = _store(tmp_path, max_bytes=500)
     w = store.open("big")
     with pytest.raises(StoreFullError, match="openings store is full"):
-        w.add("i/", {"tensors": [["x", "uint8", [1000], 1000]]}, bytearray(1000))
+        w.add("i/", [_spec("x", 1000)], bytearray(1000))
     w.discard()
     assert not list(tmp_path.iterdir())
 
@@ -84,7 +89,7 @@ def test_free_space_floor_is_never_crossed(tmp_path: Path) -> None:
     store = _store(tmp_path, min_free_bytes=1 << 62)  # more than any disk has
     w = store.open("x")
     with pytest.raises(StoreFullError, match="free on the volume"):
-        w.add("i/", {"tensors": [["x", "uint8", [1], 1]]}, bytearray(1))
+        w.add("i/", [_spec("x", 1)], bytearray(1))
 
 
 def test_retention_expires_old_trajectories(tmp_path: Path) -> None:

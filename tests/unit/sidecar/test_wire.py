@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from samplerguard.errors import MalformedInputError
 from samplerguard.hook.wire import (
     FRAME_STEP,
     PREFIX,
+    Frame,
+    FrameReader,
     WireClosedError,
     decode_tensors,
     read_frame,
@@ -54,12 +57,48 @@ def test_round_trip_keeps_every_dtype_bit_for_bit(
 
 
 def test_clean_close_between_frames_is_wire_closed(
-    pair: tuple[socket.socket, socket.socket],
+    pair: tuple[socket.socket, socket.socket], read: Callable[[socket.socket], Frame]
 ) -> None:
     a, b = pair
     a.close()
     with pytest.raises(WireClosedError, match="closed the connection"):
-        read_frame(b)
+        read(b)
+
+
+@pytest.fixture(params=["read_frame", "buffered", "tiny-buffer"])
+def read(request: pytest.FixtureRequest) -> Callable[[socket.socket], Frame]:
+    """Both readers refuse the same frames with the same errors."""
+    if request.param == "read_frame":
+        return read_frame
+    size = 1 << 20 if request.param == "buffered" else 17
+    return lambda sock: FrameReader(sock, buffer_size=size).read()
+
+
+def test_buffered_reader_splits_a_pipelined_stream_exactly(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Frames of many sizes, sent back to back, read through buffers smaller and larger than
+    the frames: every header and body comes out as sent."""
+    a, b = pair
+    gen = torch.Generator().manual_seed(0)
+    sizes = [0, 1, 3, 100, 5000, 70000, 2, 300000, 17, 65536]
+    sent = [torch.randn(n, generator=gen) for n in sizes]
+
+    def writer() -> None:
+        for i, t in enumerate(sent):
+            send_frame(a, FRAME_STEP, {"index": i, "pad": "x" * (i * 37)}, [("latent", t)])
+
+    for size in (16, 17, 1000, 65536, 1 << 20):
+        thread = threading.Thread(target=writer)
+        thread.start()
+        reader = FrameReader(b, buffer_size=size)
+        for i, t in enumerate(sent):
+            frame = reader.read()
+            assert frame.header["index"] == i and len(frame.header["pad"]) == i * 37
+            assert torch.equal(decode_tensors(frame)["latent"], t)
+        thread.join()
+    with pytest.raises(ValueError, match="at least a frame prefix"):
+        FrameReader(b, buffer_size=8)
 
 
 def _raw(a: socket.socket, prefix: bytes, head: bytes = b"", body: bytes = b"") -> None:
@@ -77,21 +116,28 @@ def _raw(a: socket.socket, prefix: bytes, head: bytes = b"", body: bytes = b"") 
     ],
 )
 def test_bad_prefixes_are_refused_before_any_allocation(
-    pair: tuple[socket.socket, socket.socket], prefix: bytes, match: str
+    pair: tuple[socket.socket, socket.socket],
+    prefix: bytes,
+    match: str,
+    read: Callable[[socket.socket], Frame],
 ) -> None:
     a, b = pair
     _raw(a, prefix, b"{}")
     with pytest.raises(MalformedInputError, match=match):
-        read_frame(b)
+        read(b)
 
 
-def test_truncated_frame_is_refused(pair: tuple[socket.socket, socket.socket]) -> None:
+@pytest.mark.parametrize("cut", [5, 16, 20, 40])
+def test_truncated_frame_is_refused(
+    pair: tuple[socket.socket, socket.socket], read: Callable[[socket.socket], Frame], cut: int
+) -> None:
     a, b = pair
     head = b'{"tensors":[]}'
-    _raw(a, PREFIX.pack(b"SG", 1, FRAME_STEP, len(head), 100), head, b"x" * 10)
+    whole = PREFIX.pack(b"SG", 1, FRAME_STEP, len(head), 100) + head + b"x" * 100
+    a.sendall(whole[:cut])
     a.close()
     with pytest.raises(WireClosedError, match="mid-frame"):
-        read_frame(b)
+        read(b)
 
 
 @pytest.mark.parametrize(
@@ -118,12 +164,14 @@ def test_inconsistent_tensor_tables_are_refused(
         decode_tensors(frame)
 
 
-def test_header_must_be_a_json_object(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_header_must_be_a_json_object(
+    pair: tuple[socket.socket, socket.socket], read: Callable[[socket.socket], Frame]
+) -> None:
     a, b = pair
     _raw(a, PREFIX.pack(b"SG", 1, FRAME_STEP, 3, 0), b"[1]")
     with pytest.raises(MalformedInputError, match="not a JSON object"):
-        read_frame(b)
+        read(b)
     _raw(a, PREFIX.pack(b"SG", 1, FRAME_STEP, 3, 0), b"{x:")
     with pytest.raises(MalformedInputError, match="not JSON"):
-        read_frame(b)
+        read(b)
     assert struct.calcsize("!2sBBIQ") == PREFIX.size == 16

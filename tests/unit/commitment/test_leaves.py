@@ -1,0 +1,160 @@
+"""The digest-only leaf log (what the sidecar builds) against the tensor builder (the hook) and
+the reference canonical JSON; the state digest from a skeleton against SamplerState.digest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.state import (
+    SamplerState,
+    capture_schedule,
+    capture_state,
+    state_digest,
+)
+from samplerguard.commitment.trajectory import (
+    LEAF_STEP,
+    LeafLog,
+    TrajectoryBuilder,
+    canonical,
+    step_leaf,
+)
+from samplerguard.errors import MalformedInputError
+
+D = "sha256:" + "ab" * 32
+digests = st.text("0123456789abcdef", min_size=64, max_size=64).map(lambda h: "sha256:" + h)
+
+
+@given(
+    st.integers(0, 4095),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6)
+    | st.integers(0, 1000),
+    digests,
+    digests,
+    st.lists(digests, max_size=3),
+)
+def test_step_leaf_is_the_canonical_json_of_the_leaf(
+    index: int, t: float, latent: str, state: str, noise: list[str]
+) -> None:
+    value = int(t) if float(t).is_integer() else float(t)
+    doc = {
+        "type": LEAF_STEP,
+        "index": index,
+        "timestep": value,
+        "latent": latent,
+        "state": state,
+        "noise": noise,
+    }
+    assert step_leaf(index, t, latent, state, noise) == canonical(doc)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((-1, 1, D, D), "step index"),
+        ((True, 1, D, D), "step index"),
+        ((4096, 1, D, D), "step index"),
+        ((0, 1, "sha256:zz", D), "latent digest"),
+        ((0, 1, D, 'x","index":9'), "state digest"),
+        ((0, 1, D, D, ["md5:0"]), "noise digest"),
+        ((0, float("nan"), D, D), "non-finite timestep"),
+        ((0, float("inf"), D, D), "non-finite timestep"),
+    ],
+)
+def test_step_leaf_refuses_what_would_break_the_json(args: tuple[object, ...], match: str) -> None:
+    with pytest.raises(MalformedInputError, match=match):
+        step_leaf(*args)  # type: ignore[arg-type]
+
+
+def _builder_and_log() -> tuple[TrajectoryBuilder, LeafLog]:
+    gen = torch.Generator().manual_seed(0)
+    b = TrajectoryBuilder(recipe={"pipeline": "x", "guidance_scale": 7.5})
+    cond = {"emb": torch.randn(2, 3, generator=gen)}
+    b.set_conditioning(cond)
+    z = torch.randn(1, 4, generator=gen)
+    s0 = SamplerState(values={"i": 0, "h": [torch.ones(2)], "f": 0.25})
+    b.initial(z, s0, D)
+    log = LeafLog()
+    log.begin(
+        {"pipeline": "x", "guidance_scale": 7.5},
+        {k: tensor_digest(v) for k, v in cond.items()},
+        tensor_digest(z),
+        s0.digest(),
+        D,
+    )
+    for i in range(3):
+        z = torch.randn(1, 4, generator=gen)
+        s = SamplerState(values={"i": i + 1, "h": [z.clone()], "f": 0.25})
+        n = [torch.randn(1, 4, generator=gen)]
+        b.step(i, 10.5 - i, z, s, n)
+        log.step(i, 10.5 - i, tensor_digest(z), s.digest(), [tensor_digest(n[0])])
+    b.final(z)
+    log.final(tensor_digest(z))
+    return b, log
+
+
+def test_the_leaf_log_and_the_builder_commit_the_same_root() -> None:
+    b, log = _builder_and_log()
+    assert log.finish(D) == b.finish(D).root
+    assert log.leaves == b._leaves
+
+
+def test_the_leaf_log_refuses_out_of_order_use() -> None:
+    _, log = _builder_and_log()
+    with pytest.raises(MalformedInputError, match="after the final"):
+        log.step(3, 1, D, D)
+    log.finish(D)
+    with pytest.raises(MalformedInputError, match="already finished"):
+        log.finish(D)
+    fresh = LeafLog()
+    with pytest.raises(MalformedInputError, match="before the initial"):
+        fresh.step(0, 1, D, D)
+    with pytest.raises(MalformedInputError, match="incomplete"):
+        fresh.finish(D)
+    fresh.begin({}, {}, D, D, D)
+    with pytest.raises(MalformedInputError, match="out of order"):
+        fresh.step(1, 1, D, D)
+    with pytest.raises(MalformedInputError, match="already recorded"):
+        fresh.begin({}, {}, D, D, D)
+    with pytest.raises(MalformedInputError, match="schedule digest"):
+        LeafLog().begin({}, {}, D, D, "nope")
+
+
+@pytest.mark.parametrize(
+    "name", ["DPMSolverMultistepScheduler", "HeunDiscreteScheduler", "EulerDiscreteScheduler"]
+)
+def test_state_digest_from_the_skeleton_equals_the_states_own(name: str) -> None:
+    import diffusers
+
+    sched = getattr(diffusers, name)()
+    sched.set_timesteps(10)
+    x = torch.randn(1, 2, 4, 4)
+    for t in sched.timesteps[:3]:
+        x = sched.step(x * 0.1, t, x).prev_sample
+    state = capture_state(sched, capture_schedule(sched))
+    parts = {p: tensor_digest(t) for p, t in state.tensors().items()}
+    assert state_digest(state.skeleton(), parts) == state.digest()
+
+
+@pytest.mark.parametrize(
+    ("skeleton", "parts", "match"),
+    [
+        ({"h": {"tensor": "h"}}, {}, "missing or repeated"),
+        ({"h": {"list": [{"tensor": "h"}, {"tensor": "h"}]}}, {"h": D}, "missing or repeated"),
+        ({"i": 1}, {"h": D}, "does not name"),
+        ({"f": {"float": "0xzz"}}, {}, "float"),
+        ({"f": 1.5}, {}, "unsupported value"),
+        ({"x": {"list": [[[[[[1]]]]]]}}, {}, "unsupported|deeply"),
+        ({"x": {"list": [1] * 300}}, {}, "too long"),
+        ({"x": {"tensor": "h", "extra": 1}}, {"h": D}, "unsupported value"),
+        ([1], {}, "not a JSON object"),
+    ],
+)
+def test_state_digest_refuses_malformed_skeletons(
+    skeleton: object, parts: dict[str, str], match: str
+) -> None:
+    with pytest.raises(MalformedInputError, match=match):
+        state_digest(skeleton, parts)  # type: ignore[arg-type]

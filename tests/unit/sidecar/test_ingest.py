@@ -1,0 +1,191 @@
+"""The ingest server in-process over a real Unix socket: a stream is committed only when every
+byte the sidecar received hashes into the root the hook announced, and every malformed stream
+is refused with its reason and leaves nothing in the store."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from samplerguard.commitment.state import SamplerState
+from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.trajectory import TrajectoryBuilder
+from samplerguard.hook.wire import (
+    FRAME_FINAL,
+    FRAME_FINISH,
+    FRAME_START,
+    FRAME_STEP,
+    encode_frame,
+    read_frame,
+)
+from samplerguard.sidecar.enforce import Admission
+from samplerguard.sidecar.ingest import Decision, Gate, IngestServer
+from samplerguard.sidecar.store import OpeningStore
+
+ZERO = "sha256:" + "0" * 64
+OUT = "sha256:" + "1" * 64
+Frames = list[tuple[int, dict[str, Any], list[tuple[str, torch.Tensor]]]]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[IngestServer, Ed25519PrivateKey]]:
+    key = Ed25519PrivateKey.generate()
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
+    gate = Gate(key=key, public_pem="pem", admit=lambda s: Decision(Admission("accept", ())))
+    srv = IngestServer(tmp_path / "s.sock", store, gate, max_trajectory_bytes=1 << 20)
+    srv.start()
+    yield srv, key
+    srv.close()
+
+
+def _trajectory(request_id: str, steps: int = 4, noise: bool = True) -> tuple[Frames, str]:
+    """The frames a hook sends for one trajectory, and the root it computed itself."""
+    gen = torch.Generator().manual_seed(1)
+    b = TrajectoryBuilder(recipe={"pipeline": "t", "steps": steps})
+    cond = {"labels": torch.tensor([3, 4])}
+    b.set_conditioning(cond)
+    z = torch.randn(1, 2, 4, 4, generator=gen)
+    state0 = SamplerState(values={"_step_index": 0, "hist": [torch.zeros(3)]})
+    b.initial(z, state0, ZERO)
+    frames: Frames = [
+        (
+            FRAME_START,
+            {
+                "request": {"requestId": request_id, "tenant": "t", "rngMode": "framework"},
+                "recipe": {"pipeline": "t", "steps": steps},
+                "schedule": ZERO,
+                "state": state0.skeleton(),
+            },
+            [("latent", z), ("state/hist.0", torch.zeros(3)), ("cond/labels", cond["labels"])],
+        )
+    ]
+    for i in range(steps):
+        z = torch.randn(1, 2, 4, 4, generator=gen)
+        st = SamplerState(values={"_step_index": i + 1, "hist": [z[0, 0, 0].clone()], "s": 0.5})
+        eps = [torch.randn(1, 2, 4, 4, generator=gen)] if noise else []
+        b.step(i, 999.5 - i, z, st, eps)
+        tensors = [("latent", z), ("state/hist.0", z[0, 0, 0].clone())]
+        tensors += [(f"noise/{k}", n) for k, n in enumerate(eps)]
+        frames.append(
+            (FRAME_STEP, {"index": i, "timestep": 999.5 - i, "state": st.skeleton()}, tensors)
+        )
+    b.final(z)
+    frames.append((FRAME_FINAL, {}, [("latent", z)]))
+    root = b.finish(OUT).root.hex()
+    frames.append((FRAME_FINISH, {"output": OUT, "root": root}, []))
+    return frames, root
+
+
+def _send(path: Path, frames: Frames) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        answer: dict[str, Any] = {}
+        for kind, header, tensors in frames:
+            try:
+                s.sendall(b"".join(bytes(p) for p in encode_frame(kind, header, tensors)))
+            except OSError:
+                break  # refused mid-stream: the answer is already waiting
+            if kind == FRAME_START:
+                answer = read_frame(s, max_body=0).header
+                if not answer.get("ok"):
+                    return answer
+        return read_frame(s, max_body=0).header if answer.get("ok") else answer
+
+
+def test_an_honest_stream_is_committed_with_the_hooks_root(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+) -> None:
+    srv, key = server
+    frames, root = _trajectory("ok-1")
+    answer = _send(srv.path, frames)
+    assert answer["ok"], answer
+    commitment = Commitment.verify(answer["commitment"], key.public_key())
+    assert commitment.root.hex() == root and commitment.tree_size == 4 + 4
+    assert [e.id for e in srv.store.committed()] == ["ok-1"]
+    # the stored bytes open a step that re-hashes into the signed root
+    opening = srv.store.opening_bytes("ok-1", 2)
+    assert len(opening) > 0
+
+
+def _tamper(
+    frames: Frames, index: int, edit: Callable[[dict[str, Any], list[Any]], None]
+) -> Frames:
+    out = [(k, dict(h), list(t)) for k, h, t in frames]
+    edit(out[index][1], out[index][2])
+    return out
+
+
+def _flip_latent(header: dict[str, Any], tensors: list[Any]) -> None:
+    latent = tensors[0][1].clone()
+    latent.view(-1)[3] += 1e-3
+    tensors[0] = ("latent", latent)
+
+
+@pytest.mark.parametrize(
+    ("index", "edit", "reason"),
+    [
+        (2, _flip_latent, "differs from the root of the bytes received"),
+        (2, lambda h, t: t.append(("extra", torch.zeros(1))), "unexpected tensor 'extra'"),
+        (2, lambda h, t: t.__setitem__(2, ("noise/1", t[2][1])), "noise tensors with gaps"),
+        (2, lambda h, t: h.update(index=5), "out of order"),
+        (2, lambda h, t: h.update(timestep="late"), "no numeric timestep"),
+        (2, lambda h, t: h.update(state={"hist": {"list": []}}), "does not name"),
+        (2, lambda h, t: t.pop(0), "carries no latent"),
+        (0, lambda h, t: h.update(schedule=None), "no schedule digest"),
+        (0, lambda h, t: h.pop("request"), "lacks the request"),
+        (5, lambda h, t: t.append(("noise/0", torch.zeros(1))), "unexpected tensor 'noise/0'"),
+        (6, lambda h, t: h.update(output="md5:x"), "no output digest"),
+    ],
+)
+def test_a_malformed_or_corrupted_stream_is_refused_and_nothing_is_kept(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+    index: int,
+    edit: Callable[[dict[str, Any], list[Any]], None],
+    reason: str,
+) -> None:
+    srv, _ = server
+    frames, _ = _trajectory("bad-1")
+    answer = _send(srv.path, _tamper(frames, index, edit))
+    assert answer.get("ok") is False and reason in answer["error"], answer
+    assert srv.store.committed() == []
+    assert not list(srv.store.root.iterdir())  # no partial file left behind
+    # the same request id still works afterwards: nothing of the refused stream was kept
+    assert _send(srv.path, frames)["ok"]
+
+
+def test_a_trajectory_over_the_byte_cap_is_refused(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+) -> None:
+    srv, _ = server
+    srv.max_trajectory_bytes = 600
+    frames, _ = _trajectory("big-1")
+    answer = _send(srv.path, frames)
+    assert answer.get("ok") is False and "600-byte cap" in answer["error"]
+    assert srv.store.committed() == []
+
+
+def test_a_hook_that_disappears_mid_stream_commits_nothing(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+) -> None:
+    srv, _ = server
+    frames, _ = _trajectory("gone-1")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(srv.path))
+        kind, header, tensors = frames[0]
+        s.sendall(b"".join(bytes(p) for p in encode_frame(kind, header, tensors)))
+        assert read_frame(s, max_body=0).header["ok"]
+        kind, header, tensors = frames[1]
+        raw = b"".join(bytes(p) for p in encode_frame(kind, header, tensors))
+        s.sendall(raw[: len(raw) // 2])  # half a step, then the connection drops
+    frames2, _ = _trajectory("after-1")
+    assert _send(srv.path, frames2)["ok"]  # served in order: the dropped one is gone by now
+    assert [e.id for e in srv.store.committed()] == ["after-1"]
+    assert sorted(p.name for p in srv.store.root.iterdir()) == ["after-1.bin", "after-1.json"]
