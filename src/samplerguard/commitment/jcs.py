@@ -7,10 +7,11 @@ objects, and occasionally a float (a fractional timestep, a guidance scale). For
 ``json.dumps`` with sorted keys and no whitespace produces exactly the JCS bytes: ES6 and Python
 escape strings the same way once ``ensure_ascii`` is off, and integers print the same. Floats
 print the same when they are not integral and at least 1e-4 in magnitude (Python's ``repr``
-and ES6 both give the shortest round-tripping digits, in fixed notation there); ES6 prints
-``999`` for 999.0 and ``1e-7`` for 1e-07, so other floats, any non-ASCII key (JCS sorts by
-UTF-16 code units) and any out-of-range integer send the whole document to the reference
-encoder. Property tests check the two agree.
+and ES6 both give the shortest round-tripping digits, in fixed notation there). ES6 prints
+``999`` for 999.0: integral floats below 2**53 are encoded as the integers they equal. Other
+floats (``1e-7``, which ES6 prints as ``1e-7`` and Python as ``1e-07``), any non-ASCII key (JCS
+sorts by UTF-16 code units) and any out-of-range integer send the whole document to the
+reference encoder. Property tests check the two agree.
 """
 
 from __future__ import annotations
@@ -84,8 +85,27 @@ def number(value: int | float) -> str:
     return bytes(rfc8785.dumps(value)).decode("ascii")
 
 
+def _integral_floats_as_ints(value: Any, depth: int = 0) -> Any:
+    """A copy with every integral float below 2**53 as an int: ES6 prints those as integers,
+    and below 2**53 the int's digits are exactly ES6's (recipes carry many, ``1.0`` and
+    ``1000.0`` in scheduler configs)."""
+    if depth > 32:
+        return value
+    t = type(value)
+    if t is float and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if t is dict:
+        return {k: _integral_floats_as_ints(v, depth + 1) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [_integral_floats_as_ints(v, depth + 1) for v in value]
+    return value
+
+
 def dumps(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of ``value``."""
     if _simple(value):
         return _encode(value).encode("utf-8")
+    plain = _integral_floats_as_ints(value)
+    if _simple(plain):
+        return _encode(plain).encode("utf-8")
     return bytes(rfc8785.dumps(value))

@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from dataclasses import dataclass
 
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from samplerguard.commitment.opening import Opening, open_step
 from samplerguard.commitment.statement import Commitment, commit
 from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryRecord
 from samplerguard.errors import MalformedInputError
+from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest
 
 __all__ = ["LocalSink"]
+
+
+@dataclass
+class _Local:
+    request: TrajectoryRequest
+    builder: TrajectoryBuilder
 
 
 class LocalSink:
@@ -29,23 +37,31 @@ class LocalSink:
         self._lock = threading.Lock()
         self.aborted: dict[str, str] = {}
 
-    def start(self, request: Any) -> Any:
-        return request
+    def start(self, request: TrajectoryRequest, begin: Begin) -> _Local:
+        builder = TrajectoryBuilder(recipe=begin.recipe)
+        builder.set_conditioning(begin.conditioning)
+        builder.initial(begin.latent, begin.state, begin.schedule)
+        return _Local(request, builder)
 
-    def leaf(self, handle: Any, builder: TrajectoryBuilder) -> None:
-        return None
+    def step(self, handle: _Local, step: StepRecord) -> None:
+        handle.builder.step(step.index, step.timestep, step.latent, step.state, step.noise)
 
-    def finish(self, handle: Any, record: TrajectoryRecord) -> Commitment:
-        commitment = commit(record, self.key, request_id=handle.request_id, tenant=handle.tenant)
+    def finish(
+        self, handle: _Local, final_latent: torch.Tensor, output_digest: str
+    ) -> tuple[Commitment, TrajectoryRecord]:
+        handle.builder.final(final_latent)
+        record = handle.builder.finish(output_digest)
+        request = handle.request
+        commitment = commit(record, self.key, request_id=request.request_id, tenant=request.tenant)
         with self._lock:
-            self._records[handle.request_id] = record
+            self._records[request.request_id] = record
             while len(self._records) > self.keep:
                 self._records.popitem(last=False)
-        return commitment
+        return commitment, record
 
-    def abort(self, handle: Any, reason: str) -> None:
+    def abort(self, handle: _Local | None, reason: str) -> None:
         if handle is not None:
-            self.aborted[handle.request_id] = reason
+            self.aborted[handle.request.request_id] = reason
 
     def record(self, request_id: str) -> TrajectoryRecord:
         with self._lock:

@@ -31,20 +31,23 @@ import torch
 
 from samplerguard.commitment.digest import bytes_digest
 from samplerguard.commitment.state import (
+    SamplerState,
     capture_schedule,
     capture_state,
     host_copy,
     schedule_digest,
 )
 from samplerguard.commitment.statement import Commitment
-from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryRecord
+from samplerguard.commitment.trajectory import TrajectoryRecord
 from samplerguard.errors import MalformedInputError, SamplerGuardError
 from samplerguard.rng.shim import observe_noise
 
 __all__ = [
+    "Begin",
     "Recorder",
     "RecordingError",
     "Sink",
+    "StepRecord",
     "Trajectory",
     "TrajectoryRequest",
     "scheduler_config",
@@ -113,17 +116,46 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Begin:
+    """What the recorder knows before step 0: the public recipe, z_N, the sampler state, the
+    schedule digest and the conditioning (host copies, synchronised)."""
+
+    recipe: dict[str, Any]
+    latent: torch.Tensor
+    state: SamplerState
+    schedule: str
+    conditioning: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step as the recorder hands it to the sink (host copies, synchronised)."""
+
+    index: int
+    timestep: int | float
+    latent: torch.Tensor
+    state: SamplerState
+    noise: list[torch.Tensor]
+
+
 class Sink(Protocol):
-    """Where finished trajectories go: signed in-process, or streamed to the sidecar."""
+    """Where trajectories go, called on the recorder's worker thread only.
 
-    def start(self, request: TrajectoryRequest) -> Any:
-        """Called on the worker thread; returns a per-trajectory handle."""
+    :class:`~samplerguard.hook.local.LocalSink` builds the tree and signs in this process;
+    :class:`~samplerguard.hook.sidecar_sink.SidecarSink` streams the tensors to the sidecar,
+    which hashes, builds the tree and signs (the serving process spends no CPU on hashing)."""
 
-    def leaf(self, handle: Any, builder: TrajectoryBuilder) -> None:
-        """Called on the worker after each leaf is appended (for streaming sinks)."""
+    def start(self, request: TrajectoryRequest, begin: Begin) -> Any:
+        """Open the trajectory; returns a per-trajectory handle."""
 
-    def finish(self, handle: Any, record: TrajectoryRecord) -> Commitment:
-        """Commit the finished record; runs on the worker thread."""
+    def step(self, handle: Any, step: StepRecord) -> None:
+        """Record one step."""
+
+    def finish(
+        self, handle: Any, final_latent: torch.Tensor, output_digest: str
+    ) -> tuple[Commitment, TrajectoryRecord | None]:
+        """Commit; returns the signed commitment and, where the sink built it, the record."""
 
     def abort(self, handle: Any, reason: str) -> None:
         """The trajectory failed; nothing may be committed for it."""
@@ -135,13 +167,20 @@ _STOP = object()
 class Recorder:
     """Owns the worker thread and the bounded hand-off queue.
 
-    ``max_pending`` bounds memory: when the worker falls that far behind, the loop thread
-    blocks on ``put`` (it cannot drop data without making the trajectory unverifiable).
+    ``max_pending`` bounds memory in steps: when the worker falls that far behind, the loop
+    thread blocks on ``put`` (it cannot drop data without making the trajectory unverifiable).
+
+    Steps are handed over in batches of ``batch``: every hand-off wakes the worker, and a woken
+    worker takes the GIL from the denoising loop, so fewer, larger hand-offs cost the loop less.
+    The start of a trajectory and its end are handed over at once.
     """
 
-    def __init__(self, sink: Sink, *, max_pending: int = 256) -> None:
+    def __init__(self, sink: Sink, *, max_pending: int = 256, batch: int = 8) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
         self.sink = sink
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self.batch = batch
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_pending // batch))
         self._thread = threading.Thread(
             target=self._work, name="samplerguard-recorder", daemon=True
         )
@@ -187,10 +226,11 @@ class Trajectory:
         self._schedule: dict[str, torch.Tensor] = {}
         self._pending_initial: tuple[Any, ...] | None = None
         self._conditioning: dict[str, torch.Tensor] | None = None
-        self._builder: TrajectoryBuilder | None = None
+        self._started = False
         self._handle: Any = None
         self._error: str | None = None
         self._done = threading.Event()
+        self._jobs: list[Callable[[], None]] = []
         self._began = False
         self._ended = False
         self._next_step = 0
@@ -249,16 +289,13 @@ class Trajectory:
                 return
             _sync(event)
             try:
-                self._handle = self._recorder.sink.start(self.request)
-                builder = TrajectoryBuilder(recipe=recipe)
-                builder.set_conditioning(cond)
-                builder.initial(latent, state, schedule_digest(schedule))
-                self._builder = builder
-                self._recorder.sink.leaf(self._handle, builder)
+                begin = Begin(recipe, latent, state, schedule_digest(schedule), cond)
+                self._handle = self._recorder.sink.start(self.request, begin)
+                self._started = True
             except Exception as exc:
                 self._fail(f"could not start the trajectory: {exc}")
 
-        self._recorder.submit(job)
+        self._submit(job)
 
     def step(self, index: int, timestep: Any, latents: torch.Tensor, scheduler: Any) -> None:
         """Record the latent after step ``index`` and the state the scheduler carries on."""
@@ -276,16 +313,15 @@ class Trajectory:
         event = self._event(latents)
 
         def job() -> None:
-            if self._error or self._builder is None:
+            if self._error or not self._started:
                 return
             _sync(event)
             try:
-                self._builder.step(index, t, latent, state, noise)
-                self._recorder.sink.leaf(self._handle, self._builder)
+                self._recorder.sink.step(self._handle, StepRecord(index, t, latent, state, noise))
             except Exception as exc:
                 self._fail(f"could not record step {index}: {exc}")
 
-        self._recorder.submit(job)
+        self._submit(job, flush=False)
 
     def end(self, final_latents: torch.Tensor, output: bytes) -> None:
         """Record the final latent and the output bytes; the commitment follows on the worker."""
@@ -298,19 +334,18 @@ class Trajectory:
 
         def job() -> None:
             try:
-                if self._error or self._builder is None:
+                if self._error or not self._started:
                     raise RecordingError(self._error or "trajectory never began")
                 _sync(event)
-                self._builder.final(latent)
-                record = self._builder.finish(digest)
-                self.record = record
-                self.commitment = self._recorder.sink.finish(self._handle, record)
+                self.commitment, self.record = self._recorder.sink.finish(
+                    self._handle, latent, digest
+                )
             except Exception as exc:
                 self._fail(f"could not commit: {exc}")
             finally:
                 self._done.set()
 
-        self._recorder.submit(job)
+        self._submit(job)
 
     # -- failure and completion ----------------------------------------------------------------
 
@@ -323,12 +358,24 @@ class Trajectory:
             except Exception:  # the sink is already broken; the error above is what counts
                 log.debug("sink abort failed", exc_info=True)
 
+    def _submit(self, job: Callable[[], None], *, flush: bool = True) -> None:
+        """Queue ``job``; hand the queued jobs to the worker when ``flush`` or a batch is full."""
+        self._jobs.append(job)
+        if flush or len(self._jobs) >= self._recorder.batch:
+            jobs, self._jobs = self._jobs, []
+
+            def run() -> None:
+                for j in jobs:
+                    j()
+
+            self._recorder.submit(jobs[0] if len(jobs) == 1 else run)
+
     def _abort(self, reason: str) -> None:
         def job() -> None:
             self._fail(reason)
             self._done.set()
 
-        self._recorder.submit(job)
+        self._submit(job)
 
     def _wait(self, timeout: float = 60.0) -> None:
         if not self._ended:

@@ -2,16 +2,21 @@
 
 Everything here runs on the recorder's worker thread. Per trajectory, one connection:
 
-* after the initial leaf: ``START`` with the request, the recipe, z_N, the sampler state and the
+* at the start: ``START`` with the request, the recipe, z_N, the sampler state and the
   conditioning; the sidecar answers at once (policy, integrity), so a refused request fails
   fast;
-* after each step leaf: ``STEP`` with the latent, the state and the step noise (not answered;
+* after each step: ``STEP`` with the latent, the state and the step noise (not answered;
   when the sidecar is slow the socket buffer fills and this thread blocks, which is the
   backpressure);
-* at the end: ``FINAL`` and ``FINISH``; the sidecar builds the same tree from the bytes it
-  received, signs the commitment with its own key and sends it back. The sink checks the
-  signature and that the sidecar's root equals the root the hook computed itself, so a
-  corrupted or reordered stream can never be committed silently.
+* at the end: ``FINAL`` and ``FINISH``; the sidecar hashes the bytes it received, builds the
+  tree, signs the commitment with its own key and sends it back.
+
+The hook does not hash: the sidecar is the party that commits, and hashing here would spend the
+serving process's CPU (and its GIL) on work the sidecar does anyway. The sink checks what the
+signed statement says against what it sent: the signature (pinned or announced key), the
+request id, the tree size (steps sent + 4), the output digest and the recipe. A sidecar that
+committed a different stream is caught when a step is opened, since openings are checked
+against the signed root.
 
 Any failure (sidecar gone, timeout, refusal) raises, and the recorder marks the request
 unverified (:class:`~samplerguard.hook.recorder.RecordingError`).
@@ -33,9 +38,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from samplerguard.commitment.dsse import keyid, load_public_key
 from samplerguard.commitment.state import SamplerState
 from samplerguard.commitment.statement import Commitment
-from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryRecord
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
-from samplerguard.hook.solver import solver_code_digest
+from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest
+from samplerguard.hook.solver import solver_code_digest, solver_files
 from samplerguard.hook.wire import (
     FRAME_ABORT,
     FRAME_FINAL,
@@ -63,9 +68,9 @@ class SidecarRefusedError(SamplerGuardError):
 
 @dataclass
 class _Session:
-    request: Any
+    request: TrajectoryRequest
+    recipe: dict[str, Any]
     sock: socket.socket | None = None
-    builder: TrajectoryBuilder | None = None
     sent_steps: int = 0
     public_key: Ed25519PublicKey | None = None
     verdict: dict[str, Any] = field(default_factory=dict)
@@ -183,46 +188,37 @@ class SidecarSink:
 
     # -- the Sink protocol ---------------------------------------------------------------------
 
-    def start(self, request: Any) -> _Session:
-        sess = _Session(request=request)
+    def start(self, request: TrajectoryRequest, begin: Begin) -> _Session:
+        sess = _Session(request=request, recipe=begin.recipe)
         sess.sock = self._connect()
+        try:
+            self._send_start(sess, begin)
+        except BaseException:
+            self._close(sess)
+            raise
         return sess
 
-    def leaf(self, handle: _Session, builder: TrajectoryBuilder) -> None:
-        # The builder is the recorder's; we read what it just appended. Its fields are private
-        # to the commitment package, but the sink is the designated reader (see recorder.Sink).
-        sess = handle
-        sess.builder = builder
-        leaves = builder._leaves
-        if len(leaves) == 2:
-            self._send_start(sess, builder)
-        else:
-            self._send_step(sess, builder)
-
-    def _send_start(self, sess: _Session, builder: TrajectoryBuilder) -> None:
+    def _send_start(self, sess: _Session, begin: Begin) -> None:
         req = sess.request
-        initial = builder._initial
-        assert initial is not None
-        initial_doc = json.loads(builder._leaves[1])
-        recipe = {k: v for k, v in builder.recipe.items() if k not in ("type", "conditioning")}
         header = {
             "request": {
                 "requestId": req.request_id,
                 "tenant": req.tenant,
                 "rngMode": req.rng_mode,
             },
-            "recipe": recipe,
-            "schedule": initial_doc["schedule"],
-            "state": initial.state.skeleton(),
-            "conditioning": sorted(builder._conditioning),
-            "solverCode": solver_code_digest(str(recipe.get("scheduler_class"))),
+            "recipe": begin.recipe,
+            "schedule": begin.schedule,
+            "state": begin.state.skeleton(),
+            "conditioning": sorted(begin.conditioning),
+            "solverCode": solver_code_digest(str(begin.recipe.get("scheduler_class"))),
+            "solverFiles": solver_files(str(begin.recipe.get("scheduler_class"))),
         }
         with self._lock:
             escrow = self._escrows.pop(req.request_id, None)
         if escrow is not None:
             header["seedEscrow"] = escrow
-        tensors = [("latent", initial.latent), *_state_tensors("state/", initial.state)]
-        tensors += [(f"cond/{k}", v) for k, v in sorted(builder._conditioning.items())]
+        tensors = [("latent", begin.latent), *_state_tensors("state/", begin.state)]
+        tensors += [(f"cond/{k}", v) for k, v in sorted(begin.conditioning.items())]
         self._send(sess, FRAME_START, header, tensors)
         assert sess.sock is not None
         reply = self._reply(sess.sock, f"request {req.request_id}")
@@ -238,48 +234,56 @@ class SidecarSink:
             )
         sess.public_key = announced
 
-    def _send_step(self, sess: _Session, builder: TrajectoryBuilder) -> None:
-        step = builder._steps[-1]
-        doc = json.loads(builder._leaves[-1])
-        header = {
-            "index": doc["index"],
-            "timestep": doc["timestep"],
-            "state": step.state.skeleton(),
-        }
+    def step(self, handle: _Session, step: StepRecord) -> None:
+        header = {"index": step.index, "timestep": step.timestep, "state": step.state.skeleton()}
         tensors = [("latent", step.latent), *_state_tensors("state/", step.state)]
         tensors += [(f"noise/{k}", n) for k, n in enumerate(step.noise)]
-        self._send(sess, FRAME_STEP, header, tensors)
-        sess.sent_steps += 1
+        self._send(handle, FRAME_STEP, header, tensors)
+        handle.sent_steps += 1
 
-    def finish(self, handle: _Session, record: TrajectoryRecord) -> Commitment:
+    def finish(
+        self, handle: _Session, final_latent: torch.Tensor, output_digest: str
+    ) -> tuple[Commitment, None]:
         sess = handle
         try:
-            if sess.builder is None or sess.builder._final is None or sess.public_key is None:
-                raise MalformedInputError("the trajectory was not streamed completely")
-            self._send(sess, FRAME_FINAL, {}, [("latent", sess.builder._final)])
-            self._send(
-                sess,
-                FRAME_FINISH,
-                {"output": record.output_digest, "root": record.root.hex()},
-                [],
-            )
+            if sess.public_key is None:
+                raise MalformedInputError("the trajectory was not started")
+            self._send(sess, FRAME_FINAL, {}, [("latent", final_latent)])
+            self._send(sess, FRAME_FINISH, {"output": output_digest}, [])
             assert sess.sock is not None
             reply = self._reply(sess.sock, f"the commitment of {sess.request.request_id}")
             commitment = Commitment.verify(reply.get("commitment"), sess.public_key)
-            if commitment.root != record.root or commitment.request_id != sess.request.request_id:
-                raise MalformedInputError(
-                    f"the sidecar committed root {commitment.root.hex()[:16]}… for "
-                    f"{commitment.request_id!r}; the hook computed {record.root.hex()[:16]}… "
-                    f"for {sess.request.request_id!r}"
-                )
+            self._check(sess, commitment, output_digest)
             with self._lock:
                 self.verdicts[commitment.request_id] = {
                     "verdict": sess.verdict.get("verdict", "accept"),
                     "reasons": list(sess.verdict.get("reasons", [])),
                 }
-            return commitment
+            return commitment, None
         finally:
             self._close(sess)
+
+    @staticmethod
+    def _check(sess: _Session, commitment: Commitment, output_digest: str) -> None:
+        """The signed statement must describe the stream this sink sent."""
+        want = sess.request.request_id
+        committed = {
+            k: v for k, v in commitment.recipe.items() if k not in ("type", "conditioning")
+        }
+        problems = []
+        if commitment.request_id != want:
+            problems.append(f"request id {commitment.request_id!r}, not {want!r}")
+        if commitment.tree_size != sess.sent_steps + 4:
+            problems.append(f"{commitment.tree_size} leaves for {sess.sent_steps} steps sent")
+        if commitment.output_digest != output_digest:
+            problems.append("another output digest")
+        if committed != sess.recipe:
+            problems.append("another recipe")
+        if problems:
+            raise MalformedInputError(
+                "the sidecar's signed commitment does not match the stream sent: "
+                + "; ".join(problems)
+            )
 
     def abort(self, handle: _Session | None, reason: str) -> None:
         if handle is None:

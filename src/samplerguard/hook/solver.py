@@ -4,25 +4,29 @@
 scheduler class's method resolution order that belongs to diffusers (the class's own module and
 ``scheduling_utils``, …), as loaded in *this* process (``sys.modules``), not as found on disk
 by name. The digest is ``sha256:`` over the RFC 8785 JSON of ``{module name: sha256 of the
-file}``. The hook reports it with every request; the sidecar compares it with the policy's
-``goldenDigests.solverCode``.
+file}``. The hook sends the digest and the files' paths with every request. The sidecar hashes
+those files itself, through ``/proc/<pid>/root`` of the process on the other end of the socket
+(:func:`samplerguard.sidecar.integrity.measure_solver`), and compares its own digest with the
+hook's and with the policy's ``goldenDigests.solverCode``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import sys
 from functools import lru_cache
 
 from samplerguard.commitment import jcs
 from samplerguard.errors import MalformedInputError
 
-__all__ = ["solver_code_digest", "solver_modules"]
+__all__ = ["solver_code_digest", "solver_files", "solver_modules"]
 
 
-def solver_modules(scheduler_class: str) -> dict[str, str]:
-    """``{module: "sha256:<file digest>"}`` for the diffusers modules behind a scheduler class."""
+def solver_files(scheduler_class: str) -> dict[str, str]:
+    """``{module: absolute path}`` of the diffusers modules behind a scheduler class, as loaded
+    in this process."""
     import diffusers
 
     cls = getattr(diffusers, scheduler_class, None)
@@ -33,12 +37,15 @@ def solver_modules(scheduler_class: str) -> dict[str, str]:
         name = klass.__module__
         if not name.startswith("diffusers.") or name in out:
             continue
-        module = sys.modules.get(name)
-        path = getattr(module, "__file__", None)
-        if not path:
-            continue
-        out[name] = _file_digest(path)
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            out[name] = os.path.realpath(path)
     return out
+
+
+def solver_modules(scheduler_class: str) -> dict[str, str]:
+    """``{module: "sha256:<file digest>"}`` for the diffusers modules behind a scheduler class."""
+    return {name: _file_digest(path) for name, path in solver_files(scheduler_class).items()}
 
 
 @lru_cache(maxsize=64)

@@ -6,8 +6,9 @@ rebuilds the tree from the tensor bytes it received and stores: it digests the r
 itself (no tensors are built on this path) and appends the leaves with the same
 :class:`~samplerguard.commitment.trajectory.LeafLog` the hook's builder uses, so every stored
 opening is exactly what the signed root commits. At ``FINISH`` it compares its root with the
-hook's (a mismatch means a corrupted stream: refused), signs the commitment with its own key,
-commits the trajectory to the store and answers with the DSSE envelope.
+client's, when the client sends one (a mismatch means a corrupted stream: refused; the bundled
+hook does not hash and sends none), signs the commitment with its own key, commits the
+trajectory to the store and answers with the DSSE envelope.
 
 Connections beyond ``max_connections`` wait in the listen backlog: backpressure reaches the
 hook's worker thread as a slow ``connect``/``sendall``, never as lost data.
@@ -22,6 +23,7 @@ import os
 import re
 import socket
 import socketserver
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +68,10 @@ class StartRequest:
     recipe: dict[str, Any]
     solver_code: str | None
     seed_escrow: dict[str, Any] | None
+    #: the pid of the process on the other end of the socket (``SO_PEERCRED``), 0/None when
+    #: it lives in a process namespace this sidecar cannot see
+    peer_pid: int | None = None
+    solver_files: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ class _Tree:
 class _Trajectory:
     """Server side of one connection's trajectory."""
 
-    def __init__(self, server: IngestServer, frame: Frame) -> None:
+    def __init__(self, server: IngestServer, frame: Frame, peer_pid: int | None = None) -> None:
         self.server = server
         header = frame.header
         req = header.get("request")
@@ -183,6 +189,8 @@ class _Trajectory:
             recipe=recipe,
             solver_code=solver if isinstance(solver, str) else None,
             seed_escrow=escrow if isinstance(escrow, dict) else None,
+            peer_pid=peer_pid,
+            solver_files=header.get("solverFiles"),
         )
         self.decision = server.gate.admit(self.start)
         self._layouts = _Layouts()
@@ -270,7 +278,7 @@ class _Trajectory:
             raise MalformedInputError("FINISH carries no output digest")
         root = self.leaves.finish(output)
         hook_root = frame.header.get("root")
-        if hook_root != root.hex():
+        if hook_root is not None and hook_root != root.hex():
             raise MalformedInputError(
                 f"the hook's root {str(hook_root)[:16]}… differs from the root of the bytes "
                 f"received {root.hex()[:16]}… (corrupted stream)"
@@ -299,6 +307,22 @@ class _Trajectory:
         return commitment
 
 
+_PEERCRED = struct.Struct("3i")
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the connected process (Linux ``SO_PEERCRED``); 0 when it is in a process
+    namespace this one cannot see."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        return None
+    try:
+        pid: int = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, opt, _PEERCRED.size))[0]
+    except OSError:
+        return None
+    return pid
+
+
 def _reply(sock: socket.socket, **fields: Any) -> None:
     send_frame(sock, FRAME_REPLY, fields)
 
@@ -325,7 +349,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             if first.kind != FRAME_START:
                 raise MalformedInputError(f"expected START, got frame kind {first.kind}")
-            tr = _Trajectory(ingest, first)
+            tr = _Trajectory(ingest, first, _peer_pid(sock))
             _reply(
                 sock,
                 ok=True,

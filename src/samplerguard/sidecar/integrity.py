@@ -7,8 +7,14 @@ Measured at start and every ``interval`` seconds:
   the RFC 8785 JSON of ``{tensor name: tensor digest}``), so the file's digest equals the
   ``model.digest`` a pipeline declares in its recipe;
 * **scheduler config**: SHA-256 over the RFC 8785 JSON of ``scheduler_config.json``;
-* **solver code**: reported per request by the hook (the diffusers scheduler modules loaded in
-  the app process, :func:`samplerguard.hook.solver.solver_code_digest`).
+* **solver code**, per request: the diffusers scheduler modules loaded in the app process. The
+  hook names their files and reports its digest
+  (:func:`samplerguard.hook.solver.solver_code_digest`); the sidecar hashes the files itself
+  through ``/proc/<pid>/root`` of the process on the other end of the Unix socket (its pid comes
+  from ``SO_PEERCRED``), so a hook that misreports is caught. That needs the pod's process
+  namespace shared (the webhook sets ``shareProcessNamespace``) and read access to the app's
+  files (same user, or ``CAP_SYS_PTRACE``); without it the reported digest is used and the
+  facts say ``solverCodeSource: reported``.
 
 A mismatch with a non-empty golden list marks the sidecar *unhealthy*: new requests are
 refused and an alert is raised until a later measurement is clean again. Each request gets a
@@ -20,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +43,7 @@ __all__ = [
     "IntegrityMonitor",
     "Measurement",
     "hash_beacon",
+    "measure_solver",
     "scheduler_config_digest",
     "weights_file_digest",
 ]
@@ -54,6 +63,65 @@ def scheduler_config_digest(path: Path) -> str:
     except (OSError, ValueError) as exc:
         raise MalformedInputError(f"cannot read scheduler config {path}: {exc}") from None
     return "sha256:" + hashlib.sha256(jcs.dumps(config)).hexdigest()
+
+
+MAX_SOLVER_FILE = 4 << 20
+MAX_SOLVER_FILES = 64
+_MODULE = re.compile(r"^diffusers(\.[A-Za-z_][A-Za-z0-9_]*){1,6}$")
+_SOLVER_CACHE: dict[tuple[int, str, int, int, int], str] = {}
+
+
+def measure_solver(
+    pid: int | None, files: Mapping[str, Any] | None, *, proc: Path = Path("/proc")
+) -> tuple[str | None, str]:
+    """The solver-code digest computed from the app process's own files: ``(digest, "")``, or
+    ``(None, why not)`` when they cannot be read from here. A malformed file list is refused.
+
+    The digest is the one :func:`samplerguard.hook.solver.solver_code_digest` computes in the
+    app: SHA-256 over the RFC 8785 JSON of ``{module: sha256 of its file}``. Files are read
+    through ``/proc/<pid>/root``, so they are the files of the app's mount namespace, and their
+    digests are cached by inode, size and mtime."""
+    if files is None:
+        return None, "the hook named no solver files"
+    if not isinstance(files, Mapping) or not 0 < len(files) <= MAX_SOLVER_FILES:
+        raise MalformedInputError("START field 'solverFiles' is not a small object")
+    for name, path in files.items():
+        if (
+            not isinstance(name, str)
+            or not _MODULE.match(name)
+            or not isinstance(path, str)
+            or not path.startswith("/")
+            or not path.endswith(".py")
+            or len(path) > 1024
+            or "\0" in path
+            or "/../" in path
+        ):
+            raise MalformedInputError(f"solver file entry {str(name)[:60]!r} is malformed")
+    if not pid or pid < 0:
+        return None, "the app's pid is not visible here (process namespace not shared)"
+    doc: dict[str, str] = {}
+    for name, path in files.items():
+        target = proc / str(pid) / "root" / path.lstrip("/")
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            return None, f"cannot read the app's {path}: {exc.strerror}"
+        try:
+            st = os.fstat(fd)
+            key = (pid, path, st.st_ino, st.st_size, st.st_mtime_ns)
+            digest = _SOLVER_CACHE.get(key)
+            if digest is None:
+                if st.st_size > MAX_SOLVER_FILE:
+                    raise MalformedInputError(f"solver file {path} is over {MAX_SOLVER_FILE} bytes")
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    digest = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+                if len(_SOLVER_CACHE) > 1024:
+                    _SOLVER_CACHE.clear()
+                _SOLVER_CACHE[key] = digest
+        finally:
+            os.close(fd)
+        doc[name] = digest
+    return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest(), ""
 
 
 def hash_beacon(facts: Mapping[str, Any]) -> str:
@@ -155,13 +223,28 @@ class IntegrityMonitor:
         return m
 
     def check_request(
-        self, recipe: Mapping[str, Any], solver_code: str | None
+        self,
+        recipe: Mapping[str, Any],
+        solver_code: str | None,
+        *,
+        peer_pid: int | None = None,
+        solver_files: Mapping[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any], list[str]]:
         """The hash beacon and the integrity facts for one request, and what is wrong."""
         m = self.current
         with self._lock:
             golden = self.golden
         problems = list(m.problems)
+        measured, why_not = measure_solver(peer_pid, solver_files)
+        source = "measured" if measured else "reported"
+        if measured is None:
+            log.debug("solver code taken as reported: %s", why_not)
+        elif measured != solver_code:
+            problems.append(
+                f"solver code: the hook reported {solver_code}, but the app's files hash to "
+                f"{measured}"
+            )
+            solver_code = measured
         if golden.solver_code and solver_code not in golden.solver_code:
             problems.append(
                 f"solver code: digest mismatch (got {solver_code}, expected one of "
@@ -172,13 +255,18 @@ class IntegrityMonitor:
             problems.append(
                 f"declared model digest {declared} is not among the policy's goldenDigests"
             )
-        measured = set(m.model_weights.values())
-        if measured and declared not in measured:
+        on_disk = set(m.model_weights.values())
+        if on_disk and declared not in on_disk:
             problems.append(
                 f"declared model digest {declared} is not the digest of the weights on disk "
-                f"({sorted(measured)})"
+                f"({sorted(on_disk)})"
             )
-        facts = {**m.facts(), "solverCode": solver_code, "declaredModel": declared}
+        facts = {
+            **m.facts(),
+            "solverCode": solver_code,
+            "solverCodeSource": source,
+            "declaredModel": declared,
+        }
         return hash_beacon(facts), facts, problems
 
     # -- the periodic re-measurement -----------------------------------------------------------

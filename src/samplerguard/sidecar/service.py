@@ -176,7 +176,12 @@ class Sidecar:
             self._record_violations(list(exc.checks), "rejected")
             raise
         reasons, checks = list(admission.reasons), list(admission.checks)
-        beacon, facts, problems = self.integrity.check_request(start.recipe, start.solver_code)
+        beacon, facts, problems = self.integrity.check_request(
+            start.recipe,
+            start.solver_code,
+            peer_pid=start.peer_pid,
+            solver_files=start.solver_files,
+        )
         if self.spec is not None and self.spec.rng.escrow and start.seed_escrow is None:
             problems.append("the policy requires a seed escrow; the request carries none")
             checks.append("seed")

@@ -275,6 +275,16 @@ def injection_patch(
             {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "2Gi"}},
         ],
     )
+    # The sidecar hashes the solver code the app actually loaded through /proc/<pid>/root,
+    # which needs the app's processes in its view.
+    share = spec.get("shareProcessNamespace")
+    if share is None:
+        ops.append({"op": "add", "path": f"{at}/shareProcessNamespace", "value": True})
+    elif share is not True:
+        warnings.append(
+            "samplerguard: shareProcessNamespace is off, so the sidecar cannot hash the solver "
+            "code the app loaded and takes the hook's report"
+        )
     sidecar = _sidecar(cfg, sidecar_image, tenant, policy)
     init = [_hook_init(cfg, hook_image)]
     if cfg.native_sidecar:

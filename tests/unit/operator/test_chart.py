@@ -194,3 +194,29 @@ def test_container_args_are_accepted_by_the_cli(kind: str, name: str) -> None:
     args = [a.replace("$(POD_INDEX)", "0") for a in container["args"]]
     parsed = build_parser().parse_args(args)
     assert parsed.command == args[0]
+
+
+def test_injected_sidecars_get_tokenreview_only_in_the_named_namespaces() -> None:
+    assert not [d for d in _render() if d["metadata"]["name"] == "sg-sidecar"]
+    docs = _render({"sidecar": {"namespaces": ["ml", "batch-gen"]}})
+    binding = _one(docs, "ClusterRoleBinding", "sg-sidecar")
+    assert [s["name"] for s in binding["subjects"]] == [
+        "system:serviceaccounts:ml",
+        "system:serviceaccounts:batch-gen",
+    ]
+    assert all(s["kind"] == "Group" for s in binding["subjects"])
+    role = _one(docs, "ClusterRole", "sg-sidecar")
+    granted = {
+        (r["apiGroups"][0], res, v)
+        for r in role["rules"]
+        for res in r["resources"]
+        for v in r["verbs"]
+    }
+    assert granted == {
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("samplerguard.dev", "clustersamplerpolicies", "get"),
+        ("samplerguard.dev", "samplerpolicies", "get"),
+    }
+    for d in docs:
+        if d["kind"] not in NOT_IN_SCHEMAS:
+            kubernetes_validate.validate(d, K8S, strict=True)

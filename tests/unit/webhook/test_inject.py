@@ -78,3 +78,13 @@ def test_conflicting_volume_is_refused() -> None:
         MalformedInputError, match="already mounts a volume at /var/run/samplerguard"
     ):
         _inject(pod)
+
+
+def test_process_namespace_is_shared_so_the_sidecar_can_hash_the_solver_code() -> None:
+    out, warnings = _inject(workload("Pod", "app"))
+    assert out["spec"]["shareProcessNamespace"] is True and warnings == []
+    pod = workload("Pod", "app")
+    pod["spec"]["shareProcessNamespace"] = False  # the owner's choice is kept, and flagged
+    out, warnings = _inject(pod)
+    assert out["spec"]["shareProcessNamespace"] is False
+    assert any("takes the hook's report" in w for w in warnings)
