@@ -1,9 +1,11 @@
 """The in-process recorder: observes a denoising loop and hands it to a sink, off the loop thread.
 
 The loop thread does the minimum: host copies of the latent and of the sampler state (pinned and
-non-blocking from CUDA), a CUDA event when needed, and one ``queue.put``. Hashing, canonical JSON,
-the Merkle tree, signing and storage happen on the recorder's worker thread. The hook never
-changes what the pipeline computes: it reads tensors and returns them untouched.
+non-blocking from CUDA), a CUDA event when needed, and a non-blocking ``queue.put`` every few
+steps. Everything else happens on the recorder's worker thread, in the sink: streaming to the
+sidecar (which hashes, builds the tree and signs), or, with the in-process sink, hashing,
+canonical JSON, the Merkle tree and signing. The hook never changes what the pipeline computes:
+it reads tensors and returns them untouched.
 
 Plain loop, three lines of the API::
 
@@ -167,8 +169,10 @@ _STOP = object()
 class Recorder:
     """Owns the worker thread and the bounded hand-off queue.
 
-    ``max_pending`` bounds memory in steps: when the worker falls that far behind, the loop
-    thread blocks on ``put`` (it cannot drop data without making the trajectory unverifiable).
+    ``max_pending`` bounds memory in steps. Backpressure never reaches the denoising loop:
+    when the worker falls that far behind (a sidecar that stopped reading), the trajectory is
+    marked unverified at once, its queued data is dropped and the loop goes on without copying
+    anything more for it; the request then fails closed with that reason.
 
     Steps are handed over in batches of ``batch``: every hand-off wakes the worker, and a woken
     worker takes the GIL from the denoising loop, so fewer, larger hand-offs cost the loop less.
@@ -180,6 +184,7 @@ class Recorder:
             raise ValueError("batch must be at least 1")
         self.sink = sink
         self.batch = batch
+        self.max_pending = max_pending
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_pending // batch))
         self._thread = threading.Thread(
             target=self._work, name="samplerguard-recorder", daemon=True
@@ -196,8 +201,13 @@ class Recorder:
             except Exception:  # pragma: no cover - every job catches its own errors
                 log.exception("recorder job failed")
 
-    def submit(self, job: Callable[[], None]) -> None:
-        self._queue.put(job)
+    def submit(self, job: Callable[[], None], *, wait: bool = True) -> None:
+        """Queue a job for the worker; with ``wait=False`` raise :class:`queue.Full` instead of
+        blocking when the worker is ``max_pending`` steps behind."""
+        if wait:
+            self._queue.put(job)
+        else:
+            self._queue.put_nowait(job)
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -231,6 +241,7 @@ class Trajectory:
         self._error: str | None = None
         self._done = threading.Event()
         self._jobs: list[Callable[[], None]] = []
+        self._lagged: str | None = None  # set on the loop thread when the worker fell behind
         self._began = False
         self._ended = False
         self._next_step = 0
@@ -304,6 +315,8 @@ class Trajectory:
         if index != self._next_step:
             raise MalformedInputError(f"step {index} out of order (expected {self._next_step})")
         self._next_step += 1
+        if self._lagged is not None:
+            return  # already unverified: copy nothing more
         if self._pending_initial is not None:
             self.set_conditioning({})
         latent = host_copy(latents)
@@ -313,6 +326,8 @@ class Trajectory:
         event = self._event(latents)
 
         def job() -> None:
+            if self._lagged is not None:
+                self._fail(self._lagged)
             if self._error or not self._started:
                 return
             _sync(event)
@@ -334,6 +349,8 @@ class Trajectory:
 
         def job() -> None:
             try:
+                if self._lagged is not None:
+                    self._fail(self._lagged)
                 if self._error or not self._started:
                     raise RecordingError(self._error or "trajectory never began")
                 _sync(event)
@@ -368,7 +385,14 @@ class Trajectory:
                 for j in jobs:
                     j()
 
-            self._recorder.submit(jobs[0] if len(jobs) == 1 else run)
+            try:
+                self._recorder.submit(jobs[0] if len(jobs) == 1 else run, wait=flush)
+            except queue.Full:
+                self._lagged = (
+                    f"the recorder fell {self._recorder.max_pending} steps behind the "
+                    "denoising loop (the sink is not keeping up); the request is unverified"
+                )
+                log.warning("trajectory %s: %s", self.request.request_id, self._lagged)
 
     def _abort(self, reason: str) -> None:
         def job() -> None:
