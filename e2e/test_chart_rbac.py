@@ -22,6 +22,7 @@ import yaml
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 NS = "sg-rbac-e2e"
+APP_NS = "sg-rbac-app"  # a namespace whose pods get injected sidecars
 REL = "sgr"
 KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or "/opt/k8s/bin/kubectl"
 
@@ -42,7 +43,7 @@ def _render() -> list[dict[str, Any]]:
     import helm_python as helm
 
     rendered = helm.Chart.load(REPO / "charts" / "samplerguard").render(
-        {}, name=REL, namespace=NS, is_install=True
+        {"sidecar": {"namespaces": [APP_NS]}}, name=REL, namespace=NS, is_install=True
     )
     return [
         d
@@ -249,3 +250,35 @@ def test_helm_upgrade_blanking_the_ca_bundle_is_repaired(installed: dict[str, An
     )
     assert after == before
     print(f"caBundle blank={blank == ''}, repaired in {time.monotonic() - start:.1f}s")
+
+
+def _can(verb: str, resource: str, namespace: str) -> bool:
+    """`kubectl auth can-i` as the default ServiceAccount of ``namespace`` (the identity the
+    injected sidecar runs under), with its real groups."""
+    out = subprocess.run(
+        [
+            KUBECTL,
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            f"--as=system:serviceaccount:{namespace}:default",
+            f"--as-group=system:serviceaccounts:{namespace}",
+            "--as-group=system:serviceaccounts",
+            "--as-group=system:authenticated",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.stdout.strip() == "yes"
+
+
+def test_injected_sidecars_may_review_tokens_only_in_their_namespaces(
+    installed: dict[str, Any],
+) -> None:
+    assert _can("create", "tokenreviews.authentication.k8s.io", APP_NS)
+    assert _can("get", "clustersamplerpolicies.samplerguard.dev", APP_NS)
+    assert not _can("list", "secrets", APP_NS)
+    assert not _can("create", "pods", APP_NS)
+    assert not _can("create", "tokenreviews.authentication.k8s.io", "default")

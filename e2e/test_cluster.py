@@ -444,6 +444,8 @@ def test_signed_and_attested_image_is_admitted_and_injected(
     }
     assert len(names) >= 2, names  # the sidecar (and hook init container) were injected
     assert pod["spec"].get("volumes")
+    # the sidecar sees the app's processes, to hash the solver code they loaded
+    assert pod["spec"].get("shareProcessNamespace") is True
 
 
 @pytest.mark.parametrize(
