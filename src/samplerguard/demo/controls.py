@@ -25,16 +25,13 @@ import torch
 
 from samplerguard.demo.providers import make_scheduler
 from samplerguard.errors import VerificationError
-from samplerguard.models.digits import (
-    IMAGE_SHAPE,
-    SCHEDULER_CONFIG,
-    DigitsPipeline,
-)
-from samplerguard.recipe import InferenceGuard, Recipe, RunRequest
+from samplerguard.models.digits import IMAGE_SHAPE, MODEL_FILE, DigitsPipeline
+from samplerguard.models.recipe import BUNDLED_STEPS, bundled_recipe
+from samplerguard.recipe import InferenceGuard, RunRequest
 from samplerguard.rng import NoiseAuthority, check_seed_vector
 from samplerguard.rng.shim import noise_from
 
-__all__ = ["ControlResult", "bundled_recipe", "run_controls"]
+__all__ = ["ControlResult", "run_controls"]
 
 SHIFT_ETA = 0.35
 
@@ -46,45 +43,6 @@ class ControlResult:
     verdict: str  # "refused" | "warned" | "admitted"
     reason: str
     accuracy_if_run: float | None = None
-
-
-def bundled_recipe(steps: int = 20) -> Recipe:
-    """The sampling contract of the bundled model: DPM++ 2M on the training schedule, 10–50
-    steps, CFG 1–5, Euler ancestral and DDPM forbidden (their step noise is not needed for this
-    model and they make the output distribution broader)."""
-    sched = make_scheduler("dpmpp_2m")
-    sched.set_timesteps(steps)
-    config = {
-        k: v
-        for k, v in dict(sched.config).items()
-        if not k.startswith("_")
-        and isinstance(v, bool | int | float | str)
-        and v == v
-        and v not in (float("inf"), float("-inf"))
-    }
-    return Recipe.model_validate(
-        {
-            "modelId": "samplerguard/digits",
-            "sampler": "dpmpp_2m",
-            "schedule": "leading",
-            "grid": {
-                "className": type(sched).__name__,
-                "config": config,
-                "numTrainTimesteps": SCHEDULER_CONFIG["num_train_timesteps"],
-                "canonicalSteps": steps,
-                "timesteps": [float(t) for t in sched.timesteps],
-                "subsampling": "any",
-            },
-            "predictionType": "epsilon",
-            "steps": {"min": 10, "max": 50},
-            "cfg": {"min": 1.0, "max": 5.0},
-            "defaultSteps": steps,
-            "defaultCfg": 3.0,
-            "resolutions": [{"width": IMAGE_SHAPE[2], "height": IMAGE_SHAPE[1]}],
-            "latentShape": list(IMAGE_SHAPE),
-            "forbiddenSamplers": ["euler_ancestral", "ddpm"],
-        }
-    )
 
 
 def _accuracy(
@@ -118,7 +76,12 @@ def run_controls(
     authority = NoiseAuthority(
         b"samplerguard-demo-master-secret!" * 2, mode="ctr-drbg", deterministic=True
     )
-    guard = InferenceGuard(bundled_recipe(steps), actor="demo")
+    # The bundled checkpoint carries its recipe; the guard loads it only after the weights and
+    # metadata match the recipe's pinned hashes.
+    if steps == BUNDLED_STEPS:
+        guard = InferenceGuard.from_checkpoint(MODEL_FILE, actor="demo")
+    else:
+        guard = InferenceGuard(bundled_recipe(steps), actor="demo")
     labels = torch.arange(batch) % 10
     results: list[ControlResult] = []
 

@@ -132,11 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         metadata={"samplerguard.model": "digits-classifier", "heldout_accuracy": f"{acc:.4f}"},
     )
     unet = train_unet(x, y, args.steps, gen, args.batch)
+    weights = args.out / MODEL_FILE.name
     save_file(
         {k: v.contiguous() for k, v in unet.state_dict().items()},
-        str(args.out / MODEL_FILE.name),
+        str(weights),
         metadata=model_metadata(),
     )
+    # the checkpoint carries its sampling recipe, with the weights' and metadata's hashes pinned
+    from samplerguard.models.recipe import bundled_recipe
+    from samplerguard.recipe import write_recipe
+
+    write_recipe(weights, bundled_recipe(), weights)
     (args.out / "training.json").write_text(
         json.dumps(
             {"steps": args.steps, "batch": args.batch, "classifier_heldout_accuracy": round(acc, 4)}
