@@ -114,7 +114,9 @@ class WireClosedError(MalformedInputError):
 class Frame:
     kind: int
     header: dict[str, Any]
-    body: bytearray
+    #: the tensor bytes; from :class:`FrameReader`, a read-only-by-contract view into its
+    #: receive buffer (never overwritten while referenced)
+    body: bytearray | memoryview
 
 
 def _raw(t: torch.Tensor) -> memoryview:
@@ -227,17 +229,19 @@ class FrameReader:
     """Reads a stream of frames through one receive buffer.
 
     One ``recv`` fills the buffer with as many frames as the peer has sent, so a pipelined
-    stream of step records costs a fraction of a system call per frame instead of three. Each
-    frame's body is still its own ``bytearray`` (the caller may keep it); bodies larger than
-    what is buffered are received straight into it. Same errors as :func:`read_frame`.
+    stream of step records costs a fraction of a system call per frame instead of three, and a
+    frame's body is a view into the buffer: no copy, no allocation. Bytes once received are
+    never overwritten: when the buffer runs out, a fresh one takes over (the old one lives on
+    while views into it do). Bodies larger than the buffer are received straight into their own
+    ``bytearray``. Same errors as :func:`read_frame`.
     """
 
     def __init__(self, sock: socket.socket, *, buffer_size: int = 1 << 20) -> None:
         if buffer_size < PREFIX.size:
             raise ValueError("the receive buffer must hold at least a frame prefix")
         self._sock = sock
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        self._size = buffer_size
+        self._view = memoryview(bytearray(buffer_size))
         self._start = 0
         self._end = 0
 
@@ -245,10 +249,11 @@ class FrameReader:
         """Buffer at least ``n`` bytes (``n`` <= the buffer size)."""
         if self._end - self._start >= n:
             return
-        if self._start + n > len(self._buf):
+        if self._start + n > self._size:
             held = self._end - self._start
-            self._buf[:held] = self._buf[self._start : self._end]
-            self._start, self._end = 0, held
+            fresh = memoryview(bytearray(self._size))
+            fresh[:held] = self._view[self._start : self._end]
+            self._view, self._start, self._end = fresh, 0, held
         while self._end - self._start < n:
             got = self._sock.recv_into(self._view[self._end :])
             if got == 0:
@@ -260,16 +265,18 @@ class FrameReader:
                 )
             self._end += got
 
-    def _take(self, n: int) -> bytearray:
-        out = bytearray(n)
-        have = min(n, self._end - self._start)
-        out[:have] = self._view[self._start : self._start + have]
-        self._start += have
-        if have < n:
-            _recv_exact(self._sock, memoryview(out)[have:], first=False)
-        if self._start == self._end:
-            self._start = self._end = 0
-        return out
+    def _take(self, n: int) -> bytearray | memoryview:
+        if n <= self._size:
+            self._fill(n)
+            out = self._view[self._start : self._start + n]
+            self._start += n
+            return out
+        big = bytearray(n)
+        have = self._end - self._start
+        big[:have] = self._view[self._start : self._end]
+        self._start = self._end
+        _recv_exact(self._sock, memoryview(big)[have:], first=False)
+        return big
 
     def read(self, *, max_body: int = MAX_BODY_BYTES) -> Frame:
         self._fill(PREFIX.size, first=True)
@@ -277,14 +284,8 @@ class FrameReader:
             self._view[self._start : self._start + PREFIX.size], max_body
         )
         self._start += PREFIX.size
-        if head_len <= len(self._buf):
-            self._fill(head_len)
-            head = self._buf[self._start : self._start + head_len]
-            self._start += head_len
-            header = _parse_header(head)
-        else:
-            header = _parse_header(self._take(head_len))
-        return Frame(kind=kind, header=header, body=self._take(body_len))
+        head = bytes(self._take(head_len))
+        return Frame(kind=kind, header=_parse_header(head), body=self._take(body_len))
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,7 @@ class TrajectoryWriter:
         self.tensors: dict[str, list[Any]] = {}
         self.closed = False
 
-    def add(self, prefix: str, specs: Sequence[TensorSpec], body: bytearray) -> None:
+    def add(self, prefix: str, specs: Sequence[TensorSpec], body: bytearray | memoryview) -> None:
         """Write a frame body and index its tensors (as :func:`~samplerguard.hook.wire.tensor_specs`
         laid them out) under ``prefix``."""
         if self.closed:
