@@ -73,7 +73,7 @@ def test_a_stuck_sink_fails_the_request_and_never_blocks_the_loop() -> None:
 
 def test_a_sink_that_keeps_up_is_unaffected_by_batching() -> None:
     sink = LocalSink()
-    recorder = Recorder(sink, max_pending=16, batch=4)
+    recorder = Recorder(sink, max_pending=64, batch=4)  # 50 steps can never overflow 64
     sched = make_scheduler("euler")
     sched.set_timesteps(50)
     latents = torch.randn(1, 1, 8, 8)
