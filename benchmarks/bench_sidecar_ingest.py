@@ -64,7 +64,9 @@ def hook(socket_path: str, steps: int, n: int, tag: str = "hook") -> float:
     del SamplerState
     import diffusers
 
-    recorder = Recorder(SidecarSink(socket_path, io_timeout=60.0))
+    # This loop does no denoising, so it outruns the sidecar by design; let the recorder hold a
+    # whole trajectory (a real sampler is far slower than the sidecar, see bench_e2e_overhead).
+    recorder = Recorder(SidecarSink(socket_path, io_timeout=60.0), max_pending=steps + 16)
     latents = [torch.randn(LATENT_SHAPE) for _ in range(4)]
     start = 0.0
     for r in range(-1, n):  # r = -1 warms up: diffusers imports schedulers lazily
