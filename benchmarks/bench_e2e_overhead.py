@@ -5,6 +5,7 @@ batch 8), interleaved run by run, in an order that rotates every round, so machi
 whatever one variant leaves running hit all variants alike:
 
 * plain: ``DigitsPipeline(...)``;
+* hook + null sink: the recorder with a sink that keeps nothing (copies and hand-offs only);
 * hook + LocalSink: the recorder, signing in-process (no sidecar);
 * hook + sidecar: the recorder streaming to a real ``samplerguard sidecar`` process, which
   rebuilds the tree, signs and stores the openings; the call returns once the signed
@@ -32,6 +33,39 @@ import torch
 from _dataplane import sidecar
 
 
+class _NullSink:
+    """Takes every step and keeps nothing; answers with one commitment made up front: what the
+    recorder's copies and hand-offs cost."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from samplerguard.commitment.state import SamplerState
+        from samplerguard.commitment.statement import commit
+        from samplerguard.commitment.trajectory import TrajectoryBuilder
+
+        b = TrajectoryBuilder(recipe={})
+        b.initial(torch.zeros(1), SamplerState(values={}), "sha256:" + "0" * 64)
+        b.step(0, 1, torch.zeros(1), SamplerState(values={}))
+        b.final(torch.zeros(1))
+        record = b.finish("sha256:" + "0" * 64)
+        self.commitment = commit(
+            record, Ed25519PrivateKey.generate(), request_id="null", tenant="bench"
+        )
+
+    def start(self, request: object, begin: object) -> None:
+        return None
+
+    def step(self, handle: object, step: object) -> None:
+        return None
+
+    def finish(self, handle: object, latent: object, output: str) -> tuple[object, None]:
+        return self.commitment, None
+
+    def abort(self, handle: object, reason: str) -> None:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
@@ -56,8 +90,10 @@ def main() -> None:
     svc, _ = sidecar()
     local = Recorder(LocalSink())
     remote = Recorder(SidecarSink(svc.ready["socket"]))
+    null = Recorder(_NullSink())
     variants = {
         "plain": None,
+        "hook + null sink": instrument(pipe, null),
         "hook + LocalSink": instrument(pipe, local),
         "hook + sidecar": instrument(pipe, remote),
     }
@@ -70,7 +106,7 @@ def main() -> None:
             names = list(variants)
             # rotate the order every round: whatever runs right after another variant (its
             # leftover work, a cold cache) hits every variant alike
-            for name in names[r % 3 :] + names[: r % 3]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 fn = variants[name]
                 kw = {
                     "num_inference_steps": args.steps,
@@ -95,6 +131,7 @@ def main() -> None:
                 if r >= 2:  # two warm-up rounds
                     times[name].append(time.perf_counter() - t)
     finally:
+        null.close()
         local.close()
         remote.close()
         svc.stop()
