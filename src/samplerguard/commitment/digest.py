@@ -22,6 +22,7 @@ __all__ = [
     "module_digest",
     "raw_digest",
     "safetensors_digest",
+    "tensor_bytes",
     "tensor_digest",
     "tensor_header",
 ]
@@ -50,22 +51,24 @@ def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The contiguous little-endian bytes of a tensor on any device, as one flat byte view (no
+    copy when the tensor is already a contiguous host tensor). A CUDA tensor is copied to the
+    host first; callers on the hot path pass host copies made with ``non_blocking=True``."""
+    if not t.numel():
+        return memoryview(b"")
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    if t.dim() and t.dtype in _NUMPY_DTYPES and t.is_contiguous():
+        return t.numpy().data.cast("B")  # the hot path: one torch call, no copy
+    # A uint8 view gives the raw little-endian bytes of any dtype, bfloat16 included.
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().data
+
+
 def tensor_digest(t: torch.Tensor) -> str:
-    """``sha256:<hex>`` of a tensor on any device. A CUDA tensor is copied to the host first;
-    callers on the hot path pass host copies made with ``non_blocking=True``."""
-    h = hashlib.sha256(tensor_header(_dtype_name(t), tuple(t.shape)))
-    if t.numel():
-        if t.requires_grad:
-            t = t.detach()
-        if t.device.type != "cpu":
-            t = t.to("cpu")
-        if t.dim() and t.dtype in _NUMPY_DTYPES and t.is_contiguous():
-            # Fast path (the hook's worker digests every step): one torch call, no copy.
-            h.update(t.numpy().data.cast("B"))
-        else:
-            # A uint8 view gives the raw little-endian bytes of any dtype, bfloat16 included.
-            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return "sha256:" + h.hexdigest()
+    """``sha256:<hex>`` of a tensor on any device (see :func:`tensor_bytes`)."""
+    return raw_digest(_dtype_name(t), tuple(t.shape), tensor_bytes(t))
 
 
 _NUMPY_DTYPES = frozenset(

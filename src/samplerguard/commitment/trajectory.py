@@ -224,10 +224,6 @@ class TrajectoryBuilder:
         self._conditioning: dict[str, torch.Tensor] = {}
         self._final: torch.Tensor | None = None
 
-    @property
-    def _leaves(self) -> list[bytes]:
-        return self._log.leaves
-
     def set_conditioning(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Conditioning tensors; their digests go into the recipe leaf."""
         if self._log.leaves:
@@ -252,8 +248,6 @@ class TrajectoryBuilder:
         state: SamplerState,
         noise: Sequence[torch.Tensor] = (),
     ) -> None:
-        if self._initial is None:
-            raise MalformedInputError("a step was recorded before the initial latent")
         self._log.step(
             index,
             timestep,
@@ -264,8 +258,6 @@ class TrajectoryBuilder:
         self._steps.append(StepTensors(latent=latent, state=state, noise=tuple(noise)))
 
     def final(self, latent: torch.Tensor) -> None:
-        if self._initial is None or self._final is not None:
-            raise MalformedInputError("final latent recorded out of order")
         self._log.final(tensor_digest(latent))
         self._final = latent
 

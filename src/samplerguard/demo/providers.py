@@ -31,13 +31,12 @@ from samplerguard.hook.pipelines import instrument, output_bytes
 from samplerguard.hook.recorder import Recorder, TrajectoryRequest, scheduler_config
 from samplerguard.models.digits import (
     IMAGE_SHAPE,
-    SCHEDULER_CONFIG,
     DigitsPipeline,
     StepInputs,
     guided_eps,
+    make_scheduler,
     scheduler_step,
 )
-from samplerguard.policy.spec import KNOWN_SAMPLERS
 from samplerguard.rng import NoiseAuthority
 from samplerguard.rng.shim import noise_from
 
@@ -50,17 +49,6 @@ CHEATS = (
     "scheduler-swap",
     "fabricated-step",
 )
-
-
-def make_scheduler(sampler: str) -> Any:
-    """A diffusers scheduler for a sampler id, on the bundled model's noise schedule."""
-    import diffusers
-
-    cls = getattr(diffusers, KNOWN_SAMPLERS[sampler])
-    extra: dict[str, Any] = {}
-    if sampler == "dpmpp_2m":
-        extra = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-    return cls.from_config({**SCHEDULER_CONFIG, **extra})
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ sidecar falls behind, the kernel's socket buffer fills and ``sendall`` blocks th
 *worker* thread, never the denoising loop.
 
 Both ends live here, so the format has one definition. The module imports only the standard
-library and torch; the sidecar imports it from the hook (the lower layer).
+library, torch and :func:`~samplerguard.commitment.digest.tensor_bytes`; the sidecar imports it
+from the hook (the lower layer).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from samplerguard.commitment.digest import tensor_bytes
 from samplerguard.errors import MalformedInputError
 
 __all__ = [
@@ -119,13 +121,6 @@ class Frame:
     body: bytearray | memoryview
 
 
-def _raw(t: torch.Tensor) -> memoryview:
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy().data).cast("B")
-
-
 def encode_frame(
     kind: int,
     header: Mapping[str, Any],
@@ -138,7 +133,7 @@ def encode_frame(
     buffers: list[bytes | memoryview] = []
     size = 0
     for name, t in tensors:
-        buf = _raw(t)
+        buf = tensor_bytes(t)
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype not in DTYPES:
             raise MalformedInputError(f"tensor {name!r} has unsupported dtype {dtype}")

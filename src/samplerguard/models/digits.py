@@ -22,6 +22,8 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from samplerguard.policy.spec import KNOWN_SAMPLERS
+
 __all__ = [
     "CLASSIFIER_FILE",
     "IMAGE_SHAPE",
@@ -38,6 +40,7 @@ __all__ = [
     "guided_eps",
     "load_classifier",
     "load_unet",
+    "make_scheduler",
     "scheduler_step",
     "to_pixels",
 ]
@@ -58,6 +61,18 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_schedule": "linear",
     "prediction_type": "epsilon",
 }
+
+
+def make_scheduler(sampler: str) -> Any:
+    """A diffusers scheduler for a sampler id, on the bundled model's noise schedule."""
+    import diffusers
+
+    cls = getattr(diffusers, KNOWN_SAMPLERS[sampler])
+    extra: dict[str, Any] = {}
+    if sampler == "dpmpp_2m":
+        extra = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+    return cls.from_config({**SCHEDULER_CONFIG, **extra})
+
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": 8,

@@ -8,7 +8,7 @@ pinned hashes (:func:`samplerguard.recipe.write_recipe`); an
 
 from __future__ import annotations
 
-from samplerguard.models.digits import IMAGE_SHAPE, SCHEDULER_CONFIG
+from samplerguard.models.digits import IMAGE_SHAPE, SCHEDULER_CONFIG, make_scheduler
 from samplerguard.recipe import Recipe
 
 __all__ = ["BUNDLED_STEPS", "bundled_recipe"]
@@ -21,11 +21,7 @@ def bundled_recipe(steps: int = BUNDLED_STEPS) -> Recipe:
     """The sampling contract of the bundled model: DPM++ 2M on the training schedule, 10–50
     steps, CFG 1–5, Euler ancestral and DDPM forbidden (their step noise is not needed for this
     model and they make the output distribution broader)."""
-    import diffusers
-
-    sched = diffusers.DPMSolverMultistepScheduler.from_config(
-        {**SCHEDULER_CONFIG, "algorithm_type": "dpmsolver++", "solver_order": 2}
-    )
+    sched = make_scheduler("dpmpp_2m")
     sched.set_timesteps(steps)
     config = {
         k: v

@@ -222,20 +222,13 @@ class _Trajectory:
             "steps": [],
         }
 
-    def digest(self, frame: Frame) -> tuple[list[TensorSpec], dict[str, str]]:
-        """Check a STEP or FINAL frame's layout and digest its bytes."""
-        if frame.kind == FRAME_FINAL:
-            specs = self._layouts.specs(frame, _FINAL_NAMES, "FINAL")
-        else:
-            what = f"STEP {str(frame.header.get('index'))[:12]}"
-            specs = self._layouts.specs(frame, _STEP_NAMES, what)
-        return specs, _digests(frame, specs)
-
-    def step(self, frame: Frame, specs: list[TensorSpec], digests: dict[str, str]) -> None:
+    def step(self, frame: Frame) -> None:
         header = frame.header
         index = header.get("index")
         if type(index) is not int:
             raise MalformedInputError("STEP carries no integer index")
+        specs = self._layouts.specs(frame, _STEP_NAMES, f"STEP {index}")
+        digests = _digests(frame, specs)
         latent = digests.get("latent")
         if latent is None:
             raise MalformedInputError(f"STEP {index} carries no latent")
@@ -264,7 +257,9 @@ class _Trajectory:
         if self.writer.size + more > cap:
             raise MalformedInputError(f"trajectory exceeds the {cap}-byte cap")
 
-    def final(self, frame: Frame, specs: list[TensorSpec], digests: dict[str, str]) -> None:
+    def final(self, frame: Frame) -> None:
+        specs = self._layouts.specs(frame, _FINAL_NAMES, "FINAL")
+        digests = _digests(frame, specs)
         latent = digests.get("latent")
         if latent is None:
             raise MalformedInputError("FINAL carries no latent")
@@ -360,9 +355,9 @@ class _Handler(socketserver.BaseRequestHandler):
             while True:
                 frame = frames.read()
                 if frame.kind == FRAME_STEP:
-                    tr.step(frame, *tr.digest(frame))
+                    tr.step(frame)
                 elif frame.kind == FRAME_FINAL:
-                    tr.final(frame, *tr.digest(frame))
+                    tr.final(frame)
                 elif frame.kind == FRAME_FINISH:
                     commitment = tr.finish(frame)
                     done, tr = tr, None

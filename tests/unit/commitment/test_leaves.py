@@ -98,8 +98,9 @@ def _builder_and_log() -> tuple[TrajectoryBuilder, LeafLog]:
 
 def test_the_leaf_log_and_the_builder_commit_the_same_root() -> None:
     b, log = _builder_and_log()
-    assert log.finish(D) == b.finish(D).root
-    assert log.leaves == b._leaves
+    record = b.finish(D)
+    assert log.finish(D) == record.root
+    assert log.leaves == record.leaves
 
 
 def test_the_leaf_log_refuses_out_of_order_use() -> None:
