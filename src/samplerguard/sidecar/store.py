@@ -98,7 +98,8 @@ class TrajectoryWriter:
         self.size = 0
         #: key → [offset, dtype, shape, nbytes]
         self.tensors: dict[str, list[Any]] = {}
-        self.closed = False
+        self.closed = False  # the file descriptor
+        self._finished = False  # committed or discarded: the id is no longer ours
 
     def add(self, prefix: str, specs: Sequence[TensorSpec], body: bytearray | memoryview) -> None:
         """Write a frame body and index its tensors (as :func:`~samplerguard.hook.wire.tensor_specs`
@@ -127,9 +128,16 @@ class TrajectoryWriter:
             os.fsync(self._fd)
         os.close(self._fd)
         self.closed = True
-        return self.store._commit(self, index, fsync=fsync)
+        entry = self.store._commit(self, index, fsync=fsync)
+        self._finished = True
+        return entry
 
     def discard(self) -> None:
+        """Drop the uncommitted trajectory. Idempotent: once discarded (or committed) it never
+        touches the id again, which a retry may already have reopened under the same name."""
+        if self._finished:
+            return
+        self._finished = True
         if not self.closed:
             os.close(self._fd)
             self.closed = True
@@ -249,7 +257,8 @@ class OpeningStore:
 
     def _release(self, writer: TrajectoryWriter) -> None:
         with self._lock:
-            if self._open.pop(writer.id, None) is not None:
+            if self._open.get(writer.id) is writer:
+                del self._open[writer.id]
                 self._open_bytes -= writer.size
 
     def _commit(

@@ -108,3 +108,30 @@ def test_an_unreadable_index_is_removed_at_start(tmp_path: Path) -> None:
     assert _store(tmp_path).committed() == []
     assert not (tmp_path / "a.bin").exists()
     assert json.loads("{}") == {}
+
+
+def test_a_second_discard_never_touches_a_retry_under_the_same_id(tmp_path: Path) -> None:
+    """The ingest server discards a refused stream before it answers, and again when the
+    connection ends; a retry may have reopened the id in between."""
+    store = _store(tmp_path)
+    first = store.open("again")
+    first.add("i/", [_spec("latent", 10)], bytearray(10))
+    first.discard()
+    retry = store.open("again")
+    retry.add("i/", [_spec("latent", 10)], bytearray(10))
+    first.discard()  # the late second discard of the refused stream
+    assert retry.path.exists()
+    _ = retry.commit(
+        {
+            "id": "again",
+            "committedAt": time.time(),
+            "root": "00" * 32,
+            "leaves": [],
+            "steps": [],
+            "initial": {},
+            "conditioning": {},
+        },
+        fsync=False,
+    )
+    assert [e.id for e in store.committed()] == ["again"]
+    assert store.committed_bytes == 10
