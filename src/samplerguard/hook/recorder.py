@@ -322,8 +322,10 @@ class Trajectory:
         latent = host_copy(latents)
         state = capture_state(scheduler, self._schedule)
         noise, self._noise = self._noise, []
-        t = timestep.item() if isinstance(timestep, torch.Tensor) else timestep
-        event = self._event(latents)
+        # A CUDA timestep is copied like the latent and read on the worker: ``.item()`` here
+        # would synchronise the device every step and stall the loop's run-ahead.
+        t_in = host_copy(timestep) if isinstance(timestep, torch.Tensor) else timestep
+        event = self._event(latents, *([timestep] if isinstance(timestep, torch.Tensor) else []))
 
         def job() -> None:
             if self._lagged is not None:
@@ -331,6 +333,7 @@ class Trajectory:
             if self._error or not self._started:
                 return
             _sync(event)
+            t = t_in.item() if isinstance(t_in, torch.Tensor) else t_in
             try:
                 self._recorder.sink.step(self._handle, StepRecord(index, t, latent, state, noise))
             except Exception as exc:

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_tiny_sd", "prompt_embeddings"]
+__all__ = ["build_sd15_scale", "build_tiny_sd", "prompt_embeddings"]
 
 
 def build_tiny_sd(scheduler: Any, *, seed: int = 0, sample_size: int = 16) -> Any:
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.random.fork_rng(devices=[]):
@@ -54,9 +54,15 @@ def build_tiny_sd(scheduler: Any, *, seed: int = 0, sample_size: int = 16) -> An
                 vocab_size=1000,
             )
         )
+    return _assemble(unet, vae, text_encoder, scheduler)
+
+
+def _assemble(unet: Any, vae: Any, text_encoder: Any, scheduler: Any) -> Any:
+    from diffusers import StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline(
         vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
+        text_encoder=text_encoder.eval() if text_encoder is not None else None,
         tokenizer=None,
         unet=unet.eval(),
         scheduler=scheduler,
@@ -68,7 +74,53 @@ def build_tiny_sd(scheduler: Any, *, seed: int = 0, sample_size: int = 16) -> An
     return pipe
 
 
-def prompt_embeddings(batch: int, *, seed: int, tokens: int = 8) -> torch.Tensor:
-    """Deterministic stand-in prompt embeddings of the tiny text encoder's width."""
+def build_sd15_scale(
+    scheduler: Any, *, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> Any:
+    """A ``StableDiffusionPipeline`` with Stable Diffusion 1.5's UNet and VAE architectures
+    (860 M + 84 M parameters, 512x512 images from 64x64 latents), randomly initialised: the
+    compute of a real SD-1.5 generation, for the GPU overhead benchmarks. No text encoder:
+    callers pass 77x768 prompt embeddings (:func:`prompt_embeddings` with ``tokens=77,
+    width=768``)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=(
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ),
+            up_block_types=(
+                "UpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+            ),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        )
+    return _assemble(unet, vae, None, scheduler).to(device=device, dtype=dtype)
+
+
+def prompt_embeddings(batch: int, *, seed: int, tokens: int = 8, width: int = 32) -> torch.Tensor:
+    """Deterministic stand-in prompt embeddings (the tiny text encoder's width by default)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, tokens, 32), generator=gen)
+    return torch.randn((batch, tokens, width), generator=gen)
