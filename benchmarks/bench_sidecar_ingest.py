@@ -5,7 +5,7 @@ FINAL, FINISH and the signed answer) over its Unix socket. Every step record is 
 to the Merkle tree and written to the openings store by the sidecar; the commitment is signed.
 Two client setups, measured side by side in one run:
 
-* raw: pre-encoded frames from 1 and 2 client threads (the sidecar's capacity);
+* raw: pre-encoded frames from 1, 2 and 4 client threads (the sidecar's capacity);
 * hook: the real Recorder + SidecarSink path (digests in the hook's worker thread too).
 
     python benchmarks/bench_sidecar_ingest.py [--steps 200] [--trajectories 20]
@@ -98,7 +98,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--trajectories", type=int, default=20)
+    ap.add_argument(
+        "--clients",
+        default="2,4",
+        help="client counts to measure beside 1 (a serving pod with concurrent requests "
+        "streams several trajectories at once)",
+    )
     args = ap.parse_args()
+    counts = [int(c) for c in args.clients.split(",") if c.strip()]
     torch.set_num_threads(1)
     svc, _ = sidecar(extra_args=["--max-store-bytes", str(8 << 30)])
     try:
@@ -116,10 +123,13 @@ def main() -> None:
         cpu1, t1 = cpu_seconds(svc.pid), time.perf_counter()
         per_cpu = args.trajectories * args.steps / max(cpu1 - cpu0, 1e-9)
         share = (cpu1 - cpu0) / (t1 - t0)
-        r2 = raw(sock, stream, args.trajectories, 2, "raw2")
+        more = {c: raw(sock, stream, args.trajectories, c, f"raw{c}") for c in counts}
         h = hook(sock, args.steps, max(2, args.trajectories // 4))
         print(f"  raw frames, 1 client : {r1:10,.0f} step records/s  ({r1 * mb / 1024:.0f} MiB/s)")
-        print(f"  raw frames, 2 clients: {r2:10,.0f} step records/s  ({r2 * mb / 1024:.0f} MiB/s)")
+        for c, r in more.items():
+            print(
+                f"  raw frames, {c} clients: {r:10,.0f} step records/s  ({r * mb / 1024:.0f} MiB/s)"
+            )
         print(f"  hook (Recorder+SidecarSink): {h:10,.0f} step records/s")
         print(
             f"  sidecar CPU: {per_cpu:10,.0f} step records per CPU-second "
@@ -127,7 +137,7 @@ def main() -> None:
             f"on {os.cpu_count()} cores)"
         )
         print(
-            f"  goal 10,000/s: raw/goal = {max(r1, r2) / 10000:.2f}, "
+            f"  goal 10,000/s: raw/goal = {max([r1, *more.values()]) / 10000:.2f}, "
             f"per-CPU-second/goal = {per_cpu / 10000:.2f}, hook/goal = {h / 10000:.2f}"
         )
     finally:

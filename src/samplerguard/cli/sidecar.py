@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--min-free-bytes", type=int, help="free-space floor on the volume")
     p.add_argument("--max-connections", type=int, default=64)
     p.add_argument("--fsync", action="store_true", help="fsync every commit before answering")
+    p.add_argument(
+        "--store-direct-io",
+        choices=["auto", "on", "off"],
+        help="write openings with O_DIRECT, bypassing the page cache: auto (default) where "
+        "the volume supports it [SAMPLERGUARD_STORE_DIRECT_IO]",
+    )
     p.add_argument("--ready-file", help="write addresses and key id here once serving")
     p.set_defaults(_run=run)
 
@@ -112,6 +118,13 @@ def _config(args: argparse.Namespace) -> object:
             kw[name] = conv(raw)
     kw["max_connections"] = args.max_connections
     kw["fsync"] = args.fsync
+    direct = args.store_direct_io or _env("store_direct_io")
+    if direct is not None:
+        if direct not in ("auto", "on", "off"):
+            raise ValueError(
+                f"SAMPLERGUARD_STORE_DIRECT_IO must be auto, on or off, not {direct!r}"
+            )
+        kw["store_direct_io"] = direct
     if args.ready_file:
         kw["ready_file"] = Path(args.ready_file)
     return SidecarConfig(**kw)  # type: ignore[arg-type]

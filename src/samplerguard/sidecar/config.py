@@ -36,6 +36,7 @@ ENV: dict[str, str] = {
     "max_store_bytes": "SAMPLERGUARD_MAX_STORE_BYTES",
     "min_free_bytes": "SAMPLERGUARD_MIN_FREE_BYTES",
     "integrity_interval": "SAMPLERGUARD_INTEGRITY_INTERVAL",
+    "store_direct_io": "SAMPLERGUARD_STORE_DIRECT_IO",
 }
 
 
@@ -90,6 +91,8 @@ class SidecarConfig:
     max_connections: int = 64
     #: fsync each committed trajectory before answering (durable across power loss).
     fsync: bool = False
+    #: Write openings with O_DIRECT: "auto" where the volume takes it, "on" (required) or "off".
+    store_direct_io: str = "auto"
     #: JSON file written once both listeners are up: addresses, public key id, pid.
     ready_file: Path | None = None
     socket_mode: int = 0o660

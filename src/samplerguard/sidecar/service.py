@@ -61,6 +61,7 @@ class Sidecar:
             retention=retention,
             max_bytes=cfg.max_store_bytes,
             min_free_bytes=cfg.min_free_bytes,
+            direct_io={"auto": None, "on": True, "off": False}[cfg.store_direct_io],
         )
         self.metrics = _telemetry("samplerguard-sidecar")
         self.telemetry = self.metrics.telemetry if self.metrics is not None else None
@@ -136,6 +137,7 @@ class Sidecar:
         self._stop.set()
         self.integrity.stop()
         self.ingest.close()
+        self.store.close()
         if self.metrics is not None:
             self.metrics.shutdown()
 

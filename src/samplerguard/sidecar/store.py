@@ -2,11 +2,21 @@
 
 Per trajectory two files in the store directory:
 
-* ``<id>.bin``: the tensor bytes exactly as the frames carried them, appended as they arrive
-  (one ``write`` per frame; while the trajectory is open the file is ``<id>.bin.partial``);
+* ``<id>.bin``: the tensor bytes exactly as the frames carried them, in arrival order (while
+  the trajectory is open the file is ``<id>.bin.partial``);
 * ``<id>.json``: the index, written last and renamed into place. Its presence *is* the commit:
   after a crash or restart, a ``.bin`` without an index is an uncommitted trajectory and is
   deleted; everything with an index is served again.
+
+Writes go through a staging buffer per open trajectory: frames are copied into a reused,
+page-aligned 1 MiB buffer, and each full buffer is written by the store's writer threads while
+ingestion goes on into a second one (at most one write in flight per trajectory). Where the
+volume supports it (``direct_io="auto"``) the file is opened with ``O_DIRECT``: the bytes go to
+the disk without passing through the page cache. Page-cache writes cost the sidecar a copy into
+freshly allocated pages for every byte it stores, which measured 90 us of kernel CPU per 64 KiB
+record on the project's VM (6 us when the pages were already resident), more than hashing the
+record; direct writes cost 5 us. A volume that refuses ``O_DIRECT`` (tmpfs) gets ordinary
+buffered writes through the same staging.
 
 Bounds: a retention time, a size cap (the oldest trajectories are evicted first) and a floor
 on the volume's free space. Space is reserved before each frame is written; when nothing more
@@ -17,8 +27,12 @@ the disk.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import fcntl
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -26,6 +40,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +66,13 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _INDEX_CACHE = 32
 _STATVFS_EVERY = 8 << 20
+#: staging buffer size: one write per MiB of frames
+CHUNK = 1 << 20
+#: O_DIRECT alignment of buffer addresses, file offsets and lengths (covers 512 and 4K sectors)
+_ALIGN = 4096
+#: idle staging buffers kept for reuse (resident pages); more are made on demand and unmapped
+_KEEP_BUFFERS = 16
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
 class StoreFullError(TemporaryError):
@@ -87,31 +109,75 @@ def _safe_name(trajectory_id: str) -> str:
     return trajectory_id
 
 
+class _Buffers:
+    """Page-aligned staging buffers, reused so their pages stay resident (a fresh page costs a
+    page fault and, on a VM, a host fault the first time it is touched)."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size = size
+        self.keep = keep
+        self._idle: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return mmap.mmap(-1, self.size)
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(buf)
+                return
+        buf.close()
+
+
 class TrajectoryWriter:
-    """Appends one trajectory's frames to its ``.bin.partial`` file. One owner thread."""
+    """Appends one trajectory's frames to its ``.bin.partial`` file. One owner thread; the
+    staged chunks are written by the store's writer threads, at most one at a time."""
 
     def __init__(self, store: OpeningStore, trajectory_id: str) -> None:
         self.store = store
         self.id = trajectory_id
         self.path = store.root / f"{trajectory_id}.bin.partial"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        self.direct = store.direct_io
+        try:
+            self._fd = os.open(self.path, flags | (_O_DIRECT if self.direct else 0), 0o600)
+        except OSError as exc:
+            if not self.direct or exc.errno != errno.EINVAL:
+                raise
+            store.no_direct_io(f"open: {exc}")  # the volume refuses O_DIRECT (tmpfs)
+            self.direct = False
+            self._fd = os.open(self.path, flags, 0o600)
         self.size = 0
         #: key → [offset, dtype, shape, nbytes]
         self.tensors: dict[str, list[Any]] = {}
         self.closed = False  # the file descriptor
         self._finished = False  # committed or discarded: the id is no longer ours
+        self._buf: mmap.mmap | None = None
+        self._fill = 0  # bytes staged in _buf
+        self._offset = 0  # file offset of _buf's first byte
+        self._pending: Future[None] | None = None
 
     def add(self, prefix: str, specs: Sequence[TensorSpec], body: bytearray | memoryview) -> None:
-        """Write a frame body and index its tensors (as :func:`~samplerguard.hook.wire.tensor_specs`
-        laid them out) under ``prefix``."""
+        """Stage a frame body for writing and index its tensors (as
+        :func:`~samplerguard.hook.wire.tensor_specs` laid them out) under ``prefix``."""
         if self.closed:
             raise MalformedInputError("trajectory is already closed")
         self.store.reserve(self, len(body))
         base = self.size
-        view = memoryview(body)
+        view = memoryview(body).cast("B")
         while view:
-            n = os.write(self._fd, view)
+            if self._buf is None:
+                self._buf = self.store.buffers.take()
+            n = min(len(view), CHUNK - self._fill)
+            self._buf[self._fill : self._fill + n] = view[:n]
+            self._fill += n
             view = view[n:]
+            if self._fill == CHUNK:
+                self._flush(CHUNK)
         self.size += len(body)
         for spec in specs:
             self.tensors[f"{prefix}{spec.name}"] = [
@@ -121,8 +187,64 @@ class TrajectoryWriter:
                 spec.nbytes,
             ]
 
+    def _flush(self, length: int) -> None:
+        """Hand the staged chunk to a writer thread (after the previous one is written)."""
+        self._wait()
+        buf, offset = self._buf, self._offset
+        assert buf is not None
+        self._buf, self._fill, self._offset = None, 0, offset + length
+        self._pending = self.store.writers.submit(self._write, buf, length, offset)
+
+    def _write(self, buf: mmap.mmap, length: int, offset: int) -> None:
+        try:
+            view = memoryview(buf)[:length]
+            try:
+                while view:
+                    n = os.pwrite(self._fd, view, offset)
+                    view, offset = view[n:], offset + n
+            except OSError as exc:
+                if not self.direct or exc.errno != errno.EINVAL:
+                    raise
+                # accepted at open, refused at write (some network and FUSE volumes)
+                self.store.no_direct_io(f"write: {exc}")
+                self.direct = False
+                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                while view:
+                    n = os.pwrite(self._fd, view, offset)
+                    view, offset = view[n:], offset + n
+            finally:
+                view.release()
+        finally:
+            self.store.buffers.give(buf)
+
+    def _wait(self) -> None:
+        """Wait for the write in flight; its error (a full or failing volume) surfaces here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _drain(self) -> None:
+        """Write everything staged; the file then holds exactly ``size`` bytes."""
+        self._wait()  # first: a failed direct write may have switched the file to buffered
+        padded = False
+        if self._buf is not None and self._fill:
+            length = self._fill
+            if self.direct:  # O_DIRECT writes whole aligned blocks; the padding is cut below
+                length = -(-length // _ALIGN) * _ALIGN
+                self._buf[self._fill : length] = bytes(length - self._fill)
+                padded = length != self._fill
+            self._flush(length)
+            self._wait()
+        if self._buf is not None:
+            self.store.buffers.give(self._buf)
+            self._buf = None
+        if padded:
+            os.ftruncate(self._fd, self.size)
+
     def commit(self, index: dict[str, Any], *, fsync: bool) -> StoredTrajectory:
         """Make the trajectory durable and visible: data file, then the index (the commit)."""
+        self._drain()
         index = dict(index, tensors=self.tensors, bytes=self.size)
         if fsync:
             os.fsync(self._fd)
@@ -138,6 +260,13 @@ class TrajectoryWriter:
         if self._finished:
             return
         self._finished = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(OSError):  # the trajectory is dropped anyway
+                pending.result()
+        if self._buf is not None:
+            self.store.buffers.give(self._buf)
+            self._buf = None
         if not self.closed:
             os.close(self._fd)
             self.closed = True
@@ -153,11 +282,21 @@ class OpeningStore:
         retention: float,
         max_bytes: int,
         min_free_bytes: int,
+        direct_io: bool | None = None,
+        writer_threads: int = 4,
     ) -> None:
+        """``direct_io``: ``None`` (auto) uses ``O_DIRECT`` where the volume takes it, ``True``
+        insists on it (an error where it is refused), ``False`` never uses it."""
         self.root = root
         self.retention = retention
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
+        self._direct_required = direct_io is True
+        self.direct_io = direct_io is not False and bool(_O_DIRECT)
+        if direct_io is True and not _O_DIRECT:
+            raise ValueError("O_DIRECT is not available on this platform")
+        self.buffers = _Buffers(CHUNK, _KEEP_BUFFERS)
+        self.writers = ThreadPoolExecutor(writer_threads, thread_name_prefix="sg-store-write")
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, StoredTrajectory] = OrderedDict()  # by seq
         self._open: dict[str, TrajectoryWriter] = {}
@@ -170,6 +309,18 @@ class OpeningStore:
         self._since_statvfs = 0
         root.mkdir(parents=True, exist_ok=True)
         self._recover()
+
+    def no_direct_io(self, why: str) -> None:
+        """The volume refused ``O_DIRECT``: fall back to buffered writes (unless required)."""
+        if self._direct_required:
+            raise OSError(errno.EINVAL, f"the openings volume refuses O_DIRECT ({why})")
+        if self.direct_io:
+            log.info("store: the volume refuses O_DIRECT (%s); using buffered writes", why)
+        self.direct_io = False
+
+    def close(self) -> None:
+        """Stop the writer threads (after the writes in flight)."""
+        self.writers.shutdown(wait=True)
 
     # -- startup -------------------------------------------------------------------------------
 

@@ -10,7 +10,12 @@ import pytest
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.hook.wire import TensorSpec
-from samplerguard.sidecar.store import OpeningStore, StoreFullError, UnknownTrajectoryError
+from samplerguard.sidecar.store import (
+    OpeningStore,
+    StoreFullError,
+    TrajectoryWriter,
+    UnknownTrajectoryError,
+)
 
 
 def _spec(name: str, nbytes: int) -> TensorSpec:
@@ -26,6 +31,10 @@ def _store(root: Path, **kw: object) -> OpeningStore:
 def _commit(store: OpeningStore, tid: str, nbytes: int = 1000, at: float | None = None) -> None:
     w = store.open(tid)
     w.add("i/", [_spec("latent", nbytes)], bytearray(nbytes))
+    _commit_writer(w, tid, at)
+
+
+def _commit_writer(w: TrajectoryWriter, tid: str, at: float | None = None) -> None:
     index = {
         "id": tid,
         "committedAt": time.time() if at is None else at,
@@ -35,7 +44,7 @@ def _commit(store: OpeningStore, tid: str, nbytes: int = 1000, at: float | None 
         "initial": {},
         "conditioning": {},
     }
-    w.commit(index, fsync=False)
+    w.commit(index, fsync=True)
 
 
 def test_commit_is_visible_and_survives_a_restart_uncommitted_is_dropped(tmp_path: Path) -> None:
@@ -121,17 +130,125 @@ def test_a_second_discard_never_touches_a_retry_under_the_same_id(tmp_path: Path
     retry.add("i/", [_spec("latent", 10)], bytearray(10))
     first.discard()  # the late second discard of the refused stream
     assert retry.path.exists()
-    _ = retry.commit(
-        {
-            "id": "again",
-            "committedAt": time.time(),
-            "root": "00" * 32,
-            "leaves": [],
-            "steps": [],
-            "initial": {},
-            "conditioning": {},
-        },
-        fsync=False,
-    )
+    _commit_writer(retry, "again")
     assert [e.id for e in store.committed()] == ["again"]
     assert store.committed_bytes == 10
+
+
+# -- staged writes: O_DIRECT and buffered -------------------------------------------------------
+
+
+def _frames(seed: int, sizes: list[int]) -> list[bytes]:
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randbytes(n) for n in sizes]
+
+
+# odd sizes: chunk boundaries fall inside frames, and the tail is not block-aligned
+_SIZES = [65_536 + 17, 1, 300_001, 1 << 20, 3, 777_777, 65_536]
+
+
+@pytest.mark.parametrize("direct", [None, True, False])
+def test_staged_writes_store_every_byte_in_order(tmp_path: Path, direct: bool | None) -> None:
+    store = _store(tmp_path, max_bytes=1 << 30, direct_io=direct)
+    frames = _frames(1, _SIZES)
+    w = store.open("t")
+    assert w.direct is (direct is not False)  # /tmp is a disk volume here: it takes O_DIRECT
+    for i, body in enumerate(frames):
+        w.add(f"s{i}/", [_spec("latent", len(body))], memoryview(body))
+    _commit_writer(w, "t")
+    data = (tmp_path / "t.bin").read_bytes()
+    assert data == b"".join(frames)  # exact size: the O_DIRECT padding is cut
+    table = store.index("t")["tensors"]
+    for i, body in enumerate(frames):
+        offset, _, _, nbytes = table[f"s{i}/latent"]
+        assert data[offset : offset + nbytes] == body
+    store.close()
+
+
+def test_a_volume_that_refuses_o_direct_at_open_gets_buffered_writes_or_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which volumes refuse O_DIRECT depends on the kernel (tmpfs takes it since Linux 6.6), so
+    the refusal is injected: ``open`` with O_DIRECT fails with EINVAL, as on such a volume."""
+    import errno
+    import os
+
+    real_open = os.open
+
+    def refusing_open(path: object, flags: int, *a: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    store = _store(tmp_path / "s", max_bytes=1 << 30)
+    frames = _frames(2, _SIZES[:3])
+    w = store.open("t")
+    assert not w.direct and not store.direct_io  # and later writers do not try again
+    for body in frames:
+        w.add("x/", [_spec("latent", len(body))], body)
+    _commit_writer(w, "t")
+    assert (tmp_path / "s" / "t.bin").read_bytes() == b"".join(frames)
+    store.close()
+
+    strict = _store(tmp_path / "strict", direct_io=True)
+    with pytest.raises(OSError, match="refuses O_DIRECT"):
+        strict.open("t")
+    assert not list((tmp_path / "strict").iterdir())
+    strict.close()
+
+
+def test_a_volume_that_refuses_o_direct_at_write_is_switched_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network and FUSE volumes accept O_DIRECT at open and refuse the first write."""
+    import errno
+    import fcntl
+    import os
+
+    real_pwrite = os.pwrite
+
+    def refusing_pwrite(fd: int, data: object, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    store = _store(tmp_path, max_bytes=1 << 30)
+    frames = _frames(4, _SIZES)
+    w = store.open("t")
+    assert w.direct
+    for body in frames:
+        w.add("x/", [_spec("latent", len(body))], body)
+    _commit_writer(w, "t")
+    assert not store.direct_io
+    assert (tmp_path / "t.bin").read_bytes() == b"".join(frames)
+    store.close()
+
+
+def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(tmp_path: Path) -> None:
+    """A volume that fails mid-trajectory (full, I/O error): the error reaches the ingest
+    thread at the next flush or the commit, nothing is committed, the partial file is gone."""
+    import resource
+    import signal
+
+    store = _store(tmp_path, max_bytes=1 << 30)
+    w = store.open("t")
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # the second chunk fails: EFBIG
+    try:
+        with pytest.raises(OSError):
+            for body in _frames(3, [1 << 20] * 4):
+                w.add("x/", [_spec("latent", len(body))], body)
+            _commit_writer(w, "t")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    w.discard()
+    assert not list(tmp_path.iterdir())
+    assert store.committed() == []
+    _commit(store, "t")  # the id is free again
+    store.close()
