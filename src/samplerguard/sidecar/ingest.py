@@ -26,6 +26,7 @@ import socketserver
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,10 +139,10 @@ class _Layouts:
         return specs
 
 
-def _digests(frame: Frame, specs: list[TensorSpec]) -> dict[str, str]:
-    """The canonical digest of every tensor in the frame, from the raw bytes received (no
+def _digests(body: bytearray | memoryview, specs: list[TensorSpec]) -> dict[str, str]:
+    """The canonical digest of every tensor in a frame body, from the raw bytes received (no
     tensors are built: one SHA-256 pass per tensor, with the GIL released)."""
-    view = memoryview(frame.body)
+    view = memoryview(body)
     return {
         spec.name: raw_digest(spec.dtype, spec.shape, view[spec.offset : spec.offset + spec.nbytes])
         for spec in specs
@@ -158,6 +159,76 @@ def _state_digest(header: dict[str, Any], digests: dict[str, str], what: str) ->
 
 def _state_keys(prefix: str, digests: dict[str, str]) -> dict[str, str]:
     return {k[6:]: f"{prefix}{k}" for k in digests if k.startswith("state/")}
+
+
+#: bytes of received frames a connection's digester may hold unhashed (backpressure beyond)
+DIGEST_BACKLOG = 16 << 20
+
+
+class _Digester:
+    """Hashes one trajectory's STEP and FINAL frames and appends their leaves, on a thread of
+    its own: SHA-256 releases the GIL, so the digests of frame k are computed on one core while
+    the connection thread receives, checks and stores frame k+1 on another. Frames are hashed
+    and their leaves appended in arrival order. The frame bodies stay valid while queued: the
+    :class:`FrameReader` never overwrites bytes it handed out. At most ``DIGEST_BACKLOG`` bytes
+    wait; the connection thread (and so the hook's socket) waits beyond that. The first error
+    stops the work and is raised on the connection thread at the next frame or at FINISH."""
+
+    def __init__(self, leaves: LeafLog) -> None:
+        self.leaves = leaves
+        self.error: BaseException | None = None
+        self._jobs: deque[tuple[Callable[..., None], tuple[Any, ...], int]] = deque()
+        self._held = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="sg-ingest-digest", daemon=True)
+        self._thread.start()
+
+    def submit(self, nbytes: int, fn: Callable[..., None], *args: Any) -> None:
+        with self._cond:
+            while self._held > 0 and self._held + nbytes > DIGEST_BACKLOG and not self.error:
+                self._cond.wait()
+            if self.error is not None:
+                raise self.error
+            self._jobs.append((fn, args, nbytes))
+            self._held += nbytes
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every submitted frame is hashed; raise the first error."""
+        with self._cond:
+            while self._jobs and self.error is None:
+                self._cond.wait()
+            if self.error is not None:
+                raise self.error
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._jobs.clear()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                fn, args, nbytes = self._jobs[0]
+            try:
+                fn(*args)
+            except BaseException as exc:  # surfaced on the connection thread
+                with self._cond:
+                    self.error = exc
+                    self._jobs.clear()
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                if self._jobs:
+                    self._jobs.popleft()
+                self._held -= nbytes
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -195,7 +266,7 @@ class _Trajectory:
         self.decision = server.gate.admit(self.start)
         self._layouts = _Layouts()
         specs = self._layouts.specs(frame, _START_NAMES, "START")
-        digests = _digests(frame, specs)
+        digests = _digests(frame.body, specs)
         latent = digests.get("latent")
         if latent is None:
             raise MalformedInputError("START carries no initial latent")
@@ -212,6 +283,7 @@ class _Trajectory:
         except BaseException:
             self.writer.discard()
             raise
+        self._digester = _Digester(self.leaves)
         self.index: dict[str, Any] = {
             "initial": {
                 "latent": "i/latent",
@@ -228,29 +300,54 @@ class _Trajectory:
         if type(index) is not int:
             raise MalformedInputError("STEP carries no integer index")
         specs = self._layouts.specs(frame, _STEP_NAMES, f"STEP {index}")
-        digests = _digests(frame, specs)
-        latent = digests.get("latent")
-        if latent is None:
+        names = [spec.name for spec in specs]
+        if "latent" not in names:
             raise MalformedInputError(f"STEP {index} carries no latent")
-        noise_names = [f"noise/{k}" for k in range(sum(n.startswith("noise/") for n in digests))]
-        if not all(n in digests for n in noise_names):
+        noise_names = [f"noise/{k}" for k in range(sum(n.startswith("noise/") for n in names))]
+        if not all(n in names for n in noise_names):
             raise MalformedInputError(f"STEP {index} numbers its noise tensors with gaps")
         timestep = header.get("timestep")
         if not isinstance(timestep, int | float) or isinstance(timestep, bool):
             raise MalformedInputError(f"STEP {index} carries no numeric timestep")
-        state = _state_digest(header, digests, f"STEP {index}")
-        self.leaves.step(index, timestep, latent, state, [digests[n] for n in noise_names])
+        skeleton = header.get("state")
+        if not isinstance(skeleton, dict):
+            raise MalformedInputError(f"STEP {index} carries no sampler state skeleton")
         prefix = f"s{index}/"
         self._check_size(len(frame.body))
         self.writer.add(prefix, specs, frame.body)
         self.index["steps"].append(
             {
                 "latent": f"{prefix}latent",
-                "state": header["state"],
-                "stateTensors": _state_keys(prefix, digests),
+                "state": skeleton,
+                "stateTensors": {n[6:]: f"{prefix}{n}" for n in names if n.startswith("state/")},
                 "noise": [f"{prefix}{n}" for n in noise_names],
             }
         )
+        self._digester.submit(
+            len(frame.body), self._leaf, index, timestep, skeleton, specs, frame.body, noise_names
+        )
+
+    def _leaf(
+        self,
+        index: int,
+        timestep: int | float,
+        skeleton: dict[str, Any],
+        specs: list[TensorSpec],
+        body: bytearray | memoryview,
+        noise_names: list[str],
+    ) -> None:
+        """On the digester thread: the step's digests and its leaf."""
+        digests = _digests(body, specs)
+        parts = {k[6:]: v for k, v in digests.items() if k.startswith("state/")}
+        state = state_digest(skeleton, parts)
+        self.leaves.step(
+            index, timestep, digests["latent"], state, [digests[n] for n in noise_names]
+        )
+
+    def abandon(self) -> None:
+        """Drop the uncommitted trajectory: stop hashing, delete what was stored."""
+        self._digester.close()
+        self.writer.discard()
 
     def _check_size(self, more: int) -> None:
         cap = self.server.max_trajectory_bytes
@@ -259,18 +356,21 @@ class _Trajectory:
 
     def final(self, frame: Frame) -> None:
         specs = self._layouts.specs(frame, _FINAL_NAMES, "FINAL")
-        digests = _digests(frame, specs)
-        latent = digests.get("latent")
-        if latent is None:
+        if [spec.name for spec in specs] != ["latent"]:
             raise MalformedInputError("FINAL carries no latent")
-        self.leaves.final(latent)
         self._check_size(len(frame.body))
         self.writer.add("f/", specs, frame.body)
+        self._digester.submit(len(frame.body), self._final_leaf, specs, frame.body)
+
+    def _final_leaf(self, specs: list[TensorSpec], body: bytearray | memoryview) -> None:
+        self.leaves.final(_digests(body, specs)["latent"])
 
     def finish(self, frame: Frame) -> Commitment:
         output = frame.header.get("output")
         if not isinstance(output, str) or not output.startswith("sha256:"):
             raise MalformedInputError("FINISH carries no output digest")
+        self._digester.drain()
+        self._digester.close()
         root = self.leaves.finish(output)
         hook_root = frame.header.get("root")
         if hook_root is not None and hook_root != root.hex():
@@ -387,7 +487,7 @@ class _Handler(socketserver.BaseRequestHandler):
             msg = str(exc)[:1000]
             log.warning("refused a trajectory: %s", msg)
             if tr is not None:
-                tr.writer.discard()  # before the answer: a retry may reuse the request id
+                tr.abandon()  # before the answer: a retry may reuse the request id
             if ingest.gate.refused is not None:
                 ingest.gate.refused(tr.start if tr is not None else None, msg)
             with contextlib.suppress(OSError):
@@ -400,7 +500,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 )
         finally:
             if tr is not None:
-                tr.writer.discard()
+                tr.abandon()
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
