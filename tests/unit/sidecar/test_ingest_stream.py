@@ -189,3 +189,36 @@ def test_a_hook_that_disappears_mid_stream_commits_nothing(
     assert _send(srv.path, frames2)["ok"]  # served in order: the dropped one is gone by now
     assert [e.id for e in srv.store.committed()] == ["after-1"]
     assert sorted(p.name for p in srv.store.root.iterdir()) == ["after-1.bin", "after-1.json"]
+
+
+def test_the_digester_bounds_its_backlog_and_surfaces_its_first_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from samplerguard.commitment.trajectory import LeafLog
+    from samplerguard.errors import MalformedInputError
+    from samplerguard.sidecar import ingest
+
+    monkeypatch.setattr(ingest, "DIGEST_BACKLOG", 100)
+    gate, done = threading.Event(), []
+    d = ingest._Digester(LeafLog())
+    d.submit(80, lambda: (gate.wait(5), done.append(1)))
+    blocked = threading.Thread(target=d.submit, args=(80, lambda: done.append(2)))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # 160 bytes would exceed the 100-byte backlog: it waits
+    gate.set()
+    blocked.join(5)
+    d.drain()
+    assert done == [1, 2]
+
+    def bad() -> None:
+        raise MalformedInputError("step 3 recorded out of order")
+
+    d.submit(1, bad)
+    with pytest.raises(MalformedInputError, match="out of order"):
+        d.drain()
+    with pytest.raises(MalformedInputError, match="out of order"):
+        d.submit(1, lambda: None)  # nothing more is taken once it failed
+    d.close()
