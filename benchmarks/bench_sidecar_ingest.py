@@ -104,10 +104,23 @@ def main() -> None:
         help="client counts to measure beside 1 (a serving pod with concurrent requests "
         "streams several trajectories at once)",
     )
+    ap.add_argument(
+        "--store-direct-io",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the sidecar's openings writes: O_DIRECT (on), page cache (off), or auto",
+    )
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",") if c.strip()]
     torch.set_num_threads(1)
-    svc, _ = sidecar(extra_args=["--max-store-bytes", str(8 << 30)])
+    svc, _ = sidecar(
+        extra_args=[
+            "--max-store-bytes",
+            str(8 << 30),
+            "--store-direct-io",
+            args.store_direct_io,
+        ]
+    )
     try:
         sock = svc.ready["socket"]
         stream = RawStream(args.steps)
@@ -115,7 +128,7 @@ def main() -> None:
         mb = LATENT_SHAPE[0] * LATENT_SHAPE[1] * LATENT_SHAPE[2] * LATENT_SHAPE[3] * 4 / 1024
         print(
             f"sidecar ingestion, {mb:.0f} KiB latents, {args.steps} steps x "
-            f"{args.trajectories} trajectories per setup"
+            f"{args.trajectories} trajectories per setup, store O_DIRECT {args.store_direct_io}"
         )
         cpu0 = cpu_seconds(svc.pid)
         t0 = time.perf_counter()
