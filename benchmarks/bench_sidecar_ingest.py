@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument(
         "--store-direct-io",
         choices=["auto", "on", "off"],
-        default="auto",
+        default="off",
         help="the sidecar's openings writes: O_DIRECT (on), page cache (off), or auto",
     )
     args = ap.parse_args()

@@ -91,8 +91,9 @@ class SidecarConfig:
     max_connections: int = 64
     #: fsync each committed trajectory before answering (durable across power loss).
     fsync: bool = False
-    #: Write openings with O_DIRECT: "auto" where the volume takes it, "on" (required) or "off".
-    store_direct_io: str = "auto"
+    #: Write openings with O_DIRECT: "off" (page cache, the default), "auto" (where the volume
+    #: takes it) or "on" (required). See docs/sidecar.md for when it pays.
+    store_direct_io: str = "off"
     #: JSON file written once both listeners are up: addresses, public key id, pid.
     ready_file: Path | None = None
     socket_mode: int = 0o660
