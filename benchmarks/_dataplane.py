@@ -19,6 +19,7 @@ from samplerguard.hook.wire import (
     FRAME_START,
     FRAME_STEP,
     encode_frame,
+    encode_steps,
     read_frame,
 )
 
@@ -36,7 +37,9 @@ class RawStream:
     """Pre-encoded frames of one synthetic trajectory (the same tensors for every request id),
     so the client spends its time sending, not hashing; the sidecar does all the work."""
 
-    def __init__(self, steps: int, shape: tuple[int, ...] = LATENT_SHAPE) -> None:
+    def __init__(self, steps: int, shape: tuple[int, ...] = LATENT_SHAPE, batch: int = 1) -> None:
+        """``batch`` > 1 sends the steps as ``STEPS`` frames of that many records (what the
+        hook's SidecarSink sends), 1 as one ``STEP`` frame each."""
         gen = torch.Generator().manual_seed(0)
         self.latents = [torch.randn(shape, generator=gen) for _ in range(steps + 2)]
         self.steps = steps
@@ -45,16 +48,16 @@ class RawStream:
         b.set_conditioning({})
         b.initial(self.latents[0], state, "sha256:" + "0" * 64)
         self.step_frames = []
+        records: list[tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]] = []
         for i in range(steps):
             st = SamplerState(values={"_step_index": i + 1})
             b.step(i, 999 - i, self.latents[i + 1], st)
             header = {"index": i, "timestep": 999 - i, "state": st.skeleton()}
-            self.step_frames.append(
-                b"".join(
-                    bytes(p)
-                    for p in encode_frame(FRAME_STEP, header, [("latent", self.latents[i + 1])])
-                )
-            )
+            records.append((header, [("latent", self.latents[i + 1])]))
+        for k in range(0, steps, batch):
+            chunk = records[k : k + batch]
+            parts = encode_steps(chunk) if batch > 1 else encode_frame(FRAME_STEP, *chunk[0])
+            self.step_frames.append(b"".join(bytes(p) for p in parts))
         b.final(self.latents[-1])
         self.root = b.finish("sha256:" + "1" * 64).root.hex()
         self.final = b"".join(

@@ -5,7 +5,9 @@ FINAL, FINISH and the signed answer) over its Unix socket. Every step record is 
 to the Merkle tree and written to the openings store by the sidecar; the commitment is signed.
 Two client setups, measured side by side in one run:
 
-* raw: pre-encoded frames from 1, 2 and 4 client threads (the sidecar's capacity);
+* raw: pre-encoded frames from 1, 2 and 4 client threads (the sidecar's capacity), as
+  ``STEPS`` frames of 8 records (what the hook sends) and, for comparison, one ``STEP`` frame
+  per record from one client;
 * hook: the real Recorder + SidecarSink path (digests in the hook's worker thread too).
 
     python benchmarks/bench_sidecar_ingest.py [--steps 200] [--trajectories 20]
@@ -107,7 +109,7 @@ def main() -> None:
     ap.add_argument(
         "--store-direct-io",
         choices=["auto", "on", "off"],
-        default="off",
+        default="auto",
         help="the sidecar's openings writes: O_DIRECT (on), page cache (off), or auto",
     )
     args = ap.parse_args()
@@ -123,8 +125,10 @@ def main() -> None:
     )
     try:
         sock = svc.ready["socket"]
-        stream = RawStream(args.steps)
+        stream = RawStream(args.steps, batch=8)
+        single = RawStream(args.steps, batch=1)
         stream.send(sock, "warmup")
+        single.send(sock, "warmup-single")
         mb = LATENT_SHAPE[0] * LATENT_SHAPE[1] * LATENT_SHAPE[2] * LATENT_SHAPE[3] * 4 / 1024
         print(
             f"sidecar ingestion, {mb:.0f} KiB latents, {args.steps} steps x "
@@ -136,9 +140,14 @@ def main() -> None:
         cpu1, t1 = cpu_seconds(svc.pid), time.perf_counter()
         per_cpu = args.trajectories * args.steps / max(cpu1 - cpu0, 1e-9)
         share = (cpu1 - cpu0) / (t1 - t0)
+        r1_single = raw(sock, single, args.trajectories, 1, "single")
         more = {c: raw(sock, stream, args.trajectories, c, f"raw{c}") for c in counts}
         h = hook(sock, args.steps, max(2, args.trajectories // 4))
         print(f"  raw frames, 1 client : {r1:10,.0f} step records/s  ({r1 * mb / 1024:.0f} MiB/s)")
+        print(
+            f"  one STEP frame per record, 1 client: {r1_single:10,.0f} step records/s "
+            f"(STEPS x8 / STEP = {r1 / r1_single:.2f})"
+        )
         for c, r in more.items():
             print(
                 f"  raw frames, {c} clients: {r:10,.0f} step records/s  ({r * mb / 1024:.0f} MiB/s)"

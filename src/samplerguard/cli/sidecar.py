@@ -65,8 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--store-direct-io",
         choices=["auto", "on", "off"],
-        help="write openings with O_DIRECT, bypassing the page cache: off (default), auto "
-        "(where the volume supports it) or on [SAMPLERGUARD_STORE_DIRECT_IO]",
+        help="write openings with O_DIRECT, bypassing the page cache: auto (default: where "
+        "the volume supports it), on (required) or off [SAMPLERGUARD_STORE_DIRECT_IO]",
     )
     p.add_argument("--ready-file", help="write addresses and key id here once serving")
     p.set_defaults(_run=run)

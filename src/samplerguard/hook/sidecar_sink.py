@@ -49,9 +49,13 @@ from samplerguard.hook.wire import (
     FRAME_REPLY,
     FRAME_START,
     FRAME_STEP,
+    MAX_STEPS_PER_FRAME,
     WireClosedError,
+    encode_frame,
+    encode_steps,
     read_frame,
     send_frame,
+    send_parts,
     tune_socket,
 )
 
@@ -74,6 +78,10 @@ class _Session:
     sent_steps: int = 0
     public_key: Ed25519PublicKey | None = None
     verdict: dict[str, Any] = field(default_factory=dict)
+    #: step records held for the next STEPS frame
+    pending: list[tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]] = field(
+        default_factory=list
+    )
 
 
 def _state_tensors(prefix: str, state: SamplerState) -> list[tuple[str, torch.Tensor]]:
@@ -94,7 +102,12 @@ class SidecarSink:
         connect_timeout: float = 5.0,
         io_timeout: float = 60.0,
         public_key: Ed25519PublicKey | None = None,
+        batch: int = 8,
     ) -> None:
+        """``batch``: step records per ``STEPS`` frame (1 sends one ``STEP`` frame per step)."""
+        if not 1 <= batch <= MAX_STEPS_PER_FRAME:
+            raise ValueError(f"batch must be 1..{MAX_STEPS_PER_FRAME}")
+        self.batch = batch
         self.socket_path = os.fspath(socket_path)
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
@@ -162,9 +175,12 @@ class SidecarSink:
         return frame.header
 
     def _send(self, sess: _Session, kind: int, header: dict[str, Any], tensors: Any) -> None:
+        self._send_parts(sess, encode_frame(kind, header, tensors))
+
+    def _send_parts(self, sess: _Session, parts: list[bytes | memoryview]) -> None:
         assert sess.sock is not None
         try:
-            send_frame(sess.sock, kind, header, tensors)
+            send_parts(sess.sock, parts)
         except TimeoutError:
             raise TemporaryError(
                 f"the sidecar did not take data for {self.io_timeout:.0f}s (overloaded or hung)"
@@ -235,11 +251,22 @@ class SidecarSink:
         sess.public_key = announced
 
     def step(self, handle: _Session, step: StepRecord) -> None:
+        """Queue the record; a full batch goes out as one ``STEPS`` frame (the sidecar reads,
+        stores and hashes it with one header, one system call and one hand-off)."""
         header = {"index": step.index, "timestep": step.timestep, "state": step.state.skeleton()}
         tensors = [("latent", step.latent), *_state_tensors("state/", step.state)]
         tensors += [(f"noise/{k}", n) for k, n in enumerate(step.noise)]
-        self._send(handle, FRAME_STEP, header, tensors)
-        handle.sent_steps += 1
+        handle.pending.append((header, tensors))
+        if len(handle.pending) >= self.batch:
+            self._flush_steps(handle)
+
+    def _flush_steps(self, sess: _Session) -> None:
+        records, sess.pending = sess.pending, []
+        if len(records) == 1:
+            self._send(sess, FRAME_STEP, *records[0])
+        elif records:
+            self._send_parts(sess, encode_steps(records))
+        sess.sent_steps += len(records)
 
     def finish(
         self, handle: _Session, final_latent: torch.Tensor, output_digest: str
@@ -248,6 +275,7 @@ class SidecarSink:
         try:
             if sess.public_key is None:
                 raise MalformedInputError("the trajectory was not started")
+            self._flush_steps(sess)
             self._send(sess, FRAME_FINAL, {}, [("latent", final_latent)])
             self._send(sess, FRAME_FINISH, {"output": output_digest}, [])
             assert sess.sock is not None

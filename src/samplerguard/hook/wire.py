@@ -12,10 +12,13 @@ bytes are never base64-encoded or pickled; a 64 KB latent costs one ``sendmsg`` 
 ``recv_into``.
 
 One trajectory is one connection: ``START`` (answered, so the hook learns at once whether the
-sidecar accepts the request) → ``STEP``… → ``FINAL`` → ``FINISH`` (answered with the signed
-commitment), or ``ABORT``. Steps are not answered: the stream is pipelined, and when the
-sidecar falls behind, the kernel's socket buffer fills and ``sendall`` blocks the hook's
-*worker* thread, never the denoising loop.
+sidecar accepts the request) → ``STEP``/``STEPS``… → ``FINAL`` → ``FINISH`` (answered with the
+signed commitment), or ``ABORT``. A ``STEPS`` frame carries up to ``MAX_STEPS_PER_FRAME`` step
+records: its header's ``steps`` lists each record (``index``, ``timestep``, ``state`` and its
+own ``tensors``) and the body holds the records' tensors back to back, so one header, one system
+call and one hand-off serve a batch of steps. Steps are not answered: the stream is pipelined,
+and when the sidecar falls behind, the kernel's socket buffer fills and ``sendall`` blocks the
+hook's *worker* thread, never the denoising loop.
 
 Both ends live here, so the format has one definition. The module imports only the standard
 library, torch and :func:`~samplerguard.commitment.digest.tensor_bytes`; the sidecar imports it
@@ -47,8 +50,10 @@ __all__ = [
     "FRAME_REPLY",
     "FRAME_START",
     "FRAME_STEP",
+    "FRAME_STEPS",
     "MAX_BODY_BYTES",
     "MAX_HEADER_BYTES",
+    "MAX_STEPS_PER_FRAME",
     "PREFIX",
     "WIRE_VERSION",
     "Frame",
@@ -57,8 +62,11 @@ __all__ = [
     "WireClosedError",
     "decode_tensors",
     "encode_frame",
+    "encode_steps",
+    "listing_specs",
     "read_frame",
     "send_frame",
+    "send_parts",
     "tensor_specs",
     "tune_socket",
 ]
@@ -79,7 +87,19 @@ FRAME_FINAL = 4
 FRAME_FINISH = 5
 FRAME_ABORT = 6
 FRAME_REPLY = 7
-_KINDS = {FRAME_HELLO, FRAME_START, FRAME_STEP, FRAME_FINAL, FRAME_FINISH, FRAME_ABORT, FRAME_REPLY}
+FRAME_STEPS = 8
+_KINDS = {
+    FRAME_HELLO,
+    FRAME_START,
+    FRAME_STEP,
+    FRAME_FINAL,
+    FRAME_FINISH,
+    FRAME_ABORT,
+    FRAME_REPLY,
+    FRAME_STEPS,
+}
+#: Step records in one ``STEPS`` frame.
+MAX_STEPS_PER_FRAME = 64
 
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
@@ -121,16 +141,13 @@ class Frame:
     body: bytearray | memoryview
 
 
-def encode_frame(
-    kind: int,
-    header: Mapping[str, Any],
-    tensors: Sequence[tuple[str, torch.Tensor]] = (),
-) -> list[bytes | memoryview]:
-    """The frame as a list of buffers for ``socket.sendmsg`` (tensor bytes are not copied)."""
+def _tensor_buffers(
+    tensors: Sequence[tuple[str, torch.Tensor]],
+) -> tuple[list[list[Any]], list[memoryview], int]:
     if len(tensors) > MAX_TENSORS:
         raise MalformedInputError(f"a frame carries at most {MAX_TENSORS} tensors")
     specs = []
-    buffers: list[bytes | memoryview] = []
+    buffers: list[memoryview] = []
     size = 0
     for name, t in tensors:
         buf = tensor_bytes(t)
@@ -140,14 +157,49 @@ def encode_frame(
         specs.append([name, dtype, list(t.shape), buf.nbytes])
         buffers.append(buf)
         size += buf.nbytes
-    doc = dict(header)
-    doc["tensors"] = specs
+    return specs, buffers, size
+
+
+def _frame(
+    kind: int, doc: Mapping[str, Any], buffers: Sequence[bytes | memoryview], size: int
+) -> list[bytes | memoryview]:
     head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if len(head) > MAX_HEADER_BYTES:
         raise MalformedInputError(f"frame header is {len(head)} bytes, over {MAX_HEADER_BYTES}")
     if size > MAX_BODY_BYTES:
         raise MalformedInputError(f"frame body is {size} bytes, over {MAX_BODY_BYTES}")
     return [PREFIX.pack(MAGIC, WIRE_VERSION, kind, len(head), size), head, *buffers]
+
+
+def encode_frame(
+    kind: int,
+    header: Mapping[str, Any],
+    tensors: Sequence[tuple[str, torch.Tensor]] = (),
+) -> list[bytes | memoryview]:
+    """The frame as a list of buffers for ``socket.sendmsg`` (tensor bytes are not copied)."""
+    specs, buffers, size = _tensor_buffers(tensors)
+    doc = dict(header)
+    doc["tensors"] = specs
+    return _frame(kind, doc, buffers, size)
+
+
+def encode_steps(
+    records: Sequence[tuple[Mapping[str, Any], Sequence[tuple[str, torch.Tensor]]]],
+) -> list[bytes | memoryview]:
+    """One ``STEPS`` frame from step records, each ``(header, tensors)`` as for a ``STEP``."""
+    if not 0 < len(records) <= MAX_STEPS_PER_FRAME:
+        raise MalformedInputError(f"a STEPS frame carries 1 to {MAX_STEPS_PER_FRAME} records")
+    docs = []
+    buffers: list[bytes | memoryview] = []
+    size = 0
+    for header, tensors in records:
+        specs, bufs, n = _tensor_buffers(tensors)
+        doc = dict(header)
+        doc["tensors"] = specs
+        docs.append(doc)
+        buffers += bufs
+        size += n
+    return _frame(FRAME_STEPS, {"steps": docs}, buffers, size)
 
 
 def send_frame(
@@ -157,7 +209,12 @@ def send_frame(
     tensors: Sequence[tuple[str, torch.Tensor]] = (),
 ) -> None:
     """Send one frame; blocks while the peer's receive buffer is full (the backpressure)."""
-    parts = [memoryview(p).cast("B") for p in encode_frame(kind, header, tensors) if len(p)]
+    send_parts(sock, encode_frame(kind, header, tensors))
+
+
+def send_parts(sock: socket.socket, frame: Sequence[bytes | memoryview]) -> None:
+    """Send an encoded frame (:func:`encode_frame`, :func:`encode_steps`) with ``sendmsg``."""
+    parts = [memoryview(p).cast("B") for p in frame if len(p)]
     while parts:
         # sendmsg takes at most IOV_MAX buffers and may send only part of them
         sent = sock.sendmsg(parts[:512])
@@ -297,14 +354,25 @@ class TensorSpec:
 def tensor_specs(frame: Frame) -> list[TensorSpec]:
     """The frame's tensor list, checked: names unique and bounded, known dtypes, sizes that
     fit their shapes and add up exactly to the body."""
-    specs = frame.header.get("tensors", [])
-    if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
+    specs, size = listing_specs(frame.header.get("tensors", []), len(frame.body))
+    if size != len(frame.body):
+        raise MalformedInputError(
+            f"frame body carries {len(frame.body) - size} bytes beyond the listed tensors"
+        )
+    return specs
+
+
+def listing_specs(listing: Any, available: int) -> tuple[list[TensorSpec], int]:
+    """One tensor listing (``[[name, dtype, shape, nbytes], ...]``) checked against the
+    ``available`` body bytes: names unique and bounded, known dtypes, sizes that fit their
+    shapes. Offsets are relative to the listing's first byte; returns the specs and the bytes
+    they take."""
+    if not isinstance(listing, list) or len(listing) > MAX_TENSORS:
         raise MalformedInputError("frame header 'tensors' is not a list within bounds")
     out: list[TensorSpec] = []
     seen: set[str] = set()
     offset = 0
-    size = len(frame.body)
-    for spec in specs:
+    for spec in listing:
         if not (isinstance(spec, list) and len(spec) == 4):
             raise MalformedInputError("frame tensor entry is not [name, dtype, shape, nbytes]")
         name, dtype_name, shape, nbytes = spec
@@ -320,16 +388,12 @@ def tensor_specs(frame: Frame) -> list[TensorSpec]:
             raise MalformedInputError(f"tensor {name!r} has a malformed shape")
         if type(nbytes) is not int or nbytes != math.prod(shape) * _ITEMSIZE[dtype_name]:
             raise MalformedInputError(f"tensor {name!r}: {nbytes!r} bytes do not fit its shape")
-        if offset + nbytes > size:
+        if offset + nbytes > available:
             raise MalformedInputError(f"frame body is truncated at tensor {name!r}")
         seen.add(name)
         out.append(TensorSpec(name, dtype_name, tuple(shape), offset, nbytes))
         offset += nbytes
-    if offset != size:
-        raise MalformedInputError(
-            f"frame body carries {size - offset} bytes beyond the listed tensors"
-        )
-    return out
+    return out, offset
 
 
 def decode_tensors(frame: Frame) -> dict[str, torch.Tensor]:

@@ -91,9 +91,9 @@ class SidecarConfig:
     max_connections: int = 64
     #: fsync each committed trajectory before answering (durable across power loss).
     fsync: bool = False
-    #: Write openings with O_DIRECT: "off" (page cache, the default), "auto" (where the volume
-    #: takes it) or "on" (required). See docs/sidecar.md for when it pays.
-    store_direct_io: str = "off"
+    #: Write openings with O_DIRECT: "auto" (where the volume takes it, the default), "on"
+    #: (required) or "off" (page cache). See docs/sidecar.md.
+    store_direct_io: str = "auto"
     #: JSON file written once both listeners are up: addresses, public key id, pid.
     ready_file: Path | None = None
     socket_mode: int = 0o660

@@ -45,10 +45,13 @@ from samplerguard.hook.wire import (
     FRAME_REPLY,
     FRAME_START,
     FRAME_STEP,
+    FRAME_STEPS,
+    MAX_STEPS_PER_FRAME,
     Frame,
     FrameReader,
     TensorSpec,
     WireClosedError,
+    listing_specs,
     send_frame,
     tensor_specs,
     tune_socket,
@@ -120,6 +123,7 @@ class _Layouts:
 
     def __init__(self) -> None:
         self._last: tuple[int, Any, int, list[TensorSpec]] | None = None
+        self._record: tuple[Any, list[TensorSpec], int] | None = None
 
     def specs(self, frame: Frame, names: re.Pattern[str], what: str) -> list[TensorSpec]:
         listed = frame.header.get("tensors")
@@ -138,6 +142,26 @@ class _Layouts:
         self._last = (frame.kind, listed, len(frame.body), specs)
         return specs
 
+    def record(
+        self, listing: Any, available: int, names: re.Pattern[str], what: str
+    ) -> tuple[list[TensorSpec], int]:
+        """One record of a ``STEPS`` frame: its specs (offsets relative to the record) and the
+        bytes it takes, checked once per distinct listing."""
+        last = self._record
+        if last is not None and last[0] == listing:
+            specs, nbytes = last[1], last[2]
+        else:
+            specs, nbytes = listing_specs(listing, available)
+            for spec in specs:
+                if not names.match(spec.name):
+                    raise MalformedInputError(
+                        f"{what} carries an unexpected tensor {spec.name[:60]!r}"
+                    )
+            self._record = (listing, specs, nbytes)
+        if nbytes > available:
+            raise MalformedInputError(f"{what}: the frame body is truncated")
+        return specs, nbytes
+
 
 def _digests(body: bytearray | memoryview, specs: list[TensorSpec]) -> dict[str, str]:
     """The canonical digest of every tensor in a frame body, from the raw bytes received (no
@@ -147,6 +171,13 @@ def _digests(body: bytearray | memoryview, specs: list[TensorSpec]) -> dict[str,
         spec.name: raw_digest(spec.dtype, spec.shape, view[spec.offset : spec.offset + spec.nbytes])
         for spec in specs
     }
+
+
+def _index(header: dict[str, Any]) -> int:
+    index = header.get("index")
+    if type(index) is not int:
+        raise MalformedInputError("STEP carries no integer index")
+    return index
 
 
 def _state_digest(header: dict[str, Any], digests: dict[str, str], what: str) -> str:
@@ -319,11 +350,44 @@ class _Trajectory:
         }
 
     def step(self, frame: Frame) -> None:
-        header = frame.header
-        index = header.get("index")
-        if type(index) is not int:
-            raise MalformedInputError("STEP carries no integer index")
+        """One ``STEP`` frame: one step record."""
+        index = _index(frame.header)
         specs = self._layouts.specs(frame, _STEP_NAMES, f"STEP {index}")
+        job = self._record(index, frame.header, specs, frame.body)
+        self._digester.submit(len(frame.body), self._leaves, [job])
+
+    def steps(self, frame: Frame) -> None:
+        """One ``STEPS`` frame: a batch of step records, checked and stored one by one, hashed
+        as one job."""
+        records = frame.header.get("steps")
+        if not isinstance(records, list) or not 0 < len(records) <= MAX_STEPS_PER_FRAME:
+            raise MalformedInputError(f"STEPS lists no records, or more than {MAX_STEPS_PER_FRAME}")
+        view = memoryview(frame.body)
+        offset = 0
+        jobs = []
+        for rec in records:
+            if not isinstance(rec, dict):
+                raise MalformedInputError("a STEPS record is not a JSON object")
+            index = _index(rec)
+            specs, nbytes = self._layouts.record(
+                rec.get("tensors"), len(view) - offset, _STEP_NAMES, f"STEP {index}"
+            )
+            jobs.append(self._record(index, rec, specs, view[offset : offset + nbytes]))
+            offset += nbytes
+        if offset != len(view):
+            raise MalformedInputError(
+                f"STEPS body carries {len(view) - offset} bytes beyond the listed tensors"
+            )
+        self._digester.submit(len(view), self._leaves, jobs)
+
+    def _record(
+        self,
+        index: int,
+        header: dict[str, Any],
+        specs: list[TensorSpec],
+        body: bytearray | memoryview,
+    ) -> tuple[Any, ...]:
+        """Check and store one step record; returns the digester's work for it."""
         names = [spec.name for spec in specs]
         if "latent" not in names:
             raise MalformedInputError(f"STEP {index} carries no latent")
@@ -337,8 +401,8 @@ class _Trajectory:
         if not isinstance(skeleton, dict):
             raise MalformedInputError(f"STEP {index} carries no sampler state skeleton")
         prefix = f"s{index}/"
-        self._check_size(len(frame.body))
-        self.writer.add(prefix, specs, frame.body)
+        self._check_size(len(body))
+        self.writer.add(prefix, specs, body)
         self.index["steps"].append(
             {
                 "latent": f"{prefix}latent",
@@ -347,9 +411,11 @@ class _Trajectory:
                 "noise": [f"{prefix}{n}" for n in noise_names],
             }
         )
-        self._digester.submit(
-            len(frame.body), self._leaf, index, timestep, skeleton, specs, frame.body, noise_names
-        )
+        return (index, timestep, skeleton, specs, body, noise_names)
+
+    def _leaves(self, jobs: list[tuple[Any, ...]]) -> None:
+        for job in jobs:
+            self._leaf(*job)
 
     def _leaf(
         self,
@@ -478,7 +544,9 @@ class _Handler(socketserver.BaseRequestHandler):
             )
             while True:
                 frame = frames.read()
-                if frame.kind == FRAME_STEP:
+                if frame.kind == FRAME_STEPS:
+                    tr.steps(frame)
+                elif frame.kind == FRAME_STEP:
                     tr.step(frame)
                 elif frame.kind == FRAME_FINAL:
                     tr.final(frame)
@@ -558,7 +626,7 @@ class IngestServer:
         idle_timeout: float = 300.0,
         fsync: bool = False,
         mode: int = 0o660,
-        receive_buffer: int = 1 << 20,
+        receive_buffer: int = 4 << 20,
     ) -> None:
         self.path = path
         self.receive_buffer = receive_buffer

@@ -222,3 +222,121 @@ def test_the_digester_bounds_its_backlog_and_surfaces_its_first_error(
     with pytest.raises(MalformedInputError, match="out of order"):
         d.submit(1, lambda: None)  # nothing more is taken once it failed
     d.close()
+
+
+# -- STEPS frames: a batch of step records per frame ---------------------------------------------
+
+
+def _raw_steps(docs: Any, body: bytes) -> bytes:
+    import json
+
+    from samplerguard.hook.wire import FRAME_STEPS, PREFIX
+
+    head = json.dumps({"steps": docs}).encode()
+    return PREFIX.pack(b"SG", 1, FRAME_STEPS, len(head), len(body)) + head + body
+
+
+def _records(frames: Frames) -> tuple[list[dict[str, Any]], bytes]:
+    """The STEP frames of a trajectory as STEPS records (header docs with their listings) and
+    the concatenated body, as :func:`encode_steps` lays them out."""
+    from samplerguard.hook.wire import encode_steps
+
+    parts = encode_steps([(h, t) for k, h, t in frames if k == FRAME_STEP])
+    import json
+
+    from samplerguard.hook.wire import PREFIX
+
+    _, _, _, head_len, _ = PREFIX.unpack(bytes(parts[0]))
+    docs = json.loads(bytes(parts[1]))["steps"]
+    assert len(bytes(parts[1])) == head_len
+    return docs, b"".join(bytes(p) for p in parts[2:])
+
+
+def _send_with_steps(path: Path, frames: Frames, steps_blob: bytes) -> dict[str, Any]:
+    """START, one pre-encoded STEPS frame in place of the STEP frames, FINAL, FINISH."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        start = frames[0]
+        s.sendall(b"".join(bytes(p) for p in encode_frame(*start)))
+        answer = read_frame(s, max_body=0).header
+        assert answer.get("ok"), answer
+        try:
+            s.sendall(steps_blob)
+            for kind, header, tensors in frames:
+                if kind in (FRAME_FINAL, FRAME_FINISH):
+                    s.sendall(b"".join(bytes(p) for p in encode_frame(kind, header, tensors)))
+        except OSError:
+            pass  # refused mid-stream: the answer is already waiting
+        return read_frame(s, max_body=0).header
+
+
+def test_a_steps_frame_commits_the_same_root_as_one_step_frame_per_record(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+) -> None:
+    srv, key = server
+    frames, root = _trajectory("batch-1", steps=5)
+    docs, body = _records(frames)
+    answer = _send_with_steps(srv.path, frames, _raw_steps(docs, body))
+    assert answer["ok"], answer
+    assert Commitment.verify(answer["commitment"], key.public_key()).root.hex() == root
+    # every record's tensors were stored where the index says: step 3 opens
+    assert len(srv.store.opening_bytes("batch-1", 3)) > 0
+
+
+def _drop_record(docs: list[Any], body: bytes) -> tuple[Any, bytes]:
+    """Step 2 left out, its bytes too: a well-formed frame whose indices skip one."""
+    sizes = [sum(t[3] for t in d["tensors"]) for d in docs]
+    start = sum(sizes[:2])
+    return docs[:2] + docs[3:], body[:start] + body[start + sizes[2] :]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda d, b: ([], b""), "lists no records"),
+        (lambda d, b: ({"index": 0}, b), "lists no records"),
+        (lambda d, b: ([*d, *d, *d, *d] * 4, b * 16), "more than 64"),
+        (lambda d, b: ([d[0], 7, *d[1:]], b), "not a JSON object"),
+        (lambda d, b: (d, b[:-10]), "truncated"),
+        (lambda d, b: (d, b + b"\0" * 8), "8 bytes beyond"),
+        (_drop_record, "out of order"),
+        (lambda d, b: ([{**d[0], "index": "0"}, *d[1:]], b), "no integer index"),
+        (
+            lambda d, b: ([{**d[0], "tensors": [["x", "uint8", [4], 4]]}, *d[1:]], b),
+            "unexpected tensor 'x'",
+        ),
+    ],
+)
+def test_a_malformed_steps_frame_is_refused_and_nothing_is_kept(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+    edit: Callable[[list[Any], bytes], tuple[Any, bytes]],
+    reason: str,
+) -> None:
+    srv, _ = server
+    frames, _ = _trajectory("badbatch-1", steps=5)
+    docs, body = _records(frames)
+    answer = _send_with_steps(srv.path, frames, _raw_steps(*edit(docs, body)))
+    assert answer.get("ok") is False and reason in answer["error"], answer
+    assert srv.store.committed() == []
+    assert not list(srv.store.root.iterdir())
+    assert _send(srv.path, frames)["ok"]  # the id is still free
+
+
+def test_encode_steps_bounds_the_batch() -> None:
+    from samplerguard.errors import MalformedInputError
+    from samplerguard.hook.wire import MAX_STEPS_PER_FRAME, encode_steps
+
+    with pytest.raises(MalformedInputError, match="1 to 64"):
+        encode_steps([])
+    one = ({"index": 0}, [("latent", torch.zeros(2))])
+    with pytest.raises(MalformedInputError, match="1 to 64"):
+        encode_steps([one] * (MAX_STEPS_PER_FRAME + 1))
+
+
+def test_the_sidecar_keeps_freed_ingest_buffers_on_glibc() -> None:
+    import platform
+
+    from samplerguard.sidecar.serve import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
