@@ -277,6 +277,10 @@ def read_frame(sock: socket.socket, *, max_body: int = MAX_BODY_BYTES) -> Frame:
     return Frame(kind=kind, header=_parse_header(head), body=body)
 
 
+#: the first receive buffer of a :class:`FrameReader`
+_FIRST_BUFFER = 128 << 10
+
+
 class FrameReader:
     """Reads a stream of frames through one receive buffer.
 
@@ -293,7 +297,9 @@ class FrameReader:
             raise ValueError("the receive buffer must hold at least a frame prefix")
         self._sock = sock
         self._size = buffer_size
-        self._view = memoryview(bytearray(buffer_size))
+        # a short stream (a small model's trajectory, a HELLO) never needs the full buffer:
+        # start small, and take full-size buffers once the first one runs out
+        self._view = memoryview(bytearray(min(buffer_size, _FIRST_BUFFER)))
         self._start = 0
         self._end = 0
 
@@ -301,7 +307,7 @@ class FrameReader:
         """Buffer at least ``n`` bytes (``n`` <= the buffer size)."""
         if self._end - self._start >= n:
             return
-        if self._start + n > self._size:
+        if self._start + n > len(self._view):
             held = self._end - self._start
             fresh = memoryview(bytearray(self._size))
             fresh[:held] = self._view[self._start : self._end]

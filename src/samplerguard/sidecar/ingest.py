@@ -262,28 +262,46 @@ class _Digester:
                 self._cond.notify_all()
 
 
-class _InlineDigester:
-    """The same work as :class:`_Digester`, done on the connection thread as each frame
-    arrives (``SAMPLERGUARD_INGEST_DIGEST_THREAD=0``): no hand-offs between threads, which
-    costs less CPU per record where a cross-core wake-up is expensive."""
+#: a trajectory's digests move to a thread of their own once it has sent this many bytes
+DIGEST_THREAD_AFTER = 4 << 20
 
-    def __init__(self, leaves: LeafLog) -> None:
+
+class _InlineDigester:
+    """The digester's work on the connection thread, as each frame arrives, until the
+    trajectory has sent ``DIGEST_THREAD_AFTER`` bytes; then a :class:`_Digester` thread takes
+    over (every earlier job is done by then, so the order holds). A small model's trajectory
+    (a few KiB a step) never pays for a thread's start and hand-offs; a large one hashes on a
+    core of its own. ``SAMPLERGUARD_INGEST_DIGEST_THREAD=0`` keeps all of it inline."""
+
+    def __init__(self, leaves: LeafLog, threshold: int | None) -> None:
         self.leaves = leaves
+        self._threshold = threshold
+        self._seen = 0
+        self._thread: _Digester | None = None
 
     def submit(self, nbytes: int, fn: Callable[..., None], *args: Any) -> None:
+        if self._thread is not None:
+            self._thread.submit(nbytes, fn, *args)
+            return
+        self._seen += nbytes
+        if self._threshold is not None and self._seen > self._threshold:
+            self._thread = _Digester(self.leaves)
+            self._thread.submit(nbytes, fn, *args)
+            return
         fn(*args)
 
     def drain(self) -> None:
-        return None
+        if self._thread is not None:
+            self._thread.drain()
 
     def close(self) -> None:
-        return None
+        if self._thread is not None:
+            self._thread.close()
 
 
-def _digester(leaves: LeafLog) -> _Digester | _InlineDigester:
-    if os.environ.get("SAMPLERGUARD_INGEST_DIGEST_THREAD", "1") == "0":
-        return _InlineDigester(leaves)
-    return _Digester(leaves)
+def _digester(leaves: LeafLog) -> _InlineDigester:
+    threaded = os.environ.get("SAMPLERGUARD_INGEST_DIGEST_THREAD", "1") != "0"
+    return _InlineDigester(leaves, DIGEST_THREAD_AFTER if threaded else None)
 
 
 @dataclass(frozen=True)

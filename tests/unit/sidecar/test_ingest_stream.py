@@ -33,8 +33,16 @@ OUT = "sha256:" + "1" * 64
 Frames = list[tuple[int, dict[str, Any], list[tuple[str, torch.Tensor]]]]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[IngestServer, Ed25519PrivateKey]]:
+@pytest.fixture(params=["inline", "threaded"])
+def server(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[IngestServer, Ed25519PrivateKey]]:
+    """An ingest server; "threaded" moves each trajectory's hashing onto a digester thread
+    after its first 300 bytes (the START frame), as a large trajectory's would be."""
+    from samplerguard.sidecar import ingest
+
+    if request.param == "threaded":
+        monkeypatch.setattr(ingest, "DIGEST_THREAD_AFTER", 300)
     key = Ed25519PrivateKey.generate()
     store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
     gate = Gate(key=key, public_pem="pem", admit=lambda s: Decision(Admission("accept", ())))
