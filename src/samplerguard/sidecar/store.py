@@ -59,6 +59,7 @@ from samplerguard.hook.wire import DTYPES, TensorSpec
 __all__ = [
     "OpeningStore",
     "StoreFullError",
+    "StoreWriteError",
     "StoredTrajectory",
     "TrajectoryWriter",
     "UnknownTrajectoryError",
@@ -80,6 +81,10 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 class StoreFullError(TemporaryError):
     """No room for this trajectory without breaking the size cap or the free-space floor."""
+
+
+class StoreWriteError(TemporaryError):
+    """The volume failed a write (full, quota, I/O error): the trajectory is refused."""
 
 
 class UnknownTrajectoryError(MalformedInputError):
@@ -171,6 +176,7 @@ class TrajectoryWriter:
             raise MalformedInputError("trajectory is already closed")
         self.store.reserve(self, len(body))
         base = self.size
+        self.size += len(body)  # now: a failure below releases the whole reservation
         view = memoryview(body).cast("B")
         while view:
             if self._buf is None:
@@ -181,7 +187,6 @@ class TrajectoryWriter:
             view = view[n:]
             if self._fill == CHUNK:
                 self._flush(CHUNK)
-        self.size += len(body)
         for spec in specs:
             self.tensors[f"{prefix}{spec.name}"] = [
                 base + spec.offset,
@@ -225,7 +230,12 @@ class TrajectoryWriter:
         """Wait for the write in flight; its error (a full or failing volume) surfaces here."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.result()
+            try:
+                pending.result()
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"writing the openings failed: {exc.strerror or exc}", delay=5.0
+                ) from exc
 
     def _drain(self) -> None:
         """Write everything staged; the file then holds exactly ``size`` bytes."""
@@ -243,7 +253,10 @@ class TrajectoryWriter:
             self.store.buffers.give(self._buf)
             self._buf = None
         if padded:
-            os.ftruncate(self._fd, self.size)
+            try:
+                os.ftruncate(self._fd, self.size)
+            except OSError as exc:
+                raise StoreWriteError(f"truncating the openings failed: {exc.strerror}") from exc
 
     def commit(self, index: dict[str, Any], *, fsync: bool) -> StoredTrajectory:
         """Make the trajectory durable and visible: data file, then the index (the commit)."""

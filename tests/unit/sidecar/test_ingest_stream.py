@@ -348,3 +348,28 @@ def test_the_sidecar_keeps_freed_ingest_buffers_on_glibc() -> None:
     from samplerguard.sidecar.serve import keep_freed_memory
 
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_failing_volume_is_answered_as_a_temporary_refusal_and_nothing_is_kept(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+) -> None:
+    """The openings volume fails the trajectory's write (here: the file-size limit, as a full
+    disk would): the hook is told why and that it may retry; nothing is committed."""
+    import resource
+    import signal
+
+    srv, _ = server
+    frames, _ = _trajectory("full-1")
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256, hard))
+    try:
+        answer = _send(srv.path, frames)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert answer.get("ok") is False, answer
+    assert "writing the openings failed" in answer["error"] and answer["retry"] is True
+    assert srv.store.committed() == []
+    assert not list(srv.store.root.iterdir())
+    assert _send(srv.path, frames)["ok"]  # once the volume has room again

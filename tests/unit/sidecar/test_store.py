@@ -13,6 +13,7 @@ from samplerguard.hook.wire import TensorSpec
 from samplerguard.sidecar.store import (
     OpeningStore,
     StoreFullError,
+    StoreWriteError,
     TrajectoryWriter,
     UnknownTrajectoryError,
 )
@@ -240,7 +241,7 @@ def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(tmp_path: Path) -
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # the second chunk fails: EFBIG
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(StoreWriteError, match="File too large"):
             for body in _frames(3, [1 << 20] * 4):
                 w.add("x/", [_spec("latent", len(body))], body)
             _commit_writer(w, "t")
@@ -250,5 +251,6 @@ def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(tmp_path: Path) -
     w.discard()
     assert not list(tmp_path.iterdir())
     assert store.committed() == []
+    assert store._open_bytes == 0  # the failed trajectory's reservation is released
     _commit(store, "t")  # the id is free again
     store.close()
