@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory removed when the benchmark exits: a sidecar's openings store
+    holds gigabytes after an ingestion run, and must not outlive it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:

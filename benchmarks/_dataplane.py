@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import scratch_dir
 
 from samplerguard.commitment.state import SamplerState
 from samplerguard.commitment.trajectory import TrajectoryBuilder
@@ -28,7 +28,7 @@ RECIPE: dict[str, Any] = {"pipeline": "bench", "sampler": "euler", "steps": 50}
 
 
 def sidecar(root: Path | None = None, **kw: Any) -> tuple[ServiceProcess, Path]:
-    root = root or Path(tempfile.mkdtemp(prefix="sg-bench-"))
+    root = root or scratch_dir("sg-bench-")
     token = make_token(root / "token")
     return start_sidecar(root / "run", token_file=token, **kw), token
 

@@ -22,13 +22,15 @@ import json
 import random
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "operator"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import scratch_dir
 
 from conftest import MemoryKube  # the tests' in-memory API server seam
 from samplerguard.operator.certs import CertPolicy, CertState, plan
@@ -72,7 +74,7 @@ def results(n: int, workloads: int, seed: int = 0) -> list[ReportResult]:
 
 
 def ingest_rate(batch: list[ReportResult], per_post: int) -> float:
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir("sg-bench-reports-")
     state = plan(
         CertState(),
         CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",)),

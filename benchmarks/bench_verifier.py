@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 import yaml
+from _common import scratch_dir
 from _dataplane import sidecar
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     from samplerguard.models.digits import MODEL_FILE, DigitsPipeline, load_unet
     from samplerguard.models.programs import DigitsProgram
 
-    root = Path(tempfile.mkdtemp(prefix="sg-bench-verifier-"))
+    root = scratch_dir("sg-bench-verifier-")
     digest = safetensors_digest(MODEL_FILE)
     policy = root / "policy.yaml"
     policy.write_text(
