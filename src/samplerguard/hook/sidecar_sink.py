@@ -70,6 +70,11 @@ class SidecarRefusedError(SamplerGuardError):
     """The sidecar refused the request (policy, integrity, store full); the reason is its own."""
 
 
+#: a STEPS frame is sent once its records hold this many bytes, whatever the batch size: large
+#: latents (SDXL batches) stay far below the wire's per-frame cap
+STEPS_FRAME_BYTES = 8 << 20
+
+
 @dataclass
 class _Session:
     request: TrajectoryRequest
@@ -82,6 +87,7 @@ class _Session:
     pending: list[tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]] = field(
         default_factory=list
     )
+    pending_bytes: int = 0
 
 
 def _state_tensors(prefix: str, state: SamplerState) -> list[tuple[str, torch.Tensor]]:
@@ -257,11 +263,12 @@ class SidecarSink:
         tensors = [("latent", step.latent), *_state_tensors("state/", step.state)]
         tensors += [(f"noise/{k}", n) for k, n in enumerate(step.noise)]
         handle.pending.append((header, tensors))
-        if len(handle.pending) >= self.batch:
+        handle.pending_bytes += sum(t.numel() * t.element_size() for _, t in tensors)
+        if len(handle.pending) >= self.batch or handle.pending_bytes >= STEPS_FRAME_BYTES:
             self._flush_steps(handle)
 
     def _flush_steps(self, sess: _Session) -> None:
-        records, sess.pending = sess.pending, []
+        records, sess.pending, sess.pending_bytes = sess.pending, [], 0
         if len(records) == 1:
             self._send(sess, FRAME_STEP, *records[0])
         elif records:

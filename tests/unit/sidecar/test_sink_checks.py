@@ -52,3 +52,52 @@ def test_a_statement_of_another_stream_is_refused(
 ) -> None:
     with pytest.raises(MalformedInputError, match=match):
         SidecarSink._check(_session(sent), commitment(), output)  # type: ignore[operator]
+
+
+def test_steps_go_out_in_batches_by_count_and_by_bytes() -> None:
+    """Small records go out 8 to a STEPS frame; large ones as soon as 8 MiB are held, so a
+    frame stays far below the wire's 256 MiB cap whatever the latent size."""
+    import socket
+    import threading
+
+    from samplerguard.hook.recorder import StepRecord
+    from samplerguard.hook.wire import FRAME_STEP, FRAME_STEPS, FrameReader
+
+    a, b = socket.socketpair()
+    kinds: list[tuple[int, int]] = []
+
+    def read_all() -> None:  # the peer reads as the sink sends (4 MiB records fill a socket)
+        reader = FrameReader(b)
+        for _ in range(5):
+            frame = reader.read()
+            n = len(frame.header["steps"]) if frame.kind == FRAME_STEPS else 1
+            kinds.append((frame.kind, n))
+
+    peer = threading.Thread(target=read_all, daemon=True)
+    peer.start()
+    sess = _session(sent=0)
+    sess.sock = a
+    a.settimeout(30)
+    sink = SidecarSink("/nonexistent", batch=8)
+    state = SamplerState(values={"i": 0})
+
+    def send(n: int, numel: int, start: int) -> None:
+        for i in range(start, start + n):
+            sink.step(sess, StepRecord(i, 10, torch.zeros(numel), state, []))
+
+    send(19, 4, 0)  # 2 frames of 8 now, 3 records held
+    assert sess.sent_steps == 16 and len(sess.pending) == 3
+    sink._flush_steps(sess)
+    send(3, 1 << 20, 19)  # 4 MiB each: the second crosses 8 MiB
+    assert sess.sent_steps == 21 and len(sess.pending) == 1
+    sink._flush_steps(sess)  # a lone record goes out as a STEP frame
+    peer.join(30)
+    a.close()
+    b.close()
+    assert kinds == [
+        (FRAME_STEPS, 8),
+        (FRAME_STEPS, 8),
+        (FRAME_STEPS, 3),
+        (FRAME_STEPS, 2),
+        (FRAME_STEP, 1),
+    ]
