@@ -10,7 +10,7 @@ Per trajectory two files in the store directory:
 
 Writes go through a staging buffer per open trajectory: frames are copied into a reused, page-
 aligned 1 MiB buffer, and each full buffer is written by the store's writer threads while
-ingestion goes on into a second one (at most one write in flight per trajectory), so the write
+ingestion goes on into the next (at most two writes in flight per trajectory), so the write
 runs beside ingestion instead of in it. Where the volume takes it (``direct_io`` auto, the
 default) the file is opened with ``O_DIRECT``: the bytes go to the disk without the page cache.
 The disk has to take every byte either way (openings are kept for hours, past writeback); what
@@ -41,7 +41,7 @@ import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +77,9 @@ _ALIGN = 4096
 #: idle staging buffers kept for reuse (resident pages); more are made on demand and unmapped
 _KEEP_BUFFERS = 16
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: a trajectory's staged chunks being written at once (the disk works on one while the next
+#: is written; ingestion waits beyond)
+_IN_FLIGHT = 2
 
 
 class StoreFullError(TemporaryError):
@@ -143,7 +146,7 @@ class _Buffers:
 
 class TrajectoryWriter:
     """Appends one trajectory's frames to its ``.bin.partial`` file. One owner thread; the
-    staged chunks are written by the store's writer threads, at most one at a time."""
+    staged chunks are written by the store's writer threads, at most two at a time."""
 
     def __init__(self, store: OpeningStore, trajectory_id: str) -> None:
         self.store = store
@@ -167,7 +170,7 @@ class TrajectoryWriter:
         self._buf: mmap.mmap | None = None
         self._fill = 0  # bytes staged in _buf
         self._offset = 0  # file offset of _buf's first byte
-        self._pending: Future[None] | None = None
+        self._pending: deque[Future[None]] = deque()
 
     def add(self, prefix: str, specs: Sequence[TensorSpec], body: bytearray | memoryview) -> None:
         """Stage a frame body for writing and index its tensors (as
@@ -196,12 +199,13 @@ class TrajectoryWriter:
             ]
 
     def _flush(self, length: int) -> None:
-        """Hand the staged chunk to a writer thread (after the previous one is written)."""
-        self._wait()
+        """Hand the staged chunk to a writer thread (once fewer than ``_IN_FLIGHT`` of this
+        trajectory's writes are outstanding)."""
+        self._wait(keep=_IN_FLIGHT - 1)
         buf, offset = self._buf, self._offset
         assert buf is not None
         self._buf, self._fill, self._offset = None, 0, offset + length
-        self._pending = self.store.writers.submit(self._write, buf, length, offset)
+        self._pending.append(self.store.writers.submit(self._write, buf, length, offset))
 
     def _write(self, buf: mmap.mmap, length: int, offset: int) -> None:
         try:
@@ -226,12 +230,12 @@ class TrajectoryWriter:
         finally:
             self.store.buffers.give(buf)
 
-    def _wait(self) -> None:
-        """Wait for the write in flight; its error (a full or failing volume) surfaces here."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
+    def _wait(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` writes are outstanding; an error (a full or failing
+        volume) surfaces here."""
+        while len(self._pending) > keep:
             try:
-                pending.result()
+                self._pending.popleft().result()
             except OSError as exc:
                 raise StoreWriteError(
                     f"writing the openings failed: {exc.strerror or exc}", delay=5.0
@@ -276,10 +280,9 @@ class TrajectoryWriter:
         if self._finished:
             return
         self._finished = True
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        while self._pending:
             with contextlib.suppress(OSError):  # the trajectory is dropped anyway
-                pending.result()
+                self._pending.popleft().result()
         if self._buf is not None:
             self.store.buffers.give(self._buf)
             self._buf = None
