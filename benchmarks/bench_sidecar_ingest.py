@@ -8,7 +8,7 @@ Two client setups, measured side by side in one run:
 * raw: pre-encoded frames from 1, 2 and 4 client threads (the sidecar's capacity), as
   ``STEPS`` frames of 8 records (what the hook sends) and, for comparison, one ``STEP`` frame
   per record from one client;
-* hook: the real Recorder + SidecarSink path (digests in the hook's worker thread too).
+* hook: the real Recorder + SidecarSink path (the hook's worker thread encodes and sends).
 
     python benchmarks/bench_sidecar_ingest.py [--steps 200] [--trajectories 20]
 """
@@ -51,20 +51,11 @@ def raw(socket_path: str, stream: RawStream, n: int, clients: int, tag: str) -> 
     return per * clients * stream.steps / elapsed
 
 
-def hook(socket_path: str, steps: int, n: int, tag: str = "hook") -> float:
-    from samplerguard.commitment.state import SamplerState
+def hook(socket_path: str, steps: int, n: int) -> float:
+    import diffusers
+
     from samplerguard.hook.recorder import Recorder, TrajectoryRequest
     from samplerguard.hook.sidecar_sink import SidecarSink
-
-    class Sched:  # the smallest scheduler-shaped object the recorder can capture
-        config: dict[str, object] = {}  # noqa: RUF012
-
-        def __init__(self) -> None:
-            self.timesteps = torch.arange(steps - 1, -1, -1)
-            self._step_index = 0
-
-    del SamplerState
-    import diffusers
 
     # This loop does no denoising, so it outruns the sidecar by design; let the recorder hold a
     # whole trajectory (a real sampler is far slower than the sidecar, see bench_e2e_overhead).
@@ -77,7 +68,7 @@ def hook(socket_path: str, steps: int, n: int, tag: str = "hook") -> float:
         sched = diffusers.EulerDiscreteScheduler(num_train_timesteps=1000)
         sched.set_timesteps(steps)
         req = TrajectoryRequest(
-            request_id=f"{tag}-{r}",
+            request_id=f"hook-{r}",
             tenant="bench",
             pipeline="bench",
             model_name="bench",

@@ -324,8 +324,10 @@ class Trajectory:
         noise, self._noise = self._noise, []
         # A CUDA timestep is copied like the latent and read on the worker: ``.item()`` here
         # would synchronise the device every step and stall the loop's run-ahead.
-        t_in = host_copy(timestep) if isinstance(timestep, torch.Tensor) else timestep
-        event = self._event(latents, *([timestep] if isinstance(timestep, torch.Tensor) else []))
+        t_in: Any = timestep
+        if isinstance(timestep, torch.Tensor):
+            t_in = host_copy(timestep) if timestep.is_cuda else timestep.item()
+        event = self._event(latents, *([timestep] if isinstance(t_in, torch.Tensor) else []))
 
         def job() -> None:
             if self._lagged is not None:

@@ -5,9 +5,10 @@ Everything here runs on the recorder's worker thread. Per trajectory, one connec
 * at the start: ``START`` with the request, the recipe, z_N, the sampler state and the
   conditioning; the sidecar answers at once (policy, integrity), so a refused request fails
   fast;
-* after each step: ``STEP`` with the latent, the state and the step noise (not answered;
+* the steps: each record holds the latent, the state and the step noise; they go out 8 to a
+  ``STEPS`` frame (fewer once 8 MiB are held; a lone record as a ``STEP`` frame). Not answered:
   when the sidecar is slow the socket buffer fills and this thread blocks, which is the
-  backpressure);
+  backpressure;
 * at the end: ``FINAL`` and ``FINISH``; the sidecar hashes the bytes it received, builds the
   tree, signs the commitment with its own key and sends it back.
 

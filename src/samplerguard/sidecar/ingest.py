@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,16 +180,21 @@ def _index(header: dict[str, Any]) -> int:
     return index
 
 
-def _state_digest(header: dict[str, Any], digests: dict[str, str], what: str) -> str:
+def _skeleton(header: dict[str, Any], what: str) -> dict[str, Any]:
     skeleton = header.get("state")
     if not isinstance(skeleton, dict):
         raise MalformedInputError(f"{what} carries no sampler state skeleton")
-    parts = {k[6:]: v for k, v in digests.items() if k.startswith("state/")}
-    return state_digest(skeleton, parts)
+    return skeleton
 
 
-def _state_keys(prefix: str, digests: dict[str, str]) -> dict[str, str]:
-    return {k[6:]: f"{prefix}{k}" for k in digests if k.startswith("state/")}
+def _state_digest(skeleton: dict[str, Any], digests: dict[str, str]) -> str:
+    """The state digest from the skeleton and the frame's ``state/…`` tensor digests."""
+    return state_digest(skeleton, {k[6:]: v for k, v in digests.items() if k.startswith("state/")})
+
+
+def _state_keys(prefix: str, names: Iterable[str]) -> dict[str, str]:
+    """Where a record's state tensors are stored, by state path."""
+    return {n[6:]: f"{prefix}{n}" for n in names if n.startswith("state/")}
 
 
 #: bytes of received frames a connection's digester may hold unhashed (backpressure beyond)
@@ -205,8 +210,7 @@ class _Digester:
     wait; the connection thread (and so the hook's socket) waits beyond that. The first error
     stops the work and is raised on the connection thread at the next frame or at FINISH."""
 
-    def __init__(self, leaves: LeafLog) -> None:
-        self.leaves = leaves
+    def __init__(self) -> None:
         self.error: BaseException | None = None
         self._jobs: deque[tuple[Callable[..., None], tuple[Any, ...], int]] = deque()
         self._held = 0
@@ -273,8 +277,7 @@ class _InlineDigester:
     (a few KiB a step) never pays for a thread's start and hand-offs; a large one hashes on a
     core of its own. ``SAMPLERGUARD_INGEST_DIGEST_THREAD=0`` keeps all of it inline."""
 
-    def __init__(self, leaves: LeafLog, threshold: int | None) -> None:
-        self.leaves = leaves
+    def __init__(self, threshold: int | None) -> None:
         self._threshold = threshold
         self._seen = 0
         self._thread: _Digester | None = None
@@ -285,7 +288,7 @@ class _InlineDigester:
             return
         self._seen += nbytes
         if self._threshold is not None and self._seen > self._threshold:
-            self._thread = _Digester(self.leaves)
+            self._thread = _Digester()
             self._thread.submit(nbytes, fn, *args)
             return
         fn(*args)
@@ -299,9 +302,9 @@ class _InlineDigester:
             self._thread.close()
 
 
-def _digester(leaves: LeafLog) -> _InlineDigester:
+def _digester() -> _InlineDigester:
     threaded = os.environ.get("SAMPLERGUARD_INGEST_DIGEST_THREAD", "1") != "0"
-    return _InlineDigester(leaves, DIGEST_THREAD_AFTER if threaded else None)
+    return _InlineDigester(DIGEST_THREAD_AFTER if threaded else None)
 
 
 @dataclass(frozen=True)
@@ -343,7 +346,7 @@ class _Trajectory:
         latent = digests.get("latent")
         if latent is None:
             raise MalformedInputError("START carries no initial latent")
-        state = _state_digest(header, digests, "START")
+        state = _state_digest(_skeleton(header, "START"), digests)
         cond = {k[5:]: v for k, v in digests.items() if k.startswith("cond/")}
         schedule = header.get("schedule")
         if not isinstance(schedule, str):
@@ -356,7 +359,7 @@ class _Trajectory:
         except BaseException:
             self.writer.discard()
             raise
-        self._digester = _digester(self.leaves)
+        self._digester = _digester()
         self.index: dict[str, Any] = {
             "initial": {
                 "latent": "i/latent",
@@ -415,9 +418,7 @@ class _Trajectory:
         timestep = header.get("timestep")
         if not isinstance(timestep, int | float) or isinstance(timestep, bool):
             raise MalformedInputError(f"STEP {index} carries no numeric timestep")
-        skeleton = header.get("state")
-        if not isinstance(skeleton, dict):
-            raise MalformedInputError(f"STEP {index} carries no sampler state skeleton")
+        skeleton = _skeleton(header, f"STEP {index}")
         prefix = f"s{index}/"
         self._check_size(len(body))
         self.writer.add(prefix, specs, body)
@@ -425,7 +426,7 @@ class _Trajectory:
             {
                 "latent": f"{prefix}latent",
                 "state": skeleton,
-                "stateTensors": {n[6:]: f"{prefix}{n}" for n in names if n.startswith("state/")},
+                "stateTensors": _state_keys(prefix, names),
                 "noise": [f"{prefix}{n}" for n in noise_names],
             }
         )
@@ -446,8 +447,7 @@ class _Trajectory:
     ) -> None:
         """On the digester thread: the step's digests and its leaf."""
         digests = _digests(body, specs)
-        parts = {k[6:]: v for k, v in digests.items() if k.startswith("state/")}
-        state = state_digest(skeleton, parts)
+        state = _state_digest(skeleton, digests)
         self.leaves.step(
             index, timestep, digests["latent"], state, [digests[n] for n in noise_names]
         )

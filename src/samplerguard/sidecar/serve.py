@@ -44,13 +44,13 @@ _M_MMAP_THRESHOLD = -3
 def keep_freed_memory() -> bool:
     """Let glibc keep freed memory for reuse instead of returning it to the kernel.
 
-    Ingestion receives each MiB of frames into a fresh buffer (bodies are views that must never
-    be overwritten). By default glibc hands such buffers back to the kernel when freed and maps
-    new ones, so every received byte lands in a freshly faulted-in page: on the project's VM
-    that measured as much kernel CPU as the socket copy itself, and first-touching fresh pages
-    costs ~87 us per 64 KiB there. With buffers up to 32 MiB served from the heap and up to 128
-    MiB of free heap kept, they are reused while resident. Returns whether it applied (glibc
-    only)."""
+    Ingestion receives frames into fresh buffers of up to 4 MiB (bodies are views that must
+    never be overwritten). By default glibc hands such buffers back to the kernel when freed and
+    maps new ones, so every received byte lands in a freshly faulted-in page; first-touching a
+    fresh page costs ~87 us per 64 KiB on the project's VM. With buffers up to 32 MiB served
+    from the heap and up to 128 MiB of free heap kept, they are reused while resident: the
+    sidecar's kernel CPU per 64 KiB record went from 42 to 22 us. Returns whether it applied
+    (glibc only)."""
     import ctypes
     import platform
 

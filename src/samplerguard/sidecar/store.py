@@ -208,26 +208,23 @@ class TrajectoryWriter:
         self._pending.append(self.store.writers.submit(self._write, buf, length, offset))
 
     def _write(self, buf: mmap.mmap, length: int, offset: int) -> None:
+        view = memoryview(buf)[:length]
         try:
-            view = memoryview(buf)[:length]
-            try:
-                while view:
+            while view:
+                try:
                     n = os.pwrite(self._fd, view, offset)
-                    view, offset = view[n:], offset + n
-            except OSError as exc:
-                if not self.direct or exc.errno != errno.EINVAL:
-                    raise
-                # accepted at open, refused at write (some network and FUSE volumes)
-                self.store.no_direct_io(f"write: {exc}")
-                self.direct = False
-                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
-                while view:
-                    n = os.pwrite(self._fd, view, offset)
-                    view, offset = view[n:], offset + n
-            finally:
-                view.release()
+                except OSError as exc:
+                    if not self.direct or exc.errno != errno.EINVAL:
+                        raise
+                    # accepted at open, refused at write (some network and FUSE volumes)
+                    self.store.no_direct_io(f"write: {exc}")
+                    self.direct = False
+                    flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                    fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                    continue
+                view, offset = view[n:], offset + n
         finally:
+            view.release()
             self.store.buffers.give(buf)
 
     def _wait(self, keep: int = 0) -> None:

@@ -204,13 +204,12 @@ def test_the_digester_bounds_its_backlog_and_surfaces_its_first_error(
 ) -> None:
     import threading
 
-    from samplerguard.commitment.trajectory import LeafLog
     from samplerguard.errors import MalformedInputError
     from samplerguard.sidecar import ingest
 
     monkeypatch.setattr(ingest, "DIGEST_BACKLOG", 100)
     gate, done = threading.Event(), []
-    d = ingest._Digester(LeafLog())
+    d = ingest._Digester()
     d.submit(80, lambda: (gate.wait(5), done.append(1)))
     blocked = threading.Thread(target=d.submit, args=(80, lambda: done.append(2)))
     blocked.start()
