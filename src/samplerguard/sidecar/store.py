@@ -171,8 +171,11 @@ class TrajectoryWriter:
         self._fill = 0  # bytes staged in _buf
         self._offset = 0  # file offset of _buf's first byte
         self._pending: deque[Future[None]] = deque()
+        self._direct_lock = threading.Lock()
 
-    def add(self, prefix: str, specs: Sequence[TensorSpec], body: bytearray | memoryview) -> None:
+    def add(
+        self, prefix: str, specs: Sequence[TensorSpec], body: bytes | bytearray | memoryview
+    ) -> None:
         """Stage a frame body for writing and index its tensors (as
         :func:`~samplerguard.hook.wire.tensor_specs` laid them out) under ``prefix``."""
         if self.closed:
@@ -211,21 +214,31 @@ class TrajectoryWriter:
         view = memoryview(buf)[:length]
         try:
             while view:
+                direct = self.direct  # what this attempt was issued as
                 try:
                     n = os.pwrite(self._fd, view, offset)
                 except OSError as exc:
-                    if not self.direct or exc.errno != errno.EINVAL:
+                    if not direct or exc.errno != errno.EINVAL:
                         raise
                     # accepted at open, refused at write (some network and FUSE volumes)
-                    self.store.no_direct_io(f"write: {exc}")
-                    self.direct = False
-                    flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-                    fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                    self._drop_direct(exc)
                     continue
                 view, offset = view[n:], offset + n
         finally:
             view.release()
             self.store.buffers.give(buf)
+
+    def _drop_direct(self, exc: OSError) -> None:
+        """Switch the file to buffered writes. Both of a trajectory's writes in flight may be
+        refused at once; the first switches, the second only retries (before the lock it was
+        refused as a genuine error once the first had cleared ``direct``)."""
+        with self._direct_lock:
+            if not self.direct:
+                return
+            self.store.no_direct_io(f"write: {exc}")
+            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+            self.direct = False
 
     def _wait(self, keep: int = 0) -> None:
         """Wait until at most ``keep`` writes are outstanding; an error (a full or failing

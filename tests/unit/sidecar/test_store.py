@@ -201,32 +201,56 @@ def test_a_volume_that_refuses_o_direct_at_open_gets_buffered_writes_or_an_error
     strict.close()
 
 
-def test_a_volume_that_refuses_o_direct_at_write_is_switched_to_buffered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Some network and FUSE volumes accept O_DIRECT at open and refuse the first write."""
+def _refuse_direct_writes(monkeypatch: pytest.MonkeyPatch, *, together: int = 1) -> None:
+    """``os.pwrite`` refuses every write to a file opened with O_DIRECT (EINVAL); with
+    ``together`` > 1 the refusals wait for each other, so that many are refused at once."""
     import errno
     import fcntl
     import os
+    import threading
 
     real_pwrite = os.pwrite
+    barrier = threading.Barrier(together, timeout=10) if together > 1 else None
 
     def refusing_pwrite(fd: int, data: object, offset: int) -> int:
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            if barrier is not None:
+                barrier.wait()
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, data, offset)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+
+
+def _write_refused_then_buffered(tmp_path: Path, frames: list[bytes]) -> None:
     store = _store(tmp_path, max_bytes=1 << 30, direct_io=None)
-    frames = _frames(4, _SIZES)
     w = store.open("t")
     assert w.direct
     for body in frames:
-        w.add("x/", [_spec("latent", len(body))], body)
+        w.add("x/", [_spec("latent", len(body))], bytearray(body))
     _commit_writer(w, "t")
     assert not store.direct_io
     assert (tmp_path / "t.bin").read_bytes() == b"".join(frames)
     store.close()
+
+
+def test_a_volume_that_refuses_o_direct_at_write_is_switched_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network and FUSE volumes accept O_DIRECT at open and refuse the first write."""
+    _refuse_direct_writes(monkeypatch)
+    _write_refused_then_buffered(tmp_path, _frames(4, _SIZES))
+
+
+def test_two_writes_refused_at_once_both_fall_back_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both of a trajectory's writes in flight are refused at the same moment: the first
+    switches the file to buffered, the second retries instead of failing the trajectory (a
+    race CI once hit)."""
+    _refuse_direct_writes(monkeypatch, together=2)
+    # two full chunks go out together, then the tail
+    _write_refused_then_buffered(tmp_path, [bytes([i]) * (1 << 20) for i in range(1, 4)])
 
 
 def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(tmp_path: Path) -> None:
