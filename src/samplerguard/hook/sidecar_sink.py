@@ -223,6 +223,7 @@ class SidecarSink:
 
     def _send_start(self, sess: _Session, begin: Begin) -> None:
         req = sess.request
+        scheduler_class = str(begin.recipe.get("scheduler_class"))
         header = {
             "request": {
                 "requestId": req.request_id,
@@ -233,8 +234,8 @@ class SidecarSink:
             "schedule": begin.schedule,
             "state": begin.state.skeleton(),
             "conditioning": sorted(begin.conditioning),
-            "solverCode": solver_code_digest(str(begin.recipe.get("scheduler_class"))),
-            "solverFiles": solver_files(str(begin.recipe.get("scheduler_class"))),
+            "solverCode": solver_code_digest(scheduler_class),
+            "solverFiles": solver_files(scheduler_class),
         }
         with self._lock:
             escrow = self._escrows.pop(req.request_id, None)

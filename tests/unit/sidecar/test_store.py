@@ -253,7 +253,17 @@ def test_two_writes_refused_at_once_both_fall_back_to_buffered(
     _write_refused_then_buffered(tmp_path, [bytes([i]) * (1 << 20) for i in range(1, 4)])
 
 
-def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("limit", "sizes"),
+    [
+        (1 << 20, [1 << 20] * 4),  # the second chunk (a direct write) fails
+        (1000, [3000]),  # the tail (the page-cache write at commit) fails: all of a small one
+    ],
+    ids=["chunk", "tail"],
+)
+def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(
+    tmp_path: Path, limit: int, sizes: list[int]
+) -> None:
     """A volume that fails mid-trajectory (full, I/O error): the error reaches the ingest
     thread at the next flush or the commit, nothing is committed, the partial file is gone."""
     import resource
@@ -263,10 +273,10 @@ def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(tmp_path: Path) -
     w = store.open("t")
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # the second chunk fails: EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # writes past it fail: EFBIG
     try:
         with pytest.raises(StoreWriteError, match="File too large"):
-            for body in _frames(3, [1 << 20] * 4):
+            for body in _frames(3, sizes):
                 w.add("x/", [_spec("latent", len(body))], body)
             _commit_writer(w, "t")
     finally:
