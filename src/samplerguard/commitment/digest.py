@@ -13,14 +13,17 @@ import hashlib
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 
 import torch
 
 __all__ = [
     "DIGEST_RE",
+    "NATIVE",
     "bytes_digest",
     "module_digest",
     "raw_digest",
+    "raw_digests",
     "safetensors_digest",
     "tensor_bytes",
     "tensor_digest",
@@ -45,6 +48,32 @@ def raw_digest(dtype: str, shape: tuple[int, ...] | list[int], data: bytes | mem
     h = hashlib.sha256(tensor_header(dtype, tuple(shape)))
     h.update(data)
     return "sha256:" + h.hexdigest()
+
+
+_sha256_many: Callable[[list[tuple[bytes, memoryview]]], list[bytes]] | None
+try:
+    from samplerguard._digest import sha256_many as _sha256_many
+except ImportError:  # built without a C compiler or OpenSSL headers: hashlib, one at a time
+    _sha256_many = None
+
+#: whether :func:`raw_digests` hashes through the compiled batch (``samplerguard._digest``)
+NATIVE = _sha256_many is not None
+
+
+def raw_digests(
+    tensors: Sequence[tuple[str, tuple[int, ...] | list[int], bytes | memoryview]],
+) -> list[str]:
+    """:func:`raw_digest` of many ``(dtype, shape, data)`` at once. With the compiled module the
+    GIL is released once for all of them instead of once per tensor: the sidecar hashes a
+    whole ``STEPS`` frame per call, and on a small node every reacquisition of the GIL waited
+    for the connection thread (7.7k against 9.9k step records/s on the project's 2-core VM).
+    Same digests either way."""
+    if _sha256_many is None or len(tensors) > 4096:
+        return [raw_digest(dtype, shape, data) for dtype, shape, data in tensors]
+    digests = _sha256_many(
+        [(tensor_header(dtype, tuple(shape)), memoryview(data)) for dtype, shape, data in tensors]
+    )
+    return ["sha256:" + d.hex() for d in digests]
 
 
 def _dtype_name(t: torch.Tensor) -> str:
