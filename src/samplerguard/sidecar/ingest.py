@@ -116,6 +116,30 @@ def _str(doc: dict[str, Any], key: str, limit: int = 256) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _StepLayout:
+    """A step record's checked tensor list and what follows from it, worked out once per
+    distinct listing (every step of a trajectory lists the same tensors)."""
+
+    specs: list[TensorSpec]
+    #: the bytes the record's tensors take
+    nbytes: int
+    #: ``noise/0`` … in order
+    noise: tuple[str, ...]
+    #: the ``state/…`` tensor names
+    state: tuple[str, ...]
+
+
+def _step_layout(specs: list[TensorSpec], nbytes: int, what: str) -> _StepLayout:
+    names = [spec.name for spec in specs]
+    if "latent" not in names:
+        raise MalformedInputError(f"{what} carries no latent")
+    noise = tuple(f"noise/{k}" for k in range(sum(n.startswith("noise/") for n in names)))
+    if not all(n in names for n in noise):
+        raise MalformedInputError(f"{what} numbers its noise tensors with gaps")
+    return _StepLayout(specs, nbytes, noise, tuple(n for n in names if n.startswith("state/")))
+
+
 class _Layouts:
     """Checked frame layouts, remembered per connection: every step of a trajectory lists the
     same tensors, so the checks (:func:`tensor_specs`, the allowed names) run once, and later
@@ -123,7 +147,8 @@ class _Layouts:
 
     def __init__(self) -> None:
         self._last: tuple[int, Any, int, list[TensorSpec]] | None = None
-        self._record: tuple[Any, list[TensorSpec], int] | None = None
+        self._record: tuple[Any, _StepLayout] | None = None
+        self._step: tuple[list[TensorSpec], _StepLayout] | None = None
 
     def specs(self, frame: Frame, names: re.Pattern[str], what: str) -> list[TensorSpec]:
         listed = frame.header.get("tensors")
@@ -142,25 +167,34 @@ class _Layouts:
         self._last = (frame.kind, listed, len(frame.body), specs)
         return specs
 
-    def record(
-        self, listing: Any, available: int, names: re.Pattern[str], what: str
-    ) -> tuple[list[TensorSpec], int]:
-        """One record of a ``STEPS`` frame: its specs (offsets relative to the record) and the
-        bytes it takes, checked once per distinct listing."""
+    def step(self, frame: Frame, what: str) -> _StepLayout:
+        """A ``STEP`` frame's layout."""
+        specs = self.specs(frame, _STEP_NAMES, what)
+        last = self._step
+        if last is not None and last[0] is specs:
+            return last[1]
+        layout = _step_layout(specs, len(frame.body), what)
+        self._step = (specs, layout)
+        return layout
+
+    def record(self, listing: Any, available: int, what: str) -> _StepLayout:
+        """One record of a ``STEPS`` frame: its layout (offsets relative to the record),
+        checked once per distinct listing."""
         last = self._record
         if last is not None and last[0] == listing:
-            specs, nbytes = last[1], last[2]
+            layout = last[1]
         else:
             specs, nbytes = listing_specs(listing, available)
             for spec in specs:
-                if not names.match(spec.name):
+                if not _STEP_NAMES.match(spec.name):
                     raise MalformedInputError(
                         f"{what} carries an unexpected tensor {spec.name[:60]!r}"
                     )
-            self._record = (listing, specs, nbytes)
-        if nbytes > available:
+            layout = _step_layout(specs, nbytes, what)
+            self._record = (listing, layout)
+        if layout.nbytes > available:
             raise MalformedInputError(f"{what}: the frame body is truncated")
-        return specs, nbytes
+        return layout
 
 
 def _digests(body: bytearray | memoryview, specs: list[TensorSpec]) -> dict[str, str]:
@@ -388,75 +422,68 @@ class _Trajectory:
     def step(self, frame: Frame) -> None:
         """One ``STEP`` frame: one step record."""
         index = _index(frame.header)
-        specs = self._layouts.specs(frame, _STEP_NAMES, f"STEP {index}")
-        job = self._record(index, frame.header, specs, frame.body)
-        self._digester.submit(len(frame.body), self._leaves, [job])
+        layout = self._layouts.step(frame, f"STEP {index}")
+        self._store([(index, frame.header, layout, 0)], frame.body)
 
     def steps(self, frame: Frame) -> None:
-        """One ``STEPS`` frame: a batch of step records, checked and stored one by one, hashed
-        as one job."""
+        """One ``STEPS`` frame: a batch of step records, checked one by one, then stored and
+        hashed as one."""
         records = frame.header.get("steps")
         if not isinstance(records, list) or not 0 < len(records) <= MAX_STEPS_PER_FRAME:
             raise MalformedInputError(f"STEPS lists no records, or more than {MAX_STEPS_PER_FRAME}")
-        view = memoryview(frame.body)
+        size = len(frame.body)
         offset = 0
-        jobs = []
+        checked = []
         for rec in records:
             if not isinstance(rec, dict):
                 raise MalformedInputError("a STEPS record is not a JSON object")
             index = _index(rec)
-            specs, nbytes = self._layouts.record(
-                rec.get("tensors"), len(view) - offset, _STEP_NAMES, f"STEP {index}"
-            )
-            jobs.append(self._record(index, rec, specs, view[offset : offset + nbytes]))
-            offset += nbytes
-        if offset != len(view):
+            layout = self._layouts.record(rec.get("tensors"), size - offset, f"STEP {index}")
+            checked.append((index, rec, layout, offset))
+            offset += layout.nbytes
+        if offset != size:
             raise MalformedInputError(
-                f"STEPS body carries {len(view) - offset} bytes beyond the listed tensors"
+                f"STEPS body carries {size - offset} bytes beyond the listed tensors"
             )
-        self._digester.submit(len(view), self._leaves, jobs)
+        self._store(checked, frame.body)
 
-    def _record(
-        self,
-        index: int,
-        header: dict[str, Any],
-        specs: list[TensorSpec],
-        body: bytearray | memoryview,
-    ) -> tuple[Any, ...]:
-        """Check and store one step record; returns the digester's work for it."""
-        names = [spec.name for spec in specs]
-        if "latent" not in names:
-            raise MalformedInputError(f"STEP {index} carries no latent")
-        noise_names = [f"noise/{k}" for k in range(sum(n.startswith("noise/") for n in names))]
-        if not all(n in names for n in noise_names):
-            raise MalformedInputError(f"STEP {index} numbers its noise tensors with gaps")
-        timestep = header.get("timestep")
-        if not isinstance(timestep, int | float) or isinstance(timestep, bool):
-            raise MalformedInputError(f"STEP {index} carries no numeric timestep")
-        skeleton = _skeleton(header, f"STEP {index}")
-        prefix = f"s{index}/"
-        self._check_size(len(body))
-        self.writer.add(prefix, specs, body)
-        self.index["steps"].append(
-            {
-                "latent": f"{prefix}latent",
-                "state": skeleton,
-                "stateTensors": _state_keys(prefix, names),
-                "noise": [f"{prefix}{n}" for n in noise_names],
-            }
-        )
-        return (index, timestep, skeleton, specs, body, noise_names)
+    def _store(
+        self, records: list[tuple[int, dict[str, Any], _StepLayout, int]], body: Any
+    ) -> None:
+        """Check the records' fields, store the frame body (one staged write for all of its
+        records), index the records and queue their hashing (one job)."""
+        jobs = []
+        entries = []
+        steps = self.index["steps"]
+        view = memoryview(body)
+        for index, header, layout, offset in records:
+            timestep = header.get("timestep")
+            if not isinstance(timestep, int | float) or isinstance(timestep, bool):
+                raise MalformedInputError(f"STEP {index} carries no numeric timestep")
+            skeleton = _skeleton(header, f"STEP {index}")
+            prefix = f"s{index}/"
+            entries.append((prefix, layout.specs, offset))
+            steps.append(
+                {
+                    "latent": f"{prefix}latent",
+                    "state": skeleton,
+                    "stateTensors": {n[6:]: f"{prefix}{n}" for n in layout.state},
+                    "noise": [f"{prefix}{n}" for n in layout.noise],
+                }
+            )
+            jobs.append((index, timestep, skeleton, layout, view[offset : offset + layout.nbytes]))
+        self._check_size(len(view))
+        self.writer.add_records(entries, view)
+        self._digester.submit(len(view), self._leaves, jobs)
 
     def _leaves(self, jobs: list[tuple[Any, ...]]) -> None:
         """On the digester: the digests of a batch of step records (one hashing call) and
         their leaves, in order."""
-        all_digests = _many_digests([(job[4], job[3]) for job in jobs])
-        for (index, timestep, skeleton, _, _, noise_names), digests in zip(
-            jobs, all_digests, strict=True
-        ):
+        all_digests = _many_digests([(job[4], job[3].specs) for job in jobs])
+        for (index, timestep, skeleton, layout, _), digests in zip(jobs, all_digests, strict=True):
             state = _state_digest(skeleton, digests)
             self.leaves.step(
-                index, timestep, digests["latent"], state, [digests[n] for n in noise_names]
+                index, timestep, digests["latent"], state, [digests[n] for n in layout.noise]
             )
 
     def abandon(self) -> None:

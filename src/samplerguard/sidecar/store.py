@@ -178,6 +178,16 @@ class TrajectoryWriter:
     ) -> None:
         """Stage a frame body for writing and index its tensors (as
         :func:`~samplerguard.hook.wire.tensor_specs` laid them out) under ``prefix``."""
+        self.add_records([(prefix, specs, 0)], body)
+
+    def add_records(
+        self,
+        records: Sequence[tuple[str, Sequence[TensorSpec], int]],
+        body: bytes | bytearray | memoryview,
+    ) -> None:
+        """Stage a frame body holding several records (a ``STEPS`` frame) with one reservation
+        and one copy, and index each record's tensors under its prefix; a record is ``(prefix,
+        specs, offset of its first byte in body)``."""
         if self.closed:
             raise MalformedInputError("trajectory is already closed")
         self.store.reserve(self, len(body))
@@ -193,13 +203,16 @@ class TrajectoryWriter:
             view = view[n:]
             if self._fill == CHUNK:
                 self._flush(CHUNK)
-        for spec in specs:
-            self.tensors[f"{prefix}{spec.name}"] = [
-                base + spec.offset,
-                spec.dtype,
-                list(spec.shape),
-                spec.nbytes,
-            ]
+        tensors = self.tensors
+        for prefix, specs, offset in records:
+            start = base + offset
+            for spec in specs:
+                tensors[f"{prefix}{spec.name}"] = [
+                    start + spec.offset,
+                    spec.dtype,
+                    list(spec.shape),
+                    spec.nbytes,
+                ]
 
     def _flush(self, length: int) -> None:
         """Hand the staged chunk to a writer thread (once fewer than ``_IN_FLIGHT`` of this
