@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import rfc8785
@@ -25,9 +27,26 @@ import rfc8785
 __all__ = ["dumps", "number"]
 
 _MAX_SAFE = 2**53 - 1
-_encode = json.JSONEncoder(
+_encode: Callable[[Any], str] = json.JSONEncoder(
     ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
 ).encode
+
+
+def _unsupported(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+if c_make_encoder is not None:
+    # The same C encoder JSONEncoder.encode builds on every call, built once: a leaf or a
+    # sampler state took 2.8 us to encode, 1.3 us of which was building it. No circular-reference
+    # markers: every document here is parsed JSON or built by samplerguard (a cycle would end in
+    # RecursionError instead of ValueError).
+    _c_encode = c_make_encoder(
+        None, _unsupported, encode_basestring, None, ":", ",", True, False, False
+    )
+
+    def _encode(value: Any) -> str:
+        return "".join(_c_encode(value, 0))
 
 
 _LEAF_TYPES = (str, bool, type(None))
