@@ -21,6 +21,7 @@ from samplerguard.hook.wire import (
     encode_frame,
     encode_steps,
     read_frame,
+    tune_socket,
 )
 
 LATENT_SHAPE = (1, 4, 64, 64)  # float32: 64 KiB, an SD-1.5 latent at 512x512
@@ -83,6 +84,7 @@ class RawStream:
 
     def send(self, socket_path: str, request_id: str) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            tune_socket(s)  # the socket buffers the hook's SidecarSink asks for
             s.settimeout(60)
             s.connect(socket_path)
             s.sendall(self.start_frame(request_id))
