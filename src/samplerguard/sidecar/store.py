@@ -280,11 +280,15 @@ class TrajectoryWriter:
         if not length:
             self.store.buffers.give(buf)
             return
-        if self.direct:
-            with self._direct_lock:
-                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
-                self.direct = False
+        try:
+            if self.direct:
+                with self._direct_lock:
+                    flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                    fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                    self.direct = False
+        except OSError:
+            self.store.buffers.give(buf)
+            raise StoreWriteError("switching the openings file to buffered writes failed") from None
         try:
             self._write(buf, length, self._offset)  # gives the buffer back
         except OSError as exc:

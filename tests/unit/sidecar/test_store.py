@@ -288,3 +288,34 @@ def test_a_failed_write_surfaces_and_the_trajectory_is_dropped(
     assert store._open_bytes == 0  # the failed trajectory's reservation is released
     _commit(store, "t")  # the id is free again
     store.close()
+
+
+def test_a_tail_that_cannot_be_switched_to_buffered_fails_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tail is written through the page cache; if the file cannot be switched from O_DIRECT
+    (fcntl fails), the commit fails as a store write error and nothing is committed."""
+    import fcntl
+
+    from samplerguard.sidecar import store as store_module
+
+    store = _store(tmp_path, max_bytes=1 << 30, direct_io=None)
+    w = store.open("t")
+    assert w.direct
+    w.add("x/", [_spec("latent", 3000)], bytearray(3000))
+    real = fcntl.fcntl
+
+    def failing(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL:
+            raise OSError(5, "Input/output error")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(store_module.fcntl, "fcntl", failing)
+    with pytest.raises(StoreWriteError, match="buffered"):
+        _commit_writer(w, "t")
+    monkeypatch.setattr(store_module.fcntl, "fcntl", real)
+    w.discard()
+    assert store.committed() == []
+    assert not list(tmp_path.iterdir())
+    assert store._open_bytes == 0
+    store.close()
