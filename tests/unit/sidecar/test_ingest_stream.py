@@ -33,16 +33,20 @@ OUT = "sha256:" + "1" * 64
 Frames = list[tuple[int, dict[str, Any], list[tuple[str, torch.Tensor]]]]
 
 
-@pytest.fixture(params=["inline", "threaded"])
+@pytest.fixture(params=["inline", "threaded", "hashlib"])
 def server(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[IngestServer, Ed25519PrivateKey]]:
     """An ingest server; "threaded" moves each trajectory's hashing onto a digester thread
-    after its first 300 bytes (the START frame), as a large trajectory's would be."""
+    after its first 300 bytes (the START frame), as a large trajectory's would be; "hashlib"
+    does too, and hashes without the compiled batch hasher (a host that could not build it)."""
+    from samplerguard.commitment import digest
     from samplerguard.sidecar import ingest
 
-    if request.param == "threaded":
+    if request.param in ("threaded", "hashlib"):
         monkeypatch.setattr(ingest, "DIGEST_THREAD_AFTER", 300)
+    if request.param == "hashlib":
+        monkeypatch.setattr(digest, "_sha256_many", None)
     key = Ed25519PrivateKey.generate()
     store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
     gate = Gate(key=key, public_pem="pem", admit=lambda s: Decision(Admission("accept", ())))
