@@ -10,7 +10,10 @@ Two client setups, measured side by side in one run:
   per record from one client;
 * hook: the real Recorder + SidecarSink path (the hook's worker thread encodes and sends).
 
-    python benchmarks/bench_sidecar_ingest.py [--steps 200] [--trajectories 20]
+The raw setups run in interleaved rounds (medians and ranges are printed); the store's disk is
+measured before them, since every stored byte has to reach it.
+
+    python benchmarks/bench_sidecar_ingest.py [--steps 200] [--trajectories 20] [--rounds 5]
 """
 
 from __future__ import annotations

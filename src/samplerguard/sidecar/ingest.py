@@ -467,7 +467,7 @@ class _Trajectory:
                 {
                     "latent": f"{prefix}latent",
                     "state": skeleton,
-                    "stateTensors": {n[6:]: f"{prefix}{n}" for n in layout.state},
+                    "stateTensors": _state_keys(prefix, layout.state),
                     "noise": [f"{prefix}{n}" for n in layout.noise],
                 }
             )

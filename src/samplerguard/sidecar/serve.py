@@ -82,7 +82,7 @@ def serve(cfg: SidecarConfig) -> int:
     if not NATIVE:
         log.warning(
             "samplerguard._digest is not built (no C compiler or OpenSSL headers at install): "
-            "ingestion hashes through hashlib, about a fifth slower on small nodes"
+            "ingestion hashes through hashlib, about a tenth slower on small nodes"
         )
     sidecar = Sidecar(cfg)
     # Everything imported so far (torch, diffusers, the app) lives as long as the process: keep

@@ -90,6 +90,10 @@ class StoreWriteError(TemporaryError):
     """The volume failed a write (full, quota, I/O error): the trajectory is refused."""
 
 
+def _write_failed(exc: OSError) -> StoreWriteError:
+    return StoreWriteError(f"writing the openings failed: {exc.strerror or exc}", delay=5.0)
+
+
 class UnknownTrajectoryError(MalformedInputError):
     """No committed trajectory with this id (never committed, or evicted)."""
 
@@ -234,21 +238,23 @@ class TrajectoryWriter:
                     if not direct or exc.errno != errno.EINVAL:
                         raise
                     # accepted at open, refused at write (some network and FUSE volumes)
-                    self._drop_direct(exc)
+                    self._to_buffered(f"write: {exc}")
                     continue
                 view, offset = view[n:], offset + n
         finally:
             view.release()
             self.store.buffers.give(buf)
 
-    def _drop_direct(self, exc: OSError) -> None:
-        """Switch the file to buffered writes. Both of a trajectory's writes in flight may be
-        refused at once; the first switches, the second only retries (before the lock it was
-        refused as a genuine error once the first had cleared ``direct``)."""
+    def _to_buffered(self, refused: str | None = None) -> None:
+        """Switch the file to buffered writes: for the tail, or (``refused``: why) because the
+        volume refused a direct write. Both of a trajectory's writes in flight may be refused at
+        once; the first switches, the second only retries (before the lock it was refused as a
+        genuine error once the first had cleared ``direct``)."""
         with self._direct_lock:
             if not self.direct:
                 return
-            self.store.no_direct_io(f"write: {exc}")
+            if refused is not None:
+                self.store.no_direct_io(refused)
             flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
             fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
             self.direct = False
@@ -260,9 +266,7 @@ class TrajectoryWriter:
             try:
                 self._pending.popleft().result()
             except OSError as exc:
-                raise StoreWriteError(
-                    f"writing the openings failed: {exc.strerror or exc}", delay=5.0
-                ) from exc
+                raise _write_failed(exc) from exc
 
     def _drain(self) -> None:
         """Write everything staged; the file then holds exactly ``size`` bytes.
@@ -281,20 +285,14 @@ class TrajectoryWriter:
             self.store.buffers.give(buf)
             return
         try:
-            if self.direct:
-                with self._direct_lock:
-                    flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-                    fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
-                    self.direct = False
+            self._to_buffered()
         except OSError:
             self.store.buffers.give(buf)
             raise StoreWriteError("switching the openings file to buffered writes failed") from None
         try:
             self._write(buf, length, self._offset)  # gives the buffer back
         except OSError as exc:
-            raise StoreWriteError(
-                f"writing the openings failed: {exc.strerror or exc}", delay=5.0
-            ) from exc
+            raise _write_failed(exc) from exc
         self._offset += length
 
     def commit(self, index: dict[str, Any], *, fsync: bool) -> StoredTrajectory:
