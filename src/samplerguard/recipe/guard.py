@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import KNOWN_SAMPLERS, KNOWN_SCHEDULES
 from samplerguard.recipe.checkpoint import verify_hashes
 from samplerguard.recipe.model import Recipe
@@ -142,18 +143,7 @@ def describe_scheduler(scheduler: Any) -> dict[str, Any]:
         sampler = "dpmpp_2m_sde" if sde else "dpmpp_2m"
     else:
         sampler = samplers[0] if samplers else cls
-    if config.get("use_karras_sigmas"):
-        schedule = "karras"
-    elif config.get("use_exponential_sigmas"):
-        schedule = "exponential"
-    elif config.get("use_beta_sigmas"):
-        schedule = "beta"
-    elif cls.startswith("EDM"):
-        schedule = "edm"
-    elif cls.startswith("FlowMatch"):
-        schedule = "flow-shift"
-    else:
-        schedule = str(config.get("timestep_spacing", "leading"))
+    schedule = schedule_id(cls, config)
     ts = getattr(scheduler, "timesteps", None)
     timesteps = tuple(float(t) for t in ts.tolist()) if ts is not None else None
     return {

@@ -6,7 +6,8 @@ Measured at start and every ``interval`` seconds:
   :func:`samplerguard.commitment.digest.module_digest` digests the loaded module (SHA-256 over
   the RFC 8785 JSON of ``{tensor name: tensor digest}``), so the file's digest equals the
   ``model.digest`` a pipeline declares in its recipe;
-* **scheduler config**: SHA-256 over the RFC 8785 JSON of ``scheduler_config.json``;
+* **scheduler config**: :func:`samplerguard.policy.schedule.scheduler_config_digest` of
+  ``scheduler_config.json`` (its ``_class_name`` and config);
 * **solver code**, per request: the diffusers scheduler modules loaded in the app process. The
   hook names their files and reports its digest
   (:func:`samplerguard.hook.solver.solver_code_digest`); the sidecar hashes the files itself
@@ -37,6 +38,7 @@ from typing import Any
 from samplerguard.commitment import jcs
 from samplerguard.commitment.digest import safetensors_digest
 from samplerguard.errors import MalformedInputError
+from samplerguard.policy.schedule import scheduler_config_digest as config_digest
 from samplerguard.policy.spec import GoldenDigests
 
 __all__ = [
@@ -58,11 +60,15 @@ def weights_file_digest(path: Path) -> str:
 
 
 def scheduler_config_digest(path: Path) -> str:
+    """The digest a policy pins for a ``scheduler_config.json`` (class and config, see
+    :func:`samplerguard.policy.schedule.scheduler_config_digest`)."""
     try:
         config = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise MalformedInputError(f"cannot read scheduler config {path}: {exc}") from None
-    return "sha256:" + hashlib.sha256(jcs.dumps(config)).hexdigest()
+    if not isinstance(config, dict):
+        raise MalformedInputError(f"scheduler config {path} is not a JSON object")
+    return config_digest(str(config.get("_class_name", "")), config)
 
 
 MAX_SOLVER_FILE = 4 << 20

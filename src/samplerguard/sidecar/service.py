@@ -14,10 +14,11 @@ from samplerguard.commitment.dsse import keyid
 from samplerguard.commitment.statement import Commitment
 from samplerguard.errors import MalformedInputError
 from samplerguard.policy.load import load_policy, report_policy_name
+from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
 from samplerguard.sidecar.auth import Authenticator, TokenFileAuth, TokenReviewAuth
 from samplerguard.sidecar.config import SidecarConfig
-from samplerguard.sidecar.enforce import Admission, RequestRefusedError, admit, schedule_id
+from samplerguard.sidecar.enforce import Admission, RequestRefusedError, admit
 from samplerguard.sidecar.ingest import Decision, Gate, IngestServer, StartRequest
 from samplerguard.sidecar.integrity import IntegrityMonitor
 from samplerguard.sidecar.keys import load_or_create_key, public_pem
@@ -231,7 +232,10 @@ class Sidecar:
             self.telemetry.record_request(
                 RequestObservation(
                     sampler=str(recipe.get("sampler")),
-                    schedule=schedule_id(config if isinstance(config, dict) else {}),
+                    schedule=schedule_id(
+                        str(recipe.get("scheduler_class") or ""),
+                        config if isinstance(config, dict) else {},
+                    ),
                     steps=int(recipe.get("steps", 0)),
                     guidance_scale=float(recipe.get("guidance_scale", 0.0)),
                     rng_mode=start.rng_mode,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from samplerguard.policy.spec import SamplerPolicySpec
-from samplerguard.sidecar.enforce import RequestRefusedError, admit, schedule_id
+from samplerguard.sidecar.enforce import RequestRefusedError, admit
 
 
 def _spec(mode: str = "enforce", **recipe: Any) -> SamplerPolicySpec:
@@ -21,6 +21,7 @@ def _spec(mode: str = "enforce", **recipe: Any) -> SamplerPolicySpec:
 def _recipe(**kw: Any) -> dict[str, Any]:
     base = {
         "sampler": "euler",
+        "scheduler_class": "EulerDiscreteScheduler",
         "steps": 20,
         "guidance_scale": 5.0,
         "scheduler_config": {"timestep_spacing": "trailing", "prediction_type": "epsilon"},
@@ -74,17 +75,27 @@ def test_no_policy_accepts() -> None:
     assert admit(None, {}, "anything").verdict == "accept"
 
 
-@pytest.mark.parametrize(
-    ("config", "want"),
-    [
-        ({"use_karras_sigmas": True}, "karras"),
-        ({"use_exponential_sigmas": True}, "exponential"),
-        ({"use_beta_sigmas": True}, "beta"),
-        ({"timestep_spacing": "linspace"}, "linspace"),
-        ({"sigma_data": 0.5}, "edm"),
-        ({"shift": 3.0}, "flow-shift"),
-        ({}, "leading"),
-    ],
-)
-def test_schedule_id(config: dict[str, Any], want: str) -> None:
-    assert schedule_id(config) == want
+def test_a_sampler_declared_with_another_class_is_a_violation() -> None:
+    with pytest.raises(RequestRefusedError, match="sampler 'euler' runs EulerDiscreteScheduler"):
+        admit(_spec(), _recipe(scheduler_class="DDIMScheduler"), "ctr-drbg")
+
+
+def test_hostile_field_types_are_violations_not_crashes() -> None:
+    recipe = _recipe(steps="20", guidance_scale=[5], scheduler_config="x", sampler=None)
+    with pytest.raises(RequestRefusedError) as info:
+        admit(_spec(), recipe, "ctr-drbg")
+    assert {"steps", "guidance", "sampler", "scheduler_config"} <= set(info.value.checks)
+
+
+def test_a_pinned_scheduler_config_is_enforced() -> None:
+    from samplerguard.policy.schedule import scheduler_config_digest
+
+    recipe = _recipe()
+    pinned = scheduler_config_digest("EulerDiscreteScheduler", recipe["scheduler_config"])
+    spec = SamplerPolicySpec.model_validate(
+        {**_spec().model_dump(by_alias=True), "goldenDigests": {"schedulerConfig": [pinned]}}
+    )
+    assert admit(spec, recipe, "ctr-drbg").verdict == "accept"
+    other = _recipe(scheduler_config={"timestep_spacing": "trailing", "beta_schedule": "bogus"})
+    with pytest.raises(RequestRefusedError, match=r"scheduler config digest .* is not pinned"):
+        admit(spec, other, "ctr-drbg")
