@@ -14,14 +14,18 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+
+from samplerguard.errors import MalformedInputError
 
 __all__ = [
     "DIGEST_RE",
     "NATIVE",
     "bytes_digest",
     "module_digest",
+    "output_bytes",
     "raw_digest",
     "raw_digests",
     "safetensors_digest",
@@ -115,6 +119,25 @@ _NUMPY_DTYPES = frozenset(
 )
 
 
+def output_bytes(output: Any) -> bytes:
+    """Canonical bytes of a pipeline output: tensors and arrays as header ‖ raw bytes (the bytes
+    a trajectory's output leaf and its commitment's subject digest). Images (PIL) and lists of
+    them are stacked as uint8 arrays first; an output with ``.images`` is taken by its images."""
+    import numpy as np
+
+    if hasattr(output, "images"):
+        output = output.images
+    if isinstance(output, list) and output and hasattr(output[0], "tobytes"):
+        output = np.stack([np.asarray(im) for im in output])
+    if isinstance(output, np.ndarray):
+        output = torch.from_numpy(np.ascontiguousarray(output))
+    if isinstance(output, torch.Tensor):
+        t = output.detach().cpu().contiguous()
+        head = tensor_header(str(t.dtype).removeprefix("torch."), tuple(t.shape))
+        return head + t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    raise MalformedInputError(f"cannot take the bytes of a {type(output).__name__} output")
+
+
 def bytes_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -136,7 +159,6 @@ def safetensors_digest(path: str | os.PathLike[str]) -> str:
     from safetensors import SafetensorError, safe_open
 
     from samplerguard.commitment import jcs
-    from samplerguard.errors import MalformedInputError
 
     doc: dict[str, str] = {}
     try:

@@ -141,23 +141,23 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _check_header(data: bytes) -> str:
+def _check_header(data: bytes, key: str = METADATA_KEY, what: str = "opening") -> str:
     """Validate the safetensors framing ourselves before handing bytes to the parser."""
     if len(data) > MAX_OPENING_BYTES:
-        raise MalformedInputError(f"opening is {len(data)} bytes, over the {MAX_OPENING_BYTES} cap")
+        raise MalformedInputError(f"{what} is {len(data)} bytes, over the {MAX_OPENING_BYTES} cap")
     if len(data) < 8:
-        raise MalformedInputError("opening is truncated: no safetensors header")
+        raise MalformedInputError(f"{what} is truncated: no safetensors header")
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES or 8 + n > len(data):
         raise MalformedInputError(
-            f"opening is truncated or corrupted: header claims {n} bytes, file has {len(data) - 8}"
+            f"{what} is truncated or corrupted: header claims {n} bytes, file has {len(data) - 8}"
         )
     try:
         header = json.loads(data[8 : 8 + n])
     except (ValueError, UnicodeDecodeError):
-        raise MalformedInputError("opening header is not JSON (corrupted)") from None
+        raise MalformedInputError(f"{what} header is not JSON (corrupted)") from None
     if not isinstance(header, dict):
-        raise MalformedInputError("opening header is not a JSON object")
+        raise MalformedInputError(f"{what} header is not a JSON object")
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
@@ -168,17 +168,17 @@ def _check_header(data: bytes) -> str:
             or not isinstance(info.get("data_offsets"), list)
             or len(info["data_offsets"]) != 2
         ):
-            raise MalformedInputError(f"opening tensor {name[:40]!r} has a malformed entry")
+            raise MalformedInputError(f"{what} tensor {name[:40]!r} has a malformed entry")
         end = max(end, int(info["data_offsets"][1]))
     if 8 + n + end != len(data):
         raise MalformedInputError(
-            f"opening is truncated or padded: tensors need {end} bytes, "
+            f"{what} is truncated or padded: tensors need {end} bytes, "
             f"file carries {len(data) - 8 - n}"
         )
     meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or not isinstance(meta.get(METADATA_KEY), str):
-        raise MalformedInputError(f"opening has no {METADATA_KEY!r} metadata")
-    text: str = meta[METADATA_KEY]
+    if not isinstance(meta, dict) or not isinstance(meta.get(key), str):
+        raise MalformedInputError(f"{what} has no {key!r} metadata")
+    text: str = meta[key]
     return text
 
 

@@ -15,22 +15,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.fingerprint import reproduce
 from samplerguard.commitment.merkle import verify_inclusion
 from samplerguard.commitment.opening import Opening
-from samplerguard.commitment.state import (
-    SamplerState,
-    capture_schedule,
-    capture_state,
-    restore_state,
-    schedule_digest,
-)
+from samplerguard.commitment.plan import build_scheduler, sampler_plan
+from samplerguard.commitment.state import SamplerState, capture_schedule, capture_state
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.trajectory import (
     LEAF_INITIAL,
@@ -130,42 +125,6 @@ def _state_rel_l2(got: SamplerState, want: SamplerState) -> float:
     return worst
 
 
-def build_scheduler(recipe: Mapping[str, Any]) -> Any:
-    """A fresh scheduler of the declared class and config, with the declared steps set."""
-    import diffusers
-
-    from samplerguard.policy.spec import KNOWN_SAMPLERS
-
-    sampler, cls_name = recipe.get("sampler"), recipe.get("scheduler_class")
-    if sampler not in KNOWN_SAMPLERS:
-        raise VerificationError(
-            f"recipe declares unknown sampler {sampler!r}; known: {sorted(KNOWN_SAMPLERS)}"
-        )
-    if KNOWN_SAMPLERS[str(sampler)] != cls_name:
-        raise VerificationError(
-            f"recipe declares sampler {sampler!r} but scheduler class {cls_name!r} "
-            f"(expected {KNOWN_SAMPLERS[str(sampler)]!r})"
-        )
-    config = recipe.get("scheduler_config")
-    steps = recipe.get("steps")
-    if not isinstance(config, dict) or not isinstance(steps, int) or not 1 <= steps <= 1000:
-        raise MalformedInputError("recipe lacks a scheduler_config object or a steps count")
-    cls = getattr(diffusers, str(cls_name))
-    scheduler = cls.from_config(_decode_floats(config))
-    scheduler.set_timesteps(steps)
-    return scheduler
-
-
-def _decode_floats(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"$float"} and value["$float"] in ("inf", "-inf", "nan"):
-            return float(value["$float"])
-        return {k: _decode_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_floats(v) for v in value]
-    return value
-
-
 def _leaf_doc(opening: Opening, commitment: Commitment, index: int, kind: str) -> dict[str, Any]:
     leaf = opening.leaf(index)
     data = leaf.leaf_bytes()
@@ -193,22 +152,25 @@ def _expect_digest(what: str, tensor: torch.Tensor, committed: object) -> None:
         )
 
 
-@contextmanager
-def _recorded_threads(recipe: Mapping[str, Any], device: torch.device) -> Iterator[None]:
-    """Run on CPU with the thread count the generation recorded: CPU kernels sum in an order
-    that depends on it, and matching it makes an honest step on the same build score exactly
-    0 (a mismatch costs ~1e-8..1e-6 of float32 round-off, well inside any sane τ)."""
-    runtime = recipe.get("runtime")
-    threads = runtime.get("threads") if isinstance(runtime, dict) else None
-    if device.type != "cpu" or not isinstance(threads, int) or not 1 <= threads <= 256:
-        yield
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value)
+
+
+def _to_device(scheduler: Any, state: SamplerState, device: torch.device) -> None:
+    if device.type == "cpu":
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    for name in state.values:
+        value = getattr(scheduler, name)
+        if isinstance(value, torch.Tensor):
+            setattr(scheduler, name, value.to(device))
+        elif isinstance(value, list):
+            setattr(
+                scheduler,
+                name,
+                [v.to(device) if isinstance(v, torch.Tensor) else v for v in value],
+            )
 
 
 def _replay(noise: list[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -270,44 +232,67 @@ def recheck_step(
     for name, t in opening.conditioning.items():
         _expect_digest(f"conditioning {name!r}", t, committed_cond[name])
 
-    # (4): the declared model, sampler and schedule
+    # (4): the declared model, sampler and schedule, rebuilt from the declared class and config
+    # only; the opened states must be ones a genuine instance carries (commitment.plan)
     if recipe_doc.get("pipeline") != program.pipeline:
         raise VerificationError(
             f"recipe declares pipeline {recipe_doc.get('pipeline')!r}, reference program is "
             f"{program.pipeline!r}"
         )
-    declared_model = recipe_doc.get("model", {}).get("digest")
+    model = recipe_doc.get("model")
+    declared_model = model.get("digest") if isinstance(model, dict) else None
     if declared_model != program.model_digest:
         raise VerificationError(
             f"recipe declares model {str(declared_model)[:23]}…, the reference model is "
             f"{program.model_digest[:23]}…"
         )
-    scheduler = build_scheduler(recipe_doc)
-    schedule = capture_schedule(scheduler)
-    if schedule_digest(schedule) != initial_doc.get("schedule"):
+    declared_shape = recipe_doc.get("latent_shape")
+    if declared_shape != list(opening.latent_in.shape) or (
+        opening.latent_out.shape != opening.latent_in.shape
+        or opening.latent_out.dtype != opening.latent_in.dtype
+    ):
+        raise VerificationError(
+            f"opened latents {tuple(opening.latent_in.shape)} -> "
+            f"{tuple(opening.latent_out.shape)} do not have the declared latent shape "
+            f"{declared_shape}"
+        )
+    plan = sampler_plan(recipe_doc, opening.latent_in.shape, opening.latent_in.dtype)
+    if plan.schedule_digest != initial_doc.get("schedule"):
         raise VerificationError(
             "committed schedule digest differs from the declared scheduler's schedule "
             "(tampered timesteps or sigmas)"
         )
-    timesteps = scheduler.timesteps
-    if len(timesteps) != commitment.n_steps:
+    if plan.n_steps != commitment.n_steps:
         raise VerificationError(
-            f"declared sampler runs {len(timesteps)} steps for steps={recipe_doc.get('steps')}, "
+            f"declared sampler runs {plan.n_steps} steps for steps={recipe_doc.get('steps')}, "
             f"commitment has {commitment.n_steps}"
         )
-    t = timesteps[step]
-    if float(t) != float(cur_doc.get("timestep", math.nan)):
+    t_value = plan.timesteps[step]
+    if t_value != float(_number(cur_doc.get("timestep"))):
         raise VerificationError(
             f"step {step} committed timestep {cur_doc.get('timestep')}, declared schedule has "
-            f"{float(t)}"
+            f"{t_value}"
         )
+    draws_planned = plan.noise[step]
+    if len(opening.noise) != len(draws_planned) or any(
+        tuple(n.shape) != shape or n.dtype != dtype
+        for n, (shape, dtype) in zip(opening.noise, draws_planned, strict=False)
+    ):
+        raise VerificationError(
+            f"step {step} committed {len(opening.noise)} noise tensors; the declared sampler "
+            f"draws {len(draws_planned)} of shapes {[list(s) for s, _ in draws_planned]}"
+        )
+    plan.states[step + 1].check(opening.state_out, f"after step {step}")
+    scheduler = plan.scheduler(recipe_doc, opening.state_in, step)
+    schedule = capture_schedule(scheduler)
+    t = scheduler.timesteps[step]
     guidance = recipe_doc.get("guidance_scale")
     if not isinstance(guidance, int | float) or isinstance(guidance, bool):
         raise MalformedInputError("recipe has no numeric guidance_scale")
 
     # (5): one reference step from the opened latent and state, replaying the committed noise
     device = program.device
-    restore_state(scheduler, opening.state_in, device)
+    _to_device(scheduler, opening.state_in, device)
     draws = _replay([n.to(device) for n in opening.noise])
     used = 0
 
@@ -323,7 +308,7 @@ def recheck_step(
         used += 1
         return n.to(dtype=dtype, device=dev)
 
-    with torch.no_grad(), noise_from(replay), _recorded_threads(recipe_doc, device):
+    with torch.no_grad(), noise_from(replay), reproduce(recipe_doc.get("runtime"), device):
         z_hat = program.step(
             scheduler,
             opening.latent_in.to(device),

@@ -11,6 +11,10 @@ The split, made generically for every scheduler:
   initial leaf; the verifier rebuilds it from the declared config and compares.
 * the **state**: every other attribute of a supported kind (tensors, lists/tuples of tensors and
   scalars, scalars, ``None``), captured after each step.
+
+Capturing is generic; *trusting* a captured state is not. The verifier checks every opened
+state against the dry run of the declared class (:mod:`samplerguard.commitment.plan`) and never
+lets an opened state replace a schedule attribute.
 """
 
 from __future__ import annotations
@@ -25,14 +29,13 @@ import torch
 
 from samplerguard.commitment import jcs
 from samplerguard.commitment.digest import tensor_digest
-from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.errors import MalformedInputError
 
 __all__ = [
     "SamplerState",
     "capture_schedule",
     "capture_state",
     "host_copy",
-    "restore_state",
     "schedule_digest",
     "state_digest",
 ]
@@ -257,35 +260,3 @@ def capture_state(scheduler: Any, schedule: Mapping[str, torch.Tensor]) -> Sampl
         if ok:
             values[name] = captured
     return SamplerState(values=values)
-
-
-def restore_state(scheduler: Any, state: SamplerState, device: torch.device | str) -> None:
-    """Load ``state`` into a scheduler that has just had ``set_timesteps`` called.
-
-    Raises :class:`VerificationError` when the state names something of the scheduler that is
-    not state (a method, a property): the trajectory came from a different sampler. Attributes
-    a scheduler creates lazily inside ``step`` (Heun's ``sample``) are legitimate state.
-    """
-    cls = type(scheduler)
-    for name in state.values:
-        attr = getattr(cls, name, None)
-        if (
-            not name.isidentifier()
-            or name.startswith("__")
-            or callable(attr)
-            or isinstance(attr, property)
-        ):
-            raise VerificationError(
-                f"sampler state does not fit {cls.__name__}: it sets {name!r}, which is not a "
-                "state attribute of that scheduler (a different sampler ran)"
-            )
-    for name, value in state.values.items():
-        setattr(scheduler, name, _to_device(value, device))
-
-
-def _to_device(value: Value, device: torch.device | str) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device).clone()
-    if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
-    return value

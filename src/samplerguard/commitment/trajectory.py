@@ -83,6 +83,7 @@ class TrajectoryRecord:
     steps: list[StepTensors]
     conditioning: dict[str, torch.Tensor]
     output_digest: str
+    final: torch.Tensor | None = None
 
     @property
     def tree_size(self) -> int:
@@ -274,4 +275,5 @@ class TrajectoryBuilder:
             steps=list(self._steps),
             conditioning=dict(self._conditioning),
             output_digest=output_digest,
+            final=self._final,
         )

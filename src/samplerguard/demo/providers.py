@@ -19,6 +19,7 @@ is the case the re-check exists for.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,9 +97,22 @@ class Provider:
         self._instrumented = instrument(self._pipe, recorder)
 
     def request(
-        self, request_id: str, extra: dict[str, Any] | None = None, rng_mode: str = "framework"
+        self,
+        request_id: str,
+        extra: dict[str, Any] | None = None,
+        rng_mode: str = "framework",
+        labels: torch.Tensor | None = None,
     ) -> TrajectoryRequest:
         d = self.declared
+        params = None
+        if labels is not None:
+            params = {
+                "requestId": request_id,
+                "tenant": d.tenant,
+                "classLabels": [int(x) for x in labels.reshape(-1).tolist()],
+                "steps": d.steps,
+                "guidanceScale": d.cfg,
+            }
         return TrajectoryRequest(
             request_id=request_id,
             tenant=d.tenant,
@@ -110,6 +124,7 @@ class Provider:
             steps=d.steps,
             rng_mode=rng_mode,
             extra=extra or {},
+            params=params,
         )
 
     def generate(
@@ -138,7 +153,7 @@ class Provider:
                 num_inference_steps=self.declared.steps,
                 guidance_scale=self.declared.cfg,
                 latents=latents,
-                trajectory_request=self.request(request_id, rng_mode=rng_mode),
+                trajectory_request=self.request(request_id, rng_mode=rng_mode, labels=labels),
             )
             return Generation(out.output, out.commitment, request_id, labels)
         return self._cheat(request_id, labels, latents, rng_mode)
@@ -165,7 +180,11 @@ class Provider:
         fake = secrets.randbelow(n - 1) if self.name == "fabricated-step" else -1
         faked: list[int] = []
         eps: torch.Tensor | None = None
-        request = self.request(request_id, extra, rng_mode)
+        request = self.request(request_id, extra, rng_mode, labels)
+        if self.name == "scheduler-swap":
+            # An adaptive provider controls the hook too: it tells the hook the scheduler it
+            # really runs (so the hook records it) and signs the declared one into the recipe.
+            request = dataclasses.replace(request, sampler=run_sampler)
         with torch.no_grad(), self.recorder.trajectory(request) as tr:
             tr.begin(scheduler, latents, conditioning={"class_labels": labels})
             for i, t in enumerate(scheduler.timesteps):

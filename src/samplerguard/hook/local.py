@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from samplerguard.commitment.opening import Opening, open_step
 from samplerguard.commitment.statement import Commitment, commit
 from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryRecord
+from samplerguard.commitment.transcript import Transcript, build_transcript
 from samplerguard.errors import MalformedInputError
 from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest
 
@@ -36,6 +38,7 @@ class LocalSink:
         self._records: OrderedDict[str, TrajectoryRecord] = OrderedDict()
         self._lock = threading.Lock()
         self.aborted: dict[str, str] = {}
+        self._params: dict[str, dict[str, Any] | None] = {}
 
     def start(self, request: TrajectoryRequest, begin: Begin) -> _Local:
         builder = TrajectoryBuilder(recipe=begin.recipe)
@@ -55,8 +58,12 @@ class LocalSink:
         commitment = commit(record, self.key, request_id=request.request_id, tenant=request.tenant)
         with self._lock:
             self._records[request.request_id] = record
+            self._params[request.request_id] = (
+                dict(request.params) if request.params is not None else None
+            )
             while len(self._records) > self.keep:
-                self._records.popitem(last=False)
+                old, _ = self._records.popitem(last=False)
+                self._params.pop(old, None)
         return commitment, record
 
     def abort(self, handle: _Local | None, reason: str) -> None:
@@ -72,3 +79,10 @@ class LocalSink:
 
     def opening(self, request_id: str, step: int) -> Opening:
         return open_step(self.record(request_id), request_id, step)
+
+    def transcript(self, request_id: str) -> Transcript:
+        record = self.record(request_id)
+        with self._lock:
+            params = self._params.get(request_id)
+        assert record.final is not None  # a finished record has its final latent
+        return build_transcript(record, request_id, record.final, params)

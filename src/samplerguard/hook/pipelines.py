@@ -16,10 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from samplerguard.commitment.digest import tensor_header
+from samplerguard.commitment.digest import output_bytes
 from samplerguard.commitment.statement import Commitment
 from samplerguard.hook.recorder import Recorder, Trajectory, TrajectoryRequest
 
@@ -37,21 +36,6 @@ class RecordedOutput:
     output: Any
     commitment: Commitment
     trajectory: Trajectory
-
-
-def output_bytes(output: Any) -> bytes:
-    """Canonical bytes of a pipeline output: tensors and arrays as header ‖ raw bytes."""
-    if hasattr(output, "images"):
-        output = output.images
-    if isinstance(output, list) and output and hasattr(output[0], "tobytes"):
-        output = np.stack([np.asarray(im) for im in output])
-    if isinstance(output, np.ndarray):
-        output = torch.from_numpy(np.ascontiguousarray(output))
-    if isinstance(output, torch.Tensor):
-        t = output.detach().cpu().contiguous()
-        head = tensor_header(str(t.dtype).removeprefix("torch."), tuple(t.shape))
-        return head + t.reshape(-1).view(torch.uint8).numpy().tobytes()
-    raise TypeError(f"cannot take the bytes of a {type(output).__name__} output")
 
 
 class InstrumentedPipeline:

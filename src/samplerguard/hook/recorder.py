@@ -32,6 +32,9 @@ from typing import Any, Protocol
 import torch
 
 from samplerguard.commitment.digest import bytes_digest
+from samplerguard.commitment.fingerprint import build_fingerprint
+from samplerguard.commitment.plan import sampler_plan
+from samplerguard.commitment.request import check_request_params, request_digest
 from samplerguard.commitment.state import (
     SamplerState,
     capture_schedule,
@@ -76,9 +79,37 @@ class TrajectoryRequest:
     steps: int
     rng_mode: str = "framework"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The consumer's request parameters, exactly as it sent them (see
+    #: :mod:`samplerguard.commitment.request`): their digest is committed, the sidecar keeps them
+    #: for the verifier, and the consumer checks its response against them.
+    params: Mapping[str, Any] | None = None
+    #: The pipeline's ``output_type``: how the output bytes are derived from the final latent.
+    output_type: str = "pt"
 
-    def recipe(self, scheduler: Any, latent_shape: tuple[int, ...]) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        if self.params is None:
+            return
+        params = check_request_params(self.params)
+        mine = {
+            "requestId": self.request_id,
+            "tenant": self.tenant,
+            "steps": self.steps,
+            "guidanceScale": self.guidance_scale,
+        }
+        wrong = {k: params[k] for k, v in mine.items() if params[k] != v}
+        if wrong:
+            raise MalformedInputError(
+                f"the request parameters {wrong} differ from the trajectory request's "
+                f"{ {k: mine[k] for k in wrong} }: declare what the consumer asked for"
+            )
+
+    def recipe(
+        self, scheduler: Any, latent_shape: tuple[int, ...], device: Any = None
+    ) -> dict[str, Any]:
+        bound = {} if self.params is None else {"request": request_digest(self.params)}
         return {
+            **bound,
+            "output_type": self.output_type,
             "pipeline": self.pipeline,
             "model": {"name": self.model_name, "digest": self.model_digest},
             "sampler": self.sampler,
@@ -88,9 +119,9 @@ class TrajectoryRequest:
             "guidance_scale": float(self.guidance_scale),
             "rng": self.rng_mode,
             "latent_shape": list(latent_shape),
-            # Runtime facts a verifier on the same build needs to reproduce the step bit for
-            # bit: CPU kernels sum in an order that depends on the thread count.
-            "runtime": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+            # The build fingerprint: what a verifier needs to know whether it reproduces this
+            # configuration bit for bit (and to set what it can, such as the thread count).
+            "runtime": build_fingerprint(device),
             **{k: _jsonable(v) for k, v in self.extra.items()},
         }
 
@@ -271,11 +302,13 @@ class Trajectory:
         """Record z_N and the sampler before step 0. Call after ``set_timesteps``."""
         if self._began:
             raise MalformedInputError("trajectory already began")
+        _check_genuine(scheduler, self.request.sampler)
         self._began = True
+        recipe = self.request.recipe(scheduler, tuple(latents.shape), latents.device)
+        _reset_leftovers(scheduler, recipe, latents)
         self._schedule = capture_schedule(scheduler)
         state = capture_state(scheduler, self._schedule)
         latent = host_copy(latents)
-        recipe = self.request.recipe(scheduler, tuple(latents.shape))
         schedule = dict(self._schedule)
         self._pending_initial = (recipe, latent, state, schedule, self._event(latents))
         if conditioning is not None:
@@ -413,6 +446,42 @@ class Trajectory:
             self._error = self._error or f"commitment not ready after {timeout:.0f}s"
         if self._error is not None:
             raise RecordingError(f"request {self.request.request_id} is unverified: {self._error}")
+
+
+def _reset_leftovers(scheduler: Any, recipe: Mapping[str, Any], latents: torch.Tensor) -> None:
+    """A pipeline reuses its scheduler across requests, and ``set_timesteps`` leaves a few
+    attributes of the previous run behind that a fresh instance does not have; the verifier
+    accepts only the states a fresh instance carries, so they are reset here (the step never
+    reads them before writing them). A recipe the plan cannot be built for is left to fail at
+    verification, with the reason logged now."""
+    try:
+        plan = sampler_plan(recipe, tuple(latents.shape), latents.dtype)
+    except SamplerGuardError as exc:
+        log.warning("request's declared sampler cannot be planned, it will not verify: %s", exc)
+        return
+    changed = plan.reset(scheduler)
+    if changed:
+        log.debug("reset scheduler attributes left from an earlier run: %s", changed)
+
+
+def _check_genuine(scheduler: Any, sampler: str) -> None:
+    """The hook records only genuine instances of the declared sampler's diffusers class: a
+    subclass or a look-alike could carry state the verifier's scheduler does not."""
+    import diffusers
+
+    from samplerguard.policy.spec import KNOWN_SAMPLERS
+
+    cls_name = KNOWN_SAMPLERS.get(sampler)
+    if cls_name is None:
+        raise MalformedInputError(
+            f"unknown sampler {sampler!r}: declare one of {sorted(KNOWN_SAMPLERS)}"
+        )
+    if type(scheduler) is not getattr(diffusers, cls_name):
+        raise MalformedInputError(
+            f"the request declares sampler {sampler!r} ({cls_name}), but the pipeline runs a "
+            f"{type(scheduler).__module__}.{type(scheduler).__qualname__}: record only a "
+            f"genuine diffusers.{cls_name}"
+        )
 
 
 def _sync(event: Any) -> None:

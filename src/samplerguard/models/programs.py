@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from samplerguard.commitment.digest import module_digest
-from samplerguard.errors import MalformedInputError
-from samplerguard.models.digits import StepInputs, denoise_step
+from samplerguard.commitment.digest import module_digest, output_bytes
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.models.digits import NUM_CLASSES, StepInputs, denoise_step, to_pixels
 
 __all__ = ["DigitsProgram", "StableDiffusionProgram"]
 
@@ -48,6 +48,37 @@ class DigitsProgram(_Program):
                 "digits conditioning needs int64 class_labels, one per sample"
             )
         return denoise_step(self.unet, scheduler, latents, t, StepInputs(labels, guidance_scale))
+
+    def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
+        """The pipeline's output from its final latent: the latent itself (``pt``) or its
+        uint8 pixels (``np``), as canonical bytes."""
+        kind = recipe.get("output_type", "pt")
+        if kind == "pt":
+            return output_bytes(final_latent)
+        if kind == "np":
+            return output_bytes(to_pixels(final_latent))
+        raise VerificationError(
+            f"output binding: the digits pipeline has no output type {str(kind)[:20]!r}"
+        )
+
+    def conditioning(
+        self, request: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """``class_labels`` from the request's ``classLabels``, as the pipeline builds it."""
+        labels = request.get("classLabels")
+        if (
+            not isinstance(labels, list)
+            or not 1 <= len(labels) <= 4096
+            or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x < NUM_CLASSES
+                for x in labels
+            )
+        ):
+            raise MalformedInputError(
+                f"digits requests carry classLabels, a list of 1..4096 integers in "
+                f"[0, {NUM_CLASSES})"
+            )
+        return {"class_labels": torch.tensor(labels, dtype=torch.int64)}
 
 
 class StableDiffusionProgram(_Program):

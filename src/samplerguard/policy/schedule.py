@@ -50,7 +50,7 @@ def scheduler_config_digest(scheduler_class: str, config: Mapping[str, Any]) -> 
     """``sha256:`` over the RFC 8785 JSON of ``{"class": ..., "config": ...}``: what a policy's
     ``goldenDigests.schedulerConfig`` pins. diffusers' private keys (``_class_name``,
     ``_use_default_values`` …) are not part of it."""
-    doc = {
+    doc: Any = {
         "class": str(scheduler_class),
         "config": {str(k): v for k, v in config.items() if not str(k).startswith("_")},
     }

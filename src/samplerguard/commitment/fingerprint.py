@@ -1,0 +1,136 @@
+"""The build fingerprint: what decides whether a verifier reproduces a generation bit for bit.
+
+Float kernels differ between builds, devices and backend settings: a verifier with oneDNN off
+re-checking a step computed with it on sees rel-L2 of 1e-7..1e-5 on an honest step. The recipe
+therefore records, beside the thread count, the library versions, the device kind and model, the
+CPU kernel level, and every backend flag that changes kernels. The verifier then:
+
+* **sets** what can be set (threads, oneDNN, TF32, cuDNN, deterministic algorithms) for the
+  duration of the re-check (:func:`reproduce`);
+* compares the rest (:func:`differences`): when nothing differs, honest steps must re-check to
+  exactly 0 and any nonzero score is a deviation (a 1e-6 nudge of one latent is caught); when
+  something differs, the policy's τ applies, calibrated for that pair of configurations by
+  ``samplerguard calibrate``.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+__all__ = ["SETTABLE", "build_fingerprint", "differences", "reproduce"]
+
+#: Fingerprint fields the verifier sets to the provider's values for a re-check.
+SETTABLE = frozenset(
+    {"threads", "mkldnn", "tf32Matmul", "tf32Cudnn", "cudnn", "cudnnDeterministic", "deterministic"}
+)
+#: Fields that only record facts (not compared).
+_INFORMATIVE = frozenset({"cudnnBenchmark"})
+
+
+@functools.cache
+def _static(device_kind: str, device_index: int) -> dict[str, Any]:
+    import diffusers
+    import numpy as np
+
+    if device_kind == "cuda":
+        name = torch.cuda.get_device_name(device_index)
+        capability = ".".join(map(str, torch.cuda.get_device_capability(device_index)))
+    else:
+        name = platform.machine()
+        capability = torch.backends.cpu.get_cpu_capability()
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": device_kind,
+        "deviceName": name,
+        "capability": capability,
+        "cuda": torch.version.cuda if device_kind == "cuda" else None,
+    }
+
+
+def build_fingerprint(device: torch.device | str | None = None) -> dict[str, Any]:
+    """The fingerprint of this process for tensors on ``device`` (CPU when omitted)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    index = dev.index if dev.index is not None else 0
+    out = dict(_static(dev.type, index if dev.type == "cuda" else 0))
+    out.update(
+        threads=torch.get_num_threads(),
+        mkldnn=bool(torch.backends.mkldnn.enabled),
+        deterministic=bool(torch.are_deterministic_algorithms_enabled()),
+    )
+    if dev.type == "cuda":
+        out.update(
+            tf32Matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+            tf32Cudnn=bool(torch.backends.cudnn.allow_tf32),
+            cudnn=bool(torch.backends.cudnn.enabled),
+            cudnnDeterministic=bool(torch.backends.cudnn.deterministic),
+            cudnnBenchmark=bool(torch.backends.cudnn.benchmark),
+        )
+    return out
+
+
+def differences(recorded: object, device: torch.device | str | None = None) -> list[str]:
+    """The fields of ``recorded`` this process cannot reproduce on ``device`` after
+    :func:`reproduce` has set the settable ones: ``["torch: 2.5.0 vs 2.13.0", …]``. A recipe
+    without a fingerprint differs in everything."""
+    if not isinstance(recorded, Mapping):
+        return ["no build fingerprint recorded"]
+    mine = build_fingerprint(device)
+    out = []
+    for key in sorted(set(mine) | set(recorded)):
+        if key in SETTABLE or key in _INFORMATIVE:
+            continue
+        if recorded.get(key) != mine.get(key):
+            out.append(f"{key}: {recorded.get(key)!r} vs {mine.get(key)!r}")
+    return out
+
+
+@contextmanager
+def reproduce(recorded: object, device: torch.device | str | None = None) -> Iterator[None]:
+    """Within this block, the settable backend flags and the thread count are the recorded
+    ones (where recorded and valid); they are restored afterwards."""
+    rec = recorded if isinstance(recorded, Mapping) else {}
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    saved = (
+        torch.get_num_threads(),
+        torch.backends.mkldnn.enabled,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.enabled,
+        torch.backends.cudnn.deterministic,
+    )
+    try:
+        threads = rec.get("threads")
+        if dev.type == "cpu" and isinstance(threads, int) and 1 <= threads <= 256:
+            torch.set_num_threads(threads)
+        if isinstance(rec.get("mkldnn"), bool):
+            torch.backends.mkldnn.enabled = rec["mkldnn"]
+        if isinstance(rec.get("deterministic"), bool):
+            torch.use_deterministic_algorithms(rec["deterministic"], warn_only=True)
+        if dev.type == "cuda":
+            if isinstance(rec.get("tf32Matmul"), bool):
+                torch.backends.cuda.matmul.allow_tf32 = rec["tf32Matmul"]
+            if isinstance(rec.get("tf32Cudnn"), bool):
+                torch.backends.cudnn.allow_tf32 = rec["tf32Cudnn"]
+            if isinstance(rec.get("cudnn"), bool):
+                torch.backends.cudnn.enabled = rec["cudnn"]
+            if isinstance(rec.get("cudnnDeterministic"), bool):
+                torch.backends.cudnn.deterministic = rec["cudnnDeterministic"]
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.backends.mkldnn.enabled = saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=True)
+        torch.backends.cuda.matmul.allow_tf32 = saved[3]
+        torch.backends.cudnn.allow_tf32 = saved[4]
+        torch.backends.cudnn.enabled = saved[5]
+        torch.backends.cudnn.deterministic = saved[6]

@@ -1,0 +1,338 @@
+"""The reference plan of a declared sampler: what a genuine scheduler carries into every step.
+
+An adaptive provider controls the tensors and the state it hands the hook. If the verifier
+installed an opened sampler state as it came, the state could carry a schedule of the
+provider's choosing (``sigmas`` with σ_i = σ_i+1 makes a step an exact no-op), a shifted step
+counter, or attributes the declared class never has. So the verifier never trusts the shape of
+an opened state. It builds the declared scheduler class from its declared config, and runs it
+dry through every step twice, on two different inputs (the model output and the sample all 0,
+then all 1, with zero noise). That gives, for every step:
+
+* the **skeleton** of the state a genuine instance carries into the step: which attributes,
+  which of them are tensors, lists, ``None``; the values of all its scalars (counters, orders,
+  Heun's ``dt``); an opened state must match it exactly;
+* which tensors are **fixed**: equal in both dry runs, so independent of the data (a schedule
+  tensor a scheduler re-assigns, for instance). An opened fixed tensor must equal the plan's
+  bit for bit; only data-dependent tensors (multistep histories, Heun's first-order sample) are
+  taken from the opening, and those are bound by the chain of committed states;
+* the **noise** the step draws (count, shapes, dtypes), and the timesteps.
+
+Schedule tensors themselves are never part of a state: the verifier's scheduler keeps the ones
+its own ``set_timesteps`` computed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.state import (
+    SamplerState,
+    capture_schedule,
+    capture_state,
+    schedule_digest,
+)
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.rng.shim import noise_from, observe_noise
+
+__all__ = ["SamplerPlan", "StatePlan", "build_scheduler", "sampler_plan"]
+
+_MAX_STEPS = 1000
+_CACHE_SIZE = 32
+
+
+def _decode_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$float"} and value["$float"] in ("inf", "-inf", "nan"):
+            return float(value["$float"])
+        return {k: _decode_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_floats(v) for v in value]
+    return value
+
+
+def build_scheduler(recipe: Mapping[str, Any]) -> Any:
+    """A fresh scheduler of the declared class and config, with the declared steps set.
+
+    Any failure to build it (an unknown class, a config diffusers refuses, a ``set_timesteps``
+    that raises) is a :class:`VerificationError` of this recipe, never an exception that could
+    stop the caller's work on other trajectories."""
+    import diffusers
+
+    from samplerguard.policy.spec import KNOWN_SAMPLERS
+
+    sampler, cls_name = recipe.get("sampler"), recipe.get("scheduler_class")
+    if not isinstance(sampler, str) or sampler not in KNOWN_SAMPLERS:
+        raise VerificationError(
+            f"recipe declares unknown sampler {str(sampler)[:40]!r}; known: "
+            f"{sorted(KNOWN_SAMPLERS)}"
+        )
+    if KNOWN_SAMPLERS[sampler] != cls_name:
+        raise VerificationError(
+            f"recipe declares sampler {sampler!r} but scheduler class {str(cls_name)[:60]!r} "
+            f"(expected {KNOWN_SAMPLERS[sampler]!r})"
+        )
+    config = recipe.get("scheduler_config")
+    steps = recipe.get("steps")
+    if (
+        not isinstance(config, dict)
+        or isinstance(steps, bool)
+        or not isinstance(steps, int)
+        or not 1 <= steps <= _MAX_STEPS
+    ):
+        raise MalformedInputError("recipe lacks a scheduler_config object or a steps count")
+    cls = getattr(diffusers, cls_name)
+    try:
+        scheduler = cls.from_config(_decode_floats(config))
+        scheduler.set_timesteps(steps)
+    except Exception as exc:  # diffusers raises anything on a bad config
+        raise VerificationError(
+            f"the declared scheduler {cls_name} cannot be built from its config: "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
+    return scheduler
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    """What a genuine scheduler carries into one step."""
+
+    skeleton: Mapping[str, Any]
+    #: path -> (shape, dtype) of every tensor in the state
+    tensors: Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+    #: path -> digest of the tensors that do not depend on the data
+    fixed: Mapping[str, str]
+
+    def check(self, state: SamplerState, where: str) -> None:
+        """Raise :class:`VerificationError` unless ``state`` is one a genuine scheduler of the
+        declared class could carry here."""
+        skeleton = state.skeleton()
+        if skeleton != self.skeleton:
+            extra = sorted(set(skeleton) - set(self.skeleton))
+            missing = sorted(set(self.skeleton) - set(skeleton))
+            differs = sorted(
+                k for k in set(skeleton) & set(self.skeleton) if skeleton[k] != self.skeleton[k]
+            )
+            detail = "; ".join(
+                part
+                for part in (
+                    f"attributes the declared scheduler does not carry: {extra[:5]}"
+                    if extra
+                    else "",
+                    f"attributes missing: {missing[:5]}" if missing else "",
+                    f"attributes that differ from the declared schedule's: {differs[:5]}"
+                    if differs
+                    else "",
+                )
+                if part
+            )
+            raise VerificationError(f"the sampler state {where} is not genuine ({detail})")
+        tensors = state.tensors()
+        for path, (shape, dtype) in self.tensors.items():
+            got = tensors[path]
+            if tuple(got.shape) != shape or got.dtype != dtype:
+                raise VerificationError(
+                    f"the sampler state {where} holds {path!r} as {got.dtype} "
+                    f"{tuple(got.shape)}, the declared scheduler carries {dtype} {shape}"
+                )
+            want = self.fixed.get(path)
+            if want is not None and tensor_digest(got) != want:
+                raise VerificationError(
+                    f"the sampler state {where} alters {path!r}, which the declared "
+                    "schedule fixes (a smuggled schedule)"
+                )
+
+
+@dataclass(frozen=True)
+class SamplerPlan:
+    """The dry run of a declared sampler for one latent shape and dtype."""
+
+    scheduler_class: str
+    schedule_digest: str
+    timesteps: tuple[float, ...]
+    init_noise_sigma: float
+    #: ``states[i]``: carried into step i; ``states[n]``: after the last step
+    states: tuple[StatePlan, ...]
+    #: ``noise[i]``: the (shape, dtype) of every draw of step i, in order
+    noise: tuple[tuple[tuple[tuple[int, ...], torch.dtype], ...], ...]
+    #: the state of a fresh instance right after ``set_timesteps``
+    fresh: SamplerState
+    #: the names of the schedule attributes
+    schedule_names: frozenset[str]
+
+    def reset(self, scheduler: Any) -> list[str]:
+        """Bring a *reused* scheduler, just after ``set_timesteps``, to the state of a fresh
+        one: diffusers' ``set_timesteps`` leaves some attributes of the previous run behind
+        (Euler's ``is_scale_input_called``, Heun's ``sample``, UniPC's ``timestep_list``) that
+        the step never reads before writing. Returns the names it changed; a scheduler of
+        another class than the plan's is left alone."""
+        if type(scheduler).__name__ != self.scheduler_class:
+            return []
+        changed = []
+        for name, value in list(vars(scheduler).items()):
+            if name in _SKIP or name in self.schedule_names or name in self.fresh.values:
+                continue
+            if capture_state_value(value):
+                delattr(scheduler, name)
+                changed.append(name)
+        want = self.fresh.skeleton()
+        for name, value in self.fresh.values.items():
+            live = capture_state(_Only(scheduler, name), {}).skeleton().get(name, _MISSING)
+            if live != want[name]:
+                setattr(scheduler, name, _clone(value))
+                changed.append(name)
+        return changed
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.timesteps)
+
+    def scheduler(self, recipe: Mapping[str, Any], state: SamplerState, step: int) -> Any:
+        """A fresh scheduler of the declared class, at ``step``, carrying ``state``, which is
+        checked against the plan first. Schedule attributes are never taken from ``state``."""
+        self.states[step].check(state, f"carried into step {step}")
+        scheduler = build_scheduler(recipe)
+        for name, value in state.values.items():
+            setattr(scheduler, name, _clone(value))
+        return scheduler
+
+
+_MISSING = object()
+_SKIP = frozenset({"_internal_dict", "config"})
+
+
+class _Only:
+    """A view of one attribute of a scheduler, for :func:`capture_state`."""
+
+    def __init__(self, scheduler: Any, name: str) -> None:
+        if hasattr(scheduler, name):
+            setattr(self, name, getattr(scheduler, name))
+
+
+def capture_state_value(value: Any) -> bool:
+    """Whether :func:`capture_state` would record an attribute holding ``value``."""
+    holder = type("_Holder", (), {})()
+    holder.value = value
+    return "value" in capture_state(holder, {}).values
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
+
+
+def _ignore(_: torch.Tensor) -> None:
+    """A dry run's draws are nobody's noise: an enclosing recorder must not see them."""
+
+
+def _dry_run(
+    recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype, fill: float
+) -> tuple[Any, dict[str, torch.Tensor], list[SamplerState], list[list[tuple[Any, ...]]]]:
+    scheduler = build_scheduler(recipe)
+    schedule = capture_schedule(scheduler)
+    schedule_copy = {k: v.clone() for k, v in schedule.items()}
+    sample = torch.full(shape, fill, dtype=dtype)
+    states = [capture_state(scheduler, schedule)]
+    noise: list[list[tuple[Any, ...]]] = []
+    for t in scheduler.timesteps:
+        draws: list[tuple[Any, ...]] = []
+
+        def zero(
+            s: tuple[int, ...], d: torch.dtype, dev: torch.device, draws: list[Any] = draws
+        ) -> torch.Tensor:
+            draws.append((tuple(s), d))
+            return torch.zeros(s, dtype=d, device=dev)
+
+        try:
+            with torch.no_grad(), noise_from(zero), observe_noise(_ignore):
+                model_in = scheduler.scale_model_input(sample, t)
+                out = scheduler.step(model_in * 0 + fill, t, sample, return_dict=False)[0]
+        except Exception as exc:
+            raise VerificationError(
+                f"the declared scheduler {type(scheduler).__name__} cannot step a "
+                f"{tuple(shape)} {dtype} latent: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        sample = out.to(dtype) * 0 + fill
+        states.append(capture_state(scheduler, schedule))
+        noise.append(draws)
+    return scheduler, schedule_copy, states, noise
+
+
+def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype) -> SamplerPlan:
+    scheduler, schedule, states_a, noise = _dry_run(recipe, shape, dtype, 0.0)
+    _, _, states_b, _ = _dry_run(recipe, shape, dtype, 1.0)
+    plans = []
+    for a, b in zip(states_a, states_b, strict=True):
+        ta, tb = a.tensors(), b.tensors()
+        fixed = {
+            p: tensor_digest(t)
+            for p, t in ta.items()
+            if p in tb and t.shape == tb[p].shape and torch.equal(t, tb[p])
+        }
+        plans.append(
+            StatePlan(
+                skeleton=a.skeleton(),
+                tensors={p: (tuple(t.shape), t.dtype) for p, t in ta.items()},
+                fixed=fixed,
+            )
+        )
+    return SamplerPlan(
+        scheduler_class=type(scheduler).__name__,
+        schedule_digest=schedule_digest(schedule),
+        timesteps=tuple(float(t) for t in scheduler.timesteps),
+        init_noise_sigma=float(scheduler.init_noise_sigma),
+        states=tuple(plans),
+        noise=tuple(tuple(d) for d in noise),
+        fresh=states_a[0],
+        schedule_names=frozenset(schedule),
+    )
+
+
+_CACHE: OrderedDict[tuple[str, tuple[int, ...], str], SamplerPlan] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def sampler_plan(
+    recipe: Mapping[str, Any], shape: Sequence[int], dtype: torch.dtype = torch.float32
+) -> SamplerPlan:
+    """The plan of the recipe's declared sampler for latents of ``shape`` and ``dtype``
+    (cached). Raises :class:`VerificationError` when the declared sampler cannot be built or
+    run."""
+    import json
+
+    key_shape = tuple(int(s) for s in shape)
+    if not key_shape or any(s <= 0 for s in key_shape) or len(key_shape) > 6:
+        raise MalformedInputError(f"latent shape {key_shape} is not a tensor shape")
+    try:
+        ident = json.dumps(
+            [
+                recipe.get("sampler"),
+                recipe.get("scheduler_class"),
+                recipe.get("scheduler_config"),
+                recipe.get("steps"),
+            ],
+            sort_keys=True,
+        )
+    except (TypeError, ValueError):
+        raise MalformedInputError("the recipe's sampler fields are not JSON") from None
+    key = (ident, key_shape, str(dtype))
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    plan = _plan(recipe, key_shape, dtype)
+    with _LOCK:
+        _CACHE[key] = plan
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return plan

@@ -1,0 +1,121 @@
+"""The consumer's request, bound into the commitment, and the one call a consumer makes.
+
+The provider controls every field it hands the hook, so a commitment that only bound what the
+provider *says* was asked would let it serve a class-3 image for a class-7 request. The recipe
+therefore commits ``request``: the digest of the request parameters exactly as the consumer sent
+them (RFC 8785 JSON of a flat object). Two parties check it:
+
+* the **consumer** (or the gateway acting for it), with :func:`verify_response`: the commitment
+  is signed by the sidecar's key, names its request id, commits the digest of *its own*
+  parameters, and its subject is the digest of the output bytes it received;
+* the **verifier**, which gets the parameters with the transcript, checks them against the same
+  digest, checks the declared steps and guidance against them, and re-derives the conditioning
+  from them with the reference encoder (:mod:`samplerguard.commitment.transcript`).
+
+Request parameters are a JSON object of at most 64 keys with these always present:
+``requestId``, ``tenant``, ``steps``, ``guidanceScale``; the rest are the pipeline's inputs
+(``classLabels`` for the bundled model; ``prompt`` and ``negativePrompt`` for text pipelines;
+``height``, ``width``, ``seed`` where the consumer sent them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from samplerguard.commitment.statement import Commitment
+from samplerguard.errors import MalformedInputError, VerificationError
+
+__all__ = ["MAX_REQUEST_BYTES", "check_request_params", "request_digest", "verify_response"]
+
+MAX_REQUEST_BYTES = 64 << 10
+_REQUIRED = ("requestId", "tenant", "steps", "guidanceScale")
+
+
+def check_request_params(params: object) -> dict[str, Any]:
+    """The parameters as a plain dict, or :class:`MalformedInputError` naming the problem."""
+    if not isinstance(params, Mapping):
+        raise MalformedInputError("request parameters are not a JSON object")
+    if len(params) > 64:
+        raise MalformedInputError(f"request parameters have {len(params)} keys, over 64")
+    missing = [k for k in _REQUIRED if k not in params]
+    if missing:
+        raise MalformedInputError(f"request parameters lack {missing}")
+    steps, cfg = params["steps"], params["guidanceScale"]
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise MalformedInputError(f"request steps {steps!r} is not an integer")
+    if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not math.isfinite(cfg):
+        raise MalformedInputError(f"request guidanceScale {cfg!r} is not a finite number")
+    if not isinstance(params["requestId"], str) or not isinstance(params["tenant"], str):
+        raise MalformedInputError("request requestId and tenant must be strings")
+    return {str(k): v for k, v in params.items()}
+
+
+def request_digest(params: Mapping[str, Any]) -> str:
+    """``sha256:`` over the RFC 8785 JSON of the request parameters."""
+    doc = check_request_params(params)
+    try:
+        data = rfc8785.dumps(doc)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise MalformedInputError(f"request parameters are not canonical JSON: {exc}") from None
+    if len(data) > MAX_REQUEST_BYTES:
+        raise MalformedInputError(
+            f"request parameters are {len(data)} bytes, over the {MAX_REQUEST_BYTES} cap"
+        )
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def verify_response(
+    commitment: object,
+    public_key: Ed25519PublicKey,
+    *,
+    request: Mapping[str, Any],
+    output: bytes,
+) -> Commitment:
+    """What a consumer checks about a response, with what it holds: the commitment envelope
+    (JSON), the sidecar's public key, its own request parameters and the output bytes.
+
+    Raises :class:`VerificationError` naming the failed check (or
+    :class:`MalformedInputError` for input that is not a commitment at all); returns the
+    verified commitment. It proves the response is *committed* to this request and output; the
+    verifier's challenges prove the committed trajectory was computed as declared.
+    """
+    # (1): the sidecar's signature
+    c = Commitment.verify(commitment, public_key)
+    # (2): the request id the consumer chose
+    want_id = request.get("requestId")
+    if c.request_id != want_id:
+        raise VerificationError(
+            f"request binding: the commitment is for request {c.request_id!r}, expected {want_id!r}"
+        )
+    # (3): the consumer's own parameters, digest for digest
+    want = request_digest(request)
+    got = c.recipe.get("request")
+    if got != want:
+        raise VerificationError(
+            f"request binding: the commitment binds request parameters {str(got)[:23]}…, "
+            f"the request sent hashes to {want[:23]}… (a changed prompt, label, size, steps or "
+            "guidance)"
+        )
+    # (4): the declared steps and guidance are the requested ones
+    if c.recipe.get("steps") != request["steps"] or float(
+        c.recipe.get("guidance_scale", math.nan)
+    ) != float(request["guidanceScale"]):
+        raise VerificationError(
+            f"request binding: the recipe declares steps {c.recipe.get('steps')!r} and guidance "
+            f"{c.recipe.get('guidance_scale')!r}, the request asked for {request['steps']!r} "
+            f"and {request['guidanceScale']!r}"
+        )
+    # (5): the output received is the output committed
+    got_out = "sha256:" + hashlib.sha256(output).hexdigest()
+    if got_out != c.output_digest:
+        raise VerificationError(
+            f"output binding: the output received hashes to {got_out[:23]}…, the commitment's "
+            f"subject is {c.output_digest[:23]}…"
+        )
+    return c

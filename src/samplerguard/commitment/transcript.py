@@ -1,0 +1,346 @@
+"""The transcript: every leaf of a trajectory, z_N, the final latent and the consumer's request.
+
+A challenged step proves one transition. What binds the rest of the trajectory to the request
+and to the served output is checked on *every* challenged request, from the transcript, at the
+cost of hashing a few kilobytes of leaves and one decode:
+
+1. the leaves rebuild the signed root (no inclusion proofs needed: all leaves are present);
+2. the recipe leaf is the signed recipe; the initial leaf commits the declared schedule;
+3. every step leaf has its index, the declared schedule's timestep and the declared sampler's
+   noise count;
+4. the final latent is the last step's latent, and the transcript's final tensor is it;
+5. the output leaf is the commitment's subject, and it is the reference decode of the final
+   latent (:meth:`TailProgram.output`): a provider that serves another image is rejected with
+   probability 1 on every challenged request;
+6. the request parameters hash to the committed request digest, name the committed request id,
+   ask for the declared steps and guidance, and re-derive the committed conditioning with the
+   reference encoder (:meth:`TailProgram.conditioning`).
+
+In the DRBG modes, :func:`check_noise_stream` regenerates the whole noise stream from the
+escrowed seed and compares it with z_N and with every step's committed noise digests.
+
+The transcript travels as one safetensors file (tensors ``initial``, ``final``; JSON in
+``__metadata__["samplerguard.transcript"]``), like an opening, and is bounded the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from samplerguard.commitment.digest import bytes_digest, tensor_digest
+from samplerguard.commitment.merkle import merkle_root
+from samplerguard.commitment.opening import _check_header
+from samplerguard.commitment.plan import SamplerPlan
+from samplerguard.commitment.request import request_digest
+from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.trajectory import (
+    LEAF_FINAL,
+    LEAF_INITIAL,
+    LEAF_OUTPUT,
+    LEAF_RECIPE,
+    LEAF_STEP,
+    TrajectoryRecord,
+    canonical,
+)
+from samplerguard.errors import MalformedInputError, VerificationError
+
+__all__ = [
+    "TRANSCRIPT_KEY",
+    "TailFacts",
+    "TailProgram",
+    "Transcript",
+    "TranscriptMeta",
+    "build_transcript",
+    "check_noise_stream",
+    "check_transcript",
+]
+
+TRANSCRIPT_KEY = "samplerguard.transcript"
+_Leaf = Annotated[str, Field(max_length=1 << 16)]
+
+
+class TranscriptMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = 1
+    request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+    tree_size: Annotated[int, Field(ge=5, le=4100)]
+    root: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    leaves: Annotated[list[_Leaf], Field(min_length=5, max_length=4100)]
+    #: the request parameters as the hook declared them (checked against the committed digest)
+    request: dict[str, Any] | None = None
+
+
+class TailProgram(Protocol):
+    """What a pipeline family's reference program offers for the tail and request checks."""
+
+    pipeline: str
+
+    def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
+        """The canonical output bytes the pipeline produces from ``final_latent``."""
+
+    def conditioning(
+        self, request: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The conditioning tensors the pipeline derives from the consumer's request."""
+
+
+class Transcript:
+    """A parsed transcript. Construct with :meth:`from_bytes` or :func:`build_transcript`."""
+
+    def __init__(self, meta: TranscriptMeta, tensors: Mapping[str, torch.Tensor]) -> None:
+        for name in ("initial", "final"):
+            if name not in tensors:
+                raise MalformedInputError(f"transcript lacks tensor {name!r}")
+        if len(meta.leaves) != meta.tree_size:
+            raise MalformedInputError(
+                f"transcript carries {len(meta.leaves)} leaves for a tree of {meta.tree_size}"
+            )
+        self.meta = meta
+        self.initial = tensors["initial"]
+        self.final = tensors["final"]
+
+    def leaf_bytes(self) -> list[bytes]:
+        out = []
+        for i, text in enumerate(self.meta.leaves):
+            try:
+                out.append(base64.b64decode(text, validate=True))
+            except (binascii.Error, ValueError):
+                raise MalformedInputError(f"transcript leaf {i} is not base64") from None
+        return out
+
+    def to_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        tensors = {"initial": self.initial.contiguous(), "final": self.final.contiguous()}
+        return bytes(save(tensors, metadata={TRANSCRIPT_KEY: self.meta.model_dump_json()}))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Transcript:
+        meta_json = _check_header(data, TRANSCRIPT_KEY, "transcript")
+        try:
+            meta = TranscriptMeta.model_validate_json(meta_json)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise MalformedInputError(
+                f"transcript metadata is invalid at {where}: {first['msg']}"
+            ) from None
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            tensors = load(data)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise MalformedInputError(f"transcript tensors are corrupted: {exc}") from None
+        return cls(meta, tensors)
+
+
+def build_transcript(
+    record: TrajectoryRecord,
+    request_id: str,
+    final_latent: torch.Tensor,
+    request: Mapping[str, Any] | None,
+) -> Transcript:
+    meta = TranscriptMeta(
+        request_id=request_id,
+        tree_size=record.tree_size,
+        root=record.root.hex(),
+        leaves=[base64.b64encode(leaf).decode() for leaf in record.leaves],
+        request=dict(request) if request is not None else None,
+    )
+    return Transcript(
+        meta,
+        {
+            "initial": record.initial.latent.detach().cpu().clone(),
+            "final": final_latent.detach().cpu().clone(),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class TailFacts:
+    """What the transcript established, for the noise-stream check."""
+
+    initial_latent: torch.Tensor
+    #: the committed noise digests of every step, in order
+    step_noise: list[list[str]]
+
+
+def _doc(data: bytes, index: int, kind: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError(f"committed leaf {index} is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("type") != kind:
+        got = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
+        raise VerificationError(f"leaf {index} has type {got!r}, expected {kind!r}")
+    return doc
+
+
+def check_transcript(
+    commitment: Commitment, transcript: Transcript, plan: SamplerPlan, program: TailProgram
+) -> TailFacts:
+    """Run checks 1-6 of the module docstring. Raises :class:`VerificationError` naming the
+    check that failed."""
+    meta = transcript.meta
+    # (1): the leaves rebuild the signed root
+    if meta.request_id != commitment.request_id:
+        raise VerificationError(
+            f"transcript is for request {meta.request_id!r}, commitment is for "
+            f"{commitment.request_id!r}"
+        )
+    leaves = transcript.leaf_bytes()
+    if len(leaves) != commitment.tree_size or merkle_root(leaves) != commitment.root:
+        raise VerificationError(
+            "transcript: its leaves do not rebuild the committed root "
+            f"{commitment.root.hex()[:16]}… (tree size {commitment.tree_size})"
+        )
+    n = commitment.n_steps
+    # (2): recipe and initial leaves
+    recipe = _doc(leaves[0], 0, LEAF_RECIPE)
+    if canonical(recipe) != canonical(commitment.recipe):
+        raise VerificationError("transcript: the recipe leaf differs from the signed recipe")
+    initial = _doc(leaves[1], 1, LEAF_INITIAL)
+    if initial.get("schedule") != plan.schedule_digest:
+        raise VerificationError(
+            "transcript: the committed schedule differs from the declared scheduler's"
+        )
+    if initial.get("latent") != tensor_digest(transcript.initial):
+        raise VerificationError("transcript: z_N does not match the initial leaf")
+    if plan.n_steps != n:
+        raise VerificationError(
+            f"transcript: the declared sampler runs {plan.n_steps} steps, the commitment has {n}"
+        )
+    # (3): every step leaf
+    step_noise: list[list[str]] = []
+    last_latent = initial.get("latent")
+    for i in range(n):
+        doc = _doc(leaves[2 + i], 2 + i, LEAF_STEP)
+        ts = doc.get("timestep")
+        if doc.get("index") != i or not _same_number(ts, plan.timesteps[i]):
+            raise VerificationError(
+                f"transcript: step leaf {i} has index {doc.get('index')!r} and timestep "
+                f"{ts!r}; the declared schedule has step {i} at {plan.timesteps[i]}"
+            )
+        noise = doc.get("noise")
+        if not isinstance(noise, list) or len(noise) != len(plan.noise[i]):
+            raise VerificationError(
+                f"transcript: step {i} commits {len(noise) if isinstance(noise, list) else 0} "
+                f"noise draws, the declared sampler draws {len(plan.noise[i])}"
+            )
+        step_noise.append([str(d) for d in noise])
+        last_latent = doc.get("latent")
+    # (4): the final latent is the last step's latent
+    final = _doc(leaves[2 + n], 2 + n, LEAF_FINAL)
+    if final.get("latent") != last_latent:
+        raise VerificationError(
+            "output binding: the committed final latent is not the last step's latent"
+        )
+    if tensor_digest(transcript.final) != last_latent:
+        raise VerificationError("output binding: the transcript's final latent is not committed")
+    # (5): the output is the decode of the final latent, and the signed subject
+    output = _doc(leaves[3 + n], 3 + n, LEAF_OUTPUT)
+    if output.get("digest") != commitment.output_digest:
+        raise VerificationError("output binding: the output leaf is not the signed subject")
+    decoded = bytes_digest(program.output(transcript.final, recipe))
+    if decoded != commitment.output_digest:
+        raise VerificationError(
+            f"output binding: the served output {commitment.output_digest[:23]}… is not the "
+            f"reference decode of the final latent {decoded[:23]}…"
+        )
+    # (6): the consumer's request
+    _check_request(commitment, recipe, meta.request, program)
+    return TailFacts(initial_latent=transcript.initial, step_noise=step_noise)
+
+
+def _same_number(value: object, want: float) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and float(value) == want
+    )
+
+
+def _check_request(
+    commitment: Commitment,
+    recipe: Mapping[str, Any],
+    params: Mapping[str, Any] | None,
+    program: TailProgram,
+) -> None:
+    committed = recipe.get("request")
+    if committed is None or params is None:
+        raise VerificationError(
+            "request binding: the commitment binds no request parameters (the recipe has no "
+            "request digest, or the sidecar kept no parameters)"
+        )
+    try:
+        got = request_digest(params)
+    except MalformedInputError as exc:
+        raise VerificationError(f"request binding: {exc}") from None
+    if got != committed:
+        raise VerificationError(
+            f"request binding: the parameters served hash to {got[:23]}…, the recipe commits "
+            f"{str(committed)[:23]}…"
+        )
+    if params["requestId"] != commitment.request_id:
+        raise VerificationError(
+            f"request binding: the parameters are for request {params['requestId']!r}, the "
+            f"commitment for {commitment.request_id!r}"
+        )
+    if params["steps"] != recipe.get("steps") or not _same_number(
+        recipe.get("guidance_scale"), float(params["guidanceScale"])
+    ):
+        raise VerificationError(
+            f"request binding: the request asked for {params['steps']!r} steps at guidance "
+            f"{params['guidanceScale']!r}; the recipe declares {recipe.get('steps')!r} at "
+            f"{recipe.get('guidance_scale')!r}"
+        )
+    cond = recipe.get("conditioning")
+    if not isinstance(cond, dict):
+        raise VerificationError("request binding: the recipe commits no conditioning")
+    try:
+        derived = program.conditioning(params, recipe)
+    except MalformedInputError as exc:
+        raise VerificationError(f"request binding: {exc}") from None
+    if set(derived) != set(cond):
+        raise VerificationError(
+            f"request binding: the request derives conditioning {sorted(derived)}, the "
+            f"recipe commits {sorted(cond)}"
+        )
+    for name, tensor in derived.items():
+        if tensor_digest(tensor) != cond[name]:
+            raise VerificationError(
+                f"request binding: conditioning {name!r} is not what the request derives "
+                "(a swapped prompt or label)"
+            )
+
+
+def check_noise_stream(
+    facts: TailFacts, plan: SamplerPlan, draw: Any, *, latent_dtype: torch.dtype
+) -> None:
+    """Regenerate the request's noise stream with ``draw(shape, dtype)`` (the escrowed DRBG,
+    in draw order) and compare it with z_N and every step's committed noise. Raises
+    :class:`VerificationError` at the first draw that differs."""
+    z = facts.initial_latent
+    first = draw(tuple(z.shape), latent_dtype)
+    scaled = (first * plan.init_noise_sigma).to(z.dtype)
+    if tensor_digest(z) not in (tensor_digest(first.to(z.dtype)), tensor_digest(scaled)):
+        raise VerificationError("noise binding: z_N is not the first draw of the escrowed DRBG")
+    for i, committed in enumerate(facts.step_noise):
+        for k, (shape, dtype) in enumerate(plan.noise[i]):
+            if tensor_digest(draw(shape, dtype)) != committed[k]:
+                raise VerificationError(
+                    f"noise binding: step {i} noise {k} is not the escrowed DRBG's draw "
+                    "(substituted, replayed or steered noise)"
+                )
