@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,41 @@ class RecordedOutput:
     trajectory: Trajectory
 
 
+#: The call arguments that are the consumer's request, per pipeline family, in call order.
+_REQUEST_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "digits": (("class_labels", "classLabels"),),
+    "stable-diffusion": (
+        ("prompt", "prompt"),
+        ("height", "height"),
+        ("width", "width"),
+        ("negative_prompt", "negativePrompt"),
+    ),
+}
+
+
+def request_params(
+    request: TrajectoryRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The consumer's request parameters, read from the pipeline call: the declared steps and
+    guidance, and the family's request inputs (positional in call order, or by keyword)."""
+    params: dict[str, Any] = {
+        "requestId": request.request_id,
+        "tenant": request.tenant,
+        "steps": request.steps,
+        "guidanceScale": request.guidance_scale,
+    }
+    for i, (arg, key) in enumerate(_REQUEST_INPUTS.get(request.pipeline, ())):
+        value = kwargs.get(arg, args[i] if i < len(args) else None)
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            value = value.reshape(-1).tolist()
+        if isinstance(value, tuple):
+            value = list(value)
+        params[key] = value
+    return params
+
+
 class InstrumentedPipeline:
     def __init__(self, pipe: Any, recorder: Recorder) -> None:
         self.pipe = pipe
@@ -48,6 +84,10 @@ class InstrumentedPipeline:
         self, *args: Any, trajectory_request: TrajectoryRequest, **kwargs: Any
     ) -> RecordedOutput:
         pipe = self.pipe
+        if trajectory_request.params is None:
+            trajectory_request = dataclasses.replace(
+                trajectory_request, params=request_params(trajectory_request, args, kwargs)
+            )
         user_cb: Callable[..., dict[str, Any]] | None = kwargs.pop("callback_on_step_end", None)
         user_inputs = list(kwargs.pop("callback_on_step_end_tensor_inputs", ["latents"]))
         inputs = list(dict.fromkeys(["latents", *self.conditioning, *user_inputs]))

@@ -231,6 +231,7 @@ class SidecarSink:
                 "rngMode": req.rng_mode,
             },
             "recipe": begin.recipe,
+            "requestParams": dict(req.params) if req.params is not None else None,
             "schedule": begin.schedule,
             "state": begin.state.skeleton(),
             "conditioning": sorted(begin.conditioning),

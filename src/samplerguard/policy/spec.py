@@ -421,8 +421,15 @@ class CanaryCase(_Model):
 class VerificationRule(_Model):
     #: Fraction of requests challenged.
     fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
-    #: Steps opened per challenge (k).
+    #: Windows opened per challenge (k).
     steps_per_challenge: Annotated[int, Field(ge=1, le=64)] = 2
+    #: Consecutive steps re-checked per window (w): a deviation on every w-th step or more
+    #: often is caught by every challenge.
+    window: Annotated[int, Field(ge=1, le=64)] = 1
+    #: The fraction of deviating steps the reported catch probability is computed for.
+    deviation_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    #: The catch probability per provider the report states the number of requests for.
+    target_catch_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
     #: Honest tolerance τ on rel-L2.
     tau: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
     #: How long openings are kept.

@@ -40,6 +40,7 @@ from samplerguard.rng.seed import SEED_BYTES, RequestSeed
 
 __all__ = [
     "SeedEscrow",
+    "escrow_digest",
     "escrow_seed",
     "load_x25519_private_key",
     "load_x25519_public_key",
@@ -150,6 +151,18 @@ class SeedEscrow(BaseModel):
                 for e in exc.errors(include_url=False, include_input=False)[:5]
             )
             raise MalformedInputError(f"seed escrow does not parse: {problems}") from None
+
+
+def escrow_digest(escrow: object) -> str:
+    """The digest a commitment's ``seedEscrowDigest`` binds: SHA-256 over the escrow's JSON
+    object with sorted keys and no whitespace. The sidecar signs it; the verifier compares it."""
+    if not isinstance(escrow, dict):
+        raise MalformedInputError("a seed escrow is a JSON object")
+    try:
+        data = json.dumps(escrow, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise MalformedInputError(f"seed escrow is not JSON: {exc}") from None
+    return "sha256:" + hashlib.sha256(data.encode()).hexdigest()
 
 
 def _key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:

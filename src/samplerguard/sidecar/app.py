@@ -11,6 +11,8 @@ Authenticated (the verifier's bearer token):
 * ``GET /v1/trajectories?after=SEQ&limit=N``: committed trajectories after a sequence number;
 * ``GET /v1/trajectories/{id}``: the signed commitment (DSSE), seed escrow, quarantine reasons;
 * ``GET /v1/trajectories/{id}/openings/{step}``: the opening of one step (safetensors);
+* ``GET /v1/trajectories/{id}/transcript``: every leaf, z_N, the final latent and the request
+  parameters (safetensors), for the tail, request and noise checks;
 * ``GET /v1/integrity``: the latest runtime-integrity measurement and alerts.
 
 Authenticated routes check the bearer token *before* anything else, so an unauthenticated
@@ -35,6 +37,7 @@ __all__ = ["OPENING_MEDIA_TYPE", "create_app"]
 log = logging.getLogger(__name__)
 
 OPENING_MEDIA_TYPE = "application/vnd.samplerguard.opening+safetensors"
+TRANSCRIPT_MEDIA_TYPE = "application/vnd.samplerguard.transcript+safetensors"
 
 
 def create_app(sidecar: Sidecar) -> FastAPI:
@@ -113,6 +116,19 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             log.warning("opening %s/%s could not be read: %s", trajectory_id, step, exc)
             raise HTTPException(status_code=500, detail="stored opening is unreadable") from None
         return Response(content=data, media_type=OPENING_MEDIA_TYPE)
+
+    @app.get("/v1/trajectories/{trajectory_id}/transcript", dependencies=auth)
+    def transcript(trajectory_id: str) -> Response:
+        try:
+            data = sidecar.store.transcript_bytes(trajectory_id)
+        except UnknownTrajectoryError:
+            raise HTTPException(status_code=404, detail="no such trajectory") from None
+        except MalformedInputError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)[:300]) from None
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("transcript %s could not be read: %s", trajectory_id, exc)
+            raise HTTPException(status_code=500, detail="stored transcript is unreadable") from None
+        return Response(content=data, media_type=TRANSCRIPT_MEDIA_TYPE)
 
     @app.get("/v1/integrity", dependencies=auth)
     def integrity() -> dict[str, Any]:

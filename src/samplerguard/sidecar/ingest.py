@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from samplerguard.commitment.digest import raw_digests
+from samplerguard.commitment.request import check_request_params, request_digest
 from samplerguard.commitment.state import state_digest
 from samplerguard.commitment.statement import Commitment, commit
 from samplerguard.commitment.trajectory import LeafLog
@@ -57,6 +58,7 @@ from samplerguard.hook.wire import (
     tune_socket,
 )
 from samplerguard.sidecar.enforce import Admission, RequestRefusedError
+from samplerguard.sidecar.ledger import LEDGER_NAME, RequestIdLedger
 from samplerguard.sidecar.store import OpeningStore, TrajectoryWriter
 
 __all__ = ["Gate", "IngestServer", "StartRequest"]
@@ -356,6 +358,27 @@ def _digester() -> _InlineDigester:
     return _InlineDigester(DIGEST_THREAD_AFTER if threaded else None)
 
 
+def _request_params(
+    params: object, recipe: dict[str, Any], start: StartRequest
+) -> dict[str, Any] | None:
+    """The consumer's request parameters from START: they must hash to the digest the recipe
+    commits and name this request, or the request is refused before anything is stored."""
+    committed = recipe.get("request")
+    if params is None and committed is None:
+        return None
+    if params is None or committed is None:
+        raise MalformedInputError(
+            "START carries request parameters without the recipe's request digest, or the "
+            "digest without the parameters"
+        )
+    checked = check_request_params(params)
+    if request_digest(checked) != committed:
+        raise MalformedInputError("START's request parameters do not hash to the recipe's digest")
+    if checked["requestId"] != start.request_id or checked["tenant"] != start.tenant:
+        raise MalformedInputError("START's request parameters name another request or tenant")
+    return checked
+
+
 @dataclass(frozen=True)
 class _Tree:
     """The digest-only tree the sidecar signs (a commitment `Tree`)."""
@@ -388,6 +411,7 @@ class _Trajectory:
             peer_pid=peer_pid,
             solver_files=header.get("solverFiles"),
         )
+        self.params = _request_params(header.get("requestParams"), recipe, self.start)
         self.decision = server.gate.admit(self.start)
         self._layouts = _Layouts()
         specs = self._layouts.specs(frame, _START_NAMES, "START")
@@ -402,6 +426,7 @@ class _Trajectory:
             raise MalformedInputError("START carries no schedule digest")
         self.leaves = LeafLog()
         self.recipe = self.leaves.begin(recipe, cond, latent, state, schedule)
+        server.ledger.check(self.start.request_id)
         self.writer: TrajectoryWriter = server.store.open(self.start.request_id)
         try:
             self.writer.add("i/", specs, frame.body)
@@ -539,8 +564,12 @@ class _Trajectory:
             envelope=commitment.envelope,
             quarantine=list(self.decision.admission.reasons),
             seedEscrow=self.start.seed_escrow,
+            request=self.params,
         )
         self.writer.commit(self.index, fsync=self.server.fsync)
+        # claimed once committed, not at START: a refused or interrupted stream may be retried;
+        # a crash between the two is covered by the ledger taking in the store at start
+        self.server.ledger.remember(self.start.request_id)
         return commitment
 
 
@@ -683,6 +712,9 @@ class IngestServer:
         self.path = path
         self.receive_buffer = receive_buffer
         self.store = store
+        self.ledger = RequestIdLedger(store.root / LEDGER_NAME)
+        for entry in store.committed(after=0, limit=1 << 62):
+            self.ledger.remember(entry.id)
         self.gate = gate
         self.max_trajectory_bytes = max_trajectory_bytes
         self.idle_timeout = idle_timeout
@@ -712,3 +744,4 @@ class IngestServer:
             self._server.shutdown()
         self._server.server_close()
         self.path.unlink(missing_ok=True)
+        self.ledger.close()

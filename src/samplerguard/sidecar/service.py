@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -16,6 +15,7 @@ from samplerguard.errors import MalformedInputError
 from samplerguard.policy.load import load_policy, report_policy_name
 from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
+from samplerguard.rng.escrow import escrow_digest
 from samplerguard.sidecar.auth import Authenticator, TokenFileAuth, TokenReviewAuth
 from samplerguard.sidecar.config import SidecarConfig
 from samplerguard.sidecar.enforce import Admission, RequestRefusedError, admit
@@ -206,12 +206,7 @@ class Sidecar:
         if self.policy_name:
             predicate["policy"] = self.policy_name
         if start.seed_escrow is not None:
-            predicate["seedEscrowDigest"] = (
-                "sha256:"
-                + hashlib.sha256(
-                    json.dumps(start.seed_escrow, sort_keys=True, separators=(",", ":")).encode()
-                ).hexdigest()
-            )
+            predicate["seedEscrowDigest"] = escrow_digest(start.seed_escrow)
         if self.telemetry is not None:
             self._record_request(start, beacon)
         return Decision(admission, predicate)

@@ -53,6 +53,7 @@ import torch
 from samplerguard.commitment.merkle import inclusion_proof, leaf_hash
 from samplerguard.commitment.opening import LeafProof, Opening, OpeningMeta
 from samplerguard.commitment.trajectory import leaf_index_of_step
+from samplerguard.commitment.transcript import Transcript, TranscriptMeta
 from samplerguard.errors import MalformedInputError, TemporaryError
 from samplerguard.hook.wire import DTYPES, TensorSpec
 
@@ -593,6 +594,23 @@ class OpeningStore:
             conditioning=sorted(doc["conditioning"]),
         )
         return Opening(meta, tensors).to_bytes()
+
+    def transcript_bytes(self, trajectory_id: str) -> bytes:
+        """Every leaf, z_N, the final latent and the request parameters (a transcript)."""
+        doc = self.index(trajectory_id)
+        tensors = self._read(
+            trajectory_id,
+            doc["tensors"],
+            {"initial": doc["initial"]["latent"], "final": "f/latent"},
+        )
+        meta = TranscriptMeta(
+            request_id=trajectory_id,
+            tree_size=len(doc["leaves"]),
+            root=doc["root"],
+            leaves=doc["leaves"],
+            request=doc.get("request"),
+        )
+        return Transcript(meta, tensors).to_bytes()
 
     def _read(
         self, trajectory_id: str, table: dict[str, list[Any]], wanted: dict[str, str]

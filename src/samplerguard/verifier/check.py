@@ -19,23 +19,34 @@ trajectory is not judged and is tried again next round.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from samplerguard.commitment.challenge import (
+    catch_probability,
+    challenge_steps,
+    requests_for,
+    verify_challenge,
+)
 from samplerguard.commitment.opening import Opening
-from samplerguard.commitment.recheck import RecheckResult, build_scheduler, recheck_step
 from samplerguard.commitment.statement import Commitment
-from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.commitment.transcript import Transcript
+from samplerguard.errors import MalformedInputError, TemporaryError, VerificationError
+from samplerguard.policy.conformance import recipe_violations
 from samplerguard.policy.report import ReportResult
+from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import SamplerPolicySpec
 from samplerguard.verifier.client import SidecarClient
 from samplerguard.verifier.discovery import Target
 from samplerguard.verifier.reference import ReferenceModels
 
 __all__ = ["Checker", "Judgement"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,17 +55,6 @@ class Judgement:
     results: list[ReportResult]
     challenged: bool
     outcome: str  # pass | fail | error
-
-
-def _schedule(recipe: dict[str, Any]) -> str:
-    config = recipe.get("scheduler_config")
-    if isinstance(config, dict):
-        if config.get("use_karras_sigmas"):
-            return "karras"
-        spacing = config.get("timestep_spacing")
-        if isinstance(spacing, str):
-            return spacing
-    return "leading"
 
 
 class Checker:
@@ -117,42 +117,55 @@ class Checker:
                 "signature",
                 ids,
             )
-        # (3): the recipe, once per trajectory
+        # (3): the recipe, once per trajectory, held to the policy by the verifier itself
         recipe = commitment.recipe
+        raw_config = recipe.get("scheduler_config")
+        config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
         quarantine = commitment.predicate.get("quarantine") or []
         common = {
-            "guidance": float(recipe.get("guidance_scale", 0.0)),
-            "steps": int(recipe.get("steps", 0)),
-            "sampler": str(recipe.get("sampler")),
-            "schedule": _schedule(recipe),
+            "guidance": _float(recipe.get("guidance_scale")),
+            "steps": _int(recipe.get("steps")),
+            "sampler": str(recipe.get("sampler"))[:64],
+            "schedule": schedule_id(str(recipe.get("scheduler_class") or ""), config),
             **ids,
         }
+        violations = recipe_violations(self.spec, recipe, str(recipe.get("rng", "framework")))
+        problems = [m for _, m in violations] + [str(q) for q in quarantine]
+        if violations and self.spec.mode == "enforce":
+            message = "recipe out of policy: " + "; ".join(problems)
+            self._observe("fail", None, "policy")
+            return Judgement(
+                root,
+                [self._result(target, "recipe", "fail", message, **common)],
+                True,
+                "fail",
+            )
         results = [
             self._result(
                 target,
                 "recipe",
-                "warn" if quarantine else "pass",
-                ("quarantined by the sidecar: " + "; ".join(map(str, quarantine)))
-                if quarantine
+                "warn" if problems else "pass",
+                ("out of policy (quarantined): " + "; ".join(problems))
+                if problems
                 else "recipe committed within the policy",
                 **common,
             )
         ]
-        # (4): challenge decision and steps, drawn only now that the signed root is held, and
-        # journaled before any opening is fetched (an interrupted check reuses the same draw)
+        # (4): challenge decision and steps (k windows of w), drawn only now that the signed
+        # root is held, and journaled before any opening is fetched (an interrupted check reuses
+        # the same draw)
         n = commitment.n_steps
-        k = min(self.spec.verification.steps_per_challenge, n)
+        rule = self.spec.verification
 
         def draw() -> list[int]:
-            if not self.challenged(bool(quarantine)):
+            if not self.challenged(bool(problems)):
                 return []
-            return sorted(self._rng.sample(range(n), k))
+            return challenge_steps(n, rule.steps_per_challenge, rule.window, self._rng)
 
         steps = self.challenge(key, draw)
         if not steps:
             return Judgement(root, results, False, "pass")
-        tau = self.spec.verification.tau
-        worst: RecheckResult | None = None
+        tau = rule.tau
         try:
             program = self.references.program(recipe)
         except MalformedInputError as exc:
@@ -166,42 +179,57 @@ class Checker:
             fail = self._result(target, "trajectory-recheck", "fail", str(exc), **common)
             self._observe("fail", None, "digest")
             return Judgement(root, [*results, fail], True, "fail")
+        seed_checked = False
         try:
-            for step in steps:
-                # (5): opening → inclusion → reference step → rel-L2
-                raw = client.opening(trajectory_id, step)
-                try:
-                    opening = Opening.from_bytes(raw)
-                except MalformedInputError as exc:
-                    raise VerificationError(f"opening of step {step} rejected: {exc}") from None
-                if opening.step != step:  # pragma: no cover - recheck would catch it too
-                    raise VerificationError(
-                        f"sidecar served step {opening.step} when step {step} was challenged"
-                    )
-                res = recheck_step(commitment, opening, program, tau=tau)
-                if worst is None or res.worst > worst.worst or res.reasons:
-                    worst = res
-                if not res.accepted:
-                    break
-            # (6): the seed escrow
-            escrow_problem = self._check_escrow(doc, commitment, client, trajectory_id)
-        except (VerificationError, MalformedInputError) as exc:
-            # a malformed opening or recipe from the prover is the prover's failure
-            fail = self._result(target, "trajectory-recheck", "fail", str(exc), tau=tau, **common)
-            self._observe("fail", None, _reason(str(exc)))
-            return Judgement(root, [*results, fail], True, "fail")
-        assert worst is not None
-        if escrow_problem is not None:
-            results.append(self._result(target, "seed-health", "fail", escrow_problem, **ids))
-        elif doc.get("seedEscrow") is not None and self.escrow_key is not None:
-            results.append(
-                self._result(target, "seed-health", "pass", "z_N matches the escrowed seed", **ids)
+            # (5): transcript (tail, request, schedule), noise stream, then every opened step
+            transcript = _parse(
+                Transcript.from_bytes, client.transcript(trajectory_id), "transcript"
             )
-        ok = worst.accepted
+            noise = self._noise(doc, commitment)
+            seed_checked = noise is not None
+
+            def opening(step: int) -> Opening:
+                raw = client.opening(trajectory_id, step)
+                opened: Opening = _parse(Opening.from_bytes, raw, f"opening of step {step}")
+                return opened
+
+            outcome = verify_challenge(
+                commitment, transcript, opening, program, steps=steps, tau=tau, noise=noise
+            )
+        except TemporaryError:
+            raise
+        except (VerificationError, MalformedInputError) as exc:
+            # a malformed opening, transcript or recipe from the prover is the prover's failure
+            return self._rejected(target, results, root, str(exc), tau, common)
+        except Exception as exc:  # anything a hostile recipe or tensor makes diffusers raise
+            log.warning("trajectory %s: re-check raised %s", trajectory_id, type(exc).__name__)
+            return self._rejected(
+                target, results, root, f"re-check failed: {type(exc).__name__}: {exc}", tau, common
+            )
+        worst = outcome.worst
+        assert worst is not None
+        if seed_checked:
+            results.append(
+                self._result(
+                    target,
+                    "seed-health",
+                    "pass",
+                    "z_N and every step's noise match the escrow",
+                    **ids,
+                )
+            )
+        ok = outcome.accepted
+        per_request = catch_probability(
+            n, len(steps), max(1, math.ceil(rule.deviation_fraction * n))
+        )
+        needed = requests_for(rule.target_catch_probability, per_request * rule.fraction)
+        mode = "exact (same build)" if outcome.exact else f"tau {outcome.tau:g} across builds"
         message = (
-            f"steps {steps}: worst relL2 {worst.worst:.3g} <= tau {tau:g}"
+            f"steps {steps}: worst relL2 {worst.worst:.3g}, {mode}; P(catch a "
+            f"{rule.deviation_fraction:g} deviation) {per_request:.3f} per challenged request, "
+            f"{rule.target_catch_probability:g} after {needed} requests"
             if ok
-            else f"step {worst.step}: relL2 {worst.worst:.3g} > tau {tau:g}"
+            else f"step {worst.step}: relL2 {worst.worst:.3g} > tau {outcome.tau:g} ({mode})"
             + (f" ({'; '.join(worst.reasons)})" if worst.reasons else "")
             + " (substituted model, skipped steps, altered guidance or schedule?)"
         )
@@ -212,7 +240,7 @@ class Checker:
                 "pass" if ok else "fail",
                 message,
                 rel_l2=worst.worst,
-                tau=tau,
+                tau=outcome.tau,
                 step=worst.step,
                 **common,
             )
@@ -223,8 +251,49 @@ class Checker:
             "ok" if ok else "rel_l2",
             str(recipe.get("sampler")),
         )
-        outcome = "pass" if ok and escrow_problem is None else "fail"
-        return Judgement(root, results, True, outcome)
+        return Judgement(root, results, True, "pass" if ok else "fail")
+
+    def _rejected(
+        self,
+        target: Target,
+        results: list[ReportResult],
+        root: str,
+        message: str,
+        tau: float,
+        common: dict[str, Any],
+    ) -> Judgement:
+        fail = self._result(target, "trajectory-recheck", "fail", message, tau=tau, **common)
+        self._observe("fail", None, _reason(message))
+        return Judgement(root, [*results, fail], True, "fail")
+
+    def _noise(self, doc: dict[str, Any], commitment: Commitment) -> Any:
+        """The request's noise stream from its escrow, or ``None`` when there is none to check.
+        The escrow must be the one the signed predicate binds, and its authenticated labels must
+        name this request; a policy that requires an escrow fails a request without one."""
+        escrow_doc = doc.get("seedEscrow")
+        if escrow_doc is None:
+            if self.spec.rng.escrow:
+                raise VerificationError("noise binding: the policy requires a seed escrow")
+            return None
+        if self.escrow_key is None:
+            return None
+        from samplerguard.rng.escrow import SeedEscrow, escrow_digest, open_escrow
+
+        bound = commitment.predicate.get("seedEscrowDigest")
+        got = escrow_digest(escrow_doc)
+        if bound != got:
+            raise VerificationError(
+                f"noise binding: the seed escrow is not the one the commitment binds "
+                f"(got {got}, signed {bound})"
+            )
+        escrow = SeedEscrow.from_json(json.dumps(escrow_doc))
+        seed = open_escrow(self.escrow_key, escrow, request_id=commitment.request_id)
+        stream = seed.noise(record_draws=False)
+
+        def draw(shape: tuple[int, ...], dtype: Any) -> Any:
+            return stream.randn(shape, dtype=dtype)
+
+        return draw
 
     def _fail(
         self, target: Target, root: str, message: str, reason: str, ids: dict[str, str]
@@ -243,37 +312,22 @@ class Checker:
         if self.telemetry is not None:
             self.telemetry.record_verification(outcome, rel_l2=rel, reason=reason, sampler=sampler)
 
-    def _check_escrow(
-        self, doc: dict[str, Any], commitment: Commitment, client: SidecarClient, tid: str
-    ) -> str | None:
-        escrow_doc = doc.get("seedEscrow")
-        if escrow_doc is None or self.escrow_key is None:
-            return None
-        from samplerguard.rng.escrow import SeedEscrow, regenerate_initial_noise
 
-        bound = commitment.predicate.get("seedEscrowDigest")
-        got = (
-            "sha256:"
-            + hashlib.sha256(
-                json.dumps(escrow_doc, sort_keys=True, separators=(",", ":")).encode()
-            ).hexdigest()
-        )
-        if bound != got:
-            return f"seed escrow is not the one the commitment binds (got {got}, signed {bound})"
-        try:
-            escrow = SeedEscrow.from_json(json.dumps(escrow_doc))
-            opening = Opening.from_bytes(client.opening(tid, 0))
-            z = opening.latent_in
-            noise = regenerate_initial_noise(self.escrow_key, escrow, tuple(z.shape), z.dtype)
-            sigma = float(build_scheduler(commitment.recipe).init_noise_sigma)
-        except (VerificationError, MalformedInputError) as exc:
-            return f"seed escrow check failed: {exc}"
-        from samplerguard.commitment.recheck import rel_l2
+def _parse(parse: Any, raw: bytes, what: str) -> Any:
+    try:
+        return parse(raw)
+    except MalformedInputError as exc:
+        raise VerificationError(f"{what} rejected: {exc}") from None
 
-        rel = rel_l2(z, noise * sigma)
-        if not rel <= 1e-6:
-            return f"z_N does not match the escrowed seed (rel-L2 {rel:.3g}, expected <= 1e-06)"
-        return None
+
+def _float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _reason(message: str) -> str:

@@ -117,6 +117,9 @@ class SidecarClient:
     def trajectory(self, trajectory_id: str) -> dict[str, Any]:
         return self._json(f"/v1/trajectories/{trajectory_id}")
 
+    def transcript(self, trajectory_id: str) -> bytes:
+        return self._get(f"/v1/trajectories/{trajectory_id}/transcript", limit=MAX_OPENING_BYTES)
+
     def opening(self, trajectory_id: str, step: int) -> bytes:
         return self._get(
             f"/v1/trajectories/{trajectory_id}/openings/{step}", limit=MAX_OPENING_BYTES

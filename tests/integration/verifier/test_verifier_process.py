@@ -110,7 +110,8 @@ def test_honest_providers_pass(audited: dict[str, Any]) -> None:
         ("cheat-model", r"relL2 .* > tau"),
         (
             "cheat-steps",
-            r"declared sampler runs 8 steps .* commitment has 4|committed schedule digest differs",
+            r"declared sampler runs 8 steps .* commitment has 4"
+            r"|committed schedule (digest )?differs",
         ),
         ("cheat-cfg", r"relL2 .* > tau"),
         ("corrupt", r"opened (input|output) latent digest mismatch"),

@@ -65,7 +65,14 @@ def _sidecar(tmp_path: Path, policy: Path, model: Path, **kw: Any) -> Sidecar:
 
 
 def _start(digest: str, **recipe: Any) -> StartRequest:
-    r = {"sampler": "euler", "steps": 10, "guidance_scale": 3.0, "model": {"digest": digest}}
+    r = {
+        "sampler": "euler",
+        "scheduler_class": "EulerDiscreteScheduler",
+        "scheduler_config": {},
+        "steps": 10,
+        "guidance_scale": 3.0,
+        "model": {"digest": digest},
+    }
     r.update(recipe)
     return StartRequest("r-1", "tenant-a", "framework", r, None, None)
 

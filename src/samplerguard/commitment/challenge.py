@@ -1,0 +1,150 @@
+"""One challenge of a committed request: the transcript checks, the noise stream, and windows of
+re-checked steps, with the probability that a sparse deviation is caught.
+
+Steps are drawn only after the signed root is held, from the challenger's CSPRNG, as ``k``
+windows of ``w`` consecutive steps. Every opened step is re-checked from its own committed input,
+so a window catches any deviation inside it, and a periodic deviation (feature caching every
+4th step, guidance dropped on the last steps) is caught by one window at least as long as its
+period with certainty.
+
+The tolerance: when the verifier reproduces the provider's build (no fingerprint difference
+after the settable flags are set), an honest step re-checks to exactly 0 and the tolerance is 0,
+so even a 1e-6 nudge of one latent fails when it is challenged. Otherwise the policy's τ, which
+``samplerguard calibrate`` measures for that pair of configurations, applies.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from samplerguard.commitment.fingerprint import differences
+from samplerguard.commitment.opening import Opening
+from samplerguard.commitment.plan import sampler_plan
+from samplerguard.commitment.recheck import RecheckResult, recheck_step
+from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.transcript import (
+    Transcript,
+    check_noise_stream,
+    check_transcript,
+)
+from samplerguard.errors import MalformedInputError, VerificationError
+
+__all__ = [
+    "ChallengeResult",
+    "catch_probability",
+    "challenge_steps",
+    "requests_for",
+    "verify_challenge",
+]
+
+#: ``draw(shape, dtype) -> tensor``: the request's noise stream, in draw order
+NoiseDraw = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+def challenge_steps(
+    n: int, k: int, window: int = 1, rng: secrets.SystemRandom | None = None
+) -> list[int]:
+    """``k`` windows of ``window`` consecutive steps in ``[0, n)``, drawn uniformly (sorted,
+    de-duplicated). Windows longer than the trajectory cover all of it."""
+    if n < 1 or k < 1 or window < 1:
+        raise MalformedInputError(f"cannot draw {k} windows of {window} steps from {n} steps")
+    rng = rng or secrets.SystemRandom()
+    w = min(window, n)
+    steps: set[int] = set()
+    for _ in range(k):
+        start = rng.randrange(n - w + 1)
+        steps.update(range(start, start + w))
+    return sorted(steps)
+
+
+def catch_probability(n: int, checked: int, deviating: int) -> float:
+    """The probability that ``checked`` distinct steps, drawn uniformly from ``n``, include at
+    least one of ``deviating`` steps placed anywhere: ``1 - C(n-m, c) / C(n, c)``."""
+    if deviating <= 0:
+        return 0.0
+    c = min(max(checked, 0), n)
+    if deviating + c > n:
+        return 1.0
+    return 1.0 - math.comb(n - deviating, c) / math.comb(n, c)
+
+
+def requests_for(target: float, per_request: float) -> int | None:
+    """How many challenged requests catch a provider with probability ``target`` when each
+    catches it with ``per_request`` (``None`` when never)."""
+    if per_request >= 1.0:
+        return 1
+    if per_request <= 0.0:
+        return None
+    return max(1, math.ceil(math.log1p(-target) / math.log1p(-per_request)))
+
+
+@dataclass
+class ChallengeResult:
+    steps: list[int]
+    exact: bool
+    tau: float
+    results: list[RecheckResult] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
+    noise_checked: bool = False
+
+    @property
+    def worst(self) -> RecheckResult | None:
+        if not self.results:
+            return None
+        return max(self.results, key=lambda r: (not r.accepted, r.worst))
+
+    @property
+    def accepted(self) -> bool:
+        return all(r.accepted for r in self.results)
+
+
+def verify_challenge(
+    commitment: Commitment,
+    transcript: Transcript,
+    opening: Callable[[int], Opening],
+    program: Any,
+    *,
+    steps: list[int],
+    tau: float,
+    noise: NoiseDraw | None = None,
+) -> ChallengeResult:
+    """Check the transcript (tail, request, schedule, noise counts), the noise stream when
+    ``noise`` is given, then re-check every step in ``steps``. Raises
+    :class:`VerificationError` for a failed binding check (with the check in the message);
+    returns the re-check scores otherwise (see :attr:`ChallengeResult.accepted`)."""
+    recipe: Mapping[str, Any] = commitment.recipe
+    z = transcript.initial
+    # (1): the declared sampler's plan; a recipe that cannot be built fails this request only
+    plan = sampler_plan(recipe, tuple(z.shape), z.dtype)
+    # (2): leaves, tail, output decode, request
+    facts = check_transcript(commitment, transcript, plan, program)
+    # (3): the whole noise stream, in the DRBG modes
+    if noise is not None:
+        check_noise_stream(facts, plan, noise, latent_dtype=z.dtype)
+    # (4): exact when this verifier reproduces the provider's build
+    diff = differences(recipe.get("runtime"), program.device)
+    exact = not diff
+    result = ChallengeResult(
+        steps=list(steps),
+        exact=exact,
+        tau=0.0 if exact else tau,
+        differences=diff,
+        noise_checked=noise is not None,
+    )
+    for step in steps:
+        if not 0 <= step < commitment.n_steps:
+            raise MalformedInputError(f"step {step} is outside the committed trajectory")
+        opened = opening(step)
+        if opened.step != step:
+            raise VerificationError(f"step {opened.step} was served when step {step} was asked")
+        res = recheck_step(commitment, opened, program, tau=result.tau)
+        result.results.append(res)
+        if not res.accepted:
+            break
+    return result
