@@ -1,0 +1,471 @@
+"""The catalogue of an adaptive provider's attacks, each recorded through the real hook.
+
+The provider controls the app: its denoising loop, the tensors and sampler state it hands the
+hook, every field of its requests. Each attack below records a well-formed, signed commitment
+through the hook's plain-loop API (as a custom serving loop would) and is then challenged the
+way the verifier challenges it (:func:`samplerguard.commitment.challenge.verify_challenge`),
+with every step opened so the test states which steps reject and why; the catch probability per
+challenged request follows from that (see ``benchmarks/bench_rel_l2_table.py``). The catalogue
+grows: a new attack is a new ``cheat`` function and a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from samplerguard.commitment.challenge import (
+    catch_probability,
+    challenge_steps,
+    verify_challenge,
+)
+from samplerguard.commitment.digest import output_bytes
+from samplerguard.commitment.request import verify_response
+from samplerguard.commitment.statement import Commitment
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.hook.local import LocalSink
+from samplerguard.hook.recorder import Recorder, TrajectoryRequest, scheduler_config
+from samplerguard.models.digits import StepInputs, guided_eps, make_scheduler, scheduler_step
+from samplerguard.models.programs import DigitsProgram
+from samplerguard.rng import NoiseAuthority
+from samplerguard.rng.escrow import open_escrow
+from samplerguard.rng.shim import noise_from
+
+STEPS = 8
+LABELS = [3, 7]
+
+
+@dataclass
+class Served:
+    commitment: Commitment
+    sink: LocalSink
+    output: bytes
+    params: dict[str, Any]
+    escrow: Any = None
+
+    def challenge(self, program: Any, steps: list[int], *, noise: Any = None) -> Any:
+        rid = self.commitment.request_id
+        return verify_challenge(
+            self.commitment,
+            self.sink.transcript(rid),
+            lambda s: self.sink.opening(rid, s),
+            program,
+            steps=steps,
+            tau=1e-5,
+            noise=noise,
+        )
+
+    def flagged(self, program: Any) -> list[int]:
+        """Every step whose single-step challenge rejects."""
+        out = []
+        for step in range(self.commitment.n_steps):
+            try:
+                if not self.challenge(program, [step]).accepted:
+                    out.append(step)
+            except VerificationError:
+                out.append(step)
+        return out
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[tuple[Recorder, LocalSink]]:
+    sink = LocalSink()
+    rec = Recorder(sink)
+    yield rec, sink
+    rec.close()
+
+
+@pytest.fixture(scope="module")
+def authority() -> NoiseAuthority:
+    return NoiseAuthority(b"k" * 32, "ctr-drbg")
+
+
+@pytest.fixture(scope="module")
+def verifier_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+Cheat = Callable[..., Any]
+
+
+def serve(
+    tiny_unet: Any,
+    recorder: tuple[Recorder, LocalSink],
+    request_id: str,
+    *,
+    sampler: str = "euler",
+    labels: list[int] = LABELS,
+    run_labels: list[int] | None = None,
+    latents: torch.Tensor | None = None,
+    before_loop: Cheat | None = None,
+    eps_for: Callable[..., torch.Tensor] | None = None,
+    after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    output: Callable[[torch.Tensor], bytes] | None = None,
+    authority: NoiseAuthority | None = None,
+    verifier_key: X25519PrivateKey | None = None,
+    noise_fn: Any = None,
+    params_labels: list[int] | None = None,
+) -> Served:
+    """One request served by a provider whose loop the keyword arguments alter."""
+    rec, sink = recorder
+    scheduler = make_scheduler(sampler)
+    scheduler.set_timesteps(STEPS)
+    params = {
+        "requestId": request_id,
+        "tenant": "tenant-a",
+        "classLabels": params_labels or labels,
+        "steps": STEPS,
+        "guidanceScale": 3.0,
+    }
+    escrow = None
+    noise = None
+    rng_mode = "framework"
+    if authority is not None:
+        noise = authority.request("tenant-a", request_id, record_draws=False)
+        rng_mode = noise.mode
+        assert verifier_key is not None
+        escrow = noise.escrow(verifier_key.public_key())
+    if latents is None:
+        latents = (
+            noise.randn((len(labels), 1, 8, 8))
+            if noise is not None
+            else torch.randn((len(labels), 1, 8, 8), generator=torch.Generator().manual_seed(5))
+        )
+    request = TrajectoryRequest(
+        request_id=request_id,
+        tenant="tenant-a",
+        pipeline="digits",
+        model_name="digits",
+        model_digest=DigitsProgram(tiny_unet).model_digest,
+        sampler=sampler,
+        guidance_scale=3.0,
+        steps=STEPS,
+        rng_mode=rng_mode,
+        params=params,
+    )
+    inputs = StepInputs(torch.tensor(run_labels or labels), 3.0)
+    draw = noise_fn or (noise.noise_fn() if noise is not None else None)
+    with torch.no_grad(), rec.trajectory(request) as tr:
+        tr.begin(scheduler, latents, conditioning={"class_labels": inputs.class_labels})
+        if before_loop is not None:
+            before_loop(scheduler)
+        for i, t in enumerate(scheduler.timesteps):
+
+            def real(t: torch.Tensor = t, z: torch.Tensor = latents) -> torch.Tensor:
+                return guided_eps(tiny_unet, scheduler, z, t, inputs)
+
+            eps = eps_for(i, latents, real, t) if eps_for is not None else real()
+            if draw is not None:
+                with noise_from(draw):
+                    latents = scheduler_step(scheduler, eps, t, latents)
+            else:
+                latents = scheduler_step(scheduler, eps, t, latents)
+            if after_step is not None:
+                latents = after_step(i, latents)
+            tr.step(i, t, latents, scheduler)
+        out = output(latents) if output is not None else output_bytes(latents)
+        tr.end(latents, out)
+    if noise is not None:
+        noise.close()
+    assert tr.commitment is not None
+    return Served(tr.commitment, sink, out, params, escrow)
+
+
+def _escrow_draw(served: Served, key: X25519PrivateKey) -> Any:
+    seed = open_escrow(key, served.escrow, request_id=served.commitment.request_id)
+    stream = seed.noise(record_draws=False)
+    return lambda shape, dtype: stream.randn(shape, dtype=dtype)
+
+
+# -- the honest baseline ----------------------------------------------------------------------
+
+
+def test_an_honest_provider_passes_every_step_exactly(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    served = serve(tiny_unet, recorder, "honest-1")
+    result = served.challenge(program, list(range(STEPS)))
+    assert result.accepted and result.exact and result.tau == 0.0
+    assert all(r.worst == 0.0 for r in result.results)
+    pub = served.sink.key.public_key()
+    verify_response(served.commitment.to_json(), pub, request=served.params, output=served.output)
+
+
+# -- 1. sampler-state smuggling ---------------------------------------------------------------
+
+
+def test_a_smuggled_sigma_schedule_is_rejected_at_every_step(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """Declares Euler x 8, repeats sigmas so most steps are exact no-ops, and runs the UNet on
+    3 steps only. The smuggled ``sigmas`` travel in the committed state."""
+    keep = {0, 3, 6}
+
+    def smuggle(scheduler: Any) -> None:
+        sig = scheduler.sigmas.clone()
+        for i in range(len(sig) - 1):
+            if i not in keep:
+                sig[i + 1] = sig[i]
+        scheduler.sigmas = sig
+
+    def eps_for(i: int, latents: torch.Tensor, real: Any, t: Any) -> torch.Tensor:
+        return real() if i in keep else torch.zeros_like(latents)
+
+    served = serve(tiny_unet, recorder, "smuggle-1", before_loop=smuggle, eps_for=eps_for)
+    assert served.flagged(program) == list(range(STEPS))
+    with pytest.raises(VerificationError, match=r"not genuine.*sigmas"):
+        served.challenge(program, [1])
+
+
+def test_a_shifted_step_counter_is_rejected(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """The state's ``_step_index`` is advanced by one after step 2: step 3 then runs with step
+    4's sigmas while the committed timestep stays step 3's."""
+
+    served_ok = serve(tiny_unet, recorder, "counter-0")
+    assert served_ok.challenge(program, [3]).accepted
+
+    def shift(scheduler: Any) -> None:
+        original = scheduler.step
+
+        def step(*a: Any, **kw: Any) -> Any:
+            out = original(*a, **kw)
+            if scheduler._step_index == 3:  # step 3 runs on step 4's sigmas ...
+                scheduler._step_index = 4
+            elif scheduler._step_index == 5:  # ... and the loop then goes on as declared
+                scheduler._step_index = 4
+            return out
+
+        scheduler.step = step
+
+    served = serve(tiny_unet, recorder, "counter-1", before_loop=shift)
+    with pytest.raises(VerificationError, match="not genuine"):
+        served.challenge(program, [3])
+
+
+# -- 2. output swap ---------------------------------------------------------------------------
+
+
+def test_a_served_output_that_is_not_the_decode_is_rejected_on_every_challenge(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    other = torch.zeros(2, 1, 8, 8)
+    served = serve(tiny_unet, recorder, "swap-out-1", output=lambda z: output_bytes(other))
+    for step in range(STEPS):  # probability 1: whichever step is drawn
+        with pytest.raises(VerificationError, match="output binding: the served output"):
+            served.challenge(program, [step])
+
+
+def test_a_final_latent_that_is_not_the_last_step_is_rejected(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    _, sink = recorder
+    served = serve(tiny_unet, recorder, "swap-final-1")
+    record = sink.record("swap-final-1")
+    forged = dataclasses.replace(record, final=record.final + 1.0)  # type: ignore[operator]
+    sink._records["swap-final-1"] = forged
+    with pytest.raises(VerificationError, match="output binding"):
+        served.challenge(program, [0])
+
+
+# -- 3. request swap --------------------------------------------------------------------------
+
+
+def test_a_conditioning_swap_is_rejected_by_the_verifier(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """The consumer asked for [3, 7]; the provider commits those parameters but runs [3, 3]."""
+    served = serve(tiny_unet, recorder, "swap-req-1", run_labels=[3, 3])
+    with pytest.raises(VerificationError, match="request binding: conditioning 'class_labels'"):
+        served.challenge(program, [0])
+
+
+def test_a_request_swap_is_rejected_by_the_consumer(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """The provider commits parameters of its own ([3, 3]) and runs them: the verifier sees a
+    consistent trajectory, but the consumer's one call rejects it."""
+    served = serve(tiny_unet, recorder, "swap-req-2", labels=[3, 3])
+    assert served.challenge(program, [0]).accepted
+    asked = {**served.params, "classLabels": [3, 7]}
+    with pytest.raises(VerificationError, match="request binding: the commitment binds"):
+        verify_response(
+            served.commitment.to_json(),
+            served.sink.key.public_key(),
+            request=asked,
+            output=served.output,
+        )
+    with pytest.raises(VerificationError, match="output binding"):
+        verify_response(
+            served.commitment.to_json(),
+            served.sink.key.public_key(),
+            request=served.params,
+            output=b"another image",
+        )
+
+
+# -- 4 and 5. replay and step noise (DRBG mode) ------------------------------------------------
+
+
+def test_a_replayed_trajectory_under_a_new_request_id_fails_the_noise_check(
+    tiny_unet: Any,
+    program: DigitsProgram,
+    recorder: Any,
+    authority: NoiseAuthority,
+    verifier_key: X25519PrivateKey,
+) -> None:
+    old = serve(tiny_unet, recorder, "replay-old", authority=authority, verifier_key=verifier_key)
+    old_z = old.sink.transcript("replay-old").initial
+    assert old.challenge(program, [0], noise=_escrow_draw(old, verifier_key)).accepted
+    new = serve(
+        tiny_unet,
+        recorder,
+        "replay-new",
+        latents=old_z,
+        authority=authority,
+        verifier_key=verifier_key,
+    )
+    with pytest.raises(VerificationError, match="noise binding: z_N"):
+        new.challenge(program, [0], noise=_escrow_draw(new, verifier_key))
+
+
+def test_an_escrow_moved_to_another_request_is_refused(
+    tiny_unet: Any,
+    recorder: Any,
+    authority: NoiseAuthority,
+    verifier_key: X25519PrivateKey,
+) -> None:
+    a = serve(tiny_unet, recorder, "escrow-a", authority=authority, verifier_key=verifier_key)
+    with pytest.raises(VerificationError, match="request id does not match"):
+        open_escrow(verifier_key, a.escrow, request_id="escrow-b")
+
+
+def test_steered_step_noise_is_rejected_at_the_step_that_draws_it(
+    tiny_unet: Any,
+    program: DigitsProgram,
+    recorder: Any,
+    authority: NoiseAuthority,
+    verifier_key: X25519PrivateKey,
+) -> None:
+    """Euler ancestral draws noise every step; the provider replaces step 5's draw with noise of
+    its choosing (the committed digests are of what it really used)."""
+    noise = authority.request("tenant-a", "steer-1", record_draws=False)
+    escrow = noise.escrow(verifier_key.public_key())
+    z = noise.randn((2, 1, 8, 8))
+    calls = {"n": 0}
+
+    def steered(shape: tuple[int, ...], dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
+        calls["n"] += 1
+        real = noise.randn(shape, dtype=dtype)
+        return torch.full(shape, 0.5, dtype=dtype) if calls["n"] == 6 else real
+
+    served = serve(
+        tiny_unet,
+        recorder,
+        "steer-1",
+        sampler="euler_ancestral",
+        latents=z,
+        noise_fn=steered,
+    )
+    served.escrow = escrow
+    # the verifier regenerates the stream from the escrow: z_N, then one draw per step; the
+    # steered draw is step 5's
+    with pytest.raises(VerificationError, match="noise binding: step 5 noise 0"):
+        served.challenge(program, [0], noise=_escrow_draw(served, verifier_key))
+    noise.close()
+
+
+# -- 7. sparse cheats -------------------------------------------------------------------------
+
+
+def test_feature_caching_every_4th_step_is_caught_by_every_window_of_4(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    cache: dict[str, torch.Tensor] = {}
+
+    def eps_for(i: int, latents: torch.Tensor, real: Any, t: Any) -> torch.Tensor:
+        if i % 4 == 3:
+            return cache["eps"]
+        cache["eps"] = real()
+        return cache["eps"]
+
+    served = serve(tiny_unet, recorder, "cache-1", eps_for=eps_for)
+    assert served.flagged(program) == [3, 7]
+    for start in range(STEPS - 3):  # any window of 4 holds a cached step
+        assert not served.challenge(program, list(range(start, start + 4))).accepted
+    assert catch_probability(STEPS, 1, 2) == pytest.approx(0.25)
+
+
+def test_guidance_skipped_on_the_last_steps_is_flagged_there(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    def eps_for(i: int, latents: torch.Tensor, real: Any, t: Any) -> torch.Tensor:
+        if i < STEPS - 2:
+            return real()
+        scale = make_scheduler("euler")  # scale_model_input only; the loop's scheduler steps
+        scale.set_timesteps(STEPS)
+        scale._step_index = i
+        return guided_eps(tiny_unet, scale, latents, t, StepInputs(torch.tensor(LABELS), 1.0))
+
+    served = serve(tiny_unet, recorder, "late-cfg-1", eps_for=eps_for)
+    assert served.flagged(program) == [STEPS - 2, STEPS - 1]
+
+
+def test_a_one_in_a_million_nudge_is_caught_when_its_step_is_challenged(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """A covert channel: one latent moved by 1e-6 of its norm. The verifier reproduces the
+    build, so the tolerance is 0 and the nudged step fails."""
+
+    def after_step(i: int, latents: torch.Tensor) -> torch.Tensor:
+        if i == 4:
+            return latents + 1e-6 * latents.norm() / latents.numel() ** 0.5
+        return latents
+
+    served = serve(tiny_unet, recorder, "nudge-1", after_step=after_step)
+    assert served.flagged(program) == [4]
+    result = served.challenge(program, [4])
+    assert result.exact and not result.accepted and 0 < result.results[0].rel_l2 < 1e-5
+
+
+# -- 6 and bad input: recipes the verifier cannot build ----------------------------------------
+
+
+def test_a_bogus_scheduler_config_is_a_clear_rejection_not_a_crash(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    declared = make_scheduler("euler")
+    config = {**scheduler_config(declared), "beta_schedule": "bogus"}
+    _, sink = recorder
+    served = serve(tiny_unet, recorder, "bogus-0")
+    fields = dict(served.commitment.recipe)
+    fields["scheduler_config"] = config
+    bad = _recommit(sink, served, fields)
+    with pytest.raises(VerificationError, match="cannot be built from its config"):
+        bad.challenge(program, [0])
+
+
+def _recommit(sink: LocalSink, served: Served, recipe: dict[str, Any]) -> Served:
+    """The provider signs a recipe of its choosing over a recorded trajectory (it controls the
+    hook, so it can): the leaves no longer match, or the recipe is hostile."""
+    from samplerguard.commitment.statement import commit
+
+    record = sink.record(served.commitment.request_id)
+    forged = dataclasses.replace(record, recipe=recipe)
+    c = commit(forged, sink.key, request_id=served.commitment.request_id, tenant="tenant-a")
+    return Served(c, sink, served.output, served.params)
+
+
+def test_windows_cover_consecutive_steps() -> None:
+    steps = challenge_steps(20, 2, 4)
+    assert 4 <= len(steps) <= 8 and all(0 <= s < 20 for s in steps)
+    assert challenge_steps(3, 1, 10) == [0, 1, 2]
+    with pytest.raises(MalformedInputError):
+        challenge_steps(0, 1, 1)
