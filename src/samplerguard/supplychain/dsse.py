@@ -156,6 +156,16 @@ class Statement:
             raise MalformedInputError("in-toto predicate must be a JSON object")
         return cls(stype, ptype, tuple(subjects), predicate)
 
+    @property
+    def document(self) -> dict[str, Any]:
+        """The statement as JSON data (what conditions on attestations read)."""
+        return {
+            "_type": self.type,
+            "predicateType": self.predicate_type,
+            "subject": [{"name": s.name, "digest": dict(s.digest)} for s in self.subjects],
+            "predicate": self.predicate,
+        }
+
     def names_digest(self, digest: str) -> bool:
         """Whether some subject carries ``digest`` (``sha256:<hex>``)."""
         algo, _, value = digest.partition(":")

@@ -114,12 +114,14 @@ def verify_keyless(
     payload: bytes,
     identities: list[KeylessIdentity],
     trusted_root: Any,
+    envelope: bytes | None = None,
 ) -> CertificateIdentity:
     """Verify one keyless signature (see the module doc); returns the verified identity.
 
     ``signed_bytes`` is what the signature covers (the payload for simple signing, the PAE
-    for DSSE); ``payload`` is what the log entry hashes. Raises :class:`VerificationError`
-    with the step that failed.
+    for DSSE); ``payload`` is what the log entry hashes; ``envelope`` is the DSSE envelope as
+    stored, which an ``intoto`` 0.0.1 entry hashes instead of naming the signature. Raises
+    :class:`VerificationError` with the step that failed.
     """
     from sigstore._internal.sct import verify_sct
     from sigstore._internal.trust import KeyringPurpose
@@ -226,7 +228,7 @@ def verify_keyless(
         raise VerificationError("signature does not verify with the certificate's key")
 
     # (8): the log entry must be about these materials.
-    _check_entry_binds(body, cert, signature, payload)
+    _check_entry_binds(body, cert, signature, payload, envelope)
     return identity
 
 
@@ -243,7 +245,11 @@ def _b64_text(value: object) -> bytes:
 
 
 def _check_entry_binds(
-    body: object, cert: x509.Certificate, signature: bytes, payload: bytes
+    body: object,
+    cert: x509.Certificate,
+    signature: bytes,
+    payload: bytes,
+    envelope: bytes | None = None,
 ) -> None:
     cert_der = cert.public_bytes(Encoding.DER)
     payload_hash = hashlib.sha256(payload).hexdigest()
@@ -253,7 +259,25 @@ def _check_entry_binds(
         kind, spec = body.get("kind"), body.get("spec")
         if not isinstance(spec, dict):
             raise TypeError
-        if kind == "hashedrekord":
+        if kind == "intoto" and body.get("apiVersion") == "0.0.1":
+            # 0.0.1 logs the envelope's hash, not its signatures: the signature is bound
+            # because it was read from the very envelope whose bytes hash to the entry.
+            content = spec["content"]
+            logged_envelope = content["hash"]["value"]
+            logged_hash = content.get("payloadHash", {}).get("value", payload_hash)
+            logged_key = _b64_text(spec["publicKey"])
+            if envelope is None:
+                raise VerificationError(
+                    "Rekor intoto 0.0.1 entry can only vouch for a DSSE envelope"
+                )
+            envelope_hash = hashlib.sha256(envelope).hexdigest()
+            if logged_envelope != envelope_hash:
+                raise VerificationError(
+                    "Rekor entry is for another envelope (envelope hash mismatch: "
+                    f"got {str(logged_envelope)[:64]}, expected {envelope_hash})"
+                )
+            sigs = [signature]
+        elif kind == "hashedrekord":
             sig = spec["signature"]
             logged_sig = _b64_text(sig["content"])
             logged_key = _b64_text(sig["publicKey"]["content"])
@@ -262,23 +286,28 @@ def _check_entry_binds(
         elif kind == "intoto":
             content = spec["content"]
             logged_hash = content["payloadHash"]["value"]
-            envelope = content["envelope"]
+            logged_envelope_doc = content["envelope"]
             sigs = []
-            for s in envelope["signatures"]:
+            for s in logged_envelope_doc["signatures"]:
                 raw = _b64_text(s["sig"])
                 with contextlib.suppress(binascii.Error, ValueError):
                     # v0.0.2 double-encodes the signature
                     raw = base64.b64decode(raw, validate=True)
                 sigs.append(raw)
-            logged_key = _b64_text(envelope["signatures"][0]["publicKey"])
+            logged_key = _b64_text(logged_envelope_doc["signatures"][0]["publicKey"])
         elif kind == "dsse":
             logged_hash = spec["payloadHash"]["value"]
             sigs = [_b64_text(s["signature"]) for s in spec["signatures"]]
             logged_key = _b64_text(spec["signatures"][0]["verifier"])
         else:
             raise VerificationError(f"Rekor entry kind {str(kind)[:40]!r} is not supported")
-    except (KeyError, TypeError, IndexError, ValueError, binascii.Error):
-        raise VerificationError("Rekor entry body is malformed") from None
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, binascii.Error):
+        raise VerificationError(
+            f"Rekor entry body is malformed (kind {str(body.get('kind'))[:40]!r}, "
+            f"apiVersion {str(body.get('apiVersion'))[:20]!r})"
+            if isinstance(body, dict)
+            else "Rekor entry body is malformed"
+        ) from None
     if logged_hash != payload_hash:
         raise VerificationError(
             "Rekor entry is for other content (payload hash mismatch: "

@@ -6,6 +6,10 @@ a model file or a wheel) and a *DSSE envelope* around an in-toto statement
 (``verify_dsse_bundle``: attestations, and cosign's image signatures in the bundle format,
 whose statement has predicate type :data:`COSIGN_SIGN_PREDICATE` and the image digest as
 subject). Identities are the policy's :class:`KeylessIdentity` list (exact or regex).
+
+Both bind what they verify to what it is about: the artefact's bytes, or the digest that
+one of the statement's subjects must carry. A DSSE bundle that verifies but is about another
+artefact is refused here, so no caller can forget the subject check.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from cryptography import x509
 
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
+from samplerguard.supplychain.dsse import Envelope, Statement
 from samplerguard.supplychain.keyless import CertificateIdentity, certificate_identity
 
 __all__ = ["COSIGN_SIGN_PREDICATE", "verify_artifact_bundle", "verify_dsse_bundle"]
@@ -102,10 +107,15 @@ def verify_artifact_bundle(
 
 
 def verify_dsse_bundle(
-    raw: bytes, identities: list[KeylessIdentity], trusted_root: Any
-) -> tuple[str, bytes, CertificateIdentity]:
-    """Verify a DSSE bundle; returns (payloadType, payload, identity). The caller checks the
-    payload (statement type, subject)."""
+    raw: bytes,
+    identities: list[KeylessIdentity],
+    trusted_root: Any,
+    *,
+    digest: str,
+) -> tuple[Statement, CertificateIdentity]:
+    """Verify a DSSE bundle about ``digest`` (``sha256:<hex>``); returns the in-toto statement
+    and the signer's identity. Raises :class:`VerificationError` when the bundle does not
+    verify or none of the statement's subjects carries ``digest``."""
     from sigstore.errors import Error as SigstoreError
 
     bundle = _load(raw)
@@ -115,4 +125,10 @@ def verify_dsse_bundle(
     except SigstoreError as exc:
         raise VerificationError(f"Sigstore bundle does not verify: {exc}") from None
     assert policy.seen is not None
-    return str(payload_type), bytes(payload), policy.seen
+    statement = Envelope(str(payload_type), bytes(payload), ()).statement()
+    if not statement.names_digest(digest):
+        raise VerificationError(
+            f"Sigstore bundle ({statement.predicate_type}) is for another artifact (subject "
+            f"digest mismatch: got {statement.subject_digests()[:4]}, expected {digest})"
+        )
+    return statement, policy.seen

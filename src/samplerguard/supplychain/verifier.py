@@ -7,12 +7,15 @@ The order of checks, for one image and one policy:
    (a policy that does not name an image does not vouch for it);
 3. fetch the signatures once: referrers API, else the ``sha256-<hex>.sig`` tag, plus
    Sigstore bundles attached as referrers;
-4. per rule, per authority: does at least one signature verify (key, or keyless chain +
-   identity + Rekor SET) *and* bind the image digest? ``threshold`` authorities must pass;
-5. fetch the attestations once (referrers, else the ``.att`` tag); keep the DSSE envelopes
-   signed by any authority of the matching rules whose in-toto subject names this digest;
-6. per attestation rule: a kept attestation of its predicate type must satisfy the SLSA
-   checks (builder id, source URI, ref);
+4. verify the attestations (``.att`` layers and DSSE bundles): keep the DSSE envelopes signed
+   by an authority of the matching rules whose in-toto subject names this digest, noting
+   every authority that signed each;
+5. per rule, per authority: does at least one signature verify (key, or keyless chain +
+   identity + Rekor SET) *and* bind the image digest? An authority with ``attestations``
+   counts instead when an attestation it signed passes one of the named rules.
+   ``threshold`` authorities must pass;
+6. per attestation rule: a kept attestation passes one of its alternatives (predicate type,
+   SLSA checks, CEL conditions);
 7. golden digests: when the policy pins model weights, encoder, scheduler config or solver
    code, the kept attestations must carry those artefacts, and every carried digest of a
    pinned kind must be in the golden list.
@@ -26,18 +29,25 @@ cache). A reference that cannot be parsed raises :class:`MalformedInputError`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from samplerguard.errors import MalformedInputError, SamplerGuardError, VerificationError
-from samplerguard.policy.spec import Authority, ImageRule, KeyAuthority, SamplerPolicySpec
+from samplerguard.policy.spec import (
+    AttestationRule,
+    Authority,
+    ImageRule,
+    KeyAuthority,
+    SamplerPolicySpec,
+    SecretKeyRef,
+)
 from samplerguard.supplychain.cosign import (
     Artifacts,
     BundleArtifact,
     SignedLayer,
     check_simple_signing,
     fetch_artifacts,
+    tag_for,
 )
 from samplerguard.supplychain.dsse import Envelope, Statement
 from samplerguard.supplychain.keyless import verify_keyless
@@ -49,7 +59,12 @@ from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE, ver
 from samplerguard.supplychain.trust import TrustedRoots
 from samplerguard.supplychain.verdict import CheckResult, ImageVerdict
 
-__all__ = ["ImageVerifier", "glob_candidates"]
+__all__ = ["ImageVerifier", "KeySource", "glob_candidates"]
+
+#: Reads a public key (PEM) from a Secret: (reference, the policy's namespace or None for a
+#: cluster-scoped policy) → PEM. Raises :class:`VerificationError` when the Secret or its key
+#: is absent, :class:`TemporaryError` when the API cannot be reached.
+KeySource = Callable[[SecretKeyRef, "str | None"], str]
 
 _MAX_DETAIL = 1500
 
@@ -66,6 +81,8 @@ class _Attestation:
     source: str
     statement: Statement
     signer: str
+    #: Every authority (by :func:`_akey`) whose signature on it verified.
+    authorities: frozenset[str] = field(default=frozenset())
 
 
 class ImageVerifier:
@@ -74,6 +91,8 @@ class ImageVerifier:
     Args:
         client: the registry client (connections and tokens are reused across calls).
         trusted_roots: roots for keyless authorities and Sigstore bundles.
+        key_source: reads keys that policies reference by ``secretRef``; None: such
+            authorities fail (their key cannot be read).
         budget: seconds one :meth:`verify` may spend on the registry in total, retries
             included (default 8 s, inside the API server's 10 s webhook timeout); past it,
             :class:`TemporaryError`. ``None``: only the client's per-request timeouts.
@@ -84,11 +103,13 @@ class ImageVerifier:
         client: RegistryClient,
         *,
         trusted_roots: TrustedRoots | None = None,
+        key_source: KeySource | None = None,
         budget: float | None = 8.0,
     ) -> None:
         self._client = client
         self._budget = budget
         self._roots = trusted_roots or TrustedRoots()
+        self._key_source = key_source
         self._keys: dict[tuple[str, str], PublicKey] = {}
         self._lock = threading.Lock()
 
@@ -100,6 +121,7 @@ class ImageVerifier:
         policy_name: str,
         digest: str | None = None,
         client: RegistryClient | None = None,
+        policy_namespace: str | None = None,
     ) -> ImageVerdict:
         """Verify ``image_ref`` under ``spec``.
 
@@ -109,12 +131,14 @@ class ImageVerifier:
             policy_name: shown in denials (e.g. ``ClusterSamplerPolicy/prod``).
             digest: an already resolved digest (skips the tag lookup).
             client: a client for this call only, e.g. ``client.with_credentials(pull_secrets)``.
+            policy_namespace: the namespace of a namespaced policy; a ``secretRef`` without a
+                namespace is read there.
 
         Returns the verdict (a rejection is ``passed=False``). Raises :class:`TemporaryError`
         when the registry is unreachable and :class:`MalformedInputError` for a bad reference.
         """
         with deadline(self._budget):
-            return self._verify(image_ref, spec, policy_name, digest, client)
+            return self._verify(image_ref, spec, policy_name, digest, client, policy_namespace)
 
     def _verify(
         self,
@@ -123,6 +147,7 @@ class ImageVerifier:
         policy_name: str,
         digest: str | None,
         client: RegistryClient | None,
+        namespace: str | None,
     ) -> ImageVerdict:
         image = parse_reference(image_ref)
         registry = client or self._client
@@ -163,39 +188,35 @@ class ImageVerifier:
             checks.append(CheckResult("resolve", True, f"pinned {resolved}"))
 
         # (3): fetch everything attached to the digest, once.
-        need_attestations = bool(spec.attestations) or _pins_golden(spec)
+        authorities = list({_akey(a): a for r in rules for a in r.authorities}.values())
+        need_attestations = (
+            bool(spec.attestations)
+            or _pins_golden(spec)
+            or any(a.attestations for a in authorities)
+        )
         artifacts = fetch_artifacts(registry, image, resolved, attestations=need_attestations)
 
         # Sigstore bundles are verified once per keyless authority, and serve as signatures
         # (cosign's sign predicate) and as attestations (any other predicate).
         # Two rules may name different signers alike: identity is the whole authority.
-        authorities = list({_akey(a): a for r in rules for a in r.authorities}.values())
-        bundles = self._bundles(artifacts, authorities)
+        keys = _Keys(self, namespace)
+        bundles = self._bundles(artifacts, authorities, resolved)
 
-        # (4): N-of-M authorities per rule.
-        for rule in rules:
-            checks.append(self._check_rule(rule, artifacts, resolved, bundles))
-
-        # (5)–(7): attestations and golden digests.
+        # (4): the attestations, with every authority that signed each.
+        kept: list[_Attestation] = []
+        notes: list[str] = []
         if need_attestations:
-            kept, rejected = self._attestations(artifacts, authorities, resolved)
-            for found in bundles.values():
-                for att in found:
-                    if (
-                        isinstance(att, str)
-                        or att.statement.predicate_type == COSIGN_SIGN_PREDICATE
-                    ):
-                        continue
-                    if att.statement.names_digest(resolved):
-                        kept.append(att)
-                    else:
-                        rejected.append(
-                            f"{att.source} ({att.statement.predicate_type}, "
-                            f"signed by {att.signer}) is for another image "
-                            f"(subject digest mismatch: got {att.statement.subject_digests()[:4]}, "
-                            f"expected {resolved})"
-                        )
+            kept, rejected = self._attestations(artifacts, authorities, resolved, keys)
+            kept += _bundle_attestations(bundles, resolved, rejected)
             notes = rejected + artifacts.problems
+
+        # (5): N-of-M authorities per rule.
+        by_name = {a.name: a for a in spec.attestations}
+        for rule in rules:
+            checks.append(self._check_rule(rule, artifacts, resolved, bundles, kept, by_name, keys))
+
+        # (6)–(7): attestation rules and golden digests.
+        if need_attestations:
             for att_rule in spec.attestations:
                 checks.append(_check_attestation(att_rule, kept, notes, resolved))
             for role, problems in check_golden(
@@ -208,7 +229,7 @@ class ImageVerifier:
     # -- signatures ------------------------------------------------------------------------
 
     def _bundles(
-        self, artifacts: Artifacts, authorities: Sequence[Authority]
+        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str
     ) -> dict[str, list[_Attestation | str]]:
         """Per keyless authority: the statements of the bundles it signed, or why not."""
         out: dict[str, list[_Attestation | str]] = {}
@@ -220,12 +241,17 @@ class ImageVerifier:
             found: list[_Attestation | str] = []
             for bundle in artifacts.bundles:
                 try:
-                    statement, identity = self._verify_bundle(authority, bundle)
+                    statement, identity = self._verify_bundle(authority, bundle, digest)
                 except (VerificationError, MalformedInputError) as exc:
                     found.append(f"{bundle.source}: {exc}")
                     continue
                 found.append(
-                    _Attestation(bundle.source, statement, f"{authority.name} ({identity})")
+                    _Attestation(
+                        bundle.source,
+                        statement,
+                        f"{authority.name} ({identity})",
+                        frozenset({_akey(authority)}),
+                    )
                 )
             out[_akey(authority)] = found
         return out
@@ -236,17 +262,22 @@ class ImageVerifier:
         artifacts: Artifacts,
         digest: str,
         bundles: dict[str, list[_Attestation | str]],
+        kept: list[_Attestation],
+        att_rules: dict[str, AttestationRule],
+        keys: _Keys,
     ) -> CheckResult:
         lines = []
         count = 0
         for authority in rule.authorities:
-            ok, detail = self._check_authority(authority, artifacts, digest, bundles)
+            if authority.attestations:
+                ok, detail = _check_attesting_authority(authority, kept, att_rules)
+            else:
+                ok, detail = self._check_authority(authority, artifacts, digest, bundles, keys)
             count += ok
             lines.append(f"{authority.name}: {'ok, ' if ok else ''}{detail}")
         passed = count >= rule.threshold
-        if not artifacts.signatures and not artifacts.bundles:
-            where = ", ".join(artifacts.sources) or "referrers and tag sha256-….sig"
-            lines.append(f"no signatures found (looked at {where})")
+        if not passed:
+            lines.append(_looked_at(artifacts, digest))
         if not passed and artifacts.problems:
             lines.append("unreadable: " + "; ".join(artifacts.problems[:4]))
         head = (
@@ -257,18 +288,31 @@ class ImageVerifier:
             f"signatures[{rule.glob}]", passed, _clip(head + ": " + "; ".join(lines))
         )
 
-    def _key(self, key: KeyAuthority) -> PublicKey:
+    def _key(self, key: KeyAuthority, namespace: str | None) -> PublicKey:
         explicit = "hash_algorithm" in key.model_fields_set
-        cache_key = (key.public_key, key.hash_algorithm if explicit else "")
+        pem = key.public_key
+        if pem is None:
+            assert key.secret_ref is not None
+            pem = self._secret_key(key.secret_ref, namespace)
+        cache_key = (pem, key.hash_algorithm if explicit else "")
         with self._lock:
             found = self._keys.get(cache_key)
             if found is None:
-                found = load_public_key(key.public_key, key.hash_algorithm)
+                found = load_public_key(pem, key.hash_algorithm)
                 if not explicit:
                     # As sigstore's LoadDefaultSignerVerifier: the hash follows the curve.
                     found = PublicKey(found.key, default_hash(found))
                 self._keys[cache_key] = found
             return found
+
+    def _secret_key(self, ref: SecretKeyRef, namespace: str | None) -> str:
+        where = f"Secret {ref.namespace or namespace or '(samplerguard namespace)'}/{ref.name}"
+        if self._key_source is None:
+            raise VerificationError(
+                f"key from {where} (key {ref.key!r}) cannot be read: no Secret reader is "
+                "configured here"
+            )
+        return self._key_source(ref, namespace)
 
     def _check_authority(
         self,
@@ -276,11 +320,17 @@ class ImageVerifier:
         artifacts: Artifacts,
         digest: str,
         bundles: dict[str, list[_Attestation | str]],
+        keys: _Keys,
     ) -> tuple[bool, str]:
         failures: list[str] = []
+        if authority.key is not None:
+            try:
+                keys.get(authority.key)
+            except (VerificationError, MalformedInputError) as exc:
+                return False, str(exc)
         for layer in artifacts.signatures:
             try:
-                signer = self._verify_signature(authority, layer, digest)
+                signer = self._verify_signature(authority, layer, digest, keys)
             except (VerificationError, MalformedInputError) as exc:
                 failures.append(f"{layer.source}: {exc}")
                 continue
@@ -302,9 +352,11 @@ class ImageVerifier:
             return False, "no signature to check"
         return False, "no signature verifies: " + "; ".join(failures[:4])
 
-    def _verify_signature(self, authority: Authority, layer: SignedLayer, digest: str) -> str:
+    def _verify_signature(
+        self, authority: Authority, layer: SignedLayer, digest: str, keys: _Keys
+    ) -> str:
         if authority.key is not None:
-            key = self._key(authority.key)
+            key = keys.get(authority.key)
             # (a): the signature over the payload, with the authority's key.
             if not key.verify(layer.signature, layer.payload):
                 raise VerificationError(f"signature does not verify with key ({key.algorithm})")
@@ -326,19 +378,20 @@ class ImageVerifier:
         check_simple_signing(layer.payload, digest)
         return f"keyless {identity}"
 
-    def _verify_bundle(self, authority: Authority, bundle: BundleArtifact) -> tuple[Statement, str]:
+    def _verify_bundle(
+        self, authority: Authority, bundle: BundleArtifact, digest: str
+    ) -> tuple[Statement, str]:
         assert authority.keyless is not None
         root = self._roots.get(authority.keyless.trusted_root)
-        payload_type, payload, identity = verify_dsse_bundle(
-            bundle.raw, list(authority.keyless.identities), root
+        statement, identity = verify_dsse_bundle(
+            bundle.raw, list(authority.keyless.identities), root, digest=digest
         )
-        statement = Envelope(payload_type, payload, ()).statement()
         return statement, str(identity)
 
     # -- attestations ----------------------------------------------------------------------
 
     def _attestations(
-        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str
+        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str, keys: _Keys
     ) -> tuple[list[_Attestation], list[str]]:
         kept: list[_Attestation] = []
         rejected: list[str] = []
@@ -350,13 +403,16 @@ class ImageVerifier:
                 rejected.append(f"{layer.source}: {exc}")
                 continue
             signer = None
+            signed_by: set[str] = set()
             errors: list[str] = []
             for authority in authorities:
                 try:
-                    signer = self._verify_envelope(authority, layer, envelope)
-                    break
+                    who = self._verify_envelope(authority, layer, envelope, keys)
                 except (VerificationError, MalformedInputError) as exc:
                     errors.append(f"{authority.name}: {exc}")
+                    continue
+                signer = signer or who
+                signed_by.add(_akey(authority))
             if signer is None:
                 rejected.append(
                     f"{layer.source} ({statement.predicate_type}) is signed by no authority: "
@@ -370,13 +426,15 @@ class ImageVerifier:
                     f"expected {digest})"
                 )
                 continue
-            kept.append(_Attestation(layer.source, statement, signer))
+            kept.append(_Attestation(layer.source, statement, signer, frozenset(signed_by)))
         return kept, rejected
 
-    def _verify_envelope(self, authority: Authority, layer: SignedLayer, envelope: Envelope) -> str:
+    def _verify_envelope(
+        self, authority: Authority, layer: SignedLayer, envelope: Envelope, keys: _Keys
+    ) -> str:
         signed = envelope.pae
         if authority.key is not None:
-            key = self._key(authority.key)
+            key = keys.get(authority.key)
             if any(key.verify(sig, signed) for _, sig in envelope.signatures):
                 return f"{authority.name} (key {key.algorithm})"
             raise VerificationError(f"no DSSE signature verifies with key ({key.algorithm})")
@@ -394,6 +452,7 @@ class ImageVerifier:
                     payload=envelope.payload,
                     identities=list(authority.keyless.identities),
                     trusted_root=root,
+                    envelope=layer.payload,
                 )
             except (VerificationError, MalformedInputError) as exc:
                 last = exc
@@ -402,29 +461,118 @@ class ImageVerifier:
         raise VerificationError(str(last) if last else "no DSSE signature")
 
 
-def _check_attestation(
-    rule: Any, kept: list[_Attestation], notes: list[str], digest: str
-) -> CheckResult:
-    name = f"attestation/{rule.name}"
-    of_type = [k for k in kept if k.statement.predicate_type == rule.predicate_type]
+class _Keys:
+    """The keys of one verification: a key read from a Secret is read once per call, and a
+    key that cannot be read fails only the authorities that name it."""
+
+    def __init__(self, verifier: ImageVerifier, namespace: str | None) -> None:
+        self._verifier = verifier
+        self._namespace = namespace
+        self._found: dict[str, PublicKey | Exception] = {}
+
+    def get(self, key: KeyAuthority) -> PublicKey:
+        cache_key = key.model_dump_json()
+        found = self._found.get(cache_key)
+        if found is None:
+            try:
+                found = self._verifier._key(key, self._namespace)
+            except (VerificationError, MalformedInputError) as exc:
+                found = exc
+            self._found[cache_key] = found
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
+def _bundle_attestations(
+    bundles: dict[str, list[_Attestation | str]], digest: str, rejected: list[str]
+) -> list[_Attestation]:
+    """The attestations (not cosign's sign predicate) among the verified bundles, merged per
+    bundle so that every authority that verified it is known."""
+    merged: dict[str, _Attestation] = {}
+    for found in bundles.values():
+        for att in found:
+            if isinstance(att, str):
+                if att not in rejected:
+                    rejected.append(att)
+                continue
+            if att.statement.predicate_type == COSIGN_SIGN_PREDICATE:
+                continue
+            seen = merged.get(att.source)
+            merged[att.source] = (
+                att
+                if seen is None
+                else _Attestation(
+                    seen.source, seen.statement, seen.signer, seen.authorities | att.authorities
+                )
+            )
+    return [a for a in merged.values() if a.statement.names_digest(digest)]
+
+
+def _check_attesting_authority(
+    authority: Authority, kept: list[_Attestation], att_rules: dict[str, AttestationRule]
+) -> tuple[bool, str]:
+    """An authority with ``attestations``: one attestation it signed passes a named rule."""
+    mine = [k for k in kept if _akey(authority) in k.authorities]
+    if not mine:
+        return False, (f"signed no attestation of this image (needed for {authority.attestations})")
+    failures = []
+    for name in authority.attestations:
+        ok, detail = _rule_holds(att_rules[name], mine)
+        if ok:
+            return True, f"attestation rule {name!r}: {detail}"
+        failures.append(f"rule {name!r}: {detail}")
+    return False, "no attestation it signed passes: " + "; ".join(failures[:4])
+
+
+def _rule_holds(rule: AttestationRule, atts: list[_Attestation]) -> tuple[bool, str]:
+    types = rule.predicate_types
+    of_type = [k for k in atts if k.statement.predicate_type in types]
     if not of_type:
-        found = sorted({k.statement.predicate_type for k in kept})
-        detail = (
-            f"no verified attestation of type {rule.predicate_type} for {digest} "
-            f"(verified types: {found or 'none'})"
+        found = sorted({k.statement.predicate_type for k in atts})
+        return False, (
+            f"no verified attestation of type {' or '.join(types)} (verified types: "
+            f"{found or 'none'})"
         )
-        if notes:
-            detail += "; ignored: " + "; ".join(notes[:4])
-        return CheckResult(name, False, _clip(detail))
     failures = []
     for att in of_type:
-        problems = check_attestation_rule(att.statement, rule)
-        if not problems:
-            return CheckResult(
-                name, True, f"{rule.predicate_type} from {att.source}, signed by {att.signer}"
-            )
-        failures.append(f"{att.source}: " + "; ".join(problems))
-    return CheckResult(name, False, _clip("; ".join(failures[:4])))
+        for alternative in rule.alternatives():
+            if alternative.predicate_type != att.statement.predicate_type:
+                continue
+            problems = check_attestation_rule(att.statement, alternative)
+            if not problems:
+                return True, (
+                    f"{att.statement.predicate_type} from {att.source}, signed by {att.signer}"
+                )
+            failures.append(f"{att.source}: " + "; ".join(problems))
+    return False, "; ".join(failures[:4])
+
+
+def _check_attestation(
+    rule: AttestationRule, kept: list[_Attestation], notes: list[str], digest: str
+) -> CheckResult:
+    name = f"attestation/{rule.name}"
+    ok, detail = _rule_holds(rule, kept)
+    if not ok and notes:
+        detail += "; ignored: " + "; ".join(notes[:4])
+    if not ok:
+        detail = f"{digest}: {detail}"
+    return CheckResult(name, ok, _clip(detail))
+
+
+def _looked_at(artifacts: Artifacts, digest: str) -> str:
+    """Every place that was searched, and what each held."""
+    places = (
+        f"the referrers API, its fallback tag {digest.replace(':', '-')}, "
+        f"tags {tag_for(digest, 'sig')} and {tag_for(digest, 'att')}"
+    )
+    if not (artifacts.signatures or artifacts.attestations or artifacts.bundles):
+        return f"no signatures found; looked at {places}"
+    return (
+        f"looked at {places}; found in {', '.join(artifacts.sources)}: "
+        f"{len(artifacts.signatures)} signature(s), {len(artifacts.attestations)} "
+        f"attestation(s), {len(artifacts.bundles)} bundle(s)"
+    )
 
 
 def _akey(authority: Authority) -> str:

@@ -128,7 +128,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "regex that does not compile",
         _mutate(f"{_ID}.subjectRegExp", "^https://github.com/(acme$"),
         "subjectRegExp is not a valid regular expression",
-        "subjectRegExp '^https://github.com/(acme$' is not a valid regular expression",
+        "subjectRegExp '^https://github.com/(acme$' is not a valid RE2 regular expression",
     ),
     (
         "threshold above the authorities",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,6 @@ import pytest
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
 from samplerguard.supplychain import load_trusted_root, verify_artifact_bundle, verify_dsse_bundle
-from samplerguard.supplychain.dsse import Envelope
 
 GH_OAUTH = "https://github.com/login/oauth"
 GHA = "https://token.actions.githubusercontent.com"
@@ -143,24 +143,38 @@ def test_invalid_bundle_version_does_not_parse(sig: Path, roots: dict[str, objec
         )
 
 
+A_TXT = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a30d56efa01bf"
+
+
 def test_real_dsse_bundle(sig: Path, roots: dict[str, object]) -> None:
     raw = (sig / "a.dsse.staging-rekor-v2.txt.sigstore.json").read_bytes()
-    payload_type, payload, identity = verify_dsse_bundle(
-        raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["staging"]
+    statement, identity = verify_dsse_bundle(
+        raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["staging"], digest=A_TXT
     )
-    statement = Envelope(payload_type, payload, ()).statement()
     assert statement.predicate_type == "https://slsa.dev/provenance/v1"
-    a_txt = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a30d56efa01bf"
-    assert statement.names_digest(a_txt)
     assert [s.name for s in statement.subjects] == ["a.txt"]
-    assert not statement.names_digest("sha256:" + "0" * 64)
     assert BEACON in identity.subjects
     with pytest.raises(VerificationError, match="identity mismatch"):
         verify_dsse_bundle(
-            raw, [KeylessIdentity(subject=BEACON, issuer=GH_OAUTH)], roots["staging"]
+            raw, [KeylessIdentity(subject=BEACON, issuer=GH_OAUTH)], roots["staging"], digest=A_TXT
         )
     with pytest.raises(VerificationError):
-        verify_dsse_bundle(raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["production"])
+        verify_dsse_bundle(
+            raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["production"], digest=A_TXT
+        )
+
+
+def test_real_dsse_bundle_is_bound_to_its_artifact(sig: Path, roots: dict[str, object]) -> None:
+    """A valid bundle about a.txt does not vouch for any other digest."""
+    raw = (sig / "a.dsse.staging-rekor-v2.txt.sigstore.json").read_bytes()
+    other = "sha256:" + hashlib.sha256(b"another artifact").hexdigest()
+    with pytest.raises(
+        VerificationError,
+        match=r"is for another artifact \(subject digest mismatch: got \['sha256:a0cfc7.*" + other,
+    ):
+        verify_dsse_bundle(
+            raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["staging"], digest=other
+        )
 
 
 def test_garbage_is_not_a_bundle(roots: dict[str, object]) -> None:
