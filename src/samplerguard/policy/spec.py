@@ -165,6 +165,9 @@ class KeyAuthority(_Model):
     public_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = None
     secret_ref: SecretKeyRef | None = None
     hash_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
+    #: The trusted root whose Rekor keys vouch for Sigstore bundles signed with this key
+    #: (as for keyless authorities); unset: the default root.
+    trusted_root: NonEmpty | None = None
 
     @field_validator("public_key")
     @classmethod

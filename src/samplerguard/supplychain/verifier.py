@@ -55,7 +55,11 @@ from samplerguard.supplychain.keys import PublicKey, default_hash, load_public_k
 from samplerguard.supplychain.provenance import check_attestation_rule, check_golden
 from samplerguard.supplychain.reference import ImageReference, parse_reference
 from samplerguard.supplychain.registry import RegistryClient, deadline
-from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE, verify_dsse_bundle
+from samplerguard.supplychain.sigstore_bundles import (
+    COSIGN_SIGN_PREDICATE,
+    verify_dsse_bundle,
+    verify_key_bundle,
+)
 from samplerguard.supplychain.trust import TrustedRoots
 from samplerguard.supplychain.verdict import CheckResult, ImageVerdict
 
@@ -200,7 +204,7 @@ class ImageVerifier:
         # (cosign's sign predicate) and as attestations (any other predicate).
         # Two rules may name different signers alike: identity is the whole authority.
         keys = _Keys(self, namespace)
-        bundles = self._bundles(artifacts, authorities, resolved)
+        bundles = self._bundles(artifacts, authorities, resolved, keys)
 
         # (4): the attestations, with every authority that signed each.
         kept: list[_Attestation] = []
@@ -229,19 +233,17 @@ class ImageVerifier:
     # -- signatures ------------------------------------------------------------------------
 
     def _bundles(
-        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str
+        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str, keys: _Keys
     ) -> dict[str, list[_Attestation | str]]:
-        """Per keyless authority: the statements of the bundles it signed, or why not."""
+        """Per authority: the statements of the bundles it signed, or why not."""
         out: dict[str, list[_Attestation | str]] = {}
         if not artifacts.bundles:
             return out
         for authority in authorities:
-            if authority.keyless is None:
-                continue
             found: list[_Attestation | str] = []
             for bundle in artifacts.bundles:
                 try:
-                    statement, identity = self._verify_bundle(authority, bundle, digest)
+                    statement, identity = self._verify_bundle(authority, bundle, digest, keys)
                 except (VerificationError, MalformedInputError) as exc:
                     found.append(f"{bundle.source}: {exc}")
                     continue
@@ -379,8 +381,12 @@ class ImageVerifier:
         return f"keyless {identity}"
 
     def _verify_bundle(
-        self, authority: Authority, bundle: BundleArtifact, digest: str
+        self, authority: Authority, bundle: BundleArtifact, digest: str, keys: _Keys
     ) -> tuple[Statement, str]:
+        if authority.key is not None:
+            key = keys.get(authority.key)
+            root = self._roots.get(authority.key.trusted_root)
+            return verify_key_bundle(bundle.raw, key, root, digest=digest), f"key {key.algorithm}"
         assert authority.keyless is not None
         root = self._roots.get(authority.keyless.trusted_root)
         statement, identity = verify_dsse_bundle(
