@@ -267,6 +267,27 @@ def _builder_problem(got: str | None, wanted: list[str]) -> str | None:
     return f"builder id mismatch (got {got!r}, expected one of {wanted})"
 
 
+def _signer_problem(
+    builder_id: str | None, subjects: frozenset[str] | set[str], default_builders: bool
+) -> str | None:
+    if not subjects:
+        return None  # signed with a key: the provenance's own claim is all there is
+    builders = sorted(s for s in subjects if s.partition("@")[0] in TRUSTED_BUILDERS)
+    if builders:
+        if builder_id not in builders:
+            return (
+                f"builder id {builder_id!r} is not the trusted builder that signed the "
+                f"provenance (got {builders[0]!r})"
+            )
+        return None
+    if default_builders:
+        return (
+            f"provenance names builder {builder_id!r} but was signed by {sorted(subjects)[:2]} "
+            "(expected the trusted builder's own workflow identity)"
+        )
+    return None
+
+
 def _semver(text: str) -> tuple[list[str], str] | None:
     m = _SEMVER.match(text)
     if m is None:
@@ -355,8 +376,18 @@ def _inputs_problems(env: Mapping[str, Any], wanted: Mapping[str, str]) -> list[
     return problems
 
 
-def check_attestation_rule(statement: Statement, rule: AttestationMatch) -> list[str]:
-    """Problems of ``statement`` under ``rule`` (empty: it satisfies the rule)."""
+def check_attestation_rule(
+    statement: Statement,
+    rule: AttestationMatch,
+    *,
+    signer_subjects: frozenset[str] | set[str] = frozenset(),
+) -> list[str]:
+    """Problems of ``statement`` under ``rule`` (empty: it satisfies the rule).
+
+    ``signer_subjects``: the certificate identities of the keyless signatures that verified.
+    As slsa-verifier takes the builder from the signing certificate, a provenance signed by a
+    trusted builder's workflow must name exactly that builder, and with no ``builderIds`` a
+    keyless provenance must be signed by the trusted builder it names."""
     if statement.predicate_type != rule.predicate_type:
         return [
             f"predicate type mismatch (got {statement.predicate_type}, "
@@ -372,6 +403,9 @@ def check_attestation_rule(statement: Statement, rule: AttestationMatch) -> list
             )
     else:
         problems += _slsa_problems(prov, rule)
+        signer = _signer_problem(prov.builder_id, signer_subjects, not rule.builder_ids)
+        if signer is not None:
+            problems.append(signer)
     for condition in rule.conditions:
         holds, got = evaluate_condition(condition.expression, statement.document)
         if not holds:

@@ -87,6 +87,8 @@ class _Attestation:
     signer: str
     #: Every authority (by :func:`_akey`) whose signature on it verified.
     authorities: frozenset[str] = field(default=frozenset())
+    #: The certificate identities (SANs) of the keyless signatures that verified.
+    signer_subjects: frozenset[str] = field(default=frozenset())
 
 
 class ImageVerifier:
@@ -243,7 +245,9 @@ class ImageVerifier:
             found: list[_Attestation | str] = []
             for bundle in artifacts.bundles:
                 try:
-                    statement, identity = self._verify_bundle(authority, bundle, digest, keys)
+                    statement, identity, subjects = self._verify_bundle(
+                        authority, bundle, digest, keys
+                    )
                 except (VerificationError, MalformedInputError) as exc:
                     found.append(f"{bundle.source}: {exc}")
                     continue
@@ -253,6 +257,7 @@ class ImageVerifier:
                         statement,
                         f"{authority.name} ({identity})",
                         frozenset({_akey(authority)}),
+                        frozenset(subjects),
                     )
                 )
             out[_akey(authority)] = found
@@ -382,17 +387,18 @@ class ImageVerifier:
 
     def _verify_bundle(
         self, authority: Authority, bundle: BundleArtifact, digest: str, keys: _Keys
-    ) -> tuple[Statement, str]:
+    ) -> tuple[Statement, str, list[str]]:
         if authority.key is not None:
             key = keys.get(authority.key)
             root = self._roots.get(authority.key.trusted_root)
-            return verify_key_bundle(bundle.raw, key, root, digest=digest), f"key {key.algorithm}"
+            statement = verify_key_bundle(bundle.raw, key, root, digest=digest)
+            return statement, f"key {key.algorithm}", []
         assert authority.keyless is not None
         root = self._roots.get(authority.keyless.trusted_root)
         statement, identity = verify_dsse_bundle(
             bundle.raw, list(authority.keyless.identities), root, digest=digest
         )
-        return statement, str(identity)
+        return statement, str(identity), identity.subjects
 
     # -- attestations ----------------------------------------------------------------------
 
@@ -410,15 +416,17 @@ class ImageVerifier:
                 continue
             signer = None
             signed_by: set[str] = set()
+            subjects: set[str] = set()
             errors: list[str] = []
             for authority in authorities:
                 try:
-                    who = self._verify_envelope(authority, layer, envelope, keys)
+                    who, sans = self._verify_envelope(authority, layer, envelope, keys)
                 except (VerificationError, MalformedInputError) as exc:
                     errors.append(f"{authority.name}: {exc}")
                     continue
                 signer = signer or who
                 signed_by.add(_akey(authority))
+                subjects.update(sans)
             if signer is None:
                 rejected.append(
                     f"{layer.source} ({statement.predicate_type}) is signed by no authority: "
@@ -432,17 +440,22 @@ class ImageVerifier:
                     f"expected {digest})"
                 )
                 continue
-            kept.append(_Attestation(layer.source, statement, signer, frozenset(signed_by)))
+            kept.append(
+                _Attestation(
+                    layer.source, statement, signer, frozenset(signed_by), frozenset(subjects)
+                )
+            )
         return kept, rejected
 
     def _verify_envelope(
         self, authority: Authority, layer: SignedLayer, envelope: Envelope, keys: _Keys
-    ) -> str:
+    ) -> tuple[str, list[str]]:
+        """Who signed (for messages) and the certificate identities of a keyless signer."""
         signed = envelope.pae
         if authority.key is not None:
             key = keys.get(authority.key)
             if any(key.verify(sig, signed) for _, sig in envelope.signatures):
-                return f"{authority.name} (key {key.algorithm})"
+                return f"{authority.name} (key {key.algorithm})", []
             raise VerificationError(f"no DSSE signature verifies with key ({key.algorithm})")
         assert authority.keyless is not None
         root = self._roots.get(authority.keyless.trusted_root)
@@ -463,7 +476,7 @@ class ImageVerifier:
             except (VerificationError, MalformedInputError) as exc:
                 last = exc
                 continue
-            return f"{authority.name} (keyless {identity})"
+            return f"{authority.name} (keyless {identity})", identity.subjects
         raise VerificationError(str(last) if last else "no DSSE signature")
 
 
@@ -509,7 +522,11 @@ def _bundle_attestations(
                 att
                 if seen is None
                 else _Attestation(
-                    seen.source, seen.statement, seen.signer, seen.authorities | att.authorities
+                    seen.source,
+                    seen.statement,
+                    seen.signer,
+                    seen.authorities | att.authorities,
+                    seen.signer_subjects | att.signer_subjects,
                 )
             )
     return [a for a in merged.values() if a.statement.names_digest(digest)]
@@ -545,7 +562,9 @@ def _rule_holds(rule: AttestationRule, atts: list[_Attestation]) -> tuple[bool, 
         for alternative in rule.alternatives():
             if alternative.predicate_type != att.statement.predicate_type:
                 continue
-            problems = check_attestation_rule(att.statement, alternative)
+            problems = check_attestation_rule(
+                att.statement, alternative, signer_subjects=att.signer_subjects
+            )
             if not problems:
                 return True, (
                     f"{att.statement.predicate_type} from {att.source}, signed by {att.signer}"
