@@ -354,7 +354,7 @@ class ImageVerifier:
                     f"(got {att.statement.subject_digests()[:4]}, expected {digest})"
                 )
                 continue
-            return True, f"keyless {att.signer} ({att.source})"
+            return True, f"bundle {att.signer} ({att.source})"
         if not failures:
             return False, "no signature to check"
         return False, "no signature verifies: " + "; ".join(failures[:4])

@@ -8,11 +8,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sc_scenario import BUILDER, Published
+from sc_scenario import BUILDER, REPO, Published
 
 from samplerguard.errors import TemporaryError, VerificationError
 from samplerguard.policy.spec import SamplerPolicySpec, SecretKeyRef
-from samplerguard.supplychain import ImageVerifier, RegistryClient
+from samplerguard.supplychain import ImageVerifier, RegistryClient, TrustedRoots
+from samplerguard.supplychain.provenance import SLSA_V1
+from samplerguard.supplychain.publish import (
+    Signer,
+    attach_bundle,
+    make_statement,
+    push_image,
+    slsa_v1_predicate,
+)
+from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE
+from samplerguard.supplychain.testing import PrivateSigstore
 from samplerguard.webhook.kube import KubernetesKeySecrets
 
 pytestmark = pytest.mark.registry
@@ -123,3 +133,56 @@ def test_any_of_and_conditions(
     assert (
         "condition 'built on GitLab' does not hold (got false, expected true)" in verdict.summary()
     )
+
+
+def test_managed_key_bundles_sign_and_attest(
+    client: RegistryClient,
+    new_ref: Callable[[], str],
+    sigstore: PrivateSigstore,
+    roots: TrustedRoots,
+) -> None:
+    """An image with no .sig: a managed-key bundle of cosign's sign predicate signs it, and a
+    managed-key bundle of SLSA provenance admits it on its own."""
+    ref = new_ref()
+    digest = push_image(client, ref)
+    release = Signer.generate()
+    name = ref.rsplit(":", 1)[0]
+    provenance = make_statement(
+        name,
+        digest,
+        SLSA_V1,
+        slsa_v1_predicate(builder_id=BUILDER, repository=REPO, ref="refs/heads/main"),
+    )
+    attach_bundle(client, ref, digest, sigstore.key_bundle(release, provenance))
+    key = {"publicKey": release.public_pem, "trustedRoot": "private"}
+    spec = SamplerPolicySpec.model_validate(
+        {
+            "images": [
+                {
+                    "glob": "127.0.0.1:*/acme/**",
+                    "authorities": [{"name": "release", "key": key, "attestations": ["slsa"]}],
+                }
+            ],
+            "attestations": [{"name": "slsa", "builderIds": [BUILDER]}],
+        }
+    )
+    verifier = ImageVerifier(client, trusted_roots=roots)
+    verdict = verifier.verify(ref, spec, policy_name="p")
+    assert verdict.passed, verdict.summary()
+
+    # Another key: the bundle is not its signature, and the image is refused.
+    other = Signer.generate()
+    wire = spec.to_wire()
+    wire["images"][0]["authorities"][0]["key"]["publicKey"] = other.public_pem
+    verdict = verifier.verify(ref, SamplerPolicySpec.model_validate(wire), policy_name="p")
+    assert not verdict.passed
+    assert "DSSE signature does not verify with key" in verdict.summary()
+
+    # A managed-key bundle of cosign's sign predicate is a signature.
+    signed = make_statement(name, digest, COSIGN_SIGN_PREDICATE, {})
+    attach_bundle(client, ref, digest, sigstore.key_bundle(other, signed))
+    del wire["images"][0]["authorities"][0]["attestations"]
+    del wire["attestations"]
+    verdict = verifier.verify(ref, SamplerPolicySpec.model_validate(wire), policy_name="p")
+    assert verdict.passed, verdict.summary()
+    assert "release: ok, bundle release (key ecdsa-secp256r1-sha256)" in verdict.summary()
