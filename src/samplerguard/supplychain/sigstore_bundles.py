@@ -133,6 +133,20 @@ def verify_artifact_bundle(
     """Verify a message-signature bundle over ``artifact``; returns the signer's identity."""
     from sigstore.errors import Error as SigstoreError
 
+    parts = _Parts.parse(raw)
+    if parts.needs_own_path and parts.envelope is None and parts.certificate_pem is not None:
+        # A v0.1 bundle with the inclusion promise only: the promise dates the signature.
+        parts.verify_log(trusted_root)
+        return verify_keyless(
+            certificate_pem=parts.certificate_pem,
+            chain_pem=parts.chain_pem,
+            rekor_bundle=parts.rekor_bundle,
+            signature=parts.signature,
+            signed_bytes=artifact,
+            payload=artifact,
+            identities=identities,
+            trusted_root=trusted_root,
+        )
     bundle = _load(raw)
     policy = _IdentityPolicy(identities)
     try:
@@ -169,12 +183,12 @@ def verify_dsse_bundle(
             chain_pem=parts.chain_pem,
             rekor_bundle=parts.rekor_bundle,
             signature=parts.signature,
-            signed_bytes=parts.envelope.pae,
-            payload=parts.envelope.payload,
+            signed_bytes=parts.dsse.pae,
+            payload=parts.dsse.payload,
             identities=identities,
             trusted_root=trusted_root,
         )
-        return _bound(parts.envelope, digest), identity
+        return _bound(parts.dsse, digest), identity
     bundle = _load(raw)
     policy = _IdentityPolicy(identities)
     try:
@@ -194,10 +208,10 @@ def verify_key_bundle(raw: bytes, key: PublicKey, trusted_root: Any, *, digest: 
             "Sigstore bundle is signed with a certificate (expected a managed key)"
         )
     body = parts.verify_log(trusted_root)
-    if not key.verify(parts.signature, parts.envelope.pae):
+    if not key.verify(parts.signature, parts.dsse.pae):
         raise VerificationError(f"DSSE signature does not verify with key ({key.algorithm})")
-    check_entry_binds(body, key, parts.signature, parts.envelope.payload)
-    return _bound(parts.envelope, digest)
+    check_entry_binds(body, key, parts.signature, parts.dsse.payload)
+    return _bound(parts.dsse, digest)
 
 
 def _bound(envelope: Envelope, digest: str) -> Statement:
@@ -223,10 +237,11 @@ def _pem(der: bytes, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class _Parts:
-    """A DSSE bundle taken apart, in the shapes the step-by-step verification takes."""
+    """A bundle taken apart, in the shapes the step-by-step verification takes."""
 
     media_type: str
-    envelope: Envelope
+    #: None for a message signature
+    envelope: Envelope | None
     signature: bytes = field(repr=False)
     certificate_pem: bytes | None
     chain_pem: bytes | None
@@ -251,26 +266,33 @@ class _Parts:
             media_type = doc["mediaType"]
             material = doc["verificationMaterial"]
             entries = material["tlogEntries"]
-            envelope_doc = doc["dsseEnvelope"]
         except (ValueError, UnicodeDecodeError, KeyError, TypeError):
             raise MalformedInputError(
-                "not a Sigstore bundle with a DSSE envelope and a log entry"
+                "not a Sigstore bundle (no media type, verification material or log entry)"
             ) from None
         if media_type not in _MEDIA_TYPES:
-            raise MalformedInputError(f"Sigstore bundle media type {str(media_type)[:80]!r}")
+            raise MalformedInputError(
+                f"not a Sigstore bundle: unsupported media type {str(media_type)[:80]!r}"
+            )
         if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
             raise MalformedInputError("Sigstore bundle must hold exactly one log entry")
-        envelope = Envelope.from_dict(
-            {
-                "payloadType": envelope_doc.get("payloadType"),
-                "payload": envelope_doc.get("payload"),
-                "signatures": envelope_doc.get("signatures"),
-            }
-            if isinstance(envelope_doc, dict)
-            else None
-        )
-        if len(envelope.signatures) != 1:
-            raise MalformedInputError("Sigstore bundle DSSE envelope must hold one signature")
+        envelope: Envelope | None = None
+        if isinstance(doc.get("dsseEnvelope"), dict):
+            envelope_doc = doc["dsseEnvelope"]
+            envelope = Envelope.from_dict(
+                {
+                    "payloadType": envelope_doc.get("payloadType"),
+                    "payload": envelope_doc.get("payload"),
+                    "signatures": envelope_doc.get("signatures"),
+                }
+            )
+            if len(envelope.signatures) != 1:
+                raise MalformedInputError("Sigstore bundle DSSE envelope must hold one signature")
+            signature = envelope.signatures[0][1]
+        elif isinstance(doc.get("messageSignature"), dict):
+            signature = _b64(doc["messageSignature"].get("signature"), "message signature")
+        else:
+            raise MalformedInputError("Sigstore bundle has neither a DSSE envelope nor a signature")
         cert_pem = chain_pem = None
         if isinstance(material.get("certificate"), dict):
             cert_pem = _pem(_b64(material["certificate"].get("rawBytes"), "certificate"), "leaf")
@@ -309,13 +331,22 @@ class _Parts:
         return cls(
             media_type,
             envelope,
-            envelope.signatures[0][1],
+            signature,
             cert_pem,
             chain_pem,
             rekor_bundle,
             str(kind),
             entry if has_proof else None,
         )
+
+    @property
+    def dsse(self) -> Envelope:
+        if self.envelope is None:
+            raise VerificationError(
+                "Sigstore bundle holds a message signature, not a DSSE envelope (expected an "
+                "attestation)"
+            )
+        return self.envelope
 
     @property
     def rekor_bundle(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,29 @@ def test_garbage_is_not_a_bundle(roots: dict[str, object]) -> None:
             verify_artifact_bundle(
                 raw, b"x", [KeylessIdentity(subject="a", issuer="b")], roots["staging"]
             )
+
+
+def test_v01_bundle_with_only_the_inclusion_promise(sig: Path, roots: dict[str, object]) -> None:
+    """A v0.1 bundle needs no inclusion proof: the real v0.1 bundle without its proof still
+    verifies on its promise, and still fails every must-fail check."""
+    doc = json.loads((sig / "bundle.txt.sigstore").read_bytes())
+    del doc["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]
+    raw = json.dumps(doc).encode()
+    artifact = (sig / "bundle.txt").read_bytes()
+    who = [KeylessIdentity(subject="a@tny.town", issuer=GH_OAUTH)]
+    identity = verify_artifact_bundle(raw, artifact, who, roots["staging"])
+    assert "a@tny.town" in identity.subjects
+    with pytest.raises(VerificationError, match="signature does not verify"):
+        verify_artifact_bundle(raw, artifact + b"x", who, roots["staging"])
+    with pytest.raises(VerificationError, match="certificate identity mismatch"):
+        verify_artifact_bundle(
+            raw,
+            artifact,
+            [KeylessIdentity(subject="b@tny.town", issuer=GH_OAUTH)],
+            roots["staging"],
+        )
+    with pytest.raises(VerificationError, match="Rekor SET does not verify"):
+        verify_artifact_bundle(raw, artifact, who, roots["production"])
+    del doc["verificationMaterial"]["tlogEntries"][0]["inclusionPromise"]
+    with pytest.raises(MalformedInputError, match="inclusion promise"):
+        verify_artifact_bundle(json.dumps(doc).encode(), artifact, who, roots["staging"])
