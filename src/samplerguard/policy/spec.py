@@ -410,8 +410,11 @@ class AttestationRule(AttestationMatch):
 
     model_config = _cel_config(
         (
-            "!has(self.anyOf) || size(self.anyOf) == 0 || (!has(self.builderIds) && "
-            "!has(self.sourceUris) && !has(self.sourceRefs) && !has(self.conditions))",
+            "!has(self.anyOf) || size(self.anyOf) == 0 || (!has(self.predicateType) && "
+            "!has(self.builderIds) && !has(self.sourceUris) && !has(self.sourceRefs) && "
+            "!has(self.sourceBranches) && !has(self.sourceTags) && "
+            "!has(self.sourceVersionedTags) && !has(self.workflowInputs) && "
+            "!has(self.conditions))",
             "a rule with anyOf states its checks inside anyOf",
         )
     )
