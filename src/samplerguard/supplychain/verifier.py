@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from samplerguard.errors import MalformedInputError, SamplerGuardError, VerificationError
 from samplerguard.policy.spec import (
@@ -40,6 +39,14 @@ from samplerguard.policy.spec import (
     KeyAuthority,
     SamplerPolicySpec,
     SecretKeyRef,
+)
+from samplerguard.supplychain.attestations import (
+    VerifiedAttestation,
+    authority_key,
+    bundle_attestations,
+    check_attestation,
+    check_attesting_authority,
+    clip,
 )
 from samplerguard.supplychain.cosign import (
     Artifacts,
@@ -52,7 +59,7 @@ from samplerguard.supplychain.cosign import (
 from samplerguard.supplychain.dsse import Envelope, Statement
 from samplerguard.supplychain.keyless import verify_keyless
 from samplerguard.supplychain.keys import PublicKey, default_hash, load_public_key
-from samplerguard.supplychain.provenance import check_attestation_rule, check_golden
+from samplerguard.supplychain.provenance import check_golden
 from samplerguard.supplychain.reference import ImageReference, parse_reference
 from samplerguard.supplychain.registry import RegistryClient, deadline
 from samplerguard.supplychain.sigstore_bundles import (
@@ -70,25 +77,12 @@ __all__ = ["ImageVerifier", "KeySource", "glob_candidates"]
 #: is absent, :class:`TemporaryError` when the API cannot be reached.
 KeySource = Callable[[SecretKeyRef, "str | None"], str]
 
-_MAX_DETAIL = 1500
-
 
 def glob_candidates(image_ref: str, parsed: ImageReference | None = None) -> tuple[str, ...]:
     """The strings an image rule's glob is matched against: the reference as written, the
     normalised ``registry/repo``, and the normalised full reference."""
     ref = parsed or parse_reference(image_ref)
     return tuple(dict.fromkeys((image_ref, ref.name, str(ref))))
-
-
-@dataclass(frozen=True)
-class _Attestation:
-    source: str
-    statement: Statement
-    signer: str
-    #: Every authority (by :func:`_akey`) whose signature on it verified.
-    authorities: frozenset[str] = field(default=frozenset())
-    #: The certificate identities (SANs) of the keyless signatures that verified.
-    signer_subjects: frozenset[str] = field(default=frozenset())
 
 
 class ImageVerifier:
@@ -194,7 +188,7 @@ class ImageVerifier:
             checks.append(CheckResult("resolve", True, f"pinned {resolved}"))
 
         # (3): fetch everything attached to the digest, once.
-        authorities = list({_akey(a): a for r in rules for a in r.authorities}.values())
+        authorities = list({authority_key(a): a for r in rules for a in r.authorities}.values())
         need_attestations = (
             bool(spec.attestations)
             or _pins_golden(spec)
@@ -209,11 +203,11 @@ class ImageVerifier:
         bundles = self._bundles(artifacts, authorities, resolved, keys)
 
         # (4): the attestations, with every authority that signed each.
-        kept: list[_Attestation] = []
+        kept: list[VerifiedAttestation] = []
         notes: list[str] = []
         if need_attestations:
             kept, rejected = self._attestations(artifacts, authorities, resolved, keys)
-            kept += _bundle_attestations(bundles, resolved, rejected)
+            kept += bundle_attestations(bundles, resolved, rejected)
             notes = rejected + artifacts.problems
 
         # (5): N-of-M authorities per rule.
@@ -224,25 +218,27 @@ class ImageVerifier:
         # (6)–(7): attestation rules and golden digests.
         if need_attestations:
             for att_rule in spec.attestations:
-                checks.append(_check_attestation(att_rule, kept, notes, resolved))
+                found = artifacts.attestations or artifacts.bundles
+                where = "" if found else _looked_at(artifacts, resolved)
+                checks.append(check_attestation(att_rule, kept, notes, resolved, where))
             for role, problems in check_golden(
                 [k.statement for k in kept], spec.golden_digests
             ).items():
                 detail = "; ".join(problems) if problems else "bound by a verified attestation"
-                checks.append(CheckResult(f"golden/{role}", not problems, _clip(detail)))
+                checks.append(CheckResult(f"golden/{role}", not problems, clip(detail)))
         return verdict(resolved)
 
     # -- signatures ------------------------------------------------------------------------
 
     def _bundles(
         self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str, keys: _Keys
-    ) -> dict[str, list[_Attestation | str]]:
+    ) -> dict[str, list[VerifiedAttestation | str]]:
         """Per authority: the statements of the bundles it signed, or why not."""
-        out: dict[str, list[_Attestation | str]] = {}
+        out: dict[str, list[VerifiedAttestation | str]] = {}
         if not artifacts.bundles:
             return out
         for authority in authorities:
-            found: list[_Attestation | str] = []
+            found: list[VerifiedAttestation | str] = []
             for bundle in artifacts.bundles:
                 try:
                     statement, identity, subjects = self._verify_bundle(
@@ -252,15 +248,15 @@ class ImageVerifier:
                     found.append(f"{bundle.source}: {exc}")
                     continue
                 found.append(
-                    _Attestation(
+                    VerifiedAttestation(
                         bundle.source,
                         statement,
                         f"{authority.name} ({identity})",
-                        frozenset({_akey(authority)}),
+                        frozenset({authority_key(authority)}),
                         frozenset(subjects),
                     )
                 )
-            out[_akey(authority)] = found
+            out[authority_key(authority)] = found
         return out
 
     def _check_rule(
@@ -268,8 +264,8 @@ class ImageVerifier:
         rule: ImageRule,
         artifacts: Artifacts,
         digest: str,
-        bundles: dict[str, list[_Attestation | str]],
-        kept: list[_Attestation],
+        bundles: dict[str, list[VerifiedAttestation | str]],
+        kept: list[VerifiedAttestation],
         att_rules: dict[str, AttestationRule],
         keys: _Keys,
     ) -> CheckResult:
@@ -277,7 +273,7 @@ class ImageVerifier:
         count = 0
         for authority in rule.authorities:
             if authority.attestations:
-                ok, detail = _check_attesting_authority(authority, kept, att_rules)
+                ok, detail = check_attesting_authority(authority, kept, att_rules)
             else:
                 ok, detail = self._check_authority(authority, artifacts, digest, bundles, keys)
             count += ok
@@ -291,9 +287,7 @@ class ImageVerifier:
             f"{count} of {len(rule.authorities)} authorities verified {digest} "
             f"(threshold {rule.threshold})"
         )
-        return CheckResult(
-            f"signatures[{rule.glob}]", passed, _clip(head + ": " + "; ".join(lines))
-        )
+        return CheckResult(f"signatures[{rule.glob}]", passed, clip(head + ": " + "; ".join(lines)))
 
     def _key(self, key: KeyAuthority, namespace: str | None) -> PublicKey:
         explicit = "hash_algorithm" in key.model_fields_set
@@ -326,7 +320,7 @@ class ImageVerifier:
         authority: Authority,
         artifacts: Artifacts,
         digest: str,
-        bundles: dict[str, list[_Attestation | str]],
+        bundles: dict[str, list[VerifiedAttestation | str]],
         keys: _Keys,
     ) -> tuple[bool, str]:
         failures: list[str] = []
@@ -342,7 +336,7 @@ class ImageVerifier:
                 failures.append(f"{layer.source}: {exc}")
                 continue
             return True, f"{signer} ({layer.source})"
-        for att in bundles.get(_akey(authority), []):
+        for att in bundles.get(authority_key(authority), []):
             if isinstance(att, str):
                 failures.append(att)
                 continue
@@ -404,8 +398,8 @@ class ImageVerifier:
 
     def _attestations(
         self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str, keys: _Keys
-    ) -> tuple[list[_Attestation], list[str]]:
-        kept: list[_Attestation] = []
+    ) -> tuple[list[VerifiedAttestation], list[str]]:
+        kept: list[VerifiedAttestation] = []
         rejected: list[str] = []
         for layer in artifacts.attestations:
             try:
@@ -425,7 +419,7 @@ class ImageVerifier:
                     errors.append(f"{authority.name}: {exc}")
                     continue
                 signer = signer or who
-                signed_by.add(_akey(authority))
+                signed_by.add(authority_key(authority))
                 subjects.update(sans)
             if signer is None:
                 rejected.append(
@@ -441,7 +435,7 @@ class ImageVerifier:
                 )
                 continue
             kept.append(
-                _Attestation(
+                VerifiedAttestation(
                     layer.source, statement, signer, frozenset(signed_by), frozenset(subjects)
                 )
             )
@@ -503,88 +497,6 @@ class _Keys:
         return found
 
 
-def _bundle_attestations(
-    bundles: dict[str, list[_Attestation | str]], digest: str, rejected: list[str]
-) -> list[_Attestation]:
-    """The attestations (not cosign's sign predicate) among the verified bundles, merged per
-    bundle so that every authority that verified it is known."""
-    merged: dict[str, _Attestation] = {}
-    for found in bundles.values():
-        for att in found:
-            if isinstance(att, str):
-                if att not in rejected:
-                    rejected.append(att)
-                continue
-            if att.statement.predicate_type == COSIGN_SIGN_PREDICATE:
-                continue
-            seen = merged.get(att.source)
-            merged[att.source] = (
-                att
-                if seen is None
-                else _Attestation(
-                    seen.source,
-                    seen.statement,
-                    seen.signer,
-                    seen.authorities | att.authorities,
-                    seen.signer_subjects | att.signer_subjects,
-                )
-            )
-    return [a for a in merged.values() if a.statement.names_digest(digest)]
-
-
-def _check_attesting_authority(
-    authority: Authority, kept: list[_Attestation], att_rules: dict[str, AttestationRule]
-) -> tuple[bool, str]:
-    """An authority with ``attestations``: one attestation it signed passes a named rule."""
-    mine = [k for k in kept if _akey(authority) in k.authorities]
-    if not mine:
-        return False, (f"signed no attestation of this image (needed for {authority.attestations})")
-    failures = []
-    for name in authority.attestations:
-        ok, detail = _rule_holds(att_rules[name], mine)
-        if ok:
-            return True, f"attestation rule {name!r}: {detail}"
-        failures.append(f"rule {name!r}: {detail}")
-    return False, "no attestation it signed passes: " + "; ".join(failures[:4])
-
-
-def _rule_holds(rule: AttestationRule, atts: list[_Attestation]) -> tuple[bool, str]:
-    types = rule.predicate_types
-    of_type = [k for k in atts if k.statement.predicate_type in types]
-    if not of_type:
-        found = sorted({k.statement.predicate_type for k in atts})
-        return False, (
-            f"no verified attestation of type {' or '.join(types)} (verified types: "
-            f"{found or 'none'})"
-        )
-    failures = []
-    for att in of_type:
-        for alternative in rule.alternatives():
-            if alternative.predicate_type != att.statement.predicate_type:
-                continue
-            problems = check_attestation_rule(
-                att.statement, alternative, signer_subjects=att.signer_subjects
-            )
-            if not problems:
-                return True, (
-                    f"{att.statement.predicate_type} from {att.source}, signed by {att.signer}"
-                )
-            failures.append(f"{att.source}: " + "; ".join(problems))
-    return False, "; ".join(failures[:4])
-
-
-def _check_attestation(
-    rule: AttestationRule, kept: list[_Attestation], notes: list[str], digest: str
-) -> CheckResult:
-    name = f"attestation/{rule.name}"
-    ok, detail = _rule_holds(rule, kept)
-    if not ok and notes:
-        detail += "; ignored: " + "; ".join(notes[:4])
-    if not ok:
-        detail = f"{digest}: {detail}"
-    return CheckResult(name, ok, _clip(detail))
-
-
 def _looked_at(artifacts: Artifacts, digest: str) -> str:
     """Every place that was searched, and what each held."""
     places = (
@@ -600,10 +512,6 @@ def _looked_at(artifacts: Artifacts, digest: str) -> str:
     )
 
 
-def _akey(authority: Authority) -> str:
-    return authority.model_dump_json()
-
-
 def _pins_golden(spec: SamplerPolicySpec) -> bool:
     g = spec.golden_digests
     return bool(g.model_weights or g.text_encoder or g.scheduler_config or g.solver_code)
@@ -615,7 +523,3 @@ def _is_digest(value: str) -> bool:
         and value.startswith("sha256:")
         and all(c in "0123456789abcdef" for c in value[7:])
     )
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"

@@ -77,6 +77,7 @@ def test_fail_exits_1_with_reasons(
         f"no signatures found; looked at the referrers API, its fallback tag {tag}, "
         f"tags {tag}.sig and {tag}.att" in failed[0]["detail"]
     )
+    assert f"tags {tag}.sig and {tag}.att" in failed[1]["detail"]
 
 
 def test_ungoverned_image_fails(
