@@ -250,6 +250,7 @@ class RegistryDouble:
         policy_name: str,
         digest: str | None = None,
         client: object = None,
+        policy_namespace: str | None = None,
     ) -> ImageVerdict:
         with self._lock:
             self.verify_calls += 1

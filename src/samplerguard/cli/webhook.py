@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
 
     from samplerguard.errors import MalformedInputError
     from samplerguard.supplychain import ImageVerifier, RegistryClient, TrustedRoots
+    from samplerguard.supplychain.verifier import KeySource
     from samplerguard.webhook import (
         Admission,
         FilePolicySource,
@@ -252,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         policies: PolicySource
         namespaces: NamespaceLabels | None = None
         pull_secrets: PullSecrets | None = None
+        key_secrets: KeySource | None = None
         if config.policies is not None:
             policies = FilePolicySource(config.policies)
             if args.namespace_labels:
@@ -264,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
             from kubernetes import config as kube_config
 
             from samplerguard.webhook.kube import (
+                KubernetesKeySecrets,
                 KubernetesNamespaceLabels,
                 KubernetesPolicySource,
                 KubernetesPullSecrets,
@@ -275,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
                 kube_config.load_kube_config()  # type: ignore[no-untyped-call]
             policies = KubernetesPolicySource()
             namespaces = KubernetesNamespaceLabels()
+            key_secrets = KubernetesKeySecrets(args.namespace)
             if args.read_pull_secrets:
                 pull_secrets = KubernetesPullSecrets()
         roots = TrustedRoots.from_files(default=args.trusted_root) if args.trusted_root else None
@@ -294,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         return Admission(
             config,
             source,
-            ImageVerifier(client, trusted_roots=roots),
+            ImageVerifier(client, trusted_roots=roots, key_source=key_secrets),
             client,
             namespaces=namespaces,
             pull_secrets=pull_secrets,

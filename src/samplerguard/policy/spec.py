@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from samplerguard.errors import PolicyError
+from samplerguard.policy.expressions import check_condition, check_regexp, regexp_search
 
 __all__ = [
     "GROUP",
@@ -32,10 +33,12 @@ __all__ = [
     "KNOWN_SAMPLERS",
     "KNOWN_SCHEDULES",
     "VERSION",
+    "AttestationMatch",
     "AttestationRule",
     "Authority",
     "CanaryCase",
     "ClusterSamplerPolicy",
+    "Condition",
     "FloatRange",
     "GoldenDigests",
     "ImageRule",
@@ -52,6 +55,7 @@ __all__ = [
     "RngRule",
     "SamplerPolicy",
     "SamplerPolicySpec",
+    "SecretKeyRef",
     "VerificationRule",
     "parse_policy",
 ]
@@ -125,45 +129,70 @@ def _cel_config(*rules: tuple[str, str]) -> ConfigDict:
     )
 
 
-def _compile(pattern: str, what: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{what} {pattern!r} is not a valid regular expression: {exc}") from None
-    return pattern
-
-
 # --- images and who must sign them ------------------------------------------------------------
 
 
+class SecretKeyRef(_Model):
+    """A public key held in a Kubernetes Secret (as policy-controller's ``secretRef``)."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
+    #: Unset: the policy's namespace for a SamplerPolicy, samplerguard's own namespace for a
+    #: ClusterSamplerPolicy.
+    namespace: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = None
+    #: The data key holding the PEM; cosign's ``generate-key-pair k8s://`` writes
+    #: ``cosign.pub``.
+    key: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]{1,253}$")] = "cosign.pub"
+
+
 class KeyAuthority(_Model):
-    """A cosign public key (PEM). ECDSA P-256/P-384, Ed25519 and RSA are accepted."""
+    """A cosign public key: PEM inline, or a Secret holding it. ECDSA P-256/P-384/P-521,
+    Ed25519 and RSA are accepted."""
 
     model_config = _cel_config(
         (
-            "self.publicKey.contains('-----BEGIN PUBLIC KEY-----') && "
-            "self.publicKey.contains('-----END PUBLIC KEY-----')",
+            "has(self.publicKey) != has(self.secretRef)",
+            "a key needs exactly one of publicKey or secretRef",
+        ),
+        (
+            "!has(self.publicKey) || (self.publicKey.contains('-----BEGIN PUBLIC KEY-----') && "
+            "self.publicKey.contains('-----END PUBLIC KEY-----'))",
             "publicKey must be a PEM public key (-----BEGIN PUBLIC KEY----- ... "
             "-----END PUBLIC KEY-----)",
-        )
+        ),
     )
 
     # 8 KiB holds an RSA-8192 PEM; the bound keeps the CRD's CEL cost within budget.
-    public_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = None
+    secret_ref: SecretKeyRef | None = None
     hash_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
+    #: The trusted root whose Rekor keys vouch for Sigstore bundles signed with this key
+    #: (as for keyless authorities); unset: the default root.
+    trusted_root: NonEmpty | None = None
 
     @field_validator("public_key")
     @classmethod
-    def _parse_key(cls, value: str) -> str:
+    def _parse_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             load_pem_public_key(value.encode())
         except (ValueError, TypeError) as exc:
             raise ValueError(f"publicKey is not a PEM public key: {exc}") from None
         return value
 
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyAuthority:
+        if (self.public_key is None) == (self.secret_ref is None):
+            raise ValueError("a key needs exactly one of publicKey or secretRef")
+        return self
+
 
 class KeylessIdentity(_Model):
-    """A Fulcio certificate identity: issuer and subject, each exact or a regular expression."""
+    """A Fulcio certificate identity: issuer and subject, each exact or a regular expression.
+
+    A regular expression is RE2 and matches a substring, exactly as cosign's
+    ``--certificate-identity-regexp`` and policy-controller's ``subjectRegExp`` do: a policy
+    ported from them means the same thing here. Anchor it (``^…$``) to pin the whole value."""
 
     model_config = _cel_config(
         (
@@ -200,20 +229,20 @@ class KeylessIdentity(_Model):
         if (self.subject is None) == (self.subject_reg_exp is None):
             raise ValueError("an identity needs exactly one of subject or subjectRegExp")
         if self.issuer_reg_exp is not None:
-            _compile(self.issuer_reg_exp, "issuerRegExp")
+            check_regexp(self.issuer_reg_exp, "issuerRegExp")
         if self.subject_reg_exp is not None:
-            _compile(self.subject_reg_exp, "subjectRegExp")
+            check_regexp(self.subject_reg_exp, "subjectRegExp")
         return self
 
     def matches(self, issuer: str, subject: str) -> bool:
         if self.issuer is not None and issuer != self.issuer:
             return False
-        if self.issuer_reg_exp is not None and not re.fullmatch(self.issuer_reg_exp, issuer):
+        if self.issuer_reg_exp is not None and not regexp_search(self.issuer_reg_exp, issuer):
             return False
         if self.subject is not None and subject != self.subject:
             return False
         return not (
-            self.subject_reg_exp is not None and not re.fullmatch(self.subject_reg_exp, subject)
+            self.subject_reg_exp is not None and not regexp_search(self.subject_reg_exp, subject)
         )
 
 
@@ -227,7 +256,13 @@ class KeylessAuthority(_Model):
 
 
 class Authority(_Model):
-    """One signer. Exactly one of ``key`` or ``keyless``."""
+    """One signer. Exactly one of ``key`` or ``keyless``.
+
+    Without ``attestations`` the authority counts when it signed the image (a cosign
+    signature or a Sigstore bundle of cosign's sign predicate). With ``attestations`` it
+    counts, as in policy-controller, when it signed an attestation of the image that passes
+    one of the named attestation rules: the image needs no ``.sig`` at all (images from the
+    SLSA generators carry only their provenance)."""
 
     model_config = _cel_config(
         ("has(self.key) != has(self.keyless)", "an authority needs exactly one of key or keyless")
@@ -236,6 +271,9 @@ class Authority(_Model):
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
     key: KeyAuthority | None = None
     keyless: KeylessAuthority | None = None
+    #: Names of ``spec.attestations`` rules; any one satisfied by an attestation this
+    #: authority signed makes it count.
+    attestations: Annotated[list[NonEmpty], Field(max_length=16)] = []
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Authority:
@@ -296,17 +334,112 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
 # --- attestations -------------------------------------------------------------------------------
 
 
-class AttestationRule(_Model):
-    """An in-toto attestation the image must carry, signed by the image rule's authorities."""
+class Condition(_Model):
+    """A CEL expression over the attestation that must evaluate to true. It reads
+    ``predicate`` (the in-toto predicate), ``predicateType`` and ``subject``, e.g.
+    ``predicate.buildType == 'https://github.com/slsa-framework/slsa-github-generator/container@v1'``.
+    It is compiled when the policy is applied; an evaluation error counts as false."""
 
-    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    expression: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    #: Shown when the condition does not hold; default: the expression itself.
+    message: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+    @field_validator("expression")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return check_condition(value)
+
+
+_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+#: slsa-verifier's --source-versioned-tag: vMAJOR, vMAJOR.MINOR or vMAJOR.MINOR.PATCH[-pre].
+_VERSIONED_TAG = r"^v(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?)?)?$"
+
+
+class AttestationMatch(_Model):
+    """What one attestation must be: its predicate type, the SLSA checks slsa-verifier makes,
+    and CEL conditions on its predicate.
+
+    For SLSA provenance (v0.1, v0.2, v1) the checks follow slsa-verifier: ``builderIds`` take
+    its three forms (``name``, ``name@vX.Y.Z``, ``name@refs/tags/vX.Y.Z``) and, when empty,
+    default to slsa-verifier's trusted builders at a ``vX.Y.Z`` release tag; ``sourceTags``
+    are exact tag names, ``sourceVersionedTags`` semver prefixes (``v13`` matches ``v13.0.30``),
+    ``sourceBranches`` the branch the build ran on (for a tag push, the event's base ref), and
+    ``workflowInputs`` the inputs of a ``workflow_dispatch``."""
+
     predicate_type: NonEmpty = "https://slsa.dev/provenance/v1"
-    #: Exact builder ids (SLSA v1 ``runDetails.builder.id``; v0.2 ``builder.id``).
+    #: Builder IDs, in slsa-verifier's forms. Empty: the trusted SLSA builders.
     builder_ids: Annotated[list[NonEmpty], Field(max_length=64)] = []
-    #: Source repository URIs, e.g. ``git+https://github.com/acme/sampler``.
+    #: Source repository URIs, e.g. ``github.com/acme/sampler``.
     source_uris: Annotated[list[NonEmpty], Field(max_length=64)] = []
-    #: Refs or tags the build must come from, e.g. ``refs/heads/main``.
+    #: Refs the build must come from, e.g. ``refs/heads/main`` (a bare name: branch or tag).
     source_refs: Annotated[list[NonEmpty], Field(max_length=64)] = []
+    #: Branches (without ``refs/heads/``), as slsa-verifier's ``--source-branch``.
+    source_branches: Annotated[list[NonEmpty], Field(max_length=64)] = []
+    #: Exact tags (without ``refs/tags/``), as ``--source-tag``.
+    source_tags: Annotated[list[NonEmpty], Field(max_length=64)] = []
+    #: Semver tags, as ``--source-versioned-tag``: ``v1`` matches any v1.x.y.
+    source_versioned_tags: Annotated[
+        list[Annotated[str, StringConstraints(pattern=_VERSIONED_TAG, max_length=128)]],
+        Field(max_length=64),
+    ] = []
+    #: Inputs of a ``workflow_dispatch`` build, as ``--build-workflow-input``.
+    workflow_inputs: Annotated[dict[str, str], Field(max_length=32)] = {}
+    conditions: Annotated[list[Condition], Field(max_length=16)] = []
+
+    @property
+    def constrains_slsa(self) -> bool:
+        return bool(
+            self.builder_ids
+            or self.source_uris
+            or self.source_refs
+            or self.source_branches
+            or self.source_tags
+            or self.source_versioned_tags
+            or self.workflow_inputs
+        )
+
+
+_MATCH_FIELDS = frozenset(AttestationMatch.model_fields)
+
+
+class AttestationRule(AttestationMatch):
+    """An in-toto attestation the image must carry, signed by an authority of its image rule.
+
+    Either the fields of :class:`AttestationMatch` directly, or ``anyOf``: a list of them of
+    which one must hold (``SLSA v1 from this builder, or v0.2 from that one``)."""
+
+    model_config = _cel_config(
+        (
+            "!has(self.anyOf) || size(self.anyOf) == 0 || (!has(self.predicateType) && "
+            "!has(self.builderIds) && !has(self.sourceUris) && !has(self.sourceRefs) && "
+            "!has(self.sourceBranches) && !has(self.sourceTags) && "
+            "!has(self.sourceVersionedTags) && !has(self.workflowInputs) && "
+            "!has(self.conditions))",
+            "a rule with anyOf states its checks inside anyOf",
+        )
+    )
+
+    name: Annotated[str, StringConstraints(pattern=_NAME)]
+    any_of: Annotated[list[AttestationMatch], Field(max_length=8)] = []
+
+    @model_validator(mode="after")
+    def _either(self) -> AttestationRule:
+        if self.any_of:
+            mixed = sorted(self.model_fields_set & _MATCH_FIELDS)
+            if mixed:
+                raise ValueError(
+                    f"attestation rule {self.name!r} has anyOf and also {mixed}: "
+                    "state the checks inside anyOf"
+                )
+        return self
+
+    def alternatives(self) -> list[AttestationMatch]:
+        """The matches of which one must hold."""
+        return list(self.any_of) or [self]
+
+    @property
+    def predicate_types(self) -> list[str]:
+        return list(dict.fromkeys(m.predicate_type for m in self.alternatives()))
 
 
 # --- the sampling recipe -----------------------------------------------------------------------
@@ -503,6 +636,15 @@ class SamplerPolicySpec(_Model):
         names = [a.name for a in self.attestations]
         if len(set(names)) != len(names):
             raise ValueError(f"attestation names repeat: {names}")
+        for rule in self.images:
+            for authority in rule.authorities:
+                unknown = [n for n in authority.attestations if n not in names]
+                if unknown:
+                    raise ValueError(
+                        f"authority {authority.name!r} of image rule {rule.glob!r} names "
+                        f"attestation rules {unknown} that spec.attestations does not define "
+                        f"(defined: {names})"
+                    )
         return self
 
     def image_rules_for(self, image: str) -> list[ImageRule]:

@@ -24,7 +24,11 @@ from samplerguard.supplychain.registry import (
     RegistryClient,
     RegistryUnavailableError,
 )
-from samplerguard.supplychain.sigstore_bundles import verify_artifact_bundle, verify_dsse_bundle
+from samplerguard.supplychain.sigstore_bundles import (
+    verify_artifact_bundle,
+    verify_dsse_bundle,
+    verify_key_bundle,
+)
 from samplerguard.supplychain.trust import TrustedRoots, load_trusted_root
 from samplerguard.supplychain.verdict import CheckResult, ImageVerdict
 from samplerguard.supplychain.verifier import ImageVerifier, glob_candidates
@@ -48,4 +52,5 @@ __all__ = [
     "parse_reference",
     "verify_artifact_bundle",
     "verify_dsse_bundle",
+    "verify_key_bundle",
 ]

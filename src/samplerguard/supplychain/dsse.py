@@ -21,6 +21,7 @@ __all__ = [
     "Envelope",
     "Statement",
     "Subject",
+    "decode_b64",
     "pae",
 ]
 
@@ -37,16 +38,18 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def _b64(value: object, what: str) -> bytes:
+def decode_b64(value: object, what: str, *, where: str = "DSSE") -> bytes:
+    """Decode a base64 field of a signed document; :class:`MalformedInputError` naming
+    ``where`` and ``what`` otherwise."""
     if not isinstance(value, str):
-        raise MalformedInputError(f"DSSE {what} must be a base64 string")
+        raise MalformedInputError(f"{where} {what} must be a base64 string")
     try:
         # Both alphabets occur in the wild (Go's StdEncoding and URLEncoding).
         if "-" in value or "_" in value:
             return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise MalformedInputError(f"DSSE {what} is not valid base64") from None
+        raise MalformedInputError(f"{where} {what} is not valid base64") from None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class Envelope:
         payload_type = doc.get("payloadType")
         if not isinstance(payload_type, str) or not payload_type:
             raise MalformedInputError("DSSE envelope lacks payloadType")
-        payload = _b64(doc.get("payload"), "payload")
+        payload = decode_b64(doc.get("payload"), "payload")
         sigs = doc.get("signatures")
         if not isinstance(sigs, list) or not sigs:
             raise MalformedInputError("DSSE envelope has no signatures")
@@ -91,7 +94,7 @@ class Envelope:
             keyid = sig.get("keyid", "")
             if not isinstance(keyid, str):
                 raise MalformedInputError(f"DSSE signature {i} keyid is not a string")
-            pairs.append((keyid, _b64(sig.get("sig"), f"signature {i}")))
+            pairs.append((keyid, decode_b64(sig.get("sig"), f"signature {i}")))
         return cls(payload_type, payload, tuple(pairs))
 
     @property
@@ -155,6 +158,16 @@ class Statement:
         if not isinstance(predicate, dict):
             raise MalformedInputError("in-toto predicate must be a JSON object")
         return cls(stype, ptype, tuple(subjects), predicate)
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The statement as JSON data (what conditions on attestations read)."""
+        return {
+            "_type": self.type,
+            "predicateType": self.predicate_type,
+            "subject": [{"name": s.name, "digest": dict(s.digest)} for s in self.subjects],
+            "predicate": self.predicate,
+        }
 
     def names_digest(self, digest: str) -> bool:
         """Whether some subject carries ``digest`` (``sha256:<hex>``)."""

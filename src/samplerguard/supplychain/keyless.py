@@ -27,7 +27,11 @@ from typing import Any
 import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -41,7 +45,13 @@ from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
 from samplerguard.supplychain.keys import PublicKey
 
-__all__ = ["CertificateIdentity", "certificate_identity", "verify_keyless"]
+__all__ = [
+    "CertificateIdentity",
+    "certificate_identity",
+    "check_entry_binds",
+    "verify_inclusion_promise",
+    "verify_keyless",
+]
 
 _ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 _ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
@@ -104,36 +114,14 @@ def _load_certs(pem: bytes, what: str) -> list[x509.Certificate]:
     return certs
 
 
-def verify_keyless(
-    *,
-    certificate_pem: bytes | None,
-    chain_pem: bytes | None,
-    rekor_bundle: dict[str, Any] | None,
-    signature: bytes,
-    signed_bytes: bytes,
-    payload: bytes,
-    identities: list[KeylessIdentity],
-    trusted_root: Any,
-) -> CertificateIdentity:
-    """Verify one keyless signature (see the module doc); returns the verified identity.
-
-    ``signed_bytes`` is what the signature covers (the payload for simple signing, the PAE
-    for DSSE); ``payload`` is what the log entry hashes. Raises :class:`VerificationError`
-    with the step that failed.
-    """
-    from sigstore._internal.sct import verify_sct
+def verify_inclusion_promise(rekor_bundle: dict[str, Any], trusted_root: Any) -> tuple[Any, int]:
+    """Verify a Rekor inclusion promise (SET) in cosign's bundle shape (``SignedEntryTimestamp``
+    and ``Payload`` with ``body``, ``integratedTime``, ``logIndex``, ``logID``) against the
+    trusted root's Rekor keys; returns the entry body (parsed) and its integration time."""
     from sigstore._internal.trust import KeyringPurpose
     from sigstore._utils import KeyID
     from sigstore.errors import Error as SigstoreError
 
-    if certificate_pem is None:
-        raise VerificationError("keyless signature has no certificate")
-    cert = _load_certs(certificate_pem, "certificate")[0]
-    intermediates = _load_certs(chain_pem, "certificate chain") if chain_pem else []
-    if rekor_bundle is None:
-        raise VerificationError("keyless signature has no Rekor bundle (inclusion promise)")
-
-    # (1): the inclusion promise, signed by a Rekor key of the trusted root.
     try:
         set_sig = base64.b64decode(rekor_bundle["SignedEntryTimestamp"], validate=True)
         entry = rekor_bundle["Payload"]
@@ -163,6 +151,41 @@ def verify_keyless(
         raise VerificationError(
             f"Rekor SET does not verify against the trusted root: {exc}"
         ) from None
+    return body, integrated
+
+
+def verify_keyless(
+    *,
+    certificate_pem: bytes | None,
+    chain_pem: bytes | None,
+    rekor_bundle: dict[str, Any] | None,
+    signature: bytes,
+    signed_bytes: bytes,
+    payload: bytes,
+    identities: list[KeylessIdentity],
+    trusted_root: Any,
+    envelope: bytes | None = None,
+) -> CertificateIdentity:
+    """Verify one keyless signature (see the module doc); returns the verified identity.
+
+    ``signed_bytes`` is what the signature covers (the payload for simple signing, the PAE
+    for DSSE); ``payload`` is what the log entry hashes; ``envelope`` is the DSSE envelope as
+    stored, which an ``intoto`` 0.0.1 entry hashes instead of naming the signature. Raises
+    :class:`VerificationError` with the step that failed.
+    """
+    from sigstore._internal.sct import verify_sct
+    from sigstore._internal.trust import KeyringPurpose
+    from sigstore.errors import Error as SigstoreError
+
+    if certificate_pem is None:
+        raise VerificationError("keyless signature has no certificate")
+    cert = _load_certs(certificate_pem, "certificate")[0]
+    intermediates = _load_certs(chain_pem, "certificate chain") if chain_pem else []
+    if rekor_bundle is None:
+        raise VerificationError("keyless signature has no Rekor bundle (inclusion promise)")
+
+    # (1): the inclusion promise, signed by a Rekor key of the trusted root.
+    body, integrated = verify_inclusion_promise(rekor_bundle, trusted_root)
 
     # (2)+(3): the chain, at the time the log saw the signature.
     try:
@@ -226,7 +249,7 @@ def verify_keyless(
         raise VerificationError("signature does not verify with the certificate's key")
 
     # (8): the log entry must be about these materials.
-    _check_entry_binds(body, cert, signature, payload)
+    check_entry_binds(body, cert, signature, payload, envelope)
     return identity
 
 
@@ -242,10 +265,15 @@ def _b64_text(value: object) -> bytes:
     return base64.b64decode(value, validate=True)
 
 
-def _check_entry_binds(
-    body: object, cert: x509.Certificate, signature: bytes, payload: bytes
+def check_entry_binds(
+    body: object,
+    signer: x509.Certificate | PublicKey,
+    signature: bytes,
+    payload: bytes,
+    envelope: bytes | None = None,
 ) -> None:
-    cert_der = cert.public_bytes(Encoding.DER)
+    """Check a Rekor entry body is about these materials: the payload (or envelope) hash, the
+    signature and the signer (the certificate, or the public key of a managed-key signer)."""
     payload_hash = hashlib.sha256(payload).hexdigest()
     try:
         if not isinstance(body, dict):
@@ -253,7 +281,25 @@ def _check_entry_binds(
         kind, spec = body.get("kind"), body.get("spec")
         if not isinstance(spec, dict):
             raise TypeError
-        if kind == "hashedrekord":
+        if kind == "intoto" and body.get("apiVersion") == "0.0.1":
+            # 0.0.1 logs the envelope's hash, not its signatures: the signature is bound
+            # because it was read from the very envelope whose bytes hash to the entry.
+            content = spec["content"]
+            logged_envelope = content["hash"]["value"]
+            logged_hash = content.get("payloadHash", {}).get("value", payload_hash)
+            logged_key = _b64_text(spec["publicKey"])
+            if envelope is None:
+                raise VerificationError(
+                    "Rekor intoto 0.0.1 entry can only vouch for a DSSE envelope"
+                )
+            envelope_hash = hashlib.sha256(envelope).hexdigest()
+            if logged_envelope != envelope_hash:
+                raise VerificationError(
+                    "Rekor entry is for another envelope (envelope hash mismatch: "
+                    f"got {str(logged_envelope)[:64]}, expected {envelope_hash})"
+                )
+            sigs = [signature]
+        elif kind == "hashedrekord":
             sig = spec["signature"]
             logged_sig = _b64_text(sig["content"])
             logged_key = _b64_text(sig["publicKey"]["content"])
@@ -262,23 +308,28 @@ def _check_entry_binds(
         elif kind == "intoto":
             content = spec["content"]
             logged_hash = content["payloadHash"]["value"]
-            envelope = content["envelope"]
+            logged_envelope_doc = content["envelope"]
             sigs = []
-            for s in envelope["signatures"]:
+            for s in logged_envelope_doc["signatures"]:
                 raw = _b64_text(s["sig"])
                 with contextlib.suppress(binascii.Error, ValueError):
                     # v0.0.2 double-encodes the signature
                     raw = base64.b64decode(raw, validate=True)
                 sigs.append(raw)
-            logged_key = _b64_text(envelope["signatures"][0]["publicKey"])
+            logged_key = _b64_text(logged_envelope_doc["signatures"][0]["publicKey"])
         elif kind == "dsse":
             logged_hash = spec["payloadHash"]["value"]
             sigs = [_b64_text(s["signature"]) for s in spec["signatures"]]
             logged_key = _b64_text(spec["signatures"][0]["verifier"])
         else:
             raise VerificationError(f"Rekor entry kind {str(kind)[:40]!r} is not supported")
-    except (KeyError, TypeError, IndexError, ValueError, binascii.Error):
-        raise VerificationError("Rekor entry body is malformed") from None
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, binascii.Error):
+        raise VerificationError(
+            f"Rekor entry body is malformed (kind {str(body.get('kind'))[:40]!r}, "
+            f"apiVersion {str(body.get('apiVersion'))[:20]!r})"
+            if isinstance(body, dict)
+            else "Rekor entry body is malformed"
+        ) from None
     if logged_hash != payload_hash:
         raise VerificationError(
             "Rekor entry is for other content (payload hash mismatch: "
@@ -286,9 +337,18 @@ def _check_entry_binds(
         )
     if signature not in sigs:
         raise VerificationError("Rekor entry is for another signature")
+    if not _same_signer(logged_key, signer):
+        what = "certificate" if isinstance(signer, x509.Certificate) else "public key"
+        raise VerificationError(f"Rekor entry is for another {what}")
+
+
+def _same_signer(logged_pem: bytes, signer: x509.Certificate | PublicKey) -> bool:
     try:
-        logged_cert = x509.load_pem_x509_certificate(logged_key).public_bytes(Encoding.DER)
-    except ValueError:
-        logged_cert = b""
-    if logged_cert != cert_der:
-        raise VerificationError("Rekor entry is for another certificate")
+        if isinstance(signer, x509.Certificate):
+            logged = x509.load_pem_x509_certificate(logged_pem)
+            return logged.public_bytes(Encoding.DER) == signer.public_bytes(Encoding.DER)
+        logged_key = load_pem_public_key(logged_pem)
+    except (ValueError, TypeError):
+        return False
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return logged_key.public_bytes(*spki) == signer.key.public_bytes(*spki)

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from samplerguard.supplychain.auth import Credentials, DockerConfig
-from samplerguard.supplychain.publish import Signer
+from samplerguard.supplychain.publish import Signer, make_envelope
 from samplerguard.supplychain.registry import RegistryClient
 
 __all__ = ["LocalRegistry", "PrivateSigstore", "registry_binary"]
@@ -524,3 +524,33 @@ class PrivateSigstore:
         }
         set_sig = self.rekor_key.sign(rfc8785.dumps(entry), ec.ECDSA(hashes.SHA256()))
         return {"SignedEntryTimestamp": base64.b64encode(set_sig).decode(), "Payload": entry}
+
+    def key_bundle(self, signer: Signer, statement: bytes) -> bytes:
+        """A managed-key Sigstore bundle (v0.1: ``publicKey`` hint, inclusion promise, no
+        proof) of ``statement`` in a DSSE envelope signed by ``signer``'s key, logged as an
+        ``intoto`` 0.0.2 entry of this instance's log, as npm's publish attestations are."""
+        envelope, [signature] = make_envelope(statement, [signer])
+        promised = self.rekor_bundle(
+            "intoto", signer.public_pem.encode(), signature, statement, datetime.now(UTC)
+        )
+        entry = promised["Payload"]
+        bundle = {
+            "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.1",
+            "verificationMaterial": {
+                "publicKey": {"hint": "samplerguard-test"},
+                "tlogEntries": [
+                    {
+                        "logIndex": str(entry["logIndex"]),
+                        "logId": {"keyId": base64.b64encode(self.log_id).decode()},
+                        "kindVersion": {"kind": "intoto", "version": "0.0.2"},
+                        "integratedTime": str(entry["integratedTime"]),
+                        "inclusionPromise": {
+                            "signedEntryTimestamp": promised["SignedEntryTimestamp"]
+                        },
+                        "canonicalizedBody": entry["body"],
+                    }
+                ],
+            },
+            "dsseEnvelope": json.loads(envelope),
+        }
+        return json.dumps(bundle).encode()

@@ -7,12 +7,15 @@ The order of checks, for one image and one policy:
    (a policy that does not name an image does not vouch for it);
 3. fetch the signatures once: referrers API, else the ``sha256-<hex>.sig`` tag, plus
    Sigstore bundles attached as referrers;
-4. per rule, per authority: does at least one signature verify (key, or keyless chain +
-   identity + Rekor SET) *and* bind the image digest? ``threshold`` authorities must pass;
-5. fetch the attestations once (referrers, else the ``.att`` tag); keep the DSSE envelopes
-   signed by any authority of the matching rules whose in-toto subject names this digest;
-6. per attestation rule: a kept attestation of its predicate type must satisfy the SLSA
-   checks (builder id, source URI, ref);
+4. verify the attestations (``.att`` layers and DSSE bundles): keep the DSSE envelopes signed
+   by an authority of the matching rules whose in-toto subject names this digest, noting
+   every authority that signed each;
+5. per rule, per authority: does at least one signature verify (key, or keyless chain +
+   identity + Rekor SET) *and* bind the image digest? An authority with ``attestations``
+   counts instead when an attestation it signed passes one of the named rules.
+   ``threshold`` authorities must pass;
+6. per attestation rule: a kept attestation passes one of its alternatives (predicate type,
+   SLSA checks, CEL conditions);
 7. golden digests: when the policy pins model weights, encoder, scheduler config or solver
    code, the kept attestations must carry those artefacts, and every carried digest of a
    pinned kind must be in the golden list.
@@ -26,32 +29,53 @@ cache). A reference that cannot be parsed raises :class:`MalformedInputError`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from samplerguard.errors import MalformedInputError, SamplerGuardError, VerificationError
-from samplerguard.policy.spec import Authority, ImageRule, KeyAuthority, SamplerPolicySpec
+from samplerguard.policy.spec import (
+    AttestationRule,
+    Authority,
+    ImageRule,
+    KeyAuthority,
+    SamplerPolicySpec,
+    SecretKeyRef,
+)
+from samplerguard.supplychain.attestations import (
+    VerifiedAttestation,
+    authority_key,
+    bundle_attestations,
+    check_attestation,
+    check_attesting_authority,
+    clip,
+)
 from samplerguard.supplychain.cosign import (
     Artifacts,
     BundleArtifact,
     SignedLayer,
     check_simple_signing,
     fetch_artifacts,
+    tag_for,
 )
 from samplerguard.supplychain.dsse import Envelope, Statement
 from samplerguard.supplychain.keyless import verify_keyless
 from samplerguard.supplychain.keys import PublicKey, default_hash, load_public_key
-from samplerguard.supplychain.provenance import check_attestation_rule, check_golden
+from samplerguard.supplychain.provenance import check_golden
 from samplerguard.supplychain.reference import ImageReference, parse_reference
 from samplerguard.supplychain.registry import RegistryClient, deadline
-from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE, verify_dsse_bundle
+from samplerguard.supplychain.sigstore_bundles import (
+    COSIGN_SIGN_PREDICATE,
+    verify_dsse_bundle,
+    verify_key_bundle,
+)
 from samplerguard.supplychain.trust import TrustedRoots
 from samplerguard.supplychain.verdict import CheckResult, ImageVerdict
 
-__all__ = ["ImageVerifier", "glob_candidates"]
+__all__ = ["ImageVerifier", "KeySource", "glob_candidates"]
 
-_MAX_DETAIL = 1500
+#: Reads a public key (PEM) from a Secret: (reference, the policy's namespace or None for a
+#: cluster-scoped policy) → PEM. Raises :class:`VerificationError` when the Secret or its key
+#: is absent, :class:`TemporaryError` when the API cannot be reached.
+KeySource = Callable[[SecretKeyRef, "str | None"], str]
 
 
 def glob_candidates(image_ref: str, parsed: ImageReference | None = None) -> tuple[str, ...]:
@@ -61,19 +85,14 @@ def glob_candidates(image_ref: str, parsed: ImageReference | None = None) -> tup
     return tuple(dict.fromkeys((image_ref, ref.name, str(ref))))
 
 
-@dataclass(frozen=True)
-class _Attestation:
-    source: str
-    statement: Statement
-    signer: str
-
-
 class ImageVerifier:
     """Verifies images; thread-safe, meant to live as long as the process.
 
     Args:
         client: the registry client (connections and tokens are reused across calls).
         trusted_roots: roots for keyless authorities and Sigstore bundles.
+        key_source: reads keys that policies reference by ``secretRef``; None: such
+            authorities fail (their key cannot be read).
         budget: seconds one :meth:`verify` may spend on the registry in total, retries
             included (default 8 s, inside the API server's 10 s webhook timeout); past it,
             :class:`TemporaryError`. ``None``: only the client's per-request timeouts.
@@ -84,11 +103,13 @@ class ImageVerifier:
         client: RegistryClient,
         *,
         trusted_roots: TrustedRoots | None = None,
+        key_source: KeySource | None = None,
         budget: float | None = 8.0,
     ) -> None:
         self._client = client
         self._budget = budget
         self._roots = trusted_roots or TrustedRoots()
+        self._key_source = key_source
         self._keys: dict[tuple[str, str], PublicKey] = {}
         self._lock = threading.Lock()
 
@@ -100,6 +121,7 @@ class ImageVerifier:
         policy_name: str,
         digest: str | None = None,
         client: RegistryClient | None = None,
+        policy_namespace: str | None = None,
     ) -> ImageVerdict:
         """Verify ``image_ref`` under ``spec``.
 
@@ -109,12 +131,14 @@ class ImageVerifier:
             policy_name: shown in denials (e.g. ``ClusterSamplerPolicy/prod``).
             digest: an already resolved digest (skips the tag lookup).
             client: a client for this call only, e.g. ``client.with_credentials(pull_secrets)``.
+            policy_namespace: the namespace of a namespaced policy; a ``secretRef`` without a
+                namespace is read there.
 
         Returns the verdict (a rejection is ``passed=False``). Raises :class:`TemporaryError`
         when the registry is unreachable and :class:`MalformedInputError` for a bad reference.
         """
         with deadline(self._budget):
-            return self._verify(image_ref, spec, policy_name, digest, client)
+            return self._verify(image_ref, spec, policy_name, digest, client, policy_namespace)
 
     def _verify(
         self,
@@ -123,6 +147,7 @@ class ImageVerifier:
         policy_name: str,
         digest: str | None,
         client: RegistryClient | None,
+        namespace: str | None,
     ) -> ImageVerdict:
         image = parse_reference(image_ref)
         registry = client or self._client
@@ -163,71 +188,75 @@ class ImageVerifier:
             checks.append(CheckResult("resolve", True, f"pinned {resolved}"))
 
         # (3): fetch everything attached to the digest, once.
-        need_attestations = bool(spec.attestations) or _pins_golden(spec)
+        authorities = list({authority_key(a): a for r in rules for a in r.authorities}.values())
+        need_attestations = (
+            bool(spec.attestations)
+            or _pins_golden(spec)
+            or any(a.attestations for a in authorities)
+        )
         artifacts = fetch_artifacts(registry, image, resolved, attestations=need_attestations)
 
         # Sigstore bundles are verified once per keyless authority, and serve as signatures
         # (cosign's sign predicate) and as attestations (any other predicate).
         # Two rules may name different signers alike: identity is the whole authority.
-        authorities = list({_akey(a): a for r in rules for a in r.authorities}.values())
-        bundles = self._bundles(artifacts, authorities)
+        keys = _Keys(self, namespace)
+        bundles = self._bundles(artifacts, authorities, resolved, keys)
 
-        # (4): N-of-M authorities per rule.
-        for rule in rules:
-            checks.append(self._check_rule(rule, artifacts, resolved, bundles))
-
-        # (5)–(7): attestations and golden digests.
+        # (4): the attestations, with every authority that signed each.
+        kept: list[VerifiedAttestation] = []
+        notes: list[str] = []
         if need_attestations:
-            kept, rejected = self._attestations(artifacts, authorities, resolved)
-            for found in bundles.values():
-                for att in found:
-                    if (
-                        isinstance(att, str)
-                        or att.statement.predicate_type == COSIGN_SIGN_PREDICATE
-                    ):
-                        continue
-                    if att.statement.names_digest(resolved):
-                        kept.append(att)
-                    else:
-                        rejected.append(
-                            f"{att.source} ({att.statement.predicate_type}, "
-                            f"signed by {att.signer}) is for another image "
-                            f"(subject digest mismatch: got {att.statement.subject_digests()[:4]}, "
-                            f"expected {resolved})"
-                        )
+            kept, rejected = self._attestations(artifacts, authorities, resolved, keys)
+            kept += bundle_attestations(bundles, resolved, rejected)
             notes = rejected + artifacts.problems
+
+        # (5): N-of-M authorities per rule.
+        by_name = {a.name: a for a in spec.attestations}
+        for rule in rules:
+            checks.append(self._check_rule(rule, artifacts, resolved, bundles, kept, by_name, keys))
+
+        # (6)–(7): attestation rules and golden digests.
+        if need_attestations:
             for att_rule in spec.attestations:
-                checks.append(_check_attestation(att_rule, kept, notes, resolved))
+                found = artifacts.attestations or artifacts.bundles
+                where = "" if found else _looked_at(artifacts, resolved)
+                checks.append(check_attestation(att_rule, kept, notes, resolved, where))
             for role, problems in check_golden(
                 [k.statement for k in kept], spec.golden_digests
             ).items():
                 detail = "; ".join(problems) if problems else "bound by a verified attestation"
-                checks.append(CheckResult(f"golden/{role}", not problems, _clip(detail)))
+                checks.append(CheckResult(f"golden/{role}", not problems, clip(detail)))
         return verdict(resolved)
 
     # -- signatures ------------------------------------------------------------------------
 
     def _bundles(
-        self, artifacts: Artifacts, authorities: Sequence[Authority]
-    ) -> dict[str, list[_Attestation | str]]:
-        """Per keyless authority: the statements of the bundles it signed, or why not."""
-        out: dict[str, list[_Attestation | str]] = {}
+        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str, keys: _Keys
+    ) -> dict[str, list[VerifiedAttestation | str]]:
+        """Per authority: the statements of the bundles it signed, or why not."""
+        out: dict[str, list[VerifiedAttestation | str]] = {}
         if not artifacts.bundles:
             return out
         for authority in authorities:
-            if authority.keyless is None:
-                continue
-            found: list[_Attestation | str] = []
+            found: list[VerifiedAttestation | str] = []
             for bundle in artifacts.bundles:
                 try:
-                    statement, identity = self._verify_bundle(authority, bundle)
+                    statement, identity, subjects = self._verify_bundle(
+                        authority, bundle, digest, keys
+                    )
                 except (VerificationError, MalformedInputError) as exc:
                     found.append(f"{bundle.source}: {exc}")
                     continue
                 found.append(
-                    _Attestation(bundle.source, statement, f"{authority.name} ({identity})")
+                    VerifiedAttestation(
+                        bundle.source,
+                        statement,
+                        f"{authority.name} ({identity})",
+                        frozenset({authority_key(authority)}),
+                        frozenset(subjects),
+                    )
                 )
-            out[_akey(authority)] = found
+            out[authority_key(authority)] = found
         return out
 
     def _check_rule(
@@ -235,57 +264,79 @@ class ImageVerifier:
         rule: ImageRule,
         artifacts: Artifacts,
         digest: str,
-        bundles: dict[str, list[_Attestation | str]],
+        bundles: dict[str, list[VerifiedAttestation | str]],
+        kept: list[VerifiedAttestation],
+        att_rules: dict[str, AttestationRule],
+        keys: _Keys,
     ) -> CheckResult:
         lines = []
         count = 0
         for authority in rule.authorities:
-            ok, detail = self._check_authority(authority, artifacts, digest, bundles)
+            if authority.attestations:
+                ok, detail = check_attesting_authority(authority, kept, att_rules)
+            else:
+                ok, detail = self._check_authority(authority, artifacts, digest, bundles, keys)
             count += ok
             lines.append(f"{authority.name}: {'ok, ' if ok else ''}{detail}")
         passed = count >= rule.threshold
-        if not artifacts.signatures and not artifacts.bundles:
-            where = ", ".join(artifacts.sources) or "referrers and tag sha256-….sig"
-            lines.append(f"no signatures found (looked at {where})")
+        if not passed:
+            lines.append(_looked_at(artifacts, digest))
         if not passed and artifacts.problems:
             lines.append("unreadable: " + "; ".join(artifacts.problems[:4]))
         head = (
             f"{count} of {len(rule.authorities)} authorities verified {digest} "
             f"(threshold {rule.threshold})"
         )
-        return CheckResult(
-            f"signatures[{rule.glob}]", passed, _clip(head + ": " + "; ".join(lines))
-        )
+        return CheckResult(f"signatures[{rule.glob}]", passed, clip(head + ": " + "; ".join(lines)))
 
-    def _key(self, key: KeyAuthority) -> PublicKey:
+    def _key(self, key: KeyAuthority, namespace: str | None) -> PublicKey:
         explicit = "hash_algorithm" in key.model_fields_set
-        cache_key = (key.public_key, key.hash_algorithm if explicit else "")
+        pem = key.public_key
+        if pem is None:
+            assert key.secret_ref is not None
+            pem = self._secret_key(key.secret_ref, namespace)
+        cache_key = (pem, key.hash_algorithm if explicit else "")
         with self._lock:
             found = self._keys.get(cache_key)
             if found is None:
-                found = load_public_key(key.public_key, key.hash_algorithm)
+                found = load_public_key(pem, key.hash_algorithm)
                 if not explicit:
                     # As sigstore's LoadDefaultSignerVerifier: the hash follows the curve.
                     found = PublicKey(found.key, default_hash(found))
                 self._keys[cache_key] = found
             return found
 
+    def _secret_key(self, ref: SecretKeyRef, namespace: str | None) -> str:
+        where = f"Secret {ref.namespace or namespace or '(samplerguard namespace)'}/{ref.name}"
+        if self._key_source is None:
+            raise VerificationError(
+                f"key from {where} (key {ref.key!r}) cannot be read: no Secret reader is "
+                "configured here"
+            )
+        return self._key_source(ref, namespace)
+
     def _check_authority(
         self,
         authority: Authority,
         artifacts: Artifacts,
         digest: str,
-        bundles: dict[str, list[_Attestation | str]],
+        bundles: dict[str, list[VerifiedAttestation | str]],
+        keys: _Keys,
     ) -> tuple[bool, str]:
         failures: list[str] = []
+        if authority.key is not None:
+            try:
+                keys.get(authority.key)
+            except (VerificationError, MalformedInputError) as exc:
+                return False, str(exc)
         for layer in artifacts.signatures:
             try:
-                signer = self._verify_signature(authority, layer, digest)
+                signer = self._verify_signature(authority, layer, digest, keys)
             except (VerificationError, MalformedInputError) as exc:
                 failures.append(f"{layer.source}: {exc}")
                 continue
             return True, f"{signer} ({layer.source})"
-        for att in bundles.get(_akey(authority), []):
+        for att in bundles.get(authority_key(authority), []):
             if isinstance(att, str):
                 failures.append(att)
                 continue
@@ -297,14 +348,16 @@ class ImageVerifier:
                     f"(got {att.statement.subject_digests()[:4]}, expected {digest})"
                 )
                 continue
-            return True, f"keyless {att.signer} ({att.source})"
+            return True, f"bundle {att.signer} ({att.source})"
         if not failures:
             return False, "no signature to check"
         return False, "no signature verifies: " + "; ".join(failures[:4])
 
-    def _verify_signature(self, authority: Authority, layer: SignedLayer, digest: str) -> str:
+    def _verify_signature(
+        self, authority: Authority, layer: SignedLayer, digest: str, keys: _Keys
+    ) -> str:
         if authority.key is not None:
-            key = self._key(authority.key)
+            key = keys.get(authority.key)
             # (a): the signature over the payload, with the authority's key.
             if not key.verify(layer.signature, layer.payload):
                 raise VerificationError(f"signature does not verify with key ({key.algorithm})")
@@ -326,21 +379,27 @@ class ImageVerifier:
         check_simple_signing(layer.payload, digest)
         return f"keyless {identity}"
 
-    def _verify_bundle(self, authority: Authority, bundle: BundleArtifact) -> tuple[Statement, str]:
+    def _verify_bundle(
+        self, authority: Authority, bundle: BundleArtifact, digest: str, keys: _Keys
+    ) -> tuple[Statement, str, list[str]]:
+        if authority.key is not None:
+            key = keys.get(authority.key)
+            root = self._roots.get(authority.key.trusted_root)
+            statement = verify_key_bundle(bundle.raw, key, root, digest=digest)
+            return statement, f"key {key.algorithm}", []
         assert authority.keyless is not None
         root = self._roots.get(authority.keyless.trusted_root)
-        payload_type, payload, identity = verify_dsse_bundle(
-            bundle.raw, list(authority.keyless.identities), root
+        statement, identity = verify_dsse_bundle(
+            bundle.raw, list(authority.keyless.identities), root, digest=digest
         )
-        statement = Envelope(payload_type, payload, ()).statement()
-        return statement, str(identity)
+        return statement, str(identity), identity.subjects
 
     # -- attestations ----------------------------------------------------------------------
 
     def _attestations(
-        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str
-    ) -> tuple[list[_Attestation], list[str]]:
-        kept: list[_Attestation] = []
+        self, artifacts: Artifacts, authorities: Sequence[Authority], digest: str, keys: _Keys
+    ) -> tuple[list[VerifiedAttestation], list[str]]:
+        kept: list[VerifiedAttestation] = []
         rejected: list[str] = []
         for layer in artifacts.attestations:
             try:
@@ -350,13 +409,18 @@ class ImageVerifier:
                 rejected.append(f"{layer.source}: {exc}")
                 continue
             signer = None
+            signed_by: set[str] = set()
+            subjects: set[str] = set()
             errors: list[str] = []
             for authority in authorities:
                 try:
-                    signer = self._verify_envelope(authority, layer, envelope)
-                    break
+                    who, sans = self._verify_envelope(authority, layer, envelope, keys)
                 except (VerificationError, MalformedInputError) as exc:
                     errors.append(f"{authority.name}: {exc}")
+                    continue
+                signer = signer or who
+                signed_by.add(authority_key(authority))
+                subjects.update(sans)
             if signer is None:
                 rejected.append(
                     f"{layer.source} ({statement.predicate_type}) is signed by no authority: "
@@ -370,15 +434,22 @@ class ImageVerifier:
                     f"expected {digest})"
                 )
                 continue
-            kept.append(_Attestation(layer.source, statement, signer))
+            kept.append(
+                VerifiedAttestation(
+                    layer.source, statement, signer, frozenset(signed_by), frozenset(subjects)
+                )
+            )
         return kept, rejected
 
-    def _verify_envelope(self, authority: Authority, layer: SignedLayer, envelope: Envelope) -> str:
+    def _verify_envelope(
+        self, authority: Authority, layer: SignedLayer, envelope: Envelope, keys: _Keys
+    ) -> tuple[str, list[str]]:
+        """Who signed (for messages) and the certificate identities of a keyless signer."""
         signed = envelope.pae
         if authority.key is not None:
-            key = self._key(authority.key)
+            key = keys.get(authority.key)
             if any(key.verify(sig, signed) for _, sig in envelope.signatures):
-                return f"{authority.name} (key {key.algorithm})"
+                return f"{authority.name} (key {key.algorithm})", []
             raise VerificationError(f"no DSSE signature verifies with key ({key.algorithm})")
         assert authority.keyless is not None
         root = self._roots.get(authority.keyless.trusted_root)
@@ -394,41 +465,51 @@ class ImageVerifier:
                     payload=envelope.payload,
                     identities=list(authority.keyless.identities),
                     trusted_root=root,
+                    envelope=layer.payload,
                 )
             except (VerificationError, MalformedInputError) as exc:
                 last = exc
                 continue
-            return f"{authority.name} (keyless {identity})"
+            return f"{authority.name} (keyless {identity})", identity.subjects
         raise VerificationError(str(last) if last else "no DSSE signature")
 
 
-def _check_attestation(
-    rule: Any, kept: list[_Attestation], notes: list[str], digest: str
-) -> CheckResult:
-    name = f"attestation/{rule.name}"
-    of_type = [k for k in kept if k.statement.predicate_type == rule.predicate_type]
-    if not of_type:
-        found = sorted({k.statement.predicate_type for k in kept})
-        detail = (
-            f"no verified attestation of type {rule.predicate_type} for {digest} "
-            f"(verified types: {found or 'none'})"
-        )
-        if notes:
-            detail += "; ignored: " + "; ".join(notes[:4])
-        return CheckResult(name, False, _clip(detail))
-    failures = []
-    for att in of_type:
-        problems = check_attestation_rule(att.statement, rule)
-        if not problems:
-            return CheckResult(
-                name, True, f"{rule.predicate_type} from {att.source}, signed by {att.signer}"
-            )
-        failures.append(f"{att.source}: " + "; ".join(problems))
-    return CheckResult(name, False, _clip("; ".join(failures[:4])))
+class _Keys:
+    """The keys of one verification: a key read from a Secret is read once per call, and a
+    key that cannot be read fails only the authorities that name it."""
+
+    def __init__(self, verifier: ImageVerifier, namespace: str | None) -> None:
+        self._verifier = verifier
+        self._namespace = namespace
+        self._found: dict[str, PublicKey | Exception] = {}
+
+    def get(self, key: KeyAuthority) -> PublicKey:
+        cache_key = key.model_dump_json()
+        found = self._found.get(cache_key)
+        if found is None:
+            try:
+                found = self._verifier._key(key, self._namespace)
+            except (VerificationError, MalformedInputError) as exc:
+                found = exc
+            self._found[cache_key] = found
+        if isinstance(found, Exception):
+            raise found
+        return found
 
 
-def _akey(authority: Authority) -> str:
-    return authority.model_dump_json()
+def _looked_at(artifacts: Artifacts, digest: str) -> str:
+    """Every place that was searched, and what each held."""
+    places = (
+        f"the referrers API, its fallback tag {digest.replace(':', '-')}, "
+        f"tags {tag_for(digest, 'sig')} and {tag_for(digest, 'att')}"
+    )
+    if not (artifacts.signatures or artifacts.attestations or artifacts.bundles):
+        return f"no signatures found; looked at {places}"
+    return (
+        f"looked at {places}; found in {', '.join(artifacts.sources)}: "
+        f"{len(artifacts.signatures)} signature(s), {len(artifacts.attestations)} "
+        f"attestation(s), {len(artifacts.bundles)} bundle(s)"
+    )
 
 
 def _pins_golden(spec: SamplerPolicySpec) -> bool:
@@ -442,7 +523,3 @@ def _is_digest(value: str) -> bool:
         and value.startswith("sha256:")
         and all(c in "0123456789abcdef" for c in value[7:])
     )
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"

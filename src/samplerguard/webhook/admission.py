@@ -409,6 +409,7 @@ class Admission:
             policy_name=pname,
             digest=digest,
             client=scoped.resolver,
+            policy_namespace=policy.metadata.namespace,
         )
         try:
             verdict = await self._single_flight(("verify", key, scoped.scope), call)

@@ -26,6 +26,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from samplerguard.webhook.admission import Admission
+from samplerguard.webhook.policy_review import review_policy
 from samplerguard.webhook.review import AdmissionReview
 
 __all__ = ["BodyLimit", "create_app", "handle_review", "webhook_asgi"]
@@ -207,9 +208,20 @@ def create_app(admission: Admission) -> FastAPI:
     async def mutate(request: Request) -> Response:
         return await answer(request, mutate=True)
 
+    async def validate_policy(request: Request) -> Response:
+        status, answer_or_reason = review_policy(await request.body())
+        if isinstance(answer_or_reason, str):
+            return Response(
+                _error(answer_or_reason), status_code=status, media_type="application/json"
+            )
+        return Response(
+            answer_or_reason.to_json(), status_code=status, media_type="application/json"
+        )
+
     # Plain routes: no dependency solving; the handlers parse with pydantic themselves.
     app.add_route("/validate", validate, methods=["POST"])
     app.add_route("/mutate", mutate, methods=["POST"])
+    app.add_route("/validate-policy", validate_policy, methods=["POST"])
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -53,9 +53,11 @@ class ImageVerifierLike(Protocol):
         policy_name: str,
         digest: str | None = ...,
         client: Any = ...,
+        policy_namespace: str | None = ...,
     ) -> VerdictLike:
         """``client``: the resolver to use for this call (one carrying the pod's pull
-        secrets), or None for the verifier's own."""
+        secrets), or None for the verifier's own. ``policy_namespace``: a namespaced policy's
+        namespace, where its keys' ``secretRef`` are read by default."""
         ...
 
 

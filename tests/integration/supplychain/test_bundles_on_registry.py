@@ -54,7 +54,13 @@ def _spec(release: Signer) -> SamplerPolicySpec:
             )
         ],
         attestations=[
-            AttestationRule(name="slsa", predicate_type="https://slsa.dev/provenance/v1")
+            AttestationRule(
+                name="slsa",
+                predicate_type="https://slsa.dev/provenance/v1",
+                builder_ids=[
+                    "https://github.com/sigstore-conformance/rekor2-dsse-hashedrekord-regen"
+                ],
+            )
         ],
     )
 
@@ -85,4 +91,4 @@ def test_bundle_found_through_the_fallback_tag(
     )
     assert not verdict.passed
     assert [c.name for c in verdict.failed] == ["attestation/slsa"]
-    assert "is for another image" in verdict.failed[0].detail
+    assert "is for another artifact" in verdict.failed[0].detail

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -12,7 +15,8 @@ from sc_scenario import Published
 
 from samplerguard.cli import main
 from samplerguard.policy.spec import SamplerPolicySpec
-from samplerguard.supplychain.testing import PrivateSigstore
+from samplerguard.supplychain.publish import Signer, push_image, sign_image
+from samplerguard.supplychain.testing import LocalRegistry, PrivateSigstore, registry_binary
 
 pytestmark = pytest.mark.registry
 
@@ -62,9 +66,18 @@ def test_fail_exits_1_with_reasons(
     policy = write_policy(tmp_path, policy_for(signed))
     assert main(["verify-image", unsigned.ref, "--policy", str(policy), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc[0]["passed"] is False and doc[0]["digest"] == unsigned.digest
-    failed = [c["name"] for c in doc[0]["checks"] if not c["passed"]]
-    assert failed == ["signatures[127.0.0.1:*/acme/**]", "attestation/slsa"]
+    assert doc["read"] == [f"policy {policy}"]
+    verdict = doc["images"][0]["policies"][0]
+    assert verdict["passed"] is False and verdict["digest"] == unsigned.digest
+    failed = [c for c in verdict["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["signatures[127.0.0.1:*/acme/**]", "attestation/slsa"]
+    # Every place that was searched is named.
+    tag = unsigned.digest.replace(":", "-")
+    assert (
+        f"no signatures found; looked at the referrers API, its fallback tag {tag}, "
+        f"tags {tag}.sig and {tag}.att" in failed[0]["detail"]
+    )
+    assert f"tags {tag}.sig and {tag}.att" in failed[1]["detail"]
 
 
 def test_ungoverned_image_fails(
@@ -118,14 +131,11 @@ def test_unreachable_registry_exits_2(
     assert "unreachable" in capsys.readouterr().err
 
 
-def test_private_registry_with_docker_config(
-    tmp_path: Path,
-    policy_for: Callable[..., SamplerPolicySpec],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from samplerguard.supplychain.publish import Signer, push_image, sign_image
-    from samplerguard.supplychain.testing import LocalRegistry, registry_binary
-
+@contextlib.contextmanager
+def _private_signed_image(
+    tmp_path: Path, policy_for: Callable[..., SamplerPolicySpec]
+) -> Iterator[tuple[LocalRegistry, str, Path]]:
+    """A registry behind basic auth holding one key-signed image, and its policy file."""
     if registry_binary() is None:
         pytest.skip("docker-registry is not installed")
     with LocalRegistry(auth="basic") as reg, reg.client() as client:
@@ -133,9 +143,16 @@ def test_private_registry_with_docker_config(
         digest = push_image(client, ref)
         signer = Signer.generate()
         sign_image(client, ref, digest, signer)
-        policy = write_policy(
-            tmp_path, policy_for(Published(ref, digest, signer, signer), attest=False)
-        )
+        published = Published(ref, digest, signer, signer)
+        yield reg, ref, write_policy(tmp_path, policy_for(published, attest=False))
+
+
+def test_private_registry_with_docker_config(
+    tmp_path: Path,
+    policy_for: Callable[..., SamplerPolicySpec],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with _private_signed_image(tmp_path, policy_for) as (reg, ref, policy):
         config = tmp_path / "config.json"
         config.write_bytes(reg.dockerconfigjson())
         assert (
@@ -151,3 +168,111 @@ def test_private_registry_with_docker_config(
         )
         out = capsys.readouterr().out
         assert "requires credentials" in out and reg.password not in out
+
+
+def _pod(name: str, *images: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]},
+    }
+
+
+def test_policy_directory_workloads_keys_and_secrets(
+    tmp_path: Path,
+    publish: Callable[..., Published],
+    policy_for: Callable[..., SamplerPolicySpec],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    signed = publish(keyless=False)
+    unsigned = publish(sign=False, keyless=False, attest=False)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    # The policy names its key by secretRef; the Secret comes with the manifests.
+    wire = policy_for(signed).to_wire()
+    wire["images"][0]["authorities"][0]["key"] = {
+        "secretRef": {"name": "release", "namespace": "samplerguard"}
+    }
+    write_policy(policies, SamplerPolicySpec.model_validate(wire))
+    (policies / "README.yaml").write_text("kind: ConfigMap\nmetadata: {name: notes}\n")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "release", "namespace": "samplerguard"},
+        "stringData": {"cosign.pub": signed.release.public_pem},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "sampler"},
+        "spec": {"template": {"metadata": {}, "spec": _pod("x", signed.ref)["spec"]}},
+    }
+    manifest = tmp_path / "workload.yaml"
+    manifest.write_text(yaml.safe_dump_all([secret, deployment, _pod("p", signed.ref)]))
+    args = ["verify-image", "--policy", str(policies), "-f", str(manifest), "--json"]
+    assert main(args) == 0, capsys.readouterr()
+    doc = json.loads(capsys.readouterr().out)
+    assert [i["source"] for i in doc["images"]] == [
+        f"{manifest}: Deployment/sampler containers[c0]",
+        f"{manifest}: Pod/p containers[c0]",
+    ]
+    assert doc["skipped"] == [f"{policies / 'README.yaml'}: ConfigMap"]
+
+    # One unsigned image in the pod: exit 1, and it says which container.
+    manifest.write_text(yaml.safe_dump_all([secret, _pod("p", signed.ref, unsigned.ref)]))
+    assert main(["verify-image", "--policy", str(policies), "-f", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    assert f"PASS {signed.ref}" in out and f"FAIL {unsigned.ref}" in out
+    # Without the Secret, the authority fails and names what it was given.
+    manifest.write_text(yaml.safe_dump_all([_pod("p", signed.ref)]))
+    assert main(["verify-image", "--policy", str(policies), "-f", str(manifest)]) == 1
+    assert (
+        "public key Secret samplerguard/release is not among the --manifest Secrets (given: none)"
+        in capsys.readouterr().out
+    )
+
+    # --key alone, as cosign verify --key.
+    key = tmp_path / "cosign.pub"
+    key.write_text(signed.release.public_pem)
+    assert main(["verify-image", signed.ref, "--key", str(key)]) == 0
+    assert main(["verify-image", unsigned.ref, "--key", str(key)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "key-0: no signature to check" in out
+    assert main(["verify-image", signed.ref, "--key", "k8s://ns/name"]) == 2
+    assert "only PEM files are supported here" in capsys.readouterr().err
+
+
+def test_credential_helper(
+    tmp_path: Path,
+    policy_for: Callable[..., SamplerPolicySpec],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with _private_signed_image(tmp_path, policy_for) as (reg, ref, policy):
+        # A credential helper as docker runs it: `get`, the server on stdin, JSON out.
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        helper = bin_dir / "docker-credential-sgtest"
+        answer = json.dumps(
+            {"ServerURL": reg.host, "Username": reg.username, "Secret": reg.password}
+        )
+        helper.write_text(
+            "#!/bin/sh\n"
+            f'read server; [ "$1" = get ] && [ "$server" = "{reg.host}" ] || '
+            "{ echo 'credentials not found in native keychain'; exit 1; }\n"
+            f"echo '{answer}'\n"
+        )
+        helper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+        for config in ({"credHelpers": {reg.host: "sgtest"}}, {"credsStore": "sgtest"}):
+            path = tmp_path / "config.json"
+            path.write_text(json.dumps(config))
+            args = ["verify-image", ref, "--policy", str(policy), "--docker-config", str(path)]
+            assert main(args) == 0, capsys.readouterr()
+            assert reg.password not in capsys.readouterr().out
+        path.write_text(json.dumps({"credHelpers": {reg.host: "missing"}}))
+        assert (
+            main(["verify-image", ref, "--policy", str(policy), "--docker-config", str(path)]) == 2
+        )
+        assert "docker-credential-missing (for" in capsys.readouterr().err

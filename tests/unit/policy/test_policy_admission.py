@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "regex that does not compile",
         _mutate(f"{_ID}.subjectRegExp", "^https://github.com/(acme$"),
         "subjectRegExp is not a valid regular expression",
-        "subjectRegExp '^https://github.com/(acme$' is not a valid regular expression",
+        "subjectRegExp '^https://github.com/(acme$' is not a valid RE2 regular expression",
     ),
     (
         "threshold above the authorities",
@@ -147,6 +148,27 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         _mutate("spec.mode", "permissive"),
         "'permissive' is not one of ['enforce', 'warn', 'audit']",
         "Input should be 'enforce', 'warn' or 'audit'",
+    ),
+    (
+        "both publicKey and secretRef",
+        _mutate(f"{_KEY}.secretRef", {"name": "release-key"}),
+        "a key needs exactly one of publicKey or secretRef",
+        "a key needs exactly one of publicKey or secretRef",
+    ),
+    (
+        "anyOf beside direct checks",
+        _mutate(
+            "spec.attestations.0.anyOf",
+            [{"predicateType": "https://slsa.dev/provenance/v0.2"}],
+        ),
+        "a rule with anyOf states its checks inside anyOf",
+        "has anyOf and also ['builder_ids'",
+    ),
+    (
+        "versioned tag that is not semver",
+        _mutate("spec.attestations.0.sourceVersionedTags", ["13.0"]),
+        "spec.attestations.0.sourceVersionedTags.0: '13.0' does not match",
+        "String should match pattern",
     ),
     (
         "namespaceSelector on a SamplerPolicy",
@@ -187,3 +209,25 @@ def test_demo_policy_pins_the_bundled_weights() -> None:
 
     pinned = parse_policy(_load("demo-tiny.yaml")).spec.golden_digests.model_weights
     assert weights_file_digest(weights) in pinned, "update policies/demo-tiny.yaml"
+
+
+# What only the model can refuse (the webhook's /validate-policy and the operator's status
+# carry its message): CEL that does not compile, authorities naming unknown rules.
+MODEL_ONLY: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "condition that does not compile",
+        _mutate("spec.attestations.0.conditions", [{"expression": "predicate.x =="}]),
+        "spec.attestations.0.conditions.0.expression: condition 'predicate.x ==' is not valid CEL",
+    ),
+    (
+        "authority naming an unknown attestation rule",
+        _mutate("spec.images.0.authorities.1.attestations", ["provenance"]),
+        "names attestation rules ['provenance'] that spec.attestations does not define",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "model"), MODEL_ONLY, ids=[b[0] for b in MODEL_ONLY])
+def test_model_refuses_what_cel_cannot_check(case: str, body: dict[str, Any], model: str) -> None:
+    with pytest.raises(PolicyError, match=re.escape(model)):
+        parse_policy(body)

@@ -99,7 +99,13 @@ def setup(shared_testdata: Path) -> tuple[ImageVerifier, Signer, FakeRegistry, S
             )
         ],
         attestations=[
-            AttestationRule(name="slsa", predicate_type="https://slsa.dev/provenance/v1")
+            AttestationRule(
+                name="slsa",
+                predicate_type="https://slsa.dev/provenance/v1",
+                builder_ids=[
+                    "https://github.com/sigstore-conformance/rekor2-dsse-hashedrekord-regen"
+                ],
+            )
         ],
     )
     return ImageVerifier(reg.client(), trusted_roots=roots), release, reg, spec
@@ -129,7 +135,7 @@ def test_bundle_attestation_for_another_image_is_rejected(
     assert not verdict.passed
     assert [c.name for c in verdict.failed] == ["attestation/slsa"]
     detail = verdict.failed[0].detail
-    assert "is for another image" in detail and f"got ['{SUBJECT}'], expected {other}" in detail
+    assert "is for another artifact" in detail and f"got ['{SUBJECT}'], expected {other}" in detail
 
 
 def test_bundle_with_wrong_identity_is_not_kept(

@@ -25,6 +25,7 @@ def test_exported_members() -> None:
         "parse_reference",
         "verify_artifact_bundle",
         "verify_dsse_bundle",
+        "verify_key_bundle",
     ]
     for name in sc.__all__:
         assert getattr(sc, name) is not None

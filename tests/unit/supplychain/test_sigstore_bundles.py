@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,6 @@ import pytest
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
 from samplerguard.supplychain import load_trusted_root, verify_artifact_bundle, verify_dsse_bundle
-from samplerguard.supplychain.dsse import Envelope
 
 GH_OAUTH = "https://github.com/login/oauth"
 GHA = "https://token.actions.githubusercontent.com"
@@ -143,24 +144,38 @@ def test_invalid_bundle_version_does_not_parse(sig: Path, roots: dict[str, objec
         )
 
 
+A_TXT = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a30d56efa01bf"
+
+
 def test_real_dsse_bundle(sig: Path, roots: dict[str, object]) -> None:
     raw = (sig / "a.dsse.staging-rekor-v2.txt.sigstore.json").read_bytes()
-    payload_type, payload, identity = verify_dsse_bundle(
-        raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["staging"]
+    statement, identity = verify_dsse_bundle(
+        raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["staging"], digest=A_TXT
     )
-    statement = Envelope(payload_type, payload, ()).statement()
     assert statement.predicate_type == "https://slsa.dev/provenance/v1"
-    a_txt = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a30d56efa01bf"
-    assert statement.names_digest(a_txt)
     assert [s.name for s in statement.subjects] == ["a.txt"]
-    assert not statement.names_digest("sha256:" + "0" * 64)
     assert BEACON in identity.subjects
     with pytest.raises(VerificationError, match="identity mismatch"):
         verify_dsse_bundle(
-            raw, [KeylessIdentity(subject=BEACON, issuer=GH_OAUTH)], roots["staging"]
+            raw, [KeylessIdentity(subject=BEACON, issuer=GH_OAUTH)], roots["staging"], digest=A_TXT
         )
     with pytest.raises(VerificationError):
-        verify_dsse_bundle(raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["production"])
+        verify_dsse_bundle(
+            raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["production"], digest=A_TXT
+        )
+
+
+def test_real_dsse_bundle_is_bound_to_its_artifact(sig: Path, roots: dict[str, object]) -> None:
+    """A valid bundle about a.txt does not vouch for any other digest."""
+    raw = (sig / "a.dsse.staging-rekor-v2.txt.sigstore.json").read_bytes()
+    other = "sha256:" + hashlib.sha256(b"another artifact").hexdigest()
+    with pytest.raises(
+        VerificationError,
+        match=r"is for another artifact \(subject digest mismatch: got \['sha256:a0cfc7.*" + other,
+    ):
+        verify_dsse_bundle(
+            raw, [KeylessIdentity(subject=BEACON, issuer=GHA)], roots["staging"], digest=other
+        )
 
 
 def test_garbage_is_not_a_bundle(roots: dict[str, object]) -> None:
@@ -169,3 +184,29 @@ def test_garbage_is_not_a_bundle(roots: dict[str, object]) -> None:
             verify_artifact_bundle(
                 raw, b"x", [KeylessIdentity(subject="a", issuer="b")], roots["staging"]
             )
+
+
+def test_v01_bundle_with_only_the_inclusion_promise(sig: Path, roots: dict[str, object]) -> None:
+    """A v0.1 bundle needs no inclusion proof: the real v0.1 bundle without its proof still
+    verifies on its promise, and still fails every must-fail check."""
+    doc = json.loads((sig / "bundle.txt.sigstore").read_bytes())
+    del doc["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]
+    raw = json.dumps(doc).encode()
+    artifact = (sig / "bundle.txt").read_bytes()
+    who = [KeylessIdentity(subject="a@tny.town", issuer=GH_OAUTH)]
+    identity = verify_artifact_bundle(raw, artifact, who, roots["staging"])
+    assert "a@tny.town" in identity.subjects
+    with pytest.raises(VerificationError, match="signature does not verify"):
+        verify_artifact_bundle(raw, artifact + b"x", who, roots["staging"])
+    with pytest.raises(VerificationError, match="certificate identity mismatch"):
+        verify_artifact_bundle(
+            raw,
+            artifact,
+            [KeylessIdentity(subject="b@tny.town", issuer=GH_OAUTH)],
+            roots["staging"],
+        )
+    with pytest.raises(VerificationError, match="Rekor SET does not verify"):
+        verify_artifact_bundle(raw, artifact, who, roots["production"])
+    del doc["verificationMaterial"]["tlogEntries"][0]["inclusionPromise"]
+    with pytest.raises(MalformedInputError, match="inclusion promise"):
+        verify_artifact_bundle(json.dumps(doc).encode(), artifact, who, roots["staging"])

@@ -50,7 +50,7 @@ SPEC = SamplerPolicySpec(
             authorities=[Authority(name="k", key=KeyAuthority(public_key=SIGNER.public_pem))],
         )
     ],
-    attestations=[AttestationRule(name="slsa", predicate_type=SLSA)],
+    attestations=[AttestationRule(name="slsa", predicate_type=SLSA, builder_ids=["b"])],
 )
 
 json_values = st.recursive(
@@ -182,7 +182,7 @@ def test_bit_flips_in_signed_material_never_pass(data: st.DataObject) -> None:
     name = f"{HOST}/acme/x"
     payload = simple_signing_payload(name, digest)
     signature = SIGNER.sign(payload)
-    statement = make_statement(name, digest, SLSA, {"builder": {"id": "b"}})
+    statement = make_statement(name, digest, SLSA, {"runDetails": {"builder": {"id": "b"}}})
     envelope, _ = make_envelope(statement, [SIGNER])
     target = data.draw(st.sampled_from(["payload", "signature", "statement", "dsse-sig"]))
     env_doc = json.loads(envelope)
@@ -231,7 +231,8 @@ def test_unflipped_material_passes() -> None:
         _signed_sig_manifest(reg, payload, SIGNER.sign(payload)),
         tag=tag_for(digest, "sig"),
     )
-    envelope, _ = make_envelope(make_statement(name, digest, SLSA, {}), [SIGNER])
+    statement = make_statement(name, digest, SLSA, {"runDetails": {"builder": {"id": "b"}}})
+    envelope, _ = make_envelope(statement, [SIGNER])
     att_reg, _ = _registry_with(None, envelope)
     for key, value in att_reg.manifests.items():
         if key[1].endswith(".att"):

@@ -186,6 +186,7 @@ class _Slow:
         policy_name: str,
         digest: str | None = None,
         client: object = None,
+        policy_namespace: str | None = None,
     ) -> Any:
         self.calls += 1
         time.sleep(self.delay)
