@@ -1,4 +1,4 @@
-"""Sampler providers for the demo and the tests: one honest, five that cheat.
+"""Sampler providers for the demo and the tests: one honest, ten that cheat.
 
 Every provider *declares* the same thing: the bundled model, the policy's sampler, ``steps``
 steps and guidance ``cfg``. What each one actually runs:
@@ -10,6 +10,12 @@ fewer-steps         evaluates the UNet on every other step only, reusing the las
 guidance-off        skips the unconditional pass (guidance 1.0: half the UNet cost)
 scheduler-swap      a different scheduler (DDIM) than the declared one
 fabricated-step     one step at a random position whose latent is made up, not computed
+state-smuggling     repeats sigmas in the committed sampler state (steps become no-ops) and
+                    runs the UNet on every 4th step only
+output-swap         runs honestly but serves (and commits) another output than the decode
+request-swap        commits the consumer's request but conditions on other class labels
+replayed-noise      serves every later request from the first request's z_N (a replay)
+feature-caching     reuses the previous step's ε on every 4th step
 ==================  =========================================================================
 
 The cheaters use the hook's plain-loop API, as a custom serving loop would, and commit honestly
@@ -49,6 +55,11 @@ CHEATS = (
     "guidance-off",
     "scheduler-swap",
     "fabricated-step",
+    "state-smuggling",
+    "output-swap",
+    "request-swap",
+    "replayed-noise",
+    "feature-caching",
 )
 
 
@@ -70,6 +81,8 @@ class Generation:
     labels: torch.Tensor
     #: steps whose computation was faked (known only to the provider; for reporting)
     faked_steps: list[int] = field(default_factory=list)
+    #: the request's seed escrow (JSON), sealed to the verifier's key, when one was asked for
+    escrow: str | None = None
 
 
 class Provider:
@@ -82,6 +95,7 @@ class Provider:
         declared: Declared,
         recorder: Recorder,
         authority: NoiseAuthority | None = None,
+        escrow_key: Any = None,
     ) -> None:
         if name != "honest" and name not in CHEATS:
             raise ValueError(f"unknown provider {name!r}; known: honest, {', '.join(CHEATS)}")
@@ -93,6 +107,9 @@ class Provider:
         self.run_unet = _perturbed(unet) if name == "substituted-model" else unet
         #: Per-request DRBG noise (SP 800-90A); None means the caller passes latents.
         self.authority = authority
+        #: the verifier's X25519 public key: each request's seed is escrowed to it
+        self.escrow_key = escrow_key
+        self._first_z: torch.Tensor | None = None
         self._pipe = DigitsPipeline(unet, make_scheduler(declared.sampler))
         self._instrumented = instrument(self._pipe, recorder)
 
@@ -138,16 +155,28 @@ class Provider:
             raise ValueError("no latents given and no NoiseAuthority to draw them from")
         noise = self.authority.request(self.declared.tenant, request_id)
         try:
+            escrow = None
+            if self.escrow_key is not None:
+                escrow = noise.escrow(self.escrow_key).to_json()
+                attach = getattr(self.recorder.sink, "attach_escrow", None)
+                if attach is not None:
+                    attach(request_id, escrow)
             z = noise.randn((labels.shape[0], *IMAGE_SHAPE))
+            if self.name == "replayed-noise":
+                # every later request replays the first request's z_N
+                self._first_z = z if self._first_z is None else self._first_z
+                z = self._first_z
             with noise_from(noise.noise_fn()):
-                return self._generate(request_id, labels, z, noise.mode)
+                g = self._generate(request_id, labels, z, noise.mode)
+            g.escrow = escrow
+            return g
         finally:
             noise.close()
 
     def _generate(
         self, request_id: str, labels: torch.Tensor, latents: torch.Tensor, rng_mode: str
     ) -> Generation:
-        if self.name == "honest":
+        if self.name in ("honest", "replayed-noise"):
             out = self._instrumented(
                 labels,
                 num_inference_steps=self.declared.steps,
@@ -175,7 +204,8 @@ class Provider:
                 "scheduler_config": scheduler_config(declared),
             }
         cfg = 1.0 if self.name == "guidance-off" else d.cfg
-        inputs = StepInputs(class_labels=labels, guidance_scale=cfg)
+        run_labels = (labels + 1) % 10 if self.name == "request-swap" else labels
+        inputs = StepInputs(class_labels=run_labels, guidance_scale=cfg)
         n = len(scheduler.timesteps)
         fake = secrets.randbelow(n - 1) if self.name == "fabricated-step" else -1
         faked: list[int] = []
@@ -186,10 +216,23 @@ class Provider:
             # really runs (so the hook records it) and signs the declared one into the recipe.
             request = dataclasses.replace(request, sampler=run_sampler)
         with torch.no_grad(), self.recorder.trajectory(request) as tr:
-            tr.begin(scheduler, latents, conditioning={"class_labels": labels})
+            tr.begin(scheduler, latents, conditioning={"class_labels": run_labels})
+            if self.name == "state-smuggling":
+                # σ_i+1 = σ_i makes a step an exact no-op; the smuggled sigmas travel in the
+                # committed state, and the UNet runs on every 4th step only
+                sig = scheduler.sigmas.clone()
+                for j in range(len(sig) - 1):
+                    if j % 4:
+                        sig[j + 1] = sig[j]
+                scheduler.sigmas = sig
             for i, t in enumerate(scheduler.timesteps):
                 if self.name == "fewer-steps" and i % 2 == 1 and eps is not None:
                     faked.append(i)  # reuse the previous ε: no UNet call
+                elif self.name == "feature-caching" and i % 4 == 3 and eps is not None:
+                    faked.append(i)  # cached features: the previous ε again
+                elif self.name == "state-smuggling" and i % 4:
+                    eps = torch.zeros_like(latents)
+                    faked.append(i)
                 else:
                     eps = guided_eps(self.run_unet, scheduler, latents, t, inputs)
                 latents = scheduler_step(scheduler, eps, t, latents)
@@ -198,9 +241,10 @@ class Provider:
                     latents = latents + 0.05 * latents.std() * torch.ones_like(latents)
                     faked.append(i)
                 tr.step(i, t, latents, scheduler)
-            tr.end(latents, output_bytes(latents))
+            served = latents.flip(-1) if self.name == "output-swap" else latents
+            tr.end(latents, output_bytes(served))
         assert tr.commitment is not None
-        return Generation(latents, tr.commitment, request_id, labels, faked)
+        return Generation(served, tr.commitment, request_id, labels, faked)
 
 
 def _perturbed(unet: Any, scale: float = 0.05) -> Any:

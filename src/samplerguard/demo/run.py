@@ -1,4 +1,4 @@
-"""``samplerguard demo``: the whole lane on the bundled model, one honest provider, five cheats.
+"""``samplerguard demo``: the whole lane on the bundled model, one honest provider, ten cheats.
 
 For each provider it generates class-conditional digits under the declared recipe, commits the
 trajectory (signed DSSE, Merkle root), lets a challenger pick k steps *after* it holds the
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from samplerguard.commitment.opening import Opening
-from samplerguard.commitment.recheck import RecheckResult, recheck_step
+from samplerguard.commitment.challenge import catch_probability, requests_for, verify_challenge
 from samplerguard.commitment.statement import Commitment
 from samplerguard.demo.providers import CHEATS, Declared, Provider
 from samplerguard.errors import SamplerGuardError, VerificationError
@@ -31,6 +31,7 @@ from samplerguard.hook.local import LocalSink
 from samplerguard.hook.recorder import Recorder
 from samplerguard.models.programs import DigitsProgram
 from samplerguard.rng import NoiseAuthority
+from samplerguard.rng.escrow import SeedEscrow, open_escrow
 
 __all__ = ["DemoConfig", "ProviderResult", "choose_steps", "run_demo"]
 
@@ -47,6 +48,9 @@ class DemoConfig:
     honest_requests: int = 3
     max_requests: int = 12
     threads: int = 0
+    #: a cheater is served until caught, or until one faking a single step would have escaped
+    #: with at most this probability (then it is reported "not caught")
+    miss: float = 1e-6
 
 
 @dataclass
@@ -88,20 +92,54 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _check(
-    commitment: Commitment, sink: LocalSink, program: DigitsProgram, step: int, tau: float
-) -> tuple[Check, float]:
+def _challenge(
+    commitment: Commitment,
+    sink: LocalSink,
+    program: DigitsProgram,
+    steps: list[int],
+    tau: float,
+    noise: Any,
+) -> tuple[list[Check], float]:
+    """The verifier's challenge of one request: transcript, noise stream, then the steps."""
     start = time.perf_counter()
+    rid = commitment.request_id
     try:
-        opening = Opening.from_bytes(sink.opening(commitment.request_id, step).to_bytes())
-        result: RecheckResult = recheck_step(commitment, opening, program, tau=tau)
+        outcome = verify_challenge(
+            commitment,
+            sink.transcript(rid),
+            lambda s: sink.opening(rid, s),
+            program,
+            steps=steps,
+            tau=tau,
+            noise=noise,
+        )
     except VerificationError as exc:
-        return Check(step, None, None, "reject", str(exc)), time.perf_counter() - start
+        return [Check(steps[0], None, None, "reject", str(exc))], time.perf_counter() - start
     elapsed = time.perf_counter() - start
-    if result.accepted:
-        return Check(step, result.rel_l2, result.worst, "pass"), elapsed
-    reason = "; ".join(result.reasons) or f"rel-L2 {result.worst:.2e} > τ {tau:.0e}"
-    return Check(step, result.rel_l2, result.worst, "reject", reason), elapsed
+    checks = []
+    for r in outcome.results:
+        if r.accepted:
+            checks.append(Check(r.step, r.rel_l2, r.worst, "pass"))
+        else:
+            reason = "; ".join(r.reasons) or f"rel-L2 {r.worst:.2e} > τ {outcome.tau:.0e}"
+            checks.append(Check(r.step, r.rel_l2, r.worst, "reject", reason))
+    return checks, elapsed / max(len(steps), 1)
+
+
+def max_requests_for(cfg: DemoConfig) -> int:
+    """How many requests a cheater is served before the demo calls it "not caught": enough that
+    a provider faking a single step of N escapes with probability at most ``cfg.miss``."""
+    per_request = catch_probability(cfg.steps, min(cfg.k, cfg.steps), 1)
+    needed = requests_for(1.0 - cfg.miss, per_request)
+    return max(cfg.max_requests, needed or cfg.max_requests)
+
+
+def _escrow_noise(escrow: str | None, key: Any, request_id: str) -> Any:
+    if escrow is None:
+        return None
+    seed = open_escrow(key, SeedEscrow.from_json(escrow), request_id=request_id)
+    stream = seed.noise(record_draws=False)
+    return lambda shape, dtype: stream.randn(shape, dtype=dtype)
 
 
 def _save_grid(images: torch.Tensor, path: Path) -> None:
@@ -140,11 +178,12 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
     results: list[ProviderResult] = []
     gen = torch.Generator().manual_seed(2024)  # class labels only; noise comes from the DRBG
     authority = demo_authority()
+    verifier_key = X25519PrivateKey.generate()
     for name in ("honest", *CHEATS):
         sink = LocalSink()
         recorder = Recorder(sink)
-        provider = Provider(name, unet, declared, recorder, authority)
-        limit = cfg.honest_requests if name == "honest" else cfg.max_requests
+        provider = Provider(name, unet, declared, recorder, authority, verifier_key.public_key())
+        limit = cfg.honest_requests if name == "honest" else max_requests_for(cfg)
         res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
         gen_times: list[float] = []
         check_times: list[float] = []
@@ -156,11 +195,9 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
             # The verifier's side: authenticate the commitment, then pick the steps.
             commitment = Commitment.verify(g.commitment.to_json(), sink.key.public_key())
             steps = choose_steps(commitment.n_steps, cfg.k)
-            checks = []
-            for s in steps:
-                check, elapsed = _check(commitment, sink, program, s, cfg.tau)
-                checks.append(check)
-                check_times.append(elapsed)
+            noise = _escrow_noise(g.escrow, verifier_key, commitment.request_id)
+            checks, per_step = _challenge(commitment, sink, program, steps, cfg.tau, noise)
+            check_times.append(per_step)
             res.requests, res.root, res.checks = r, commitment.root.hex(), checks
             res.faked_steps = g.faked_steps
             if classifier is not None:
@@ -169,10 +206,11 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
                 _save_grid(g.images, cfg.out / f"{name}.png")
                 res.image = f"{name}.png"
             caught = any(c.verdict == "reject" for c in checks)
-            progress(
-                f"  {name:<18} request {r}: root {commitment.root.hex()[:16]}… steps {steps} → "
-                + ("REJECTED" if caught else "pass")
-            )
+            if caught or r <= 3 or r % 10 == 0:
+                progress(
+                    f"  {name:<18} request {r}: root {commitment.root.hex()[:16]}… steps "
+                    f"{steps} → " + ("REJECTED" if caught else "pass")
+                )
             if caught:
                 res.verdict = "rejected"
                 break
@@ -189,6 +227,8 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
         "declared": asdict(declared),
         "k": cfg.k,
         "tau": cfg.tau,
+        "miss_probability": cfg.miss,
+        "max_requests": max_requests_for(cfg),
         "verification_ratio": {
             "one_step_recheck_s": honest.recheck_s,
             "generation_s": honest.generation_s,
