@@ -14,6 +14,7 @@ to reach them.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import time
@@ -24,6 +25,8 @@ from typing import Any
 
 import torch
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from samplerguard.demo.providers import CHEATS, Declared, Provider
 from samplerguard.demo.run import (
@@ -32,6 +35,7 @@ from samplerguard.demo.run import (
     ProviderResult,
     _save_grid,
     demo_authority,
+    max_requests_for,
     render_markdown,
 )
 from samplerguard.demo.services import (
@@ -66,7 +70,7 @@ def write_demo_policy(path: Path, cfg: DemoConfig, model_digest: str) -> Path:
                 "cfg": {"min": 1.0, "max": max(cfg.cfg, 1.0)},
             },
             "goldenDigests": {"modelWeights": [model_digest]},
-            "rng": {"mode": "ctr-drbg", "escrow": False},
+            "rng": {"mode": "ctr-drbg", "escrow": True},
             "verification": {
                 "fraction": 1.0,
                 "stepsPerChallenge": cfg.k,
@@ -132,12 +136,23 @@ def run_live_demo(
             extra_args=["--listen-tcp", f"127.0.0.1:{port}"],
             wait=False,
         )
+        escrow_key = X25519PrivateKey.generate()
+        escrow_pem = services / "verifier-escrow.pem"
+        escrow_pem.write_bytes(
+            escrow_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        escrow_pem.chmod(0o600)
         verifier = start_verifier(
             services / "verifier-state",
             sidecars=[f"http://127.0.0.1:{port}"],
             token_file=token,
             policy=policy,
             audit_log=audit,
+            extra_args=["--escrow-key", str(escrow_pem)],
             wait=False,
         )
         # load the providers' model while both services import torch
@@ -160,6 +175,7 @@ def run_live_demo(
             progress,
             unet,
             classifier,
+            escrow_key.public_key(),
         )
         summary["services"] = {
             "sidecar": {
@@ -193,6 +209,7 @@ def _run_providers(
     progress: Callable[[str], None],
     unet: Any,
     classifier: Any,
+    escrow_public: Any,
 ) -> dict[str, Any]:
     declared = Declared(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
     progress(
@@ -205,8 +222,8 @@ def _run_providers(
     results: list[ProviderResult] = []
     for name in ("honest", *CHEATS):
         recorder = Recorder(SidecarSink(socket, io_timeout=60.0))
-        provider = Provider(name, unet, declared, recorder, authority)
-        limit = cfg.honest_requests if name == "honest" else cfg.max_requests
+        provider = Provider(name, unet, declared, recorder, authority, escrow_public)
+        limit = cfg.honest_requests if name == "honest" else max_requests_for(cfg)
         res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
         gen_times: list[float] = []
         check_times: list[float] = []
@@ -237,7 +254,7 @@ def _run_providers(
                         x.metric("relL2"),
                         x.metric("relL2"),
                         "pass" if x.result == "pass" else "reject",
-                        "" if x.result == "pass" else x.message,
+                        "" if x.result == "pass" else re.sub(r"^step \d+: ", "", x.message),
                     )
                     for x in rechecks
                 ]
