@@ -99,7 +99,7 @@ def test_out_of_policy_request_is_refused_in_enforce_mode(lane: object) -> None:
 def test_replayed_request_id_is_refused(lane: object) -> None:
     svc, model, _, _ = lane  # type: ignore[misc]
     generate(Path(svc.ready["socket"]), model.unet, "once-only", declared_digest=model.digest)
-    with pytest.raises(RecordingError, match="already used"):
+    with pytest.raises(RecordingError, match="already committed by this sidecar"):
         generate(Path(svc.ready["socket"]), model.unet, "once-only", declared_digest=model.digest)
 
 

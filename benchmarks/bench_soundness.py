@@ -1,0 +1,255 @@
+"""Soundness against an adaptive provider: what each cheat costs it, and honest drift across builds.
+
+    python benchmarks/bench_soundness.py [--steps 20] [--requests 3]
+
+Part 1, one row per provider (the demo's honest provider and its ten cheats, DRBG noise with
+the seed escrowed to the verifier): every step of each request is challenged on its own, the way
+the verifier challenges it (transcript, noise stream, re-check). Columns: steps flagged out of
+N (a binding failure flags every step: it fails whichever step is drawn), the min and median
+score of the flagged steps against the tolerance, and the catch probability of one challenged
+request at k = 1 and k = 3 single steps and at k = 1 window of 4, and how many challenged
+requests reach 0.999.
+
+Part 2: honest drift between two configurations of this machine (oneDNN on/off, 1 vs 2 threads):
+an honest trajectory recorded in one configuration and re-checked in the other, every step, with
+the score's max and the τ it implies (10x the max), and whether weight noise of 1e-4 relative is
+still rejected at k = 1 under that τ (its minimum score over all steps against τ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import table
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from samplerguard.commitment import recheck as recheck_module
+from samplerguard.commitment.challenge import catch_probability, requests_for, verify_challenge
+from samplerguard.commitment.opening import Opening
+from samplerguard.commitment.recheck import recheck_step
+from samplerguard.commitment.statement import Commitment
+from samplerguard.demo.providers import CHEATS, Declared, Provider
+from samplerguard.errors import VerificationError
+from samplerguard.hook.local import LocalSink
+from samplerguard.hook.recorder import Recorder
+from samplerguard.models.digits import load_unet
+from samplerguard.models.programs import DigitsProgram
+from samplerguard.rng import NoiseAuthority
+from samplerguard.rng.escrow import SeedEscrow, open_escrow
+
+TAU = 1e-5
+
+
+def _window_catch(n: int, flagged: set[int], w: int) -> float:
+    starts = n - w + 1
+    hits = sum(1 for s in range(starts) if flagged & set(range(s, s + w)))
+    return hits / starts
+
+
+def part1(unet: Any, steps: int, requests: int) -> None:
+    program = DigitsProgram(unet)
+    authority = NoiseAuthority(b"b" * 32, "ctr-drbg")
+    key = X25519PrivateKey.generate()
+    gen = torch.Generator().manual_seed(3)
+    rows = []
+    for name in ("honest", *CHEATS):
+        sink = LocalSink()
+        recorder = Recorder(sink)
+        provider = Provider(
+            name, unet, Declared(steps=steps), recorder, authority, key.public_key()
+        )
+        flagged_counts, scores, k1, k3, w4 = [], [], [], [], []
+        for r in range(requests):
+            labels = torch.randint(0, 10, (8,), generator=gen)
+            g = provider.generate(f"{name}-{r}", labels)
+            c = Commitment.verify(g.commitment.to_json(), sink.key.public_key())
+            flagged: set[int] = set()
+            for s in range(c.n_steps):
+                assert g.escrow is not None
+                seed = open_escrow(key, SeedEscrow.from_json(g.escrow), request_id=c.request_id)
+                stream = seed.noise(record_draws=False)
+                try:
+                    out = verify_challenge(
+                        c,
+                        sink.transcript(c.request_id),
+                        lambda i, sk=sink, rid=c.request_id: sk.opening(rid, i),
+                        program,
+                        steps=[s],
+                        tau=TAU,
+                        noise=lambda shape, dtype, st=stream: st.randn(shape, dtype=dtype),
+                    )
+                    if not out.accepted:
+                        flagged.add(s)
+                        scores.append(out.results[0].worst)
+                except VerificationError:
+                    flagged.add(s)
+            n = c.n_steps
+            flagged_counts.append(len(flagged))
+            k1.append(catch_probability(n, 1, len(flagged)))
+            k3.append(catch_probability(n, 3, len(flagged)))
+            w4.append(_window_catch(n, flagged, 4))
+        recorder.close()
+        p3 = statistics.mean(k3)
+        need = requests_for(0.999, p3)
+        rows.append(
+            [
+                name,
+                f"{statistics.mean(flagged_counts):.1f}/{steps}",
+                f"{min(scores):.2e}" if scores else "binding" if any(flagged_counts) else "—",
+                f"{statistics.median(scores):.2e}" if scores else "—",
+                f"{statistics.mean(k1):.3f}",
+                f"{p3:.3f}",
+                f"{statistics.mean(w4):.3f}",
+                "—" if need is None else str(need),
+            ]
+        )
+    print(
+        f"Part 1: every step challenged on its own, {requests} requests per provider, "
+        f"N = {steps}, tolerance 0 on this build (τ = {TAU:g} across builds)"
+    )
+    print(
+        table(
+            rows,
+            [
+                "provider",
+                "steps flagged",
+                "min score",
+                "median score",
+                "P(k=1)",
+                "P(k=3)",
+                "P(w=4)",
+                "requests to 0.999 (k=3)",
+            ],
+        )
+    )
+
+
+@contextlib.contextmanager
+def _config(mkldnn: bool, threads: int) -> Any:
+    before = (torch.backends.mkldnn.enabled, torch.get_num_threads())
+    torch.backends.mkldnn.enabled = mkldnn
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before[0]
+        torch.set_num_threads(before[1])
+
+
+def _scores(
+    unet: Any, program: Any, rec_cfg: tuple[bool, int], chk_cfg: tuple[bool, int]
+) -> list[float]:
+    sink = LocalSink()
+    recorder = Recorder(sink)
+    provider = Provider("honest", unet, Declared(steps=20), recorder)
+    gen = torch.Generator().manual_seed(9)
+    out = []
+    for r in range(3):
+        labels = torch.randint(0, 10, (8,), generator=gen)
+        z = torch.randn((8, 1, 8, 8), generator=gen)
+        with _config(*rec_cfg):
+            g = provider.generate(f"d{r}", labels, z)
+        c = Commitment.verify(g.commitment.to_json(), sink.key.public_key())
+        # re-check in the other configuration: the verifier does not reproduce the flags here
+        original = recheck_module.reproduce
+        recheck_module.reproduce = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
+        try:
+            with _config(*chk_cfg):
+                for s in range(c.n_steps):
+                    res = recheck_step(
+                        c,
+                        Opening.from_bytes(sink.opening(c.request_id, s).to_bytes()),
+                        program,
+                        tau=0,
+                    )
+                    out.append(res.worst)
+        finally:
+            recheck_module.reproduce = original
+    recorder.close()
+    return out
+
+
+def part2(unet: Any) -> None:
+    program = DigitsProgram(unet)
+    noisy = copy.deepcopy(unet)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * p.abs().mean() * 1e-4)
+    pairs = [
+        ("oneDNN on -> off", (True, 2), (False, 2)),
+        ("2 threads -> 1", (True, 2), (True, 1)),
+        ("same configuration", (True, 2), (True, 2)),
+    ]
+    rows = []
+    for label, a, b in pairs:
+        honest = _scores(unet, program, a, b)
+        drift = max(honest)
+        tau = 10 * drift if drift > 0 else 0.0
+        # weight noise 1e-4: the provider runs the noisy copy, the verifier the reference
+        sink = LocalSink()
+        recorder = Recorder(sink)
+        prov = Provider("honest", noisy, Declared(steps=20), recorder)
+        prov.model_digest = program.model_digest  # it declares the reference model
+        gen = torch.Generator().manual_seed(4)
+        labels = torch.randint(0, 10, (8,), generator=gen)
+        z = torch.randn((8, 1, 8, 8), generator=gen)
+        with _config(*a):
+            gg = prov.generate("w", labels, z)
+        c = Commitment.verify(gg.commitment.to_json(), sink.key.public_key())
+        with _config(*b):
+            noise_scores = [
+                recheck_step(
+                    c, Opening.from_bytes(sink.opening("w", s).to_bytes()), program, tau=tau
+                ).worst
+                for s in range(c.n_steps)
+            ]
+        recorder.close()
+        rows.append(
+            [
+                label,
+                f"{drift:.2e}",
+                f"{statistics.median(honest):.2e}",
+                f"{tau:.1e}",
+                f"{min(noise_scores):.2e}",
+                f"{sum(x > tau for x in noise_scores)}/{len(noise_scores)}",
+            ]
+        )
+    print("\nPart 2: honest drift between configurations, 3 requests x 20 steps each")
+    print(
+        table(
+            rows,
+            [
+                "record -> re-check",
+                "honest max",
+                "honest median",
+                "tau (10x max)",
+                "1e-4 weight noise: min score",
+                "steps rejected",
+            ],
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    unet = load_unet()
+    part1(unet, args.steps, args.requests)
+    part2(unet)
+
+
+if __name__ == "__main__":
+    main()
