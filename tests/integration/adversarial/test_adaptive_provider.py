@@ -237,9 +237,9 @@ def test_a_shifted_step_counter_is_rejected(
 
         def step(*a: Any, **kw: Any) -> Any:
             out = original(*a, **kw)
-            if scheduler._step_index == 3:  # step 3 runs on step 4's sigmas ...
-                scheduler._step_index = 4
-            elif scheduler._step_index == 5:  # ... and the loop then goes on as declared
+            if (
+                scheduler._step_index == 3 or scheduler._step_index == 5
+            ):  # step 3 runs on step 4's sigmas ...
                 scheduler._step_index = 4
             return out
 
