@@ -68,6 +68,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="write openings with O_DIRECT, bypassing the page cache: auto (default: where "
         "the volume supports it), on (required) or off [SAMPLERGUARD_STORE_DIRECT_IO]",
     )
+    p.add_argument(
+        "--master-secret-file",
+        help="the per-request DRBGs' master secret: the sidecar then issues every DRBG "
+        "request's seed [SAMPLERGUARD_MASTER_SECRET_FILE]",
+    )
+    p.add_argument(
+        "--rng-mode",
+        choices=["ctr-drbg", "hmac-drbg"],
+        help="the mode of the seeds it issues (default ctr-drbg) [SAMPLERGUARD_RNG_MODE]",
+    )
+    p.add_argument(
+        "--escrow-public-key",
+        help="the verifier's X25519 public key (PEM); issued seeds are escrowed to it "
+        "[SAMPLERGUARD_ESCROW_PUBLIC_KEY]",
+    )
     p.add_argument("--ready-file", help="write addresses and key id here once serving")
     p.set_defaults(_run=run)
 
@@ -92,6 +107,12 @@ def _config(args: argparse.Namespace) -> object:
         kw["token_file"] = Path(v)
     if v := pick(args.scheduler_config, "scheduler_config"):
         kw["scheduler_config"] = Path(v)
+    if v := pick(args.master_secret_file, "master_secret_file"):
+        kw["master_secret_file"] = Path(v)
+    if v := pick(args.escrow_public_key, "escrow_public_key"):
+        kw["escrow_public_key"] = Path(v)
+    if v := pick(args.rng_mode, "rng_mode"):
+        kw["rng_mode"] = v
     for name in ("policy", "tenant", "audience", "auth", "pod_name", "pod_namespace", "pod_uid"):
         value = getattr(args, name, None)
         if v := pick(value, name):

@@ -13,7 +13,9 @@ to reach them.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import statistics
 import sys
@@ -34,7 +36,6 @@ from samplerguard.demo.run import (
     DemoConfig,
     ProviderResult,
     _save_grid,
-    demo_authority,
     max_requests_for,
     render_markdown,
 )
@@ -128,24 +129,42 @@ def run_live_demo(
         # Both services start at once (each takes seconds to import torch): the sidecar's port
         # is chosen here so the verifier can be told it before the sidecar is up.
         port = _free_port()
+        # The sidecar holds the DRBG master secret and issues every request's seed, escrowed
+        # to the verifier's X25519 key: the providers (the apps) never hold the secret.
+        escrow_key = X25519PrivateKey.generate()
+        escrow_pem = _secret_file(
+            services / "verifier-escrow.pem",
+            escrow_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        escrow_pub = _secret_file(
+            services / "verifier-escrow.pub.pem",
+            escrow_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+        master = _secret_file(
+            services / "sidecar-master-secret",
+            ("base64:" + base64.b64encode(os.urandom(32)).decode()).encode(),
+        )
         sidecar = start_sidecar(
             services / "sidecar",
             token_file=token,
             policy=policy,
             model_files=[MODEL_FILE],
-            extra_args=["--listen-tcp", f"127.0.0.1:{port}"],
+            extra_args=[
+                "--listen-tcp",
+                f"127.0.0.1:{port}",
+                "--master-secret-file",
+                str(master),
+                "--escrow-public-key",
+                str(escrow_pub),
+            ],
             wait=False,
         )
-        escrow_key = X25519PrivateKey.generate()
-        escrow_pem = services / "verifier-escrow.pem"
-        escrow_pem.write_bytes(
-            escrow_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        escrow_pem.chmod(0o600)
         verifier = start_verifier(
             services / "verifier-state",
             sidecars=[f"http://127.0.0.1:{port}"],
@@ -175,7 +194,6 @@ def run_live_demo(
             progress,
             unet,
             classifier,
-            escrow_key.public_key(),
         )
         summary["services"] = {
             "sidecar": {
@@ -199,6 +217,24 @@ def run_live_demo(
                     svc.stop()
 
 
+def _secret_file(path: Path, data: bytes) -> Path:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+class _SidecarNoise:
+    """Per-request noise from the seeds the sidecar issues (the provider's noise source)."""
+
+    def __init__(self, sink: SidecarSink) -> None:
+        self.sink = sink
+
+    def request(self, tenant: str, request_id: str) -> Any:
+        return self.sink.request_noise(tenant, request_id, "ctr-drbg")
+
+
 def _run_providers(
     cfg: DemoConfig,
     out: Path,
@@ -209,7 +245,6 @@ def _run_providers(
     progress: Callable[[str], None],
     unet: Any,
     classifier: Any,
-    escrow_public: Any,
 ) -> dict[str, Any]:
     declared = Declared(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
     progress(
@@ -217,12 +252,12 @@ def _run_providers(
         f"CFG {cfg.cfg}, k={cfg.k}, τ={cfg.tau:.0e}"
     )
     gen = torch.Generator().manual_seed(2024)  # class labels only; noise comes from the DRBG
-    authority = demo_authority()
     seen = 0
     results: list[ProviderResult] = []
     for name in ("honest", *CHEATS):
-        recorder = Recorder(SidecarSink(socket, io_timeout=60.0))
-        provider = Provider(name, unet, declared, recorder, authority, escrow_public)
+        sink = SidecarSink(socket, io_timeout=60.0)
+        recorder = Recorder(sink)
+        provider = Provider(name, unet, declared, recorder, _SidecarNoise(sink))
         limit = cfg.honest_requests if name == "honest" else max_requests_for(cfg)
         res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
         gen_times: list[float] = []

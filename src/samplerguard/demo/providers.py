@@ -94,7 +94,7 @@ class Provider:
         unet: Any,
         declared: Declared,
         recorder: Recorder,
-        authority: NoiseAuthority | None = None,
+        authority: NoiseAuthority | Any = None,
         escrow_key: Any = None,
     ) -> None:
         if name != "honest" and name not in CHEATS:
@@ -105,7 +105,9 @@ class Provider:
         self.model_digest = module_digest(unet)
         self.unet = unet
         self.run_unet = _perturbed(unet) if name == "substituted-model" else unet
-        #: Per-request DRBG noise (SP 800-90A); None means the caller passes latents.
+        #: Per-request DRBG noise (SP 800-90A): a NoiseAuthority, or anything whose
+        #: ``request(tenant, request_id)`` returns the request's noise (the sidecar's seeds);
+        #: None means the caller passes latents.
         self.authority = authority
         #: the verifier's X25519 public key: each request's seed is escrowed to it
         self.escrow_key = escrow_key

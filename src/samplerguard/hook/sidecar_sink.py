@@ -25,6 +25,7 @@ unverified (:class:`~samplerguard.hook.recorder.RecordingError`).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -48,6 +49,7 @@ from samplerguard.hook.wire import (
     FRAME_FINISH,
     FRAME_HELLO,
     FRAME_REPLY,
+    FRAME_SEED,
     FRAME_START,
     FRAME_STEP,
     MAX_STEPS_PER_FRAME,
@@ -59,6 +61,8 @@ from samplerguard.hook.wire import (
     send_parts,
     tune_socket,
 )
+from samplerguard.rng.noise import RequestNoise
+from samplerguard.rng.seed import RequestSeed
 
 __all__ = ["SidecarRefusedError", "SidecarSink", "probe"]
 
@@ -123,6 +127,32 @@ class SidecarSink:
         self.aborted: dict[str, str] = {}
         self.verdicts: dict[str, dict[str, Any]] = {}
         self._escrows: dict[str, dict[str, Any]] = {}
+
+    def request_noise(self, tenant: str, request_id: str, mode: str = "ctr-drbg") -> RequestNoise:
+        """The request's noise source, from the seed the sidecar issues (``SEED``). Call it
+        before the generation draws anything; the sidecar escrows the seed to the verifier and
+        binds the escrow into the request's commitment. Raises :class:`SidecarRefusedError`
+        when the sidecar issues no seeds or refuses the request id."""
+        sock = self._connect()
+        try:
+            send_frame(
+                sock, FRAME_SEED, {"requestId": request_id, "tenant": tenant, "rngMode": mode}
+            )
+            reply = self._reply(sock, f"the seed of request {request_id}")
+        finally:
+            sock.close()
+        try:
+            material = base64.b64decode(str(reply.get("seed")), validate=True)
+            seed = RequestSeed(
+                material,
+                mode=str(reply.get("mode")),
+                tenant_pseudonym=str(reply.get("tenantPseudonym")),
+                request_id=request_id,
+                seed_pseudonym=str(reply.get("seedPseudonym")),
+            )
+        except (ValueError, TypeError) as exc:
+            raise MalformedInputError(f"the sidecar's seed reply is malformed: {exc}") from None
+        return seed.noise()
 
     def attach_escrow(self, request_id: str, escrow_json: str) -> None:
         """Send a :class:`~samplerguard.rng.SeedEscrow` (its JSON) with the request's START; the

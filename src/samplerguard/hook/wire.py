@@ -49,6 +49,7 @@ __all__ = [
     "FRAME_FINISH",
     "FRAME_HELLO",
     "FRAME_REPLY",
+    "FRAME_SEED",
     "FRAME_START",
     "FRAME_STEP",
     "FRAME_STEPS",
@@ -89,6 +90,8 @@ FRAME_FINISH = 5
 FRAME_ABORT = 6
 FRAME_REPLY = 7
 FRAME_STEPS = 8
+#: the hook asks for its request's seed before generating (DRBG modes, sidecar-held secret)
+FRAME_SEED = 9
 _KINDS = {
     FRAME_HELLO,
     FRAME_START,
@@ -98,6 +101,7 @@ _KINDS = {
     FRAME_ABORT,
     FRAME_REPLY,
     FRAME_STEPS,
+    FRAME_SEED,
 }
 #: Step records in one ``STEPS`` frame.
 MAX_STEPS_PER_FRAME = 64

@@ -37,6 +37,9 @@ ENV: dict[str, str] = {
     "min_free_bytes": "SAMPLERGUARD_MIN_FREE_BYTES",
     "integrity_interval": "SAMPLERGUARD_INTEGRITY_INTERVAL",
     "store_direct_io": "SAMPLERGUARD_STORE_DIRECT_IO",
+    "master_secret_file": "SAMPLERGUARD_MASTER_SECRET_FILE",
+    "rng_mode": "SAMPLERGUARD_RNG_MODE",
+    "escrow_public_key": "SAMPLERGUARD_ESCROW_PUBLIC_KEY",
 }
 
 
@@ -94,6 +97,13 @@ class SidecarConfig:
     #: Write openings with O_DIRECT: "auto" (where the volume takes it, the default), "on"
     #: (required) or "off" (page cache). See docs/sidecar.md.
     store_direct_io: str = "auto"
+    #: The master secret of the per-request DRBGs (a file only the sidecar can read). When set,
+    #: the sidecar issues every DRBG request's seed and its escrow; the app never holds it.
+    master_secret_file: Path | None = None
+    #: The mode of the seeds it issues.
+    rng_mode: str = "ctr-drbg"
+    #: The verifier's X25519 public key (PEM): issued seeds are escrowed to it.
+    escrow_public_key: Path | None = None
     #: JSON file written once both listeners are up: addresses, public key id, pid.
     ready_file: Path | None = None
     socket_mode: int = 0o660

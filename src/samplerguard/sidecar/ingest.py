@@ -44,6 +44,7 @@ from samplerguard.hook.wire import (
     FRAME_FINISH,
     FRAME_HELLO,
     FRAME_REPLY,
+    FRAME_SEED,
     FRAME_START,
     FRAME_STEP,
     FRAME_STEPS,
@@ -59,6 +60,7 @@ from samplerguard.hook.wire import (
 )
 from samplerguard.sidecar.enforce import Admission, RequestRefusedError
 from samplerguard.sidecar.ledger import LEDGER_NAME, RequestIdLedger
+from samplerguard.sidecar.seeds import SeedIssuer
 from samplerguard.sidecar.store import OpeningStore, TrajectoryWriter
 
 __all__ = ["Gate", "IngestServer", "StartRequest"]
@@ -97,7 +99,10 @@ class Gate:
         admit: Callable[[StartRequest], Decision],
         committed: Callable[[StartRequest, Commitment, Decision], None] | None = None,
         refused: Callable[[StartRequest | None, str], None] | None = None,
+        seeds: SeedIssuer | None = None,
     ) -> None:
+        #: the sidecar-held DRBG: when set, the sidecar issues every DRBG request's seed
+        self.seeds = seeds
         self.key = key
         self.public_pem = public_pem
         self.admit = admit
@@ -401,10 +406,22 @@ class _Trajectory:
             raise MalformedInputError("START lacks the request or the recipe")
         escrow = header.get("seedEscrow")
         solver = header.get("solverCode")
+        request_id, tenant = _str(req, "requestId", 128), _str(req, "tenant", 128)
+        rng_mode = _str(req, "rngMode", 32)
+        seeds = server.gate.seeds
+        if seeds is not None and rng_mode != "framework":
+            # the sidecar issued this request's seed and made its escrow; the app cannot
+            # supply one of its own choosing
+            if escrow is not None:
+                raise MalformedInputError(
+                    "START carries a seed escrow, but this sidecar issues the seeds and their "
+                    "escrows itself"
+                )
+            escrow = seeds.take(tenant, request_id).escrow
         self.start = StartRequest(
-            request_id=_str(req, "requestId", 128),
-            tenant=_str(req, "tenant", 128),
-            rng_mode=_str(req, "rngMode", 32),
+            request_id=request_id,
+            tenant=tenant,
+            rng_mode=rng_mode,
             recipe=recipe,
             solver_code=solver if isinstance(solver, str) else None,
             seed_escrow=escrow if isinstance(escrow, dict) else None,
@@ -589,6 +606,30 @@ def _peer_pid(sock: socket.socket) -> int | None:
     return pid
 
 
+def _issue_seed(ingest: IngestServer, frame: Frame) -> dict[str, Any]:
+    """Answer a ``SEED`` frame: the request's seed, derived and escrowed by this sidecar."""
+    seeds = ingest.gate.seeds
+    if seeds is None:
+        raise MalformedInputError(
+            "this sidecar holds no master secret: it issues no seeds (configure "
+            "SAMPLERGUARD_MASTER_SECRET_FILE, or draw the noise in the app)"
+        )
+    header = frame.header
+    request_id = _str(header, "requestId", 128)
+    tenant = _str(header, "tenant", 128)
+    ingest.ledger.check(request_id)
+    issued = seeds.issue(tenant, request_id, _str(header, "rngMode", 32))
+    seed = issued.seed
+    return {
+        "ok": True,
+        "mode": seed.mode,
+        "seed": base64.b64encode(seed._unsafe_material()).decode(),
+        "tenantPseudonym": seed.tenant_pseudonym,
+        "seedPseudonym": seed.seed_pseudonym,
+        "escrowed": issued.escrow is not None,
+    }
+
+
 def _reply(sock: socket.socket, **fields: Any) -> None:
     send_frame(sock, FRAME_REPLY, fields)
 
@@ -612,6 +653,9 @@ class _Handler(socketserver.BaseRequestHandler):
                     publicKey=ingest.gate.public_pem,
                     error=None if ingest.gate.ready else "runtime integrity mismatch",
                 )
+                return
+            if first.kind == FRAME_SEED:
+                _reply(sock, **_issue_seed(ingest, first))
                 return
             if first.kind != FRAME_START:
                 raise MalformedInputError(f"expected START, got frame kind {first.kind}")

@@ -22,11 +22,35 @@ from samplerguard.sidecar.enforce import Admission, RequestRefusedError, admit
 from samplerguard.sidecar.ingest import Decision, Gate, IngestServer, StartRequest
 from samplerguard.sidecar.integrity import IntegrityMonitor
 from samplerguard.sidecar.keys import load_or_create_key, public_pem
+from samplerguard.sidecar.seeds import SeedIssuer
 from samplerguard.sidecar.store import OpeningStore
 
 __all__ = ["Sidecar"]
 
 log = logging.getLogger(__name__)
+
+
+def _seed_issuer(cfg: SidecarConfig) -> SeedIssuer | None:
+    """The sidecar-held DRBG, when a master secret is configured."""
+    if cfg.master_secret_file is None:
+        return None
+    from samplerguard.rng import NoiseAuthority
+    from samplerguard.rng.authority import ENV_SECRET_FILE
+    from samplerguard.rng.escrow import load_x25519_public_key
+
+    authority = NoiseAuthority.from_env(
+        cfg.rng_mode, env={ENV_SECRET_FILE: str(cfg.master_secret_file)}
+    )
+    key = None
+    if cfg.escrow_public_key is not None:
+        try:
+            raw = cfg.escrow_public_key.read_bytes()
+        except OSError as exc:
+            raise MalformedInputError(
+                f"cannot read the verifier's escrow key {cfg.escrow_public_key}: {exc.strerror}"
+            ) from None
+        key = load_x25519_public_key(raw)
+    return SeedIssuer(authority, key)
 
 
 def _telemetry(service: str) -> Any:
@@ -81,6 +105,7 @@ class Sidecar:
             admit=self._admit,
             committed=self._committed,
             refused=self._refused,
+            seeds=_seed_issuer(cfg),
         )
         self.ingest = IngestServer(
             cfg.socket,
