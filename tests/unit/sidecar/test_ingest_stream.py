@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from samplerguard.commitment.state import SamplerState
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.trajectory import TrajectoryBuilder
+from samplerguard.errors import SamplerGuardError
+from samplerguard.hook.sidecar_sink import SidecarSink
 from samplerguard.hook.wire import (
     FRAME_FINAL,
     FRAME_FINISH,
@@ -25,9 +28,12 @@ from samplerguard.hook.wire import (
     encode_frame,
     read_frame,
 )
+from samplerguard.rng import NoiseAuthority
+from samplerguard.rng.escrow import SeedEscrow, open_escrow
 from samplerguard.sidecar.enforce import Admission
 from samplerguard.sidecar.ingest import Decision, Gate, IngestServer
 from samplerguard.sidecar.ledger import LEDGER_NAME
+from samplerguard.sidecar.seeds import SeedIssuer
 from samplerguard.sidecar.store import OpeningStore
 
 ZERO = "sha256:" + "0" * 64
@@ -388,3 +394,104 @@ def test_a_failing_volume_is_answered_as_a_temporary_refusal_and_nothing_is_kept
     assert srv.store.committed() == []
     assert not _stored(srv)
     assert _send(srv.path, frames)["ok"]  # once the volume has room again
+
+
+# -- seeds issued by the sidecar (SEED frames) -------------------------------------------------
+
+
+def _server(tmp_path: Path, seeds: SeedIssuer | None) -> IngestServer:
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
+    gate = Gate(
+        key=Ed25519PrivateKey.generate(),
+        public_pem="pem",
+        admit=lambda s: Decision(Admission("accept", ())),
+        seeds=seeds,
+    )
+    srv = IngestServer(tmp_path / "s.sock", store, gate, max_trajectory_bytes=1 << 20)
+    srv.start()
+    return srv
+
+
+@pytest.fixture
+def verifier_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+@pytest.fixture
+def served(tmp_path: Path, verifier_key: X25519PrivateKey) -> Iterator[IngestServer]:
+    issuer = SeedIssuer(NoiseAuthority(b"m" * 32, "ctr-drbg"), verifier_key.public_key())
+    srv = _server(tmp_path, issuer)
+    yield srv
+    srv.close()
+
+
+def _drbg(frames: Any, escrow: dict[str, Any] | None = None) -> Any:
+    header = frames[0][1]
+    header["request"]["rngMode"] = "ctr-drbg"
+    if escrow is not None:
+        header["seedEscrow"] = escrow
+    return frames
+
+
+def test_the_issued_seed_is_the_escrowed_one_and_its_noise_matches(
+    served: IngestServer, verifier_key: X25519PrivateKey
+) -> None:
+    sink = SidecarSink(served.path)
+    noise = sink.request_noise("t", "seed-1")
+    z = noise.randn((2, 4))
+    again = sink.request_noise("t", "seed-1")  # a retry before START gets the same seed
+    assert torch.equal(again.randn((2, 4)), z)
+    frames, _ = _trajectory("seed-1")
+    assert _send(served.path, _drbg(frames))["ok"]
+    escrow = SeedEscrow.model_validate(served.store.index("seed-1")["seedEscrow"])
+    seed = open_escrow(verifier_key, escrow, request_id="seed-1")
+    assert torch.equal(seed.noise(record_draws=False).randn((2, 4)), z)
+
+
+def test_a_drbg_start_without_an_issued_seed_is_refused(served: IngestServer) -> None:
+    frames, _ = _trajectory("seed-2")
+    answer = _send(served.path, _drbg(frames))
+    assert answer["ok"] is False and "no seed was issued for request 'seed-2'" in answer["error"]
+
+
+def test_an_app_supplied_escrow_is_refused(served: IngestServer) -> None:
+    SidecarSink(served.path).request_noise("t", "seed-3")
+    frames, _ = _trajectory("seed-3")
+    answer = _send(served.path, _drbg(frames, {"recipient": "x"}))
+    assert answer["ok"] is False and "issues the seeds and their escrows itself" in answer["error"]
+
+
+def test_a_committed_request_id_gets_no_new_seed(served: IngestServer) -> None:
+    sink = SidecarSink(served.path)
+    sink.request_noise("t", "seed-4")
+    frames, _ = _trajectory("seed-4")
+    assert _send(served.path, _drbg(frames))["ok"]
+    with pytest.raises(SamplerGuardError, match="already committed by this sidecar"):
+        sink.request_noise("t", "seed-4")
+
+
+def test_a_wrong_mode_or_tenant_is_refused(served: IngestServer) -> None:
+    sink = SidecarSink(served.path)
+    with pytest.raises(SamplerGuardError, match="this sidecar issues 'ctr-drbg'"):
+        sink.request_noise("t", "seed-5", "hmac-drbg")
+    sink.request_noise("t", "seed-6")
+    with pytest.raises(SamplerGuardError, match="issued a seed for another tenant"):
+        sink.request_noise("u", "seed-6")
+
+
+def test_a_sidecar_without_a_master_secret_issues_no_seeds(tmp_path: Path) -> None:
+    srv = _server(tmp_path, None)
+    try:
+        with pytest.raises(SamplerGuardError, match="holds no master secret"):
+            SidecarSink(srv.path).request_noise("t", "seed-7")
+    finally:
+        srv.close()
+
+
+def test_pending_seeds_are_bounded(verifier_key: X25519PrivateKey) -> None:
+    issuer = SeedIssuer(NoiseAuthority(b"m" * 32, "ctr-drbg"), None, max_pending=2)
+    for i in range(3):
+        issuer.issue("t", f"r{i}", "ctr-drbg")
+    with pytest.raises(SamplerGuardError, match="no seed was issued"):
+        issuer.take("t", "r0")
+    assert issuer.take("t", "r2").escrow is None
