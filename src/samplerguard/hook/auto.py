@@ -10,6 +10,10 @@ that has ``prepare_latents`` and accepts ``callback_on_step_end`` goes through
 attached to the returned output as ``output.samplerguard_commitment`` when the output object
 allows it.
 
+Noise: with ``SAMPLERGUARD_RNG_MODE=ctr-drbg`` (or ``hmac-drbg``) every call draws its noise
+from the seed the sidecar issues for its request id (the sidecar holds the master secret and
+escrows the seed to the verifier); the default ``framework`` leaves the noise to the app.
+
 Failure policy: if the sidecar is unreachable the generation itself still raises
 :class:`~samplerguard.hook.recorder.RecordingError` (``SAMPLERGUARD_FAIL_OPEN=1`` instead logs
 and returns the unrecorded output, marked unverified). Failing closed is the default.
@@ -18,15 +22,17 @@ and returns the unrecorded output, marked unverified). Failing closed is the def
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from samplerguard.errors import SamplerGuardError
 from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
 
@@ -79,6 +85,28 @@ def request_for(pipe: Any, kwargs: Mapping[str, Any], tenant: str) -> Trajectory
     )
 
 
+@contextlib.contextmanager
+def _request_noise(recorder: Recorder, req: TrajectoryRequest) -> Iterator[TrajectoryRequest]:
+    """In the DRBG modes (``SAMPLERGUARD_RNG_MODE``), every draw of the call comes from the
+    seed the sidecar issues for this request: z_N and any step noise, with no code change in
+    the app (diffusers' ``randn_tensor`` is routed to it)."""
+    mode = _STATE.get("rng_mode", "framework")
+    if mode == "framework":
+        yield req
+        return
+    from samplerguard.rng.shim import noise_from
+
+    request_noise = getattr(recorder.sink, "request_noise", None)
+    if request_noise is None:
+        raise RecordingError(f"{mode} noise needs the sidecar sink, which issues the seeds")
+    noise = request_noise(req.tenant, req.request_id, mode)
+    try:
+        with noise_from(noise.noise_fn()):
+            yield dataclasses.replace(req, rng_mode=noise.mode)
+    finally:
+        noise.close()
+
+
 def _supported(cls: type) -> bool:
     call = getattr(cls, "__call__", None)  # noqa: B004 - the class attribute, not callable()
     if call is None or not hasattr(cls, "prepare_latents"):
@@ -104,8 +132,9 @@ def _wrap_class(cls: type, recorder: Recorder, tenant: str, fail_open: bool) -> 
             req = request_for(self, kwargs, tenant)
             # The instrumented runner calls ``self(...)`` again; ``busy`` routes that inner call
             # to the original method.
-            recorded = instrument(self, recorder)(*args, trajectory_request=req, **kwargs)
-        except RecordingError:
+            with _request_noise(recorder, req) as req:
+                recorded = instrument(self, recorder)(*args, trajectory_request=req, **kwargs)
+        except (RecordingError, SamplerGuardError):
             if not fail_open:
                 raise
             log.exception("generation is unverified (fail-open is set)")
@@ -149,6 +178,11 @@ def install_from_env(env: Mapping[str, str] | None = None) -> bool:
     from samplerguard.hook.sidecar_sink import SidecarSink
 
     tenant = env.get("SAMPLERGUARD_TENANT", "default")
+    mode = env.get("SAMPLERGUARD_RNG_MODE", "framework")
+    if mode not in ("framework", "ctr-drbg", "hmac-drbg"):
+        log.error("SAMPLERGUARD_RNG_MODE=%r is not framework, ctr-drbg or hmac-drbg", mode)
+        return False
+    _STATE["rng_mode"] = mode
     recorder = Recorder(SidecarSink(socket))
     install(recorder, tenant=tenant, fail_open=env.get("SAMPLERGUARD_FAIL_OPEN") == "1")
     log.info("samplerguard hook active: pipelines report to %s as tenant %s", socket, tenant)

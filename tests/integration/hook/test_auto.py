@@ -83,3 +83,63 @@ def test_unmodified_script_is_recorded_by_a_real_sidecar(tmp_path: Path) -> None
         assert len(listing["trajectories"]) == 1
     finally:
         svc.stop()
+
+
+def test_unmodified_script_draws_its_noise_from_the_sidecars_seed(tmp_path: Path) -> None:
+    """``SAMPLERGUARD_RNG_MODE=ctr-drbg``: the sidecar holds the master secret and issues the
+    request's seed; the app's z_N is that seed's first draw, escrowed to the verifier's key
+    and bound into the signed commitment."""
+    import base64
+    import json
+
+    import httpx
+    import torch
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from samplerguard.commitment.opening import Opening
+    from samplerguard.demo.providers import make_scheduler
+    from samplerguard.demo.services import make_token, start_sidecar
+    from samplerguard.rng.escrow import SeedEscrow, escrow_digest, open_escrow
+
+    key = X25519PrivateKey.generate()
+    pub = tmp_path / "escrow.pub.pem"
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    secret = tmp_path / "master"
+    secret.write_bytes(b"base64:" + base64.b64encode(b"s" * 32))
+    token = make_token(tmp_path / "token")
+    svc = start_sidecar(
+        tmp_path / "run",
+        token_file=token,
+        extra_args=["--master-secret-file", str(secret), "--escrow-public-key", str(pub)],
+    )
+    try:
+        p = _run(
+            {
+                "SAMPLERGUARD_SOCKET": svc.ready["socket"],
+                "SAMPLERGUARD_TENANT": "team-a",
+                "SAMPLERGUARD_RNG_MODE": "ctr-drbg",
+            }
+        )
+        assert p.returncode == 0, p.stderr
+        headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
+        listing = httpx.get(svc.url + "/v1/trajectories", headers=headers, timeout=10).json()
+        (entry,) = listing["trajectories"]
+        doc = httpx.get(svc.url + f"/v1/trajectories/{entry['id']}", headers=headers).json()
+        payload = json.loads(base64.b64decode(doc["commitment"]["payload"]))
+        assert payload["predicate"]["recipe"]["rng"] == "ctr-drbg"
+        assert payload["predicate"]["seedEscrowDigest"] == escrow_digest(doc["seedEscrow"])
+        escrow = SeedEscrow.model_validate(doc["seedEscrow"])
+        seed = open_escrow(key, escrow, request_id=entry["id"])
+        raw = httpx.get(svc.url + f"/v1/trajectories/{entry['id']}/openings/0", headers=headers)
+        z = Opening.from_bytes(raw.content).latent_in
+        drawn = seed.noise(record_draws=False).randn(tuple(z.shape))
+        sched = make_scheduler("euler")
+        sched.set_timesteps(3)
+        assert torch.equal(z, drawn * sched.init_noise_sigma)  # the pipeline's own scaling
+    finally:
+        svc.stop()
