@@ -1,4 +1,6 @@
-"""``samplerguard verify-trajectory``: check a commitment and an opening offline.
+"""``samplerguard verify-trajectory``: check a commitment and an opening offline; with
+``--transcript`` also the leaves, the tail and the request; with ``--request`` and ``--output``
+also what the consumer holds.
 
 Exit codes: 0 the step re-checks within τ, 1 rejected, 2 unusable input.
 """
@@ -32,7 +34,27 @@ def register(sub: Any) -> None:
         required=True,
         help="the sidecar's Ed25519 public key (PEM) that signed the commitment",
     )
-    p.add_argument("--tau", type=float, default=1e-5, help="honest tolerance on rel-L2")
+    p.add_argument(
+        "--transcript",
+        type=Path,
+        help="the trajectory's transcript (.safetensors, from the sidecar's /transcript): also "
+        "check every leaf, the output decode and the request",
+    )
+    p.add_argument(
+        "--request",
+        type=Path,
+        help="the consumer's request parameters (JSON): check the commitment binds them",
+    )
+    p.add_argument(
+        "--output", type=Path, help="the output bytes received: check the commitment binds them"
+    )
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=1e-5,
+        help="tolerance on rel-L2 across builds (default 1e-5); 0 is used when this machine "
+        "reproduces the generation's build fingerprint",
+    )
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument(
         "--threads",
@@ -57,10 +79,14 @@ def _read(path: Path, limit: int, what: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from samplerguard.commitment.challenge import verify_challenge
     from samplerguard.commitment.dsse import load_public_key
+    from samplerguard.commitment.fingerprint import differences
     from samplerguard.commitment.opening import MAX_OPENING_BYTES, Opening
     from samplerguard.commitment.recheck import recheck_step
+    from samplerguard.commitment.request import verify_response
     from samplerguard.commitment.statement import Commitment
+    from samplerguard.commitment.transcript import Transcript
     from samplerguard.errors import MalformedInputError, VerificationError
 
     def say(verdict: str, reasons: list[str], **facts: Any) -> None:
@@ -84,6 +110,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         commitment = Commitment.verify(envelope, key)
         print("checked: DSSE signature (Ed25519)", file=sys.stderr)
+        if args.request is not None or args.output is not None:
+            if args.request is None or args.output is None:
+                say("unusable", ["--request and --output go together (the consumer's check)"])
+                return 2
+            try:
+                params = json.loads(_read(args.request, 1 << 16, "request"))
+                output = _read(args.output, 1 << 30, "output")
+            except ValueError as exc:
+                say("unusable", [f"cannot read the request or output: {exc}"])
+                return 2
+            if not isinstance(params, dict):
+                say("unusable", ["the request file is not a JSON object"])
+                return 2
+            verify_response(envelope, key, request=params, output=output)
+            print("checked: request and output binding", file=sys.stderr)
         pipeline = commitment.recipe.get("pipeline")
         if pipeline != "digits":
             say(
@@ -106,8 +147,26 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # safetensors/torch raise many types for a bad checkpoint
             say("unusable", [f"cannot load model {args.model}: {exc}"])
             return 2
-        result = recheck_step(commitment, opening, program, tau=args.tau)
-    except MalformedInputError as exc:
+        if args.transcript is not None:
+            transcript = Transcript.from_bytes(
+                _read(args.transcript, MAX_OPENING_BYTES, "transcript")
+            )
+            outcome = verify_challenge(
+                commitment,
+                transcript,
+                lambda step: opening,
+                program,
+                steps=[opening.step],
+                tau=args.tau,
+            )
+            print("checked: transcript (root, schedule, tail, output, request)", file=sys.stderr)
+            result = outcome.results[0]
+            tau = outcome.tau
+        else:
+            diff = differences(commitment.recipe.get("runtime"), program.device)
+            tau = 0.0 if not diff else args.tau
+            result = recheck_step(commitment, opening, program, tau=tau)
+    except (MalformedInputError, ValueError) as exc:
         say("unusable", [str(exc)])
         return 2
     except VerificationError as exc:
@@ -120,11 +179,11 @@ def run(args: argparse.Namespace) -> int:
         "step": result.step,
         "rel_l2": f"{result.rel_l2:.3e}",
         "worst (latent/state/update)": f"{result.worst:.3e}",
-        "tau": f"{args.tau:.1e}",
+        "tau": f"{tau:.1e}" + (" (same build: exact)" if tau == 0 else ""),
     }
     if result.accepted:
         say("accept", [], **facts)
         return 0
-    reasons = result.reasons or [f"rel-L2 {result.worst:.3e} exceeds tau {args.tau:.1e}"]
+    reasons = result.reasons or [f"rel-L2 {result.worst:.3e} exceeds tau {tau:.1e}"]
     say("reject", reasons, **facts)
     return 1

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from safetensors.torch import save_file
 
+from samplerguard.commitment.digest import output_bytes
 from samplerguard.demo.providers import Declared, Provider
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.recorder import Recorder
@@ -35,6 +36,22 @@ def audit_files(tmp_path_factory: pytest.TempPathFactory, tiny_unet: Any) -> dic
         finally:
             recorder.close()
         (d / f"{name}.json").write_text(g.commitment.to_json())
+        (d / f"{name}-transcript.safetensors").write_bytes(sink.transcript(f"{name}-1").to_bytes())
+        files[f"{name}-transcript"] = d / f"{name}-transcript.safetensors"
+        (d / f"{name}-request.json").write_text(
+            json.dumps(
+                {
+                    "requestId": f"{name}-1",
+                    "tenant": "tenant-demo",
+                    "classLabels": [1, 2],
+                    "steps": 4,
+                    "guidanceScale": 3.0,
+                }
+            )
+        )
+        files[f"{name}-request"] = d / f"{name}-request.json"
+        (d / f"{name}-output.bin").write_bytes(output_bytes(g.images))
+        files[f"{name}-output"] = d / f"{name}-output.bin"
         (d / f"{name}-2.safetensors").write_bytes(sink.opening(f"{name}-1", 2).to_bytes())
         files[name] = d / f"{name}.json"
         files[f"{name}-opening"] = d / f"{name}-2.safetensors"
@@ -46,7 +63,12 @@ def audit_files(tmp_path_factory: pytest.TempPathFactory, tiny_unet: Any) -> dic
 
 
 def _run(
-    f: dict[str, Path], who: str, *, opening: Path | None = None, key: Path | None = None
+    f: dict[str, Path],
+    who: str,
+    *,
+    opening: Path | None = None,
+    key: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
@@ -63,6 +85,7 @@ def _run(
             str(f["model"]),
             "--public-key",
             str(key or f[f"{who}-key"]),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -110,3 +133,36 @@ def test_missing_file_is_unusable(audit_files: dict[str, Path], tmp_path: Path) 
     p = _run(audit_files, "honest", opening=tmp_path / "nope.safetensors")
     assert p.returncode == 2
     assert "cannot read opening" in json.loads(p.stdout)["reasons"][0]
+
+
+def test_the_whole_auditor_check_accepts_an_honest_response(audit_files: dict[str, Path]) -> None:
+    f = audit_files
+    extra = (
+        "--transcript",
+        str(f["honest-transcript"]),
+        "--request",
+        str(f["honest-request"]),
+        "--output",
+        str(f["honest-output"]),
+    )
+    p = _run(f, "honest", extra=extra)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "checked: transcript" in p.stderr and "checked: request and output" in p.stderr
+    assert json.loads(p.stdout)["tau"].endswith("(same build: exact)")
+
+
+def test_a_response_for_another_request_is_rejected(
+    audit_files: dict[str, Path], tmp_path: Path
+) -> None:
+    f = audit_files
+    other = tmp_path / "asked.json"
+    asked = json.loads(f["honest-request"].read_text())
+    asked["classLabels"] = [7, 2]
+    other.write_text(json.dumps(asked))
+    p = _run(f, "honest", extra=("--request", str(other), "--output", str(f["honest-output"])))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "request binding" in json.loads(p.stdout)["reasons"][0]
+    p = _run(f, "honest", extra=("--request", str(f["honest-request"]), "--output", str(other)))
+    assert p.returncode == 1 and "output binding" in json.loads(p.stdout)["reasons"][0]
+    p = _run(f, "honest", extra=("--request", str(f["honest-request"])))
+    assert p.returncode == 2 and "go together" in json.loads(p.stdout)["reasons"][0]
