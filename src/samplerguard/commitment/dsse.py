@@ -21,6 +21,7 @@ from samplerguard.errors import MalformedInputError, VerificationError
 __all__ = [
     "IN_TOTO_PAYLOAD_TYPE",
     "MAX_ENVELOPE_BYTES",
+    "decode_b64",
     "keyid",
     "load_public_key",
     "pae",
@@ -33,7 +34,9 @@ MAX_ENVELOPE_BYTES = 1 << 20
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE pre-authentication encoding."""
+    """DSSE pre-authentication encoding: what every DSSE signature in samplerguard signs (the
+    trajectory commitments here, the supply chain's attestations in
+    :mod:`samplerguard.supplychain.dsse`)."""
     t = payload_type.encode()
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
@@ -66,13 +69,22 @@ def sign_envelope(
     }
 
 
-def _b64(value: object, what: str) -> bytes:
+def decode_b64(value: object, what: str, *, where: str = "DSSE") -> bytes:
+    """Decode a base64 field of a signed document; :class:`MalformedInputError` naming
+    ``where`` and ``what`` otherwise. Both alphabets occur in the wild (Go's StdEncoding and
+    URLEncoding) and DSSE allows either."""
     if not isinstance(value, str):
-        raise MalformedInputError(f"DSSE {what} is not a base64 string")
+        raise MalformedInputError(f"{where} {what} must be a base64 string")
     try:
+        if "-" in value or "_" in value:
+            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise MalformedInputError(f"DSSE {what} is not valid base64") from None
+        raise MalformedInputError(f"{where} {what} is not valid base64") from None
+
+
+def _b64(value: object, what: str) -> bytes:
+    return decode_b64(value, what)
 
 
 def verify_envelope(

@@ -7,13 +7,12 @@ PAE (pre-authentication encoding), per the DSSE spec::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from samplerguard.commitment.dsse import IN_TOTO_PAYLOAD_TYPE, decode_b64, pae
 from samplerguard.errors import MalformedInputError
 
 __all__ = [
@@ -25,31 +24,12 @@ __all__ = [
     "pae",
 ]
 
-INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+INTOTO_PAYLOAD_TYPE = IN_TOTO_PAYLOAD_TYPE
 STATEMENT_TYPES = frozenset(
     {"https://in-toto.io/Statement/v0.1", "https://in-toto.io/Statement/v1"}
 )
 MAX_ENVELOPE_BYTES = 4 << 20
 MAX_SIGNATURES = 16
-
-
-def pae(payload_type: str, payload: bytes) -> bytes:
-    t = payload_type.encode()
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
-
-
-def decode_b64(value: object, what: str, *, where: str = "DSSE") -> bytes:
-    """Decode a base64 field of a signed document; :class:`MalformedInputError` naming
-    ``where`` and ``what`` otherwise."""
-    if not isinstance(value, str):
-        raise MalformedInputError(f"{where} {what} must be a base64 string")
-    try:
-        # Both alphabets occur in the wild (Go's StdEncoding and URLEncoding).
-        if "-" in value or "_" in value:
-            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise MalformedInputError(f"{where} {what} is not valid base64") from None
 
 
 @dataclass(frozen=True)
