@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -93,44 +93,56 @@ def differences(recorded: object, device: torch.device | str | None = None) -> l
     return out
 
 
+def _getter(module: Any, attr: str) -> Callable[[], Any]:
+    return lambda: getattr(module, attr)
+
+
+def _setter(module: Any, attr: str) -> Callable[[Any], None]:
+    return lambda value: setattr(module, attr, value)
+
+
 @contextmanager
 def reproduce(recorded: object, device: torch.device | str | None = None) -> Iterator[None]:
     """Within this block, the settable backend flags and the thread count are the recorded
-    ones (where recorded and valid); they are restored afterwards."""
+    ones (where recorded and valid); they are restored afterwards. A flag is touched only when
+    it differs: setting oneDNN's flag, even to its current value, drops its kernel caches."""
     rec = recorded if isinstance(recorded, Mapping) else {}
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    saved = (
-        torch.get_num_threads(),
-        torch.backends.mkldnn.enabled,
-        torch.are_deterministic_algorithms_enabled(),
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.enabled,
-        torch.backends.cudnn.deterministic,
-    )
+    undo: list[Callable[[], None]] = []
+
+    def put(get: Callable[[], Any], set_: Callable[[Any], None], value: object) -> None:
+        before = get()
+        if isinstance(value, bool | int) and value != before:
+            set_(value)
+            undo.append(lambda: set_(before))
+
     try:
         threads = rec.get("threads")
         if dev.type == "cpu" and isinstance(threads, int) and 1 <= threads <= 256:
-            torch.set_num_threads(threads)
+            put(torch.get_num_threads, torch.set_num_threads, threads)
         if isinstance(rec.get("mkldnn"), bool):
-            torch.backends.mkldnn.enabled = rec["mkldnn"]
+            put(
+                lambda: torch.backends.mkldnn.enabled,
+                lambda v: setattr(torch.backends.mkldnn, "enabled", v),
+                rec["mkldnn"],
+            )
         if isinstance(rec.get("deterministic"), bool):
-            torch.use_deterministic_algorithms(rec["deterministic"], warn_only=True)
+            put(
+                torch.are_deterministic_algorithms_enabled,
+                lambda v: torch.use_deterministic_algorithms(v, warn_only=True),
+                rec["deterministic"],
+            )
         if dev.type == "cuda":
-            if isinstance(rec.get("tf32Matmul"), bool):
-                torch.backends.cuda.matmul.allow_tf32 = rec["tf32Matmul"]
-            if isinstance(rec.get("tf32Cudnn"), bool):
-                torch.backends.cudnn.allow_tf32 = rec["tf32Cudnn"]
-            if isinstance(rec.get("cudnn"), bool):
-                torch.backends.cudnn.enabled = rec["cudnn"]
-            if isinstance(rec.get("cudnnDeterministic"), bool):
-                torch.backends.cudnn.deterministic = rec["cudnnDeterministic"]
+            flags: tuple[tuple[str, Any, str], ...] = (
+                ("tf32Matmul", torch.backends.cuda.matmul, "allow_tf32"),
+                ("tf32Cudnn", torch.backends.cudnn, "allow_tf32"),
+                ("cudnn", torch.backends.cudnn, "enabled"),
+                ("cudnnDeterministic", torch.backends.cudnn, "deterministic"),
+            )
+            for key, module, attr in flags:
+                if isinstance(rec.get(key), bool):
+                    put(_getter(module, attr), _setter(module, attr), rec[key])
         yield
     finally:
-        torch.set_num_threads(saved[0])
-        torch.backends.mkldnn.enabled = saved[1]
-        torch.use_deterministic_algorithms(saved[2], warn_only=True)
-        torch.backends.cuda.matmul.allow_tf32 = saved[3]
-        torch.backends.cudnn.allow_tf32 = saved[4]
-        torch.backends.cudnn.enabled = saved[5]
-        torch.backends.cudnn.deterministic = saved[6]
+        for step in reversed(undo):
+            step()
