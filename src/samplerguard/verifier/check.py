@@ -76,6 +76,9 @@ class Checker:
         self.challenge = challenge or (lambda key, draw: draw())
         self.telemetry = telemetry
         self._rng = secrets.SystemRandom()
+        #: per provider (pod uid): the probability that every challenge passed so far missed a
+        #: provider deviating on the policy's fraction of steps (the sequential test)
+        self._missed: dict[str, float] = {}
 
     def _result(
         self, target: Target, rule: str, result: str, message: str, **kw: Any
@@ -223,10 +226,16 @@ class Checker:
             n, len(steps), max(1, math.ceil(rule.deviation_fraction * n))
         )
         needed = requests_for(rule.target_catch_probability, per_request * rule.fraction)
+        provider = target.uid or target.url
+        missed = self._missed.get(provider, 1.0) * (1.0 - per_request) if ok else 0.0
+        if len(self._missed) >= 100_000 and provider not in self._missed:
+            self._missed.clear()  # bounded; the figure restarts, it never overstates
+        self._missed[provider] = missed
         mode = "exact (same build)" if outcome.exact else f"tau {outcome.tau:g} across builds"
         message = (
             f"steps {steps}: worst relL2 {worst.worst:.3g}, {mode}; P(catch a "
             f"{rule.deviation_fraction:g} deviation) {per_request:.3f} per challenged request, "
+            f"{1.0 - missed:.4f} for this provider so far, "
             f"{rule.target_catch_probability:g} after {needed} requests"
             if ok
             else f"step {worst.step}: relL2 {worst.worst:.3g} > tau {outcome.tau:g} ({mode})"
