@@ -5,8 +5,8 @@ installed an opened sampler state as it came, the state could carry a schedule o
 provider's choosing (``sigmas`` with σ_i = σ_i+1 makes a step an exact no-op), a shifted step
 counter, or attributes the declared class never has. So the verifier never trusts the shape of
 an opened state. It builds the declared scheduler class from its declared config, and runs it
-dry through every step twice, on two different inputs (the model output and the sample all 0,
-then all 1, with zero noise). That gives, for every step:
+dry through every step twice, on two different inputs (the model output, the sample and the noise
+all 0, then all 1). That gives, for every step:
 
 * the **skeleton** of the state a genuine instance carries into the step: which attributes,
   which of them are tensors, lists, ``None``; the values of all its scalars (counters, orders,
@@ -249,8 +249,10 @@ def _dry_run(
         def zero(
             s: tuple[int, ...], d: torch.dtype, dev: torch.device, draws: list[Any] = draws
         ) -> torch.Tensor:
+            # the noise varies between the two runs too, so a tensor derived from it (SA-Solver's
+            # last_noise) is data, not schedule
             draws.append((tuple(s), d))
-            return torch.zeros(s, dtype=d, device=dev)
+            return torch.full(s, fill, dtype=d, device=dev)
 
         try:
             with torch.no_grad(), noise_from(zero), observe_noise(_ignore):
