@@ -86,6 +86,11 @@ class Journal:
         with self._lock:
             return key in self.judged
 
+    def judged_root(self, key: str) -> str | None:
+        """The root ``key`` was judged with, or ``None`` when it was never judged."""
+        with self._lock:
+            return self.judged.get(key)
+
     def root_owner(self, root: str) -> str | None:
         with self._lock:
             return self.roots.get(root)

@@ -120,6 +120,26 @@ class Verifier:
         self._deliver(key, [result.to_wire()])
         self.stats.errors += 1
 
+    def _recommitted(self, target: Target, key: str, tid: str, first: str, again: str) -> None:
+        """A request id judged before is listed again under another root: the sidecar
+        committed it twice (an eviction and a replay). That is a failure, recorded once."""
+        rekey = f"{key}#recommitted:{again}"
+        if self.journal.is_judged(rekey):
+            return
+        result = self.checker._result(
+            target,
+            "trajectory-recheck",
+            "fail",
+            f"request id {tid!r} was committed again with root {again[:16]}…, after it was "
+            f"judged with root {first[:16]}… (a replayed request id)",
+            trajectoryId=tid,
+            requestId=tid,
+            trajectoryRoot=again,
+        )
+        self.journal.record(rekey, again, [result.to_wire()])
+        self._deliver(rekey, [result.to_wire()])
+        self.stats.failed += 1
+
     def run_round(self) -> int:
         """One pass over every sidecar of this shard; returns how many trajectories were judged."""
         judged = 0
@@ -158,7 +178,11 @@ class Verifier:
         for item in client.trajectories(after=after):
             tid, seq = str(item.get("id")), int(item.get("seq", 0))
             key = f"{target.uid}/{tid}"
-            if self.journal.is_judged(key):
+            judged_root = self.journal.judged_root(key)
+            if judged_root is not None:
+                listed = str(item.get("root", ""))
+                if judged_root and listed and listed != judged_root:
+                    self._recommitted(target, key, tid, judged_root, listed)
                 self._cursor[target.url] = max(self._cursor.get(target.url, 0), seq)
                 continue
             judgement = self.checker.judge(target, client, public_key, key, tid)

@@ -57,3 +57,37 @@ def test_undelivered_results_are_retried_until_the_operator_takes_them(tmp_path:
         "t-1"
     }
     journal.close()
+
+
+def test_a_request_id_committed_again_under_another_root_is_a_failure(tmp_path: Path) -> None:
+    """A sidecar that evicted a judged trajectory and committed its request id again (a
+    replay) is caught: the listing's root differs from the journaled one."""
+    from samplerguard.policy.spec import SamplerPolicySpec
+    from samplerguard.verifier.check import Checker
+    from samplerguard.verifier.discovery import Target
+
+    class _Client:
+        def __init__(self, root: str) -> None:
+            self.root = root
+
+        def trajectories(self, after: int = 0) -> list[dict[str, Any]]:
+            return [{"id": "t-1", "seq": 2, "root": self.root}]
+
+    journal = Journal(tmp_path / "journal.jsonl")
+    checker = Checker(SamplerPolicySpec(), "p", references=None)  # type: ignore[arg-type]
+    v = Verifier(
+        discovery=StaticDiscovery([]),
+        checker=checker,
+        journal=journal,
+        token=lambda: "x",
+        audit_log=tmp_path / "audit.jsonl",
+    )
+    target = Target(url="http://sidecar", uid="pod")
+    journal.record("pod/t-1", "ab" * 32, [])
+    assert v._audit(target, _Client("ab" * 32), None) == 0  # judged before, same root
+    assert not (tmp_path / "audit.jsonl").exists()
+    v._audit(target, _Client("cd" * 32), None)
+    v._audit(target, _Client("cd" * 32), None)  # reported once
+    fails = [x for x in read_audit_log(tmp_path / "audit.jsonl") if x.result == "fail"]
+    assert len(fails) == 1 and "committed again with root cdcdcd" in fails[0].message
+    journal.close()
