@@ -35,6 +35,7 @@ from typing import Any
 from samplerguard.errors import SamplerGuardError
 from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
+from samplerguard.policy.spec import KNOWN_SAMPLERS
 
 __all__ = ["install", "install_from_env", "request_for"]
 
@@ -44,20 +45,10 @@ _LOCK = threading.Lock()
 _WRAPPED: set[type] = set()
 _STATE: dict[str, Any] = {}
 
-#: diffusers class name → sampler id of the policy vocabulary
-_SAMPLER_IDS = {
-    "EulerDiscreteScheduler": "euler",
-    "EulerAncestralDiscreteScheduler": "euler_ancestral",
-    "DDIMScheduler": "ddim",
-    "DDPMScheduler": "ddpm",
-    "HeunDiscreteScheduler": "heun",
-    "DPMSolverMultistepScheduler": "dpmpp_2m",
-    "UniPCMultistepScheduler": "unipc",
-    "LCMScheduler": "lcm",
-    "EDMEulerScheduler": "edm_euler",
-    "EDMDPMSolverMultistepScheduler": "edm_dpmpp_2m",
-    "FlowMatchEulerDiscreteScheduler": "flow_euler",
-}
+#: diffusers class name → sampler id of the policy vocabulary (its first, short name)
+_SAMPLER_IDS: dict[str, str] = {}
+for _sid, _cls in KNOWN_SAMPLERS.items():
+    _SAMPLER_IDS.setdefault(_cls, _sid)
 _PIPELINE_IDS = {"StableDiffusionPipeline": "stable-diffusion", "DigitsPipeline": "digits"}
 
 

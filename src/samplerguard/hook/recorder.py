@@ -469,9 +469,14 @@ def _check_genuine(scheduler: Any, sampler: str) -> None:
     subclass or a look-alike could carry state the verifier's scheduler does not."""
     import diffusers
 
-    from samplerguard.policy.spec import KNOWN_SAMPLERS
+    from samplerguard.policy.spec import KNOWN_SAMPLERS, REFUSED_SCHEDULERS
 
     cls_name = KNOWN_SAMPLERS.get(sampler)
+    for name in (sampler, type(scheduler).__name__):
+        if name in REFUSED_SCHEDULERS:
+            raise MalformedInputError(
+                f"{name} cannot be verified: {REFUSED_SCHEDULERS[name]}; use another scheduler"
+            )
     if cls_name is None:
         raise MalformedInputError(
             f"unknown sampler {sampler!r}: declare one of {sorted(KNOWN_SAMPLERS)}"

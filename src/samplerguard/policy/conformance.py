@@ -17,7 +17,7 @@ from typing import Any
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.policy.schedule import schedule_id, scheduler_config_digest
-from samplerguard.policy.spec import KNOWN_SAMPLERS, SamplerPolicySpec
+from samplerguard.policy.spec import KNOWN_SAMPLERS, REFUSED_SCHEDULERS, SamplerPolicySpec
 
 __all__ = ["recipe_violations"]
 
@@ -44,6 +44,9 @@ def recipe_violations(
         config = {}
     if not isinstance(sampler, str) or not isinstance(cls, str):
         out.append(("sampler", f"sampler {sampler!r} / scheduler class {cls!r} are not names"))
+    elif cls in REFUSED_SCHEDULERS or sampler in REFUSED_SCHEDULERS:
+        name = cls if cls in REFUSED_SCHEDULERS else sampler
+        out.append(("sampler", f"{name} is not verifiable: {REFUSED_SCHEDULERS[name]}"))
     elif sampler in KNOWN_SAMPLERS and KNOWN_SAMPLERS[sampler] != cls:
         out.append(
             (

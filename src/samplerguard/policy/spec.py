@@ -32,6 +32,7 @@ __all__ = [
     "KNOWN_PREDICTION_TYPES",
     "KNOWN_SAMPLERS",
     "KNOWN_SCHEDULES",
+    "REFUSED_SCHEDULERS",
     "VERSION",
     "AttestationMatch",
     "AttestationRule",
@@ -77,6 +78,71 @@ KNOWN_SAMPLERS: dict[str, str] = {
     "edm_euler": "EDMEulerScheduler",
     "edm_dpmpp_2m": "EDMDPMSolverMultistepScheduler",
     "flow_euler": "FlowMatchEulerDiscreteScheduler",
+}
+#: Every other diffusers scheduler whose step is deterministic given its committed noise is
+#: accepted under its own class name (and so are the classes above). The set is checked against
+#: the installed diffusers by ``tests/integration/hook/test_scheduler_contract.py``: a class is
+#: either here, with an honest trajectory re-checking to exactly 0, or refused below with its
+#: reason.
+KNOWN_SAMPLERS.update(
+    {
+        name: name
+        for name in (
+            *sorted(set(KNOWN_SAMPLERS.values())),
+            "CogVideoXDDIMScheduler",
+            "DDIMParallelScheduler",
+            "DDPMParallelScheduler",
+            "DEISMultistepScheduler",
+            "DPMSolverSinglestepScheduler",
+            "IPNDMScheduler",
+            "KDPM2AncestralDiscreteScheduler",
+            "LMSDiscreteScheduler",
+            "PNDMScheduler",
+            "SASolverScheduler",
+            "TCDScheduler",
+        )
+    }
+)
+
+_BROWNIAN = (
+    "draws Brownian-tree noise through torchsde, which is not drawn from the request's DRBG "
+    "nor committed, so its steps cannot be re-checked"
+)
+_EXTRA_INPUTS = (
+    "its step takes inputs besides the latent and the model output that are not committed"
+)
+_FAMILY = "it needs its own pipeline family's step program (not yet provided)"
+#: diffusers schedulers refused when a request declares them, with the reason.
+REFUSED_SCHEDULERS: dict[str, str] = {
+    "DPMSolverSDEScheduler": _BROWNIAN,
+    "CosineDPMSolverMultistepScheduler": _BROWNIAN,
+    "AmusedScheduler": "a masked-token scheduler: no latent denoising step",
+    "VQDiffusionScheduler": "a discrete (VQ) scheduler: no latent denoising step",
+    "BlockRefinementScheduler": "a discrete-token scheduler: no latent denoising step",
+    "EntropyBoundScheduler": "a discrete-token scheduler: no latent denoising step",
+    "DiscreteDDIMScheduler": "a discrete-token scheduler: no latent denoising step",
+    "KarrasVeScheduler": _EXTRA_INPUTS,
+    "RePaintScheduler": _EXTRA_INPUTS,
+    "CogVideoXDPMScheduler": _EXTRA_INPUTS,
+    "ScoreSdeVeScheduler": _EXTRA_INPUTS,
+    "CMStochasticIterativeScheduler": "its step rewrites init_noise_sigma, which a re-check "
+    "from a committed state cannot reproduce",
+    "DDIMInverseScheduler": "an inversion scheduler, not a generation",
+    "DPMSolverMultistepInverseScheduler": "an inversion scheduler, not a generation",
+    "UnCLIPScheduler": _FAMILY,
+    "DDPMWuerstchenScheduler": _FAMILY,
+    "SCMScheduler": _FAMILY,
+    "FlowMatchHeunDiscreteScheduler": _FAMILY,
+    "FlowMatchLCMScheduler": _FAMILY,
+    "FlowMapEulerDiscreteScheduler": _FAMILY,
+    "LTXEulerAncestralRFScheduler": _FAMILY,
+    "HeliosScheduler": _FAMILY,
+    "HeliosDMDScheduler": _FAMILY,
+    "MiniMaxH3Scheduler": _FAMILY,
+    "PiflowScheduler": _FAMILY,
+    "RFD4ProteinaScheduler": "not an image or audio diffusion scheduler",
+    "KDPM2DiscreteScheduler": "its step fails under NumPy 2 in this diffusers (np.cumsum on a "
+    "tensor), so neither a generation nor a re-check runs reliably",
 }
 
 #: Schedule ids: diffusers' timestep spacings and sigma schedules.
