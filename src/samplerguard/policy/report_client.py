@@ -100,7 +100,7 @@ class ResultsClient:
                 if resp.status_code in (429, 502, 503, 504):
                     last = f"HTTP {resp.status_code}: {text}"
                     retry_after = resp.headers.get("Retry-After", "")
-                    if retry_after.isdigit():
+                    if retry_after.isascii() and retry_after.isdigit():
                         delay = max(delay, float(retry_after))
                 else:
                     raise MalformedInputError(

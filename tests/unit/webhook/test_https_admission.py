@@ -126,7 +126,11 @@ def test_signed_pod_is_pinned_and_injected(client: httpx.Client, registry: Regis
     assert env["SAMPLERGUARD_TENANT"] == "ml"
     assert env["SAMPLERGUARD_POLICY"] == "ClusterSamplerPolicy/acme"
     assert env["A"] == "1"
-    assert {v["name"] for v in spec["volumes"]} == {"samplerguard-python", "samplerguard-run"}
+    assert {v["name"] for v in spec["volumes"]} == {
+        "samplerguard-python",
+        "samplerguard-run",
+        "samplerguard-state",
+    }
     assert out["metadata"]["annotations"]["samplerguard.dev/injected"] == "true"
 
 
