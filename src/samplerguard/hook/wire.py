@@ -259,6 +259,8 @@ def _parse_header(head: bytes | bytearray) -> dict[str, Any]:
         header = json.loads(head)
     except (ValueError, UnicodeDecodeError):
         raise MalformedInputError("frame header is not JSON") from None
+    except RecursionError:
+        raise MalformedInputError("frame header nests too deeply") from None
     if not isinstance(header, dict):
         raise MalformedInputError("frame header is not a JSON object")
     return header
@@ -337,11 +339,16 @@ class FrameReader:
             out = self._view[self._start : self._start + n]
             self._start += n
             return out
-        big = bytearray(n)
-        have = self._end - self._start
-        big[:have] = self._view[self._start : self._end]
+        # Grown only as bytes arrive (doubling, from one buffer's size): memory follows the
+        # bytes the peer sent, never the length it claimed, so a short frame that claims
+        # hundreds of MiB and stalls holds one buffer.
+        big = bytearray(self._view[self._start : self._end])
         self._start = self._end
-        _recv_exact(self._sock, memoryview(big)[have:], first=False)
+        while len(big) < n:
+            got = len(big)
+            big += bytes(min(n - got, max(got, self._size)))
+            with memoryview(big) as view:
+                _recv_exact(self._sock, view[got:], first=False)
         return big
 
     def read(self, *, max_body: int = MAX_BODY_BYTES) -> Frame:

@@ -571,11 +571,14 @@ class _Handler(socketserver.BaseRequestHandler):
         ingest = self.server.ingest
         sock: socket.socket = self.request
         tune_socket(sock)
-        sock.settimeout(ingest.idle_timeout)
+        # Until START is validated the peer has proved nothing: its first frame must arrive
+        # within start_timeout and within max_start_bytes.
+        sock.settimeout(ingest.start_timeout)
         tr: _Trajectory | None = None
         frames = FrameReader(sock, buffer_size=ingest.receive_buffer)
         try:
-            first = frames.read()
+            first = frames.read(max_body=ingest.max_start_bytes)
+            sock.settimeout(ingest.idle_timeout)
             if first.kind == FRAME_HELLO:
                 _reply(
                     sock,
@@ -679,9 +682,13 @@ class IngestServer:
         fsync: bool = False,
         mode: int = 0o660,
         receive_buffer: int = 4 << 20,
+        start_timeout: float = 10.0,
+        max_start_bytes: int = 64 << 20,
     ) -> None:
         self.path = path
         self.receive_buffer = receive_buffer
+        self.start_timeout = start_timeout
+        self.max_start_bytes = max_start_bytes
         self.store = store
         self.gate = gate
         self.max_trajectory_bytes = max_trajectory_bytes
