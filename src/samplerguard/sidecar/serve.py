@@ -12,11 +12,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from samplerguard.serving import Limits, uvicorn_settings
 from samplerguard.sidecar.config import SidecarConfig
 
-__all__ = ["bind_tcp", "serve", "write_ready_file"]
+__all__ = ["LIMITS", "bind_tcp", "serve", "write_ready_file"]
 
 log = logging.getLogger(__name__)
+
+#: What clients of the verifier-facing API may hold (one verifier reads it, a few connections)
+LIMITS = Limits(max_connections=64, idle_timeout=30.0, request_timeout=10.0)
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -137,7 +141,13 @@ def serve(cfg: SidecarConfig) -> int:
 
     app.router.lifespan_context = lifespan
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            **uvicorn_settings(LIMITS),
+        )
     )
     log.info("sidecar API on http://%s:%d", host, port)
     server.run(sockets=[tcp])

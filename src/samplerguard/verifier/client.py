@@ -4,10 +4,17 @@ httpx's exceptions are translated here, once: a timeout or refused connection is
 :class:`~samplerguard.errors.TemporaryError` (reported, retried next round); a 401 means the
 verifier's own credentials are wrong (:class:`VerifierAuthError`); a 404 for something the
 sidecar listed is the sidecar's failure to produce it.
+
+``timeout`` is a deadline for the whole call (connect, headers, body), not per read: a sidecar
+that trickles a byte at a time cannot stall a round past it. Each call opens its own
+connection (no keep-alive pool), so the deadline can cut exactly that connection.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +37,40 @@ class SidecarMissingError(MalformedInputError):
     """The sidecar does not have what it listed or committed (404)."""
 
 
+class _Deadline:
+    """Cuts one call's connection when its total time is up: httpx's timeouts are per read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = threading.Event()
+        self._lock = threading.Lock()
+        self._streams: list[Any] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: remember the connection the call opened."""
+        if event == "connection.connect_tcp.complete":
+            with self._lock:
+                self._streams.append(info.get("return_value"))
+                late = self.expired.is_set()
+            if late:
+                self._expire()
+
+    def _expire(self) -> None:
+        self.expired.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):  # wakes the blocked read at once
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class SidecarClient:
     def __init__(
         self,
@@ -47,6 +88,7 @@ class SidecarClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             transport=transport,
             follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     def close(self) -> None:
@@ -54,8 +96,11 @@ class SidecarClient:
 
     def _get(self, path: str, *, auth: bool = True, limit: int = MAX_JSON_BYTES) -> bytes:
         headers = {"Authorization": f"Bearer {self._token()}"} if auth else {}
+        deadline = _Deadline(self.timeout)
         try:
-            with self._http.stream("GET", path, headers=headers) as resp:
+            with self._http.stream(
+                "GET", path, headers=headers, extensions={"trace": deadline.trace}
+            ) as resp:
                 if resp.status_code in (401, 403):
                     raise VerifierAuthError(
                         f"sidecar {self.url} refused the verifier's credentials "
@@ -73,6 +118,8 @@ class SidecarClient:
                     )
                 chunks, size = [], 0
                 for chunk in resp.iter_bytes():
+                    if deadline.expired.is_set():
+                        raise httpx.ReadTimeout("the call's deadline passed")
                     size += len(chunk)
                     if size > limit:
                         raise MalformedInputError(
@@ -85,9 +132,15 @@ class SidecarClient:
                 f"sidecar {self.url} timed out after {self.timeout:.1f}s on {path}"
             ) from None
         except httpx.TransportError as exc:
+            if deadline.expired.is_set():
+                raise TemporaryError(
+                    f"sidecar {self.url} timed out after {self.timeout:.1f}s on {path}"
+                ) from None
             raise TemporaryError(
                 f"sidecar {self.url} is unreachable ({type(exc).__name__}) on {path}"
             ) from None
+        finally:
+            deadline.cancel()
 
     def _json(self, path: str, *, auth: bool = True) -> dict[str, Any]:
         import json

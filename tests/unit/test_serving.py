@@ -1,0 +1,114 @@
+"""Bounded listeners against a real uvicorn server on loopback: idle and slow connections far
+beyond the cap cannot keep a client that sends its request at once from being served, headers
+are capped, and a trickled request is cut at its deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from samplerguard.serving import Limits, pick_eviction, uvicorn_settings
+
+LIMITS = Limits(max_connections=16, idle_timeout=2.0, request_timeout=1.0, max_header_bytes=4096)
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    import uvicorn
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(_app, lifespan="off", log_config=None, **uvicorn_settings(LIMITS))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def _get(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+        return out
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except (TimeoutError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+
+
+def test_idle_and_half_sent_connections_beyond_the_cap_make_room(port: int) -> None:
+    held = []
+    for i in range(4 * LIMITS.max_connections):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if i % 2:
+            s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")  # headers never finished
+        held.append(s)
+    try:
+        for _ in range(5):
+            assert _get(port).startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)
+        for s in held:
+            s.settimeout(0.05)
+        open_now = sum(not _closed(s) for s in held)
+        assert open_now <= LIMITS.max_connections
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=LIMITS.idle_timeout + 3) as s:
+        started = time.monotonic()
+        assert s.recv(1) == b""
+        assert time.monotonic() - started < LIMITS.idle_timeout + 2
+
+
+def test_a_trickled_request_is_cut_at_its_deadline(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # noqa: PT012 - the server closes mid-trickle
+            for byte in b"GET / HTTP/1.1\r\nhost: x\r\n" + b"x-pad: y\r\n" * 100:
+                s.sendall(bytes([byte]))
+                time.sleep(0.05)
+                if time.monotonic() - started > 4:
+                    break
+        assert time.monotonic() - started < LIMITS.request_timeout + 2
+
+
+def test_oversized_headers_are_refused_with_431(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 8192 + b"\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 431")
+
+
+def test_limits_are_checked_and_eviction_takes_the_longest_idle() -> None:
+    with pytest.raises(ValueError, match="at least 1 connection"):
+        Limits(max_connections=0)
+    with pytest.raises(ValueError, match="timeouts must be positive"):
+        Limits(idle_timeout=0)
+    assert pick_eviction([]) is None
+    assert pick_eviction([(3.0, "c"), (1.0, "a"), (2.0, "b")]) == "a"
