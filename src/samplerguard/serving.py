@@ -1,33 +1,38 @@
-"""Bounded HTTP listeners: what any client may hold of a service, before it authenticates.
+"""Bounded listeners: what any client may hold of a service before it authenticates.
 
 Every service that listens on TCP (the webhook, the sidecar's API, the verifier's API, the
-operator's results ingest) takes its connections through these bounds:
+operator's results ingest) takes its connections through a :class:`ConnectionGuard`:
 
-* **connections**: at most ``max_connections`` at once. A connection beyond that evicts the
-  connection that has been waiting longest *without a request in the application* (idle, or
-  still sending its request); one whose request is being handled is never evicted. Idle or
-  slow clients, however many, cannot crowd out a client that sends its request at once: it
-  is served, and the oldest idler makes room for it. When every connection has a request in
-  the application, the newcomer is closed.
+* **connections**: at most ``max_connections`` TCP connections at once, counted from accept,
+  TLS handshakes included. A connection beyond that evicts the one that has waited longest
+  *without a request in the application* (idle, handshaking, or still sending its request);
+  one whose request is being handled is never evicted. Idle or slow clients, however many,
+  cannot crowd out a client that sends its request at once: it is served, and the oldest
+  idler makes room for it. When every connection has a request in the application, the
+  newcomer is closed.
+* **TLS handshake**: done by the guard itself after the connection is counted, within
+  ``handshake_timeout`` seconds.
 * **idle time**: a connection with no request in progress is closed after ``idle_timeout``
   seconds (from accept, and from the end of each response).
 * **request time**: a request must arrive whole (headers and body) within
   ``request_timeout`` seconds of its first byte, whatever pace it trickles at.
 * **header size**: at most ``max_header_bytes`` before the headers end (431, closed).
-* **per-connection memory**: the parser buffers at most the header cap; uvicorn stops reading
-  a body beyond 64 KiB until the application takes it, and each application bounds its body.
+* **per-connection memory**: the parser holds at most the header cap; uvicorn stops reading a
+  body beyond 64 KiB until the application takes it, and each application caps its body.
 
-Bounds here are on what a connection can *hold*; what a request may *cost* (deadlines on
-outbound calls, body caps) is the application's.
+These bound what a connection can *hold*; what a request may *cost* (deadlines on outbound
+calls, body caps) is the application's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Limits", "pick_eviction", "uvicorn_protocol", "uvicorn_settings"]
+__all__ = ["ConnectionGuard", "Limits", "pick_eviction", "uvicorn_settings"]
 
 
 @dataclass(frozen=True)
@@ -41,25 +46,154 @@ class Limits:
     request_timeout: float = 10.0
     #: bytes of request line and headers
     max_header_bytes: int = 32 << 10
+    #: seconds a TLS handshake may take
+    handshake_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.max_header_bytes < 1024:
             raise ValueError("a listener needs at least 1 connection and 1 KiB of headers")
-        if self.idle_timeout <= 0 or self.request_timeout <= 0:
+        if min(self.idle_timeout, self.request_timeout, self.handshake_timeout) <= 0:
             raise ValueError("listener timeouts must be positive")
 
 
 def pick_eviction(candidates: list[tuple[float, Any]]) -> Any | None:
-    """The connection to close to make room: of ``(idle since, connection)`` pairs for the
+    """The connection to close to make room: of ``(waiting since, connection)`` pairs for the
     connections with no request in the application, the longest waiting."""
     if not candidates:
         return None
     return min(candidates, key=lambda pair: pair[0])[1]
 
 
-def uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
-    """A uvicorn HTTP/1.1 protocol class (httptools) that enforces ``limits``; pass it as
-    ``uvicorn.Config(http=...)``."""
+class ConnectionGuard:
+    """Counts one listener's connections from accept, does their TLS handshake, and makes
+    room by evicting the longest waiting idle connection (see the module docstring).
+
+    ``busy(protocol)`` says whether the application holds a request of that connection;
+    ``tls`` returns the server's current context (it may rotate), or is None for plain TCP."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        busy: Callable[[Any], bool],
+        tls: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.busy = busy
+        self.tls = tls
+        self.connections: set[_Guarded] = set()
+        #: connections closed to make room, and newcomers refused with every slot busy
+        self.evicted = 0
+        self.refused = 0
+
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server`` (without ``ssl``: the guard does it)."""
+        return lambda: _Guarded(self, inner())
+
+    def wrap(self, protocol: asyncio.Protocol) -> asyncio.Protocol:
+        return _Guarded(self, protocol)
+
+    def _admit(self, conn: _Guarded) -> None:
+        self.connections.add(conn)
+        if len(self.connections) <= self.limits.max_connections:
+            return
+        victim = pick_eviction(
+            [(c.since, c) for c in self.connections if c is not conn and not c.busy()]
+        )
+        if victim is None:
+            self.refused += 1
+            conn.drop()
+        else:
+            self.evicted += 1
+            victim.drop()
+
+
+class _Guarded(asyncio.Protocol):
+    """One connection as the guard sees it: forwards everything to the application's
+    protocol once the (optional) TLS handshake is done."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.inner = inner
+        self.since = 0.0
+        self._raw: asyncio.Transport | None = None
+        self._attached = False
+        self._early: list[bytes] = []
+        self._handshaking: asyncio.Task[None] | None = None
+
+    def busy(self) -> bool:
+        return self._attached and self.guard.busy(self.inner)
+
+    def drop(self) -> None:
+        self.guard.connections.discard(self)
+        if self._raw is not None:
+            self._raw.abort()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        loop = asyncio.get_running_loop()
+        self._raw = transport
+        self.since = loop.time()
+        self.guard._admit(self)
+        if self not in self.guard.connections:
+            return
+        if self.guard.tls is None:
+            self._attach(transport)
+            return
+        transport.pause_reading()  # nothing reaches us before the TLS layer takes over
+        self._handshaking = loop.create_task(self._handshake(loop, transport, self.guard.tls()))
+
+    async def _handshake(
+        self, loop: asyncio.AbstractEventLoop, raw: asyncio.Transport, ctx: ssl.SSLContext
+    ) -> None:
+        try:
+            tls = await loop.start_tls(
+                raw,
+                self,
+                ctx,
+                server_side=True,
+                ssl_handshake_timeout=self.guard.limits.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, RuntimeError):
+            self.drop()
+            return
+        if tls is None or tls.is_closing():
+            self.drop()
+            return
+        self._attach(tls)
+
+    def _attach(self, transport: asyncio.BaseTransport) -> None:
+        self._attached = True
+        self.inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.inner.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._attached:
+            self.inner.data_received(data)
+        else:
+            # the TLS layer hands over what came with the end of the handshake before
+            # start_tls returns; at most one read's worth
+            self._early.append(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self._attached else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.connections.discard(self)
+        if self._attached:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol (httptools) with the idle and request deadlines and the
+    header cap; the guard around it does the counting."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
@@ -68,24 +202,12 @@ def uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._head_bytes = 0
+            self._tail = b""
             self._in_headers = False  # between a request's first byte and its headers' end
             self._receiving = False  # between a request's first byte and its last
-            self._in_app = False  # the application holds a request of this connection
-            self._since = self.loop.time()
+            self.in_app = False  # the application holds a request of this connection
             self._timer: asyncio.TimerHandle | None = None
             self._arm(self.bounds.idle_timeout)
-            if len(self.connections) > self.bounds.max_connections:
-                self._make_room()
-
-        def _make_room(self) -> None:
-            victim = pick_eviction(
-                [
-                    (c._since, c)
-                    for c in self.connections
-                    if isinstance(c, BoundedHttpToolsProtocol) and not c._in_app and c is not self
-                ]
-            )
-            (victim or self)._close()
 
         def _arm(self, seconds: float | None) -> None:
             if self._timer is not None:
@@ -94,7 +216,6 @@ def uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
 
         def _close(self) -> None:
             self._arm(None)
-            self.connections.discard(self)  # no longer counted, though its close is pending
             if not self.transport.is_closing():
                 self.transport.close()
 
@@ -106,24 +227,26 @@ def uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
             if not self._receiving:
                 self._receiving = self._in_headers = True
                 self._head_bytes = 0
+                self._tail = b""
                 self._arm(self.bounds.request_timeout)
             if self._in_headers:
-                self._head_bytes += len(data)
+                # the header bytes of this chunk: up to the blank line that ends them
+                seen = self._tail + data
+                end = seen.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else end + 4 - len(self._tail)
+                self._tail = seen[-3:]
                 if self._head_bytes > self.bounds.max_header_bytes:
                     self._arm(None)
                     self._in_headers = False
-                    self.send_431_response()
+                    msg = b"Request header fields too large"
+                    self.transport.write(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                        b"content-type: text/plain; charset=utf-8\r\n"
+                        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
+                    )
+                    self.transport.close()
                     return
             super().data_received(data)
-
-        def send_431_response(self) -> None:
-            msg = b"Request header fields too large"
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                b"content-type: text/plain; charset=utf-8\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
-            )
-            self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._in_headers = False
@@ -131,13 +254,12 @@ def uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
 
         def on_message_complete(self) -> None:
             self._receiving = False
-            self._in_app = True
+            self.in_app = True
             self._arm(None)  # the application's own deadline holds from here
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            self._in_app = False
-            self._since = self.loop.time()
+            self.in_app = False
             if not self._receiving:
                 self._arm(self.bounds.idle_timeout)
             super().on_response_complete()
@@ -145,14 +267,23 @@ def uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
     return BoundedHttpToolsProtocol
 
 
-def uvicorn_settings(limits: Limits) -> dict[str, Any]:
-    """``uvicorn.Config`` keyword arguments that apply ``limits``."""
-    return {
-        "http": uvicorn_protocol(limits),
+def uvicorn_settings(
+    limits: Limits, tls: Callable[[], ssl.SSLContext] | None = None
+) -> tuple[dict[str, Any], ConnectionGuard]:
+    """``uvicorn.Config`` keyword arguments that apply ``limits`` (with TLS from ``tls``: do
+    not pass uvicorn an ``ssl`` setting as well), and the guard that counts the connections."""
+    protocol = _uvicorn_protocol(limits)
+    guard = ConnectionGuard(limits, busy=lambda p: bool(getattr(p, "in_app", True)), tls=tls)
+
+    def http(**kwargs: Any) -> asyncio.Protocol:
+        return guard.wrap(protocol(**kwargs))
+
+    settings = {
+        "http": http,
         "timeout_keep_alive": limits.idle_timeout,
-        # the protocol keeps the connection count at max_connections (one request in the
+        # the guard keeps the connection count at max_connections (one request in the
         # application per connection: uvicorn stops reading a pipelined one); uvicorn's own
         # check would answer 503 to a legitimate request instead of evicting an idler
         "limit_concurrency": None,
-        "h11_max_incomplete_event_size": limits.max_header_bytes,
     }
+    return settings, guard

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from samplerguard.serving import Limits, pick_eviction, uvicorn_settings
+from samplerguard.serving import ConnectionGuard, Limits, pick_eviction, uvicorn_settings
+from webhook_support import write_self_signed
 
 LIMITS = Limits(max_connections=16, idle_timeout=2.0, request_timeout=1.0, max_header_bytes=4096)
 
@@ -25,21 +28,41 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@pytest.fixture
-def port() -> Iterator[int]:
+def _serve(tls: Any = None) -> Iterator[tuple[int, ConnectionGuard]]:
     import uvicorn
 
     sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, lifespan="off", log_config=None, **uvicorn_settings(LIMITS))
+    settings, guard = uvicorn_settings(LIMITS, tls=tls)
+    config = uvicorn.Config(_app, lifespan="off", log_config=None, **settings)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    yield sock.getsockname()[1]
+    yield sock.getsockname()[1], guard
     server.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[int, ConnectionGuard]]:
+    yield from _serve()
+
+
+@pytest.fixture
+def port(served: tuple[int, ConnectionGuard]) -> int:
+    return served[0]
+
+
+@pytest.fixture
+def tls_served(tmp_path: Path) -> Iterator[tuple[int, ConnectionGuard, str]]:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_self_signed(cert, key, "localhost")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    for port, guard in _serve(lambda: ctx):
+        yield port, guard, str(cert)
 
 
 def _get(port: int) -> bytes:
@@ -60,7 +83,10 @@ def _closed(s: socket.socket) -> bool:
         return True
 
 
-def test_idle_and_half_sent_connections_beyond_the_cap_make_room(port: int) -> None:
+def test_idle_and_half_sent_connections_beyond_the_cap_make_room(
+    served: tuple[int, ConnectionGuard],
+) -> None:
+    port, guard = served
     held = []
     for i in range(4 * LIMITS.max_connections):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -75,6 +101,8 @@ def test_idle_and_half_sent_connections_beyond_the_cap_make_room(port: int) -> N
             s.settimeout(0.05)
         open_now = sum(not _closed(s) for s in held)
         assert open_now <= LIMITS.max_connections
+        assert len(guard.connections) <= LIMITS.max_connections
+        assert guard.evicted >= 3 * LIMITS.max_connections
     finally:
         for s in held:
             s.close()
@@ -90,7 +118,7 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(port: int) -> None:
 def test_a_trickled_request_is_cut_at_its_deadline(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         started = time.monotonic()
-        with pytest.raises(OSError):  # noqa: PT012 - the server closes mid-trickle
+        with pytest.raises(OSError):
             for byte in b"GET / HTTP/1.1\r\nhost: x\r\n" + b"x-pad: y\r\n" * 100:
                 s.sendall(bytes([byte]))
                 time.sleep(0.05)
@@ -112,3 +140,30 @@ def test_limits_are_checked_and_eviction_takes_the_longest_idle() -> None:
         Limits(idle_timeout=0)
     assert pick_eviction([]) is None
     assert pick_eviction([(3.0, "c"), (1.0, "a"), (2.0, "b")]) == "a"
+
+
+def test_stalled_tls_handshakes_are_counted_and_make_room(
+    tls_served: tuple[int, ConnectionGuard, str],
+) -> None:
+    """Connections that never send a ClientHello hold a slot, not the listener: a TLS client
+    is still served, and the stalled ones are evicted or cut at the handshake deadline."""
+    port, guard, cafile = tls_served
+    client_ctx = ssl.create_default_context(cafile=cafile)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+    try:
+        for _ in range(3):
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                client_ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                tls.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+        assert len(guard.connections) <= LIMITS.max_connections
+        assert guard.evicted >= 64 - LIMITS.max_connections
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + LIMITS.handshake_timeout + 3
+    while guard.connections and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not guard.connections  # every closed connection left the count

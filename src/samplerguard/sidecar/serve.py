@@ -146,7 +146,7 @@ def serve(cfg: SidecarConfig) -> int:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
-            **uvicorn_settings(LIMITS),
+            **uvicorn_settings(LIMITS)[0],
         )
     )
     log.info("sidecar API on http://%s:%d", host, port)

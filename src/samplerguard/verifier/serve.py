@@ -122,7 +122,7 @@ def serve(
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
-            **uvicorn_settings(LIMITS),
+            **uvicorn_settings(LIMITS)[0],
         )
     )
     log.info("verifier API on http://%s:%d", host, port)
