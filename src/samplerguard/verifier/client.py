@@ -149,6 +149,10 @@ class SidecarClient:
             doc = json.loads(self._get(path, auth=auth))
         except ValueError:
             raise MalformedInputError(f"sidecar {self.url} sent non-JSON for {path}") from None
+        except RecursionError:
+            raise MalformedInputError(
+                f"sidecar {self.url} sent JSON nested too deeply for {path}"
+            ) from None
         if not isinstance(doc, dict):
             raise MalformedInputError(f"sidecar {self.url} sent a non-object for {path}")
         return doc
