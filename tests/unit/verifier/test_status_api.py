@@ -97,6 +97,7 @@ def test_a_sidecar_answering_garbage_fails_its_own_audit_not_the_round(tmp_path:
         assert verifier.run_round() == 0
     finally:
         server.shutdown()
+        server.server_close()
     status = verifier.stats.sidecars
     assert set(status) == set(urls)
     assert "non-JSON" in status[urls[0]]
