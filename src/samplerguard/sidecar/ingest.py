@@ -653,7 +653,8 @@ class _Handler(socketserver.BaseRequestHandler):
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128
+    # hooks beyond max_connections wait here (the kernel caps it at net.core.somaxconn)
+    request_queue_size = 1024
     ingest: IngestServer
 
     def process_request(self, request: Any, client_address: Any) -> None:
