@@ -10,8 +10,11 @@ operator's results ingest) takes its connections through a :class:`ConnectionGua
   cannot crowd out a client that sends its request at once: it is served, and the oldest
   idler makes room for it. When every connection has a request in the application, the
   newcomer is closed.
-* **TLS handshake**: done by the guard itself after the connection is counted, within
-  ``handshake_timeout`` seconds.
+* **TLS handshake**: on asyncio's event loop, done by the guard itself after the connection
+  is counted, within ``handshake_timeout`` seconds. On uvloop the server does it (uvloop's
+  ``start_tls`` stalls server-side handshakes that overlap), within the loop's 60 s, and the
+  connection is counted from the end of its handshake; uvloop maps its 256 KiB TLS read
+  buffer without touching it, so a pending handshake holds a few KiB.
 * **idle time**: a connection with no request in progress is closed after ``idle_timeout``
   seconds (from accept, and from the end of each response).
 * **request time**: a request must arrive whole (headers and body) within
@@ -30,7 +33,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 __all__ = ["ConnectionGuard", "Limits", "pick_eviction", "uvicorn_settings"]
 
@@ -64,12 +67,20 @@ def pick_eviction(candidates: list[tuple[float, Any]]) -> Any | None:
     return min(candidates, key=lambda pair: pair[0])[1]
 
 
+#: bytes one read takes from a connection
+_READ_SIZE = 64 << 10
+
+
 class ConnectionGuard:
     """Counts one listener's connections from accept, does their TLS handshake, and makes
     room by evicting the longest waiting idle connection (see the module docstring).
 
     ``busy(protocol)`` says whether the application holds a request of that connection;
-    ``tls`` returns the server's current context (it may rotate), or is None for plain TCP."""
+    ``tls`` returns the server's current context (it may rotate), or is None for plain TCP or
+    where the server does TLS itself. The guard's handshake needs asyncio's event loop
+    (uvloop's ``start_tls`` stalls a server-side handshake while another one is pending): on
+    uvloop let the server do TLS (``create_server(ssl=...)``) and the guard counts each
+    connection from the end of its handshake."""
 
     def __init__(
         self,
@@ -85,11 +96,11 @@ class ConnectionGuard:
         self.evicted = 0
         self.refused = 0
 
-    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.BaseProtocol]:
         """A protocol factory for ``loop.create_server`` (without ``ssl``: the guard does it)."""
         return lambda: _Guarded(self, inner())
 
-    def wrap(self, protocol: asyncio.Protocol) -> asyncio.Protocol:
+    def wrap(self, protocol: asyncio.Protocol) -> asyncio.BaseProtocol:
         return _Guarded(self, protocol)
 
     def _admit(self, conn: _Guarded) -> None:
@@ -107,7 +118,7 @@ class ConnectionGuard:
             victim.drop()
 
 
-class _Guarded(asyncio.Protocol):
+class _Guarded(asyncio.BufferedProtocol):
     """One connection as the guard sees it: forwards everything to the application's
     protocol once the (optional) TLS handshake is done."""
 
@@ -118,6 +129,7 @@ class _Guarded(asyncio.Protocol):
         self._raw: asyncio.Transport | None = None
         self._attached = False
         self._early: list[bytes] = []
+        self._buffer = memoryview(bytearray(_READ_SIZE))
         self._handshaking: asyncio.Task[None] | None = None
 
     def busy(self) -> bool:
@@ -129,9 +141,9 @@ class _Guarded(asyncio.Protocol):
             self._raw.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it
         loop = asyncio.get_running_loop()
-        self._raw = transport
+        self._raw = cast(asyncio.Transport, transport)
         self.since = loop.time()
         self.guard._admit(self)
         if self not in self.guard.connections:
@@ -139,8 +151,8 @@ class _Guarded(asyncio.Protocol):
         if self.guard.tls is None:
             self._attach(transport)
             return
-        transport.pause_reading()  # nothing reaches us before the TLS layer takes over
-        self._handshaking = loop.create_task(self._handshake(loop, transport, self.guard.tls()))
+        self._raw.pause_reading()  # nothing reaches us before the TLS layer takes over
+        self._handshaking = loop.create_task(self._handshake(loop, self._raw, self.guard.tls()))
 
     async def _handshake(
         self, loop: asyncio.AbstractEventLoop, raw: asyncio.Transport, ctx: ssl.SSLContext
@@ -167,6 +179,14 @@ class _Guarded(asyncio.Protocol):
         early, self._early = self._early, []
         for data in early:
             self.inner.data_received(data)
+
+    # A buffered protocol: uvloop's start_tls only progresses when the transport already
+    # reads into buffers, as its TLS layer does
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._attached:
@@ -275,7 +295,7 @@ def uvicorn_settings(
     protocol = _uvicorn_protocol(limits)
     guard = ConnectionGuard(limits, busy=lambda p: bool(getattr(p, "in_app", True)), tls=tls)
 
-    def http(**kwargs: Any) -> asyncio.Protocol:
+    def http(**kwargs: Any) -> asyncio.BaseProtocol:
         return guard.wrap(protocol(**kwargs))
 
     settings = {
