@@ -10,11 +10,9 @@ operator's results ingest) takes its connections through a :class:`ConnectionGua
   cannot crowd out a client that sends its request at once: it is served, and the oldest
   idler makes room for it. When every connection has a request in the application, the
   newcomer is closed.
-* **TLS handshake**: on asyncio's event loop, done by the guard itself after the connection
-  is counted, within ``handshake_timeout`` seconds. On uvloop the server does it (uvloop's
-  ``start_tls`` stalls server-side handshakes that overlap), within the loop's 60 s, and the
-  connection is counted from the end of its handshake; uvloop maps its 256 KiB TLS read
-  buffer without touching it, so a pending handshake holds a few KiB.
+* **TLS handshake**: done by the guard itself (``start_tls``, asyncio or uvloop) after the
+  connection is counted, within ``handshake_timeout`` seconds. A loop's own TLS would hold
+  every pending handshake, uncounted, for its 60 s default.
 * **idle time**: a connection with no request in progress is closed after ``idle_timeout``
   seconds (from accept, and from the end of each response).
 * **request time**: a request must arrive whole (headers and body) within
@@ -30,6 +28,7 @@ calls, body caps) is the application's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,11 +75,7 @@ class ConnectionGuard:
     room by evicting the longest waiting idle connection (see the module docstring).
 
     ``busy(protocol)`` says whether the application holds a request of that connection;
-    ``tls`` returns the server's current context (it may rotate), or is None for plain TCP or
-    where the server does TLS itself. The guard's handshake needs asyncio's event loop
-    (uvloop's ``start_tls`` stalls a server-side handshake while another one is pending): on
-    uvloop let the server do TLS (``create_server(ssl=...)``) and the guard counts each
-    connection from the end of its handshake."""
+    ``tls`` returns the server's current context (it may rotate), or is None for plain TCP."""
 
     def __init__(
         self,
@@ -92,6 +87,9 @@ class ConnectionGuard:
         self.busy = busy
         self.tls = tls
         self.connections: set[_Guarded] = set()
+        #: one read buffer for all connections: each read is copied out before the next (one
+        #: event loop), so an idle connection holds none
+        self.buffer = memoryview(bytearray(_READ_SIZE))
         #: connections closed to make room, and newcomers refused with every slot busy
         self.evicted = 0
         self.refused = 0
@@ -129,7 +127,6 @@ class _Guarded(asyncio.BufferedProtocol):
         self._raw: asyncio.Transport | None = None
         self._attached = False
         self._early: list[bytes] = []
-        self._buffer = memoryview(bytearray(_READ_SIZE))
         self._handshaking: asyncio.Task[None] | None = None
 
     def busy(self) -> bool:
@@ -157,21 +154,53 @@ class _Guarded(asyncio.BufferedProtocol):
     async def _handshake(
         self, loop: asyncio.AbstractEventLoop, raw: asyncio.Transport, ctx: ssl.SSLContext
     ) -> None:
-        try:
-            tls = await loop.start_tls(
+        handshake = asyncio.ensure_future(
+            loop.start_tls(
                 raw,
                 self,
                 ctx,
                 server_side=True,
                 ssl_handshake_timeout=self.guard.limits.handshake_timeout,
             )
+        )
+        try:
+            # start_tls swaps the transport's protocol for its TLS layer and schedules that
+            # layer's connection_made and resume_reading; one turn of the loop after the swap
+            # they have run, and no read has happened in between
+            while raw.get_protocol() is self and not handshake.done():
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            self._feed_tls(raw.get_protocol())
+            tls = await handshake
         except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError, RuntimeError):
+            handshake.cancel()
             self.drop()
+            # asyncio leaves the TLS layer's transport of a failed start_tls open (and warns
+            # when it is collected): close it too
+            layer = raw.get_protocol()
+            app = getattr(layer, "_app_transport", None) if layer is not self else None
+            if app is not None:
+                with contextlib.suppress(Exception):
+                    app.abort()
             return
         if tls is None or tls.is_closing():
             self.drop()
             return
         self._attach(tls)
+
+    def _feed_tls(self, layer: Any) -> None:
+        """Hand the TLS layer what the connection sent before it took over: uvloop starts
+        reading right after ``connection_made``, whatever that asked, so the ClientHello may
+        have reached this protocol first."""
+        if layer is self or not self._early:
+            return
+        early, self._early = b"".join(self._early), []
+        while early:
+            buf = memoryview(layer.get_buffer(len(early)))
+            n = min(len(buf), len(early))
+            buf[:n] = early[:n]
+            layer.buffer_updated(n)
+            early = early[n:]
 
     def _attach(self, transport: asyncio.BaseTransport) -> None:
         self._attached = True
@@ -183,18 +212,23 @@ class _Guarded(asyncio.BufferedProtocol):
     # A buffered protocol: uvloop's start_tls only progresses when the transport already
     # reads into buffers, as its TLS layer does
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        return self.guard.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._buffer[:nbytes]))
+        self.data_received(bytes(self.guard.buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._attached:
             self.inner.data_received(data)
-        else:
-            # the TLS layer hands over what came with the end of the handshake before
-            # start_tls returns; at most one read's worth
-            self._early.append(data)
+            return
+        # before the TLS layer took over: the ClientHello (fed to the layer); after: what
+        # came with the end of the handshake before start_tls returned (fed to the
+        # application). Either way at most a handshake's or a read's worth.
+        held = sum(map(len, self._early))
+        if held + len(data) > _READ_SIZE:
+            self.drop()
+            return
+        self._early.append(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self._attached else None
@@ -229,26 +263,37 @@ def _uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
             self._timer: asyncio.TimerHandle | None = None
             self._arm(self.bounds.idle_timeout)
 
-        def _arm(self, seconds: float | None) -> None:
+        def _arm(self, seconds: float | None, expire: Callable[[], None] | None = None) -> None:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = None if seconds is None else self.loop.call_later(seconds, self._close)
+            self._timer = (
+                None if seconds is None else self.loop.call_later(seconds, expire or self._close)
+            )
 
         def _close(self) -> None:
+            """Idle: a graceful close."""
             self._arm(None)
             if not self.transport.is_closing():
                 self.transport.close()
+
+        def _cut(self) -> None:
+            """A request past its deadline: aborted (a closing TLS transport would go on
+            reading what the peer trickles)."""
+            self._arm(None)
+            self.transport.abort()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._arm(None)
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return  # refused or timed out: nothing more is parsed
             if not self._receiving:
                 self._receiving = self._in_headers = True
                 self._head_bytes = 0
                 self._tail = b""
-                self._arm(self.bounds.request_timeout)
+                self._arm(self.bounds.request_timeout, self._cut)
             if self._in_headers:
                 # the header bytes of this chunk: up to the blank line that ends them
                 seen = self._tail + data
@@ -264,7 +309,9 @@ def _uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
                         b"content-type: text/plain; charset=utf-8\r\n"
                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
                     )
-                    self.transport.close()
+                    # abort, not close: a closing TLS transport goes on reading what the
+                    # peer sends into a buffer nothing drains
+                    self.transport.abort()
                     return
             super().data_received(data)
 

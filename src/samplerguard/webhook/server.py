@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -48,23 +47,14 @@ def uvicorn_config(config: WebhookConfig, admission: Admission, tls: ReloadingCe
 
     app = webhook_asgi(admission, max_bytes=config.max_body_bytes, timeout=config.deadline)
 
-    def tls_context(_cfg: Any, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        return tls.context
-
-    loop = _loop()
-    # On asyncio the connection guard does TLS (after counting the connection, within its
-    # handshake deadline); on uvloop uvicorn does (see samplerguard.serving). Either way with
-    # the context that follows rotation.
-    if loop == "asyncio":
-        settings, _ = uvicorn_settings(LIMITS, tls=lambda: tls.context)
-    else:
-        settings, _ = uvicorn_settings(LIMITS)
-        settings["ssl_context_factory"] = tls_context
+    # TLS is done by the connection guard (after the connection is counted, within its
+    # handshake deadline), with the context that follows rotation
+    settings, _ = uvicorn_settings(LIMITS, tls=lambda: tls.context)
     return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
-        loop=loop,
+        loop=_loop(),
         lifespan="off",
         access_log=False,
         log_config=None,
