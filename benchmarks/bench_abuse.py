@@ -58,6 +58,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 MIB = 1 << 20
 WEBHOOK_TIMEOUT = 10.0  # the Kubernetes default timeoutSeconds
+#: attackers connect from another loopback address than the legitimate clients (127.0.0.1),
+#: as a flood from other pods would: the guards evict from the peer holding the most
+ATTACKER = ("127.0.0.2", 0)
+#: every process a phase starts: killed when the run ends, however it ends
+CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -173,14 +178,14 @@ class Flood:
 
 def tcp_opener(port: int) -> Callable[[], socket.socket]:
     def open_() -> socket.socket:
-        return socket.create_connection(("127.0.0.1", port), timeout=2)
+        return socket.create_connection(("127.0.0.1", port), timeout=2, source_address=ATTACKER)
 
     return open_
 
 
 def tls_opener(port: int, ctx: ssl.SSLContext, first: bytes = b"") -> Callable[[], ssl.SSLSocket]:
     def open_() -> ssl.SSLSocket:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=ATTACKER)
         try:
             tls = ctx.wrap_socket(raw, server_hostname="localhost")
             if first:
@@ -199,7 +204,9 @@ def big_header(port: int, ctx: ssl.SSLContext, total: int = 50 * MIB) -> int:
     sent = 0
     try:
         with (
-            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            socket.create_connection(
+                ("127.0.0.1", port), timeout=5, source_address=ATTACKER
+            ) as raw,
             ctx.wrap_socket(raw, server_hostname="localhost") as tls,
         ):
             tls.sendall(b"POST /validate HTTP/1.1\r\nhost: x\r\nx-big: ")
@@ -231,6 +238,7 @@ def _webhook(tmp: Path) -> tuple[Any, dict[str, Any], str]:
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
+    CHILDREN.append(proc)
     if _time_to(
         lambda: bool(socket.create_connection(("127.0.0.1", setup["port"])).close() or 1)
     ) == float("inf"):
@@ -257,6 +265,8 @@ def _post(
         while chunk := tls.recv(65536):
             out += chunk
     head, _, rest = out.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        raise ConnectionError("the connection closed without an answer")
     return int(head.split(b" ", 2)[1]), rest
 
 
@@ -437,6 +447,7 @@ def phase_sidecar(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from _dataplane import RawStream, sidecar
 
     svc, _ = sidecar(tmp / "sidecar")
+    CHILDREN.append(svc.proc)
     path = str(tmp / "sidecar" / "run" / "sidecar.sock")
     stream = RawStream(steps=20, shape=(1, 4, 32, 32), batch=8)
 
@@ -546,6 +557,7 @@ def phase_store(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     for _ in range(args.kills):
         t0 = time.monotonic()
         svc = start_sidecar(run, token_file=token)
+        CHILDREN.append(svc.proc)
         recover.append(time.monotonic() - t0)
         stop = threading.Event()
 
@@ -575,6 +587,7 @@ def phase_store(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         token_file=token,
         extra_args=["--max-store-bytes", str(8 * MIB), "--min-free-bytes", "0"],
     )
+    CHILDREN.append(svc.proc)
     tiny = RawStream(steps=4, shape=(1, 1, 4, 4))
     sent = 0
     deadline = time.monotonic() + args.seconds
@@ -625,7 +638,13 @@ def phase_operator(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     port = bench_admission._free_port()
     setup = tmp / "operator.json"
     setup.write_text(json.dumps({"cert": str(cert), "key": str(key), "token": token, "port": port}))
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-operator", str(setup)])
+    with open(tmp / "operator.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-operator", str(setup)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    CHILDREN.append(proc)
     ctx = ssl.create_default_context(cafile=str(cert))
     line = json.dumps(ReportResult.build(policy="p", rule="recipe", result="pass").to_wire())
     body = line.encode()
@@ -740,7 +759,8 @@ def main() -> int:
         serve_operator(args.serve_operator)
         return 0
     bad = 0
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as cleanup:
+        cleanup.callback(lambda: [p.kill() for p in CHILDREN if p.poll() is None])
         for name in args.only.split(","):
             tmp = Path(d) / name
             tmp.mkdir()

@@ -8,8 +8,8 @@ operator's results ingest) takes its connections through a :class:`ConnectionGua
   *without a request in the application* (idle, handshaking, or still sending its request);
   one whose request is being handled is never evicted. Idle or slow clients, however many,
   cannot crowd out a client that sends its request at once: it is served, and the oldest
-  idler makes room for it. When every connection has a request in the application, the
-  newcomer is closed.
+  idler makes room for it, taken from the peer address that holds the most connections.
+  When every connection has a request in the application, the newcomer is closed.
 * **TLS handshake**: done by the guard itself (``start_tls``, asyncio or uvloop) after the
   connection is counted, within ``handshake_timeout`` seconds. A loop's own TLS would hold
   every pending handshake, uncounted, for its 60 s default.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,16 +59,25 @@ class Limits:
             raise ValueError("listener timeouts must be positive")
 
 
-def pick_eviction(candidates: list[tuple[float, Any]]) -> Any | None:
-    """The connection to close to make room: of ``(waiting since, connection)`` pairs for the
-    connections with no request in the application, the longest waiting."""
+def pick_eviction(candidates: list[tuple[str, float, Any]]) -> Any | None:
+    """The connection to close to make room, of ``(peer, waiting since, connection)`` for the
+    connections with no request in the application: the longest waiting of the peer that
+    holds the most of them. A flood from one address evicts its own connections first, not
+    the few a legitimate client (the API server, a verifier) holds."""
     if not candidates:
         return None
-    return min(candidates, key=lambda pair: pair[0])[1]
+    held: dict[str, int] = {}
+    for peer, _, _ in candidates:
+        held[peer] = held.get(peer, 0) + 1
+    top = max(held.values())
+    return min((c for c in candidates if held[c[0]] == top), key=lambda c: c[1])[2]
 
 
 #: bytes one read takes from a connection
 _READ_SIZE = 64 << 10
+#: failed handshakes between two full garbage collections (see _failed_handshake): 32 MiB of
+#: asyncio's TLS read buffers at most
+_COLLECT_EVERY = 128
 
 
 class ConnectionGuard:
@@ -93,6 +103,7 @@ class ConnectionGuard:
         #: connections closed to make room, and newcomers refused with every slot busy
         self.evicted = 0
         self.refused = 0
+        self._failed = 0
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.BaseProtocol]:
         """A protocol factory for ``loop.create_server`` (without ``ssl``: the guard does it)."""
@@ -101,12 +112,21 @@ class ConnectionGuard:
     def wrap(self, protocol: asyncio.Protocol) -> asyncio.BaseProtocol:
         return _Guarded(self, protocol)
 
+    def _failed_handshake(self) -> None:
+        """A failed start_tls leaves its TLS layer (asyncio's holds a 256 KiB read buffer) in a
+        reference cycle through the exception's traceback, freed only by a full collection:
+        under a flood of aborted handshakes, collect every ``_COLLECT_EVERY`` of them."""
+        self._failed += 1
+        if self._failed >= _COLLECT_EVERY:
+            self._failed = 0
+            gc.collect()
+
     def _admit(self, conn: _Guarded) -> None:
         self.connections.add(conn)
         if len(self.connections) <= self.limits.max_connections:
             return
         victim = pick_eviction(
-            [(c.since, c) for c in self.connections if c is not conn and not c.busy()]
+            [(c.peer, c.since, c) for c in self.connections if c is not conn and not c.busy()]
         )
         if victim is None:
             self.refused += 1
@@ -124,6 +144,7 @@ class _Guarded(asyncio.BufferedProtocol):
         self.guard = guard
         self.inner = inner
         self.since = 0.0
+        self.peer = ""
         self._raw: asyncio.Transport | None = None
         self._attached = False
         self._early: list[bytes] = []
@@ -142,6 +163,8 @@ class _Guarded(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         self._raw = cast(asyncio.Transport, transport)
         self.since = loop.time()
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.guard._admit(self)
         if self not in self.guard.connections:
             return
@@ -182,6 +205,7 @@ class _Guarded(asyncio.BufferedProtocol):
             if app is not None:
                 with contextlib.suppress(Exception):
                     app.abort()
+            self.guard._failed_handshake()
             return
         if tls is None or tls.is_closing():
             self.drop()

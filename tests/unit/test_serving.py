@@ -156,7 +156,10 @@ def test_limits_are_checked_and_eviction_takes_the_longest_idle() -> None:
     with pytest.raises(ValueError, match="timeouts must be positive"):
         Limits(idle_timeout=0)
     assert pick_eviction([]) is None
-    assert pick_eviction([(3.0, "c"), (1.0, "a"), (2.0, "b")]) == "a"
+    assert pick_eviction([("h", 3.0, "c"), ("h", 1.0, "a"), ("h", 2.0, "b")]) == "a"
+    # the flooding peer loses its own oldest, not the other peer's older connection
+    flood = [("10.0.0.9", 5.0 + i, f"f{i}") for i in range(3)]
+    assert pick_eviction([("10.0.0.1", 1.0, "legit"), *flood]) == "f0"
 
 
 def test_stalled_tls_handshakes_are_counted_and_make_room(
