@@ -4,7 +4,8 @@ Every service that listens on TCP (the webhook, the sidecar's API, the verifier'
 operator's results ingest) takes its connections through a :class:`ConnectionGuard`:
 
 * **connections**: at most ``max_connections`` TCP connections at once, counted from accept,
-  TLS handshakes included. A connection beyond that evicts the one that has waited longest
+  TLS handshakes included, and at most ``max_per_peer`` (half, by default) from one peer
+  address: beyond that a peer's new connection is closed before any TLS work. A connection beyond that evicts the one that has waited longest
   *without a request in the application* (idle, handshaking, or still sending its request);
   one whose request is being handled is never evicted. Idle or slow clients, however many,
   cannot crowd out a client that sends its request at once: it is served, and the oldest
@@ -51,6 +52,12 @@ class Limits:
     max_header_bytes: int = 32 << 10
     #: seconds a TLS handshake may take
     handshake_timeout: float = 5.0
+    #: connections one peer address may hold; 0: half of ``max_connections``
+    max_per_peer: int = 0
+
+    @property
+    def per_peer(self) -> int:
+        return self.max_per_peer or max(1, self.max_connections // 2)
 
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.max_header_bytes < 1024:
@@ -104,6 +111,16 @@ class ConnectionGuard:
         self.evicted = 0
         self.refused = 0
         self._failed = 0
+        self._per_peer: dict[str, int] = {}
+
+    def _release(self, conn: _Guarded) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            left = self._per_peer.get(conn.peer, 1) - 1
+            if left > 0:
+                self._per_peer[conn.peer] = left
+            else:
+                self._per_peer.pop(conn.peer, None)
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.BaseProtocol]:
         """A protocol factory for ``loop.create_server`` (without ``ssl``: the guard does it)."""
@@ -123,6 +140,13 @@ class ConnectionGuard:
 
     def _admit(self, conn: _Guarded) -> None:
         self.connections.add(conn)
+        held = self._per_peer.get(conn.peer, 0) + 1
+        self._per_peer[conn.peer] = held
+        if held > self.limits.per_peer:
+            # refused before any TLS work: a peer over its share pays an accept and a close
+            self.refused += 1
+            conn.drop()
+            return
         if len(self.connections) <= self.limits.max_connections:
             return
         victim = pick_eviction(
@@ -154,7 +178,7 @@ class _Guarded(asyncio.BufferedProtocol):
         return self._attached and self.guard.busy(self.inner)
 
     def drop(self) -> None:
-        self.guard.connections.discard(self)
+        self.guard._release(self)
         if self._raw is not None:
             self._raw.abort()
 
@@ -258,7 +282,7 @@ class _Guarded(asyncio.BufferedProtocol):
         return self.inner.eof_received() if self._attached else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.connections.discard(self)
+        self.guard._release(self)
         if self._attached:
             self.inner.connection_lost(exc)
 

@@ -19,6 +19,8 @@ from samplerguard.serving import ConnectionGuard, Limits, pick_eviction, uvicorn
 from webhook_support import write_self_signed
 
 LIMITS = Limits(max_connections=16, idle_timeout=2.0, request_timeout=1.0, max_header_bytes=4096)
+#: the flooding peer: another loopback address than the legitimate client's 127.0.0.1
+FLOOD = ("127.0.0.2", 0)
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -106,7 +108,7 @@ def test_idle_and_half_sent_connections_beyond_the_cap_make_room(
     port, guard = served
     held = []
     for i in range(4 * LIMITS.max_connections):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=FLOOD)
         if i % 2:
             s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")  # headers never finished
         held.append(s)
@@ -117,9 +119,9 @@ def test_idle_and_half_sent_connections_beyond_the_cap_make_room(
         for s in held:
             s.settimeout(0.05)
         open_now = sum(not _closed(s) for s in held)
-        assert open_now <= LIMITS.max_connections
+        assert open_now <= LIMITS.per_peer  # the flooding peer keeps its share, no more
         assert len(guard.connections) <= LIMITS.max_connections
-        assert guard.evicted >= 3 * LIMITS.max_connections
+        assert guard.refused + guard.evicted >= 4 * LIMITS.max_connections - LIMITS.per_peer
     finally:
         for s in held:
             s.close()
@@ -150,7 +152,29 @@ def test_oversized_headers_are_refused_with_431(port: int) -> None:
         assert s.recv(4096).startswith(b"HTTP/1.1 431")
 
 
+def test_one_peer_holds_at_most_its_share_and_others_are_still_admitted(
+    served: tuple[int, ConnectionGuard],
+) -> None:
+    """Even from one address, connections beyond its share are refused before any work, and
+    a second address still gets in with the cap not reached."""
+    port, guard = served
+    held = [
+        socket.create_connection(("127.0.0.1", port), timeout=5, source_address=FLOOD)
+        for _ in range(3 * LIMITS.per_peer)
+    ]
+    try:
+        time.sleep(0.3)
+        assert guard.refused >= 2 * LIMITS.per_peer
+        assert guard.evicted == 0  # refused, not evicted: the cap was never reached
+        assert _get(port).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_limits_are_checked_and_eviction_takes_the_longest_idle() -> None:
+    assert Limits(max_connections=10).per_peer == 5
+    assert Limits(max_connections=10, max_per_peer=9).per_peer == 9
     with pytest.raises(ValueError, match="at least 1 connection"):
         Limits(max_connections=0)
     with pytest.raises(ValueError, match="timeouts must be positive"):
@@ -169,7 +193,10 @@ def test_stalled_tls_handshakes_are_counted_and_make_room(
     is still served, and the stalled ones are evicted or cut at the handshake deadline."""
     port, guard, cafile = tls_served
     client_ctx = ssl.create_default_context(cafile=cafile)
-    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+    held = [
+        socket.create_connection(("127.0.0.1", port), timeout=5, source_address=FLOOD)
+        for _ in range(64)
+    ]
     try:
         for _ in range(3):
             with (
@@ -179,7 +206,7 @@ def test_stalled_tls_handshakes_are_counted_and_make_room(
                 tls.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
                 assert tls.recv(4096).startswith(b"HTTP/1.1 200")
         assert len(guard.connections) <= LIMITS.max_connections
-        assert guard.evicted >= 64 - LIMITS.max_connections
+        assert guard.refused + guard.evicted >= 64 - LIMITS.per_peer
     finally:
         for s in held:
             s.close()

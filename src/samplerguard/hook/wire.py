@@ -282,6 +282,8 @@ def read_frame(sock: socket.socket, *, max_body: int = MAX_BODY_BYTES) -> Frame:
 
 #: the first receive buffer of a :class:`FrameReader`
 _FIRST_BUFFER = 128 << 10
+#: the first step by which a body larger than the receive buffer grows
+_GROW_FROM = 64 << 10
 
 
 def _uninitialised(size: int) -> memoryview:
@@ -339,14 +341,14 @@ class FrameReader:
             out = self._view[self._start : self._start + n]
             self._start += n
             return out
-        # Grown only as bytes arrive (doubling, from one buffer's size): memory follows the
-        # bytes the peer sent, never the length it claimed, so a short frame that claims
-        # hundreds of MiB and stalls holds one buffer.
+        # Grown only as bytes arrive (doubling, from 64 KiB): memory follows the bytes the
+        # peer sent, never the length it claimed, so a short frame that claims hundreds of MiB
+        # and stalls holds 64 KiB.
         big = bytearray(self._view[self._start : self._end])
         self._start = self._end
         while len(big) < n:
             got = len(big)
-            big += bytes(min(n - got, max(got, self._size)))
+            big += bytes(min(n - got, max(got, _GROW_FROM)))
             with memoryview(big) as view:
                 _recv_exact(self._sock, view[got:], first=False)
         return big

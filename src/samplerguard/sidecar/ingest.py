@@ -560,6 +560,12 @@ def _peer_pid(sock: socket.socket) -> int | None:
     return pid
 
 
+def _cut(sock: socket.socket) -> None:
+    """End a connection whose first frame missed its deadline (wakes the blocked read)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def _reply(sock: socket.socket, **fields: Any) -> None:
     send_frame(sock, FRAME_REPLY, fields)
 
@@ -572,12 +578,19 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         tune_socket(sock)
         # Until START is validated the peer has proved nothing: its first frame must arrive
-        # within start_timeout and within max_start_bytes.
+        # whole within start_timeout (a total deadline: the timer cuts a trickle) and within
+        # max_start_bytes.
         sock.settimeout(ingest.start_timeout)
+        deadline = threading.Timer(ingest.start_timeout, _cut, (sock,))
+        deadline.daemon = True
+        deadline.start()
         tr: _Trajectory | None = None
         frames = FrameReader(sock, buffer_size=ingest.receive_buffer)
         try:
-            first = frames.read(max_body=ingest.max_start_bytes)
+            try:
+                first = frames.read(max_body=ingest.max_start_bytes)
+            finally:
+                deadline.cancel()
             sock.settimeout(ingest.idle_timeout)
             if first.kind == FRAME_HELLO:
                 _reply(
@@ -683,7 +696,7 @@ class IngestServer:
         fsync: bool = False,
         mode: int = 0o660,
         receive_buffer: int = 4 << 20,
-        start_timeout: float = 10.0,
+        start_timeout: float = 5.0,
         max_start_bytes: int = 64 << 20,
     ) -> None:
         self.path = path

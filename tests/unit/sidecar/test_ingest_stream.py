@@ -437,3 +437,28 @@ def test_a_deeply_nested_header_is_refused_not_a_traceback(
     assert answer["ok"] is False and "nests too deeply" in answer["error"]
     frames, _ = _trajectory("after-nesting")
     assert _send(srv.path, frames)["ok"]
+
+
+def test_a_trickled_first_frame_is_cut_at_its_total_deadline(tmp_path: Path) -> None:
+    """One byte every 0.2 s never trips a per-read timeout of 1 s; the START deadline (total)
+    cuts it anyway, freeing the connection slot."""
+    import time
+
+    key = Ed25519PrivateKey.generate()
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
+    gate = Gate(key=key, public_pem="pem", admit=lambda s: Decision(Admission("accept", ())))
+    srv = IngestServer(tmp_path / "s.sock", store, gate, start_timeout=1.0)
+    srv.start()
+    frame = b"".join(bytes(p) for p in encode_frame(FRAME_START, {"x": "y" * 200}, []))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(srv.path))
+            started = time.monotonic()
+            with pytest.raises(OSError):  # noqa: PT012 - cut mid-trickle
+                for byte in frame:
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.2)
+            assert time.monotonic() - started < 5.0
+    finally:
+        srv.close()
