@@ -455,7 +455,7 @@ def test_a_trickled_first_frame_is_cut_at_its_total_deadline(tmp_path: Path) -> 
             s.settimeout(10)
             s.connect(str(srv.path))
             started = time.monotonic()
-            with pytest.raises(OSError):  # noqa: PT012 - cut mid-trickle
+            with pytest.raises(OSError):
                 for byte in frame:
                     s.sendall(bytes([byte]))
                     time.sleep(0.2)
