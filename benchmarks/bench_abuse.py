@@ -547,16 +547,18 @@ def phase_store(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from _dataplane import RawStream
 
     from samplerguard.demo.services import make_token, start_sidecar
+    from samplerguard.errors import SamplerGuardError
 
     run = tmp / "store" / "run"
     token = make_token(tmp / "store" / "token")
-    stream = RawStream(steps=30, shape=(1, 4, 32, 32), batch=8)
+    stream = RawStream(steps=30, shape=(1, 4, 16, 16), batch=8)
     acked: set[str] = set()
     recover: list[float] = []
     rng = random.Random(9)
     for _ in range(args.kills):
         t0 = time.monotonic()
-        svc = start_sidecar(run, token_file=token)
+        # a cap the run never reaches: an eviction is not a loss
+        svc = start_sidecar(run, token_file=token, extra_args=["--max-store-bytes", str(1 << 40)])
         CHILDREN.append(svc.proc)
         recover.append(time.monotonic() - t0)
         stop = threading.Event()
@@ -566,8 +568,8 @@ def phase_store(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 tid = f"k-{uuid.uuid4().hex[:16]}"
                 try:
                     stream.send(str(run / "sidecar.sock"), tid)
-                except (OSError, AssertionError):
-                    return
+                except (OSError, AssertionError, SamplerGuardError):
+                    return  # the kill: this one was never acknowledged
                 acked.add(tid)
 
         threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]

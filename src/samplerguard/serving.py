@@ -5,8 +5,9 @@ operator's results ingest) takes its connections through a :class:`ConnectionGua
 
 * **connections**: at most ``max_connections`` TCP connections at once, counted from accept,
   TLS handshakes included, and at most ``max_per_peer`` (half, by default) from one peer
-  address: beyond that a peer's new connection is closed before any TLS work. A connection beyond that evicts the one that has waited longest
-  *without a request in the application* (idle, handshaking, or still sending its request);
+  address: beyond that a peer's new connection is closed before any TLS work. A connection
+  beyond the total evicts the one that has waited longest *without a request in the
+  application* (idle, handshaking, or still sending its request);
   one whose request is being handled is never evicted. Idle or slow clients, however many,
   cannot crowd out a client that sends its request at once: it is served, and the oldest
   idler makes room for it, taken from the peer address that holds the most connections.
