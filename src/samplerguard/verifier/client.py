@@ -12,15 +12,13 @@ connection (no keep-alive pool), so the deadline can cut exactly that connection
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from samplerguard.commitment.dsse import load_public_key
+from samplerguard.deadline import CallDeadline
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 
 __all__ = ["MAX_OPENING_BYTES", "SidecarClient", "SidecarMissingError", "VerifierAuthError"]
@@ -35,40 +33,6 @@ class VerifierAuthError(SamplerGuardError):
 
 class SidecarMissingError(MalformedInputError):
     """The sidecar does not have what it listed or committed (404)."""
-
-
-class _Deadline:
-    """Cuts one call's connection when its total time is up: httpx's timeouts are per read."""
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = threading.Event()
-        self._lock = threading.Lock()
-        self._streams: list[Any] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace hook: remember the connection the call opened."""
-        if event == "connection.connect_tcp.complete":
-            with self._lock:
-                self._streams.append(info.get("return_value"))
-                late = self.expired.is_set()
-            if late:
-                self._expire()
-
-    def _expire(self) -> None:
-        self.expired.set()
-        with self._lock:
-            streams = list(self._streams)
-        for stream in streams:
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):  # wakes the blocked read at once
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
 
 
 class SidecarClient:
@@ -96,7 +60,7 @@ class SidecarClient:
 
     def _get(self, path: str, *, auth: bool = True, limit: int = MAX_JSON_BYTES) -> bytes:
         headers = {"Authorization": f"Bearer {self._token()}"} if auth else {}
-        deadline = _Deadline(self.timeout)
+        deadline = CallDeadline(self.timeout)
         try:
             with self._http.stream(
                 "GET", path, headers=headers, extensions={"trace": deadline.trace}
