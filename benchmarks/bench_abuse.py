@@ -702,36 +702,23 @@ def phase_operator(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def phase_verifier(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from samplerguard.errors import TemporaryError
     from samplerguard.verifier.client import SidecarClient
+    from trickle_support import Trickler
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def trickle() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n" + b" " * 64:
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return
-                time.sleep(0.3)
-
-    threading.Thread(target=trickle, daemon=True).start()
-    client = SidecarClient(f"http://127.0.0.1:{port}", lambda: "t", timeout=2.0)
-    t0 = time.monotonic()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n" + b" " * 64
     outcome = "answered"
-    try:
-        client.trajectories()
-    except TemporaryError as exc:
-        outcome = str(exc)
-    took = time.monotonic() - t0
-    client.close()
-    listener.close()
+    with Trickler(answer, every=0.3) as server:
+        client = SidecarClient(f"http://127.0.0.1:{server.port}", lambda: "t", timeout=2.0)
+        t0 = time.monotonic()
+        try:
+            client.trajectories()
+        except TemporaryError as exc:
+            outcome = str(exc)
+        took = time.monotonic() - t0
+        client.close()
     return {
         "deadline s": 2.0,
         "call took s": round(took, 2),
-        "trickle would take s": round(0.3 * 102, 1),
+        "trickle would take s": round(0.3 * len(answer), 1),
         "outcome": outcome,
     }
 

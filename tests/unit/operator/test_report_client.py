@@ -164,40 +164,16 @@ def test_an_operator_that_trickles_its_answer_is_cut_at_the_timeout(tmp_path: Pa
     the post gives up at its deadline with a temporary error."""
     import time
 
+    from trickle_support import Trickler
+
     token = tmp_path / "token"
     token.write_text("t" * 20)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n" + b"{" * 20:
-                    if stop.is_set():
-                        return
-                    try:
-                        conn.sendall(bytes([byte]))
-                    except OSError:
-                        break
-                    time.sleep(0.3)
-
-    threading.Thread(target=trickle, daemon=True).start()
-    client = ResultsClient(
-        f"http://127.0.0.1:{port}/v1/results", token_file=token, timeout=1.0, deadline=0.0
-    )
     result = ReportResult.build(policy="p", rule="recipe", result="pass")
-    started = time.monotonic()
-    try:
-        with pytest.raises(TemporaryError, match=r"timed out after 1\.0s"):
-            client.post([result])
-    finally:
-        stop.set()
-        client.close()
-        listener.close()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n" + b"{" * 20
+    with Trickler(answer, every=0.3) as server:
+        url = f"http://127.0.0.1:{server.port}/v1/results"
+        with ResultsClient(url, token_file=token, timeout=1.0, deadline=0.0) as client:
+            started = time.monotonic()
+            with pytest.raises(TemporaryError, match=r"timed out after 1\.0s"):
+                client.post([result])
     assert time.monotonic() - started < 5.0

@@ -68,39 +68,17 @@ def test_oversized_and_non_json_answers_are_refused() -> None:
 def test_the_timeout_is_a_deadline_for_the_whole_call_not_per_read() -> None:
     """A real server that answers a byte every 0.3 s: each read is well within a 1 s timeout,
     the call as a whole is cut at 1 s."""
-    import socket
-    import threading
     import time
 
-    from samplerguard.errors import TemporaryError
+    from trickle_support import Trickler
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    stop = threading.Event()
-
-    def trickle() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"
-            for byte in head + b"x" * 100:
-                if stop.is_set():
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return
-                time.sleep(0.3)
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    client = SidecarClient(f"http://127.0.0.1:{port}", lambda: "t", timeout=1.0)
-    started = time.monotonic()
-    try:
-        with pytest.raises(TemporaryError, match=r"timed out after 1\.0s"):
-            client.trajectory("a")
-    finally:
-        stop.set()
-        client.close()
-        listener.close()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 100
+    with Trickler(answer, every=0.3) as server:
+        client = SidecarClient(f"http://127.0.0.1:{server.port}", lambda: "t", timeout=1.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(TemporaryError, match=r"timed out after 1\.0s"):
+                client.trajectory("a")
+        finally:
+            client.close()
     assert time.monotonic() - started < 5.0  # the trickle would take 40 s
