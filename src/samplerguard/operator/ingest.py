@@ -58,6 +58,9 @@ class Authenticator:
     ) -> None:
         if local_token is None and review is None:
             raise ValueError("an authenticator needs a local token or a TokenReview function")
+        if local_token is not None and not local_token:
+            # an empty token file would otherwise fall through to the TokenReview path
+            raise ValueError("the local token is empty")
         self._local = local_token.encode() if local_token else None
         self._review = review
         self._allowed = frozenset(allowed_users)

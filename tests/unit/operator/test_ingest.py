@@ -227,3 +227,8 @@ def test_idle_and_half_sent_connections_cannot_crowd_out_a_poster(
     codes, turned_away, held = asyncio.run(main())
     assert codes == [200, 200, 200]
     assert turned_away >= 64 - 4 and held <= 8
+
+
+def test_an_empty_local_token_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="the local token is empty"):
+        Authenticator(local_token="")
