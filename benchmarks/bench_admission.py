@@ -604,6 +604,21 @@ def main() -> int:
     return 0
 
 
+def standin_setup() -> dict[str, Any]:
+    """The stand-in verifier's setup: a signed sampler image and sidecar, one policy."""
+    from webhook_support import policy
+
+    registry = "registry.local:5000"
+    image, sidecar = f"{registry}/acme/sampler:1.0", f"{registry}/samplerguard/sidecar:0.1"
+    return {
+        "registry": "double",
+        "signed": [image, sidecar],
+        "image": image,
+        "sidecar": sidecar,
+        "policies": [policy("acme", f"{registry}/**")],
+    }
+
+
 def _registry_setup(tmp: Path) -> tuple[dict[str, Any], Any, str]:
     """A real docker-registry with a cosign-signed, SLSA-attested sampler image and sidecar,
     and a policy requiring both; a stand-in only where docker-registry is not installed."""
@@ -611,16 +626,7 @@ def _registry_setup(tmp: Path) -> tuple[dict[str, Any], Any, str]:
     from webhook_support import policy
 
     if registry_binary() is None:
-        registry = "registry.local:5000"
-        image, sidecar = f"{registry}/acme/sampler:1.0", f"{registry}/samplerguard/sidecar:0.1"
-        setup = {
-            "registry": "double",
-            "signed": [image, sidecar],
-            "image": image,
-            "sidecar": sidecar,
-            "policies": [policy("acme", f"{registry}/**")],
-        }
-        return setup, None, "STAND-IN verifier: docker-registry is not installed"
+        return standin_setup(), None, "STAND-IN verifier: docker-registry is not installed"
 
     from samplerguard.supplychain.publish import (
         Signer,

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
     from kubernetes import config as kconfig
 
+    from samplerguard.errors import MalformedInputError
     from samplerguard.operator import audit as audit_mod
     from samplerguard.operator.certs import CertState
     from samplerguard.operator.controller import Controller, OperatorConfig
@@ -140,7 +141,13 @@ def run(args: argparse.Namespace) -> int:
             return
         host, _, port = args.ingest.rpartition(":")
         if args.ingest_token_file is not None:
-            auth = Authenticator(local_token=args.ingest_token_file.read_text().strip())
+            try:
+                token = args.ingest_token_file.read_text().strip()
+            except OSError as exc:
+                raise MalformedInputError(
+                    f"--ingest-token-file {args.ingest_token_file}: {exc.strerror or exc}"
+                ) from None
+            auth = Authenticator(local_token=token)
         else:
             auth = Authenticator(review=kube.token_user, allowed_users=users)
         await asyncio.to_thread(controller.reconcile_certs)

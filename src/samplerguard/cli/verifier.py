@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from samplerguard.errors import TemporaryError
+
 if TYPE_CHECKING:
     from samplerguard.policy.report_client import ResultsClient
 
@@ -65,7 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _reader(path: str) -> object:
     def read() -> str:
-        return Path(path).read_text().strip()
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise TemporaryError(
+                f"token file {path} is unreadable ({exc.strerror or type(exc).__name__})"
+            ) from None
 
     return read
 

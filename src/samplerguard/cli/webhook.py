@@ -187,7 +187,7 @@ def _config(args: argparse.Namespace) -> Any:
     from samplerguard.webhook import InjectionConfig, WebhookConfig
 
     host, _, port = str(args.listen).rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise MalformedInputError(f"--listen {args.listen!r} is not HOST:PORT")
     if not args.cert or not args.key:
         raise MalformedInputError("--cert and --key are required: the webhook only speaks HTTPS")

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
+
+from samplerguard.errors import MalformedInputError
 
 __all__ = [
     "EMPTY_ROOT",
@@ -25,6 +28,28 @@ __all__ = [
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 _MAX_PROOF = 64  # a tree of 2**64 leaves needs 64 siblings; anything longer is forged
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _int(name: str, value: Any) -> int:
+    # bool is an int, 3.0 is not a position: both are refused
+    if type(value) is not int:
+        raise MalformedInputError(f"{name} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _bytes(name: str, value: Any) -> bytes:
+    if not isinstance(value, _BYTES):
+        raise MalformedInputError(f"{name} must be bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
+def _proof(proof: Any) -> list[bytes]:
+    if isinstance(proof, (str, *_BYTES)) or not isinstance(proof, Sequence):
+        raise MalformedInputError(f"proof must be a sequence of hashes, got {type(proof).__name__}")
+    if len(proof) > _MAX_PROOF:
+        return [b""] * (_MAX_PROOF + 1)  # refused by shape below, without copying a huge list
+    return [_bytes("proof entry", p) for p in proof]
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -76,8 +101,8 @@ def inclusion_proof(leaves: Sequence[bytes], index: int, *, hashed: bool = False
 
     ``leaves`` is leaf data, or leaf hashes when ``hashed`` is true.
     """
-    if not 0 <= index < len(leaves):
-        raise IndexError(f"leaf index {index} is outside a tree of size {len(leaves)}")
+    if not 0 <= _int("index", index) < len(leaves):
+        raise MalformedInputError(f"leaf index {index} is outside a tree of size {len(leaves)}")
     hashes = list(leaves) if hashed else [leaf_hash(d) for d in leaves]
     return _path(hashes, index)
 
@@ -85,7 +110,11 @@ def inclusion_proof(leaves: Sequence[bytes], index: int, *, hashed: bool = False
 def root_from_inclusion(
     leaf_hash_: bytes, index: int, tree_size: int, proof: Sequence[bytes]
 ) -> bytes | None:
-    """RFC 9162 §2.1.3.2: the root implied by a proof, or None if the proof has the wrong shape."""
+    """RFC 9162 §2.1.3.2: the root implied by a proof, or None if the proof has the wrong shape.
+    Arguments of the wrong type raise :class:`MalformedInputError`."""
+    leaf_hash_ = _bytes("leaf hash", leaf_hash_)
+    index, tree_size = _int("index", index), _int("tree_size", tree_size)
+    proof = _proof(proof)
     if not 0 <= index < tree_size or len(proof) > _MAX_PROOF:
         return None
     if any(len(p) != 32 for p in proof):
@@ -113,6 +142,9 @@ def root_from_inclusion(
 def verify_inclusion(
     leaf_data: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
 ) -> bool:
-    """True iff ``leaf_data`` sits at ``index`` in the tree of ``tree_size`` with ``root``."""
-    got = root_from_inclusion(leaf_hash(leaf_data), index, tree_size, proof)
+    """True iff ``leaf_data`` sits at ``index`` in the tree of ``tree_size`` with ``root``.
+    Arguments of the wrong type (a float index, a str proof) raise
+    :class:`MalformedInputError`; well-typed but wrong values give False."""
+    root = _bytes("root", root)
+    got = root_from_inclusion(leaf_hash(_bytes("leaf data", leaf_data)), index, tree_size, proof)
     return got is not None and len(root) == 32 and got == root

@@ -54,6 +54,8 @@ class ServiceProcess:
     ready_file: Path
     log_path: Path
     ready: dict[str, Any] = field(default_factory=dict)
+    #: the bearer token its authenticated routes take (the verifier's own)
+    token_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -203,6 +205,7 @@ def start_verifier(
         *extra_args,
     ]
     svc = _spawn("verifier", args, state_dir / "verifier.ready", state_dir / "verifier.log", env)
+    svc.token_file = token_file
     if wait:
         svc.wait_ready(timeout)
     return svc
@@ -210,7 +213,10 @@ def start_verifier(
 
 def run_round(verifier: ServiceProcess, timeout: float = 120.0) -> dict[str, Any]:
     """Ask a verifier to audit now; returns its counts."""
-    resp = httpx.post(verifier.url + "/v1/rounds", timeout=timeout)
+    headers = {}
+    if verifier.token_file is not None:
+        headers["Authorization"] = f"Bearer {verifier.token_file.read_text().strip()}"
+    resp = httpx.post(verifier.url + "/v1/rounds", headers=headers, timeout=timeout)
     resp.raise_for_status()
     doc: dict[str, Any] = resp.json()
     return doc

@@ -263,6 +263,8 @@ def _parse_header(head: bytes | bytearray) -> dict[str, Any]:
         header = json.loads(head)
     except (ValueError, UnicodeDecodeError):
         raise MalformedInputError("frame header is not JSON") from None
+    except RecursionError:
+        raise MalformedInputError("frame header nests too deeply") from None
     if not isinstance(header, dict):
         raise MalformedInputError("frame header is not a JSON object")
     return header
@@ -284,6 +286,8 @@ def read_frame(sock: socket.socket, *, max_body: int = MAX_BODY_BYTES) -> Frame:
 
 #: the first receive buffer of a :class:`FrameReader`
 _FIRST_BUFFER = 128 << 10
+#: the first step by which a body larger than the receive buffer grows
+_GROW_FROM = 64 << 10
 
 
 def _uninitialised(size: int) -> memoryview:
@@ -341,11 +345,16 @@ class FrameReader:
             out = self._view[self._start : self._start + n]
             self._start += n
             return out
-        big = bytearray(n)
-        have = self._end - self._start
-        big[:have] = self._view[self._start : self._end]
+        # Grown only as bytes arrive (doubling, from 64 KiB): memory follows the bytes the
+        # peer sent, never the length it claimed, so a short frame that claims hundreds of MiB
+        # and stalls holds 64 KiB.
+        big = bytearray(self._view[self._start : self._end])
         self._start = self._end
-        _recv_exact(self._sock, memoryview(big)[have:], first=False)
+        while len(big) < n:
+            got = len(big)
+            big += bytes(min(n - got, max(got, _GROW_FROM)))
+            with memoryview(big) as view:
+                _recv_exact(self._sock, view[got:], first=False)
         return big
 
     def read(self, *, max_body: int = MAX_BODY_BYTES) -> Frame:

@@ -8,6 +8,12 @@ nothing is recorded (400 names the line). 200 means the results are in their Pol
 Authentication: ``Authorization: Bearer <token>``. In a cluster the token is the verifier's
 projected ServiceAccount token, checked with a TokenReview and accepted only for the
 configured user names; in local mode a shared token file, compared in constant time.
+
+The listener is bounded (:mod:`samplerguard.serving`, figures in :data:`LIMITS`): connections
+are counted from accept, TLS handshakes included, and idle or slow ones make room for new
+ones; aiohttp closes a connection with no request in progress after ``idle_timeout`` (an
+unfinished request line or header counts as none), caps the request line and each header at
+8 KiB and a request at 64 headers, and the handler reads the body within ``request_timeout``.
 """
 
 from __future__ import annotations
@@ -20,20 +26,24 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from samplerguard.errors import TemporaryError
 from samplerguard.policy.report import ReportResult
+from samplerguard.serving import ConnectionGuard, Limits
 
-__all__ = ["MAX_BODY", "MAX_RESULTS_PER_POST", "Authenticator", "build_app"]
+__all__ = ["LIMITS", "MAX_BODY", "MAX_RESULTS_PER_POST", "Authenticator", "build_app"]
 
 log = logging.getLogger("samplerguard.operator.ingest")
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_RESULTS_PER_POST = 5000
 _AUTH_CACHE_SECONDS = 60.0
+#: What the ingest's clients may hold: a few verifier replicas post here, rarely
+LIMITS = Limits(max_connections=128, idle_timeout=15.0, request_timeout=10.0)
 
 
 class Authenticator:
@@ -48,6 +58,9 @@ class Authenticator:
     ) -> None:
         if local_token is None and review is None:
             raise ValueError("an authenticator needs a local token or a TokenReview function")
+        if local_token is not None and not local_token:
+            # an empty token file would otherwise fall through to the TokenReview path
+            raise ValueError("the local token is empty")
         self._local = local_token.encode() if local_token else None
         self._review = review
         self._allowed = frozenset(allowed_users)
@@ -87,6 +100,8 @@ def parse_body(raw: bytes) -> list[ReportResult]:
         except (ValueError, ValidationError) as exc:
             first = str(exc).splitlines()[0][:300]
             raise ValueError(f"line {lineno}: not a PolicyReport result: {first}") from None
+        except RecursionError:
+            raise ValueError(f"line {lineno}: JSON nested too deeply") from None
     return results
 
 
@@ -100,7 +115,7 @@ def build_app(record: Callable[[list[ReportResult]], int], auth: Authenticator) 
         try:
             # aiohttp's own bounded read of the whole body: client_max_size (MAX_BODY + 1)
             # refuses more, whatever Content-Length claimed (a chunked body has none).
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), LIMITS.request_timeout)
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
         except (TimeoutError, ConnectionError):
@@ -130,11 +145,51 @@ def build_app(record: Callable[[list[ReportResult]], int], auth: Authenticator) 
 async def serve(
     app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
 ) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        # aiohttp arms it at accept as well: an idle or half-sent request is closed
+        keepalive_timeout=LIMITS.idle_timeout,
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=64,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    site = BoundedSite(runner, host, port, tls)
     await site.start()
     return runner
+
+
+def _in_handler(protocol: Any) -> bool:
+    """Whether aiohttp is handling a request of this connection (never evicted then)."""
+    return bool(getattr(protocol, "_request_in_progress", True))
+
+
+class BoundedSite(web.BaseSite):
+    """A TCP site whose connections go through a :class:`ConnectionGuard` (which also does
+    the TLS handshake, so connections are counted from accept)."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, tls: ssl.SSLContext | None
+    ) -> None:
+        super().__init__(runner)
+        self._host, self._port = host, port
+        self.guard = ConnectionGuard(
+            LIMITS, busy=_in_handler, tls=None if tls is None else (lambda: tls)
+        )
+        self._scheme = "http" if tls is None else "https"
+
+    @property
+    def name(self) -> str:
+        return f"{self._scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard.factory(server), self._host, self._port, backlog=self._backlog
+        )
 
 
 def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from samplerguard.deadline import CallDeadline
 from samplerguard.errors import MalformedInputError, TemporaryError
 from samplerguard.policy.report import ReportResult
 
@@ -29,12 +30,23 @@ __all__ = ["ResultsClient"]
 _MAX_BATCH = 5000  # the operator's MAX_RESULTS_PER_POST
 
 
+def _recorded(resp: httpx.Response) -> int:
+    try:
+        doc = resp.json()
+        return int(doc["recorded"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise MalformedInputError(
+            f"the operator's answer is not {{'recorded': n}}: {resp.text[:120]!r}"
+        ) from None
+
+
 class ResultsClient:
     """Args:
     url: e.g. ``https://samplerguard-operator.samplerguard.svc/v1/results``.
     token_file: bearer token (projected ServiceAccount token, or the local token file).
     ca_file: CA that issued the operator's certificate (``ca.crt`` of the TLS Secret).
-    timeout: seconds per request; deadline: seconds for all attempts of one post.
+    timeout: seconds per request, a total deadline (connect, TLS, body and answer together: an
+    operator that trickles its answer is cut); deadline: seconds for all attempts of one post.
     """
 
     def __init__(
@@ -52,7 +64,14 @@ class ResultsClient:
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         )
-        self._client = httpx.Client(timeout=timeout, verify=verify, transport=transport)
+        # a connection per request, so that the request's deadline can cut it (CallDeadline)
+        self._client = httpx.Client(
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+        self._timeout = timeout
         self._deadline = deadline
 
     def close(self) -> None:
@@ -82,6 +101,7 @@ class ResultsClient:
                 token = self._token_file.read_text().strip()
             except OSError as exc:
                 raise MalformedInputError(f"cannot read token {self._token_file}: {exc}") from exc
+            call = CallDeadline(self._timeout)
             try:
                 resp = self._client.post(
                     self._url,
@@ -90,22 +110,30 @@ class ResultsClient:
                         "Authorization": f"Bearer {token}",
                         "Content-Type": "application/x-ndjson",
                     },
+                    extensions={"trace": call.trace},
                 )
             except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                cut = call.expired.is_set()
+                last = (
+                    f"timed out after {self._timeout:.1f}s"
+                    if cut
+                    else f"{type(exc).__name__}: {exc}"
+                )
             else:
                 if resp.status_code == 200:
-                    return int(resp.json().get("recorded", 0))
+                    return _recorded(resp)
                 text = resp.text[:300]
                 if resp.status_code in (429, 502, 503, 504):
                     last = f"HTTP {resp.status_code}: {text}"
                     retry_after = resp.headers.get("Retry-After", "")
-                    if retry_after.isdigit():
+                    if retry_after.isascii() and retry_after.isdigit():
                         delay = max(delay, float(retry_after))
                 else:
                     raise MalformedInputError(
                         f"operator refused the results ({resp.status_code}): {text}"
                     )
+            finally:
+                call.cancel()
             if time.monotonic() + delay > end:
                 raise TemporaryError(f"results not recorded by {self._url}: {last}", delay=delay)
             time.sleep(delay)

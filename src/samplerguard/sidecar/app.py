@@ -22,6 +22,7 @@ caller learns nothing, not even whether a trajectory exists: it gets 401 and an 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OPENING_MEDIA_TYPE = "application/vnd.samplerguard.opening+safetensors"
 TRANSCRIPT_MEDIA_TYPE = "application/vnd.samplerguard.transcript+safetensors"
+_STEP = re.compile(r"[0-9]{1,5}", re.ASCII)
 
 
 def create_app(sidecar: Sidecar) -> FastAPI:
@@ -104,7 +106,9 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.get("/v1/trajectories/{trajectory_id}/openings/{step}", dependencies=auth)
     def opening(trajectory_id: str, step: str) -> Response:
-        if not step.isdigit() or len(step) > 5:
+        if not _STEP.fullmatch(step):
+            # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() refuses or
+            # reads as another step
             raise HTTPException(status_code=400, detail="step must be a non-negative integer")
         try:
             data = sidecar.store.opening_bytes(trajectory_id, int(step))

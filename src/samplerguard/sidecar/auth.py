@@ -56,9 +56,15 @@ class TokenFileAuth:
 
     def _load(self) -> bytes:
         with self._lock:
-            mtime = self.path.stat().st_mtime
+            try:
+                mtime = self.path.stat().st_mtime
+                token = self.path.read_bytes().strip() if mtime != self._mtime else self._token
+            except OSError as exc:
+                # a token file gone or unreadable: every request is refused (503), none crashes
+                raise TemporaryError(
+                    f"token file {self.path} is unreadable ({exc.strerror or type(exc).__name__})"
+                ) from None
             if mtime != self._mtime:
-                token = self.path.read_bytes().strip()
                 if len(token) < 16:
                     raise TemporaryError(f"token file {self.path} holds fewer than 16 bytes")
                 self._token, self._mtime = token, mtime

@@ -45,7 +45,7 @@ ENV: dict[str, str] = {
 
 def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the pod's verifier port
 
@@ -54,11 +54,12 @@ def parse_hostport(text: str) -> tuple[str, int]:
 class SidecarConfig:
     #: Unix socket the hook streams to.
     socket: Path = Path("/var/run/samplerguard/sidecar.sock")
-    #: Where openings are stored (on the pod's emptyDir).
-    openings_dir: Path = Path("/var/run/samplerguard/openings")
+    #: Where openings are stored: on the sidecar's own volume, which the app never mounts.
+    openings_dir: Path = Path("/var/lib/samplerguard/openings")
     #: TCP address the verifier reaches; port 0 picks a free one (see ``ready_file``).
     listen_tcp: tuple[str, int] = ("127.0.0.1", 9471)
-    #: Ed25519 signing key; generated at first start. Default: beside the openings.
+    #: Ed25519 signing key; generated at first start. Default: the parent of the openings
+    #: directory (in a pod the sidecar's own volume, out of the app's reach).
     key_file: Path | None = None
     tenant: str | None = None
     #: A policy file (YAML/JSON), or ``ClusterSamplerPolicy/<name>`` /
@@ -84,8 +85,9 @@ class SidecarConfig:
     integrity_interval: float = 300.0
     #: Openings older than this are deleted (the policy's retention wins when it is set).
     retention: float = 24 * 3600.0
-    #: Store size cap; the oldest trajectories are evicted beyond it.
-    max_store_bytes: int = 2 << 30
+    #: Store size cap, counting every file the store writes in whole blocks; the oldest
+    #: trajectories are evicted beyond it. Half the injected volume's 2 GiB sizeLimit.
+    max_store_bytes: int = 1 << 30
     #: Never let the volume's free space fall below this; refuse new trajectories instead.
     min_free_bytes: int = 64 << 20
     #: Largest trajectory accepted (all frames together).

@@ -630,6 +630,12 @@ def _issue_seed(ingest: IngestServer, frame: Frame) -> dict[str, Any]:
     }
 
 
+def _cut(sock: socket.socket) -> None:
+    """End a connection whose first frame missed its deadline (wakes the blocked read)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def _reply(sock: socket.socket, **fields: Any) -> None:
     send_frame(sock, FRAME_REPLY, fields)
 
@@ -641,11 +647,21 @@ class _Handler(socketserver.BaseRequestHandler):
         ingest = self.server.ingest
         sock: socket.socket = self.request
         tune_socket(sock)
-        sock.settimeout(ingest.idle_timeout)
+        # Until START is validated the peer has proved nothing: its first frame must arrive
+        # whole within start_timeout (a total deadline: the timer cuts a trickle) and within
+        # max_start_bytes.
+        sock.settimeout(ingest.start_timeout)
+        deadline = threading.Timer(ingest.start_timeout, _cut, (sock,))
+        deadline.daemon = True
+        deadline.start()
         tr: _Trajectory | None = None
         frames = FrameReader(sock, buffer_size=ingest.receive_buffer)
         try:
-            first = frames.read()
+            try:
+                first = frames.read(max_body=ingest.max_start_bytes)
+            finally:
+                deadline.cancel()
+            sock.settimeout(ingest.idle_timeout)
             if first.kind == FRAME_HELLO:
                 _reply(
                     sock,
@@ -723,7 +739,8 @@ class _Handler(socketserver.BaseRequestHandler):
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128
+    # hooks beyond max_connections wait here (the kernel caps it at net.core.somaxconn)
+    request_queue_size = 1024
     ingest: IngestServer
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -752,9 +769,13 @@ class IngestServer:
         fsync: bool = False,
         mode: int = 0o660,
         receive_buffer: int = 4 << 20,
+        start_timeout: float = 5.0,
+        max_start_bytes: int = 64 << 20,
     ) -> None:
         self.path = path
         self.receive_buffer = receive_buffer
+        self.start_timeout = start_timeout
+        self.max_start_bytes = max_start_bytes
         self.store = store
         self.ledger = RequestIdLedger(store.root / LEDGER_NAME)
         for entry in store.committed(after=0, limit=1 << 62):

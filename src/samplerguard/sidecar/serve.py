@@ -12,11 +12,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from samplerguard.serving import Limits, uvicorn_settings
 from samplerguard.sidecar.config import SidecarConfig
 
-__all__ = ["bind_tcp", "serve", "write_ready_file"]
+__all__ = ["LIMITS", "bind_tcp", "serve", "write_ready_file"]
 
 log = logging.getLogger(__name__)
+
+#: What clients of the verifier-facing API may hold (one verifier reads it, a few connections)
+LIMITS = Limits(max_connections=64, idle_timeout=30.0, request_timeout=10.0)
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -65,6 +69,24 @@ def keep_freed_memory() -> bool:
         return False
 
 
+_PR_SET_DUMPABLE = 4
+
+
+def not_dumpable() -> bool:
+    """Mark the process non-dumpable. The injected pod shares its process namespace (the
+    sidecar hashes the solver code the app loaded through ``/proc/<pid>/root``), so without
+    this an app process running under the sidecar's uid could read the signing key through
+    ``/proc/<sidecar>/root`` or ``/proc/<sidecar>/mem``; a non-dumpable process's ``/proc``
+    entries need ``CAP_SYS_PTRACE``, which the app does not get. Returns whether it applied
+    (Linux only)."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
 def serve(cfg: SidecarConfig) -> int:
     import torch
     import uvicorn
@@ -75,6 +97,8 @@ def serve(cfg: SidecarConfig) -> int:
     # the sidecar hashes and copies; it runs no model, and a thread pool only contends with
     # the app container for its CPU
     torch.set_num_threads(1)
+    if not not_dumpable():
+        log.warning("could not mark the process non-dumpable: /proc/<pid> stays readable")
     if not keep_freed_memory():
         log.info("malloc tuning unavailable (not glibc): ingest buffers are not kept for reuse")
     from samplerguard.commitment.digest import NATIVE
@@ -117,7 +141,13 @@ def serve(cfg: SidecarConfig) -> int:
 
     app.router.lifespan_context = lifespan
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            **uvicorn_settings(LIMITS)[0],
+        )
     )
     log.info("sidecar API on http://%s:%d", host, port)
     server.run(sockets=[tcp])

@@ -22,9 +22,16 @@ refuses ``O_DIRECT`` gets buffered writes through the same staging (auto), or an
 (``direct_io=True``).
 
 Bounds: a retention time, a size cap (the oldest trajectories are evicted first) and a floor
-on the volume's free space. Space is reserved before each frame is written; when nothing more
-can be evicted the trajectory is refused (:class:`StoreFullError`), so the sidecar never fills
-the disk.
+on the volume's free space. Both count everything the store writes, the index files included,
+in whole filesystem blocks (what an emptyDir's ``sizeLimit`` measures). Space is reserved before
+each frame and before each index is written; when nothing more can be evicted the trajectory is
+refused (:class:`StoreFullError`), so the sidecar never fills the disk. A trajectory that could
+not fit even in an empty store is refused *without* evicting anything: committed trajectories
+are only ever given up for one that will be kept.
+
+An index that cannot be read back (a damaged volume) is treated as a lost trajectory: it is
+deleted and reported as :class:`CorruptTrajectoryError`, which callers handle like an unknown
+id, never as an outage.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -58,6 +65,7 @@ from samplerguard.errors import MalformedInputError, TemporaryError
 from samplerguard.hook.wire import DTYPES, TensorSpec
 
 __all__ = [
+    "CorruptTrajectoryError",
     "OpeningStore",
     "StoreFullError",
     "StoreWriteError",
@@ -69,6 +77,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: the allocation unit the cap and the floor count files in (an emptyDir's usage is counted in
+#: blocks: a 10-byte index takes 4 KiB of the ``sizeLimit``)
+BLOCK = 4096
 _INDEX_CACHE = 32
 _STATVFS_EVERY = 8 << 20
 #: staging buffer size: one write per MiB of frames. Staging buffers are page-aligned (mmap) and
@@ -97,6 +108,15 @@ def _write_failed(exc: OSError) -> StoreWriteError:
 
 class UnknownTrajectoryError(MalformedInputError):
     """No committed trajectory with this id (never committed, or evicted)."""
+
+
+class CorruptTrajectoryError(UnknownTrajectoryError):
+    """The trajectory's index could not be read back; it was deleted (the opening is lost)."""
+
+
+def on_disk(nbytes: int) -> int:
+    """The bytes a file of ``nbytes`` takes on the volume: whole blocks."""
+    return -(-nbytes // BLOCK) * BLOCK
 
 
 @dataclass(frozen=True)
@@ -387,9 +407,10 @@ class OpeningStore:
                 path.unlink(missing_ok=True)
             elif name.endswith(".json"):
                 try:
-                    doc = json.loads(path.read_bytes())
-                    found.append(self._entry(doc))
-                except (OSError, ValueError, KeyError, TypeError):
+                    raw = path.read_bytes()
+                    data = (self.root / (name.removesuffix(".json") + ".bin")).stat().st_size
+                    found.append(self._entry(json.loads(raw), on_disk(data) + on_disk(len(raw))))
+                except (OSError, ValueError, KeyError, TypeError, RecursionError):
                     log.warning("store: unreadable index %s is removed", name)
                     path.unlink(missing_ok=True)
                     (self.root / (name.removesuffix(".json") + ".bin")).unlink(missing_ok=True)
@@ -404,12 +425,13 @@ class OpeningStore:
             log.info("store: %d committed trajectories kept across the restart", len(found))
 
     @staticmethod
-    def _entry(doc: dict[str, Any]) -> StoredTrajectory:
+    def _entry(doc: dict[str, Any], nbytes: int) -> StoredTrajectory:
+        """``nbytes``: what the trajectory's files take on the volume."""
         return StoredTrajectory(
             id=_safe_name(str(doc["id"])),
             seq=int(doc["seq"]),
             committed_at=float(doc["committedAt"]),
-            nbytes=int(doc["bytes"]),
+            nbytes=nbytes,
             root=str(doc["root"]),
             quarantine=tuple(doc.get("quarantine", [])),
         )
@@ -430,21 +452,38 @@ class OpeningStore:
 
     def reserve(self, writer: TrajectoryWriter, nbytes: int) -> None:
         with self._lock:
-            fresh = False
-            while self._committed_bytes + self._open_bytes + nbytes > self.max_bytes or (
-                self._free_bytes(fresh) - nbytes < self.min_free_bytes
-            ):
-                if not self._evict_oldest_locked():
-                    raise StoreFullError(
-                        f"openings store is full: {self._committed_bytes + self._open_bytes} "
-                        f"bytes held of {self.max_bytes}, "
-                        f"{self._free_bytes(True)} free on the volume "
-                        f"(floor {self.min_free_bytes})",
-                        delay=5.0,
-                    )
-                fresh = True  # an eviction freed space: measure again
+            self._make_room_locked(nbytes)
             self._open_bytes += nbytes
             self._since_statvfs += nbytes
+
+    def _full(self, nbytes: int) -> StoreFullError:
+        return StoreFullError(
+            f"openings store is full: {self._committed_bytes + self._open_bytes} bytes held "
+            f"of {self.max_bytes}, {self._free_bytes(True)} free on the volume (floor "
+            f"{self.min_free_bytes}); {nbytes} more bytes do not fit",
+            delay=5.0,
+        )
+
+    def _make_room_locked(self, nbytes: int) -> None:
+        """Evict the oldest committed trajectories until ``nbytes`` more fit under the cap and
+        above the free-space floor. Evicts nothing when even evicting every committed
+        trajectory would not make room: those are never given up for bytes that are then
+        refused anyway."""
+        if self._committed_bytes + self._open_bytes + nbytes <= self.max_bytes and (
+            self._free_bytes() - nbytes >= self.min_free_bytes
+        ):
+            return
+        if self._open_bytes + nbytes > self.max_bytes or (
+            self._free_bytes(True) + self._committed_bytes - nbytes < self.min_free_bytes
+        ):
+            raise self._full(nbytes)
+        fresh = False
+        while self._committed_bytes + self._open_bytes + nbytes > self.max_bytes or (
+            self._free_bytes(fresh) - nbytes < self.min_free_bytes
+        ):
+            if not self._evict_oldest_locked():
+                raise self._full(nbytes)
+            fresh = True  # an eviction freed space: measure again
 
     def _free_bytes(self, fresh: bool = False) -> int:
         """Free bytes on the volume, less what was reserved since the last ``statvfs``. It is
@@ -470,15 +509,20 @@ class OpeningStore:
         self, writer: TrajectoryWriter, index: dict[str, Any], *, fsync: bool
     ) -> StoredTrajectory:
         with self._lock:
+            index["seq"] = self._seq + 1
+            raw = json.dumps(index, separators=(",", ":")).encode()
+            # the index and the data file's last partial block count against the cap as well
+            # (reserved before anything is written: refused here, nothing is committed)
+            extra = on_disk(len(raw)) + on_disk(writer.size) - writer.size
+            self._make_room_locked(extra)
             self._seq += 1
-            index["seq"] = self._seq
-            entry = self._entry(index)
+            entry = self._entry(index, writer.size + extra)
             data_path = self.root / f"{writer.id}.bin"
             index_path = self.root / f"{writer.id}.json"
             tmp = self.root / f"{writer.id}.json.tmp"
             os.replace(writer.path, data_path)
             with open(tmp, "wb") as fh:
-                fh.write(json.dumps(index, separators=(",", ":")).encode())
+                fh.write(raw)
                 if fsync:
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -491,7 +535,8 @@ class OpeningStore:
                     os.close(dfd)
             self._open.pop(writer.id, None)
             self._open_bytes -= writer.size
-            self._committed_bytes += writer.size
+            self._committed_bytes += entry.nbytes
+            self._since_statvfs += extra
             self._entries[entry.id] = entry
             return entry
 
@@ -546,9 +591,13 @@ class OpeningStore:
                 return cached
         try:
             doc: dict[str, Any] = json.loads((self.root / f"{trajectory_id}.json").read_bytes())
+            hashes = [leaf_hash(base64.b64decode(leaf, validate=True)) for leaf in doc["leaves"]]
+            for key in ("id", "seq", "committedAt", "envelope", "root", "steps"):
+                doc[key]
         except FileNotFoundError:
             raise UnknownTrajectoryError(f"trajectory {trajectory_id!r} was evicted") from None
-        hashes = [leaf_hash(base64.b64decode(leaf)) for leaf in doc["leaves"]]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            self._drop_corrupt(trajectory_id, exc)
         doc["_hashes"] = hashes
         with self._lock:
             self._cache[trajectory_id] = doc
@@ -556,9 +605,32 @@ class OpeningStore:
                 self._cache.popitem(last=False)
         return doc
 
+    def _drop_corrupt(self, trajectory_id: str, exc: BaseException) -> NoReturn:
+        """A committed trajectory whose index cannot be read: delete it (it can never be
+        served) and say so, once, instead of failing every later request for it."""
+        log.warning(
+            "store: the index of %s is unreadable (%s); the trajectory is deleted",
+            trajectory_id,
+            type(exc).__name__,
+        )
+        with self._lock:
+            entry = self._entries.pop(trajectory_id, None)
+            if entry is not None:
+                self._delete_locked(entry)
+        raise CorruptTrajectoryError(
+            f"trajectory {trajectory_id!r} is lost: its stored index is unreadable"
+        ) from None
+
     def opening_bytes(self, trajectory_id: str, step: int) -> bytes:
         """The safetensors opening of ``step``, assembled from the stored frames."""
         doc = self.index(trajectory_id)
+        try:
+            return self._opening(trajectory_id, step, doc)
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            # an index that parses but does not hold what the store wrote
+            self._drop_corrupt(trajectory_id, exc)
+
+    def _opening(self, trajectory_id: str, step: int, doc: dict[str, Any]) -> bytes:
         steps = doc["steps"]
         if not 0 <= step < len(steps):
             raise MalformedInputError(

@@ -584,6 +584,7 @@ class RegistryClient:
             declared = resp.headers.get("Content-Length")
             if (
                 declared is not None
+                and declared.isascii()
                 and declared.isdigit()
                 and int(declared) > limit
                 and resp.status_code < 300
@@ -607,7 +608,7 @@ class RegistryClient:
 
     def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
         delay = self._backoff * (2**attempt) * (0.5 + random.random())  # noqa: S311
-        if retry_after and retry_after.isdigit():
+        if retry_after and retry_after.isascii() and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 2.0))
         left = _remaining()
         if left is not None:

@@ -4,6 +4,10 @@ httpx's exceptions are translated here, once: a timeout or refused connection is
 :class:`~samplerguard.errors.TemporaryError` (reported, retried next round); a 401 means the
 verifier's own credentials are wrong (:class:`VerifierAuthError`); a 404 for something the
 sidecar listed is the sidecar's failure to produce it.
+
+``timeout`` is a deadline for the whole call (connect, headers, body), not per read: a sidecar
+that trickles a byte at a time cannot stall a round past it. Each call opens its own
+connection (no keep-alive pool), so the deadline can cut exactly that connection.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import httpx
 
 from samplerguard.commitment.dsse import load_public_key
+from samplerguard.deadline import CallDeadline
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 
 __all__ = ["MAX_OPENING_BYTES", "SidecarClient", "SidecarMissingError", "VerifierAuthError"]
@@ -47,6 +52,7 @@ class SidecarClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             transport=transport,
             follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     def close(self) -> None:
@@ -54,8 +60,11 @@ class SidecarClient:
 
     def _get(self, path: str, *, auth: bool = True, limit: int = MAX_JSON_BYTES) -> bytes:
         headers = {"Authorization": f"Bearer {self._token()}"} if auth else {}
+        deadline = CallDeadline(self.timeout)
         try:
-            with self._http.stream("GET", path, headers=headers) as resp:
+            with self._http.stream(
+                "GET", path, headers=headers, extensions={"trace": deadline.trace}
+            ) as resp:
                 if resp.status_code in (401, 403):
                     raise VerifierAuthError(
                         f"sidecar {self.url} refused the verifier's credentials "
@@ -73,6 +82,8 @@ class SidecarClient:
                     )
                 chunks, size = [], 0
                 for chunk in resp.iter_bytes():
+                    if deadline.expired.is_set():
+                        raise httpx.ReadTimeout("the call's deadline passed")
                     size += len(chunk)
                     if size > limit:
                         raise MalformedInputError(
@@ -85,9 +96,15 @@ class SidecarClient:
                 f"sidecar {self.url} timed out after {self.timeout:.1f}s on {path}"
             ) from None
         except httpx.TransportError as exc:
+            if deadline.expired.is_set():
+                raise TemporaryError(
+                    f"sidecar {self.url} timed out after {self.timeout:.1f}s on {path}"
+                ) from None
             raise TemporaryError(
                 f"sidecar {self.url} is unreachable ({type(exc).__name__}) on {path}"
             ) from None
+        finally:
+            deadline.cancel()
 
     def _json(self, path: str, *, auth: bool = True) -> dict[str, Any]:
         import json
@@ -96,6 +113,10 @@ class SidecarClient:
             doc = json.loads(self._get(path, auth=auth))
         except ValueError:
             raise MalformedInputError(f"sidecar {self.url} sent non-JSON for {path}") from None
+        except RecursionError:
+            raise MalformedInputError(
+                f"sidecar {self.url} sent JSON nested too deeply for {path}"
+            ) from None
         if not isinstance(doc, dict):
             raise MalformedInputError(f"sidecar {self.url} sent a non-object for {path}")
         return doc

@@ -2,12 +2,17 @@
 
 ``GET /healthz``, ``GET /readyz`` and ``GET /v1/status`` (counts, per-sidecar state) are
 open: they expose no trajectory content. ``POST /v1/rounds`` runs one round now (the demo and
-the tests use it instead of waiting for the interval); it answers with the round's count.
+the tests use it instead of waiting for the interval); it answers with the round's count. A
+round costs work (every sidecar is read, and discovery may list the cluster's pods), so the
+route takes only the verifier's own bearer token (``--token-file``, compared in constant time:
+401 otherwise, 503 when the file is unreadable), and one round at a time: a call while a
+round runs gets 409 instead of queueing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import socket
@@ -15,15 +20,36 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header, HTTPException
 
+from samplerguard.errors import TemporaryError
+from samplerguard.serving import Limits, uvicorn_settings
 from samplerguard.verifier.service import Verifier
 
-__all__ = ["create_app", "serve"]
+__all__ = ["LIMITS", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
+
+#: What clients of the status API may hold
+LIMITS = Limits(max_connections=256, idle_timeout=30.0, request_timeout=10.0)
+
+
+def _authorised(verifier: Verifier, authorization: str | None) -> None:
+    given = ""
+    if authorization and authorization[:7].lower() == "bearer ":
+        given = authorization[7:].strip()
+    try:
+        expected = verifier.token()
+    except TemporaryError:
+        raise HTTPException(status_code=503, detail="authentication unavailable") from None
+    if not given or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="samplerguard-verifier"'},
+        )
 
 
 def create_app(verifier: Verifier) -> FastAPI:
@@ -43,10 +69,15 @@ def create_app(verifier: Verifier) -> FastAPI:
         return asdict(verifier.stats)
 
     @app.post("/v1/rounds")
-    def run_round() -> dict[str, Any]:
-        with round_lock:
+    def run_round(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        _authorised(verifier, authorization)
+        if not round_lock.acquire(blocking=False):
+            raise HTTPException(status_code=409, detail="a round is already running")
+        try:
             judged = verifier.run_round()
             verifier.redeliver()
+        finally:
+            round_lock.release()
         return {"judged": judged, **asdict(verifier.stats)}
 
     return app
@@ -86,7 +117,13 @@ def serve(
 
     app.router.lifespan_context = lifespan
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            **uvicorn_settings(LIMITS)[0],
+        )
     )
     log.info("verifier API on http://%s:%d", host, port)
     server.run(sockets=[sock])

@@ -169,6 +169,13 @@ class Verifier:
                 self.stats.sidecars[target.url] = "ok"
             except (TemporaryError, VerifierAuthError) as exc:
                 self._report_outage(target, str(exc))
+            except (MalformedInputError, RecursionError) as exc:
+                # a sidecar that answers garbage (its key, its list) fails its own audit; it
+                # never stops the round for the sidecars after it
+                what = (
+                    str(exc) if isinstance(exc, MalformedInputError) else "JSON nested too deeply"
+                )
+                self._report_outage(target, f"sidecar {target.url} answered malformed: {what}")
         self.stats.rounds += 1
         return judged
 

@@ -21,6 +21,7 @@ __all__ = [
     "LABEL_INJECT",
     "RUN_VOLUME",
     "SIDECAR_NAME",
+    "STATE_VOLUME",
     "InjectionConfig",
     "WebhookConfig",
 ]
@@ -39,6 +40,8 @@ SIDECAR_NAME = "samplerguard-sidecar"
 HOOK_INIT_NAME = "samplerguard-hook-init"
 HOOK_VOLUME = "samplerguard-python"
 RUN_VOLUME = "samplerguard-run"
+#: the sidecar's own volume (signing key and openings store), never mounted into the app
+STATE_VOLUME = "samplerguard-state"
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,16 @@ class InjectionConfig:
     hook_source: str = "/opt/samplerguard/python"
     #: Where app containers see the hook package; prepended to their PYTHONPATH.
     hook_mount: str = "/samplerguard/python"
-    #: The shared emptyDir with the Unix socket and the openings store.
+    #: The emptyDir shared with the app: the Unix socket and nothing else. App containers
+    #: mount it read-only (connecting to a socket needs no write access to its filesystem),
+    #: so the app can neither replace the socket nor write beside it.
     run_dir: str = "/var/run/samplerguard"
+    #: The sidecar's own emptyDir: its signing key and the openings store. Mounted into the
+    #: sidecar only: nothing in the app's containers can read the key or alter an opening.
+    state_dir: str = "/var/lib/samplerguard"
+    #: The state volume's sizeLimit; the sidecar's store cap (SAMPLERGUARD_MAX_STORE_BYTES)
+    #: is set to half of it, so a full store never reaches the limit (which evicts the pod).
+    state_size_mib: int = 2048
     socket_name: str = "sidecar.sock"
     #: TCP port on which the verifier reaches the sidecar.
     sidecar_port: int = 9471
@@ -74,7 +85,15 @@ class InjectionConfig:
 
     @property
     def openings_dir(self) -> str:
-        return posixpath.join(self.run_dir, "openings")
+        return posixpath.join(self.state_dir, "openings")
+
+    @property
+    def key_file(self) -> str:
+        return posixpath.join(self.state_dir, "sidecar-ed25519.pem")
+
+    @property
+    def store_cap_bytes(self) -> int:
+        return (self.state_size_mib << 20) // 2
 
     @property
     def effective_hook_image(self) -> str:

@@ -6,9 +6,12 @@ The injected pod gets, in the style of the OpenTelemetry operator's Python auto-
   ``sitecustomize.py``) into the ``samplerguard-python`` emptyDir;
 * ``samplerguard-sidecar``: the sidecar, as a native sidecar (init container with
   ``restartPolicy: Always``) or a plain container;
-* ``samplerguard-run``: an emptyDir with the Unix socket and the openings store;
+* ``samplerguard-run``: an emptyDir with the Unix socket only, mounted read-only into the app;
+* ``samplerguard-state``: the sidecar's own emptyDir (signing key, openings store), mounted
+  into the sidecar alone, so the app can neither read the key nor alter or delete an opening;
 * in each instrumented app container: ``PYTHONPATH`` prepended with the hook's directory, the
-  two volumes mounted, and the ``SAMPLERGUARD_*`` variables of the contract.
+  hook and socket volumes mounted read-only, and the ``SAMPLERGUARD_*`` variables of the
+  contract.
 
 Injection is idempotent: a pod that already carries the sidecar gets no injection operations,
 so reinvocation (``reinvocationPolicy: IfNeeded``) changes nothing. Pinning is idempotent too: a
@@ -31,6 +34,7 @@ from samplerguard.webhook.config import (
     HOOK_VOLUME,
     RUN_VOLUME,
     SIDECAR_NAME,
+    STATE_VOLUME,
     InjectionConfig,
 )
 from samplerguard.webhook.workloads import PodTemplate, escape_pointer
@@ -166,7 +170,7 @@ def _container_ops(
         "volumeMounts",
         [
             {"name": HOOK_VOLUME, "mountPath": cfg.hook_mount, "readOnly": True},
-            {"name": RUN_VOLUME, "mountPath": cfg.run_dir},
+            {"name": RUN_VOLUME, "mountPath": cfg.run_dir, "readOnly": True},
         ],
     )
     return ops, warnings
@@ -179,6 +183,8 @@ def _sidecar(cfg: InjectionConfig, image: str, tenant: str, policy: str) -> dict
     env = [
         *_contract_env(cfg, tenant, policy),
         _env("SAMPLERGUARD_OPENINGS_DIR", cfg.openings_dir),
+        _env("SAMPLERGUARD_KEY_FILE", cfg.key_file),
+        _env("SAMPLERGUARD_MAX_STORE_BYTES", str(cfg.store_cap_bytes)),
         _env("SAMPLERGUARD_LISTEN_TCP", f"0.0.0.0:{cfg.sidecar_port}"),
         _field_env("SAMPLERGUARD_POD_NAME", "metadata.name"),
         _field_env("SAMPLERGUARD_POD_NAMESPACE", "metadata.namespace"),
@@ -191,7 +197,10 @@ def _sidecar(cfg: InjectionConfig, image: str, tenant: str, policy: str) -> dict
         "args": ["sidecar"],
         "env": env,
         "ports": [{"name": "sg-verifier", "containerPort": cfg.sidecar_port, "protocol": "TCP"}],
-        "volumeMounts": [{"name": RUN_VOLUME, "mountPath": cfg.run_dir}],
+        "volumeMounts": [
+            {"name": RUN_VOLUME, "mountPath": cfg.run_dir},
+            {"name": STATE_VOLUME, "mountPath": cfg.state_dir},
+        ],
         "resources": {
             "requests": {"cpu": cfg.sidecar_cpu_request, "memory": cfg.sidecar_memory_request},
             "limits": {"memory": cfg.sidecar_memory_limit},
@@ -253,7 +262,7 @@ def injection_patch(
         ):
             raise MalformedInputError(f"spec.{key} must be a list of objects")
     names = {v.get("name") for v in spec.get("volumes") or []}
-    for volume in (HOOK_VOLUME, RUN_VOLUME):
+    for volume in (HOOK_VOLUME, RUN_VOLUME, STATE_VOLUME):
         if volume in names:
             raise MalformedInputError(
                 f"the pod already has a volume named {volume!r}, which samplerguard injects"
@@ -272,7 +281,8 @@ def injection_patch(
         "volumes",
         [
             {"name": HOOK_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
-            {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "2Gi"}},
+            {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
+            {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": f"{cfg.state_size_mib}Mi"}},
         ],
     )
     # The sidecar hashes the solver code the app actually loaded through /proc/<pid>/root,

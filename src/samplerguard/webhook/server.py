@@ -8,18 +8,18 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from samplerguard.serving import Limits, uvicorn_settings
 from samplerguard.webhook.admission import Admission
 from samplerguard.webhook.app import webhook_asgi
 from samplerguard.webhook.config import WebhookConfig
 from samplerguard.webhook.tls import ReloadingCertificate
 
-__all__ = ["WebhookServer", "serve", "uvicorn_config"]
+__all__ = ["LIMITS", "WebhookServer", "serve", "uvicorn_config"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,10 @@ def _loop() -> str:
     return "uvloop"
 
 
-def _http() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return "h11"
-    return "httptools"
+#: What the webhook's clients may hold: the API server keeps its connections open between
+#: reviews (idle time outlives its reuse), and idle or slow connections beyond the cap make room
+#: for new ones instead of turning admissions into 503s.
+LIMITS = Limits(max_connections=1024, idle_timeout=60.0, request_timeout=10.0)
 
 
 def uvicorn_config(config: WebhookConfig, admission: Admission, tls: ReloadingCertificate) -> Any:
@@ -49,25 +47,20 @@ def uvicorn_config(config: WebhookConfig, admission: Admission, tls: ReloadingCe
 
     app = webhook_asgi(admission, max_bytes=config.max_body_bytes, timeout=config.deadline)
 
-    def tls_context(_cfg: Any, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        return tls.context
-
+    # TLS is done by the connection guard (after the connection is counted, within its
+    # handshake deadline), with the context that follows rotation
+    settings, _ = uvicorn_settings(LIMITS, tls=lambda: tls.context)
     return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
-        ssl_context_factory=tls_context,
         loop=_loop(),
-        http=_http(),
         lifespan="off",
         access_log=False,
         log_config=None,
-        # The API server keeps connections open; outlive its idle reuse.
-        timeout_keep_alive=60,
-        # Bounds the work queued at once; beyond it uvicorn answers 503 at once.
-        limit_concurrency=2048,
         timeout_graceful_shutdown=5,
         server_header=False,
+        **settings,
     )
 
 

@@ -167,6 +167,10 @@ def find_pod_template(group: str, kind: str, obj: object) -> PodTemplate:
                     pointer=f"{pointer}/spec/{list_name}/{index}",
                 )
             )
+    if not any(ref.list_name == "containers" for ref in refs):
+        # Kubernetes requires one; a pod spec without any would be admitted with nothing
+        # checked (the API server refuses it later, after the webhook said yes)
+        raise MalformedInputError(f"{where}.spec.containers must list at least one container")
     return PodTemplate(
         kind=kind,
         pointer=pointer,

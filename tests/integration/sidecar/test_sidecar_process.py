@@ -82,6 +82,18 @@ def test_unauthenticated_requests_get_401_and_learn_nothing(lane: object) -> Non
     assert httpx.get(svc.url + "/v1/trajectories", headers=_auth(token)).status_code == 200
 
 
+def test_step_numbers_are_ascii_digits_only(lane: object) -> None:
+    """Unicode digits used to alias real steps ("٣" is 3) or give a 500 ("²")."""
+    svc, model, token, _ = lane  # type: ignore[misc]
+    generate(Path(svc.ready["socket"]), model.unet, "digits-1", declared_digest=model.digest)
+    base = svc.url + "/v1/trajectories/digits-1/openings/"
+    assert httpx.get(base + "3", headers=_auth(token)).status_code == 200
+    for step in ("\u0663", "\u00b2", "\uff13", "3.0", "-1", "123456"):
+        resp = httpx.get(base + step, headers=_auth(token))
+        assert resp.status_code == 400, step
+        assert resp.json() == {"detail": "step must be a non-negative integer"}
+
+
 def test_out_of_policy_request_is_refused_in_enforce_mode(lane: object) -> None:
     svc, model, token, _ = lane  # type: ignore[misc]
     with pytest.raises(RecordingError, match=r"out of policy: guidance scale 12\.0 outside"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +17,7 @@ from samplerguard.commitment.merkle import (
     node_hash,
     verify_inclusion,
 )
+from samplerguard.errors import MalformedInputError
 
 # Published by the RFC 6962 reference implementations (certificate-transparency-go,
 # transparency-dev/merkle testonly): the leaf data and the root for each tree size 0..8.
@@ -135,7 +138,33 @@ def test_garbage_proofs_never_verify_and_never_raise(
 
 
 def test_out_of_range_proof_request_is_an_error() -> None:
-    import pytest
-
-    with pytest.raises(IndexError, match="outside a tree of size 3"):
+    with pytest.raises(MalformedInputError, match="outside a tree of size 3"):
         inclusion_proof([b"a", b"b", b"c"], 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((b"x", 0.0, 1, [], b"\0" * 32), "index must be an integer, got float"),
+        ((b"x", True, 2, [b"\0" * 32], b"\0" * 32), "index must be an integer, got bool"),
+        ((b"x", 0, "1", [], b"\0" * 32), "tree_size must be an integer, got str"),
+        (("x", 0, 1, [], b"\0" * 32), "leaf data must be bytes, got str"),
+        ((b"x", 0, 1, None, b"\0" * 32), "proof must be a sequence of hashes, got NoneType"),
+        ((b"x", 0, 2, "ab" * 32, b"\0" * 32), "proof must be a sequence of hashes, got str"),
+        ((b"x", 0, 2, [1], b"\0" * 32), "proof entry must be bytes, got int"),
+        ((b"x", 0, 1, [], None), "root must be bytes, got NoneType"),
+    ],
+)
+def test_wrongly_typed_arguments_raise_our_error_not_type_error(
+    args: tuple[Any, ...], message: str
+) -> None:
+    with pytest.raises(MalformedInputError, match=message):
+        verify_inclusion(*args)
+
+
+def test_an_index_outside_the_tree_is_our_error() -> None:
+    with pytest.raises(MalformedInputError, match="outside a tree of size 2"):
+        inclusion_proof([b"a", b"b"], 2)
+    with pytest.raises(MalformedInputError, match="index must be an integer"):
+        inclusion_proof([b"a", b"b"], 1.0)  # type: ignore[arg-type]
+    assert not verify_inclusion(b"a", 5, 2, [], b"\0" * 32)  # well-typed, wrong: False

@@ -160,3 +160,75 @@ def test_large_and_chunked_bodies_arrive_whole(monkeypatch: pytest.MonkeyPatch) 
     r = _run(record, Authenticator(local_token=TOKEN), calls)
     assert [x.status_code for x in r] == [200, 200, 413]
     assert len(got) == 1200 and got[599].metric("steps") == 600  # the third recorded nothing
+
+
+def test_deeply_nested_json_is_a_400_not_a_500() -> None:
+    auth = Authenticator(local_token=TOKEN)
+    nested = "[" * 200_000 + "]" * 200_000
+
+    def requests(url: str) -> httpx.Response:
+        return httpx.post(
+            url + "/v1/results",
+            content=nested,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+
+    resp = _run(lambda batch: len(batch), auth, requests)
+    assert resp.status_code == 400 and "nested too deeply" in resp.json()["error"]
+
+
+def test_idle_and_half_sent_connections_cannot_crowd_out_a_poster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """8x the connection cap held open (half idle, half with an unfinished header): posts are
+    still served, and the guard keeps the count at the cap by evicting the idlers."""
+    from samplerguard.operator import ingest
+    from samplerguard.serving import Limits
+
+    monkeypatch.setattr(ingest, "LIMITS", Limits(max_connections=8, idle_timeout=5.0))
+    auth = Authenticator(local_token=TOKEN)
+
+    def requests(port: int) -> list[int]:
+        held = []
+        for i in range(64):  # from another loopback address than the poster's
+            s = socket.create_connection(
+                ("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)
+            )
+            if i % 2:
+                s.sendall(b"POST /v1/results HTTP/1.1\r\nhost: x\r\n")
+            held.append(s)
+        try:
+            return [
+                httpx.post(
+                    f"http://127.0.0.1:{port}/v1/results",
+                    content=_line(),
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    timeout=5,
+                ).status_code
+                for _ in range(3)
+            ]
+        finally:
+            for s in held:
+                s.close()
+
+    async def main() -> tuple[list[int], int, int]:
+        port = _free_port()
+        runner = await serve(build_app(lambda batch: len(batch), auth), "127.0.0.1", port, None)
+        try:
+            codes = await asyncio.to_thread(requests, port)
+            (site,) = runner.sites
+            assert isinstance(site, ingest.BoundedSite)
+            guard = site.guard
+            return codes, guard.evicted + guard.refused, len(guard.connections)
+        finally:
+            await runner.cleanup()
+
+    codes, turned_away, held = asyncio.run(main())
+    assert codes == [200, 200, 200]
+    assert turned_away >= 64 - 4 and held <= 8
+
+
+def test_an_empty_local_token_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="the local token is empty"):
+        Authenticator(local_token="")

@@ -157,3 +157,23 @@ def test_reloaded_certificate_serves_new_handshakes(server: Server, tmp_path: Pa
         assert fresh.post([_r(9)]) == 1
     with _client(server, deadline=0.3) as stale, pytest.raises(TemporaryError):
         stale.post([_r(10)])  # the old CA no longer vouches for what is served
+
+
+def test_an_operator_that_trickles_its_answer_is_cut_at_the_timeout(tmp_path: Path) -> None:
+    """A byte every 0.3 s: each read is within the 1 s timeout, the request is cut at 1 s, and
+    the post gives up at its deadline with a temporary error."""
+    import time
+
+    from trickle_support import Trickler
+
+    token = tmp_path / "token"
+    token.write_text("t" * 20)
+    result = ReportResult.build(policy="p", rule="recipe", result="pass")
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n" + b"{" * 20
+    with Trickler(answer, every=0.3) as server:
+        url = f"http://127.0.0.1:{server.port}/v1/results"
+        with ResultsClient(url, token_file=token, timeout=1.0, deadline=0.0) as client:
+            started = time.monotonic()
+            with pytest.raises(TemporaryError, match=r"timed out after 1\.0s"):
+                client.post([result])
+    assert time.monotonic() - started < 5.0

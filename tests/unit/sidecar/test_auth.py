@@ -133,3 +133,14 @@ def test_unreachable_api_server_is_temporary() -> None:
         )
         with pytest.raises(TemporaryError, match="unreachable"):
             auth.authenticate("good")
+
+
+def test_a_token_file_that_disappears_refuses_every_request_without_crashing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("a-token-of-enough-length")
+    auth = TokenFileAuth(path)
+    path.unlink()
+    with pytest.raises(TemporaryError, match=r"token file .* is unreadable"):
+        auth.authenticate("a-token-of-enough-length")

@@ -396,6 +396,92 @@ def test_a_failing_volume_is_answered_as_a_temporary_refusal_and_nothing_is_kept
     assert _send(srv.path, frames)["ok"]  # once the volume has room again
 
 
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_frame_claiming_a_huge_body_pins_nothing_before_start(tmp_path: Path) -> None:
+    """An 18-byte prefix claiming a 256 MiB body: refused before START is validated (over the
+    START cap), and a claim under the cap allocates only what actually arrives."""
+
+    from samplerguard.hook.wire import MAGIC, PREFIX, WIRE_VERSION
+
+    key = Ed25519PrivateKey.generate()
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
+    gate = Gate(key=key, public_pem="pem", admit=lambda s: Decision(Admission("accept", ())))
+    srv = IngestServer(
+        tmp_path / "s.sock", store, gate, start_timeout=0.5, max_start_bytes=32 << 20
+    )
+    srv.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(srv.path))
+            s.sendall(PREFIX.pack(MAGIC, WIRE_VERSION, FRAME_START, 2, 256 << 20) + b"{}")
+            answer = read_frame(s, max_body=0).header
+        assert answer["ok"] is False and "exceeds the 33554432 cap" in answer["error"]
+        before = _rss_kib()
+        held = []
+        for _ in range(8):  # 8 x 30 MiB claimed, 20 bytes sent each
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(str(srv.path))
+            s.sendall(PREFIX.pack(MAGIC, WIRE_VERSION, FRAME_START, 2, 30 << 20) + b"{}")
+            held.append(s)
+        grown = _rss_kib() - before
+        assert grown < 8 * (30 << 10) // 4, f"{grown} KiB held for 8 stalled claims"
+        for s in held:  # the START deadline drops them all
+            assert s.recv(1) == b""
+            s.close()
+    finally:
+        srv.close()
+
+
+def test_a_deeply_nested_header_is_refused_not_a_traceback(
+    server: tuple[IngestServer, Ed25519PrivateKey],
+) -> None:
+    from samplerguard.hook.wire import MAGIC, PREFIX, WIRE_VERSION
+
+    srv, _ = server
+    head = b"[" * 100_000 + b"]" * 100_000
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(srv.path))
+        s.sendall(PREFIX.pack(MAGIC, WIRE_VERSION, FRAME_START, len(head), 0) + head)
+        answer = read_frame(s, max_body=0).header
+    assert answer["ok"] is False and "nests too deeply" in answer["error"]
+    frames, _ = _trajectory("after-nesting")
+    assert _send(srv.path, frames)["ok"]
+
+
+def test_a_trickled_first_frame_is_cut_at_its_total_deadline(tmp_path: Path) -> None:
+    """One byte every 0.2 s never trips a per-read timeout of 1 s; the START deadline (total)
+    cuts it anyway, freeing the connection slot."""
+    import time
+
+    key = Ed25519PrivateKey.generate()
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
+    gate = Gate(key=key, public_pem="pem", admit=lambda s: Decision(Admission("accept", ())))
+    srv = IngestServer(tmp_path / "s.sock", store, gate, start_timeout=1.0)
+    srv.start()
+    frame = b"".join(bytes(p) for p in encode_frame(FRAME_START, {"x": "y" * 200}, []))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(srv.path))
+            started = time.monotonic()
+            with pytest.raises(OSError):
+                for byte in frame:
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.2)
+            assert time.monotonic() - started < 5.0
+    finally:
+        srv.close()
+
+
 # -- seeds issued by the sidecar (SEED frames) -------------------------------------------------
 
 

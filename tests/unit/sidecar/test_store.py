@@ -11,6 +11,8 @@ import pytest
 from samplerguard.errors import MalformedInputError
 from samplerguard.hook.wire import TensorSpec
 from samplerguard.sidecar.store import (
+    BLOCK,
+    CorruptTrajectoryError,
     OpeningStore,
     StoreFullError,
     StoreWriteError,
@@ -40,6 +42,7 @@ def _commit_writer(w: TrajectoryWriter, tid: str, at: float | None = None) -> No
         "id": tid,
         "committedAt": time.time() if at is None else at,
         "root": "00" * 32,
+        "envelope": {},
         "leaves": [],
         "steps": [],
         "initial": {},
@@ -57,7 +60,7 @@ def test_commit_is_visible_and_survives_a_restart_uncommitted_is_dropped(tmp_pat
     again = _store(tmp_path)
     assert [e.id for e in again.committed()] == ["a"]
     assert not list(tmp_path.glob("*.partial"))
-    assert again.committed_bytes == 1000
+    assert again.committed_bytes == 2 * BLOCK  # the data file and the index, in whole blocks
     _commit(again, "c")
     assert [e.seq for e in again.committed()] == [1, 2]
 
@@ -76,7 +79,7 @@ def test_ids_cannot_escape_the_store(tmp_path: Path, bad: str) -> None:
 
 
 def test_size_cap_evicts_the_oldest_first(tmp_path: Path) -> None:
-    store = _store(tmp_path, max_bytes=2500)
+    store = _store(tmp_path, max_bytes=5 * BLOCK)
     for tid in ("a", "b", "c", "d"):
         _commit(store, tid)
     assert [e.id for e in store.committed()] == ["c", "d"]
@@ -93,6 +96,52 @@ def test_a_trajectory_bigger_than_the_cap_is_refused_not_written(tmp_path: Path)
         w.add("i/", [_spec("x", 1000)], bytearray(1000))
     w.discard()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_trajectory_that_cannot_fit_evicts_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path, max_bytes=8 * BLOCK)
+    for tid in ("a", "b"):
+        _commit(store, tid)
+    w = store.open("huge")
+    with pytest.raises(StoreFullError, match="do not fit"):
+        w.add("i/", [_spec("x", 9 * BLOCK)], bytearray(9 * BLOCK))
+    w.discard()
+    assert [e.id for e in store.committed()] == ["a", "b"] and store.evicted == 0
+
+
+def test_index_files_count_against_the_cap(tmp_path: Path) -> None:
+    """Many small trajectories: the store's files on disk, indexes included, stay under
+    the cap."""
+    cap = 40 * BLOCK
+    store = _store(tmp_path, max_bytes=cap)
+    for i in range(60):
+        _commit(store, f"t{i}", nbytes=10)
+    used = sum(-(-p.stat().st_size // BLOCK) * BLOCK for p in tmp_path.iterdir())
+    assert used <= cap and store.committed_bytes == used
+    assert store.evicted == 60 - len(store.committed())
+
+
+def test_an_index_that_does_not_fit_refuses_the_commit(tmp_path: Path) -> None:
+    store = _store(tmp_path, max_bytes=BLOCK)
+    w = store.open("a")
+    w.add("i/", [_spec("latent", BLOCK)], bytearray(BLOCK))
+    with pytest.raises(StoreFullError):
+        _commit_writer(w, "a")
+    w.discard()
+    assert store.committed() == [] and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[]", '{"leaves": ["%%%"]}', '{"leaves": []}'])
+def test_a_corrupt_index_is_a_lost_trajectory_not_an_outage(tmp_path: Path, damage: str) -> None:
+    store = _store(tmp_path)
+    _commit(store, "a")
+    _commit(store, "b")
+    (tmp_path / "a.json").write_text(damage)
+    with pytest.raises(CorruptTrajectoryError, match="is lost: its stored index is unreadable"):
+        store.opening_bytes("a", 0)
+    with pytest.raises(UnknownTrajectoryError, match="no committed trajectory"):
+        store.index("a")  # deleted: an unknown id from now on
+    assert [e.id for e in store.committed()] == ["b"] and not (tmp_path / "a.bin").exists()
 
 
 def test_free_space_floor_is_never_crossed(tmp_path: Path) -> None:
@@ -133,7 +182,7 @@ def test_a_second_discard_never_touches_a_retry_under_the_same_id(tmp_path: Path
     assert retry.path.exists()
     _commit_writer(retry, "again")
     assert [e.id for e in store.committed()] == ["again"]
-    assert store.committed_bytes == 10
+    assert store.committed_bytes == 2 * BLOCK
 
 
 # -- staged writes: O_DIRECT and buffered -------------------------------------------------------

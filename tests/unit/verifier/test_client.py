@@ -63,3 +63,22 @@ def test_oversized_and_non_json_answers_are_refused() -> None:
         _client(lambda req: httpx.Response(200, content=b"<html>")).trajectory("a")
     with pytest.raises(MalformedInputError, match="no public key"):
         _client(lambda req: httpx.Response(200, json={})).public_key()
+
+
+def test_the_timeout_is_a_deadline_for_the_whole_call_not_per_read() -> None:
+    """A real server that answers a byte every 0.3 s: each read is well within a 1 s timeout,
+    the call as a whole is cut at 1 s."""
+    import time
+
+    from trickle_support import Trickler
+
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 100
+    with Trickler(answer, every=0.3) as server:
+        client = SidecarClient(f"http://127.0.0.1:{server.port}", lambda: "t", timeout=1.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(TemporaryError, match=r"timed out after 1\.0s"):
+                client.trajectory("a")
+        finally:
+            client.close()
+    assert time.monotonic() - started < 5.0  # the trickle would take 40 s

@@ -126,7 +126,11 @@ def test_signed_pod_is_pinned_and_injected(client: httpx.Client, registry: Regis
     assert env["SAMPLERGUARD_TENANT"] == "ml"
     assert env["SAMPLERGUARD_POLICY"] == "ClusterSamplerPolicy/acme"
     assert env["A"] == "1"
-    assert {v["name"] for v in spec["volumes"]} == {"samplerguard-python", "samplerguard-run"}
+    assert {v["name"] for v in spec["volumes"]} == {
+        "samplerguard-python",
+        "samplerguard-run",
+        "samplerguard-state",
+    }
     assert out["metadata"]["annotations"]["samplerguard.dev/injected"] == "true"
 
 
@@ -336,3 +340,17 @@ def test_a_stalled_body_gets_408_within_the_deadline(
             )
             answer = tls.recv(4096)  # the server answers without the rest of the body
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.parametrize("containers", [None, []])
+def test_a_pod_with_no_containers_is_refused_not_admitted(
+    client: httpx.Client, containers: list[object] | None
+) -> None:
+    pod = workload("Pod", SIGNED)
+    pod["spec"].pop("containers")
+    if containers is not None:
+        pod["spec"]["containers"] = containers
+    for path in ("/validate", "/mutate"):
+        answer = post(client, path, review(pod))
+        assert answer["allowed"] is False and answer["status"]["code"] == 400
+        assert "spec.containers must list at least one container" in answer["status"]["message"]

@@ -88,3 +88,37 @@ def test_process_namespace_is_shared_so_the_sidecar_can_hash_the_solver_code() -
     out, warnings = _inject(pod)
     assert out["spec"]["shareProcessNamespace"] is False
     assert any("takes the hook's report" in w for w in warnings)
+
+
+def test_the_app_cannot_reach_the_signing_key_or_the_openings() -> None:
+    """A process with the app's view of the pod (any instrumented container, whatever its
+    uid) sees the socket read-only and nothing of the sidecar's state: it cannot read the key
+    to forge a commitment, plant a key for the next sidecar start, or delete an opening."""
+    out, _ = _inject(workload("Pod", "app", "helper"))
+    spec = out["spec"]
+    sidecar = next(c for c in spec["initContainers"] if c["name"] == "samplerguard-sidecar")
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    state = next(m for m in sidecar["volumeMounts"] if m["name"] == "samplerguard-state")
+    for path in (env["SAMPLERGUARD_KEY_FILE"], env["SAMPLERGUARD_OPENINGS_DIR"]):
+        assert path.startswith(state["mountPath"] + "/")
+    assert not env["SAMPLERGUARD_SOCKET"].startswith(state["mountPath"] + "/")
+    for container in spec["containers"] + [
+        c for c in spec["initContainers"] if c["name"] != "samplerguard-sidecar"
+    ]:
+        mounts = container.get("volumeMounts", [])
+        assert all(m["name"] != "samplerguard-state" for m in mounts), container["name"]
+        for m in mounts:
+            if m["name"] == "samplerguard-run":
+                assert m["readOnly"] is True
+            assert not state["mountPath"].startswith(m["mountPath"].rstrip("/") + "/")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    # the store cap stays well below the state volume's limit (a full volume evicts the pod)
+    limit_mib = int(volumes["samplerguard-state"]["emptyDir"]["sizeLimit"].removesuffix("Mi"))
+    assert int(env["SAMPLERGUARD_MAX_STORE_BYTES"]) <= (limit_mib << 20) // 2
+
+
+def test_a_pod_that_already_has_the_state_volume_is_refused() -> None:
+    pod = workload("Pod", "app")
+    pod["spec"]["volumes"] = [{"name": "samplerguard-state", "emptyDir": {}}]
+    with pytest.raises(MalformedInputError, match="'samplerguard-state'"):
+        _inject(pod)
