@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +112,7 @@ class SidecarSink:
         self,
         socket_path: str | os.PathLike[str],
         *,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 30.0,
         io_timeout: float = 60.0,
         public_key: Ed25519PublicKey | None = None,
         batch: int = 8,
@@ -179,18 +181,30 @@ class SidecarSink:
     # -- connection ----------------------------------------------------------------------------
 
     def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        tune_socket(sock)
-        sock.settimeout(self.connect_timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError as exc:
-            sock.close()
-            raise TemporaryError(
-                f"cannot reach the sidecar at {self.socket_path}: {exc.strerror or exc}"
-            ) from None
-        sock.settimeout(self.io_timeout)
-        return sock
+        """A connection to the sidecar. A full listen backlog (the sidecar busy with other
+        streams) is waited out, with backoff, for up to ``connect_timeout``; a sidecar that is
+        not there at all (no socket, nobody listening) fails at once."""
+        deadline = time.monotonic() + self.connect_timeout
+        pause = 0.005
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            tune_socket(sock)
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                sock.connect(self.socket_path)
+            except OSError as exc:
+                sock.close()
+                busy = exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+                if busy and time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.25)
+                    continue
+                raise TemporaryError(
+                    f"cannot reach the sidecar at {self.socket_path}: {exc.strerror or exc}"
+                    + (f" (busy for {self.connect_timeout:.0f}s)" if busy else "")
+                ) from None
+            sock.settimeout(self.io_timeout)
+            return sock
 
     def _reply(self, sock: socket.socket, what: str) -> dict[str, Any]:
         try:
