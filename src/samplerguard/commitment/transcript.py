@@ -217,6 +217,11 @@ def check_transcript(
         )
     if initial.get("latent") != tensor_digest(transcript.initial):
         raise VerificationError("transcript: z_N does not match the initial leaf")
+    if recipe.get("latent_shape") != list(transcript.initial.shape):
+        raise VerificationError(
+            f"transcript: z_N has shape {list(transcript.initial.shape)}, the recipe declares "
+            f"{recipe.get('latent_shape')}"
+        )
     if plan.n_steps != n:
         raise VerificationError(
             f"transcript: the declared sampler runs {plan.n_steps} steps, the commitment has {n}"

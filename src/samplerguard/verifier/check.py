@@ -280,12 +280,20 @@ class Checker:
         The escrow must be the one the signed predicate binds, and its authenticated labels must
         name this request; a policy that requires an escrow fails a request without one."""
         escrow_doc = doc.get("seedEscrow")
+        declared = commitment.recipe.get("rng")
+        drbg = declared in ("ctr-drbg", "hmac-drbg")
         if escrow_doc is None:
-            if self.spec.rng.escrow:
-                raise VerificationError("noise binding: the policy requires a seed escrow")
+            if self.spec.rng.escrow or drbg:
+                raise VerificationError(
+                    f"noise binding: the recipe declares {declared!r} noise but the sidecar "
+                    "kept no seed escrow, so the claim cannot be checked"
+                )
             return None
         if self.escrow_key is None:
-            return None
+            raise VerificationError(
+                "noise binding: the trajectory's seed escrow cannot be opened, this verifier "
+                "holds no escrow key (--escrow-key)"
+            )
         from samplerguard.rng.escrow import SeedEscrow, escrow_digest, open_escrow
 
         bound = commitment.predicate.get("seedEscrowDigest")

@@ -91,3 +91,27 @@ def test_a_request_id_committed_again_under_another_root_is_a_failure(tmp_path: 
     fails = [x for x in read_audit_log(tmp_path / "audit.jsonl") if x.result == "fail"]
     assert len(fails) == 1 and "committed again with root cdcdcd" in fails[0].message
     journal.close()
+
+
+def test_a_drbg_claim_the_verifier_cannot_check_is_a_failure() -> None:
+    """A provider declaring DRBG noise must let the verifier regenerate it: without an escrow,
+    or with one this verifier cannot open, the claim fails; framework noise has nothing to
+    check."""
+    import pytest
+
+    from samplerguard.errors import VerificationError
+    from samplerguard.policy.spec import SamplerPolicySpec
+    from samplerguard.verifier.check import Checker
+
+    class _Commitment:
+        def __init__(self, rng: str) -> None:
+            self.recipe = {"rng": rng}
+            self.predicate: dict[str, Any] = {}
+            self.request_id = "r-1"
+
+    checker = Checker(SamplerPolicySpec(), "p", references=None)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError, match="declares 'ctr-drbg' noise but the sidecar"):
+        checker._noise({}, _Commitment("ctr-drbg"))  # type: ignore[arg-type]
+    with pytest.raises(VerificationError, match="holds no escrow key"):
+        checker._noise({"seedEscrow": {"x": 1}}, _Commitment("ctr-drbg"))  # type: ignore[arg-type]
+    assert checker._noise({}, _Commitment("framework")) is None  # type: ignore[arg-type]
