@@ -10,8 +10,8 @@ Goal: ρ ≤ 1.5/N.
 from __future__ import annotations
 
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
