@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -118,23 +118,36 @@ class Opening:
     def from_bytes(cls, data: bytes) -> Opening:
         """Parse an opening. Truncated, oversized or corrupted input raises
         :class:`MalformedInputError` naming what is wrong."""
-        meta_json = _check_header(data)
-        try:
-            meta = OpeningMeta.model_validate_json(meta_json)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise MalformedInputError(
-                f"opening metadata is invalid at {where}: {first['msg']}"
-            ) from None
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        try:
-            tensors = load(data)
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise MalformedInputError(f"opening tensors are corrupted: {exc}") from None
+        meta, tensors = parse_signed_tensors(data, OpeningMeta, METADATA_KEY, "opening")
         return cls(meta, tensors)
+
+
+Meta = TypeVar("Meta", bound=BaseModel)
+
+
+def parse_signed_tensors(
+    data: bytes, model: type[Meta], key: str, what: str
+) -> tuple[Meta, dict[str, torch.Tensor]]:
+    """A bounded safetensors file whose ``__metadata__[key]`` is JSON of ``model``: the framing
+    is checked before safetensors sees the bytes; anything wrong is a
+    :class:`MalformedInputError` naming ``what`` and the problem."""
+    meta_json = _check_header(data, key, what)
+    try:
+        meta = model.model_validate_json(meta_json)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MalformedInputError(
+            f"{what} metadata is invalid at {where}: {first['msg']}"
+        ) from None
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise MalformedInputError(f"{what} tensors are corrupted: {exc}") from None
+    return meta, tensors
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

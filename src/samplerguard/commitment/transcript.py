@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from samplerguard.commitment.digest import bytes_digest, tensor_digest
 from samplerguard.commitment.merkle import merkle_root
-from samplerguard.commitment.opening import _check_header
+from samplerguard.commitment.opening import parse_signed_tensors
 from samplerguard.commitment.plan import SamplerPlan
 from samplerguard.commitment.request import request_digest
 from samplerguard.commitment.statement import Commitment
@@ -126,22 +126,7 @@ class Transcript:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Transcript:
-        meta_json = _check_header(data, TRANSCRIPT_KEY, "transcript")
-        try:
-            meta = TranscriptMeta.model_validate_json(meta_json)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise MalformedInputError(
-                f"transcript metadata is invalid at {where}: {first['msg']}"
-            ) from None
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
-        try:
-            tensors = load(data)
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise MalformedInputError(f"transcript tensors are corrupted: {exc}") from None
+        meta, tensors = parse_signed_tensors(data, TranscriptMeta, TRANSCRIPT_KEY, "transcript")
         return cls(meta, tensors)
 
 
