@@ -469,3 +469,50 @@ def test_windows_cover_consecutive_steps() -> None:
     assert challenge_steps(3, 1, 10) == [0, 1, 2]
     with pytest.raises(MalformedInputError):
         challenge_steps(0, 1, 1)
+
+
+# -- bad input: every malformed or hostile transcript is a clear rejection ----------------------
+
+
+def test_malformed_and_forged_transcripts_are_refused_with_their_check(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    from samplerguard.commitment.plan import sampler_plan
+    from samplerguard.commitment.transcript import Transcript, check_transcript
+
+    _, sink = recorder
+    served = serve(tiny_unet, recorder, "bad-transcript")
+    good = sink.transcript("bad-transcript")
+    raw = good.to_bytes()
+    for data, match in (
+        (b"", "truncated"),
+        (raw[:-5], "truncated or padded"),
+        (b"\x08" + b"\x00" * 7 + b"{not json", "not JSON"),
+    ):
+        with pytest.raises(MalformedInputError, match=match):
+            Transcript.from_bytes(data)
+    plan = sampler_plan(served.commitment.recipe, tuple(good.initial.shape), good.initial.dtype)
+    leaves = list(good.meta.leaves)
+    leaves[3], leaves[4] = leaves[4], leaves[3]  # two step leaves swapped
+    swapped = Transcript(
+        good.meta.model_copy(update={"leaves": leaves}),
+        {"initial": good.initial, "final": good.final},
+    )
+    with pytest.raises(VerificationError, match="do not rebuild the committed root"):
+        check_transcript(served.commitment, swapped, plan, program)
+    hostile = {**served.params, "classLabels": ["seven"]}
+    bad_request = Transcript(
+        good.meta.model_copy(update={"request": hostile}),
+        {"initial": good.initial, "final": good.final},
+    )
+    with pytest.raises(VerificationError, match="request binding"):
+        check_transcript(served.commitment, bad_request, plan, program)
+    no_request = Transcript(
+        good.meta.model_copy(update={"request": None}),
+        {"initial": good.initial, "final": good.final},
+    )
+    with pytest.raises(VerificationError, match="binds no request parameters"):
+        check_transcript(served.commitment, no_request, plan, program)
+    other = Transcript(good.meta, {"initial": good.initial, "final": good.final + 1})
+    with pytest.raises(VerificationError, match="final latent is not committed"):
+        check_transcript(served.commitment, other, plan, program)
