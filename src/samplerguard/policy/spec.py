@@ -95,7 +95,6 @@ KNOWN_SAMPLERS.update(
             "DEISMultistepScheduler",
             "DPMSolverSinglestepScheduler",
             "IPNDMScheduler",
-            "KDPM2AncestralDiscreteScheduler",
             "LMSDiscreteScheduler",
             "PNDMScheduler",
             "SASolverScheduler",
@@ -112,6 +111,10 @@ _EXTRA_INPUTS = (
     "its step takes inputs besides the latent and the model output that are not committed"
 )
 _FAMILY = "it needs its own pipeline family's step program (not yet provided)"
+_NUMPY2 = (
+    "its set_timesteps calls np.cumsum on a tensor, which NumPy 2 rejects depending on the "
+    "warning state, so neither a generation nor a re-check runs reliably"
+)
 #: diffusers schedulers refused when a request declares them, with the reason.
 REFUSED_SCHEDULERS: dict[str, str] = {
     "DPMSolverSDEScheduler": _BROWNIAN,
@@ -141,8 +144,8 @@ REFUSED_SCHEDULERS: dict[str, str] = {
     "MiniMaxH3Scheduler": _FAMILY,
     "PiflowScheduler": _FAMILY,
     "RFD4ProteinaScheduler": "not an image or audio diffusion scheduler",
-    "KDPM2DiscreteScheduler": "its step fails under NumPy 2 in this diffusers (np.cumsum on a "
-    "tensor), so neither a generation nor a re-check runs reliably",
+    "KDPM2DiscreteScheduler": _NUMPY2,
+    "KDPM2AncestralDiscreteScheduler": _NUMPY2,
 }
 
 #: Schedule ids: diffusers' timestep spacings and sigma schedules.

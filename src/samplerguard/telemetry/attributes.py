@@ -16,6 +16,7 @@ distinct 12-hex-digit prefixes it sees and maps later ones to ``"other"``.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable
@@ -112,13 +113,17 @@ def normalise(value: object, vocabulary: Iterable[str]) -> str:
     text = value.strip().lower()
     if not _NAME.fullmatch(text):
         return INVALID
-    known = vocabulary if isinstance(vocabulary, (set, frozenset)) else frozenset(vocabulary)
-    if text in known:
-        return text
-    for variant in (text.replace("-", "_"), text.replace("_", "-")):
+    known = _lowered(vocabulary if isinstance(vocabulary, frozenset) else frozenset(vocabulary))
+    for variant in (text, text.replace("-", "_"), text.replace("_", "-")):
         if variant in known:
-            return variant
+            return known[variant]
     return OTHER
+
+
+@functools.lru_cache(maxsize=64)
+def _lowered(vocabulary: frozenset[str]) -> dict[str, str]:
+    """The vocabulary by lower-case spelling (diffusers class names are mixed case)."""
+    return {v.lower(): v for v in vocabulary}
 
 
 def beacon_prefix(digest: object) -> str:

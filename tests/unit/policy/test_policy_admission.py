@@ -95,7 +95,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     (
         "unknown sampler",
         _mutate("spec.recipe.samplers", ["euler", "turbo_magic"]),
-        "'turbo_magic' is not one of ['ddim', 'ddpm', 'dpmpp_2m'",
+        "'turbo_magic' is not one of ['CogVideoXDDIMScheduler', 'DDIMParallelScheduler'",
         "unknown sampler(s) ['turbo_magic']",
     ),
     (
