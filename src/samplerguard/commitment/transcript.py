@@ -242,7 +242,13 @@ def check_transcript(
     output = _doc(leaves[3 + n], 3 + n, LEAF_OUTPUT)
     if output.get("digest") != commitment.output_digest:
         raise VerificationError("output binding: the output leaf is not the signed subject")
-    decoded = bytes_digest(program.output(transcript.final, recipe))
+    decode = getattr(program, "output", None)
+    if decode is None:
+        raise VerificationError(
+            f"output binding: the reference program of pipeline {recipe.get('pipeline')!r} "
+            "has no decode, so the served output cannot be checked"
+        )
+    decoded = bytes_digest(decode(transcript.final, recipe))
     if decoded != commitment.output_digest:
         raise VerificationError(
             f"output binding: the served output {commitment.output_digest[:23]}… is not the "
@@ -299,8 +305,14 @@ def _check_request(
     cond = recipe.get("conditioning")
     if not isinstance(cond, dict):
         raise VerificationError("request binding: the recipe commits no conditioning")
+    derive = getattr(program, "conditioning", None)
+    if derive is None:
+        raise VerificationError(
+            f"request binding: the reference program of pipeline {recipe.get('pipeline')!r} "
+            "has no request encoder, so the conditioning cannot be re-derived"
+        )
     try:
-        derived = program.conditioning(params, recipe)
+        derived = derive(params, recipe)
     except MalformedInputError as exc:
         raise VerificationError(f"request binding: {exc}") from None
     if set(derived) != set(cond):
