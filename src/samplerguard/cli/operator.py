@@ -62,6 +62,13 @@ def register(sub: Any) -> None:
     p.add_argument("--lease", default=_env("LEASE", "samplerguard-operator"))
     p.add_argument("--peering", default=os.environ.get("SAMPLERGUARD_PEERING") or None)
     p.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        help="this replica's kopf peering priority (default: derived from the pod name, so "
+        "replicas never tie)",
+    )
+    p.add_argument(
         "--registry-plain-http",
         action="append",
         default=[],
@@ -76,12 +83,14 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     import kopf
+    from kopf._core.engines.peering import Identity as kopf_identity
     from kubernetes import config as kconfig
 
     from samplerguard.operator import audit as audit_mod
     from samplerguard.operator.certs import CertState
     from samplerguard.operator.controller import Controller, OperatorConfig
     from samplerguard.operator.handlers import register as register_handlers
+    from samplerguard.operator.identity import operator_identity, peering_priority
     from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
     from samplerguard.operator.kube import Kube
 
@@ -163,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
         controller.cert_listeners.append(reload)
         await serve(build_app(controller.record, auth), host or "0.0.0.0", int(port), ctx)  # noqa: S104
 
+    identity = operator_identity()
+    priority = args.peering_priority
+    if priority is None:
+        priority = peering_priority(identity)
     registry = kopf.OperatorRegistry()
     register_handlers(
         registry, controller, auditor=auditor, peering=args.peering, start_ingest=start_ingest
@@ -172,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
         clusterwide=True,
         standalone=args.peering is None,
         peering_name=args.peering,
+        # kopf's own identity would look the uid up in /etc/passwd (none for 65532)
+        identity=kopf_identity(identity),
+        priority=priority,
         liveness_endpoint=None if args.health == "off" else f"http://{args.health}/healthz",
     )
     return 0
