@@ -32,3 +32,22 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- $existing := lookup "admissionregistration.k8s.io/v1" $kind "" $name -}}
 {{- if and $existing $existing.webhooks -}}{{ (index $existing.webhooks 0).clientConfig.caBundle | default "" }}{{- end -}}
 {{- end -}}
+{{- /* Registry access shared by the webhook and the operator: plain-HTTP hosts and a private CA. */ -}}
+{{- define "sg.plainHttpRegistries" -}}
+{{- range (concat .Values.registries.plainHttp .Values.operator.plainHttpRegistries | uniq) }}
+- {{ . }}
+{{- end }}
+{{- end -}}
+{{- define "sg.registryCAMount" -}}
+{{- if .Values.registries.caConfigMap }}
+- {name: registry-ca, mountPath: /etc/samplerguard/registry-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+{{- define "sg.registryCAVolume" -}}
+{{- if .Values.registries.caConfigMap }}
+- name: registry-ca
+  configMap:
+    name: {{ .Values.registries.caConfigMap }}
+    items: [{key: {{ .Values.registries.caKey }}, path: ca.crt}]
+{{- end }}
+{{- end -}}

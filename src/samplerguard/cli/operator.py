@@ -74,6 +74,11 @@ def register(sub: Any) -> None:
         default=[],
         help="registry host:port spoken to over plain HTTP (loopback test registries)",
     )
+    p.add_argument(
+        "--registry-ca",
+        default=_env("REGISTRY_CA", "") or None,
+        help="CA bundle for registries whose TLS certificate a private CA issued",
+    )
     p.add_argument("--no-audit", action="store_true", help="disable the background image audit")
     p.set_defaults(_run=run)
 
@@ -127,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
             from samplerguard.supplychain.registry import RegistryClient
             from samplerguard.supplychain.verifier import ImageVerifier
 
-            verifier = ImageVerifier(RegistryClient(plain_http=args.registry_plain_http))
+            verifier = ImageVerifier(
+                RegistryClient(plain_http=args.registry_plain_http, verify=args.registry_ca or True)
+            )
             check = audit_mod.image_checker(verifier)
 
             def auditor() -> int:

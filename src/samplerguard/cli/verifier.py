@@ -35,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--sidecar", action="append", default=[], help="sidecar URL (repeatable)")
     p.add_argument("--discover", choices=["static", "kubernetes"], default="static")
     p.add_argument("--namespace", help="kubernetes discovery: one namespace only")
-    p.add_argument("--label-selector", default="samplerguard.dev/inject=true")
+    p.add_argument(
+        "--label-selector",
+        default=None,
+        help="only pods with these labels (default: every pod the webhook injected, whether it "
+        "opted in by its own label or its namespace's)",
+    )
     p.add_argument("--token-file", default=env("SAMPLERGUARD_TOKEN_FILE", DEFAULT_SA_TOKEN))
     p.add_argument(
         "--reference-model",

@@ -12,7 +12,7 @@ from typing import Any
 
 from samplerguard.commitment.dsse import keyid
 from samplerguard.commitment.statement import Commitment
-from samplerguard.errors import MalformedInputError
+from samplerguard.errors import MalformedInputError, PolicyError, TemporaryError
 from samplerguard.policy.load import load_policy, report_policy_name
 from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
 from samplerguard.sidecar.auth import Authenticator, TokenFileAuth, TokenReviewAuth
@@ -52,9 +52,12 @@ class Sidecar:
         self.keyid = keyid(self.key.public_key())
         if created:
             log.info("generated the sidecar signing key %s…", self.keyid[:16])
+        self._k8s_api = k8s_api
         self.policy = load_policy(cfg.policy, api=k8s_api) if cfg.policy else None
         self.spec: SamplerPolicySpec | None = self.policy.spec if self.policy else None
         self.policy_name = report_policy_name(self.policy) if self.policy else None
+        #: Why the policy cannot be used right now (deleted, invalid); new requests are refused.
+        self.policy_problem: str | None = None
         retention = self.spec.verification.retention_seconds if self.spec else cfg.retention
         self.store = OpeningStore(
             cfg.openings_dir,
@@ -95,6 +98,9 @@ class Sidecar:
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="sg-retention", daemon=True
         )
+        self._policy_watcher = threading.Thread(
+            target=self._watch_policy, name="sg-policy", daemon=True
+        )
 
     def _authenticator(self) -> Authenticator:
         mode = self.cfg.auth
@@ -125,6 +131,8 @@ class Sidecar:
         self.gate.ready = self.integrity.current.ok
         self.ingest.start()
         self._housekeeper.start()
+        if self.cfg.policy and self.cfg.policy_refresh > 0:
+            self._policy_watcher.start()
         log.info(
             "sidecar up: socket %s, key %s…, policy %s, %d trajectories kept",
             self.cfg.socket,
@@ -148,6 +156,42 @@ class Sidecar:
                 log.info("retention: %d trajectories expired", expired)
             self.gate.ready = self.integrity.current.ok
 
+    def refresh_policy(self) -> bool:
+        """Read the policy again; returns whether it changed. An API server that does not
+        answer keeps the current policy; a policy that is gone or invalid refuses new requests
+        (fail closed) until a valid one is back."""
+        if not self.cfg.policy:
+            return False
+        try:
+            policy = load_policy(self.cfg.policy, api=self._k8s_api)
+        except TemporaryError as exc:
+            log.warning("policy %s not re-read (kept the current one): %s", self.cfg.policy, exc)
+            return False
+        except PolicyError as exc:
+            if self.policy_problem != str(exc):
+                log.error(
+                    "policy %s is unusable, new requests are refused: %s", self.cfg.policy, exc
+                )
+            self.policy_problem = str(exc)
+            return False
+        recovered = self.policy_problem is not None
+        self.policy_problem = None
+        if self.policy is not None and policy.spec == self.policy.spec and not recovered:
+            return False
+        self.policy, self.spec = policy, policy.spec
+        self.policy_name = report_policy_name(policy)
+        self.store.retention = policy.spec.verification.retention_seconds
+        self.integrity.set_golden(policy.spec.golden_digests)
+        log.info("policy %s re-read: the new version applies to new requests", self.policy_name)
+        return True
+
+    def _watch_policy(self) -> None:
+        while not self._stop.wait(self.cfg.policy_refresh):
+            try:
+                self.refresh_policy()
+            except Exception:  # the watcher must outlive one bad read
+                log.exception("policy re-read failed")
+
     # -- admission (called on ingestion threads) -----------------------------------------------
 
     def _alert(self, message: str) -> None:
@@ -167,6 +211,12 @@ class Sidecar:
             raise RequestRefusedError(
                 "runtime integrity mismatch, new requests are refused: " + "; ".join(m.problems),
                 checks=("integrity",),
+            )
+        if self.policy_problem is not None:
+            raise RequestRefusedError(
+                f"the policy {self.cfg.policy} is unusable, new requests are refused: "
+                f"{self.policy_problem}",
+                checks=("policy",),
             )
         if self.cfg.tenant and start.tenant != self.cfg.tenant:
             raise RequestRefusedError(

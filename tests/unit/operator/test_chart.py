@@ -49,6 +49,7 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
             "excludedNamespaces": ["batch"],
             "image": {"digest": "sha256:" + "a" * 64},
             "telemetry": {"otlpEndpoint": "http://otel:4317"},
+            "registries": {"plainHttp": ["r:5000"], "caConfigMap": "corp-ca"},
         },
     ],
     ids=["defaults", "minimal", "sharded-verifier", "everything"],
@@ -188,12 +189,51 @@ def test_container_args_are_accepted_by_the_cli(kind: str, name: str) -> None:
             "webhook": {"trustedRootConfigMap": "roots", "inject": False},
             "excludedNamespaces": ["batch"],
             "operator": {"plainHttpRegistries": ["r:5000"]},
+            "registries": {"plainHttp": ["r:5000", "q:5000"], "caConfigMap": "corp-ca"},
         }
     )
     container = _one(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
     args = [a.replace("$(POD_INDEX)", "0") for a in container["args"]]
     parsed = build_parser().parse_args(args)
     assert parsed.command == args[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "plain_flag", "attr"),
+    [
+        ("sg-webhook", "--plain-http-registry", "plain_http_registry"),
+        ("sg-operator", "--registry-plain-http", "registry_plain_http"),
+    ],
+)
+def test_webhook_and_operator_reach_plain_http_and_private_ca_registries(
+    name: str, plain_flag: str, attr: str
+) -> None:
+    from samplerguard.cli import build_parser
+
+    docs = _render(
+        {
+            "operator": {"plainHttpRegistries": ["legacy:5000"]},
+            "registries": {"plainHttp": ["r:5000", "legacy:5000"], "caConfigMap": "corp-ca"},
+        }
+    )
+    pod = _one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    parsed = build_parser().parse_args(container["args"])
+    assert sorted(getattr(parsed, attr)) == ["legacy:5000", "r:5000"]
+    assert parsed.registry_ca == "/etc/samplerguard/registry-ca/ca.crt"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "registry-ca")
+    assert mount["mountPath"] == "/etc/samplerguard/registry-ca"
+    volume = next(v for v in pod["volumes"] if v["name"] == "registry-ca")
+    assert volume["configMap"] == {
+        "name": "corp-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert not any(
+        plain_flag in a
+        for a in _one(_render(), "Deployment", name)["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+    )
 
 
 def test_injected_sidecars_get_tokenreview_only_in_the_named_namespaces() -> None:
