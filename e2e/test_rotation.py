@@ -189,7 +189,7 @@ def rotating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             log.close()
         for kind, name in names.items():
             kubectl("delete", kind.lower(), name, "--ignore-not-found", check=False)
-        kubectl("delete", "namespace", APP_NS, "--wait=false", check=False)
+        kubectl("delete", "namespace", APP_NS, NS, "--wait=false", check=False)
 
 
 def _bundle(name: str) -> str:

@@ -79,6 +79,13 @@ def register(sub: Any) -> None:
         default=_env("REGISTRY_CA", "") or None,
         help="CA bundle for registries whose TLS certificate a private CA issued",
     )
+    p.add_argument(
+        "--audit-namespace",
+        action="append",
+        default=[],
+        help="audit only the pods of this namespace (repeatable; default: every opted-in "
+        "namespace), for an operator that shares the cluster with another installation",
+    )
     p.add_argument("--no-audit", action="store_true", help="disable the background image audit")
     p.set_defaults(_run=run)
 
@@ -137,9 +144,14 @@ def run(args: argparse.Namespace) -> int:
             )
             check = audit_mod.image_checker(verifier)
 
+            scope = frozenset(args.audit_namespace)
+
             def auditor() -> int:
+                pods = kube.list_pods()
+                if scope:
+                    pods = [p for p in pods if (p.get("metadata") or {}).get("namespace") in scope]
                 results = audit_mod.audit(
-                    kube.list_pods(),
+                    pods,
                     kube.list_namespaces(),
                     kube.list_policies("clustersamplerpolicies")
                     + kube.list_policies("samplerpolicies"),

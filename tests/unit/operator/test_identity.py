@@ -54,3 +54,33 @@ def test_the_cli_hands_kopf_an_identity_and_a_priority(monkeypatch: pytest.Monke
     args._run(args)
     assert seen["priority"] == 7
     assert seen["standalone"] is True
+
+
+def test_the_audit_can_be_scoped_to_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator sharing the cluster with another installation audits only its own pods."""
+    from samplerguard.operator import audit as audit_mod
+    from samplerguard.operator import handlers
+    from samplerguard.operator.controller import Controller
+    from samplerguard.operator.kube import Kube
+
+    captured: dict[str, Any] = {}
+    audited: list[list[str]] = []
+    monkeypatch.setattr(kconfig, "load_incluster_config", lambda: None)
+    monkeypatch.setattr(kopf, "run", lambda **kw: None)
+    monkeypatch.setattr(handlers, "register", lambda *a, **kw: captured.update(kw))
+    pods = [{"metadata": {"namespace": ns, "name": f"p-{ns}"}} for ns in ("mine", "theirs")]
+    monkeypatch.setattr(Kube, "list_pods", lambda self: pods)
+    monkeypatch.setattr(Kube, "list_namespaces", lambda self: [])
+    monkeypatch.setattr(Kube, "list_policies", lambda self, plural: [])
+    monkeypatch.setattr(Controller, "record", lambda self, results: len(results))
+
+    def fake_audit(pods: list[dict[str, Any]], *_: Any) -> list[Any]:
+        audited.append([p["metadata"]["name"] for p in pods])
+        return []
+
+    monkeypatch.setattr(audit_mod, "audit", fake_audit)
+    for extra, want in ((["--audit-namespace", "mine"], ["p-mine"]), ([], ["p-mine", "p-theirs"])):
+        args = build_parser().parse_args(["operator", *extra])
+        args._run(args)
+        captured["auditor"]()
+        assert audited[-1] == want
