@@ -19,6 +19,8 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end }}
 {{- end -}}
 {{- define "sg.otel" -}}
+- name: SAMPLERGUARD_LOG_FORMAT
+  value: {{ .Values.telemetry.logFormat | quote }}
 {{- if .Values.telemetry.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.telemetry.otlpEndpoint | quote }}

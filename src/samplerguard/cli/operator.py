@@ -191,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
         controller.cert_listeners.append(reload)
         await serve(build_app(controller.record, auth), host or "0.0.0.0", int(port), ctx)  # noqa: S104
 
+    from samplerguard.telemetry.provider import setup_service_metrics
+
+    # results counted on ingest, served on the ingest port's GET /metrics, OTLP when configured
+    setup_service_metrics("samplerguard-operator")
     identity = operator_identity()
     priority = args.peering_priority
     if priority is None:

@@ -124,6 +124,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("static discovery needs at least one --sidecar URL")
         discovery = StaticDiscovery(args.sidecar)
     index, _, count = args.shard.partition("/")
+    if not args.once:
+        from samplerguard.telemetry.provider import setup_service_metrics
+
+        setup_service_metrics("samplerguard-verifier")
     verifier = Verifier(
         discovery=discovery,
         checker=checker,

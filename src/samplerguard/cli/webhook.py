@@ -285,6 +285,9 @@ def run(args: argparse.Namespace) -> int:
 
     def build() -> Admission:
         """Runs in each worker: everything with threads or connections is made here."""
+        from samplerguard.telemetry.provider import setup_service_metrics
+
+        setup_service_metrics("samplerguard-webhook")
         client = RegistryClient(
             timeout=args.registry_timeout,
             plain_http=args.plain_http_registry,

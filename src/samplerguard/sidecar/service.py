@@ -22,6 +22,7 @@ from samplerguard.sidecar.ingest import Decision, Gate, IngestServer, StartReque
 from samplerguard.sidecar.integrity import IntegrityMonitor
 from samplerguard.sidecar.keys import load_or_create_key, public_pem
 from samplerguard.sidecar.store import OpeningStore
+from samplerguard.telemetry.service import ServiceMetrics, log_denial
 
 __all__ = ["Sidecar"]
 
@@ -29,16 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def _telemetry(service: str) -> Any:
-    """OTLP metrics when an OTLP endpoint is configured; otherwise none (nothing to export to)."""
-    if not any(
-        os.environ.get(v)
-        for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-    ):
-        return None
+    """The service's metrics: ``GET /metrics`` always, OTLP when an endpoint is configured."""
     try:
-        from samplerguard.telemetry import setup_metrics
+        from samplerguard.telemetry.provider import setup_service_metrics
 
-        return setup_metrics(service_name=service, set_global=True)
+        return setup_service_metrics(service)
     except Exception as exc:  # telemetry must never stop the data plane
         log.warning("telemetry disabled: %s", exc)
         return None
@@ -68,6 +64,11 @@ class Sidecar:
         )
         self.metrics = _telemetry("samplerguard-sidecar")
         self.telemetry = self.metrics.telemetry if self.metrics is not None else None
+        self.service_metrics = ServiceMetrics(
+            self.metrics.provider if self.metrics is not None else None
+        )
+        #: request id → when its START was admitted (the ingestion latency's start)
+        self._started: dict[str, float] = {}
         self.alerts: list[str] = []
         self.integrity = IntegrityMonitor(
             self.spec.golden_digests if self.spec else GoldenDigests(),
@@ -263,6 +264,8 @@ class Sidecar:
             )
         if self.telemetry is not None:
             self._record_request(start, beacon)
+        if len(self._started) < 4096:  # trajectories in flight; more means FINISHes were lost
+            self._started[start.request_id] = time.monotonic()
         return Decision(admission, predicate)
 
     def _record_violations(self, checks: list[str], action: str) -> None:
@@ -293,6 +296,9 @@ class Sidecar:
             log.debug("telemetry: odd recipe values", exc_info=True)
 
     def _committed(self, start: StartRequest, commitment: Commitment, decision: Decision) -> None:
+        began = self._started.pop(start.request_id, None)
+        if began is not None:
+            self.service_metrics.ingest.record(time.monotonic() - began, {"outcome": "committed"})
         log.info(
             "committed %s: root %s…, %d steps%s",
             start.request_id,
@@ -303,3 +309,15 @@ class Sidecar:
 
     def _refused(self, start: StartRequest | None, reason: str) -> None:
         self.refused += 1
+        began = self._started.pop(start.request_id, None) if start is not None else None
+        self.service_metrics.ingest.record(
+            time.monotonic() - began if began is not None else 0.0, {"outcome": "refused"}
+        )
+        log_denial(
+            "sidecar",
+            f"request {start.request_id}" if start is not None else "a request",
+            "admission",
+            reason,
+            tenant=start.tenant if start is not None else "",
+            policy=self.policy_name or "",
+        )

@@ -1,8 +1,9 @@
 """Run the verifier: its FastAPI status API under uvicorn, and the auditing loop beside it.
 
-``GET /healthz``, ``GET /readyz`` and ``GET /v1/status`` (counts, per-sidecar state) are
-open: they expose no trajectory content. ``POST /v1/rounds`` runs one round now (the demo and
-the tests use it instead of waiting for the interval); it answers with the round's count.
+``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus) and ``GET /v1/status``
+(counts, per-sidecar state) are open: they expose no trajectory content. ``POST /v1/rounds``
+runs one round now (the demo and the tests use it instead of waiting for the interval); it
+answers with the round's count.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
+from samplerguard.telemetry.prometheus import CONTENT_TYPE
+from samplerguard.telemetry.provider import current_service_metrics
 from samplerguard.verifier.service import Verifier
 
 __all__ = ["create_app", "serve"]
@@ -37,6 +40,12 @@ def create_app(verifier: Verifier) -> FastAPI:
     @app.get("/readyz")
     def readyz() -> dict[str, Any]:
         return {"ready": True}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        current = current_service_metrics()
+        text = current.prometheus_text() if current is not None else ""
+        return Response(content=text, media_type=CONTENT_TYPE)
 
     @app.get("/v1/status")
     def status() -> dict[str, Any]:

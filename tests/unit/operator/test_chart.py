@@ -260,3 +260,26 @@ def test_injected_sidecars_get_tokenreview_only_in_the_named_namespaces() -> Non
     for d in docs:
         if d["kind"] not in NOT_IN_SCHEMAS:
             kubernetes_validate.validate(d, K8S, strict=True)
+
+
+def test_every_component_logs_json_and_sidecars_get_the_telemetry_settings() -> None:
+    from samplerguard.cli import build_parser
+
+    docs = _render({"telemetry": {"otlpEndpoint": "http://otel:4317"}})
+    for kind, name in (
+        ("Deployment", "sg-operator"),
+        ("Deployment", "sg-webhook"),
+        ("StatefulSet", "sg-verifier"),
+    ):
+        env = {
+            e["name"]: e.get("value")
+            for e in _one(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["SAMPLERGUARD_LOG_FORMAT"] == "json"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4317"
+    args = _one(docs, "Deployment", "sg-webhook")["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args(args["args"])
+    assert {
+        "SAMPLERGUARD_LOG_FORMAT=json",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel:4317",
+    } <= set(parsed.sidecar_env)

@@ -336,3 +336,28 @@ def test_a_stalled_body_gets_408_within_the_deadline(
             )
             answer = tls.recv(4096)  # the server answers without the rest of the body
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_denials_are_logged_as_structured_records(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    from samplerguard.telemetry.logs import JsonFormatter
+
+    with caplog.at_level(logging.WARNING, logger="samplerguard.denials"):
+        post(client, "/validate", review(workload("Pod", UNSIGNED)))
+    record = next(r for r in caplog.records if r.name == "samplerguard.denials")
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["event"] == "denied" and doc["component"] == "webhook"
+    assert doc["subject"].startswith("Pod ") and doc["operation"] == "validate"
+    assert doc["check"] == "Forbidden"
+    assert f"image {UNSIGNED}" in doc["reason"] and "no signature verifies" in doc["reason"]
+    assert doc["level"] == "WARNING" and doc["logger"] == "samplerguard.denials"
+
+
+def test_metrics_endpoint_answers(client: httpx.Client) -> None:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
