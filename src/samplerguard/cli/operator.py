@@ -80,6 +80,11 @@ def register(sub: Any) -> None:
         help="CA bundle for registries whose TLS certificate a private CA issued",
     )
     p.add_argument(
+        "--opt-in-label",
+        default=_env("OPT_IN_LABEL", "samplerguard.dev/enforce"),
+        help="namespace label whose value true opts a namespace in (the chart's optInLabel)",
+    )
+    p.add_argument(
         "--audit-namespace",
         action="append",
         default=[],
@@ -157,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
                     + kube.list_policies("samplerpolicies"),
                     check,
                     cfg.namespace,
+                    args.opt_in_label,
                 )
                 return controller.record(results)
 

@@ -70,6 +70,12 @@ def register(sub: Any) -> None:
         default=[],
         help="another namespace never touched (repeatable; kube-system always is)",
     )
+    p.add_argument(
+        "--opt-in-label",
+        default=_env("OPT_IN_LABEL") or "samplerguard.dev/enforce",
+        help="namespace label whose value true opts a namespace in (the chart's optInLabel) "
+        "[env SAMPLERGUARD_WEBHOOK_OPT_IN_LABEL]",
+    )
     _add(
         p,
         "--workers",
@@ -208,6 +214,7 @@ def _config(args: argparse.Namespace) -> Any:
         policies=args.policies,
         own_namespace=args.namespace,
         exempt_namespaces=("kube-system", *args.exempt_namespace),
+        opt_in_label=args.opt_in_label,
         deadline=args.deadline,
         max_body_bytes=args.max_body_bytes,
         no_match=args.no_match,

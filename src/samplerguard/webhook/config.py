@@ -92,6 +92,8 @@ class WebhookConfig:
     #: samplerguard's own namespace, never touched.
     own_namespace: str = "samplerguard"
     exempt_namespaces: tuple[str, ...] = ("kube-system",)
+    #: The namespace label that opts a namespace in (the chart's ``optInLabel``).
+    opt_in_label: str = LABEL_ENFORCE
     #: Seconds a request may take end to end; keep it under the webhook's timeoutSeconds.
     deadline: float = 8.0
     max_body_bytes: int = 3 << 20
