@@ -144,7 +144,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
             )
         kubectl("delete", "clustersamplerpolicy", "rbac-e2e-lcm", "--ignore-not-found", check=False)
         kubectl(
-            "delete", "namespace", NS, APP_NS, "--ignore-not-found", "--wait=false", check=False
+            "delete", "namespace", NS, APP_NS, "--ignore-not-found", "--timeout=50s", check=False
         )
         drop_cluster_report_entries(KUBECTL, policies={"rbac-e2e-lcm"}, namespaces={NS, APP_NS})
 

@@ -339,7 +339,9 @@ def cluster(
                 "--ignore-not-found",
                 check=False,
             )
-        kubectl("delete", "namespace", APP_NS, NS, "--wait=false", check=False)
+        # Waited for: an operator still running elsewhere (the next module's) folds every
+        # namespace's PolicyReport into the ClusterPolicyReport while the namespace exists.
+        kubectl("delete", "namespace", APP_NS, NS, "--timeout=50s", check=False)
         kubectl(
             "delete",
             "clustersamplerpolicy",
