@@ -423,6 +423,55 @@ def test_every_component_serves_its_metrics(apps: dict[str, dict[str, Any]]) -> 
 # -- faults ------------------------------------------------------------------------------------
 
 
+_KILL_SIDECAR = (
+    "import os, signal\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    if int(pid) == os.getpid():\n"
+    "        continue\n"
+    "    try:\n"
+    "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    if b'sidecar' in cmd and any(c.endswith(b'samplerguard') for c in cmd):\n"
+    "        os.kill(int(pid), signal.SIGKILL)\n"
+    "        print('killed', pid)\n"
+)
+
+
+def _sidecar_restarts(pod: str) -> int:
+    statuses = _json("get", "pod", "-n", APP_NS, pod)["status"].get("initContainerStatuses", [])
+    return sum(s.get("restartCount", 0) for s in statuses if s["name"] == "samplerguard-sidecar")
+
+
+def test_a_killed_sidecar_restarts_and_nothing_committed_is_lost(
+    apps: dict[str, dict[str, Any]],
+) -> None:
+    _wait("a pass before the fault", lambda: _count(_results("honest"), "pass") >= 1, timeout=420)
+    before, restarts = _count(_results("honest"), "pass"), _sidecar_restarts("honest")
+    out = kubectl(
+        "exec",
+        "-n",
+        APP_NS,
+        "honest",
+        "-c",
+        "samplerguard-sidecar",
+        "--",
+        "python",
+        "-c",
+        _KILL_SIDECAR,
+        check=False,
+    )
+    assert "killed" in out.stdout, out.stdout + out.stderr
+    _wait("the sidecar's restart", lambda: _sidecar_restarts("honest") > restarts, timeout=180)
+    _wait("pod honest Ready 2/2 again", lambda: _ready("honest"), timeout=300)
+    _wait(
+        "new passes from the restarted sidecar",
+        lambda: _count(_results("honest"), "pass") > before,
+        timeout=420,
+    )
+    assert _count(_results("honest"), "fail") == 0, _results("honest")
+
+
 def test_a_deleted_verifier_comes_back_and_keeps_judging(apps: dict[str, dict[str, Any]]) -> None:
     before = _count(_results("honest"), "pass")
     kubectl("delete", "pod", "-n", NS, f"{REL}-verifier-0", "--wait=false")
