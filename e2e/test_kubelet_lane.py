@@ -39,7 +39,8 @@ import pytest
 import yaml
 from cleanup import drop_cluster_report_entries
 
-pytestmark = pytest.mark.e2e
+# image builds in the first test's fixtures take minutes; each wait below has its own bound
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[1]
 KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or "/opt/k8s/bin/kubectl"
 REGISTRY = os.environ.get("SG_E2E_REGISTRY", "")
