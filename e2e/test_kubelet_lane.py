@@ -189,6 +189,11 @@ def _render() -> list[dict[str, Any]]:
     ]
 
 
+def _terminating(namespace: str) -> bool:
+    out = kubectl("get", "namespace", namespace, "-o", "json", check=False)
+    return out.returncode == 0 and json.loads(out.stdout)["status"]["phase"] == "Terminating"
+
+
 def _pods(selector: str, namespace: str = NS) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = _json("get", "pods", "-n", namespace, "-l", selector)["items"]
     return items
@@ -217,6 +222,8 @@ def release(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
         kubectl("apply", "--server-side", "-f", str(REPO / "charts" / "samplerguard" / "crds"))
         kubectl("wait", "--for", "condition=established", "crd", "--all", "--timeout=60s")
         for ns in (NS, APP_NS):
+            # a previous run's namespace may still be terminating
+            _wait(f"namespace {ns} gone", lambda n=ns: not _terminating(n), timeout=180)
             kubectl("create", "namespace", ns, check=False)
         kubectl("apply", "-n", NS, "-f", str(manifest))
         kubectl("apply", "-f", "-", stdin=json.dumps(policy))
@@ -394,7 +401,11 @@ def test_both_appear_in_the_reports_and_the_cli(
     )
     assert done.returncode == 0, done.stderr
     text = out.read_text()
-    assert "honest" in text and "cheat" in text and POLICY in text
+    # the failures table names the cheating pod and why; the passes are in the summary counts
+    assert f"| Pod/{APP_NS}/cheat | {POLICY} | trajectory-recheck | fail |" in text, text
+    assert "relL2" in text and "> tau" in text
+    recheck = next(line for line in text.splitlines() if line.startswith("| trajectory-recheck |"))
+    assert int(recheck.split("|")[2]) >= 1, recheck  # passes (the honest pod's)
 
 
 # -- telemetry ---------------------------------------------------------------------------------
