@@ -13,11 +13,13 @@ Runs outside CI. It skips unless ``KUBECONFIG`` names a cluster with a Ready nod
 ``SG_E2E_BUILDER``             ``buildah``, ``podman`` or ``docker`` (default: the first found)
 ``SG_E2E_BUILD_ARGS``          extra arguments for every build (build arguments, mounts)
 ``SG_E2E_TAG``                 the images' tag (default ``e2e``)
+``SG_E2E_KEEP``                ``1``: leave the release and the app pods running at the end
 =============================  ===========================================================
 
 It creates the namespaces ``sg-kubelet-e2e`` (the release) and ``sg-kubelet-e2e-app``, the
 release's cluster-scoped objects and the ClusterSamplerPolicy ``sg-kubelet-e2e``, and removes
-all of them, and its entries in the shared ClusterPolicyReport, when it ends. The pushed images
+all of them, and its entries in the shared ClusterPolicyReport, when it ends (unless
+``SG_E2E_KEEP=1``). The pushed images
 stay in the registry. Pods opt in through the label ``samplerguard.dev/e2e-enforce`` (the
 release's ``optInLabel``), so another installation on the same cluster does not inject them.
 """
@@ -240,11 +242,14 @@ def release(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
         kubectl("label", "namespace", APP_NS, f"{OPT_IN}=true", "--overwrite")
         yield {"tmp": tmp, "images": images, "policy": policy}
     finally:
-        kubectl("delete", "namespace", APP_NS, "--ignore-not-found", "--timeout=120s", check=False)
-        kubectl("delete", "-n", NS, "-f", str(manifest), "--ignore-not-found", check=False)
-        kubectl("delete", "clustersamplerpolicy", POLICY, "--ignore-not-found", check=False)
-        kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
-        drop_cluster_report_entries(KUBECTL, policies={POLICY}, namespaces={NS, APP_NS})
+        if os.environ.get("SG_E2E_KEEP") != "1":  # else left running to look at or measure
+            kubectl(
+                "delete", "namespace", APP_NS, "--ignore-not-found", "--timeout=120s", check=False
+            )
+            kubectl("delete", "-n", NS, "-f", str(manifest), "--ignore-not-found", check=False)
+            kubectl("delete", "clustersamplerpolicy", POLICY, "--ignore-not-found", check=False)
+            kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+            drop_cluster_report_entries(KUBECTL, policies={POLICY}, namespaces={NS, APP_NS})
 
 
 def _app_pod(name: str, image: str, cheat: bool = False) -> dict[str, Any]:
