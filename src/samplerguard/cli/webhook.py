@@ -178,6 +178,12 @@ def register(sub: Any) -> None:
         "inject the sidecar as a plain container instead of a native sidecar",
         action="store_true",
     )
+    for flag, what, default in (
+        ("--sidecar-cpu-request", "CPU request", "50m"),
+        ("--sidecar-memory-request", "memory request", "256Mi"),
+        ("--sidecar-memory-limit", "memory limit", "1Gi"),
+    ):
+        p.add_argument(flag, default=default, help=f"the injected sidecar's {what}")
     p.add_argument(
         "--sidecar-env",
         action="append",
@@ -233,6 +239,9 @@ def _config(args: argparse.Namespace) -> Any:
             sidecar_port=args.sidecar_port,
             native_sidecar=not args.plain_sidecar,
             sidecar_env=tuple(env),
+            sidecar_cpu_request=args.sidecar_cpu_request,
+            sidecar_memory_request=args.sidecar_memory_request,
+            sidecar_memory_limit=args.sidecar_memory_limit,
         ),
     )
 

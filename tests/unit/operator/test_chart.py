@@ -283,3 +283,15 @@ def test_every_component_logs_json_and_sidecars_get_the_telemetry_settings() -> 
         "SAMPLERGUARD_LOG_FORMAT=json",
         "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel:4317",
     } <= set(parsed.sidecar_env)
+
+
+def test_the_injected_sidecars_resources_come_from_the_values() -> None:
+    from samplerguard.cli import build_parser
+    from samplerguard.cli.webhook import _config
+
+    docs = _render({"sidecar": {"resources": {"requests": {"cpu": "80m", "memory": "300Mi"}}}})
+    args = _one(docs, "Deployment", "sg-webhook")["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args([*args["args"], "--cert=/tls/tls.crt", "--key=/tls/tls.key"])
+    injection = _config(parsed).injection
+    assert (injection.sidecar_cpu_request, injection.sidecar_memory_request) == ("80m", "300Mi")
+    assert injection.sidecar_memory_limit == "1Gi"
