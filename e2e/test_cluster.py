@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from cleanup import drop_cluster_report_entries
 
 from samplerguard.policy.report import ReportResult
 
@@ -246,6 +247,9 @@ def cluster(
             "sg-e2e-validating",
             "--audit-interval",
             "5",
+            # only this module's pods: another installation may share the cluster
+            "--audit-namespace",
+            APP_NS,
             "--registry-plain-http",
             registry.host,
             "--health=off",
@@ -335,7 +339,9 @@ def cluster(
                 "--ignore-not-found",
                 check=False,
             )
-        kubectl("delete", "namespace", APP_NS, "--wait=false", check=False)
+        # Waited for: an operator still running elsewhere (the next module's) folds every
+        # namespace's PolicyReport into the ClusterPolicyReport while the namespace exists.
+        kubectl("delete", "namespace", APP_NS, NS, "--timeout=50s", check=False)
         kubectl(
             "delete",
             "clustersamplerpolicy",
@@ -343,6 +349,9 @@ def cluster(
             "e2e-broken",
             "--ignore-not-found",
             check=False,
+        )
+        drop_cluster_report_entries(
+            KUBECTL, policies={"e2e-sampler", "e2e-broken"}, namespaces={APP_NS, NS}
         )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cleanup import drop_cluster_report_entries
 from cryptography import x509
 
 pytestmark = pytest.mark.e2e
@@ -189,7 +190,8 @@ def rotating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             log.close()
         for kind, name in names.items():
             kubectl("delete", kind.lower(), name, "--ignore-not-found", check=False)
-        kubectl("delete", "namespace", APP_NS, "--wait=false", check=False)
+        kubectl("delete", "namespace", APP_NS, NS, "--timeout=50s", check=False)
+        drop_cluster_report_entries(KUBECTL, policies=(), namespaces={APP_NS, NS})
 
 
 def _bundle(name: str) -> str:

@@ -19,6 +19,8 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end }}
 {{- end -}}
 {{- define "sg.otel" -}}
+- name: SAMPLERGUARD_LOG_FORMAT
+  value: {{ .Values.telemetry.logFormat | quote }}
 {{- if .Values.telemetry.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.telemetry.otlpEndpoint | quote }}
@@ -31,4 +33,23 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- $root := index . 0 -}}{{- $kind := index . 1 -}}{{- $name := index . 2 -}}
 {{- $existing := lookup "admissionregistration.k8s.io/v1" $kind "" $name -}}
 {{- if and $existing $existing.webhooks -}}{{ (index $existing.webhooks 0).clientConfig.caBundle | default "" }}{{- end -}}
+{{- end -}}
+{{- /* Registry access shared by the webhook and the operator: plain-HTTP hosts and a private CA. */ -}}
+{{- define "sg.plainHttpRegistries" -}}
+{{- range (concat .Values.registries.plainHttp .Values.operator.plainHttpRegistries | uniq) }}
+- {{ . }}
+{{- end }}
+{{- end -}}
+{{- define "sg.registryCAMount" -}}
+{{- if .Values.registries.caConfigMap }}
+- {name: registry-ca, mountPath: /etc/samplerguard/registry-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+{{- define "sg.registryCAVolume" -}}
+{{- if .Values.registries.caConfigMap }}
+- name: registry-ca
+  configMap:
+    name: {{ .Values.registries.caConfigMap }}
+    items: [{key: {{ .Values.registries.caKey }}, path: ca.crt}]
+{{- end }}
 {{- end -}}

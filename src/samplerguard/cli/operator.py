@@ -62,10 +62,34 @@ def register(sub: Any) -> None:
     p.add_argument("--lease", default=_env("LEASE", "samplerguard-operator"))
     p.add_argument("--peering", default=os.environ.get("SAMPLERGUARD_PEERING") or None)
     p.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        help="this replica's kopf peering priority (default: derived from the pod name, so "
+        "replicas never tie)",
+    )
+    p.add_argument(
         "--registry-plain-http",
         action="append",
         default=[],
         help="registry host:port spoken to over plain HTTP (loopback test registries)",
+    )
+    p.add_argument(
+        "--registry-ca",
+        default=_env("REGISTRY_CA", "") or None,
+        help="CA bundle for registries whose TLS certificate a private CA issued",
+    )
+    p.add_argument(
+        "--opt-in-label",
+        default=_env("OPT_IN_LABEL", "samplerguard.dev/enforce"),
+        help="namespace label whose value true opts a namespace in (the chart's optInLabel)",
+    )
+    p.add_argument(
+        "--audit-namespace",
+        action="append",
+        default=[],
+        help="audit only the pods of this namespace (repeatable; default: every opted-in "
+        "namespace), for an operator that shares the cluster with another installation",
     )
     p.add_argument("--no-audit", action="store_true", help="disable the background image audit")
     p.set_defaults(_run=run)
@@ -76,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     import kopf
+    from kopf._core.engines.peering import Identity as kopf_identity
     from kubernetes import config as kconfig
 
     from samplerguard.errors import MalformedInputError
@@ -83,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from samplerguard.operator.certs import CertState
     from samplerguard.operator.controller import Controller, OperatorConfig
     from samplerguard.operator.handlers import register as register_handlers
+    from samplerguard.operator.identity import operator_identity, peering_priority
     from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
     from samplerguard.operator.kube import Kube
 
@@ -119,17 +145,25 @@ def run(args: argparse.Namespace) -> int:
             from samplerguard.supplychain.registry import RegistryClient
             from samplerguard.supplychain.verifier import ImageVerifier
 
-            verifier = ImageVerifier(RegistryClient(plain_http=args.registry_plain_http))
+            verifier = ImageVerifier(
+                RegistryClient(plain_http=args.registry_plain_http, verify=args.registry_ca or True)
+            )
             check = audit_mod.image_checker(verifier)
 
+            scope = frozenset(args.audit_namespace)
+
             def auditor() -> int:
+                pods = kube.list_pods()
+                if scope:
+                    pods = [p for p in pods if (p.get("metadata") or {}).get("namespace") in scope]
                 results = audit_mod.audit(
-                    kube.list_pods(),
+                    pods,
                     kube.list_namespaces(),
                     kube.list_policies("clustersamplerpolicies")
                     + kube.list_policies("samplerpolicies"),
                     check,
                     cfg.namespace,
+                    args.opt_in_label,
                 )
                 return controller.record(results)
 
@@ -170,6 +204,14 @@ def run(args: argparse.Namespace) -> int:
         controller.cert_listeners.append(reload)
         await serve(build_app(controller.record, auth), host or "0.0.0.0", int(port), ctx)  # noqa: S104
 
+    from samplerguard.telemetry.provider import setup_service_metrics
+
+    # results counted on ingest, served on the ingest port's GET /metrics, OTLP when configured
+    setup_service_metrics("samplerguard-operator")
+    identity = operator_identity()
+    priority = args.peering_priority
+    if priority is None:
+        priority = peering_priority(identity)
     registry = kopf.OperatorRegistry()
     register_handlers(
         registry, controller, auditor=auditor, peering=args.peering, start_ingest=start_ingest
@@ -179,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
         clusterwide=True,
         standalone=args.peering is None,
         peering_name=args.peering,
+        # kopf's own identity would look the uid up in /etc/passwd (none for 65532)
+        identity=kopf_identity(identity),
+        priority=priority,
         liveness_endpoint=None if args.health == "off" else f"http://{args.health}/healthz",
     )
     return 0

@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--scheduler-config", help="scheduler_config.json [SAMPLERGUARD_SCHEDULER_CONFIG]"
     )
     p.add_argument("--integrity-interval", type=float, help="seconds between re-measurements")
+    p.add_argument(
+        "--policy-refresh",
+        type=float,
+        help="seconds between re-reads of the policy, 0: read once [SAMPLERGUARD_POLICY_REFRESH]",
+    )
     p.add_argument("--retention", type=float, help="seconds openings are kept (no policy)")
     p.add_argument("--max-store-bytes", type=int, help="openings store cap")
     p.add_argument("--min-free-bytes", type=int, help="free-space floor on the volume")
@@ -129,6 +134,7 @@ def _config(args: argparse.Namespace) -> object:
         kw["model_files"] = tuple(Path(m) for m in models if m)
     for name, conv in (
         ("integrity_interval", float),
+        ("policy_refresh", float),
         ("retention", float),
         ("max_store_bytes", int),
         ("min_free_bytes", int),

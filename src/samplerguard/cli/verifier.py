@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--sidecar", action="append", default=[], help="sidecar URL (repeatable)")
     p.add_argument("--discover", choices=["static", "kubernetes"], default="static")
     p.add_argument("--namespace", help="kubernetes discovery: one namespace only")
-    p.add_argument("--label-selector", default="samplerguard.dev/inject=true")
+    p.add_argument(
+        "--label-selector",
+        default=None,
+        help="only pods with these labels (default: every pod the webhook injected, whether it "
+        "opted in by its own label or its namespace's)",
+    )
     p.add_argument("--token-file", default=env("SAMPLERGUARD_TOKEN_FILE", DEFAULT_SA_TOKEN))
     p.add_argument(
         "--reference-model",
@@ -126,6 +131,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("static discovery needs at least one --sidecar URL")
         discovery = StaticDiscovery(args.sidecar)
     index, _, count = args.shard.partition("/")
+    if not args.once:
+        from samplerguard.telemetry.provider import setup_service_metrics
+
+        setup_service_metrics("samplerguard-verifier")
     verifier = Verifier(
         discovery=discovery,
         checker=checker,

@@ -70,6 +70,12 @@ def register(sub: Any) -> None:
         default=[],
         help="another namespace never touched (repeatable; kube-system always is)",
     )
+    p.add_argument(
+        "--opt-in-label",
+        default=_env("OPT_IN_LABEL") or "samplerguard.dev/enforce",
+        help="namespace label whose value true opts a namespace in (the chart's optInLabel) "
+        "[env SAMPLERGUARD_WEBHOOK_OPT_IN_LABEL]",
+    )
     _add(
         p,
         "--workers",
@@ -172,6 +178,12 @@ def register(sub: Any) -> None:
         "inject the sidecar as a plain container instead of a native sidecar",
         action="store_true",
     )
+    for flag, what, default in (
+        ("--sidecar-cpu-request", "CPU request", "50m"),
+        ("--sidecar-memory-request", "memory request", "256Mi"),
+        ("--sidecar-memory-limit", "memory limit", "1Gi"),
+    ):
+        p.add_argument(flag, default=default, help=f"the injected sidecar's {what}")
     p.add_argument(
         "--sidecar-env",
         action="append",
@@ -208,6 +220,7 @@ def _config(args: argparse.Namespace) -> Any:
         policies=args.policies,
         own_namespace=args.namespace,
         exempt_namespaces=("kube-system", *args.exempt_namespace),
+        opt_in_label=args.opt_in_label,
         deadline=args.deadline,
         max_body_bytes=args.max_body_bytes,
         no_match=args.no_match,
@@ -226,6 +239,9 @@ def _config(args: argparse.Namespace) -> Any:
             sidecar_port=args.sidecar_port,
             native_sidecar=not args.plain_sidecar,
             sidecar_env=tuple(env),
+            sidecar_cpu_request=args.sidecar_cpu_request,
+            sidecar_memory_request=args.sidecar_memory_request,
+            sidecar_memory_limit=args.sidecar_memory_limit,
         ),
     )
 
@@ -289,6 +305,9 @@ def run(args: argparse.Namespace) -> int:
 
     def build() -> Admission:
         """Runs in each worker: everything with threads or connections is made here."""
+        from samplerguard.telemetry.provider import setup_service_metrics
+
+        setup_service_metrics("samplerguard-webhook")
         client = RegistryClient(
             timeout=args.registry_timeout,
             plain_http=args.plain_http_registry,

@@ -105,14 +105,17 @@ def _digest_of(image_id: str | None) -> str | None:
 
 
 def targets(
-    pods: Iterable[dict[str, Any]], namespaces: Iterable[dict[str, Any]], own_namespace: str
+    pods: Iterable[dict[str, Any]],
+    namespaces: Iterable[dict[str, Any]],
+    own_namespace: str,
+    opt_in_label: str = OPT_IN_NAMESPACE_LABEL,
 ) -> list[AuditTarget]:
     """The containers the audit covers: running pods in opted-in namespaces, or opted-in pods,
     never in kube-system or samplerguard's own namespace."""
     opted = {
         (n.get("metadata") or {}).get("name")
         for n in namespaces
-        if ((n.get("metadata") or {}).get("labels") or {}).get(OPT_IN_NAMESPACE_LABEL) == "true"
+        if ((n.get("metadata") or {}).get("labels") or {}).get(opt_in_label) == "true"
     }
     out: list[AuditTarget] = []
     for pod in pods:
@@ -217,6 +220,7 @@ def audit(
     policy_bodies: Iterable[dict[str, Any]],
     check: Checker,
     own_namespace: str,
+    opt_in_label: str = OPT_IN_NAMESPACE_LABEL,
 ) -> list[ReportResult]:
     """One audit pass. Invalid policies are skipped (their status says why); an unreachable
     registry is an ``error`` result (fail closed: never a silent pass)."""
@@ -232,7 +236,7 @@ def audit(
     }
     results: list[ReportResult] = []
     cache: dict[tuple[str, str | None, str], Verdict | Exception] = {}
-    for t in targets(pods, namespaces, own_namespace):
+    for t in targets(pods, namespaces, own_namespace, opt_in_label):
         for p in policies_for(t.namespace, labels.get(t.namespace, {}), policies):
             if not p.spec.image_rules_for(t.image.split("@", 1)[0]) and not p.spec.image_rules_for(
                 t.image

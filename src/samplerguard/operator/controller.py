@@ -76,15 +76,21 @@ class OperatorConfig:
 
 @dataclass
 class _Tally:
+    """Verdicts of checks that ran. An ``error`` (a sidecar that could not be reached, an
+    opening that could not be fetched) is no verdict on the provider: it is counted apart and
+    never makes a policy read ``fail``."""
+
     passed: int = 0
     failed: int = 0
+    errors: int = 0
     rule: str = ""
 
     def text(self) -> str:
         total = self.passed + self.failed
-        return (
+        verdict = (
             f"fail {self.failed}/{total} ({self.rule})" if self.failed else f"pass {total}/{total}"
         )
+        return f"{verdict}, {self.errors} errors" if self.errors else verdict
 
 
 class Controller:
@@ -286,9 +292,11 @@ class Controller:
                 tally = self._verdicts.setdefault(r.policy, _Tally())
                 n = r.metric("count")
                 k = int(n) if n is not None and n >= 1 else 1
-                if r.result in ("fail", "error"):
+                if r.result == "fail":
                     tally.failed += k
                     tally.rule = r.rule
+                elif r.result == "error":
+                    tally.errors += k
                 elif r.result == "pass":
                     tally.passed += k
                 self._verdicts_dirty.add(r.policy)

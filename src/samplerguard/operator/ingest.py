@@ -34,6 +34,9 @@ from pydantic import ValidationError
 from samplerguard.errors import TemporaryError
 from samplerguard.policy.report import ReportResult
 from samplerguard.serving import ConnectionGuard, Limits
+from samplerguard.telemetry.prometheus import CONTENT_TYPE
+from samplerguard.telemetry.provider import current_service_metrics
+from samplerguard.telemetry.service import ServiceMetrics
 
 __all__ = ["LIMITS", "MAX_BODY", "MAX_RESULTS_PER_POST", "Authenticator", "build_app"]
 
@@ -131,14 +134,23 @@ def build_app(record: Callable[[list[ReportResult]], int], auth: Authenticator) 
                 {"error": str(exc)}, status=503, headers={"Retry-After": str(int(exc.delay))}
             )
         log.info("recorded %d result(s) from %s", n, user)
+        for r in batch:
+            instruments.results.add(1, {"result": r.result})
         return web.json_response({"recorded": n})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def prometheus(_: web.Request) -> web.Response:
+        current = current_service_metrics()
+        text = current.prometheus_text() if current is not None else ""
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    instruments = ServiceMetrics()
     app = web.Application(client_max_size=MAX_BODY + 1)  # the module global, read per app
     app.router.add_post("/v1/results", results)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus)
     return app
 
 

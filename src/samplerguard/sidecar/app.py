@@ -4,7 +4,9 @@ Open (no credentials):
 
 * ``GET /healthz``: the process is alive;
 * ``GET /readyz``: runtime integrity holds (else 503 with the problems);
-* ``GET /v1/public-key``: the Ed25519 key commitments are signed with, and the pod.
+* ``GET /v1/public-key``: the Ed25519 key commitments are signed with, and the pod;
+* ``GET /metrics``: the Prometheus exposition of the sidecar's metrics (counts, latencies,
+  the RNG modes and outcomes it recorded; no request ids, tenants or secrets).
 
 Authenticated (the verifier's bearer token):
 
@@ -32,6 +34,7 @@ from samplerguard.errors import MalformedInputError, TemporaryError
 from samplerguard.sidecar.auth import UnauthorizedError
 from samplerguard.sidecar.service import Sidecar
 from samplerguard.sidecar.store import UnknownTrajectoryError
+from samplerguard.telemetry.prometheus import CONTENT_TYPE
 
 __all__ = ["OPENING_MEDIA_TYPE", "create_app"]
 
@@ -106,20 +109,30 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.get("/v1/trajectories/{trajectory_id}/openings/{step}", dependencies=auth)
     def opening(trajectory_id: str, step: str) -> Response:
-        if not _STEP.fullmatch(step):
-            # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() refuses or
-            # reads as another step
-            raise HTTPException(status_code=400, detail="step must be a non-negative integer")
-        try:
-            data = sidecar.store.opening_bytes(trajectory_id, int(step))
-        except UnknownTrajectoryError:
-            raise HTTPException(status_code=404, detail="no such trajectory") from None
-        except MalformedInputError as exc:
-            raise HTTPException(status_code=404, detail=str(exc)[:300]) from None
-        except (OSError, KeyError, ValueError) as exc:
-            log.warning("opening %s/%s could not be read: %s", trajectory_id, step, exc)
-            raise HTTPException(status_code=500, detail="stored opening is unreadable") from None
-        return Response(content=data, media_type=OPENING_MEDIA_TYPE)
+        with sidecar.service_metrics.timed(sidecar.service_metrics.openings) as outcome:
+            outcome["outcome"] = "missing"
+            if not _STEP.fullmatch(step):
+                # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() refuses
+                # or reads as another step
+                raise HTTPException(status_code=400, detail="step must be a non-negative integer")
+            try:
+                data = sidecar.store.opening_bytes(trajectory_id, int(step))
+            except UnknownTrajectoryError:
+                raise HTTPException(status_code=404, detail="no such trajectory") from None
+            except MalformedInputError as exc:
+                raise HTTPException(status_code=404, detail=str(exc)[:300]) from None
+            except (OSError, KeyError, ValueError) as exc:
+                log.warning("opening %s/%s could not be read: %s", trajectory_id, step, exc)
+                raise HTTPException(
+                    status_code=500, detail="stored opening is unreadable"
+                ) from None
+            outcome["outcome"] = "served"
+            return Response(content=data, media_type=OPENING_MEDIA_TYPE)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        text = sidecar.metrics.prometheus_text() if sidecar.metrics is not None else ""
+        return Response(content=text, media_type=CONTENT_TYPE)
 
     @app.get("/v1/trajectories/{trajectory_id}/transcript", dependencies=auth)
     def transcript(trajectory_id: str) -> Response:

@@ -36,6 +36,7 @@ ENV: dict[str, str] = {
     "max_store_bytes": "SAMPLERGUARD_MAX_STORE_BYTES",
     "min_free_bytes": "SAMPLERGUARD_MIN_FREE_BYTES",
     "integrity_interval": "SAMPLERGUARD_INTEGRITY_INTERVAL",
+    "policy_refresh": "SAMPLERGUARD_POLICY_REFRESH",
     "store_direct_io": "SAMPLERGUARD_STORE_DIRECT_IO",
     "master_secret_file": "SAMPLERGUARD_MASTER_SECRET_FILE",
     "rng_mode": "SAMPLERGUARD_RNG_MODE",
@@ -65,6 +66,10 @@ class SidecarConfig:
     #: A policy file (YAML/JSON), or ``ClusterSamplerPolicy/<name>`` /
     #: ``SamplerPolicy/<ns>/<name>`` read through the API server. None: no enforcement.
     policy: str | None = None
+    #: Seconds between re-reads of ``policy``: an edited policy (recipe bounds, retention,
+    #: golden digests) takes effect without restarting the pod; a deleted or invalid one
+    #: refuses new requests until it is valid again. 0: read once at start.
+    policy_refresh: float = 30.0
     pod_name: str = ""
     pod_namespace: str = ""
     pod_uid: str = ""

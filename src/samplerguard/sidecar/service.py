@@ -11,7 +11,7 @@ from typing import Any
 
 from samplerguard.commitment.dsse import keyid
 from samplerguard.commitment.statement import Commitment
-from samplerguard.errors import MalformedInputError
+from samplerguard.errors import MalformedInputError, PolicyError, TemporaryError
 from samplerguard.policy.load import load_policy, report_policy_name
 from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
@@ -24,6 +24,7 @@ from samplerguard.sidecar.integrity import IntegrityMonitor
 from samplerguard.sidecar.keys import load_or_create_key, public_pem
 from samplerguard.sidecar.seeds import SeedIssuer
 from samplerguard.sidecar.store import OpeningStore
+from samplerguard.telemetry.service import ServiceMetrics, log_denial
 
 __all__ = ["Sidecar"]
 
@@ -54,16 +55,11 @@ def _seed_issuer(cfg: SidecarConfig) -> SeedIssuer | None:
 
 
 def _telemetry(service: str) -> Any:
-    """OTLP metrics when an OTLP endpoint is configured; otherwise none (nothing to export to)."""
-    if not any(
-        os.environ.get(v)
-        for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-    ):
-        return None
+    """The service's metrics: ``GET /metrics`` always, OTLP when an endpoint is configured."""
     try:
-        from samplerguard.telemetry import setup_metrics
+        from samplerguard.telemetry.provider import setup_service_metrics
 
-        return setup_metrics(service_name=service, set_global=True)
+        return setup_service_metrics(service)
     except Exception as exc:  # telemetry must never stop the data plane
         log.warning("telemetry disabled: %s", exc)
         return None
@@ -77,9 +73,12 @@ class Sidecar:
         self.keyid = keyid(self.key.public_key())
         if created:
             log.info("generated the sidecar signing key %s…", self.keyid[:16])
+        self._k8s_api = k8s_api
         self.policy = load_policy(cfg.policy, api=k8s_api) if cfg.policy else None
         self.spec: SamplerPolicySpec | None = self.policy.spec if self.policy else None
         self.policy_name = report_policy_name(self.policy) if self.policy else None
+        #: Why the policy cannot be used right now (deleted, invalid); new requests are refused.
+        self.policy_problem: str | None = None
         retention = self.spec.verification.retention_seconds if self.spec else cfg.retention
         self.store = OpeningStore(
             cfg.openings_dir,
@@ -90,6 +89,11 @@ class Sidecar:
         )
         self.metrics = _telemetry("samplerguard-sidecar")
         self.telemetry = self.metrics.telemetry if self.metrics is not None else None
+        self.service_metrics = ServiceMetrics(
+            self.metrics.provider if self.metrics is not None else None
+        )
+        #: request id → when its START was admitted (the ingestion latency's start)
+        self._started: dict[str, float] = {}
         self.alerts: list[str] = []
         self.integrity = IntegrityMonitor(
             self.spec.golden_digests if self.spec else GoldenDigests(),
@@ -121,6 +125,9 @@ class Sidecar:
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="sg-retention", daemon=True
         )
+        self._policy_watcher = threading.Thread(
+            target=self._watch_policy, name="sg-policy", daemon=True
+        )
 
     def _authenticator(self) -> Authenticator:
         mode = self.cfg.auth
@@ -151,6 +158,8 @@ class Sidecar:
         self.gate.ready = self.integrity.current.ok
         self.ingest.start()
         self._housekeeper.start()
+        if self.cfg.policy and self.cfg.policy_refresh > 0:
+            self._policy_watcher.start()
         log.info(
             "sidecar up: socket %s, key %s…, policy %s, %d trajectories kept",
             self.cfg.socket,
@@ -174,6 +183,42 @@ class Sidecar:
                 log.info("retention: %d trajectories expired", expired)
             self.gate.ready = self.integrity.current.ok
 
+    def refresh_policy(self) -> bool:
+        """Read the policy again; returns whether it changed. An API server that does not
+        answer keeps the current policy; a policy that is gone or invalid refuses new requests
+        (fail closed) until a valid one is back."""
+        if not self.cfg.policy:
+            return False
+        try:
+            policy = load_policy(self.cfg.policy, api=self._k8s_api)
+        except TemporaryError as exc:
+            log.warning("policy %s not re-read (kept the current one): %s", self.cfg.policy, exc)
+            return False
+        except PolicyError as exc:
+            if self.policy_problem != str(exc):
+                log.error(
+                    "policy %s is unusable, new requests are refused: %s", self.cfg.policy, exc
+                )
+            self.policy_problem = str(exc)
+            return False
+        recovered = self.policy_problem is not None
+        self.policy_problem = None
+        if self.policy is not None and policy.spec == self.policy.spec and not recovered:
+            return False
+        self.policy, self.spec = policy, policy.spec
+        self.policy_name = report_policy_name(policy)
+        self.store.retention = policy.spec.verification.retention_seconds
+        self.integrity.set_golden(policy.spec.golden_digests)
+        log.info("policy %s re-read: the new version applies to new requests", self.policy_name)
+        return True
+
+    def _watch_policy(self) -> None:
+        while not self._stop.wait(self.cfg.policy_refresh):
+            try:
+                self.refresh_policy()
+            except Exception:  # the watcher must outlive one bad read
+                log.exception("policy re-read failed")
+
     # -- admission (called on ingestion threads) -----------------------------------------------
 
     def _alert(self, message: str) -> None:
@@ -193,6 +238,12 @@ class Sidecar:
             raise RequestRefusedError(
                 "runtime integrity mismatch, new requests are refused: " + "; ".join(m.problems),
                 checks=("integrity",),
+            )
+        if self.policy_problem is not None:
+            raise RequestRefusedError(
+                f"the policy {self.cfg.policy} is unusable, new requests are refused: "
+                f"{self.policy_problem}",
+                checks=("policy",),
             )
         if self.cfg.tenant and start.tenant != self.cfg.tenant:
             raise RequestRefusedError(
@@ -234,6 +285,8 @@ class Sidecar:
             predicate["seedEscrowDigest"] = escrow_digest(start.seed_escrow)
         if self.telemetry is not None:
             self._record_request(start, beacon)
+        if len(self._started) < 4096:  # trajectories in flight; more means FINISHes were lost
+            self._started[start.request_id] = time.monotonic()
         return Decision(admission, predicate)
 
     def _record_violations(self, checks: list[str], action: str) -> None:
@@ -267,6 +320,9 @@ class Sidecar:
             log.debug("telemetry: odd recipe values", exc_info=True)
 
     def _committed(self, start: StartRequest, commitment: Commitment, decision: Decision) -> None:
+        began = self._started.pop(start.request_id, None)
+        if began is not None:
+            self.service_metrics.ingest.record(time.monotonic() - began, {"outcome": "committed"})
         log.info(
             "committed %s: root %s…, %d steps%s",
             start.request_id,
@@ -277,3 +333,15 @@ class Sidecar:
 
     def _refused(self, start: StartRequest | None, reason: str) -> None:
         self.refused += 1
+        began = self._started.pop(start.request_id, None) if start is not None else None
+        self.service_metrics.ingest.record(
+            time.monotonic() - began if began is not None else 0.0, {"outcome": "refused"}
+        )
+        log_denial(
+            "sidecar",
+            f"request {start.request_id}" if start is not None else "a request",
+            "admission",
+            reason,
+            tenant=start.tenant if start is not None else "",
+            policy=self.policy_name or "",
+        )

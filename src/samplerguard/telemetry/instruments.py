@@ -102,6 +102,9 @@ def histogram_views() -> list[View]:
     """
     from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
+    from samplerguard.telemetry.service import LATENCY_BUCKETS, LATENCY_METRICS
+
+    latencies = [(name, LATENCY_BUCKETS) for name in LATENCY_METRICS]
     return [
         View(
             instrument_name=name,
@@ -111,6 +114,7 @@ def histogram_views() -> list[View]:
             (MetricName.GUIDANCE_SCALE, GUIDANCE_BUCKETS),
             (MetricName.STEPS, STEPS_BUCKETS),
             (MetricName.REL_L2, REL_L2_BUCKETS),
+            *latencies,
         )
     ]
 

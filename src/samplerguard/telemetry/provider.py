@@ -38,7 +38,9 @@ __all__ = [
     "MetricsConfig",
     "OtlpProtocol",
     "TelemetryConfigError",
+    "current_service_metrics",
     "setup_metrics",
+    "setup_service_metrics",
 ]
 
 OtlpProtocol = Literal["grpc", "http/protobuf"]
@@ -179,6 +181,19 @@ class Metrics:
     #: The drift detector fed by ``telemetry.record_request`` (``None`` without a baseline).
     #: Add your own alert listeners with ``drift.add_listener``.
     drift: DriftDetector | None = None
+    #: The pull reader behind ``GET /metrics`` (``prometheus=True``), beside any exporter.
+    pull_reader: MetricReader | None = None
+
+    def prometheus_text(self) -> str:
+        """The Prometheus exposition of everything recorded so far (empty without a pull
+        reader)."""
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from samplerguard.telemetry.prometheus import render
+
+        if not isinstance(self.pull_reader, InMemoryMetricReader):
+            return ""
+        return render(self.pull_reader.get_metrics_data())
 
     def collect(self) -> MetricsData | None:
         """The in-memory reader's current data (``None`` for any other reader)."""
@@ -216,6 +231,7 @@ def setup_metrics(
     drift: DriftDetector | None = None,
     drift_baseline: str | os.PathLike[str] | None = None,
     set_global: bool = False,
+    prometheus: bool = False,
 ) -> Metrics:
     """Build a MeterProvider and the :class:`SamplerTelemetry` on it.
 
@@ -229,7 +245,9 @@ def setup_metrics(
     * ``drift_baseline``: or just a baseline JSON path (default: ``$SAMPLERGUARD_DRIFT_BASELINE``)
       for a detector with default settings whose alerts are also logged at WARNING.
     * ``set_global``: also install the provider as OpenTelemetry's global one (once per
-      process; the sidecar and verifier entry points do this, libraries and tests do not).
+      process; the service entry points do this, libraries and tests do not).
+    * ``prometheus``: also keep a pull reader whose data :meth:`Metrics.prometheus_text`
+      renders for ``GET /metrics``.
 
     Raises :class:`TelemetryConfigError` for unusable settings and
     :class:`~samplerguard.telemetry.drift.BaselineError` for an unusable baseline.
@@ -247,6 +265,7 @@ def setup_metrics(
             drift = DriftDetector(DriftBaseline.load(source), on_alert=_log_alert)
     provider: metrics.MeterProvider
     reader: MetricReader | None = None
+    pull_reader: MetricReader | None = None
     if config.disabled:
         provider = metrics.NoOpMeterProvider()
     else:
@@ -259,8 +278,12 @@ def setup_metrics(
             reader = InMemoryMetricReader()
         elif config.exporter != "none":
             reader = _exporting_reader(config)
+        if prometheus:
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+            pull_reader = InMemoryMetricReader()
         provider = MeterProvider(
-            metric_readers=[reader] if reader is not None else [],
+            metric_readers=[r for r in (reader, pull_reader) if r is not None],
             resource=Resource.create(dict(config.resource_attributes)),
             views=histogram_views(),
             shutdown_on_exit=False,
@@ -273,7 +296,35 @@ def setup_metrics(
         telemetry=SamplerTelemetry(provider, drift=drift),
         reader=reader,
         drift=drift,
+        pull_reader=pull_reader,
     )
+
+
+#: Set one of these and a service exports OTLP; without them it only serves ``/metrics``.
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+
+
+def setup_service_metrics(service_name: str, *, env: Mapping[str, str] | None = None) -> Metrics:
+    """The metrics of one deployable: the global provider, a pull reader for ``GET /metrics``
+    and, when an OTLP endpoint is configured, the OTLP exporter. Raises
+    :class:`TelemetryConfigError` for unusable OTEL_* settings."""
+    env = os.environ if env is None else env
+    exporting = any((env.get(v) or "").strip() for v in OTLP_ENDPOINT_VARIABLES)
+    if not exporting and not (env.get("OTEL_METRICS_EXPORTER") or "").strip():
+        env = {**env, "OTEL_METRICS_EXPORTER": "none"}  # no collector to send to
+    global _SERVICE_METRICS
+    _SERVICE_METRICS = setup_metrics(
+        service_name=service_name, env=env, set_global=True, prometheus=True
+    )
+    return _SERVICE_METRICS
+
+
+_SERVICE_METRICS: Metrics | None = None
+
+
+def current_service_metrics() -> Metrics | None:
+    """What :func:`setup_service_metrics` set up in this process (``None`` before)."""
+    return _SERVICE_METRICS
 
 
 def _log_alert(alert: DriftAlert) -> None:

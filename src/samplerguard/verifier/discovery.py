@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from samplerguard.errors import TemporaryError
 
 __all__ = [
+    "INJECTED_ANNOTATION",
     "INJECTED_LABEL",
     "Discovery",
     "KubernetesDiscovery",
@@ -18,9 +19,12 @@ __all__ = [
     "in_shard",
 ]
 
-#: Pods the webhook injected carry this annotation; opted-in pods also carry the label.
+#: Pods the webhook injected carry this annotation, whichever way they opted in (a pod label or
+#: their namespace's label); only the pod-label way leaves a label to select on.
 INJECTED_ANNOTATION = "samplerguard.dev/injected"
 INJECTED_LABEL = "samplerguard.dev/inject=true"
+#: The injected sidecar's container name (a native sidecar is an init container).
+SIDECAR_CONTAINER = "samplerguard-sidecar"
 SIDECAR_PORT = 9471
 
 
@@ -65,17 +69,23 @@ class StaticDiscovery:
 
 
 class KubernetesDiscovery:
-    """Running pods with the injection label whose sidecar port is reachable by pod IP."""
+    """Running pods the webhook injected (the ``samplerguard.dev/injected`` annotation) whose
+    sidecar container is Ready, reached by pod IP.
+
+    Pods opt in by their own label or by their namespace's, so the selection goes by the
+    annotation the injection leaves on every one of them. The sidecar's readiness probe passes
+    only once its API answers, so a pod that runs but whose sidecar does not listen yet is left
+    for a later round instead of being challenged into a connection error."""
 
     def __init__(
         self,
         *,
-        label_selector: str = INJECTED_LABEL,
+        label_selector: str | None = None,
         namespace: str | None = None,
         port: int = SIDECAR_PORT,
         api: Any = None,
     ) -> None:
-        self.label_selector = label_selector
+        self.label_selector = label_selector or None
         self.namespace = namespace
         self.port = port
         self._api = api
@@ -92,17 +102,23 @@ class KubernetesDiscovery:
         from kubernetes.client.exceptions import ApiException
 
         api = self._client()
+        query: dict[str, str] = {"field_selector": "status.phase=Running"}
+        if self.label_selector:
+            query["label_selector"] = self.label_selector
         try:
             if self.namespace:
-                pods = api.list_namespaced_pod(self.namespace, label_selector=self.label_selector)
+                pods = api.list_namespaced_pod(self.namespace, **query)
             else:
-                pods = api.list_pod_for_all_namespaces(label_selector=self.label_selector)
+                pods = api.list_pod_for_all_namespaces(**query)
         except ApiException as exc:
             raise TemporaryError(f"cannot list injected pods: HTTP {exc.status}") from None
         out = []
         for pod in pods.items:
+            annotations = getattr(pod.metadata, "annotations", None) or {}
+            if annotations.get(INJECTED_ANNOTATION) != "true":
+                continue
             ip = getattr(pod.status, "pod_ip", None)
-            if not ip or getattr(pod.status, "phase", "") != "Running":
+            if not ip or getattr(pod.status, "phase", "") != "Running" or not _sidecar_ready(pod):
                 continue
             host = f"[{ip}]" if ":" in ip else ip
             out.append(
@@ -114,3 +130,11 @@ class KubernetesDiscovery:
                 )
             )
         return out
+
+
+def _sidecar_ready(pod: Any) -> bool:
+    statuses = [
+        *(getattr(pod.status, "init_container_statuses", None) or []),
+        *(getattr(pod.status, "container_statuses", None) or []),
+    ]
+    return any(s.name == SIDECAR_CONTAINER and bool(s.ready) for s in statuses)

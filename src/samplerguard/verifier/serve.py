@@ -1,12 +1,12 @@
 """Run the verifier: its FastAPI status API under uvicorn, and the auditing loop beside it.
 
-``GET /healthz``, ``GET /readyz`` and ``GET /v1/status`` (counts, per-sidecar state) are
-open: they expose no trajectory content. ``POST /v1/rounds`` runs one round now (the demo and
-the tests use it instead of waiting for the interval); it answers with the round's count. A
-round costs work (every sidecar is read, and discovery may list the cluster's pods), so the
-route takes only the verifier's own bearer token (``--token-file``, compared in constant time:
-401 otherwise, 503 when the file is unreadable), and one round at a time: a call while a
-round runs gets 409 instead of queueing.
+``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus) and ``GET /v1/status``
+(counts, per-sidecar state) are open: they expose no trajectory content. ``POST /v1/rounds``
+runs one round now (the demo and the tests use it instead of waiting for the interval); it
+answers with the round's count. A round costs work (every sidecar is read, and discovery may
+list the cluster's pods), so the route takes only the verifier's own bearer token
+(``--token-file``, compared in constant time: 401 otherwise, 503 when the file is unreadable),
+and one round at a time: a call while a round runs gets 409 instead of queueing.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Response
 
 from samplerguard.errors import TemporaryError
 from samplerguard.serving import Limits, uvicorn_settings
+from samplerguard.telemetry.prometheus import CONTENT_TYPE
+from samplerguard.telemetry.provider import current_service_metrics
 from samplerguard.verifier.service import Verifier
 
 __all__ = ["LIMITS", "create_app", "serve"]
@@ -63,6 +65,12 @@ def create_app(verifier: Verifier) -> FastAPI:
     @app.get("/readyz")
     def readyz() -> dict[str, Any]:
         return {"ready": True}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        current = current_service_metrics()
+        text = current.prometheus_text() if current is not None else ""
+        return Response(content=text, media_type=CONTENT_TYPE)
 
     @app.get("/v1/status")
     def status() -> dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 from samplerguard.policy.report import ReportResult, append_audit_log
 from samplerguard.policy.report_client import ResultsClient
+from samplerguard.telemetry.provider import current_service_metrics
+from samplerguard.telemetry.service import ServiceMetrics
 from samplerguard.verifier.check import Checker
 from samplerguard.verifier.client import SidecarClient, VerifierAuthError
 from samplerguard.verifier.discovery import Discovery, Target, in_shard
@@ -66,6 +68,9 @@ class Verifier:
         self.timeout = timeout
         self.interval = interval
         self.stats = VerifierStats()
+        self.instruments = ServiceMetrics()
+        current = current_service_metrics()
+        self.telemetry = current.telemetry if current is not None else None
         self._clients: dict[str, SidecarClient] = {}
         self._cursor: dict[str, int] = {}
         self._outage: dict[str, str] = {}
@@ -119,6 +124,7 @@ class Verifier:
         self.journal.record(key, "", [result.to_wire()])
         self._deliver(key, [result.to_wire()])
         self.stats.errors += 1
+        self.instruments.sidecar_errors.add(1)
 
     def _recommitted(self, target: Target, key: str, tid: str, first: str, again: str) -> None:
         """A request id judged before is listed again under another root: the sidecar
@@ -192,7 +198,16 @@ class Verifier:
                     self._recommitted(target, key, tid, judged_root, listed)
                 self._cursor[target.url] = max(self._cursor.get(target.url, 0), seq)
                 continue
-            judgement = self.checker.judge(target, client, public_key, key, tid)
+            with self.instruments.timed(self.instruments.recheck) as attributes:
+                judgement = self.checker.judge(target, client, public_key, key, tid)
+                attributes["outcome"] = judgement.outcome
+            if self.telemetry is not None and judgement.outcome in ("pass", "fail", "error"):
+                worst = [r.metric("relL2") for r in judgement.results]
+                scores = [w for w in worst if w is not None]
+                self.telemetry.record_verification(
+                    judgement.outcome,  # type: ignore[arg-type]
+                    rel_l2=max(scores) if scores else None,
+                )
             results = [r.to_wire() for r in judgement.results]
             self.journal.record(key, judgement.root, results)
             self._deliver(key, results)

@@ -222,7 +222,7 @@ class Admission:
         tpl = find_pod_template(req.kind.group, req.kind.kind, req.object)
 
         ns_labels = await self._namespace_labels(namespace)
-        if not opted_in(tpl.labels, ns_labels):
+        if not opted_in(tpl.labels, ns_labels, self.config.opt_in_label):
             return allow(uid)
         policies = self.policies.snapshot().for_namespace(namespace, ns_labels)
 

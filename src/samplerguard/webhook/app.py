@@ -1,4 +1,4 @@
-"""The HTTP surface: ``/validate``, ``/mutate``, ``/healthz`` and ``/readyz``.
+"""The HTTP surface: ``/validate``, ``/mutate``, ``/healthz``, ``/readyz`` and ``/metrics``.
 
 Status codes say whose fault a failure is. A body that is not an AdmissionReview v1 gets a
 4xx (400 unparsable, 413 too large, 415 not JSON, 408 too slow to arrive): the API server
@@ -16,6 +16,7 @@ for everything else. The FastAPI app serves the same two endpoints through the s
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -25,6 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from samplerguard.telemetry.prometheus import CONTENT_TYPE
+from samplerguard.telemetry.provider import current_service_metrics
+from samplerguard.telemetry.service import ServiceMetrics, log_denial
 from samplerguard.webhook.admission import Admission
 from samplerguard.webhook.policy_review import review_policy
 from samplerguard.webhook.review import AdmissionReview
@@ -171,10 +175,33 @@ async def handle_review(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in first
         )
         return 400, _error(f"not an AdmissionReview admission.k8s.io/v1: {where}")
-    if review.request is None:
+    request = review.request
+    if request is None:
         return 400, _error("the AdmissionReview carries no request")
-    answer = await admission.review(review.request, mutate=mutate, deadline=deadline)
+    instruments = _service_metrics()
+    operation = "mutate" if mutate else "validate"
+    with instruments.timed(instruments.admission, operation=operation) as attributes:
+        answer = await admission.review(request, mutate=mutate, deadline=deadline)
+        response = answer.response
+        denied = response is not None and not response.allowed
+        attributes["outcome"] = "denied" if denied else "allowed"
+    if denied and response is not None and response.status is not None:
+        log_denial(
+            "webhook",
+            f"{request.kind.kind} {request.namespace or ''}/{request.name or '(generated name)'}",
+            response.status.reason or "Forbidden",
+            response.status.message,
+            operation=operation,
+            uid=request.uid,
+            user=request.user_info.username,
+        )
     return 200, answer.to_json()
+
+
+@functools.cache
+def _service_metrics() -> ServiceMetrics:
+    """On the global MeterProvider, which the CLI sets up in each worker (a proxy until then)."""
+    return ServiceMetrics()
 
 
 def webhook_asgi(admission: Admission, *, max_bytes: int, timeout: float) -> ASGIApp:
@@ -226,6 +253,12 @@ def create_app(admission: Admission) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response("ok", media_type="text/plain")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        current = current_service_metrics()
+        text = current.prometheus_text() if current is not None else ""
+        return Response(text, media_type=CONTENT_TYPE)
 
     @app.get("/readyz")
     async def readyz() -> Response:

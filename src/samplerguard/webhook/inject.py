@@ -205,9 +205,22 @@ def _sidecar(cfg: InjectionConfig, image: str, tenant: str, policy: str) -> dict
             "requests": {"cpu": cfg.sidecar_cpu_request, "memory": cfg.sidecar_memory_request},
             "limits": {"memory": cfg.sidecar_memory_limit},
         },
+        # Ready once the API the verifier calls answers: uvicorn serves only after the sidecar
+        # has started its ingestion socket, and /readyz turns 503 when runtime integrity
+        # breaks. An HTTP probe, not `samplerguard sidecar --probe`: that command starts a
+        # Python that imports torch (2-4 s), past any sensible probe timeout.
         "readinessProbe": {
-            "exec": {"command": ["samplerguard", "sidecar", "--probe", cfg.socket_path]},
-            "periodSeconds": 10,
+            "httpGet": {"path": "/readyz", "port": cfg.sidecar_port},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        # The first start imports torch and may create the signing key on a busy node.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": cfg.sidecar_port},
+            "periodSeconds": 2,
+            "timeoutSeconds": 3,
+            "failureThreshold": 60,
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -41,7 +41,14 @@ class StaticNamespaceLabels:
         return self._labels.get(namespace, {})
 
 
-def opted_in(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None) -> bool:
+def opted_in(
+    pod_labels: Mapping[str, str],
+    namespace_labels: Mapping[str, str] | None,
+    enforce_label: str = LABEL_ENFORCE,
+) -> bool:
+    """The pod label ``samplerguard.dev/inject=true``, or its namespace labelled
+    ``<enforce_label>=true`` (the chart's ``optInLabel``, which also selects the namespaces the
+    API server sends)."""
     if pod_labels.get(LABEL_INJECT) == "true" or namespace_labels is None:
         return True
-    return namespace_labels.get(LABEL_ENFORCE) == "true"
+    return namespace_labels.get(enforce_label) == "true"

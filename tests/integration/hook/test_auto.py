@@ -26,8 +26,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The unmodified script in a fresh interpreter with the injected bootstrap on PYTHONPATH."""
+def _run(extra_env: dict[str, str], script: str = SCRIPT) -> subprocess.CompletedProcess[str]:
+    """The unmodified script in a fresh interpreter with the injected bootstrap on PYTHONPATH
+    (unless ``extra_env`` names its own)."""
     env = {
         **os.environ,
         "PYTHONPATH": f"{BOOTSTRAP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -36,7 +37,7 @@ def _run(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     if "SAMPLERGUARD_SOCKET" not in extra_env:
         env.pop("SAMPLERGUARD_SOCKET", None)
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", script],
         env=env,
         capture_output=True,
         text=True,
@@ -143,3 +144,23 @@ def test_unmodified_script_draws_its_noise_from_the_sidecars_seed(tmp_path: Path
         assert torch.equal(z, drawn * sched.init_noise_sigma)  # the pipeline's own scaling
     finally:
         svc.stop()
+
+
+def test_the_image_layout_loads_the_hook_from_its_top(tmp_path: Path) -> None:
+    """The tree the sidecar image ships (and the init container copies) is a PYTHONPATH entry
+    on its own: ``site`` finds sitecustomize.py at its top, and the package comes from it."""
+    from samplerguard.hook.layout import lay_out
+
+    tree = tmp_path / "python"
+    lay_out(tree)
+    assert (tree / "sitecustomize.py").is_file()
+    assert not list(tree.rglob("*.so")) and not list(tree.rglob("__pycache__"))
+    with pytest.raises(FileExistsError, match="not empty"):
+        lay_out(tree)
+    probe = (
+        "import sys, samplerguard; "
+        "print('HOOK', 'samplerguard.hook.auto' in sys.modules, samplerguard.__file__)"
+    )
+    p = _run({"PYTHONPATH": str(tree), "SAMPLERGUARD_SOCKET": str(tmp_path / "s.sock")}, probe)
+    assert p.returncode == 0, p.stderr
+    assert f"HOOK True {tree}" in p.stdout, p.stdout + p.stderr

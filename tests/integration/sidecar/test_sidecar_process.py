@@ -215,3 +215,20 @@ def test_probe_reports_readiness(lane: object) -> None:
         timeout=60,
     )
     assert bad.returncode == 1 and "cannot reach the sidecar" in bad.stdout
+
+
+def test_the_injected_probes_answer_within_their_timeouts(lane: object) -> None:
+    """The kubelet runs exactly these probes: HTTP GETs on the verifier port that must answer
+    within ``timeoutSeconds`` (an exec probe that imports torch never did within 1 s)."""
+    from samplerguard.webhook import InjectionConfig
+    from samplerguard.webhook.inject import _sidecar
+
+    svc, _, _, _ = lane  # type: ignore[misc]
+    container = _sidecar(InjectionConfig(sidecar_image="s"), "s", "t", "ClusterSamplerPolicy/p")
+    for kind in ("readinessProbe", "startupProbe"):
+        probe = container[kind]
+        assert "exec" not in probe
+        started = time.monotonic()
+        answer = httpx.get(svc.url + probe["httpGet"]["path"], timeout=probe["timeoutSeconds"])
+        assert answer.status_code == 200, answer.text
+        assert time.monotonic() - started < probe["timeoutSeconds"] / 3

@@ -107,3 +107,16 @@ def test_ungoverned_images_and_invalid_policies_are_skipped() -> None:
     results = audit(pods, NAMESPACES, [POLICY, broken], check, "samplerguard")
     assert calls == [IMAGE]
     assert [r.result for r in results] == ["pass"]
+
+
+def test_the_audit_follows_the_configured_opt_in_label() -> None:
+    from samplerguard.operator.audit import targets
+
+    pod = {
+        "metadata": {"name": "p", "namespace": "team", "uid": "u"},
+        "spec": {"containers": [{"name": "c", "image": "r.example/a:1"}]},
+        "status": {"phase": "Running"},
+    }
+    namespaces = [{"metadata": {"name": "team", "labels": {"example.com/opt-in": "true"}}}]
+    assert targets([pod], namespaces, "samplerguard") == []
+    assert targets([pod], namespaces, "samplerguard", "example.com/opt-in")

@@ -49,6 +49,7 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
             "excludedNamespaces": ["batch"],
             "image": {"digest": "sha256:" + "a" * 64},
             "telemetry": {"otlpEndpoint": "http://otel:4317"},
+            "registries": {"plainHttp": ["r:5000"], "caConfigMap": "corp-ca"},
         },
     ],
     ids=["defaults", "minimal", "sharded-verifier", "everything"],
@@ -188,12 +189,51 @@ def test_container_args_are_accepted_by_the_cli(kind: str, name: str) -> None:
             "webhook": {"trustedRootConfigMap": "roots", "inject": False},
             "excludedNamespaces": ["batch"],
             "operator": {"plainHttpRegistries": ["r:5000"]},
+            "registries": {"plainHttp": ["r:5000", "q:5000"], "caConfigMap": "corp-ca"},
         }
     )
     container = _one(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
     args = [a.replace("$(POD_INDEX)", "0") for a in container["args"]]
     parsed = build_parser().parse_args(args)
     assert parsed.command == args[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "plain_flag", "attr"),
+    [
+        ("sg-webhook", "--plain-http-registry", "plain_http_registry"),
+        ("sg-operator", "--registry-plain-http", "registry_plain_http"),
+    ],
+)
+def test_webhook_and_operator_reach_plain_http_and_private_ca_registries(
+    name: str, plain_flag: str, attr: str
+) -> None:
+    from samplerguard.cli import build_parser
+
+    docs = _render(
+        {
+            "operator": {"plainHttpRegistries": ["legacy:5000"]},
+            "registries": {"plainHttp": ["r:5000", "legacy:5000"], "caConfigMap": "corp-ca"},
+        }
+    )
+    pod = _one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    parsed = build_parser().parse_args(container["args"])
+    assert sorted(getattr(parsed, attr)) == ["legacy:5000", "r:5000"]
+    assert parsed.registry_ca == "/etc/samplerguard/registry-ca/ca.crt"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "registry-ca")
+    assert mount["mountPath"] == "/etc/samplerguard/registry-ca"
+    volume = next(v for v in pod["volumes"] if v["name"] == "registry-ca")
+    assert volume["configMap"] == {
+        "name": "corp-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert not any(
+        plain_flag in a
+        for a in _one(_render(), "Deployment", name)["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+    )
 
 
 def test_injected_sidecars_get_tokenreview_only_in_the_named_namespaces() -> None:
@@ -220,3 +260,38 @@ def test_injected_sidecars_get_tokenreview_only_in_the_named_namespaces() -> Non
     for d in docs:
         if d["kind"] not in NOT_IN_SCHEMAS:
             kubernetes_validate.validate(d, K8S, strict=True)
+
+
+def test_every_component_logs_json_and_sidecars_get_the_telemetry_settings() -> None:
+    from samplerguard.cli import build_parser
+
+    docs = _render({"telemetry": {"otlpEndpoint": "http://otel:4317"}})
+    for kind, name in (
+        ("Deployment", "sg-operator"),
+        ("Deployment", "sg-webhook"),
+        ("StatefulSet", "sg-verifier"),
+    ):
+        env = {
+            e["name"]: e.get("value")
+            for e in _one(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["SAMPLERGUARD_LOG_FORMAT"] == "json"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4317"
+    args = _one(docs, "Deployment", "sg-webhook")["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args(args["args"])
+    assert {
+        "SAMPLERGUARD_LOG_FORMAT=json",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel:4317",
+    } <= set(parsed.sidecar_env)
+
+
+def test_the_injected_sidecars_resources_come_from_the_values() -> None:
+    from samplerguard.cli import build_parser
+    from samplerguard.cli.webhook import _config
+
+    docs = _render({"sidecar": {"resources": {"requests": {"cpu": "80m", "memory": "300Mi"}}}})
+    args = _one(docs, "Deployment", "sg-webhook")["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args([*args["args"], "--cert=/tls/tls.crt", "--key=/tls/tls.key"])
+    injection = _config(parsed).injection
+    assert (injection.sidecar_cpu_request, injection.sidecar_memory_request) == ("80m", "300Mi")
+    assert injection.sidecar_memory_limit == "1Gi"

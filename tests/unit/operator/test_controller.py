@@ -119,6 +119,24 @@ def test_verdicts_per_policy_kind(kube: Any) -> None:
     assert c.flush_verdicts() == 0
 
 
+def test_unreachable_sidecars_are_errors_not_failures(kube: Any) -> None:
+    c = _controller(kube)
+    resource = {"kind": "Pod", "namespace": "ml", "name": "p"}
+    ok = ReportResult.build(
+        policy="demo-tiny", rule="trajectory-recheck", result="pass", resource=resource
+    )
+    unreachable = ReportResult.build(
+        policy="demo-tiny",
+        rule="trajectory-recheck",
+        result="error",
+        message="cannot reach the sidecar: connection refused",
+        resource=resource,
+    )
+    c.record([ok, unreachable, unreachable, ok])
+    c.flush_verdicts()
+    assert kube.status_patches == [(None, "demo-tiny", {"lastVerdict": "pass 2/2, 2 errors"})]
+
+
 def test_record_gives_up_with_a_temporary_error(kube: Any) -> None:
     c = _controller(kube)
     kube.conflicts_left = 100

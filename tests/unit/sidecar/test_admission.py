@@ -122,3 +122,31 @@ def test_integrity_mismatch_refuses_every_new_request(tmp_path: Path, model: Any
             sc._admit(_start(digest))
     finally:
         sc.ingest.close()
+
+
+def test_an_edited_policy_applies_without_a_restart(tmp_path: Path, model: Any) -> None:
+    path, digest = model
+    policy = _policy(tmp_path / "p.yaml", digest)
+    sc = _sidecar(tmp_path, policy, path)
+    try:
+        with pytest.raises(RequestRefusedError, match="sampler 'ddim' is not allowed"):
+            sc._admit(_start(digest, sampler="ddim"))
+        assert not sc.refresh_policy()  # unchanged
+        body = yaml.safe_load(policy.read_text())
+        body["spec"]["recipe"]["samplers"] = ["euler", "ddim"]
+        body["spec"]["verification"] = {"retention": "2h"}
+        policy.write_text(yaml.safe_dump(body))
+        assert sc.refresh_policy()
+        assert sc._admit(_start(digest, sampler="ddim")).admission.verdict == "accept"
+        assert sc.store.retention == 7200
+        # gone: fail closed until it is back
+        policy.unlink()
+        assert not sc.refresh_policy()
+        with pytest.raises(RequestRefusedError, match=r"p\.yaml is unusable") as err:
+            sc._admit(_start(digest))
+        assert err.value.checks == ("policy",)
+        policy.write_text(yaml.safe_dump(body))
+        assert sc.refresh_policy()
+        assert sc._admit(_start(digest)).admission.verdict == "accept"
+    finally:
+        sc.stop()

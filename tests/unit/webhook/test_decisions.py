@@ -291,3 +291,25 @@ def test_pod_opt_out_of_injection_is_still_validated(
     ops = json.loads(base64.b64decode(response.patch))
     assert [o["path"] for o in ops] == ["/spec/containers/0/image"]  # pinned, not injected
     assert _run(adm, workload("Pod", UNSIGNED, labels=labels), mutate=True).allowed is False
+
+
+def test_the_configured_opt_in_label_decides(
+    config: WebhookConfig, registry: RegistryDouble
+) -> None:
+    """The chart's optInLabel selects the namespaces the API server sends; the webhook must
+    read the same label, or it would wave those pods through unchecked."""
+    from dataclasses import replace
+
+    custom = replace(config, opt_in_label="example.com/verified-sampling")
+    labels = StaticNamespaceLabels(
+        {"ml": {"samplerguard.dev/enforce": "true"}, "team": {custom.opt_in_label: "true"}}
+    )
+    adm = Admission(
+        custom,
+        StaticPolicySource([parse_policy(policy("acme", f"{REGISTRY}/acme/**"))]),
+        registry,
+        registry,
+        namespaces=labels,
+    )
+    assert _run(adm, workload("Pod", UNSIGNED), namespace="team").allowed is False
+    assert _run(adm, workload("Pod", UNSIGNED), namespace="ml").allowed is True

@@ -354,3 +354,28 @@ def test_a_pod_with_no_containers_is_refused_not_admitted(
         answer = post(client, path, review(pod))
         assert answer["allowed"] is False and answer["status"]["code"] == 400
         assert "spec.containers must list at least one container" in answer["status"]["message"]
+
+
+def test_denials_are_logged_as_structured_records(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    from samplerguard.telemetry.logs import JsonFormatter
+
+    with caplog.at_level(logging.WARNING, logger="samplerguard.denials"):
+        post(client, "/validate", review(workload("Pod", UNSIGNED)))
+    record = next(r for r in caplog.records if r.name == "samplerguard.denials")
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["event"] == "denied" and doc["component"] == "webhook"
+    assert doc["subject"].startswith("Pod ") and doc["operation"] == "validate"
+    assert doc["check"] == "Forbidden"
+    assert f"image {UNSIGNED}" in doc["reason"] and "no signature verifies" in doc["reason"]
+    assert doc["level"] == "WARNING" and doc["logger"] == "samplerguard.denials"
+
+
+def test_metrics_endpoint_answers(client: httpx.Client) -> None:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
