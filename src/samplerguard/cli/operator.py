@@ -142,11 +142,17 @@ def run(args: argparse.Namespace) -> int:
     auditor = None
     if not args.no_audit:
         try:
+            from samplerguard.supplychain.kube_secrets import KubernetesKeySecrets
             from samplerguard.supplychain.registry import RegistryClient
             from samplerguard.supplychain.verifier import ImageVerifier
 
+            # keys that policies keep in Secrets are read as the webhook reads them (the chart
+            # grants the operator `get secrets` where it grants it to the webhook)
             verifier = ImageVerifier(
-                RegistryClient(plain_http=args.registry_plain_http, verify=args.registry_ca or True)
+                RegistryClient(
+                    plain_http=args.registry_plain_http, verify=args.registry_ca or True
+                ),
+                key_source=KubernetesKeySecrets(args.namespace),
             )
             check = audit_mod.image_checker(verifier)
 

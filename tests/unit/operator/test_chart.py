@@ -295,3 +295,17 @@ def test_the_injected_sidecars_resources_come_from_the_values() -> None:
     injection = _config(parsed).injection
     assert (injection.sidecar_cpu_request, injection.sidecar_memory_request) == ("80m", "300Mi")
     assert injection.sidecar_memory_limit == "1Gi"
+
+
+def test_secret_held_keys_are_readable_by_webhook_and_operator_audit_only_when_allowed() -> None:
+    def readers(docs: list[dict[str, Any]]) -> set[str]:
+        return {
+            d["metadata"]["name"]
+            for d in docs
+            if d["kind"] == "ClusterRole"
+            and any("secrets" in r["resources"] and "get" in r["verbs"] for r in d["rules"])
+        }
+
+    assert readers(_render()) == set()
+    allowed = readers(_render({"webhook": {"readPullSecrets": True}}))
+    assert allowed == {"sg-webhook", "sg-operator"}
