@@ -172,7 +172,8 @@ def _render() -> list[dict[str, Any]]:
     import helm_python as helm
 
     values = {
-        "image": {"repository": f"{REGISTRY}/samplerguard", "tag": TAG},
+        # the tag is rebuilt by every run: a node must not keep a previous run's image
+        "image": {"repository": f"{REGISTRY}/samplerguard", "tag": TAG, "pullPolicy": "Always"},
         "registries": {"plainHttp": [REGISTRY] if PLAIN_HTTP else []},
         "optInLabel": OPT_IN,
         "sidecar": {"namespaces": [APP_NS]},
