@@ -130,14 +130,14 @@ def test_an_edited_policy_applies_without_a_restart(tmp_path: Path, model: Any) 
     sc = _sidecar(tmp_path, policy, path)
     try:
         with pytest.raises(RequestRefusedError, match="sampler 'ddim' is not allowed"):
-            sc._admit(_start(digest, sampler="ddim"))
+            sc._admit(_start(digest, sampler="ddim", scheduler_class="DDIMScheduler"))
         assert not sc.refresh_policy()  # unchanged
         body = yaml.safe_load(policy.read_text())
         body["spec"]["recipe"]["samplers"] = ["euler", "ddim"]
         body["spec"]["verification"] = {"retention": "2h"}
         policy.write_text(yaml.safe_dump(body))
         assert sc.refresh_policy()
-        assert sc._admit(_start(digest, sampler="ddim")).admission.verdict == "accept"
+        assert sc._admit(_start(digest, sampler="ddim", scheduler_class="DDIMScheduler")).admission.verdict == "accept"
         assert sc.store.retention == 7200
         # gone: fail closed until it is back
         policy.unlink()
