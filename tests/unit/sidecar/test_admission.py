@@ -137,7 +137,12 @@ def test_an_edited_policy_applies_without_a_restart(tmp_path: Path, model: Any) 
         body["spec"]["verification"] = {"retention": "2h"}
         policy.write_text(yaml.safe_dump(body))
         assert sc.refresh_policy()
-        assert sc._admit(_start(digest, sampler="ddim", scheduler_class="DDIMScheduler")).admission.verdict == "accept"
+        assert (
+            sc._admit(
+                _start(digest, sampler="ddim", scheduler_class="DDIMScheduler")
+            ).admission.verdict
+            == "accept"
+        )
         assert sc.store.retention == 7200
         # gone: fail closed until it is back
         policy.unlink()
