@@ -1,6 +1,6 @@
 """The legacy keyless path (cosign's certificate + ``dev.sigstore.cosign/bundle`` annotations)
 against real public-good material: the Fulcio certificates, Rekor inclusion promises and
-hashedrekord entries of the real bundles in ../shared/testdata/sigstore, rearranged into the
+hashedrekord entries of the real bundles in tests/data/sigstore, rearranged into the
 annotation format cosign writes. This exercises the real Rekor log keys, the real Fulcio
 chains at the signing time, and the real CT log SCTs of the trusted roots."""
 

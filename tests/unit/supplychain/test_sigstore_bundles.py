@@ -1,4 +1,4 @@
-"""The real Sigstore bundles in ../shared/testdata/sigstore, verified offline."""
+"""The real Sigstore bundles in tests/data/sigstore, verified offline."""
 
 from __future__ import annotations
 
