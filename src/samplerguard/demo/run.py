@@ -114,14 +114,15 @@ def _challenge(
             noise=noise,
         )
     except VerificationError as exc:
-        return [Check(steps[0], None, None, "reject", str(exc))], time.perf_counter() - start
+        return [Check(-1, None, None, "reject", str(exc))], time.perf_counter() - start
     elapsed = time.perf_counter() - start
     checks = []
     for r in outcome.results:
         if r.accepted:
             checks.append(Check(r.step, r.rel_l2, r.worst, "pass"))
         else:
-            reason = "; ".join(r.reasons) or f"rel-L2 {r.worst:.2e} > τ {outcome.tau:.0e}"
+            bound = "0 (same build: exact)" if outcome.exact else f"τ {outcome.tau:.0e}"
+            reason = "; ".join(r.reasons) or f"rel-L2 {r.worst:.2e} > {bound}"
             checks.append(Check(r.step, r.rel_l2, r.worst, "reject", reason))
     return checks, elapsed / max(len(steps), 1)
 
@@ -244,6 +245,11 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
     return summary
 
 
+def _where(step: int) -> str:
+    """A check of one step, or (step < 0) of the whole request: its transcript or bindings."""
+    return "request" if step < 0 else str(step)
+
+
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.2e}"
 
@@ -263,7 +269,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     ]
     for p in summary["providers"]:
         checks = ", ".join(
-            f"{c['step']}: {_fmt(c['rel_l2'])}/{_fmt(c['worst'])}" for c in p["checks"]
+            f"{_where(c['step'])}: {_fmt(c['rel_l2'])}/{_fmt(c['worst'])}" for c in p["checks"]
         )
         reasons = "; ".join(c["reason"] for c in p["checks"] if c["reason"])[:160]
         acc = "—" if p["accuracy"] is None else f"{p['accuracy']:.0%}"
@@ -285,14 +291,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
 def print_table(summary: dict[str, Any], out: Callable[[str], None] = print) -> None:
     out(f"{'provider':<18} {'verdict':<11} {'req':>3}  {'root':<18} worst rel-L2 per step")
     for p in summary["providers"]:
-        checks = " ".join(f"{c['step']}:{_fmt(c['worst'])}" for c in p["checks"])
+        checks = " ".join(f"{_where(c['step'])}:{_fmt(c['worst'])}" for c in p["checks"])
         out(
             f"{p['provider']:<18} {p['verdict']:<11} {p['requests']:>3}  {p['root'][:16]}…  "
             f"{checks}"
         )
         for c in p["checks"]:
             if c["reason"]:
-                out(f"{'':<18}   step {c['step']}: {c['reason']}")
+                where = "request" if c["step"] < 0 else f"step {c['step']}"
+                out(f"{'':<18}   {where}: {c['reason']}")
     vr = summary["verification_ratio"]
     if summary.get("services"):
         # Live mode times a whole verifier round: HTTP, signature, inclusion, the re-check,
