@@ -50,16 +50,20 @@ NoiseDraw = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
 def challenge_steps(
     n: int, k: int, window: int = 1, rng: secrets.SystemRandom | None = None
 ) -> list[int]:
-    """``k`` windows of ``window`` consecutive steps in ``[0, n)``, drawn uniformly (sorted,
-    de-duplicated). Windows longer than the trajectory cover all of it."""
+    """``k`` windows of ``window`` consecutive steps in ``[0, n)`` (sorted, de-duplicated), each
+    step equally likely to be covered. Windows longer than the trajectory cover all of it."""
     if n < 1 or k < 1 or window < 1:
         raise MalformedInputError(f"cannot draw {k} windows of {window} steps from {n} steps")
+    if window >= n:
+        return list(range(n))
     rng = rng or secrets.SystemRandom()
-    w = min(window, n)
+    w = window
     steps: set[int] = set()
     for _ in range(k):
-        start = rng.randrange(n - w + 1)
-        steps.update(range(start, start + w))
+        # starts in [-(w-1), n-1], windows clipped to [0, n): every step, the first and the
+        # last included, is covered by a window with the same probability w / (n + w - 1)
+        start = rng.randrange(-(w - 1), n)
+        steps.update(range(max(start, 0), min(start + w, n)))
     return sorted(steps)
 
 

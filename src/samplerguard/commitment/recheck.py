@@ -85,7 +85,10 @@ class RecheckResult:
         state's, and the error relative to the step's own update ‖z_out − z_in‖. The last one
         keeps late, small steps honest: there the latent barely moves, so an error that is
         tiny next to ‖z‖ can still be most of what the step did."""
-        return max(self.rel_l2, self.state_rel_l2, self.update_rel_l2)
+        scores = (self.rel_l2, self.state_rel_l2, self.update_rel_l2)
+        if any(math.isnan(x) for x in scores):  # max() would drop a NaN: it fails instead
+            return math.inf
+        return max(scores)
 
 
 def rel_l2(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -118,7 +121,10 @@ def _state_rel_l2(got: SamplerState, want: SamplerState) -> float:
         return math.inf
     worst = 0.0
     for k in g:
-        worst = max(worst, rel_l2(g[k], w[k]))
+        r = rel_l2(g[k], w[k])
+        if math.isnan(r):  # a NaN anywhere in the state is a mismatch, not a zero
+            return math.inf
+        worst = max(worst, r)
     for k, v in want.values.items():  # scalars (counters, orders) must match exactly
         if not isinstance(v, torch.Tensor | list) and got.values.get(k) != v:
             return math.inf

@@ -408,15 +408,21 @@ class _Trajectory:
         solver = header.get("solverCode")
         request_id, tenant = _str(req, "requestId", 128), _str(req, "tenant", 128)
         rng_mode = _str(req, "rngMode", 32)
+        declared = recipe.get("rng", "framework")
+        if declared != rng_mode:
+            # the signed recipe's RNG mode is the one the verifier holds the request to
+            raise MalformedInputError(
+                f"START's rngMode {rng_mode!r} differs from the recipe's rng {str(declared)[:32]!r}"
+            )
         seeds = server.gate.seeds
+        if seeds is not None and escrow is not None:
+            # this sidecar issues the seeds and makes their escrows: the app cannot supply one
+            # of its own choosing, in any mode
+            raise MalformedInputError(
+                "START carries a seed escrow, but this sidecar issues the seeds and their "
+                "escrows itself"
+            )
         if seeds is not None and rng_mode != "framework":
-            # the sidecar issued this request's seed and made its escrow; the app cannot
-            # supply one of its own choosing
-            if escrow is not None:
-                raise MalformedInputError(
-                    "START carries a seed escrow, but this sidecar issues the seeds and their "
-                    "escrows itself"
-                )
             escrow = seeds.take(tenant, request_id).escrow
         self.start = StartRequest(
             request_id=request_id,

@@ -516,3 +516,31 @@ def test_malformed_and_forged_transcripts_are_refused_with_their_check(
     other = Transcript(good.meta, {"initial": good.initial, "final": good.final + 1})
     with pytest.raises(VerificationError, match="final latent is not committed"):
         check_transcript(served.commitment, other, plan, program)
+
+
+def test_a_nan_in_the_committed_state_fails_instead_of_scoring_zero() -> None:
+    import math
+
+    from samplerguard.commitment.recheck import RecheckResult, _state_rel_l2
+    from samplerguard.commitment.state import SamplerState
+
+    want = SamplerState(values={"model_outputs": [torch.ones(2, 2)]})
+    nan = torch.ones(2, 2)
+    nan[0, 0] = float("nan")
+    got = SamplerState(values={"model_outputs": [nan]})
+    assert _state_rel_l2(got, want) == math.inf
+    result = RecheckResult("r", 0, 0.0, float("nan"), 0.0, tau=1.0)
+    assert result.worst == math.inf and not result.accepted
+
+
+def test_windows_cover_the_first_and_last_steps_as_often_as_the_middle() -> None:
+    import random
+
+    rng = random.Random(3)
+    counts = [0] * 20
+    for _ in range(20_000):
+        for s in challenge_steps(20, 1, 4, rng):  # type: ignore[arg-type]
+            counts[s] += 1
+    share = [c / 20_000 for c in counts]
+    expected = 4 / (20 + 4 - 1)
+    assert all(abs(x - expected) < 0.015 for x in share), share

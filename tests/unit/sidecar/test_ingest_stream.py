@@ -514,6 +514,10 @@ def served(tmp_path: Path, verifier_key: X25519PrivateKey) -> Iterator[IngestSer
 def _drbg(frames: Any, escrow: dict[str, Any] | None = None) -> Any:
     header = frames[0][1]
     header["request"]["rngMode"] = "ctr-drbg"
+    header["recipe"]["rng"] = "ctr-drbg"
+    for kind, other, _ in frames:  # the recipe changed after the hook computed its root
+        if kind == FRAME_FINISH:
+            other.pop("root", None)
     if escrow is not None:
         header["seedEscrow"] = escrow
     return frames
@@ -581,3 +585,19 @@ def test_pending_seeds_are_bounded(verifier_key: X25519PrivateKey) -> None:
     with pytest.raises(SamplerGuardError, match="no seed was issued"):
         issuer.take("t", "r0")
     assert issuer.take("t", "r2").escrow is None
+
+
+def test_a_start_whose_rng_mode_differs_from_its_recipe_is_refused(served: IngestServer) -> None:
+    """The app cannot dodge the sidecar's seeds by declaring framework noise on the wire while
+    the signed recipe claims a DRBG (and so escrow a seed of its own)."""
+    frames, _ = _trajectory("seed-8")
+    frames[0][1]["recipe"]["rng"] = "ctr-drbg"
+    answer = _send(served.path, frames)
+    assert answer["ok"] is False and "differs from the recipe's rng" in answer["error"]
+
+
+def test_an_app_escrow_is_refused_in_framework_mode_too(served: IngestServer) -> None:
+    frames, _ = _trajectory("seed-9")
+    frames[0][1]["seedEscrow"] = {"recipient": "x"}
+    answer = _send(served.path, frames)
+    assert answer["ok"] is False and "issues the seeds and their escrows itself" in answer["error"]
