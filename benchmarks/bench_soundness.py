@@ -50,9 +50,11 @@ TAU = 1e-5
 
 
 def _window_catch(n: int, flagged: set[int], w: int) -> float:
-    starts = n - w + 1
-    hits = sum(1 for s in range(starts) if flagged & set(range(s, s + w)))
-    return hits / starts
+    """P(one window catches), over the starts ``challenge_steps`` draws from: [-(w-1), n-1],
+    each window clipped to [0, n)."""
+    starts = range(-(w - 1), n)
+    hits = sum(1 for s in starts if flagged & set(range(max(s, 0), min(s + w, n))))
+    return hits / len(starts)
 
 
 def part1(unet: Any, steps: int, requests: int) -> None:

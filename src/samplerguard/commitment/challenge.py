@@ -3,9 +3,9 @@ re-checked steps, with the probability that a sparse deviation is caught.
 
 Steps are drawn only after the signed root is held, from the challenger's CSPRNG, as ``k``
 windows of ``w`` consecutive steps. Every opened step is re-checked from its own committed input,
-so a window catches any deviation inside it, and a periodic deviation (feature caching every
-4th step, guidance dropped on the last steps) is caught by one window at least as long as its
-period with certainty.
+so a window catches any deviation inside it: a periodic deviation (feature caching every 4th
+step) is caught by every whole window at least as long as its period. Windows are clipped at
+the ends so that the first and last steps are covered as often as the others.
 
 The tolerance: when the verifier reproduces the provider's build (no fingerprint difference
 after the settable flags are set), an honest step re-checks to exactly 0 and the tolerance is 0,

@@ -174,17 +174,14 @@ class SamplerPlan:
         another class than the plan's is left alone."""
         if type(scheduler).__name__ != self.scheduler_class:
             return []
-        changed = []
-        for name, value in list(vars(scheduler).items()):
-            if name in _SKIP or name in self.schedule_names or name in self.fresh.values:
-                continue
-            if capture_state_value(value):
-                delattr(scheduler, name)
-                changed.append(name)
+        schedule = {n: getattr(scheduler, n) for n in self.schedule_names if hasattr(scheduler, n)}
+        live = capture_state(scheduler, schedule).skeleton()
         want = self.fresh.skeleton()
+        changed = sorted(set(live) - set(want))
+        for name in changed:
+            delattr(scheduler, name)
         for name, value in self.fresh.values.items():
-            live = capture_state(_Only(scheduler, name), {}).skeleton().get(name, _MISSING)
-            if live != want[name]:
+            if live.get(name, _MISSING) != want[name]:
                 setattr(scheduler, name, _clone(value))
                 changed.append(name)
         return changed
@@ -204,22 +201,6 @@ class SamplerPlan:
 
 
 _MISSING = object()
-_SKIP = frozenset({"_internal_dict", "config"})
-
-
-class _Only:
-    """A view of one attribute of a scheduler, for :func:`capture_state`."""
-
-    def __init__(self, scheduler: Any, name: str) -> None:
-        if hasattr(scheduler, name):
-            setattr(self, name, getattr(scheduler, name))
-
-
-def capture_state_value(value: Any) -> bool:
-    """Whether :func:`capture_state` would record an attribute holding ``value``."""
-    holder = type("_Holder", (), {})()
-    holder.value = value
-    return "value" in capture_state(holder, {}).values
 
 
 def _clone(value: Any) -> Any:
