@@ -117,6 +117,7 @@ def verify_challenge(
     steps: list[int],
     tau: float,
     noise: NoiseDraw | None = None,
+    require_exact: bool = False,
 ) -> ChallengeResult:
     """Check the transcript (tail, request, schedule, noise counts), the noise stream when
     ``noise`` is given, then re-check every step in ``steps``. Raises
@@ -124,6 +125,14 @@ def verify_challenge(
     returns the re-check scores otherwise (see :attr:`ChallengeResult.accepted`)."""
     recipe: Mapping[str, Any] = commitment.recipe
     z = transcript.initial
+    # (0): exact when this verifier reproduces the provider's build; a policy may demand it
+    diff = differences(recipe.get("runtime"), program.device)
+    exact = not diff
+    if require_exact and not exact:
+        raise VerificationError(
+            "build: the policy demands exact re-checks, and this verifier cannot reproduce the "
+            f"declared build ({'; '.join(diff[:4])})"
+        )
     # (1): the declared sampler's plan; a recipe that cannot be built fails this request only
     plan = sampler_plan(recipe, tuple(z.shape), z.dtype)
     # (2): leaves, tail, output decode, request
@@ -131,9 +140,7 @@ def verify_challenge(
     # (3): the whole noise stream, in the DRBG modes
     if noise is not None:
         check_noise_stream(facts, plan, noise, latent_dtype=z.dtype)
-    # (4): exact when this verifier reproduces the provider's build
-    diff = differences(recipe.get("runtime"), program.device)
-    exact = not diff
+    # (4): the re-checks, at tolerance 0 on the same build
     result = ChallengeResult(
         steps=list(steps),
         exact=exact,

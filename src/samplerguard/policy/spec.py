@@ -632,6 +632,10 @@ class VerificationRule(_Model):
     deviation_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
     #: The catch probability per provider the report states the number of requests for.
     target_catch_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
+    #: Demand exact re-checks: a trajectory whose declared build fingerprint this verifier
+    #: cannot reproduce fails instead of being held to ``tau`` (the fingerprint is the
+    #: provider's claim, so declaring an unreproducible build would otherwise loosen the check).
+    require_same_build: bool = False
     #: Honest tolerance τ on rel-L2.
     tau: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
     #: How long openings are kept.

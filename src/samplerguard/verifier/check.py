@@ -197,7 +197,14 @@ class Checker:
                 return opened
 
             outcome = verify_challenge(
-                commitment, transcript, opening, program, steps=steps, tau=tau, noise=noise
+                commitment,
+                transcript,
+                opening,
+                program,
+                steps=steps,
+                tau=tau,
+                noise=noise,
+                require_exact=rule.require_same_build,
             )
         except TemporaryError:
             raise

@@ -544,3 +544,37 @@ def test_windows_cover_the_first_and_last_steps_as_often_as_the_middle() -> None
     share = [c / 20_000 for c in counts]
     expected = 4 / (20 + 4 - 1)
     assert all(abs(x - expected) < 0.015 for x in share), share
+
+
+def test_a_spoofed_build_fingerprint_cannot_loosen_an_exact_policy(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """The fingerprint is the provider's claim: declaring a build the verifier cannot reproduce
+    would move the check from exact to tau. A policy that demands the same build
+    (``requireSameBuild``) fails such a trajectory; an honest one still passes."""
+    _, sink = recorder
+    served = serve(tiny_unet, recorder, "spoof-1")
+    rid = served.commitment.request_id
+    exact = verify_challenge(
+        served.commitment,
+        sink.transcript(rid),
+        lambda s: sink.opening(rid, s),
+        program,
+        steps=[4],
+        tau=1e-5,
+        require_exact=True,
+    )
+    assert exact.exact and exact.accepted
+    fields = dict(served.commitment.recipe)
+    fields["runtime"] = {**fields["runtime"], "torch": "0.0.1"}
+    spoofed = _recommit(sink, served, fields)
+    with pytest.raises(VerificationError, match="cannot reproduce the declared build"):
+        verify_challenge(
+            spoofed.commitment,
+            sink.transcript(rid),
+            lambda s: sink.opening(rid, s),
+            program,
+            steps=[4],
+            tau=1e-5,
+            require_exact=True,
+        )
