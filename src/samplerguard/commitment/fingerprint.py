@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -101,13 +102,63 @@ def _setter(module: Any, attr: str) -> Callable[[Any], None]:
     return lambda value: setattr(module, attr, value)
 
 
+class _Settings:
+    """The process-wide backend flags are shared by every thread: re-checks that want the same
+    settings run side by side, and one that wants other settings waits until they are done."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: tuple[object, ...] | None = None
+        self._holders = 0
+
+    @contextmanager
+    def hold(self, wanted: tuple[object, ...]) -> Iterator[bool]:
+        """Yields True for the first holder of ``wanted`` (which sets and restores the flags)."""
+        with self._cond:
+            while self._holders and self._active != wanted:
+                self._cond.wait()
+            first = self._holders == 0
+            self._active = wanted
+            self._holders += 1
+        try:
+            yield first
+        finally:
+            with self._cond:
+                self._holders -= 1
+                if not self._holders:
+                    self._active = None
+                    self._cond.notify_all()
+
+
+_SETTINGS = _Settings()
+
+
+def _wanted(rec: Mapping[str, Any], dev: torch.device) -> tuple[object, ...]:
+    keys = sorted(SETTABLE) if dev.type == "cuda" else ["deterministic", "mkldnn", "threads"]
+    return (dev.type, *((k, rec.get(k)) for k in keys))
+
+
 @contextmanager
 def reproduce(recorded: object, device: torch.device | str | None = None) -> Iterator[None]:
     """Within this block, the settable backend flags and the thread count are the recorded
     ones (where recorded and valid); they are restored afterwards. A flag is touched only when
-    it differs: setting oneDNN's flag, even to its current value, drops its kernel caches."""
+    it differs: setting oneDNN's flag, even to its current value, drops its kernel caches.
+
+    The flags are process-wide: concurrent blocks asking for the same settings share them, and
+    a block asking for other settings waits for the others to leave (never nest two blocks
+    with different settings in one thread)."""
     rec = recorded if isinstance(recorded, Mapping) else {}
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    with _SETTINGS.hold(_wanted(rec, dev)) as first:
+        if not first:
+            yield
+            return
+        with _applied(rec, dev):
+            yield
+
+
+@contextmanager
+def _applied(rec: Mapping[str, Any], dev: torch.device) -> Iterator[None]:
     undo: list[Callable[[], None]] = []
 
     def put(get: Callable[[], Any], set_: Callable[[Any], None], value: object) -> None:

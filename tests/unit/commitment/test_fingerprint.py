@@ -32,3 +32,41 @@ def test_reproduce_sets_the_recorded_flags_and_restores_them() -> None:
     assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled is mkldnn
     with reproduce({"threads": "many", "mkldnn": "yes"}):  # hostile values are ignored
         assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled is mkldnn
+
+
+def test_concurrent_rechecks_never_see_each_others_flags() -> None:
+    """The flags are process-wide: a re-check wanting other settings waits for the first to
+    leave, and one wanting the same settings runs beside it."""
+    import threading
+
+    mkldnn = torch.backends.mkldnn.enabled
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with reproduce({"mkldnn": not mkldnn}):
+            inside.set()
+            release.wait(10)
+            seen.append(("first", torch.backends.mkldnn.enabled))
+
+    def other() -> None:
+        with reproduce({"mkldnn": mkldnn}):
+            seen.append(("other", torch.backends.mkldnn.enabled))
+
+    def same() -> None:
+        with reproduce({"mkldnn": not mkldnn}):
+            seen.append(("same", torch.backends.mkldnn.enabled))
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert inside.wait(10)
+    b, c = threading.Thread(target=other), threading.Thread(target=same)
+    b.start()
+    c.start()
+    c.join(10)
+    assert seen == [("same", not mkldnn)]  # shared the settings; the other one still waits
+    assert b.is_alive()
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert seen == [("same", not mkldnn), ("first", not mkldnn), ("other", mkldnn)]
+    assert torch.backends.mkldnn.enabled is mkldnn
