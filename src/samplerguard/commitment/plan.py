@@ -41,7 +41,17 @@ from samplerguard.commitment.state import (
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.rng.shim import noise_from, observe_noise
 
-__all__ = ["SamplerPlan", "StatePlan", "build_scheduler", "sampler_plan"]
+__all__ = [
+    "SamplerPlan",
+    "StatePlan",
+    "begin_index",
+    "build_scheduler",
+    "loop_timesteps",
+    "reset_to_fresh",
+    "sampler_plan",
+    "step_args",
+    "timesteps_call",
+]
 
 _MAX_STEPS = 1000
 _CACHE_SIZE = 32
@@ -87,16 +97,104 @@ def build_scheduler(recipe: Mapping[str, Any]) -> Any:
         or not 1 <= steps <= _MAX_STEPS
     ):
         raise MalformedInputError("recipe lacks a scheduler_config object or a steps count")
+    call = timesteps_call(recipe)
+    begin = begin_index(recipe)
     cls = getattr(diffusers, cls_name)
     try:
         scheduler = cls.from_config(_decode_floats(config))
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(**call)
+        if begin is not None:
+            scheduler.set_begin_index(begin)
     except Exception as exc:  # diffusers raises anything on a bad config
         raise VerificationError(
             f"the declared scheduler {cls_name} cannot be built from its config: "
             f"{type(exc).__name__}: {str(exc)[:200]}"
         ) from None
+    if begin is not None and not 0 <= begin < len(scheduler.timesteps):
+        raise VerificationError(
+            f"the recipe's begin index {begin} is outside the declared schedule's "
+            f"{len(scheduler.timesteps)} timesteps"
+        )
     return scheduler
+
+
+#: ``set_timesteps`` arguments a recipe may carry (beside the device, which is never recorded).
+_TIMESTEP_ARGS = frozenset({"num_inference_steps", "sigmas", "mu", "timesteps"})
+#: ``step`` arguments a recipe may carry: scalars that change the update (DDIM's eta, …).
+_STEP_ARGS = frozenset(
+    {"eta", "use_clipped_model_output", "s_churn", "s_tmin", "s_tmax", "s_noise"}
+)
+_MAX_SCHEDULE = 1001
+
+
+def timesteps_call(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments the pipeline passed to ``set_timesteps``: the recipe's
+    ``set_timesteps`` object (custom sigmas, Flux's ``mu``), or ``steps`` alone."""
+    call = recipe.get("set_timesteps")
+    if call is None:
+        return {"num_inference_steps": recipe.get("steps")}
+    if not isinstance(call, dict) or not set(call) <= _TIMESTEP_ARGS:
+        raise MalformedInputError(f"the recipe's set_timesteps takes only {sorted(_TIMESTEP_ARGS)}")
+    out: dict[str, Any] = {}
+    for key, value in call.items():
+        if key in ("sigmas", "timesteps"):
+            if (
+                not isinstance(value, list)
+                or not 1 <= len(value) <= _MAX_SCHEDULE
+                or not all(_is_number(v) for v in value)
+            ):
+                raise MalformedInputError(f"the recipe's set_timesteps {key} is not a number list")
+            out[key] = [float(v) for v in value] if key == "sigmas" else [int(v) for v in value]
+        elif key == "mu":
+            if not _is_number(value):
+                raise MalformedInputError("the recipe's set_timesteps mu is not a number")
+            out[key] = float(value)
+        else:
+            if value is not None and (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or not 1 <= value <= _MAX_STEPS
+            ):
+                raise MalformedInputError("the recipe's set_timesteps step count is not 1..1000")
+            out[key] = value
+    return out
+
+
+def begin_index(recipe: Mapping[str, Any]) -> int | None:
+    """The index the loop starts at (img2img's strength, ``set_begin_index``), or None."""
+    value = recipe.get("begin_index")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _MAX_SCHEDULE:
+        raise MalformedInputError("the recipe's begin_index is not an integer 0..1000")
+    return value
+
+
+def step_args(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar arguments the pipeline passed to every ``scheduler.step``."""
+    value = recipe.get("step_args", {})
+    if not isinstance(value, dict) or not set(value) <= _STEP_ARGS:
+        raise MalformedInputError(f"the recipe's step_args take only {sorted(_STEP_ARGS)}")
+    for key, v in value.items():
+        if not (isinstance(v, bool) or _is_number(v)):
+            raise MalformedInputError(f"the recipe's step argument {key!r} is not a scalar")
+    return dict(value)
+
+
+def _is_number(value: object) -> bool:
+    import math
+
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def loop_timesteps(scheduler: Any) -> Any:
+    """The timesteps the pipeline's loop runs: the schedule from its begin index on."""
+    begin = getattr(scheduler, "_begin_index", None)
+    return scheduler.timesteps[begin:] if begin else scheduler.timesteps
 
 
 @dataclass(frozen=True)
@@ -203,6 +301,28 @@ class SamplerPlan:
 _MISSING = object()
 
 
+def reset_to_fresh(scheduler: Any, call: Mapping[str, Any]) -> list[str]:
+    """Bring a *reused* scheduler, just after ``set_timesteps(**call)``, to the state of a
+    fresh instance of its class and config set the same way (see :meth:`SamplerPlan.reset`);
+    returns the names it changed."""
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(**call)
+    schedule_names = set(capture_schedule(fresh, call))
+    want = capture_state(fresh, capture_schedule(fresh, call))
+    live = capture_state(
+        scheduler, {n: getattr(scheduler, n) for n in schedule_names if hasattr(scheduler, n)}
+    )
+    changed = sorted(set(live.skeleton()) - set(want.skeleton()))
+    for name in changed:
+        delattr(scheduler, name)
+    live_skeleton, want_skeleton = live.skeleton(), want.skeleton()
+    for name, value in want.values.items():
+        if live_skeleton.get(name, _MISSING) != want_skeleton[name]:
+            setattr(scheduler, name, _clone(value))
+            changed.append(name)
+    return changed
+
+
 def _clone(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.clone()
@@ -219,12 +339,13 @@ def _dry_run(
     recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype, fill: float
 ) -> tuple[Any, dict[str, torch.Tensor], list[SamplerState], list[list[tuple[Any, ...]]]]:
     scheduler = build_scheduler(recipe)
-    schedule = capture_schedule(scheduler)
+    schedule = capture_schedule(scheduler, timesteps_call(recipe))
+    extra = step_args(recipe)
     schedule_copy = {k: v.clone() for k, v in schedule.items()}
     sample = torch.full(shape, fill, dtype=dtype)
     states = [capture_state(scheduler, schedule)]
     noise: list[list[tuple[Any, ...]]] = []
-    for t in scheduler.timesteps:
+    for t in loop_timesteps(scheduler):
         draws: list[tuple[Any, ...]] = []
 
         def zero(
@@ -238,7 +359,7 @@ def _dry_run(
         try:
             with torch.no_grad(), noise_from(zero), observe_noise(_ignore):
                 model_in = scheduler.scale_model_input(sample, t)
-                out = scheduler.step(model_in * 0 + fill, t, sample, return_dict=False)[0]
+                out = scheduler.step(model_in * 0 + fill, t, sample, return_dict=False, **extra)[0]
         except Exception as exc:
             raise VerificationError(
                 f"the declared scheduler {type(scheduler).__name__} cannot step a "
@@ -271,7 +392,7 @@ def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype)
     return SamplerPlan(
         scheduler_class=type(scheduler).__name__,
         schedule_digest=schedule_digest(schedule),
-        timesteps=tuple(float(t) for t in scheduler.timesteps),
+        timesteps=tuple(float(t) for t in loop_timesteps(scheduler)),
         init_noise_sigma=float(scheduler.init_noise_sigma),
         states=tuple(plans),
         noise=tuple(tuple(d) for d in noise),
@@ -302,6 +423,9 @@ def sampler_plan(
                 recipe.get("scheduler_class"),
                 recipe.get("scheduler_config"),
                 recipe.get("steps"),
+                recipe.get("set_timesteps"),
+                recipe.get("begin_index"),
+                recipe.get("step_args"),
             ],
             sort_keys=True,
         )

@@ -12,6 +12,7 @@ digest the caller has checked.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -24,7 +25,14 @@ from samplerguard.commitment.digest import tensor_digest
 from samplerguard.commitment.fingerprint import reproduce
 from samplerguard.commitment.merkle import verify_inclusion
 from samplerguard.commitment.opening import Opening
-from samplerguard.commitment.plan import build_scheduler, sampler_plan
+from samplerguard.commitment.plan import (
+    begin_index,
+    build_scheduler,
+    loop_timesteps,
+    sampler_plan,
+    step_args,
+    timesteps_call,
+)
 from samplerguard.commitment.state import SamplerState, capture_schedule, capture_state
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.trajectory import (
@@ -41,6 +49,7 @@ __all__ = [
     "RecheckResult",
     "StepProgram",
     "build_scheduler",
+    "check_schedule_call",
     "recheck_step",
     "rel_l2",
 ]
@@ -179,6 +188,39 @@ def _to_device(scheduler: Any, state: SamplerState, device: torch.device) -> Non
             )
 
 
+def check_schedule_call(
+    recipe: Mapping[str, Any], program: StepProgram, latent_shape: tuple[int, ...]
+) -> None:
+    """The schedule is the declared sampler's, set the way the family's pipeline sets it: a
+    provider cannot smuggle custom ``sigmas`` (σ_i = σ_i+1 makes a step a no-op) or a ``mu``
+    through ``set_timesteps``, or start the loop late, unless the family's pipeline does so
+    itself (img2img's strength)."""
+    expected = getattr(program, "expected_timesteps", None)
+    want = (
+        expected(recipe, latent_shape)
+        if expected is not None
+        else {"num_inference_steps": recipe.get("steps")}
+    )
+    got = timesteps_call(recipe)
+    if got != want:
+        raise VerificationError(
+            f"the schedule was set with {_brief(got)}, the {program.pipeline} pipeline sets it "
+            f"with {_brief(want)} (a custom schedule)"
+        )
+    begin = begin_index(recipe)
+    if begin and not getattr(program, "partial_schedule", False):
+        raise VerificationError(
+            f"the loop starts at schedule index {begin}; the {program.pipeline} pipeline runs "
+            "the whole schedule"
+        )
+
+
+def _brief(call: Mapping[str, Any]) -> str:
+    return str(
+        {k: ([*v[:4], "…"] if isinstance(v, list) and len(v) > 4 else v) for k, v in call.items()}
+    )[:300]
+
+
 def _replay(noise: list[torch.Tensor]) -> Iterator[torch.Tensor]:
     yield from noise
 
@@ -262,6 +304,7 @@ def recheck_step(
             f"{tuple(opening.latent_out.shape)} do not have the declared latent shape "
             f"{declared_shape}"
         )
+    check_schedule_call(recipe_doc, program, tuple(opening.latent_in.shape))
     plan = sampler_plan(recipe_doc, opening.latent_in.shape, opening.latent_in.dtype)
     if plan.schedule_digest != initial_doc.get("schedule"):
         raise VerificationError(
@@ -290,8 +333,9 @@ def recheck_step(
         )
     plan.states[step + 1].check(opening.state_out, f"after step {step}")
     scheduler = plan.scheduler(recipe_doc, opening.state_in, step)
-    schedule = capture_schedule(scheduler)
-    t = scheduler.timesteps[step]
+    schedule = capture_schedule(scheduler, timesteps_call(recipe_doc))
+    t = loop_timesteps(scheduler)[step]
+    extra = step_args(recipe_doc)
     guidance = recipe_doc.get("guidance_scale")
     if not isinstance(guidance, int | float) or isinstance(guidance, bool):
         raise MalformedInputError("recipe has no numeric guidance_scale")
@@ -314,14 +358,20 @@ def recheck_step(
         used += 1
         return n.to(dtype=dtype, device=dev)
 
-    with torch.no_grad(), noise_from(replay), reproduce(recipe_doc.get("runtime"), device):
-        z_hat = program.step(
-            scheduler,
-            opening.latent_in.to(device),
-            t,
-            {k: v.to(device) for k, v in opening.conditioning.items()},
-            float(guidance),
-        )
+    if extra:  # the pipeline's step arguments (eta …), on this private instance only
+        scheduler.step = functools.partial(type(scheduler).step, scheduler, **extra)
+    try:
+        with torch.no_grad(), noise_from(replay), reproduce(recipe_doc.get("runtime"), device):
+            z_hat = program.step(
+                scheduler,
+                opening.latent_in.to(device),
+                t,
+                {k: v.to(device) for k, v in opening.conditioning.items()},
+                float(guidance),
+            )
+    finally:
+        if extra:
+            del scheduler.step
     reasons = []
     if used != len(opening.noise):
         reasons.append(f"step drew {used} noise tensors, {len(opening.noise)} were committed")

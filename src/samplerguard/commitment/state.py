@@ -201,14 +201,18 @@ def _capture_value(value: Any, depth: int = 0) -> tuple[bool, Value]:
     return False, None
 
 
-def capture_schedule(scheduler: Any) -> dict[str, torch.Tensor]:
+def capture_schedule(
+    scheduler: Any, call: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """The schedule tensors right after ``set_timesteps``, by identity (no copies).
 
     Which attributes form the schedule is learnt from a *fresh* scheduler of the same class and
     config (cached): a reused scheduler may still hold tensors from its previous run, and those
-    are state, not schedule.
+    are state, not schedule. ``call`` is what the pipeline passed to ``set_timesteps`` (the
+    step count alone when omitted).
     """
-    n = getattr(scheduler, "num_inference_steps", None)
+    if call is None:
+        call = {"num_inference_steps": getattr(scheduler, "num_inference_steps", None)}
     names = _schedule_names(
         type(scheduler).__qualname__,
         type(scheduler),
@@ -217,7 +221,7 @@ def capture_schedule(scheduler: Any) -> dict[str, torch.Tensor]:
             sort_keys=True,
             default=str,
         ),
-        n,
+        json.dumps(dict(call), sort_keys=True, default=str),
     )
     out = {}
     for k in names:
@@ -227,17 +231,18 @@ def capture_schedule(scheduler: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-_SCHEDULE_NAMES: dict[tuple[str, str, int | None], frozenset[str]] = {}
+_SCHEDULE_NAMES: dict[tuple[str, str, str], frozenset[str]] = {}
 
 
-def _schedule_names(name: str, cls: Any, config_json: str, n: int | None) -> frozenset[str]:
-    key = (name, config_json, n)
+def _schedule_names(name: str, cls: Any, config_json: str, call_json: str) -> frozenset[str]:
+    key = (name, config_json, call_json)
     cached = _SCHEDULE_NAMES.get(key)
     if cached is not None:
         return cached
     fresh = cls.from_config(json.loads(config_json, parse_constant=float))
-    if n is not None:
-        fresh.set_timesteps(n)
+    call = {k: v for k, v in json.loads(call_json).items() if v is not None}
+    if call:
+        fresh.set_timesteps(**call)
     names = frozenset(k for k, v in vars(fresh).items() if isinstance(v, torch.Tensor))
     if len(_SCHEDULE_NAMES) > 256:
         _SCHEDULE_NAMES.clear()

@@ -5,10 +5,11 @@ The webhook's init container puts this package and a ``sitecustomize.py`` on ``P
 :func:`install_from_env`, which does nothing unless ``SAMPLERGUARD_SOCKET`` names the sidecar's
 socket. Then every pipeline *class* is wrapped the first time one of its instances is built
 (diffusers' ``register_modules`` runs in every pipeline's ``__init__``): a call to a pipeline
-that has ``prepare_latents`` and accepts ``callback_on_step_end`` goes through
-:func:`samplerguard.hook.pipelines.instrument` with a fresh request id. The commitment is
-attached to the returned output as ``output.samplerguard_commitment`` when the output object
-allows it.
+of a supported family (:mod:`samplerguard.families`) goes through
+:func:`samplerguard.hook.pipelines.instrument` with a fresh request id; a call to any other
+pipeline is refused with the family list (or, under fail-open, logged and left unverified).
+The commitment is attached to the returned output as ``output.samplerguard_commitment`` when
+the output object allows it.
 
 Noise: with ``SAMPLERGUARD_RNG_MODE=ctr-drbg`` (or ``hmac-drbg``) every call draws its noise
 from the seed the sidecar issues for its request id (the sidecar holds the master secret and
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from samplerguard.errors import SamplerGuardError
+from samplerguard.families import family_for_pipeline
 from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
 from samplerguard.policy.spec import KNOWN_SAMPLERS
@@ -49,25 +51,27 @@ _STATE: dict[str, Any] = {}
 _SAMPLER_IDS: dict[str, str] = {}
 for _sid, _cls in KNOWN_SAMPLERS.items():
     _SAMPLER_IDS.setdefault(_cls, _sid)
-_PIPELINE_IDS = {"StableDiffusionPipeline": "stable-diffusion", "DigitsPipeline": "digits"}
 
 
 def request_for(pipe: Any, kwargs: Mapping[str, Any], tenant: str) -> TrajectoryRequest:
     """The public facts of one call, read from the pipeline and its arguments."""
     from samplerguard.commitment.digest import module_digest
 
+    name = type(pipe).__name__
+    family = family_for_pipeline(name)
     digest = getattr(pipe, "_samplerguard_model_digest", None)
     if digest is None:
-        digest = module_digest(pipe.unet)
+        digest = module_digest(getattr(pipe, family.denoiser))
         pipe._samplerguard_model_digest = digest  # the weights of a loaded pipe do not change
     sig = inspect.signature(type(pipe).__call__).parameters
-    steps = kwargs.get("num_inference_steps", sig["num_inference_steps"].default)
-    cfg = kwargs.get("guidance_scale", sig["guidance_scale"].default)
-    name = type(pipe).__name__
+    steps = kwargs.get("num_inference_steps", _default(sig, "num_inference_steps"))
+    cfg = kwargs.get("guidance_scale", _default(sig, "guidance_scale"))
+    if not isinstance(steps, int) or isinstance(cfg, bool) or not isinstance(cfg, int | float):
+        raise RecordingError(f"{name}: num_inference_steps and guidance_scale must be numbers")
     return TrajectoryRequest(
         request_id=f"req-{uuid.uuid4().hex}",
         tenant=tenant,
-        pipeline=_PIPELINE_IDS.get(name, name),
+        pipeline=family.name,
         model_name=str(getattr(pipe, "name_or_path", None) or name),
         model_digest=digest,
         sampler=_SAMPLER_IDS.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__),
@@ -98,12 +102,15 @@ def _request_noise(recorder: Recorder, req: TrajectoryRequest) -> Iterator[Traje
         noise.close()
 
 
+def _default(params: Mapping[str, inspect.Parameter], name: str) -> Any:
+    param = params.get(name)
+    return None if param is None else param.default
+
+
 def _supported(cls: type) -> bool:
-    call = getattr(cls, "__call__", None)  # noqa: B004 - the class attribute, not callable()
-    if call is None or not hasattr(cls, "prepare_latents"):
-        return False
-    params = inspect.signature(call).parameters
-    return {"callback_on_step_end", "num_inference_steps", "guidance_scale"} <= set(params)
+    """Every pipeline with a ``__call__`` is wrapped: an unsupported one is refused at its call
+    (a silently unrecorded generation would look verified to nobody)."""
+    return getattr(cls, "__call__", None) is not None  # noqa: B004 - the class attribute
 
 
 def _wrap_class(cls: type, recorder: Recorder, tenant: str, fail_open: bool) -> None:

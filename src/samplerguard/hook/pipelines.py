@@ -1,35 +1,53 @@
-"""diffusers integration: record a pipeline call through its own callback contract.
+"""diffusers integration: record a pipeline call at the boundaries every pipeline shares.
 
 ``instrument(pipe, recorder)`` returns a callable with the pipeline's signature plus a
-``trajectory_request`` keyword. It observes three things, and changes none of them:
+``trajectory_request`` keyword. Whatever the pipeline family (see :mod:`samplerguard.families`),
+its call goes through three boundaries, which the hook observes and changes nothing at:
 
-* the initial latents, by wrapping the pipeline's ``prepare_latents`` for this call only;
-* every step, through ``callback_on_step_end`` (the latents and the conditioning tensors are
-  declared in ``callback_on_step_end_tensor_inputs`` and returned unchanged; a user callback is
-  chained after ours);
-* the scheduler state, read from ``pipe.scheduler`` inside the callback, and the output.
+* the scheduler's ``set_timesteps`` and ``set_begin_index``: the schedule as the pipeline set
+  it (custom ``sigmas``, Flux's ``mu``, img2img's start index), recorded in the recipe, and the
+  sampler state a fresh instance carries into the loop;
+* the denoiser's forward (``unet`` or ``transformer``): its first call gives the conditioning
+  the family commits (prompt embeddings, pooled projections, attention masks …), and a second
+  call within one step (true CFG, skip-layer guidance) is refused;
+* the scheduler's ``step``: its first call gives z_N (the latent the loop starts from), every
+  call gives the step's latent, state and noise, and its scalar arguments (``eta`` …) go into
+  the recipe.
+
+Nothing is patched on the pipeline or scheduler *instance*: the scheduler class's methods and a
+forward pre-hook on the denoiser are installed once and act only for the thread whose call is
+being recorded, so one pipeline object may be called from several threads. diffusers keeps
+per-call state on the pipeline object and its scheduler, so calls on one pipeline object are
+serialised (they would corrupt each other otherwise); pipelines built with ``from_pipe`` run
+side by side.
+
+An option no family step program re-runs (an adapter, a LoRA scale, a ControlNet residual, a
+pipeline that changes the latents between steps) raises
+:class:`~samplerguard.families.UnsupportedPipeline` at the first step, before the generation
+goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+import inspect
+import threading
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from samplerguard.commitment.digest import output_bytes
+from samplerguard.commitment.plan import reset_to_fresh
+from samplerguard.commitment.state import SamplerState, capture_schedule, capture_state
 from samplerguard.commitment.statement import Commitment
-from samplerguard.hook.recorder import Recorder, Trajectory, TrajectoryRequest
+from samplerguard.families import Family, UnsupportedPipeline, family_for_pipeline
+from samplerguard.hook.recorder import Begun, Recorder, Trajectory, TrajectoryRequest
 
-__all__ = ["InstrumentedPipeline", "RecordedOutput", "instrument", "output_bytes"]
-
-#: Which callback tensors are the conditioning, per pipeline family.
-CONDITIONING_INPUTS: dict[str, tuple[str, ...]] = {
-    "DigitsPipeline": ("class_labels",),
-    "StableDiffusionPipeline": ("prompt_embeds",),
-}
+__all__ = ["InstrumentedPipeline", "RecordedOutput", "instrument", "output_bytes", "request_params"]
 
 
 @dataclass(frozen=True)
@@ -39,20 +57,8 @@ class RecordedOutput:
     trajectory: Trajectory
 
 
-#: The call arguments that are the consumer's request, per pipeline family, in call order.
-_REQUEST_INPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "digits": (("class_labels", "classLabels"),),
-    "stable-diffusion": (
-        ("prompt", "prompt"),
-        ("height", "height"),
-        ("width", "width"),
-        ("negative_prompt", "negativePrompt"),
-    ),
-}
-
-
 def request_params(
-    request: TrajectoryRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
+    family: Family, request: TrajectoryRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """The consumer's request parameters, read from the pipeline call: the declared steps and
     guidance, and the family's request inputs (positional in call order, or by keyword)."""
@@ -62,9 +68,9 @@ def request_params(
         "steps": request.steps,
         "guidanceScale": request.guidance_scale,
     }
-    for i, (arg, key) in enumerate(_REQUEST_INPUTS.get(request.pipeline, ())):
+    for i, (arg, key) in enumerate(family.request_inputs):
         value = kwargs.get(arg, args[i] if i < len(args) else None)
-        if value is None:
+        if value is None or not key:
             continue
         if isinstance(value, torch.Tensor):
             value = value.reshape(-1).tolist()
@@ -74,66 +80,259 @@ def request_params(
     return params
 
 
+#: ``step`` keyword arguments that are not part of the update's arithmetic
+_STEP_PLUMBING = frozenset({"return_dict", "generator"})
+_STEP_SCALARS = frozenset(
+    {"eta", "use_clipped_model_output", "s_churn", "s_tmin", "s_tmax", "s_noise"}
+)
+
+
+class _Call:
+    """The recording of one pipeline call, on the thread that runs it."""
+
+    def __init__(self, tr: Trajectory, family: Family, pipe: Any, guidance: float) -> None:
+        self.tr = tr
+        self.family = family
+        self.scheduler = pipe.scheduler
+        self.denoiser = getattr(pipe, family.denoiser)
+        self.guidance = guidance
+        self.timesteps: dict[str, Any] | None = None
+        self.begin_index: int | None = None
+        self.before: tuple[dict[str, torch.Tensor], SamplerState] | None = None
+        self.conditioning: dict[str, torch.Tensor] | None = None
+        self.step_args: dict[str, Any] | None = None
+        self.index = 0
+        self.calls = 0
+        self.last: torch.Tensor | None = None
+
+    # -- scheduler set-up ----------------------------------------------------------------------
+
+    def set_timesteps(self, scheduler: Any, bound: Mapping[str, Any]) -> None:
+        if self.step_args is not None:
+            raise UnsupportedPipeline("the pipeline set the schedule again inside its loop")
+        call: dict[str, Any] = {}
+        for key, value in bound.items():
+            if key in ("self", "device") or value is None:
+                continue
+            if key in ("sigmas", "timesteps"):
+                seq = value.tolist() if hasattr(value, "tolist") else list(value)
+                value = [float(v) for v in seq] if key == "sigmas" else [int(v) for v in seq]
+            elif key == "mu":
+                value = float(value)
+            elif key != "num_inference_steps":
+                raise UnsupportedPipeline(f"set_timesteps({key}=...) is not recorded")
+            call[key] = value
+        self.timesteps = call
+        self.begin_index = None
+        reset_to_fresh(scheduler, call)
+        self._snapshot(scheduler)
+
+    def set_begin_index(self, scheduler: Any, index: int) -> None:
+        if self.timesteps is None:
+            raise UnsupportedPipeline("set_begin_index before set_timesteps")
+        self.begin_index = int(index)
+        self._snapshot(scheduler)
+
+    def _snapshot(self, scheduler: Any) -> None:
+        schedule = capture_schedule(scheduler, self.timesteps)
+        self.before = (schedule, capture_state(scheduler, schedule))
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def denoise(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            raise UnsupportedPipeline(
+                f"{self.family.name}: the denoiser ran twice in step {self.index} (true CFG or "
+                "skip-layer guidance), which the step program does not re-run"
+            )
+        if self.conditioning is None:
+            self.conditioning = self.family.capture(args, kwargs, self.guidance)
+
+    def step(
+        self,
+        original: Callable[..., Any],
+        scheduler: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if len(args) != 3:
+            raise UnsupportedPipeline("scheduler.step takes (model_output, timestep, sample)")
+        _, timestep, sample = args
+        extra = {k: v for k, v in kwargs.items() if k not in _STEP_PLUMBING}
+        bad = [k for k, v in extra.items() if k not in _STEP_SCALARS or isinstance(v, torch.Tensor)]
+        if bad:
+            raise UnsupportedPipeline(f"scheduler.step({bad[0]}=...) is not verified")
+        if self.step_args is None:
+            self._begin(scheduler, sample, extra)
+        elif extra != self.step_args:
+            raise UnsupportedPipeline("the step arguments changed inside the loop")
+        elif sample is not self.last and not torch.equal(sample, self.last):  # type: ignore[arg-type]
+            raise UnsupportedPipeline(
+                f"{self.family.name}: the pipeline changed the latents between steps "
+                f"{self.index - 1} and {self.index} (inpainting's mask blending, a custom "
+                "callback): the chain of steps cannot be re-checked"
+            )
+        out = original(scheduler, *args, **kwargs)
+        latents = out[0] if isinstance(out, tuple) else out.prev_sample
+        self.tr.step(self.index, timestep, latents, scheduler)
+        self.index += 1
+        self.calls = 0
+        self.last = latents
+        return out
+
+    def _begin(self, scheduler: Any, sample: torch.Tensor, extra: dict[str, Any]) -> None:
+        if self.before is None or self.timesteps is None:
+            raise UnsupportedPipeline("the pipeline stepped its scheduler before set_timesteps")
+        if self.conditioning is None:
+            raise UnsupportedPipeline(
+                f"{self.family.name}: the scheduler stepped before the denoiser ran"
+            )
+        self.step_args = extra
+        recipe: dict[str, Any] = {"set_timesteps": self.timesteps}
+        if self.begin_index is not None:
+            recipe["begin_index"] = self.begin_index
+        if extra:
+            recipe["step_args"] = extra
+        schedule, state = self.before
+        self.tr.begin(
+            scheduler,
+            sample,
+            self.conditioning,
+            before=Begun(recipe=recipe, schedule=schedule, state=state),
+        )
+
+
+_ACTIVE = threading.local()
+_INSTALL = threading.Lock()
+_HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+_PIPE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+
+
+def _active(scheduler: Any) -> _Call | None:
+    call: _Call | None = getattr(_ACTIVE, "call", None)
+    return call if call is not None and call.scheduler is scheduler else None
+
+
+def _wrap_scheduler_class(cls: type) -> None:
+    """Route ``set_timesteps``, ``set_begin_index`` and ``step`` of ``cls`` through the
+    recording of the calling thread (a no-op for every other call). Once per class."""
+    with _INSTALL:
+        for name, make in (
+            ("set_timesteps", _wrapped_set_timesteps),
+            ("set_begin_index", _wrapped_set_begin_index),
+            ("step", _wrapped_step),
+        ):
+            current = getattr(cls, name, None)
+            if current is None or getattr(current, "_samplerguard", False):
+                continue
+            wrapper = make(current)
+            wrapper._samplerguard = True  # type: ignore[attr-defined]
+            setattr(cls, name, wrapper)
+
+
+def _wrapped_set_timesteps(original: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def set_timesteps(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        call = _active(self)
+        if call is not None:
+            call.set_timesteps(self, signature.bind(self, *args, **kwargs).arguments)
+        return out
+
+    return set_timesteps
+
+
+def _wrapped_set_begin_index(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def set_begin_index(self: Any, begin_index: int = 0) -> Any:
+        out = original(self, begin_index)
+        call = _active(self)
+        if call is not None:
+            call.set_begin_index(self, begin_index)
+        return out
+
+    return set_begin_index
+
+
+def _wrapped_step(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _active(self)
+        if call is None:
+            return original(self, *args, **kwargs)
+        return call.step(original, self, args, kwargs)
+
+    return step
+
+
+def _denoiser_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    call: _Call | None = getattr(_ACTIVE, "call", None)
+    if call is not None and call.denoiser is module:
+        call.denoise(args, kwargs)
+
+
+def _hook_denoiser(module: torch.nn.Module) -> None:
+    with _INSTALL:
+        if module not in _HOOKED:
+            module.register_forward_pre_hook(_denoiser_hook, with_kwargs=True)
+            _HOOKED.add(module)
+
+
+def _pipe_lock(pipe: Any) -> threading.Lock:
+    with _INSTALL:
+        lock = _PIPE_LOCKS.get(pipe)
+        if lock is None:
+            lock = _PIPE_LOCKS[pipe] = threading.Lock()
+        return lock
+
+
 class InstrumentedPipeline:
     def __init__(self, pipe: Any, recorder: Recorder) -> None:
+        self.family = family_for_pipeline(type(pipe).__name__)
+        if not isinstance(getattr(pipe, self.family.denoiser, None), torch.nn.Module):
+            raise UnsupportedPipeline(
+                f"{type(pipe).__name__} has no {self.family.denoiser} to record"
+            )
         self.pipe = pipe
         self.recorder = recorder
-        self.conditioning = CONDITIONING_INPUTS.get(type(pipe).__name__, ())
 
     def __call__(
         self, *args: Any, trajectory_request: TrajectoryRequest, **kwargs: Any
     ) -> RecordedOutput:
-        pipe = self.pipe
+        pipe, family = self.pipe, self.family
+        if trajectory_request.pipeline != family.name:
+            raise UnsupportedPipeline(
+                f"the request declares pipeline {trajectory_request.pipeline!r}, "
+                f"{type(pipe).__name__} is {family.name!r}"
+            )
         if trajectory_request.params is None:
             trajectory_request = dataclasses.replace(
-                trajectory_request, params=request_params(trajectory_request, args, kwargs)
+                trajectory_request,
+                params=request_params(family, trajectory_request, args, kwargs),
             )
-        user_cb: Callable[..., dict[str, Any]] | None = kwargs.pop("callback_on_step_end", None)
-        user_inputs = list(kwargs.pop("callback_on_step_end_tensor_inputs", ["latents"]))
-        inputs = list(dict.fromkeys(["latents", *self.conditioning, *user_inputs]))
-        last: dict[str, torch.Tensor] = {}
-        original_prepare = pipe.prepare_latents
-
-        with self.recorder.trajectory(trajectory_request) as tr:
-
-            def prepare_latents(*a: Any, **kw: Any) -> Any:
-                latents = original_prepare(*a, **kw)
-                tr.begin(pipe.scheduler, latents)
-                return latents
-
-            def on_step_end(
-                p: Any, i: int, t: Any, callback_kwargs: dict[str, Any]
-            ) -> dict[str, Any]:
-                if i == 0:
-                    tr.set_conditioning(
-                        {k: callback_kwargs[k] for k in self.conditioning if k in callback_kwargs}
-                    )
-                latents = callback_kwargs["latents"]
-                tr.step(i, t, latents, p.scheduler)
-                last["latents"] = latents
-                if user_cb is not None:
-                    seen = {k: callback_kwargs[k] for k in user_inputs if k in callback_kwargs}
-                    callback_kwargs.update(user_cb(p, i, t, seen))
-                return callback_kwargs
-
-            pipe.prepare_latents = prepare_latents
-            try:
-                out = pipe(
-                    *args,
-                    callback_on_step_end=on_step_end,
-                    callback_on_step_end_tensor_inputs=inputs,
-                    **kwargs,
-                )
-            finally:
-                del pipe.prepare_latents  # drop the instance attribute: the method shows again
-            tr.end(last["latents"], output_bytes(out))
+        if getattr(_ACTIVE, "call", None) is not None:
+            raise UnsupportedPipeline("a recorded pipeline call cannot run inside another")
+        with _pipe_lock(pipe):
+            _wrap_scheduler_class(type(pipe.scheduler))
+            _hook_denoiser(getattr(pipe, family.denoiser))
+            with self.recorder.trajectory(trajectory_request) as tr:
+                call = _Call(tr, family, pipe, float(trajectory_request.guidance_scale))
+                _ACTIVE.call = call
+                try:
+                    out = pipe(*args, **kwargs)
+                finally:
+                    _ACTIVE.call = None
+                if call.last is None:
+                    raise UnsupportedPipeline(f"{type(pipe).__name__} ran no denoising step")
+                tr.end(call.last, output_bytes(family.outputs(out)))
         assert tr.commitment is not None
         return RecordedOutput(output=out, commitment=tr.commitment, trajectory=tr)
 
 
 def instrument(pipe: Any, recorder: Recorder) -> InstrumentedPipeline:
-    """Wrap ``pipe`` so each call is recorded. The pipeline object itself is not modified
-    outside a call."""
-    if not hasattr(pipe, "prepare_latents"):
-        raise TypeError(f"{type(pipe).__name__} has no prepare_latents; use the plain-loop API")
+    """Wrap ``pipe`` so each call is recorded. Raises
+    :class:`~samplerguard.families.UnsupportedPipeline` for a pipeline no family covers."""
     return InstrumentedPipeline(pipe, recorder)

@@ -49,6 +49,7 @@ from samplerguard.rng.shim import observe_noise
 
 __all__ = [
     "Begin",
+    "Begun",
     "Recorder",
     "RecordingError",
     "Sink",
@@ -147,6 +148,16 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+@dataclass(frozen=True)
+class Begun:
+    """The sampler as the pipeline set it up for the loop (see :meth:`Trajectory.begin`)."""
+
+    #: recipe fields of the set-up: ``set_timesteps``, ``begin_index``, ``step_args``
+    recipe: Mapping[str, Any]
+    schedule: Mapping[str, torch.Tensor]
+    state: SamplerState
 
 
 @dataclass(frozen=True)
@@ -298,16 +309,26 @@ class Trajectory:
         scheduler: Any,
         latents: torch.Tensor,
         conditioning: Mapping[str, torch.Tensor] | None = None,
+        *,
+        before: Begun | None = None,
     ) -> None:
-        """Record z_N and the sampler before step 0. Call after ``set_timesteps``."""
+        """Record z_N and the sampler before step 0. Call after ``set_timesteps``.
+
+        ``before`` is the sampler as the pipeline set it up, captured when it did (the
+        pipeline integration passes it: by the first step, ``scale_model_input`` has moved the
+        live scheduler on)."""
         if self._began:
             raise MalformedInputError("trajectory already began")
         _check_genuine(scheduler, self.request.sampler)
         self._began = True
         recipe = self.request.recipe(scheduler, tuple(latents.shape), latents.device)
-        _reset_leftovers(scheduler, recipe, latents)
-        self._schedule = capture_schedule(scheduler)
-        state = capture_state(scheduler, self._schedule)
+        if before is None:
+            _reset_leftovers(scheduler, recipe, latents)
+            self._schedule = capture_schedule(scheduler)
+            state = capture_state(scheduler, self._schedule)
+        else:
+            recipe.update(before.recipe)
+            self._schedule, state = dict(before.schedule), before.state
         latent = host_copy(latents)
         schedule = dict(self._schedule)
         self._pending_initial = (recipe, latent, state, schedule, self._event(latents))

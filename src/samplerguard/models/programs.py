@@ -15,7 +15,7 @@ from samplerguard.commitment.digest import module_digest, output_bytes
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.models.digits import NUM_CLASSES, StepInputs, denoise_step, to_pixels
 
-__all__ = ["DigitsProgram", "StableDiffusionProgram"]
+__all__ = ["DigitsProgram"]
 
 
 class _Program:
@@ -79,39 +79,3 @@ class DigitsProgram(_Program):
                 f"[0, {NUM_CLASSES})"
             )
         return {"class_labels": torch.tensor(labels, dtype=torch.int64)}
-
-
-class StableDiffusionProgram(_Program):
-    """The loop body of diffusers' ``StableDiffusionPipeline`` (no guidance rescale, no
-    timestep conditioning, no IP-adapter), with classifier-free guidance as it batches it."""
-
-    pipeline = "stable-diffusion"
-
-    def step(
-        self,
-        scheduler: Any,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        conditioning: Mapping[str, torch.Tensor],
-        guidance_scale: float,
-    ) -> torch.Tensor:
-        prompt_embeds = conditioning.get("prompt_embeds")
-        if prompt_embeds is None:
-            raise MalformedInputError("stable-diffusion conditioning needs prompt_embeds")
-        do_cfg = guidance_scale > 1.0
-        latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
-        latent_model_input = scheduler.scale_model_input(latent_model_input, t)
-        noise_pred = self.unet(
-            latent_model_input,
-            t,
-            encoder_hidden_states=prompt_embeds,
-            timestep_cond=None,
-            cross_attention_kwargs=None,
-            added_cond_kwargs=None,
-            return_dict=False,
-        )[0]
-        if do_cfg:
-            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-            noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-        out: torch.Tensor = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-        return out

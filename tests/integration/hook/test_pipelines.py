@@ -16,11 +16,12 @@ from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
 from samplerguard.commitment.statement import Commitment
 from samplerguard.demo.providers import make_scheduler
+from samplerguard.families.stable_diffusion import StableDiffusionProgram
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
 from samplerguard.models.digits import DigitsPipeline
-from samplerguard.models.programs import DigitsProgram, StableDiffusionProgram
+from samplerguard.models.programs import DigitsProgram
 
 SAMPLERS = ["euler", "euler_ancestral", "ddim", "ddpm", "heun", "dpmpp_2m", "unipc"]
 

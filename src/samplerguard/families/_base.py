@@ -1,0 +1,209 @@
+"""The family contract and its registry."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from samplerguard.commitment.digest import module_digest
+from samplerguard.errors import MalformedInputError, SamplerGuardError
+
+__all__ = [
+    "Family",
+    "FamilyProgram",
+    "UnsupportedPipeline",
+    "all_families",
+    "family_for_pipeline",
+    "family_named",
+    "register",
+]
+
+
+class UnsupportedPipeline(SamplerGuardError):
+    """The pipeline, or an option of this call, cannot be verified: raised when the request
+    starts (or at its first step), never after the generation."""
+
+
+#: Keyword arguments a denoiser call may carry with these values and still be verified: the
+#: step programs pass exactly these (anything else, such as a LoRA scale in
+#: ``cross_attention_kwargs`` or an IP-adapter embedding, changes the output in a way no
+#: family re-runs).
+_NEUTRAL: Mapping[str, tuple[object, ...]] = {
+    "return_dict": (False,),
+    "cross_attention_kwargs": (None, {}),
+    "joint_attention_kwargs": (None, {}),
+    "attention_kwargs": (None, {}),
+    "down_block_additional_residuals": (None,),
+    "mid_block_additional_residual": (None,),
+    "down_intrablock_additional_residuals": (None,),
+    "encoder_attention_mask": (None,),
+    "timestep_cond": (None,),
+    "class_labels": (None,),
+    "added_cond_kwargs": (None,),
+}
+
+
+class Family:
+    """One kind of pipeline. Subclasses set the class attributes and :meth:`program`."""
+
+    #: the recipe's ``pipeline``
+    name: ClassVar[str]
+    #: the diffusers pipeline classes it covers, by class name
+    pipelines: ClassVar[tuple[str, ...]]
+    #: the pipeline attribute holding the denoiser
+    denoiser: ClassVar[str] = "unet"
+    #: call arguments that are the consumer's request, in call order: (argument, params key)
+    request_inputs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: denoiser keyword arguments (``a.b`` for a key of a dict argument) that are the
+    #: conditioning, and the names they are committed under
+    conditioning: ClassVar[Mapping[str, str]] = {}
+    #: denoiser keyword arguments the step program computes itself from the latent, the
+    #: timestep and the declared guidance (never taken from the provider)
+    derived: ClassVar[frozenset[str]] = frozenset({"timestep"})
+    #: the output attribute holding what the consumer receives
+    output: ClassVar[str] = "images"
+    #: the pipeline starts its loop part-way into the schedule (img2img's strength)
+    partial_schedule: ClassVar[bool] = False
+
+    def capture(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float
+    ) -> dict[str, torch.Tensor]:
+        """The conditioning of one generation, from its first denoiser call. Raises
+        :class:`UnsupportedPipeline` for an argument no step program of this family passes."""
+        if len(args) > 2:
+            raise UnsupportedPipeline(
+                f"{self.name}: the denoiser was called with {len(args)} positional arguments"
+            )
+        out: dict[str, torch.Tensor] = {}
+        for key, value in kwargs.items():
+            if key in self.derived:
+                continue
+            if isinstance(value, Mapping) and any(f"{key}.{k}" in self.conditioning for k in value):
+                for sub, v in value.items():
+                    name = self.conditioning.get(f"{key}.{sub}")
+                    if name is None or not isinstance(v, torch.Tensor):
+                        if v is None:
+                            continue
+                        raise UnsupportedPipeline(
+                            f"{self.name}: the denoiser's {key}[{sub!r}] is not verified by "
+                            "this family"
+                        )
+                    out[name] = v
+                continue
+            name = self.conditioning.get(key)
+            if name is not None and isinstance(value, torch.Tensor):
+                out[name] = value
+                continue
+            if name is not None and value is None:
+                continue
+            allowed = _NEUTRAL.get(key)
+            if allowed is None or not any(value == a and type(value) is type(a) for a in allowed):
+                raise UnsupportedPipeline(
+                    f"{self.name}: the denoiser was called with {key}={_brief(value)}, which "
+                    "this family's step program does not re-run (an adapter, a LoRA scale or "
+                    "a control input cannot be verified)"
+                )
+        return out
+
+    def program(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> Any:
+        """The step program over a reference ``denoiser``."""
+        raise NotImplementedError
+
+    def outputs(self, output: Any) -> Any:
+        """What the consumer receives from a pipeline output (``.images``, ``.frames`` …)."""
+        if isinstance(output, torch.Tensor) or not hasattr(output, self.output):
+            return output
+        return getattr(output, self.output)
+
+
+def _brief(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"<tensor {tuple(value.shape)}>"
+    return repr(value)[:60]
+
+
+class FamilyProgram:
+    """A reference step program: a denoiser whose digest was checked, and the family's loop
+    body. Subclasses implement :meth:`step` and may override :meth:`expected_timesteps`."""
+
+    family: ClassVar[Family]
+
+    def __init__(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> None:
+        self.denoiser = denoiser.eval()
+        self.device = next(denoiser.parameters()).device
+        self.model_digest = model_digest or module_digest(denoiser)
+
+    @property
+    def pipeline(self) -> str:
+        return self.family.name
+
+    @property
+    def partial_schedule(self) -> bool:
+        return self.family.partial_schedule
+
+    def expected_timesteps(
+        self, recipe: Mapping[str, Any], latent_shape: tuple[int, ...]
+    ) -> dict[str, Any]:
+        """The ``set_timesteps`` arguments the family's pipeline passes for this recipe."""
+        return {"num_inference_steps": recipe.get("steps")}
+
+    @staticmethod
+    def need(conditioning: Mapping[str, torch.Tensor], *names: str) -> list[torch.Tensor]:
+        missing = [n for n in names if n not in conditioning]
+        if missing:
+            raise MalformedInputError(f"the committed conditioning lacks {missing}")
+        return [conditioning[n] for n in names]
+
+    def step(
+        self,
+        scheduler: Any,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Mapping[str, torch.Tensor],
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Family] = {}
+_BY_PIPELINE: dict[str, Family] = {}
+_LOCK = threading.Lock()
+
+
+def register(family: Family) -> Family:
+    """Add a family (its name and pipeline classes must be new)."""
+    with _LOCK:
+        if family.name in _REGISTRY:
+            raise ValueError(f"pipeline family {family.name!r} is already registered")
+        clash = [p for p in family.pipelines if p in _BY_PIPELINE]
+        if clash:
+            raise ValueError(f"pipeline classes {clash} already belong to another family")
+        _REGISTRY[family.name] = family
+        for p in family.pipelines:
+            _BY_PIPELINE[p] = family
+    return family
+
+
+def family_for_pipeline(pipeline_class: str) -> Family:
+    family = _BY_PIPELINE.get(pipeline_class)
+    if family is None:
+        raise UnsupportedPipeline(
+            f"{pipeline_class} is not a supported pipeline; supported: {sorted(_BY_PIPELINE)}"
+        )
+    return family
+
+
+def family_named(name: str) -> Family:
+    family = _REGISTRY.get(name)
+    if family is None:
+        raise UnsupportedPipeline(
+            f"pipeline family {name[:60]!r} is not supported; supported: {sorted(_REGISTRY)}"
+        )
+    return family
+
+
+def all_families() -> list[Family]:
+    return list(_REGISTRY.values())
