@@ -67,6 +67,23 @@ def _decode_floats(value: Any) -> Any:
     return value
 
 
+def _float_fields(cls: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The signed recipe is canonical JSON (RFC 8785), which writes 1.0 as 1: a float config
+    field arrives as an int, and a scheduler keeps it as one (FlowMatch's ``_shift``), so the
+    fields the class declares as floats are made floats again."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    out = dict(config)
+    for key, value in config.items():
+        param = params.get(key)
+        if param is None or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if isinstance(param.default, float) or "float" in str(param.annotation):
+            out[key] = float(value)
+    return out
+
+
 def build_scheduler(recipe: Mapping[str, Any]) -> Any:
     """A fresh scheduler of the declared class and config, with the declared steps set.
 
@@ -101,9 +118,9 @@ def build_scheduler(recipe: Mapping[str, Any]) -> Any:
     begin = begin_index(recipe)
     cls = getattr(diffusers, cls_name)
     try:
-        scheduler = cls.from_config(_decode_floats(config))
+        scheduler = cls.from_config(_float_fields(cls, _decode_floats(config)))
         scheduler.set_timesteps(**call)
-        if begin is not None:
+        if begin is not None and hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
     except Exception as exc:  # diffusers raises anything on a bad config
         raise VerificationError(
@@ -191,9 +208,10 @@ def _is_number(value: object) -> bool:
     )
 
 
-def loop_timesteps(scheduler: Any) -> Any:
-    """The timesteps the pipeline's loop runs: the schedule from its begin index on."""
-    begin = getattr(scheduler, "_begin_index", None)
+def loop_timesteps(scheduler: Any, recipe: Mapping[str, Any]) -> Any:
+    """The timesteps the pipeline's loop runs: the schedule from the recipe's begin index on
+    (img2img skips the start of the schedule, whether or not its scheduler is told)."""
+    begin = begin_index(recipe)
     return scheduler.timesteps[begin:] if begin else scheduler.timesteps
 
 
@@ -345,7 +363,7 @@ def _dry_run(
     sample = torch.full(shape, fill, dtype=dtype)
     states = [capture_state(scheduler, schedule)]
     noise: list[list[tuple[Any, ...]]] = []
-    for t in loop_timesteps(scheduler):
+    for t in loop_timesteps(scheduler, recipe):
         draws: list[tuple[Any, ...]] = []
 
         def zero(
@@ -358,7 +376,11 @@ def _dry_run(
 
         try:
             with torch.no_grad(), noise_from(zero), observe_noise(_ignore):
-                model_in = scheduler.scale_model_input(sample, t)
+                model_in = (
+                    scheduler.scale_model_input(sample, t)
+                    if hasattr(scheduler, "scale_model_input")
+                    else sample
+                )
                 out = scheduler.step(model_in * 0 + fill, t, sample, return_dict=False, **extra)[0]
         except Exception as exc:
             raise VerificationError(
@@ -392,8 +414,8 @@ def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype)
     return SamplerPlan(
         scheduler_class=type(scheduler).__name__,
         schedule_digest=schedule_digest(schedule),
-        timesteps=tuple(float(t) for t in loop_timesteps(scheduler)),
-        init_noise_sigma=float(scheduler.init_noise_sigma),
+        timesteps=tuple(float(t) for t in loop_timesteps(scheduler, recipe)),
+        init_noise_sigma=float(getattr(scheduler, "init_noise_sigma", 1.0)),
         states=tuple(plans),
         noise=tuple(tuple(d) for d in noise),
         fresh=states_a[0],

@@ -334,7 +334,7 @@ def recheck_step(
     plan.states[step + 1].check(opening.state_out, f"after step {step}")
     scheduler = plan.scheduler(recipe_doc, opening.state_in, step)
     schedule = capture_schedule(scheduler, timesteps_call(recipe_doc))
-    t = loop_timesteps(scheduler)[step]
+    t = loop_timesteps(scheduler, recipe_doc)[step]
     extra = step_args(recipe_doc)
     guidance = recipe_doc.get("guidance_scale")
     if not isinstance(guidance, int | float) or isinstance(guidance, bool):

@@ -63,6 +63,9 @@ class Family:
     #: denoiser keyword arguments the step program computes itself from the latent, the
     #: timestep and the declared guidance (never taken from the provider)
     derived: ClassVar[frozenset[str]] = frozenset({"timestep"})
+    #: pipeline call options that change the loop body in a way the step program does not
+    #: re-run, with the only value it verifies (guidance rescale, adapters, skip layers …)
+    neutral_options: ClassVar[Mapping[str, object]] = {}
     #: the output attribute holding what the consumer receives
     output: ClassVar[str] = "images"
     #: the pipeline starts its loop part-way into the schedule (img2img's strength)

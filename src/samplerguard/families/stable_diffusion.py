@@ -74,6 +74,16 @@ class StableDiffusionFamily(Family):
         ("negative_prompt", "negativePrompt"),
     )
     conditioning = MappingProxyType({"encoder_hidden_states": "prompt_embeds"})
+    neutral_options = MappingProxyType(
+        {
+            "guidance_rescale": 0.0,
+            "cross_attention_kwargs": None,
+            "ip_adapter_image": None,
+            "ip_adapter_image_embeds": None,
+            "timesteps": None,
+            "sigmas": None,
+        }
+    )
 
     def program(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> Any:
         return _PROGRAMS[self.name](denoiser, model_digest)

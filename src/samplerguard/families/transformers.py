@@ -62,6 +62,16 @@ class SD3Family(Family):
         }
     )
     derived = frozenset({"timestep", "hidden_states"})
+    neutral_options = MappingProxyType(
+        {
+            "skip_guidance_layers": None,
+            "joint_attention_kwargs": None,
+            "ip_adapter_image": None,
+            "ip_adapter_image_embeds": None,
+            "sigmas": None,
+            "mu": None,
+        }
+    )
 
     def program(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> Any:
         return SD3Program(denoiser, model_digest)
@@ -134,6 +144,17 @@ class FluxFamily(Family):
     )
     # the guidance embedding is the declared guidance scale: the program builds it itself
     derived = frozenset({"timestep", "hidden_states", "guidance"})
+    neutral_options = MappingProxyType(
+        {
+            "true_cfg_scale": 1.0,
+            "joint_attention_kwargs": None,
+            "ip_adapter_image": None,
+            "ip_adapter_image_embeds": None,
+            "negative_ip_adapter_image": None,
+            "negative_ip_adapter_image_embeds": None,
+            "sigmas": None,
+        }
+    )
 
     def program(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> Any:
         return FluxProgram(denoiser, model_digest)
@@ -210,6 +231,7 @@ class PixArtSigmaFamily(Family):
         }
     )
     derived = frozenset({"timestep"})
+    neutral_options = MappingProxyType({"timesteps": None, "sigmas": None})
 
     def capture(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float

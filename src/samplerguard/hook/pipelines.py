@@ -164,7 +164,7 @@ class _Call:
         if bad:
             raise UnsupportedPipeline(f"scheduler.step({bad[0]}=...) is not verified")
         if self.step_args is None:
-            self._begin(scheduler, sample, extra)
+            self._begin(scheduler, timestep, sample, extra)
         elif extra != self.step_args:
             raise UnsupportedPipeline("the step arguments changed inside the loop")
         elif sample is not self.last and not torch.equal(sample, self.last):  # type: ignore[arg-type]
@@ -181,7 +181,9 @@ class _Call:
         self.last = latents
         return out
 
-    def _begin(self, scheduler: Any, sample: torch.Tensor, extra: dict[str, Any]) -> None:
+    def _begin(
+        self, scheduler: Any, timestep: Any, sample: torch.Tensor, extra: dict[str, Any]
+    ) -> None:
         if self.before is None or self.timesteps is None:
             raise UnsupportedPipeline("the pipeline stepped its scheduler before set_timesteps")
         if self.conditioning is None:
@@ -189,6 +191,17 @@ class _Call:
                 f"{self.family.name}: the scheduler stepped before the denoiser ran"
             )
         self.step_args = extra
+        if self.begin_index is None:
+            # img2img skips the start of the schedule; a scheduler without set_begin_index is
+            # not told, so the start is where the first step's timestep sits
+            at = (scheduler.timesteps == timestep).nonzero()
+            if not len(at):
+                raise UnsupportedPipeline(
+                    f"{self.family.name}: the first step's timestep {float(timestep)} is not in "
+                    "the schedule"
+                )
+            if int(at[0]):
+                self.begin_index = int(at[0])
         recipe: dict[str, Any] = {"set_timesteps": self.timesteps}
         if self.begin_index is not None:
             recipe["begin_index"] = self.begin_index
@@ -201,6 +214,14 @@ class _Call:
             self.conditioning,
             before=Begun(recipe=recipe, schedule=schedule, state=state),
         )
+
+
+def _same(value: object, neutral: object) -> bool:
+    return type(value) is type(neutral) and value == neutral or (value is None and neutral is None)
+
+
+def _brief(value: object) -> str:
+    return f"<tensor {tuple(value.shape)}>" if isinstance(value, torch.Tensor) else repr(value)[:60]
 
 
 _ACTIVE = threading.local()
@@ -308,6 +329,12 @@ class InstrumentedPipeline:
                 f"the request declares pipeline {trajectory_request.pipeline!r}, "
                 f"{type(pipe).__name__} is {family.name!r}"
             )
+        for option, neutral in family.neutral_options.items():
+            if option in kwargs and not _same(kwargs[option], neutral):
+                raise UnsupportedPipeline(
+                    f"{type(pipe).__name__}({option}={_brief(kwargs[option])}) is not re-run by "
+                    f"the {family.name} step program: leave it at {neutral!r} to be verified"
+                )
         if trajectory_request.params is None:
             trajectory_request = dataclasses.replace(
                 trajectory_request,

@@ -1,0 +1,301 @@
+"""Tiny pipelines of every supported family, built from randomly initialised components in the
+style of diffusers' own pipeline tests (nothing is downloaded: there are no tokenizers or text
+encoders, so the calls pass prompt embeddings).
+
+Each builder returns a :class:`Case`: the pipeline and the keyword arguments of one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["BUILDERS", "Case"]
+
+
+@dataclass
+class Case:
+    pipe: Any
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the sampler id of the scheduler the pipe carries
+    sampler: str = "euler"
+    steps: int = 4
+    guidance: float = 3.0
+
+    def call(self, runner: Any, **extra: Any) -> Any:
+        gen = torch.Generator().manual_seed(7)
+        return runner(
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            generator=gen,
+            **self.kwargs,
+            **extra,
+        )
+
+
+def _embeds(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _vae(latent_channels: int, blocks: tuple[int, ...], **kw: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=blocks,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        latent_channels=latent_channels,
+        norm_num_groups=min(8, blocks[0]),
+        layers_per_block=1,
+        **kw,
+    ).eval()
+
+
+def stable_diffusion() -> Case:
+    from diffusers import EulerDiscreteScheduler
+
+    from samplerguard.models.tiny_sd import build_tiny_sd
+
+    pipe = build_tiny_sd(EulerDiscreteScheduler(), sample_size=8)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "negative_prompt_embeds": _embeds(1, 8, 32, seed=2),
+            "output_type": "np",
+            "height": 16,
+            "width": 16,
+        },
+    )
+
+
+def stable_diffusion_img2img() -> Case:
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    base = stable_diffusion().pipe
+    pipe = StableDiffusionImg2ImgPipeline(**base.components, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler()
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand((1, 3, 16, 16), generator=torch.Generator().manual_seed(3))
+    return Case(
+        pipe,
+        {
+            "image": image,
+            "strength": 0.6,
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "negative_prompt_embeds": _embeds(1, 8, 32, seed=2),
+            "output_type": "np",
+            "eta": 0.5,
+        },
+        sampler="ddim",
+        steps=5,
+    )
+
+
+def stable_diffusion_xl() -> Case:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80,  # 6 * 8 + the 32-wide pooled embedding
+            cross_attention_dim=64,
+            norm_num_groups=8,
+        ).eval()
+        vae = _vae(4, (16, 32))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(timestep_spacing="trailing"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 64, seed=1),
+            "pooled_prompt_embeds": _embeds(1, 32, seed=2),
+            "negative_prompt_embeds": _embeds(1, 8, 64, seed=3),
+            "negative_pooled_prompt_embeds": _embeds(1, 32, seed=4),
+            "output_type": "np",
+            "height": 16,
+            "width": 16,
+        },
+    )
+
+
+def stable_diffusion_3() -> Case:
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = SD3Transformer2DModel(
+            sample_size=8,
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=32,
+            pooled_projection_dim=64,
+            out_channels=4,
+        ).eval()
+        vae = _vae(4, (4,), shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "pooled_prompt_embeds": _embeds(1, 64, seed=2),
+            "negative_prompt_embeds": _embeds(1, 8, 32, seed=3),
+            "negative_pooled_prompt_embeds": _embeds(1, 64, seed=4),
+            "output_type": "np",
+            "height": 8,
+            "width": 8,
+        },
+        sampler="flow_euler",
+    )
+
+
+def flux() -> Case:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            axes_dims_rope=(4, 4, 8),
+            guidance_embeds=True,
+        ).eval()
+        vae = _vae(1, (4,), shift_factor=0.0609, scaling_factor=1.5035)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "pooled_prompt_embeds": _embeds(1, 32, seed=2),
+            "output_type": "np",
+            "height": 16,
+            "width": 16,
+        },
+        sampler="flow_euler",
+        guidance=3.5,
+    )
+
+
+def pixart_sigma() -> Case:
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = PixArtTransformer2DModel(
+            sample_size=8,
+            num_layers=2,
+            patch_size=2,
+            attention_head_dim=8,
+            num_attention_heads=3,
+            caption_channels=32,
+            in_channels=4,
+            cross_attention_dim=24,
+            out_channels=8,
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+        ).eval()
+        vae = _vae(4, (16,))
+    pipe = PixArtSigmaPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.ones((1, 8), dtype=torch.long)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "prompt_attention_mask": mask,
+            "negative_prompt_embeds": _embeds(1, 8, 32, seed=2),
+            "negative_prompt_attention_mask": mask,
+            "negative_prompt": None,
+            "output_type": "np",
+            "height": 8,
+            "width": 8,
+            "use_resolution_binning": False,
+        },
+        sampler="dpmpp_2m",
+    )
+
+
+BUILDERS: dict[str, Callable[[], Case]] = {
+    "stable-diffusion": stable_diffusion,
+    "stable-diffusion-img2img": stable_diffusion_img2img,
+    "stable-diffusion-xl": stable_diffusion_xl,
+    "stable-diffusion-3": stable_diffusion_3,
+    "flux": flux,
+    "pixart-sigma": pixart_sigma,
+}
