@@ -217,7 +217,9 @@ class _Call:
 
 
 def _same(value: object, neutral: object) -> bool:
-    return type(value) is type(neutral) and value == neutral or (value is None and neutral is None)
+    return (type(value) is type(neutral) and value == neutral) or (
+        value is None and neutral is None
+    )
 
 
 def _brief(value: object) -> str:

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from family_support import BUILDERS, Case
 
+from family_support import BUILDERS, Case
+from samplerguard.commitment.digest import module_digest
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
 from samplerguard.commitment.statement import Commitment
-from samplerguard.commitment.digest import module_digest
 from samplerguard.errors import VerificationError
 from samplerguard.families import UnsupportedPipeline, family_for_pipeline
 from samplerguard.hook.local import LocalSink
