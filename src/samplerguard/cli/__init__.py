@@ -10,6 +10,9 @@ command never touches this file. Imports of heavy dependencies (torch) belong in
 so that ``samplerguard webhook --help`` works on an install without the ``ml`` extra.
 
 Exit codes, everywhere: 0 success/accept, 1 reject/fail, 2 unusable input or usage error.
+
+Every option ``--some-option`` falls back to the variable ``SAMPLERGUARD_SOME_OPTION``
+(:mod:`samplerguard.cli._options`); ``--help`` shows both and the default.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+
+from samplerguard.cli._options import EnvError, apply_env, document
 
 __all__ = ["build_parser", "main"]
 
@@ -41,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format",
         choices=["text", "json"],
-        default=os.environ.get("SAMPLERGUARD_LOG_FORMAT") or "text",
-        help="log lines as text or as one JSON object each [SAMPLERGUARD_LOG_FORMAT]",
+        default="text",
+        help="log lines as text or as one JSON object each",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -52,14 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    document(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("samplerguard")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        apply_env(parser, argv)
+    except EnvError as exc:
+        print(f"samplerguard: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
     args = parser.parse_args(argv)
-    if args.log_format not in ("text", "json"):
-        parser.error(f"SAMPLERGUARD_LOG_FORMAT must be text or json, not {args.log_format!r}")
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,9 +1,11 @@
 """``samplerguard inspect FILE``: show the recipe of a checkpoint or the provenance of a PNG.
 
-For a ``.safetensors`` checkpoint it prints the tensors summary and the embedded recipe, and
-verifies the recipe's pinned hashes (exit 1 on a mismatch). For a PNG it prints the
-``samplerguard`` provenance record. Exit 2 when the file is unusable: unreadable, truncated,
-corrupt, oversized, or without a record.
+For a ``.safetensors`` checkpoint it prints the tensors summary, the ``modelWeights`` digest a
+policy's ``goldenDigests`` pins (the same as ``samplerguard digest`` prints) and the embedded
+recipe, and verifies the recipe's pinned hashes (exit 1 on a mismatch). The recipe's
+``weights`` hash is the file's own integrity hash, not the digest a policy pins. For a PNG it
+prints the ``samplerguard`` provenance record. Exit 2 when the file is unusable: unreadable,
+truncated, corrupt, oversized, or without a record.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("file", type=Path, help="a .safetensors checkpoint or a .png image")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
-        "--no-verify", action="store_true", help="do not hash the checkpoint's weights"
+        "--no-verify",
+        action="store_true",
+        help="do not hash the checkpoint's weights (no check, no modelWeights digest)",
     )
     parser.set_defaults(_run=run)
 
@@ -95,6 +99,12 @@ def _inspect_checkpoint(args: argparse.Namespace, path: Path) -> int:
         f"{path}: safetensors, {len(ckpt.tensors)} tensors, {ckpt.parameters:,} parameters",
         f"  metadata keys: {', '.join(sorted(ckpt.metadata)) or '(none)'}",
     ]
+    if not args.no_verify:
+        from samplerguard.cli._pins import pinned_digests
+
+        golden = pinned_digests(path).golden_digests()
+        body["goldenDigests"] = golden
+        lines.append(f"  goldenDigests.modelWeights: {golden['modelWeights'][0]}")
     if recipe is None:
         lines.append("  no samplerguard recipe")
         _emit(args, body, lines)
@@ -112,13 +122,13 @@ def _inspect_checkpoint(args: argparse.Namespace, path: Path) -> int:
     ]
     if recipe.hashes is None:
         body["hashes"] = "unpinned"
-        lines.append("  hashes: none pinned")
+        lines.append("  recipe hashes: none pinned")
     elif args.no_verify:
         body["hashes"] = "not checked"
-        lines.append(f"  hashes: weights {recipe.hashes.weights} (not checked)")
+        lines.append(f"  recipe hashes: file weights {recipe.hashes.weights} (not checked)")
     else:
         verify_hashes(path, recipe)
         body["hashes"] = "verified"
-        lines.append(f"  hashes: weights {recipe.hashes.weights} verified")
+        lines.append(f"  recipe hashes: file weights {recipe.hashes.weights} verified")
     _emit(args, body, lines)
     return 0

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
+from argparse import SUPPRESS
 from pathlib import Path
 from typing import Any
 
+from samplerguard.cli._options import duration
+
 __all__ = ["register", "run"]
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"SAMPLERGUARD_{name}", default)
 
 
 def register(sub: Any) -> None:
@@ -21,30 +19,31 @@ def register(sub: Any) -> None:
         description="Run the kopf operator. In a pod it uses the in-cluster config; outside, "
         "the kubeconfig named by KUBECONFIG. Flags default to SAMPLERGUARD_<FLAG> variables.",
     )
-    p.add_argument("--namespace", default=_env("NAMESPACE", "samplerguard"))
-    p.add_argument("--tls-secret", default=_env("TLS_SECRET", "samplerguard-webhook-tls"))
-    p.add_argument("--mutating-webhook", default=_env("MUTATING_WEBHOOK", "samplerguard-mutating"))
-    p.add_argument(
-        "--validating-webhook", default=_env("VALIDATING_WEBHOOK", "samplerguard-validating")
-    )
-    p.add_argument("--webhook-service", default=_env("WEBHOOK_SERVICE", "samplerguard-webhook"))
-    p.add_argument("--operator-service", default=_env("OPERATOR_SERVICE", "samplerguard-operator"))
+    p.add_argument("--namespace", default="samplerguard")
+    p.add_argument("--tls-secret", default="samplerguard-webhook-tls")
+    p.add_argument("--mutating-webhook", default="samplerguard-mutating")
+    p.add_argument("--validating-webhook", default="samplerguard-validating")
+    p.add_argument("--webhook-service", default="samplerguard-webhook")
+    p.add_argument("--operator-service", default="samplerguard-operator")
     p.add_argument(
         "--ip-san", action="append", default=[], help="extra IP SAN (out-of-cluster webhook)"
     )
     p.add_argument("--dns-san", action="append", default=[], help="extra DNS SAN")
     p.add_argument("--cert-dir", type=Path, help="also write tls.crt/tls.key/ca.crt here")
-    p.add_argument(
-        "--leaf-days", type=int, default=int(_env("LEAF_DAYS", "90")), help="serving cert life"
-    )
+    p.add_argument("--leaf-days", type=int, default=90, help="serving cert life")
     p.add_argument(
         "--leaf-renew-before-days",
         type=int,
-        default=int(_env("LEAF_RENEW_BEFORE_DAYS", "30")),
+        default=30,
         help="re-issue the serving certificate when less than this is left",
     )
-    p.add_argument("--audit-interval", type=float, default=float(_env("AUDIT_INTERVAL", "600")))
-    p.add_argument("--cert-check", type=float, default=float(_env("CERT_CHECK", "300")))
+    p.add_argument(
+        "--audit-interval",
+        type=duration,
+        default=600.0,
+        help="background audit period, a duration (10m) or seconds; 0 disables it",
+    )
+    p.add_argument("--cert-check", type=duration, default=300.0, help="certificate check period")
     p.add_argument(
         "--verifier-user",
         action="append",
@@ -52,15 +51,15 @@ def register(sub: Any) -> None:
         help="ServiceAccount user allowed to post results "
         "(default system:serviceaccount:<namespace>:samplerguard-verifier)",
     )
-    p.add_argument("--ingest", default=_env("INGEST", "0.0.0.0:8443"), help="HOST:PORT, or 'off'")
+    p.add_argument("--ingest", default="0.0.0.0:8443", help="HOST:PORT, or 'off'")
     p.add_argument("--ingest-token-file", type=Path, help="local mode: shared bearer token")
     p.add_argument(
         "--health",
-        default=_env("HEALTH", "0.0.0.0:8080"),
+        default="0.0.0.0:8080",
         help="HOST:PORT of the liveness endpoint (/healthz), or 'off'",
     )
-    p.add_argument("--lease", default=_env("LEASE", "samplerguard-operator"))
-    p.add_argument("--peering", default=os.environ.get("SAMPLERGUARD_PEERING") or None)
+    p.add_argument("--lease", default="samplerguard-operator")
+    p.add_argument("--peering", default=None)
     p.add_argument(
         "--peering-priority",
         type=int,
@@ -69,19 +68,24 @@ def register(sub: Any) -> None:
         "replicas never tie)",
     )
     p.add_argument(
-        "--registry-plain-http",
+        "--plain-http",
         action="append",
         default=[],
-        help="registry host:port spoken to over plain HTTP (loopback test registries)",
+        dest="registry_plain_http",
+        metavar="HOST:PORT",
+        help="registry spoken to over plain HTTP (loopback test registries; repeatable)",
+    )
+    p.add_argument(  # the former spelling, kept working
+        "--registry-plain-http", action="append", dest="registry_plain_http", help=SUPPRESS
     )
     p.add_argument(
         "--registry-ca",
-        default=_env("REGISTRY_CA", "") or None,
+        default="" or None,
         help="CA bundle for registries whose TLS certificate a private CA issued",
     )
     p.add_argument(
         "--opt-in-label",
-        default=_env("OPT_IN_LABEL", "samplerguard.dev/enforce"),
+        default="samplerguard.dev/enforce",
         help="namespace label whose value true opts a namespace in (the chart's optInLabel)",
     )
     p.add_argument(

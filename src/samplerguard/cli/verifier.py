@@ -2,7 +2,8 @@
 
 Local mode: ``--sidecar URL`` (repeatable) and ``--token-file``. In a cluster:
 ``--discover kubernetes`` and the projected ServiceAccount token as ``--token-file``.
-``--once`` runs one round and exits (1 if any trajectory failed); otherwise the verifier
+``--once`` runs one round and exits (1 if any trajectory failed, 2 if its only judgements were
+errors); otherwise the verifier
 serves its status API on ``--listen`` and audits every ``--interval`` seconds. ``canary``
 runs the policy's canary suite instead (see docs/verifier.md).
 """
@@ -32,8 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "secret steps each, re-run them with the reference model, and write PolicyReport "
         "results.",
     )
-    env = os.environ.get
-    p.add_argument("--policy", default=env("SAMPLERGUARD_POLICY"), help="policy file or ref")
+    p.add_argument("--policy", default=None, help="policy file or ref")
     p.add_argument("--sidecar", action="append", default=[], help="sidecar URL (repeatable)")
     p.add_argument("--discover", choices=["static", "kubernetes"], default="static")
     p.add_argument("--namespace", help="kubernetes discovery: one namespace only")
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="only pods with these labels (default: every pod the webhook injected, whether it "
         "opted in by its own label or its namespace's)",
     )
-    p.add_argument("--token-file", default=env("SAMPLERGUARD_TOKEN_FILE", DEFAULT_SA_TOKEN))
+    p.add_argument("--token-file", default=DEFAULT_SA_TOKEN)
     p.add_argument(
         "--reference-model",
         action="append",
@@ -51,19 +51,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="PIPELINE=PATH",
         help="reference checkpoint per pipeline (default: digits=<bundled weights>)",
     )
-    p.add_argument("--state-dir", default=env("SAMPLERGUARD_STATE_DIR", "/var/lib/samplerguard"))
-    p.add_argument("--audit-log", default=env("SAMPLERGUARD_AUDIT_LOG"))
-    p.add_argument("--report-url", default=env("SAMPLERGUARD_REPORT_URL"))
-    p.add_argument("--report-token-file", default=env("SAMPLERGUARD_REPORT_TOKEN_FILE"))
-    p.add_argument("--shard", default=env("SAMPLERGUARD_SHARD", "0/1"), help="INDEX/COUNT")
-    p.add_argument("--escrow-key", default=env("SAMPLERGUARD_ESCROW_KEY"), help="X25519 key")
+    p.add_argument("--state-dir", default="/var/lib/samplerguard")
+    p.add_argument("--audit-log", default=None)
+    p.add_argument("--report-url", default=None)
+    p.add_argument("--report-token-file", default=None)
+    p.add_argument("--shard", default="0/1", help="INDEX/COUNT")
+    p.add_argument("--escrow-key", default=None, help="X25519 key")
     p.add_argument("--interval", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=10.0, help="per sidecar request, seconds")
-    p.add_argument("--listen", default=env("SAMPLERGUARD_LISTEN", "127.0.0.1:9472"))
+    p.add_argument("--listen", default="127.0.0.1:9472")
     p.add_argument("--ready-file")
-    p.add_argument("--once", action="store_true", help="one round, then exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="one round, then exit: 1 if a trajectory failed, 2 if nothing passed and some "
+        "judgement was an error, else 0",
+    )
     p.add_argument("--no-loop", action="store_true", help="serve; audit only on POST /v1/rounds")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device of the reference models")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (re-checks)")
     p.add_argument("mode", nargs="?", choices=["audit", "canary"], default="audit")
     p.add_argument("--canary-baseline", help="canary: baseline JSON (written if absent)")
@@ -106,6 +111,14 @@ def _run(args: argparse.Namespace) -> int:
     from samplerguard.verifier.reference import ReferenceModels
     from samplerguard.verifier.service import Verifier
 
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {args.device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available on this host")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {args.device}: no MPS device is available on this host")
     torch.set_num_threads(args.threads)
     if not args.policy:
         raise ValueError("--policy (or SAMPLERGUARD_POLICY) is required")
@@ -155,7 +168,10 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"judged {stats.judged}: {stats.passed} pass, {stats.failed} fail, {stats.errors} error"
         )
-        return 1 if stats.failed else 0
+        if stats.failed:
+            return 1
+        # a round whose only judgements are errors verified nothing: that is not a pass
+        return 2 if stats.errors and not stats.passed else 0
     from samplerguard.verifier.serve import serve
 
     return serve(

@@ -1,6 +1,6 @@
 """``samplerguard webhook``: the admission webhook over HTTPS.
 
-Every flag has an environment variable (``SAMPLERGUARD_WEBHOOK_*``, shown in ``--help``), so the
+Every flag has an environment variable (``SAMPLERGUARD_<FLAG>``, shown in ``--help``), so the
 chart configures the container through ``env`` alone. With ``--policies`` the webhook reads
 policies from files (local mode); without it, it watches the CRDs through the API server.
 """
@@ -17,22 +17,9 @@ __all__ = ["register", "run"]
 log = logging.getLogger(__name__)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"SAMPLERGUARD_WEBHOOK_{name}", default)
-
-
 def _add(parser: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
-    default = kw.pop("default", None)
-    value = _env(env)
-    if value is not None:
-        default = (
-            kw.get("type", str)(value)
-            if "action" not in kw
-            else value.lower() in ("1", "true", "yes")
-        )
-    parser.add_argument(
-        flag, default=default, help=f"{help} [env SAMPLERGUARD_WEBHOOK_{env}]", **kw
-    )
+    del env  # the variable is SAMPLERGUARD_<FLAG>, as for every command (cli._options)
+    parser.add_argument(flag, help=help, **kw)
 
 
 def register(sub: Any) -> None:
@@ -72,9 +59,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--opt-in-label",
-        default=_env("OPT_IN_LABEL") or "samplerguard.dev/enforce",
-        help="namespace label whose value true opts a namespace in (the chart's optInLabel) "
-        "[env SAMPLERGUARD_WEBHOOK_OPT_IN_LABEL]",
+        default="samplerguard.dev/enforce",
+        help="namespace label whose value true opts a namespace in (the chart's optInLabel) ",
     )
     _add(
         p,
@@ -132,11 +118,18 @@ def register(sub: Any) -> None:
     )
     _add(p, "--trusted-root", "TRUSTED_ROOT", "Sigstore trusted_root.json for keyless checks")
     p.add_argument(
+        "--plain-http",
+        action="append",
+        default=[],
+        dest="plain_http_registry",
+        metavar="HOST:PORT",
+        help="registry spoken to over plain HTTP (loopback test registries; repeatable)",
+    )
+    p.add_argument(  # the former spelling, kept working
         "--plain-http-registry",
         action="append",
-        default=[h for h in (_env("PLAIN_HTTP_REGISTRIES") or "").split(",") if h],
-        help="registry HOST:PORT spoken to over plain HTTP (loopback test registries; "
-        "repeatable) [env SAMPLERGUARD_WEBHOOK_PLAIN_HTTP_REGISTRIES, comma-separated]",
+        dest="plain_http_registry",
+        help=argparse.SUPPRESS,
     )
     _add(p, "--registry-ca", "REGISTRY_CA", "CA bundle for registries with private TLS")
     _add(

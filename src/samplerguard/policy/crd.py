@@ -83,15 +83,21 @@ def _schema_of(model: Any) -> Schema:
     return structural_schema(model.model_json_schema(by_alias=True, mode="validation"))
 
 
+#: the fields every Kubernetes object has, described as ``kubectl explain`` describes them
+_OBJECT_FIELDS: Schema = {
+    "apiVersion": {
+        "type": "string",
+        "description": "The versioned schema of this representation of an object.",
+    },
+    "kind": {"type": "string", "description": "The REST resource this object represents."},
+    "metadata": {"type": "object", "description": "Standard object metadata."},
+}
+
+
 def _object_schema(spec: Schema, status: Schema | None, description: str) -> Schema:
-    props: Schema = {
-        "apiVersion": {"type": "string"},
-        "kind": {"type": "string"},
-        "metadata": {"type": "object"},
-        "spec": spec,
-    }
+    props: Schema = {**copy.deepcopy(_OBJECT_FIELDS), "spec": spec}
     if status is not None:
-        props["status"] = status
+        props["status"] = {**status, "description": "Written by the operator."}
     return {
         "type": "object",
         "description": description,
@@ -208,11 +214,13 @@ _REPORT_COLUMNS = [
 def _report_crd(kind: str, scope: str, short: str) -> Schema:
     body = _loosen(_schema_of(ClusterPolicyReport))
     props = body["properties"]
-    props["kind"] = {"type": "string"}
-    props["apiVersion"] = {"type": "string"}
-    props["metadata"] = {"type": "object"}
+    props.update(copy.deepcopy(_OBJECT_FIELDS))
     results = props["results"]["items"]
-    results["properties"]["rule"] = {"type": "string"}
+    # any producer's rule names, not only samplerguard's
+    results["properties"]["rule"] = {
+        "type": "string",
+        "description": results["properties"]["rule"]["description"],
+    }
     results["properties"]["result"]["enum"] = ["pass", "fail", "warn", "error", "skip"]
     body.pop("required", None)
     body["description"] = (

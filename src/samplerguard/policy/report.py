@@ -87,7 +87,9 @@ PROPERTY_KEYS: dict[str, str] = {
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        populate_by_name=True, extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -97,7 +99,9 @@ class Timestamp(_Wire):
     """A protobuf Timestamp, as the upstream CRD has it."""
 
     seconds: Annotated[int, Field(ge=0, le=253402300799)]
+    """Seconds since the Unix epoch."""
     nanos: Annotated[int, Field(ge=0, le=999_999_999)] = 0
+    """Nanoseconds within the second."""
 
     @classmethod
     def now(cls) -> Timestamp:
@@ -113,12 +117,19 @@ class ObjectReference(_Wire):
     """The workload a result is about (usually a Pod, or the Deployment owning it)."""
 
     api_version: str | None = Field(default=None, alias="apiVersion")
+    """API version of the referent."""
     kind: str | None = None
+    """Kind of the referent."""
     name: str | None = None
+    """Name of the referent."""
     namespace: str | None = None
+    """Namespace of the referent."""
     uid: str | None = None
+    """UID of the referent."""
     resource_version: str | None = Field(default=None, alias="resourceVersion")
+    """resourceVersion of the referent."""
     field_path: str | None = Field(default=None, alias="fieldPath")
+    """A field within the referent, when the result is about one."""
 
 
 _Text = Annotated[str, StringConstraints(max_length=1024)]
@@ -127,22 +138,33 @@ _Text = Annotated[str, StringConstraints(max_length=1024)]
 class ReportResult(_Wire):
     """One ``PolicyReportResult`` (``wgpolicyk8s.io/v1alpha2``)."""
 
-    #: ``<ClusterSamplerPolicy name>`` or ``<namespace>/<SamplerPolicy name>``.
     policy: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    """``<ClusterSamplerPolicy name>`` or ``<namespace>/<SamplerPolicy name>``."""
     rule: Rule
+    """The check: signature, provenance, golden-digests, trajectory-recheck, seed-health, canary
+    or policy."""
     result: ResultStatus
+    """pass, fail, warn, error (the check could not run) or skip."""
     message: _Text = ""
+    """What was checked, what was found and what was expected."""
     severity: Literal["critical", "high", "medium", "low", "info"] | None = None
+    """critical, high, medium, low or info."""
     category: str | None = "samplerguard"
+    """The group of checks this result belongs to."""
     source: str | None = "samplerguard"
+    """The producer of the result (samplerguard)."""
     scored: bool | None = True
+    """Whether the result counts towards compliance."""
     timestamp: Timestamp | None = None
+    """When the check ran."""
     resources: Annotated[list[ObjectReference], Field(max_length=64)] = []
-    #: Upstream's alternative to ``resources``; samplerguard never writes it.
+    """The objects (Pod, workload) the result is about."""
     resource_selector: LabelSelector | None = Field(default=None, alias="resourceSelector")
+    """Upstream's alternative to ``resources``; samplerguard never writes it."""
     properties: Annotated[
         dict[str, Annotated[str, StringConstraints(max_length=1024)]], Field(max_length=64)
     ] = {}
+    """Key-value details as strings: requestId, root, step, relL2, tau and more."""
 
     @classmethod
     def build(
@@ -241,10 +263,15 @@ def _ts(value: float) -> Timestamp:
 
 class ReportSummary(_Wire):
     pass_: int = Field(default=0, alias="pass", ge=0)
+    """Number of passing results."""
     fail: int = Field(default=0, ge=0)
+    """Number of failing results."""
     warn: int = Field(default=0, ge=0)
+    """Number of warnings."""
     error: int = Field(default=0, ge=0)
+    """Number of checks that could not run."""
     skip: int = Field(default=0, ge=0)
+    """Number of skipped checks."""
 
 
 def summarize(results: list[ReportResult]) -> ReportSummary:
@@ -260,34 +287,48 @@ class _ReportMeta(_Wire):
     model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
 
     name: str
+    """The report's name."""
     namespace: str | None = None
+    """The report's namespace."""
     labels: dict[str, str] = {}
+    """The report's labels."""
     resource_version: str | None = Field(default=None, alias="resourceVersion")
+    """The report's resourceVersion."""
 
 
 class _ReportBase(_Wire):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        populate_by_name=True, extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     api_version: Literal["wgpolicyk8s.io/v1alpha2"] = Field(
         default="wgpolicyk8s.io/v1alpha2", alias="apiVersion"
     )
+    """wgpolicyk8s.io/v1alpha2."""
     metadata: _ReportMeta
+    """Standard object metadata."""
     scope: ObjectReference | None = None
+    """The object all results of this report are about, when there is one."""
     scope_selector: LabelSelector | None = Field(default=None, alias="scopeSelector")
+    """Upstream's alternative to scope; samplerguard never writes it."""
     summary: ReportSummary = ReportSummary()
+    """Counts of results by outcome."""
     results: list[ReportResult] = []
+    """The results."""
 
 
 class PolicyReport(_ReportBase):
     """Namespaced report (short name ``polr``)."""
 
     kind: Literal["PolicyReport"] = "PolicyReport"
+    """PolicyReport."""
 
 
 class ClusterPolicyReport(_ReportBase):
     """Cluster-scoped report (short name ``cpolr``)."""
 
     kind: Literal["ClusterPolicyReport"] = "ClusterPolicyReport"
+    """ClusterPolicyReport."""
 
 
 # -- the local audit log ---------------------------------------------------------------------

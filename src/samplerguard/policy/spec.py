@@ -158,21 +158,49 @@ KNOWN_PREDICTION_TYPES: frozenset[str] = frozenset(
 )
 
 Sha256Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
-Duration = Annotated[str, StringConstraints(pattern=r"^([0-9]+(ms|s|m|h|d))+$", max_length=32)]
+#: A Go-style duration ("72h", "1h30m", "500ms", "1.5s"; "d" for days): the one format of
+#: durations in policies, flags and environment variables.
+DURATION_PATTERN = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h|d))+)$"
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 RegExp = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 
 
-def duration_seconds(text: str) -> float:
-    """``"1h30m"`` → 5400.0. The pattern has been validated already."""
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d)", text))
+def parse_duration(text: str) -> float:
+    """``"1h30m"`` → 5400.0: seconds in a Go-style duration. Anything else (a bare number, an
+    unknown unit) raises ``ValueError`` saying what is expected."""
+    if len(text) > 32 or not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(
+            f"{text[:40]!r} is not a duration; write it as Go does, e.g. 30s, 10m, 72h or 1h30m"
+        )
+    return float(
+        sum(
+            float(n) * _DURATION_UNITS[u]
+            for n, u in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h|d)", text)
+        )
+    )
+
+
+duration_seconds = parse_duration
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -194,6 +222,7 @@ def _cel_config(*rules: tuple[str, str]) -> ConfigDict:
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        use_attribute_docstrings=True,
         json_schema_extra=_cel(*rules),
     )
 
@@ -205,12 +234,13 @@ class SecretKeyRef(_Model):
     """A public key held in a Kubernetes Secret (as policy-controller's ``secretRef``)."""
 
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
-    #: Unset: the policy's namespace for a SamplerPolicy, samplerguard's own namespace for a
-    #: ClusterSamplerPolicy.
+    """Name of the Secret holding the PEM public key."""
     namespace: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = None
-    #: The data key holding the PEM; cosign's ``generate-key-pair k8s://`` writes
-    #: ``cosign.pub``.
+    """Unset: the policy's namespace for a SamplerPolicy, samplerguard's own namespace for a
+    ClusterSamplerPolicy."""
     key: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]{1,253}$")] = "cosign.pub"
+    """The data key holding the PEM; cosign's ``generate-key-pair k8s://`` writes
+    ``cosign.pub``."""
 
 
 class KeyAuthority(_Model):
@@ -232,11 +262,15 @@ class KeyAuthority(_Model):
 
     # 8 KiB holds an RSA-8192 PEM; the bound keeps the CRD's CEL cost within budget.
     public_key: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = None
+    """The PEM public key inline (-----BEGIN PUBLIC KEY----- ...); exactly one of publicKey or
+    secretRef."""
     secret_ref: SecretKeyRef | None = None
+    """A Secret holding the PEM public key; exactly one of publicKey or secretRef."""
     hash_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
-    #: The trusted root whose Rekor keys vouch for Sigstore bundles signed with this key
-    #: (as for keyless authorities); unset: the default root.
+    """The digest the signature was made over (cosign's --signature-digest-algorithm)."""
     trusted_root: NonEmpty | None = None
+    """The trusted root whose Rekor keys vouch for Sigstore bundles signed with this key (as for
+    keyless authorities); unset: the default root."""
 
     @field_validator("public_key")
     @classmethod
@@ -287,9 +321,17 @@ class KeylessIdentity(_Model):
     )
 
     issuer: NonEmpty | None = None
+    """The OIDC issuer of the Fulcio certificate, exact (e.g.
+    https://token.actions.githubusercontent.com); exactly one of issuer or issuerRegExp."""
     issuer_reg_exp: RegExp | None = Field(default=None, alias="issuerRegExp")
+    """An RE2 expression the certificate's OIDC issuer must match (a substring match: anchor it
+    with ^...$); exactly one of issuer or issuerRegExp."""
     subject: NonEmpty | None = None
+    """The certificate's subject (SAN: an email, or a workflow URI @ref), exact; exactly one of
+    subject or subjectRegExp."""
     subject_reg_exp: RegExp | None = Field(default=None, alias="subjectRegExp")
+    """An RE2 expression the certificate's subject must match (a substring match: anchor it with
+    ^...$); exactly one of subject or subjectRegExp."""
 
     @model_validator(mode="after")
     def _one_of_each(self) -> KeylessIdentity:
@@ -319,9 +361,11 @@ class KeylessAuthority(_Model):
     """Fulcio-issued certificates, Rekor-logged, chained to a trusted root."""
 
     identities: Annotated[list[KeylessIdentity], Field(min_length=1, max_length=16)]
-    #: Path (local mode) or ConfigMap key (cluster) of a trusted_root.json. Unset: the
-    #: root bundled with the installation, which is the public-good production instance.
+    """Certificate identities accepted; a signature counts when its certificate matches any one
+    of them."""
     trusted_root: NonEmpty | None = None
+    """Path (local mode) or ConfigMap key (cluster) of a trusted_root.json. Unset: the root
+    bundled with the installation, which is the public-good production instance."""
 
 
 class Authority(_Model):
@@ -338,11 +382,14 @@ class Authority(_Model):
     )
 
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    """A name for this signer, unique within its image rule; denials and reports name it."""
     key: KeyAuthority | None = None
+    """Verify with a cosign public key; exactly one of key or keyless."""
     keyless: KeylessAuthority | None = None
-    #: Names of ``spec.attestations`` rules; any one satisfied by an attestation this
-    #: authority signed makes it count.
+    """Verify Fulcio certificates (Sigstore keyless signing); exactly one of key or keyless."""
     attestations: Annotated[list[NonEmpty], Field(max_length=16)] = []
+    """Names of ``spec.attestations`` rules; any one satisfied by an attestation this authority
+    signed makes it count."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Authority:
@@ -362,6 +409,8 @@ class ImageRule(_Model):
     )
 
     glob: NonEmpty
+    """Image references this rule governs, e.g. registry.example.com/ml/*. '*' stays within one
+    path segment, '**' crosses segments."""
     # Names are list-map keys in the CRD, so the API server refuses duplicates.
     authorities: Annotated[
         list[Authority],
@@ -374,7 +423,10 @@ class ImageRule(_Model):
             },
         ),
     ]
+    """The signers; names are unique (the API server refuses duplicates)."""
     threshold: Annotated[int, Field(ge=1, le=8)] = 1
+    """How many distinct authorities must have signed (k of n); at most the number of
+    authorities."""
 
     @model_validator(mode="after")
     def _threshold_reachable(self) -> ImageRule:
@@ -410,8 +462,10 @@ class Condition(_Model):
     It is compiled when the policy is applied; an evaluation error counts as false."""
 
     expression: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
-    #: Shown when the condition does not hold; default: the expression itself.
+    """The CEL expression; it reads predicate, predicateType and subject and must evaluate to
+    true."""
     message: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """Shown when the condition does not hold; default: the expression itself."""
 
     @field_validator("expression")
     @classmethod
@@ -436,24 +490,27 @@ class AttestationMatch(_Model):
     ``workflowInputs`` the inputs of a ``workflow_dispatch``."""
 
     predicate_type: NonEmpty = "https://slsa.dev/provenance/v1"
-    #: Builder IDs, in slsa-verifier's forms. Empty: the trusted SLSA builders.
+    """The in-toto predicate type the attestation must carry (SLSA v1, v0.2, v0.1 or any other
+    type URI)."""
     builder_ids: Annotated[list[NonEmpty], Field(max_length=64)] = []
-    #: Source repository URIs, e.g. ``github.com/acme/sampler``.
+    """Builder IDs, in slsa-verifier's forms. Empty: the trusted SLSA builders."""
     source_uris: Annotated[list[NonEmpty], Field(max_length=64)] = []
-    #: Refs the build must come from, e.g. ``refs/heads/main`` (a bare name: branch or tag).
+    """Source repository URIs, e.g. ``github.com/acme/sampler``."""
     source_refs: Annotated[list[NonEmpty], Field(max_length=64)] = []
-    #: Branches (without ``refs/heads/``), as slsa-verifier's ``--source-branch``.
+    """Refs the build must come from, e.g. ``refs/heads/main`` (a bare name: branch or tag)."""
     source_branches: Annotated[list[NonEmpty], Field(max_length=64)] = []
-    #: Exact tags (without ``refs/tags/``), as ``--source-tag``.
+    """Branches (without ``refs/heads/``), as slsa-verifier's ``--source-branch``."""
     source_tags: Annotated[list[NonEmpty], Field(max_length=64)] = []
-    #: Semver tags, as ``--source-versioned-tag``: ``v1`` matches any v1.x.y.
+    """Exact tags (without ``refs/tags/``), as ``--source-tag``."""
     source_versioned_tags: Annotated[
         list[Annotated[str, StringConstraints(pattern=_VERSIONED_TAG, max_length=128)]],
         Field(max_length=64),
     ] = []
-    #: Inputs of a ``workflow_dispatch`` build, as ``--build-workflow-input``.
+    """Semver tags, as ``--source-versioned-tag``: ``v1`` matches any v1.x.y."""
     workflow_inputs: Annotated[dict[str, str], Field(max_length=32)] = {}
+    """Inputs of a ``workflow_dispatch`` build, as ``--build-workflow-input``."""
     conditions: Annotated[list[Condition], Field(max_length=16)] = []
+    """CEL conditions on the attestation; every one must hold."""
 
     @property
     def constrains_slsa(self) -> bool:
@@ -489,7 +546,10 @@ class AttestationRule(AttestationMatch):
     )
 
     name: Annotated[str, StringConstraints(pattern=_NAME)]
+    """The rule's name, unique in the policy; authorities' attestations lists refer to it and
+    reports name it."""
     any_of: Annotated[list[AttestationMatch], Field(max_length=8)] = []
+    """Alternatives of which one must hold; a rule with anyOf states no checks of its own."""
 
     @model_validator(mode="after")
     def _either(self) -> AttestationRule:
@@ -518,7 +578,9 @@ class IntRange(_Model):
     model_config = _cel_config(("self.min <= self.max", "min must be less than or equal to max"))
 
     min: Annotated[int, Field(ge=1, le=10000)]
+    """Smallest allowed value (inclusive)."""
     max: Annotated[int, Field(ge=1, le=10000)]
+    """Largest allowed value (inclusive); at least min."""
 
     @model_validator(mode="after")
     def _ordered(self) -> IntRange:
@@ -534,7 +596,9 @@ class FloatRange(_Model):
     model_config = _cel_config(("self.min <= self.max", "min must be less than or equal to max"))
 
     min: Annotated[float, Field(ge=0.0, le=100.0)]
+    """Smallest allowed value (inclusive)."""
     max: Annotated[float, Field(ge=0.0, le=100.0)]
+    """Largest allowed value (inclusive); at least min."""
 
     @model_validator(mode="after")
     def _ordered(self) -> FloatRange:
@@ -558,14 +622,22 @@ class RecipeRule(_Model):
         list[str],
         Field(min_length=1, max_length=32, json_schema_extra=_enum_items(KNOWN_SAMPLERS)),
     ]
+    """Sampler ids allowed (euler, dpmpp_2m, ddim, ...): the scheduler a request declares must be
+    one of them."""
     schedules: Annotated[
         list[str], Field(max_length=32, json_schema_extra=_enum_items(KNOWN_SCHEDULES))
     ] = []
+    """Schedule ids allowed (leading, trailing, linspace, karras, exponential, edm, flow-shift,
+    ...); empty: any."""
     steps: IntRange
+    """Allowed number of inference steps."""
     cfg: FloatRange
+    """Allowed classifier-free guidance scale."""
     prediction_types: Annotated[
         list[str], Field(max_length=8, json_schema_extra=_enum_items(KNOWN_PREDICTION_TYPES))
     ] = ["epsilon"]
+    """Allowed prediction types of the scheduler config (epsilon, v_prediction, sample, flow);
+    empty: any."""
 
     @field_validator("samplers")
     @classmethod
@@ -598,51 +670,64 @@ class GoldenDigests(_Model):
     """Digests the running artefacts must match. An empty list leaves that artefact unpinned."""
 
     model_weights: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+    """Digests of the denoiser's weights (UNet or transformer) as `samplerguard digest` prints
+    them: the digest of the loaded tensors, not sha256sum of the file. The sidecar, the
+    verifier's reference model and attestations are held to it."""
     text_encoder: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+    """Digests of the text encoder weights, as `samplerguard digest` prints them."""
     scheduler_config: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+    """Digests of the scheduler class and config, as `samplerguard digest` prints them; a request
+    whose declared scheduler config is not listed is refused."""
     solver_code: Annotated[list[Sha256Digest], Field(max_length=16)] = []
+    """Digests of the diffusers scheduler code the app runs, as `samplerguard digest` prints them
+    with the serving image's diffusers version."""
 
 
 class RngRule(_Model):
     mode: Literal["ctr-drbg", "hmac-drbg", "framework"] = "ctr-drbg"
-    #: Require the request seed escrowed to the verifier's X25519 key.
+    """Where the noise comes from: ctr-drbg or hmac-drbg (NIST SP 800-90A, per request, seeded by
+    the sidecar) or framework (the framework's own generator, recorded only)."""
     escrow: bool = False
-    #: Run the seed-vector health checks before generation.
+    """Require the request seed escrowed to the verifier's X25519 key."""
     health_checks: bool = True
+    """Run the seed-vector health checks before generation."""
 
 
 class CanaryCase(_Model):
     """A canary condition run by the verifier against the declared model."""
 
     class_label: Annotated[int, Field(ge=0, le=100000)]
-    #: Shift η applied to the canary's seed vector (0 = honest seed).
+    """The class the canary conditions on."""
     seed_shift: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    """Shift η applied to the canary's seed vector (0 = honest seed)."""
     samples: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Images generated for this case per canary run."""
 
 
 class VerificationRule(_Model):
-    #: Fraction of requests challenged.
     fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
-    #: Windows opened per challenge (k).
+    """Fraction of requests challenged."""
     steps_per_challenge: Annotated[int, Field(ge=1, le=64)] = 2
-    #: Consecutive steps re-checked per window (w): a deviation on every w-th step or more
-    #: often is caught by every challenge.
+    """Windows opened per challenge (k)."""
     window: Annotated[int, Field(ge=1, le=64)] = 1
-    #: The fraction of deviating steps the reported catch probability is computed for.
+    """Consecutive steps re-checked per window (w): a deviation on every w-th step or more often
+    is caught by every challenge."""
     deviation_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
-    #: The catch probability per provider the report states the number of requests for.
+    """The fraction of deviating steps the reported catch probability is computed for."""
     target_catch_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
-    #: Demand exact re-checks: a trajectory whose declared build fingerprint this verifier
-    #: cannot reproduce fails instead of being held to ``tau`` (the fingerprint is the
-    #: provider's claim, so declaring an unreproducible build would otherwise loosen the check).
+    """The catch probability per provider the report states the number of requests for."""
     require_same_build: bool = False
-    #: Honest tolerance τ on rel-L2.
+    """Demand exact re-checks: a trajectory whose declared build fingerprint this verifier
+    cannot reproduce fails instead of being held to ``tau`` (the fingerprint is the provider's
+    claim, so declaring an unreproducible build would otherwise loosen the check)."""
     tau: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
-    #: How long openings are kept.
+    """Honest tolerance τ on rel-L2."""
     retention: Duration = "24h"
+    """How long openings are kept."""
     canaries: Annotated[list[CanaryCase], Field(max_length=64)] = []
-    #: Minimum conditional accuracy for the canary suite; a drop below fails the promotion.
+    """Canary cases the verifier runs against the declared model."""
     canary_min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.8
+    """Minimum conditional accuracy for the canary suite; a drop below fails the promotion."""
 
     @property
     def retention_seconds(self) -> float:
@@ -654,13 +739,18 @@ class VerificationRule(_Model):
 
 class LabelSelectorRequirement(_Model):
     key: NonEmpty
+    """The label key the requirement applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """In, NotIn, Exists or DoesNotExist."""
     values: Annotated[list[str], Field(max_length=64)] = []
+    """Label values; non-empty for In and NotIn, empty for Exists and DoesNotExist."""
 
 
 class LabelSelector(_Model):
     match_labels: dict[str, str] = {}
+    """Labels that must all be present with these values."""
     match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=32)] = []
+    """Label requirements that must all hold."""
 
     def matches(self, labels: dict[str, str]) -> bool:
         for key, value in self.match_labels.items():
@@ -684,9 +774,13 @@ class SamplerPolicySpec(_Model):
 
     # The attestation rules are keyed by name, so the API server refuses duplicates.
     mode: Literal["enforce", "warn", "audit"] = "enforce"
+    """What a violation does: enforce denies the Pod, warn admits it with a warning, audit admits
+    it and only reports."""
     # The list bounds multiply into the API server's CEL cost estimate (images x authorities x
     # identities); they were chosen so the CRD is accepted with room to spare.
     images: Annotated[list[ImageRule], Field(max_length=16)] = []
+    """Image rules: which images may run and who must have signed them. An image no rule matches
+    is not governed by this policy."""
     attestations: Annotated[
         list[AttestationRule],
         Field(
@@ -697,12 +791,18 @@ class SamplerPolicySpec(_Model):
             },
         ),
     ] = []
+    """Attestations (SLSA provenance and others) the image must carry; names are unique."""
     recipe: RecipeRule | None = None
+    """The sampling recipes allowed: samplers, schedules, steps, guidance and prediction type."""
     golden_digests: GoldenDigests = GoldenDigests()
+    """Digests the running model, encoder, scheduler config and solver code must match; print
+    them with `samplerguard digest`."""
     rng: RngRule = RngRule()
+    """How per-request noise is drawn and checked."""
     verification: VerificationRule = VerificationRule()
-    #: Only on ClusterSamplerPolicy: which namespaces it governs. Unset: every opted-in one.
+    """How often and how strictly the verifier re-checks committed trajectories."""
     namespace_selector: LabelSelector | None = None
+    """Only on ClusterSamplerPolicy: which namespaces it governs. Unset: every opted-in one."""
 
     @model_validator(mode="after")
     def _unique_attestation_names(self) -> SamplerPolicySpec:
@@ -728,30 +828,49 @@ class ObjectMeta(_Model):
     """The part of ``metadata`` samplerguard reads."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+        use_attribute_docstrings=True,
     )
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """The object's name."""
     namespace: str | None = None
+    """The object's namespace."""
     uid: str = ""
+    """The object's UID."""
     resource_version: str = ""
+    """The object's resourceVersion."""
     generation: int = 0
+    """The object's generation."""
     labels: dict[str, str] = {}
+    """The object's labels."""
 
 
 class PolicyCondition(_Model):
     type: str
+    """Condition type; Ready says whether the policy is in force."""
     status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
     reason: str
+    """A CamelCase reason for the last transition."""
     message: str = ""
+    """Why, in words (for Ready=False: what in the policy is invalid)."""
     last_transition_time: str | None = None
+    """When the status last changed (RFC 3339)."""
     observed_generation: int | None = None
+    """The policy generation this condition was computed for."""
 
 
 class PolicyStatus(_Model):
     conditions: list[PolicyCondition] = []
+    """The policy's conditions (Ready)."""
     last_verdict: str | None = None
+    """The operator's summary of the latest results under this policy."""
     observed_generation: int | None = None
+    """The policy generation the operator last processed."""
 
 
 class _PolicyObject(_Model):
@@ -760,9 +879,13 @@ class _PolicyObject(_Model):
     )
 
     api_version: Literal["samplerguard.dev/v1alpha1"] = "samplerguard.dev/v1alpha1"
+    """samplerguard.dev/v1alpha1."""
     metadata: ObjectMeta
+    """Standard object metadata."""
     spec: SamplerPolicySpec
+    """The policy."""
     status: PolicyStatus | None = None
+    """Written by the operator."""
 
     @property
     def key(self) -> str:
@@ -773,10 +896,12 @@ class _PolicyObject(_Model):
 
 class ClusterSamplerPolicy(_PolicyObject):
     kind: Literal["ClusterSamplerPolicy"] = "ClusterSamplerPolicy"
+    """ClusterSamplerPolicy."""
 
 
 class SamplerPolicy(_PolicyObject):
     kind: Literal["SamplerPolicy"] = "SamplerPolicy"
+    """SamplerPolicy."""
 
     @model_validator(mode="after")
     def _no_namespace_selector(self) -> SamplerPolicy:

@@ -201,8 +201,8 @@ def test_container_args_are_accepted_by_the_cli(kind: str, name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "plain_flag", "attr"),
     [
-        ("sg-webhook", "--plain-http-registry", "plain_http_registry"),
-        ("sg-operator", "--registry-plain-http", "registry_plain_http"),
+        ("sg-webhook", "--plain-http", "plain_http_registry"),
+        ("sg-operator", "--plain-http", "registry_plain_http"),
     ],
 )
 def test_webhook_and_operator_reach_plain_http_and_private_ca_registries(

@@ -138,3 +138,32 @@ def test_optional_inlines_and_exclusive_bounds_convert() -> None:
     assert out["properties"]["x"] == {"type": "object", "properties": {"a": {"type": "string"}}}
     assert out["properties"]["n"] == {"type": "number", "minimum": 0, "exclusiveMinimum": True}
     assert out["properties"]["c"] == {"enum": ["only"]}
+
+
+def _undescribed(node: Any, path: str) -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    out: list[str] = []
+    for name, child in node.get("properties", {}).items():
+        if not str(child.get("description", "")).strip():
+            out.append(f"{path}.{name}")
+        out += _undescribed(child, f"{path}.{name}")
+    out += _undescribed(node.get("items"), f"{path}[]")
+    return out
+
+
+def test_every_crd_field_has_a_description() -> None:
+    """``kubectl explain <kind> --recursive`` reads as reference documentation."""
+    for crd in all_crds():
+        kind = crd["spec"]["names"]["kind"]
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        assert schema.get("description"), kind
+        assert _undescribed(schema, kind) == []
+    # the fields a policy author is most likely to look up say what to put there
+    spec = all_crds()[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    props = spec["properties"]
+    assert (
+        "samplerguard digest" in props["goldenDigests"]["properties"]["modelWeights"]["description"]
+    )
+    assert "rel-L2" in props["verification"]["properties"]["tau"]["description"]
+    assert "challenged" in props["verification"]["properties"]["fraction"]["description"]
