@@ -281,7 +281,8 @@ class PixArtSigmaProgram(FamilyProgram):
         )[0]
         if do_cfg:
             noise_pred = _cfg(noise_pred, guidance_scale)
-        if int(self.denoiser.config.out_channels) // 2 == latents.shape[1]:
+        config: Any = getattr(self.denoiser, "config", None)
+        if int(config.out_channels) // 2 == latents.shape[1]:
             noise_pred = noise_pred.chunk(2, dim=1)[0]
         out: torch.Tensor = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
         return out

@@ -110,8 +110,8 @@ class FamilyContract:
         self, recorded: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A provider that sets its own schedule (here: halved sigmas after the first, so the
-        noise leaves twice as fast) gets past its own hook (the honest hook refuses ``sigmas`` at the call) and
-        commits it faithfully; the verifier refuses it as not the family's schedule."""
+        noise leaves twice as fast) gets past its own hook (the honest hook refuses ``sigmas``
+        at the call) and commits it faithfully; the verifier refuses it as not the family's."""
         import inspect
 
         case = recorded[0]
