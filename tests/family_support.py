@@ -291,6 +291,176 @@ def pixart_sigma() -> Case:
     )
 
 
+def _tiny_unet(**kw: Any) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        args: dict[str, Any] = {
+            "block_out_channels": (32, 64),
+            "layers_per_block": 1,
+            "sample_size": 8,
+            "in_channels": 4,
+            "out_channels": 4,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 32,
+            "norm_num_groups": 8,
+        }
+        args.update(kw)
+        return UNet2DConditionModel(**args).eval()
+
+
+def stable_diffusion_inpaint() -> Case:
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+
+    base = stable_diffusion().pipe
+    components = {**base.components, "unet": _tiny_unet(in_channels=9)}
+    pipe = StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler()
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(3)
+    image = torch.rand((1, 3, 16, 16), generator=gen)
+    mask = (torch.rand((1, 1, 16, 16), generator=gen) > 0.5).float()
+    return Case(
+        pipe,
+        {
+            "image": image,
+            "mask_image": mask,
+            "strength": 0.75,
+            "height": 16,
+            "width": 16,
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "negative_prompt_embeds": _embeds(1, 8, 32, seed=2),
+            "output_type": "np",
+        },
+        sampler="ddim",
+    )
+
+
+def latent_consistency() -> Case:
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+    base = stable_diffusion().pipe
+    pipe = LatentConsistencyModelPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=_tiny_unet(time_cond_proj_dim=32),
+        scheduler=LCMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "output_type": "np",
+            "height": 16,
+            "width": 16,
+        },
+        sampler="lcm",
+        guidance=8.5,
+    )
+
+
+def animatediff() -> Case:
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+
+    unet = _tiny_unet(
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        adapter = MotionAdapter(
+            block_out_channels=(32, 64),
+            motion_layers_per_block=1,
+            motion_norm_num_groups=8,
+            motion_num_attention_heads=2,
+        )
+    base = stable_diffusion().pipe
+    pipe = AnimateDiffPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        motion_adapter=adapter,
+        scheduler=DDIMScheduler(beta_schedule="linear", steps_offset=1, clip_sample=False),
+        feature_extractor=None,
+        image_encoder=None,
+    )
+    pipe.unet.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "negative_prompt_embeds": _embeds(1, 8, 32, seed=2),
+            "num_frames": 4,
+            "height": 16,
+            "width": 16,
+            "output_type": "np",
+        },
+        sampler="ddim",
+    )
+
+
+def wan() -> Case:
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(
+            base_dim=3,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+        ).eval()
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=16,
+            out_channels=16,
+            text_dim=32,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        ).eval()
+    pipe = WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 32, seed=1),
+            "negative_prompt_embeds": _embeds(1, 8, 32, seed=2),
+            "num_frames": 5,
+            "height": 16,
+            "width": 16,
+            "output_type": "np",
+        },
+        sampler="flow_euler",
+    )
+
+
 BUILDERS: dict[str, Callable[[], Case]] = {
     "stable-diffusion": stable_diffusion,
     "stable-diffusion-img2img": stable_diffusion_img2img,
@@ -298,4 +468,8 @@ BUILDERS: dict[str, Callable[[], Case]] = {
     "stable-diffusion-3": stable_diffusion_3,
     "flux": flux,
     "pixart-sigma": pixart_sigma,
+    "stable-diffusion-inpaint": stable_diffusion_inpaint,
+    "latent-consistency": latent_consistency,
+    "animatediff": animatediff,
+    "wan": wan,
 }

@@ -11,6 +11,7 @@ the verifier both look families up here, by pipeline class or by the recipe's ``
 from __future__ import annotations
 
 from samplerguard.families import digits as _digits  # noqa: F401  (registers)
+from samplerguard.families import media as _media  # noqa: F401
 from samplerguard.families import stable_diffusion as _sd  # noqa: F401
 from samplerguard.families import transformers as _tr  # noqa: F401
 from samplerguard.families._base import (

@@ -74,7 +74,8 @@ class Family:
     def capture(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float
     ) -> dict[str, torch.Tensor]:
-        """The conditioning of one generation, from its first denoiser call. Raises
+        """The conditioning of one generation, from its first denoiser call (every call of
+        the first step, where :meth:`calls_per_step` is more than one). Raises
         :class:`UnsupportedPipeline` for an argument no step program of this family passes."""
         if len(args) > 2:
             raise UnsupportedPipeline(
@@ -100,6 +101,14 @@ class Family:
             if name is not None and isinstance(value, torch.Tensor):
                 out[name] = value
                 continue
+            if (
+                name is not None
+                and isinstance(value, tuple)
+                and value
+                and all(isinstance(v, torch.Tensor) for v in value)
+            ):
+                out.update({f"{name}.{i}": v for i, v in enumerate(value)})
+                continue
             if name is not None and value is None:
                 continue
             allowed = _NEUTRAL.get(key)
@@ -110,6 +119,21 @@ class Family:
                     "a control input cannot be verified)"
                 )
         return out
+
+    def calls_per_step(self, guidance_scale: float) -> int:
+        """How many times the loop body calls the denoiser (Wan runs the unconditional pass
+        as a second call; everything else batches it)."""
+        return 1
+
+    def check_pipe(self, pipe: Any) -> None:
+        """Raise :class:`UnsupportedPipeline` for a configuration of the pipeline object the
+        step program does not re-run (checked when a call starts)."""
+
+    def capture_call(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float, call: int
+    ) -> dict[str, torch.Tensor]:
+        """The conditioning seen by denoiser call ``call`` of the first step."""
+        return self.capture(args, kwargs, guidance_scale) if call == 0 else {}
 
     def program(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> Any:
         """The step program over a reference ``denoiser``."""

@@ -9,12 +9,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from samplerguard.families._base import Family, FamilyProgram, register
+from samplerguard.families._base import Family, FamilyProgram, UnsupportedPipeline, register
 
 __all__ = [
+    "AnimateDiffFamily",
+    "AnimateDiffProgram",
     "StableDiffusionFamily",
     "StableDiffusionImg2ImgFamily",
     "StableDiffusionImg2ImgProgram",
+    "StableDiffusionInpaintFamily",
+    "StableDiffusionInpaintProgram",
     "StableDiffusionProgram",
     "StableDiffusionXLFamily",
     "StableDiffusionXLProgram",
@@ -32,6 +36,12 @@ class StableDiffusionProgram(FamilyProgram):
     def unet(self) -> torch.nn.Module:
         return self.denoiser
 
+    def model_input(
+        self, latent_model_input: torch.Tensor, conditioning: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """What the UNet's sample is made of besides the (batched, scaled) latent."""
+        return latent_model_input
+
     def step(
         self,
         scheduler: Any,
@@ -48,6 +58,7 @@ class StableDiffusionProgram(FamilyProgram):
         do_cfg = guidance_scale > 1.0
         latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
         latent_model_input = scheduler.scale_model_input(latent_model_input, t)
+        latent_model_input = self.model_input(latent_model_input, conditioning)
         noise_pred = self.denoiser(
             latent_model_input,
             t,
@@ -121,14 +132,95 @@ class StableDiffusionImg2ImgProgram(StableDiffusionProgram):
     pass
 
 
+class StableDiffusionInpaintFamily(StableDiffusionFamily):
+    """Inpainting with an inpainting checkpoint (a 9-channel UNet: latent, mask and masked
+    image latents concatenated). A 4-channel UNet inpaints by blending the known region into
+    the latents after every step, outside the step: that chain cannot be re-checked, so the
+    hook refuses it when the call starts."""
+
+    name = "stable-diffusion-inpaint"
+    pipelines = ("StableDiffusionInpaintPipeline",)
+    request_inputs = (
+        ("prompt", "prompt"),
+        ("image", ""),
+        ("mask_image", ""),
+        ("masked_image_latents", ""),
+        ("height", "height"),
+        ("width", "width"),
+        ("padding_mask_crop", "paddingMaskCrop"),
+        ("strength", "strength"),
+    )
+    partial_schedule = True
+
+    def check_pipe(self, pipe: Any) -> None:
+        channels = int(pipe.unet.config.in_channels)
+        if channels != 9:
+            raise UnsupportedPipeline(
+                f"{self.name}: a {channels}-channel UNet inpaints by blending the image into "
+                "the latents between steps, which cannot be re-checked; use an inpainting "
+                "checkpoint (9-channel UNet)"
+            )
+
+    def capture(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float
+    ) -> dict[str, torch.Tensor]:
+        sample = args[0] if args else kwargs.get("sample")
+        if not isinstance(sample, torch.Tensor) or sample.dim() != 4 or sample.shape[1] != 9:
+            raise UnsupportedPipeline(f"{self.name}: the UNet's sample is not 9 channels")
+        out = super().capture(args, kwargs, guidance_scale)
+        out["mask"] = sample[:, 4:5]
+        out["masked_image_latents"] = sample[:, 5:]
+        return out
+
+
+class StableDiffusionInpaintProgram(StableDiffusionProgram):
+    def model_input(
+        self, latent_model_input: torch.Tensor, conditioning: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        mask, masked = self.need(conditioning, "mask", "masked_image_latents")
+        return torch.cat([latent_model_input, mask, masked], dim=1)
+
+
 class StableDiffusionXLProgram(StableDiffusionProgram):
+    pass
+
+
+class AnimateDiffFamily(StableDiffusionFamily):
+    """AnimateDiff: Stable Diffusion's loop over 5-D video latents (batch, channels, frames,
+    height, width) with a motion UNet; the consumer receives ``.frames``. FreeInit (several
+    passes over the schedule) is refused."""
+
+    name = "animatediff"
+    pipelines = ("AnimateDiffPipeline",)
+    request_inputs = (
+        ("prompt", "prompt"),
+        ("num_frames", "numFrames"),
+        ("height", "height"),
+        ("width", "width"),
+    )
+    output = "frames"
+
+    def check_pipe(self, pipe: Any) -> None:
+        if getattr(pipe, "free_init_enabled", False):
+            raise UnsupportedPipeline(f"{self.name}: FreeInit runs the schedule several times")
+
+
+class AnimateDiffProgram(StableDiffusionProgram):
     pass
 
 
 StableDiffusionProgram.family = register(StableDiffusionFamily())
 StableDiffusionImg2ImgProgram.family = register(StableDiffusionImg2ImgFamily())
 StableDiffusionXLProgram.family = register(StableDiffusionXLFamily())
+StableDiffusionInpaintProgram.family = register(StableDiffusionInpaintFamily())
+AnimateDiffProgram.family = register(AnimateDiffFamily())
 _PROGRAMS: dict[str, type[StableDiffusionProgram]] = {
     p.family.name: p
-    for p in (StableDiffusionProgram, StableDiffusionImg2ImgProgram, StableDiffusionXLProgram)
+    for p in (
+        StableDiffusionProgram,
+        StableDiffusionImg2ImgProgram,
+        StableDiffusionXLProgram,
+        StableDiffusionInpaintProgram,
+        AnimateDiffProgram,
+    )
 }

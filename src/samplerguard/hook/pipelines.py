@@ -141,13 +141,14 @@ class _Call:
 
     def denoise(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         self.calls += 1
-        if self.calls > 1:
+        if self.calls > self.family.calls_per_step(self.guidance):
             raise UnsupportedPipeline(
-                f"{self.family.name}: the denoiser ran twice in step {self.index} (true CFG or "
-                "skip-layer guidance), which the step program does not re-run"
+                f"{self.family.name}: the denoiser ran {self.calls} times in step {self.index} "
+                "(true CFG, skip-layer guidance), which the step program does not re-run"
             )
-        if self.conditioning is None:
-            self.conditioning = self.family.capture(args, kwargs, self.guidance)
+        if self.step_args is None:  # the first step: its calls carry the conditioning
+            seen = self.family.capture_call(args, kwargs, self.guidance, self.calls - 1)
+            self.conditioning = {**(self.conditioning or {}), **seen}
 
     def step(
         self,
@@ -331,6 +332,7 @@ class InstrumentedPipeline:
                 f"the request declares pipeline {trajectory_request.pipeline!r}, "
                 f"{type(pipe).__name__} is {family.name!r}"
             )
+        family.check_pipe(pipe)
         for option, neutral in family.neutral_options.items():
             if option in kwargs and not _same(kwargs[option], neutral):
                 raise UnsupportedPipeline(
