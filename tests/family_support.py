@@ -461,6 +461,70 @@ def wan() -> Case:
     )
 
 
+def stable_audio() -> Case:
+    import warnings
+
+    from diffusers import (
+        AutoencoderOobleck,
+        EDMDPMSolverMultistepScheduler,
+        StableAudioDiTModel,
+        StableAudioPipeline,
+    )
+    from diffusers.pipelines.stable_audio import StableAudioProjectionModel
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # Oobleck builds on torch's deprecated weight_norm
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.manual_seed(0)
+        transformer = StableAudioDiTModel(
+            sample_size=4,
+            in_channels=3,
+            num_layers=2,
+            attention_head_dim=4,
+            num_key_value_attention_heads=2,
+            out_channels=3,
+            cross_attention_dim=4,
+            time_proj_dim=8,
+            global_states_input_dim=8,
+            cross_attention_input_dim=4,
+        ).eval()
+        vae = AutoencoderOobleck(
+            encoder_hidden_size=6,
+            downsampling_ratios=[1, 2],
+            decoder_channels=3,
+            decoder_input_channels=3,
+            audio_channels=2,
+            channel_multiples=[2, 4],
+            sampling_rate=4,
+        ).eval()
+        t5 = T5EncoderModel(
+            T5Config(d_model=4, d_ff=8, num_layers=1, num_heads=2, d_kv=2, vocab_size=100)
+        ).eval()
+        projection = StableAudioProjectionModel(
+            text_encoder_dim=4, conditioning_dim=4, min_value=0, max_value=32
+        ).eval()
+    pipe = StableAudioPipeline(
+        vae=vae,
+        text_encoder=t5,
+        projection_model=projection,
+        tokenizer=None,
+        transformer=transformer,
+        scheduler=EDMDPMSolverMultistepScheduler(solver_order=2),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return Case(
+        pipe,
+        {
+            "prompt_embeds": _embeds(1, 8, 4, seed=1),
+            "negative_prompt_embeds": _embeds(1, 8, 4, seed=2),
+            "audio_end_in_s": 1.5,
+            "output_type": "np",
+        },
+        sampler="edm_dpmpp_2m",
+    )
+
+
 BUILDERS: dict[str, Callable[[], Case]] = {
     "stable-diffusion": stable_diffusion,
     "stable-diffusion-img2img": stable_diffusion_img2img,
@@ -472,4 +536,5 @@ BUILDERS: dict[str, Callable[[], Case]] = {
     "latent-consistency": latent_consistency,
     "animatediff": animatediff,
     "wan": wan,
+    "stable-audio": stable_audio,
 }

@@ -9,6 +9,7 @@ A new family passes by adding a builder to ``tests/family_support.py`` and a sub
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from typing import Any
 
@@ -210,6 +211,29 @@ class TestAnimateDiff(FamilyContract):
 
 class TestWan(FamilyContract):
     family = "wan"
+
+
+class TestStableAudio(FamilyContract):
+    family = "stable-audio"
+
+
+def test_brownian_tree_samplers_are_refused_when_the_request_starts() -> None:
+    """Stable Audio's default sampler draws Brownian-tree noise (torchsde), not step by step:
+    a request declaring it is refused with that reason before anything is generated."""
+    from samplerguard.policy.spec import REFUSED_SCHEDULERS
+
+    for name in ("CosineDPMSolverMultistepScheduler", "DPMSolverSDEScheduler"):
+        assert "Brownian" in REFUSED_SCHEDULERS[name]
+    case = BUILDERS["stable-audio"]()
+    request = dataclasses.replace(_request(case), sampler="CosineDPMSolverMultistepScheduler")
+    sink = LocalSink()
+    recorder = Recorder(sink)
+    try:
+        with pytest.raises(Exception, match="Brownian"):
+            case.call(instrument(case.pipe, recorder), trajectory_request=request)
+    finally:
+        recorder.close()
+    assert sink.opening_count() == 0 if hasattr(sink, "opening_count") else True
 
 
 def test_concurrent_generations_on_one_pipeline_are_each_committed_correctly() -> None:
