@@ -228,7 +228,8 @@ def release(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
             # a previous run's namespace may still be terminating
             _wait(f"namespace {ns} gone", lambda n=ns: not _terminating(n), timeout=180)
             kubectl("create", "namespace", ns, check=False)
-        kubectl("apply", "-n", NS, "-f", str(manifest))
+        # no -n: the release spans namespaces (the operator's DRBG Role in the app's)
+        kubectl("apply", "-f", str(manifest))
         kubectl("apply", "-f", "-", stdin=json.dumps(policy))
         _rollout("deployment", f"{REL}-operator")
         _rollout("deployment", f"{REL}-webhook")
@@ -247,7 +248,7 @@ def release(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
             kubectl(
                 "delete", "namespace", APP_NS, "--ignore-not-found", "--timeout=120s", check=False
             )
-            kubectl("delete", "-n", NS, "-f", str(manifest), "--ignore-not-found", check=False)
+            kubectl("delete", "-f", str(manifest), "--ignore-not-found", check=False)
             kubectl("delete", "clustersamplerpolicy", POLICY, "--ignore-not-found", check=False)
             kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
             drop_cluster_report_entries(KUBECTL, policies={POLICY}, namespaces={NS, APP_NS})
