@@ -26,6 +26,7 @@ release's ``optInLabel``), so another installation on the same cluster does not 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -228,7 +229,8 @@ def release(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
             # a previous run's namespace may still be terminating
             _wait(f"namespace {ns} gone", lambda n=ns: not _terminating(n), timeout=180)
             kubectl("create", "namespace", ns, check=False)
-        kubectl("apply", "-n", NS, "-f", str(manifest))
+        # no -n: the release spans namespaces (the operator's DRBG Role in the app's)
+        kubectl("apply", "-f", str(manifest))
         kubectl("apply", "-f", "-", stdin=json.dumps(policy))
         _rollout("deployment", f"{REL}-operator")
         _rollout("deployment", f"{REL}-webhook")
@@ -247,7 +249,7 @@ def release(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
             kubectl(
                 "delete", "namespace", APP_NS, "--ignore-not-found", "--timeout=120s", check=False
             )
-            kubectl("delete", "-n", NS, "-f", str(manifest), "--ignore-not-found", check=False)
+            kubectl("delete", "-f", str(manifest), "--ignore-not-found", check=False)
             kubectl("delete", "clustersamplerpolicy", POLICY, "--ignore-not-found", check=False)
             kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
             drop_cluster_report_entries(KUBECTL, policies={POLICY}, namespaces={NS, APP_NS})
@@ -367,6 +369,45 @@ def test_honest_requests_are_challenged_and_pass(apps: dict[str, dict[str, Any]]
     results = _results("honest")
     assert _count(results, "fail") == 0, results
     assert _count(results, "pass") >= 2
+
+
+def test_the_honest_pods_noise_comes_from_the_sidecars_drbg(
+    apps: dict[str, dict[str, Any]],
+) -> None:
+    """The quick-start policy asks for ctr-drbg: the app is wired for it, the namespace's DRBG
+    Secret (made by the operator) reaches the sidecar alone, and the verifier regenerates each
+    challenged request's noise from the escrow ("seed-health" passes)."""
+    spec = apps["honest"]["spec"]
+    app = next(c for c in spec["containers"] if c["name"] == "app")
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    assert env["SAMPLERGUARD_RNG_MODE"] == "ctr-drbg"
+    volume = next(v for v in spec["volumes"] if v["name"] == "samplerguard-drbg")
+    assert volume["secret"]["secretName"] == f"{REL}-drbg"
+    for c in spec["containers"] + spec["initContainers"]:
+        mounted = any(m["name"] == "samplerguard-drbg" for m in c.get("volumeMounts", []))
+        assert mounted == (c["name"] == "samplerguard-sidecar"), c["name"]
+    secret = _json("get", "secret", "-n", APP_NS, f"{REL}-drbg")
+    assert set(secret["data"]) == {"master-secret", "escrow-public.pem"}
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "samplerguard-operator"
+
+    def seed_checks() -> list[dict[str, Any]]:
+        out = kubectl("get", "policyreport", "-n", APP_NS, "samplerguard", "-o", "json")
+        return [
+            r
+            for r in json.loads(out.stdout).get("results", [])
+            if r.get("policy") == POLICY
+            and r.get("rule") == "seed-health"
+            and any(x.get("name") == "honest" for x in r.get("resources", []))
+        ]
+
+    checks = _wait("the honest pod's noise checked against its escrow", seed_checks, timeout=300)
+    assert _count(checks, "pass") >= 1 and _count(checks, "fail") == 0, checks
+    assert "match the escrow" in checks[0]["message"]
+    # the master secret reaches no log
+    logs = kubectl("logs", "-n", APP_NS, "honest", "-c", "app").stdout
+    sidecar_logs = kubectl("logs", "-n", APP_NS, "honest", "-c", "samplerguard-sidecar").stdout
+    master = base64.b64decode(secret["data"]["master-secret"]).decode()
+    assert master not in logs and master not in sidecar_logs
 
 
 def test_the_cheating_pods_requests_fail_with_the_reason(apps: dict[str, dict[str, Any]]) -> None:
@@ -548,3 +589,31 @@ def test_a_rotated_webhook_certificate_keeps_admission_closed_and_working(
     unsigned = _app_pod("unsigned", _ref("unsigned-app"))
     out = kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(unsigned), check=False)
     assert out.returncode != 0 and "0 of 1 authorities verified" in out.stderr
+
+
+def test_a_lost_drbg_secret_is_made_again_and_the_verifier_still_opens_old_escrows(
+    apps: dict[str, dict[str, Any]],
+) -> None:
+    """Losing a namespace's master secret loses nothing: the operator makes a new one, and the
+    escrows already made (sealed to the verifier's key, which did not change) still open."""
+    name = f"{REL}-drbg"
+    old = _json("get", "secret", "-n", APP_NS, name)["data"]["master-secret"]
+    before = _count(_results("honest"), "pass")
+    kubectl("delete", "secret", "-n", APP_NS, name)
+    _wait(
+        "a new DRBG Secret from the operator",
+        lambda: (
+            (
+                out := kubectl("get", "secret", "-n", APP_NS, name, "-o", "json", check=False)
+            ).returncode
+            == 0
+            and json.loads(out.stdout)["data"]["master-secret"] != old
+        ),
+        timeout=120,
+    )
+    _wait(
+        "passes after the loss",
+        lambda: _count(_results("honest"), "pass") > before,
+        timeout=420,
+    )
+    assert _count(_results("honest"), "fail") == 0, _results("honest")

@@ -330,3 +330,22 @@ def patched(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
 def patched_ops(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = jsonpatch.apply_patch(obj, ops)
     return result
+
+
+def inject(pod: dict[str, Any], cfg: Any, rng_mode: str = "framework") -> tuple[Any, list[str]]:
+    """``pod`` after the injection ``cfg`` (an InjectionConfig) makes for tenant ``t`` under
+    ``ClusterSamplerPolicy/p``, and the injection's warnings."""
+    from samplerguard.webhook.inject import injection_patch
+    from samplerguard.webhook.workloads import find_pod_template
+
+    tpl = find_pod_template("", "Pod", pod)
+    ops, warnings = injection_patch(
+        tpl,
+        cfg,
+        sidecar_image=cfg.sidecar_image,
+        hook_image=cfg.effective_hook_image,
+        tenant="t",
+        policy="ClusterSamplerPolicy/p",
+        rng_mode=rng_mode,
+    )
+    return patched_ops(pod, ops), warnings

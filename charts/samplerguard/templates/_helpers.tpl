@@ -11,6 +11,8 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- else -}}{{ $root.Values.image.repository }}/{{ $name }}:{{ $root.Values.image.tag }}{{- end -}}
 {{- end -}}
 {{- define "sg.tlsSecret" -}}{{ include "sg.fullname" . }}-webhook-tls{{- end -}}
+{{- define "sg.escrowSecret" -}}{{ include "sg.fullname" . }}-escrow{{- end -}}
+{{- define "sg.drbgSecret" -}}{{ include "sg.fullname" . }}-drbg{{- end -}}
 {{- define "sg.excluded" -}}
 - kube-system
 - {{ .Release.Namespace }}

@@ -95,6 +95,24 @@ def register(sub: Any) -> None:
         help="audit only the pods of this namespace (repeatable; default: every opted-in "
         "namespace), for an operator that shares the cluster with another installation",
     )
+    p.add_argument(
+        "--escrow-secret",
+        default=_env("ESCROW_SECRET", "") or None,
+        help="the Secret (in --namespace) holding the verifier's X25519 escrow key pair, "
+        "created when absent; unset: no DRBG Secrets are managed",
+    )
+    p.add_argument(
+        "--drbg-secret",
+        default=_env("DRBG_SECRET", "samplerguard-drbg"),
+        help="the name of the DRBG Secret (master secret, escrow public key) in each "
+        "--drbg-namespace",
+    )
+    p.add_argument(
+        "--drbg-namespace",
+        action="append",
+        default=[],
+        help="a namespace whose injected sidecars get a DRBG Secret (repeatable)",
+    )
     p.add_argument("--no-audit", action="store_true", help="disable the background image audit")
     p.set_defaults(_run=run)
 
@@ -139,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
         audit_interval_seconds=args.audit_interval,
         verifier_users=users,
         lease_name=args.lease,
+        escrow_secret=args.escrow_secret,
+        drbg_secret=args.drbg_secret,
+        drbg_namespaces=tuple(args.drbg_namespace),
     )
     kube = Kube()
     controller = Controller(cfg, kube)

@@ -163,6 +163,14 @@ def register(sub: Any) -> None:
         type=int,
         default=9471,
     )
+    _add(
+        p,
+        "--drbg-secret",
+        "DRBG_SECRET",
+        "the Secret (in each injected pod's namespace) holding the DRBG master secret and the "
+        "verifier's escrow public key, mounted into sidecars whose policy asks for DRBG noise "
+        "(unset: such pods are denied under enforce)",
+    )
     _add(p, "--no-inject", "NO_INJECT", "validate and pin digests only", action="store_true")
     _add(
         p,
@@ -232,6 +240,7 @@ def _config(args: argparse.Namespace) -> Any:
             sidecar_port=args.sidecar_port,
             native_sidecar=not args.plain_sidecar,
             sidecar_env=tuple(env),
+            drbg_secret=args.drbg_secret or None,
             sidecar_cpu_request=args.sidecar_cpu_request,
             sidecar_memory_request=args.sidecar_memory_request,
             sidecar_memory_limit=args.sidecar_memory_limit,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from samplerguard.errors import TemporaryError
 from samplerguard.operator.certs import CertPolicy, CertState, plan
+from samplerguard.operator.drbg import DrbgSecrets, reconcile_drbg
 from samplerguard.operator.kube import Conflict, Kube
 from samplerguard.operator.reports import (
     CLUSTER_REPORT_NAME,
@@ -57,9 +58,26 @@ class OperatorConfig:
     audit_interval_seconds: float = 600.0
     #: ServiceAccount user names allowed to post results (``system:serviceaccount:ns:name``).
     verifier_users: tuple[str, ...] = ("system:serviceaccount:samplerguard:samplerguard-verifier",)
+    #: The escrow Secret (in ``namespace``); None: the operator makes no DRBG Secrets.
+    escrow_secret: str | None = None
+    #: The DRBG Secret's name in each of ``drbg_namespaces``.
+    drbg_secret: str = "samplerguard-drbg"  # noqa: S105 - a Secret's name
+    #: The namespaces whose injected sidecars get a DRBG Secret (the chart's
+    #: ``sidecar.namespaces``).
+    drbg_namespaces: tuple[str, ...] = ()
     lease_name: str = "samplerguard-operator"
     holder: str = field(default_factory=lambda: os.environ.get("POD_NAME", os.uname().nodename))
     events: bool = True
+
+    def drbg(self) -> DrbgSecrets | None:
+        if self.escrow_secret is None:
+            return None
+        return DrbgSecrets(
+            namespace=self.namespace,
+            escrow_secret=self.escrow_secret,
+            drbg_secret=self.drbg_secret,
+            namespaces=self.drbg_namespaces,
+        )
 
     def cert_policy(self) -> CertPolicy:
         dns: list[str] = []
@@ -224,6 +242,14 @@ class Controller:
                 link.symlink_to(f"..data/{key}")
         if old is not None and old.parent == directory.resolve() and old.name.startswith(".."):
             shutil.rmtree(old, ignore_errors=True)
+
+    # -- DRBG Secrets ---------------------------------------------------------------------------
+
+    def reconcile_drbg(self) -> list[str]:
+        """Create the escrow key pair and each namespace's DRBG Secret where absent (see
+        :mod:`samplerguard.operator.drbg`). Returns the Secrets written."""
+        cfg = self.config.drbg()
+        return [] if cfg is None else reconcile_drbg(self.kube, cfg)
 
     # -- reports -------------------------------------------------------------------------------
 

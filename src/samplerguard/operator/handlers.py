@@ -117,7 +117,7 @@ async def _background(controller: Controller, auditor: Callable[[], int] | None)
     while this replica holds the Lease."""
     cfg = controller.config
     loop = asyncio.get_running_loop()
-    next_cert = next_audit = next_report = next_observe = 0.0
+    next_cert = next_audit = next_report = next_observe = next_drbg = 0.0
     while True:
         try:
             leader = await asyncio.to_thread(
@@ -136,6 +136,7 @@ async def _background(controller: Controller, auditor: Callable[[], int] | None)
         if leader:
             for due, every, work in (
                 (next_cert, cfg.cert_check_seconds, controller.reconcile_certs),
+                (next_drbg, cfg.cert_check_seconds, controller.reconcile_drbg),
                 (next_report, 15.0, controller.refresh_cluster_report),
                 (next_audit, cfg.audit_interval_seconds, auditor),
             ):
@@ -146,9 +147,11 @@ async def _background(controller: Controller, auditor: Callable[[], int] | None)
                 except Exception as exc:
                     log.warning("%s failed: %s", getattr(work, "__name__", work), exc)
                     every = min(every, 10.0)  # retry failures soon
-                if work is controller.reconcile_certs:
+                if work == controller.reconcile_certs:
                     next_cert = now + every
-                elif work is controller.refresh_cluster_report:
+                elif work == controller.reconcile_drbg:
+                    next_drbg = now + every
+                elif work == controller.refresh_cluster_report:
                     next_report = now + every
                 else:
                     next_audit = now + every

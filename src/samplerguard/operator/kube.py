@@ -74,12 +74,18 @@ class Kube:
         return CertState(data), meta.resource_version if meta is not None else None
 
     def put_secret(
-        self, namespace: str, name: str, state: CertState, resource_version: str | None
+        self,
+        namespace: str,
+        name: str,
+        state: CertState,
+        resource_version: str | None,
+        *,
+        type_: str = "kubernetes.io/tls",
     ) -> None:
         body = client.V1Secret(
             api_version="v1",
             kind="Secret",
-            type="kubernetes.io/tls",
+            type=type_,
             metadata=client.V1ObjectMeta(
                 name=name,
                 namespace=namespace,

@@ -32,12 +32,24 @@ import anyio
 import anyio.to_thread
 
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
+from samplerguard.policy.drbg import is_drbg_mode
 from samplerguard.policy.report import ReportResult
 from samplerguard.supplychain.reference import ImageReference, parse_reference
 from samplerguard.webhook.audit import AuditTrail, ResultsForwarder
 from samplerguard.webhook.cache import CacheKey, ResolutionCache, VerdictCache
-from samplerguard.webhook.config import ANNOTATION_POLICY, LABEL_INJECT, WebhookConfig
-from samplerguard.webhook.inject import already_injected, injection_patch, pin_patch, tenant_of
+from samplerguard.webhook.config import (
+    ANNOTATION_POLICY,
+    LABEL_INJECT,
+    InjectionConfig,
+    WebhookConfig,
+)
+from samplerguard.webhook.inject import (
+    already_injected,
+    injection_patch,
+    pin_patch,
+    secret_references,
+    tenant_of,
+)
 from samplerguard.webhook.optin import NamespaceLabels, opted_in
 from samplerguard.webhook.policies import AnyPolicy, PolicySource, policy_name, spec_version
 from samplerguard.webhook.review import AdmissionRequest, AdmissionReview, allow, deny
@@ -235,6 +247,15 @@ class Admission:
             and tpl.labels.get(LABEL_INJECT) != "false"
             and not already_injected(tpl)
         )
+        if inj.drbg_secret is not None and (
+            found := secret_references(tpl, inj.drbg_secret, inj.sidecar_image)
+        ):
+            return deny(
+                uid,
+                f"samplerguard denied {req.kind.kind} {namespace}/{_name_of(req, tpl)}: "
+                f"{', '.join(found)}: only the injected sidecar may read the Secret "
+                f"{inj.drbg_secret}, which holds the namespace's DRBG master secret",
+            )
         images = tpl.images()
         injected = [inj.sidecar_image, inj.effective_hook_image] if inject else []
         wanted = list(dict.fromkeys(images + injected))
@@ -288,6 +309,11 @@ class Admission:
         patch = pin_patch(tpl, pins)
         if inject:
             chosen = _pod_policy(tpl, policies, outcomes, images)
+            rng_mode, note = _rng_mode(inj, policies, chosen)
+            if note is not None and rng_mode is None:
+                return deny(uid, f"samplerguard denied {what}: {note}", warnings=warnings)
+            if note is not None:
+                warnings.append(f"samplerguard: {note}")
             more, inj_warnings = injection_patch(
                 tpl,
                 inj,
@@ -295,6 +321,7 @@ class Admission:
                 hook_image=pins.get(inj.effective_hook_image, inj.effective_hook_image),
                 tenant=tenant_of(tpl, namespace),
                 policy=chosen,
+                rng_mode=rng_mode or "framework",
             )
             patch += more
             warnings += inj_warnings
@@ -523,6 +550,28 @@ def _report_policy(name: str) -> str:
     """PolicyReport naming: a ClusterSamplerPolicy by name, a SamplerPolicy as ``ns/name``."""
     kind, _, rest = name.partition("/")
     return rest if kind in ("ClusterSamplerPolicy", "SamplerPolicy") else name
+
+
+def _rng_mode(
+    inj: InjectionConfig, policies: list[AnyPolicy], chosen: str
+) -> tuple[str | None, str | None]:
+    """The RNG mode the pod is wired for, and a note. A policy asking for DRBG noise when this
+    webhook mounts no DRBG Secret: denied under ``enforce`` (mode None), else admitted on
+    framework noise with a warning (the sidecar then quarantines every request: the policy's
+    rng check names why, and the verifier challenges each). Never a silent fallback."""
+    policy = next((p for p in policies if policy_name(p) == chosen), None)
+    if policy is None:
+        return "framework", None
+    mode = policy.spec.rng.mode
+    if not is_drbg_mode(mode) or inj.drbg_secret is not None:
+        return mode, None
+    note = (
+        f"policy {chosen} asks for {mode} noise, but no DRBG Secret is configured for "
+        "injected sidecars (the chart's drbg.enabled)"
+    )
+    if policy.spec.mode == "enforce":
+        return None, note
+    return "framework", note + "; the app draws framework noise and every request is quarantined"
 
 
 def _pod_policy(

@@ -10,11 +10,14 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Literal
 
+from samplerguard.policy.drbg import ESCROW_PUBLIC_KEY, MASTER_SECRET_KEY
+
 __all__ = [
     "ANNOTATION_CONTAINERS",
     "ANNOTATION_INJECTED",
     "ANNOTATION_POLICY",
     "ANNOTATION_TENANT",
+    "DRBG_VOLUME",
     "HOOK_INIT_NAME",
     "HOOK_VOLUME",
     "LABEL_ENFORCE",
@@ -42,6 +45,8 @@ HOOK_VOLUME = "samplerguard-python"
 RUN_VOLUME = "samplerguard-run"
 #: the sidecar's own volume (signing key and openings store), never mounted into the app
 STATE_VOLUME = "samplerguard-state"
+#: the namespace's DRBG Secret (master secret, escrow public key), mounted into the sidecar only
+DRBG_VOLUME = "samplerguard-drbg"
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,13 @@ class InjectionConfig:
     native_sidecar: bool = True
     #: Extra environment for the sidecar, e.g. the verifier's address or telemetry endpoint.
     sidecar_env: tuple[tuple[str, str], ...] = ()
+    #: The Secret, in each injected pod's namespace, holding the DRBG master secret and the
+    #: verifier's escrow public key (written by the operator). None: no DRBG wiring, and a pod
+    #: whose policy asks for DRBG noise is denied (enforce) or runs on framework noise, every
+    #: request quarantined (warn, audit).
+    drbg_secret: str | None = None
+    #: Where the sidecar, and nothing else, sees that Secret.
+    drbg_dir: str = "/etc/samplerguard/drbg"
     sidecar_cpu_request: str = "50m"
     #: Measured on the bundled model: 180 MiB resident once torch is imported.
     sidecar_memory_request: str = "256Mi"
@@ -91,6 +103,14 @@ class InjectionConfig:
     @property
     def key_file(self) -> str:
         return posixpath.join(self.state_dir, "sidecar-ed25519.pem")
+
+    @property
+    def master_secret_file(self) -> str:
+        return posixpath.join(self.drbg_dir, MASTER_SECRET_KEY)
+
+    @property
+    def escrow_public_key_file(self) -> str:
+        return posixpath.join(self.drbg_dir, ESCROW_PUBLIC_KEY)
 
     @property
     def store_cap_bytes(self) -> int:

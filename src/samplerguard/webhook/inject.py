@@ -9,6 +9,11 @@ The injected pod gets, in the style of the OpenTelemetry operator's Python auto-
 * ``samplerguard-run``: an emptyDir with the Unix socket only, mounted read-only into the app;
 * ``samplerguard-state``: the sidecar's own emptyDir (signing key, openings store), mounted
   into the sidecar alone, so the app can neither read the key nor alter or delete an opening;
+* ``samplerguard-drbg`` (when the pod's policy asks for DRBG noise): the namespace's DRBG
+  Secret, mounted read-only into the sidecar alone. The sidecar derives each request's seed
+  from its master secret and escrows the seed to the verifier's public key; the app gets
+  ``SAMPLERGUARD_RNG_MODE``, so the hook draws every generation's noise from the seed the
+  sidecar issues, with no code change;
 * in each instrumented app container: ``PYTHONPATH`` prepended with the hook's directory, the
   hook and socket volumes mounted read-only, and the ``SAMPLERGUARD_*`` variables of the
   contract.
@@ -25,11 +30,13 @@ import re
 from typing import Any
 
 from samplerguard.errors import MalformedInputError
+from samplerguard.policy.drbg import ESCROW_PUBLIC_KEY, MASTER_SECRET_KEY, is_drbg_mode
 from samplerguard.webhook.config import (
     ANNOTATION_CONTAINERS,
     ANNOTATION_INJECTED,
     ANNOTATION_POLICY,
     ANNOTATION_TENANT,
+    DRBG_VOLUME,
     HOOK_INIT_NAME,
     HOOK_VOLUME,
     RUN_VOLUME,
@@ -39,7 +46,13 @@ from samplerguard.webhook.config import (
 )
 from samplerguard.webhook.workloads import PodTemplate, escape_pointer
 
-__all__ = ["already_injected", "injection_patch", "pin_patch", "tenant_of"]
+__all__ = [
+    "already_injected",
+    "injection_patch",
+    "pin_patch",
+    "secret_references",
+    "tenant_of",
+]
 
 Op = dict[str, Any]
 _TENANT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
@@ -88,12 +101,60 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
-def _contract_env(cfg: InjectionConfig, tenant: str, policy: str) -> list[dict[str, Any]]:
+def _contract_env(
+    cfg: InjectionConfig, tenant: str, policy: str, rng_mode: str
+) -> list[dict[str, Any]]:
     return [
         _env("SAMPLERGUARD_SOCKET", cfg.socket_path),
         _env("SAMPLERGUARD_TENANT", tenant),
         _env("SAMPLERGUARD_POLICY", policy),
+        # the app's hook draws its noise from the sidecar's seeds in the DRBG modes
+        _env("SAMPLERGUARD_RNG_MODE", rng_mode),
     ]
+
+
+def _names(value: object, *path: str) -> list[str]:
+    """The strings at ``path`` under ``value``, walking through lists."""
+    if not path:
+        return [value] if isinstance(value, str) else []
+    if isinstance(value, list):
+        return [n for item in value for n in _names(item, *path)]
+    if isinstance(value, dict):
+        return _names(value.get(path[0]), *path[1:])
+    return []
+
+
+def _repository(image: str) -> str:
+    name = image.partition("@")[0]
+    host, slash, path = name.rpartition("/")
+    return f"{host}{slash}{path.partition(':')[0]}"
+
+
+def secret_references(tpl: PodTemplate, secret: str, sidecar_image: str) -> list[str]:
+    """Where the pod gives anything but the injected sidecar the DRBG Secret ``secret``: a
+    volume of another name (or a projected source) naming it, an env variable or envFrom
+    reading it, a container other than the sidecar (the name *and* the configured sidecar
+    image) mounting the injected volume, e.g. an ephemeral debug container. A container of the
+    app holding the namespace's master secret could compute every request's noise there."""
+    found = []
+    for volume in tpl.spec.get("volumes") or []:
+        name = volume.get("name") if isinstance(volume, dict) else None
+        if name != DRBG_VOLUME and secret in _names(volume, "secret", "secretName") + _names(
+            volume, "projected", "sources", "secret", "name"
+        ):
+            found.append(f"volume {name!r}")
+    sidecar_repo = _repository(sidecar_image)
+    for c in tpl.containers:
+        container = tpl.spec[c.list_name][c.index]
+        if secret in _names(container, "env", "valueFrom", "secretKeyRef", "name") + _names(
+            container, "envFrom", "secretRef", "name"
+        ):
+            found.append(f"container {c.name!r}")
+        elif DRBG_VOLUME in _names(container, "volumeMounts", "name") and not (
+            c.name == SIDECAR_NAME and _repository(c.image) == sidecar_repo
+        ):
+            found.append(f"container {c.name!r} (mounts {DRBG_VOLUME})")
+    return found
 
 
 def _instrumented(tpl: PodTemplate) -> list[int]:
@@ -107,7 +168,7 @@ def _instrumented(tpl: PodTemplate) -> list[int]:
 
 
 def _container_ops(
-    tpl: PodTemplate, index: int, cfg: InjectionConfig, tenant: str, policy: str
+    tpl: PodTemplate, index: int, cfg: InjectionConfig, tenant: str, policy: str, rng_mode: str
 ) -> tuple[list[Op], list[str]]:
     at = f"{tpl.spec_pointer}/containers/{index}"
     container = tpl.spec["containers"][index]
@@ -143,7 +204,7 @@ def _container_ops(
             ops.append(
                 {"op": "replace", "path": f"{at}/env/{pythonpath}/value", "value": cfg.hook_mount}
             )
-    for var in _contract_env(cfg, tenant, policy):
+    for var in _contract_env(cfg, tenant, policy, rng_mode):
         i = existing.get(var["name"])
         if i is None:
             adds.append(var)
@@ -158,7 +219,7 @@ def _container_ops(
     ):
         raise MalformedInputError(f"container {name!r}: volumeMounts must be a list of objects")
     taken = {m.get("mountPath") for m in mounts or []}
-    for path in (cfg.hook_mount, cfg.run_dir):
+    for path in (cfg.hook_mount, cfg.run_dir, cfg.drbg_dir):
         if path in taken:
             raise MalformedInputError(
                 f"container {name!r} already mounts a volume at {path}, where samplerguard "
@@ -177,11 +238,14 @@ def _container_ops(
 
 
 @functools.lru_cache(maxsize=256)
-def _sidecar(cfg: InjectionConfig, image: str, tenant: str, policy: str) -> dict[str, Any]:
+def _sidecar(
+    cfg: InjectionConfig, image: str, tenant: str, policy: str, rng_mode: str
+) -> dict[str, Any]:
     """The sidecar container. Memoised (a pure function of its arguments); the patch is
     serialised at once and never mutated."""
+    drbg = is_drbg_mode(rng_mode)
     env = [
-        *_contract_env(cfg, tenant, policy),
+        *_contract_env(cfg, tenant, policy, rng_mode),
         _env("SAMPLERGUARD_OPENINGS_DIR", cfg.openings_dir),
         _env("SAMPLERGUARD_KEY_FILE", cfg.key_file),
         _env("SAMPLERGUARD_MAX_STORE_BYTES", str(cfg.store_cap_bytes)),
@@ -191,16 +255,25 @@ def _sidecar(cfg: InjectionConfig, image: str, tenant: str, policy: str) -> dict
         _field_env("SAMPLERGUARD_POD_UID", "metadata.uid"),
         *(_env(k, v) for k, v in cfg.sidecar_env),
     ]
+    mounts: list[dict[str, Any]] = [
+        {"name": RUN_VOLUME, "mountPath": cfg.run_dir},
+        {"name": STATE_VOLUME, "mountPath": cfg.state_dir},
+    ]
+    if drbg:
+        # the sidecar issues every request's seed from the namespace's master secret and
+        # escrows it to the verifier; nothing else in the pod mounts this volume
+        env += [
+            _env("SAMPLERGUARD_MASTER_SECRET_FILE", cfg.master_secret_file),
+            _env("SAMPLERGUARD_ESCROW_PUBLIC_KEY", cfg.escrow_public_key_file),
+        ]
+        mounts.append({"name": DRBG_VOLUME, "mountPath": cfg.drbg_dir, "readOnly": True})
     sidecar: dict[str, Any] = {
         "name": SIDECAR_NAME,
         "image": image,
         "args": ["sidecar"],
         "env": env,
         "ports": [{"name": "sg-verifier", "containerPort": cfg.sidecar_port, "protocol": "TCP"}],
-        "volumeMounts": [
-            {"name": RUN_VOLUME, "mountPath": cfg.run_dir},
-            {"name": STATE_VOLUME, "mountPath": cfg.state_dir},
-        ],
+        "volumeMounts": mounts,
         "resources": {
             "requests": {"cpu": cfg.sidecar_cpu_request, "memory": cfg.sidecar_memory_request},
             "limits": {"memory": cfg.sidecar_memory_limit},
@@ -259,14 +332,25 @@ def injection_patch(
     hook_image: str,
     tenant: str,
     policy: str,
+    rng_mode: str = "framework",
 ) -> tuple[list[Op], list[str]]:
     """Operations that inject the sidecar into ``tpl``, and warnings for the user.
+
+    ``rng_mode`` is the pod's policy's ``rng.mode``: a DRBG mode wires the namespace's DRBG
+    Secret into the sidecar, and needs ``cfg.drbg_secret`` (refused without: the noise never
+    falls back to the framework's silently).
 
     Returns no operations for a pod that already has the sidecar (reinvocation). The
     operations share memoised values (the injected containers): serialise them, never mutate
     them."""
     if already_injected(tpl):
         return [], []
+    drbg = is_drbg_mode(rng_mode)
+    if drbg and cfg.drbg_secret is None:
+        raise MalformedInputError(
+            f"the policy asks for {rng_mode} noise, but this webhook mounts no DRBG Secret "
+            "(the chart's drbg.enabled)"
+        )
     spec, at = tpl.spec, tpl.spec_pointer
     for key in ("volumes",):
         value = spec.get(key)
@@ -275,7 +359,7 @@ def injection_patch(
         ):
             raise MalformedInputError(f"spec.{key} must be a list of objects")
     names = {v.get("name") for v in spec.get("volumes") or []}
-    for volume in (HOOK_VOLUME, RUN_VOLUME, STATE_VOLUME):
+    for volume in (HOOK_VOLUME, RUN_VOLUME, STATE_VOLUME, DRBG_VOLUME):
         if volume in names:
             raise MalformedInputError(
                 f"the pod already has a volume named {volume!r}, which samplerguard injects"
@@ -284,20 +368,35 @@ def injection_patch(
     ops: list[Op] = []
     warnings: list[str] = []
     for index in _instrumented(tpl):
-        more, warn = _container_ops(tpl, index, cfg, tenant, policy)
+        more, warn = _container_ops(tpl, index, cfg, tenant, policy, rng_mode)
         ops += more
         warnings += warn
 
-    ops += _add_items(
-        spec,
-        at,
-        "volumes",
-        [
-            {"name": HOOK_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
-            {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
-            {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": f"{cfg.state_size_mib}Mi"}},
-        ],
-    )
+    volumes: list[dict[str, Any]] = [
+        {"name": HOOK_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+        {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
+        {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": f"{cfg.state_size_mib}Mi"}},
+    ]
+    if drbg:
+        volumes.append(
+            {
+                "name": DRBG_VOLUME,
+                "secret": {
+                    "secretName": cfg.drbg_secret,
+                    # not optional: without the Secret the pod does not start (fail closed)
+                    "optional": False,
+                    "items": [
+                        {"key": MASTER_SECRET_KEY, "path": MASTER_SECRET_KEY},
+                        {"key": ESCROW_PUBLIC_KEY, "path": ESCROW_PUBLIC_KEY},
+                    ],
+                    # readable by the sidecar's uid without an fsGroup; only the sidecar
+                    # mounts the volume, and its non-dumpable process keeps
+                    # /proc/<sidecar>/root closed to the app's processes
+                    "defaultMode": 0o444,
+                },
+            }
+        )
+    ops += _add_items(spec, at, "volumes", volumes)
     # The sidecar hashes the solver code the app actually loaded through /proc/<pid>/root,
     # which needs the app's processes in its view.
     share = spec.get("shareProcessNamespace")
@@ -308,7 +407,7 @@ def injection_patch(
             "samplerguard: shareProcessNamespace is off, so the sidecar cannot hash the solver "
             "code the app loaded and takes the hook's report"
         )
-    sidecar = _sidecar(cfg, sidecar_image, tenant, policy)
+    sidecar = _sidecar(cfg, sidecar_image, tenant, policy, rng_mode)
     init = [_hook_init(cfg, hook_image)]
     if cfg.native_sidecar:
         init.append(sidecar)

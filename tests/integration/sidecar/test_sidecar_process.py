@@ -224,7 +224,9 @@ def test_the_injected_probes_answer_within_their_timeouts(lane: object) -> None:
     from samplerguard.webhook.inject import _sidecar
 
     svc, _, _, _ = lane  # type: ignore[misc]
-    container = _sidecar(InjectionConfig(sidecar_image="s"), "s", "t", "ClusterSamplerPolicy/p")
+    container = _sidecar(
+        InjectionConfig(sidecar_image="s"), "s", "t", "ClusterSamplerPolicy/p", "framework"
+    )
     for kind in ("readinessProbe", "startupProbe"):
         probe = container[kind]
         assert "exec" not in probe

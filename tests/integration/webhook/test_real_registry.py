@@ -119,7 +119,7 @@ def setup(world: World, tmp_path: Path) -> Iterator[tuple[httpx.Client, Admissio
         port=0,
         certfile=str(cert),
         keyfile=str(key),
-        injection=InjectionConfig(sidecar_image=world.sidecar),
+        injection=InjectionConfig(sidecar_image=world.sidecar, drbg_secret="samplerguard-drbg"),
     )
     client = world.registry.client(timeout=1.0, retries=0)
     admission = Admission(

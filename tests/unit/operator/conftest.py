@@ -25,6 +25,8 @@ class MemoryKube:
         self._rv = itertools.count(1)
         self.writes = 0
         self.status_patches: list[tuple[str | None, str, dict[str, Any]]] = []
+        #: namespaces where writing a Secret is refused (no RoleBinding there)
+        self.forbidden_namespaces: set[str] = set()
 
     # secrets
     def get_secret(self, namespace: str, name: str) -> tuple[CertState, str | None]:
@@ -34,11 +36,21 @@ class MemoryKube:
         data = {k: base64.b64decode(v) for k, v in obj["data"].items()}
         return CertState(data), obj["metadata"]["resourceVersion"]
 
-    def put_secret(self, namespace: str, name: str, state: CertState, rv: str | None) -> None:
+    def put_secret(
+        self,
+        namespace: str,
+        name: str,
+        state: CertState,
+        rv: str | None,
+        *,
+        type_: str = "kubernetes.io/tls",
+    ) -> None:
+        if namespace in self.forbidden_namespaces:
+            raise PermissionError(f"secrets is forbidden in namespace {namespace}")
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "type": "kubernetes.io/tls",
+            "type": type_,
             "metadata": {"name": name, "namespace": namespace},
             "data": {k: base64.b64encode(v).decode() for k, v in state.data.items()},
         }

@@ -50,6 +50,7 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
             "image": {"digest": "sha256:" + "a" * 64},
             "telemetry": {"otlpEndpoint": "http://otel:4317"},
             "registries": {"plainHttp": ["r:5000"], "caConfigMap": "corp-ca"},
+            "sidecar": {"namespaces": ["ml", "vision"]},
         },
     ],
     ids=["defaults", "minimal", "sharded-verifier", "everything"],
@@ -137,7 +138,8 @@ def test_rbac_is_least_privilege(docs: list[dict[str, Any]]) -> None:
                 set(rule["verbs"]) & {"update", "patch", "delete"}
                 and "secrets" in rule["resources"]
             ):
-                assert rule["resourceNames"] == ["sg-webhook-tls"]
+                # the TLS Secret and the escrow key pair, nothing else
+                assert rule["resourceNames"] == ["sg-webhook-tls", "sg-escrow"]
     operator = _one(docs, "ClusterRole", "sg-operator")
     webhook_writes = [
         r
@@ -309,3 +311,86 @@ def test_secret_held_keys_are_readable_by_webhook_and_operator_audit_only_when_a
     assert readers(_render()) == set()
     allowed = readers(_render({"webhook": {"readPullSecrets": True}}))
     assert allowed == {"sg-webhook", "sg-operator"}
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+    }
+
+
+def _secret_volumes(spec: dict[str, Any]) -> set[str]:
+    return {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+
+
+def test_drbg_secrets_are_wired_to_the_operator_webhook_and_verifier_alone() -> None:
+    docs = _render({"sidecar": {"namespaces": ["ml", "vision"]}})
+    specs = _pod_specs(docs)
+    operator = specs["sg-operator"]["containers"][0]["args"]
+    assert "--escrow-secret=sg-escrow" in operator and "--drbg-secret=sg-drbg" in operator
+    assert {"--drbg-namespace=ml", "--drbg-namespace=vision"} <= set(operator)
+    assert "--drbg-secret=sg-drbg" in specs["sg-webhook"]["containers"][0]["args"]
+    verifier = specs["sg-verifier"]
+    args = verifier["containers"][0]["args"]
+    assert "--escrow-key=/etc/samplerguard/escrow/escrow-private.pem" in args
+    mount = next(m for m in verifier["containers"][0]["volumeMounts"] if m["name"] == "escrow")
+    assert mount == {"name": "escrow", "mountPath": "/etc/samplerguard/escrow", "readOnly": True}
+    volume = next(v for v in verifier["volumes"] if v["name"] == "escrow")
+    assert volume["secret"]["secretName"] == "sg-escrow"
+    assert volume["secret"]["items"] == [
+        {"key": "escrow-private.pem", "path": "escrow-private.pem"}
+    ]
+    # only the verifier mounts the escrow key; no deployed pod mounts a DRBG master secret
+    for name, spec in specs.items():
+        assert ("sg-escrow" in _secret_volumes(spec)) == (name == "sg-verifier"), name
+        assert "sg-drbg" not in _secret_volumes(spec), name
+    # the operator may write the DRBG Secret in each sidecar namespace, and no other Secret
+    for ns in ("ml", "vision"):
+        role = next(
+            d
+            for d in docs
+            if d["kind"] == "Role" and d["metadata"] == {**d["metadata"], "namespace": ns}
+        )
+        named = [r for r in role["rules"] if "resourceNames" in r]
+        assert named == [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["sg-drbg"],
+                "verbs": ["get", "update", "patch"],
+            }
+        ]
+        assert all(set(r["verbs"]) <= {"create", "get", "update", "patch"} for r in role["rules"])
+        binding = next(
+            d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] == ns
+        )
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "sg-operator", "namespace": "samplerguard"}
+        ]
+    own = _one(docs, "Role", "sg-operator")
+    assert "sg-escrow" in next(r for r in own["rules"] if "resourceNames" in r)["resourceNames"]
+
+
+def test_drbg_off_leaves_no_trace() -> None:
+    docs = _render({"sidecar": {"namespaces": ["ml"]}, "drbg": {"enabled": False}})
+    text = yaml.safe_dump_all(docs)
+    assert "sg-escrow" not in text and "sg-drbg" not in text and "escrow" not in text
+    assert not any(d["metadata"].get("namespace") == "ml" for d in docs)
+
+
+def test_every_namespaced_object_names_its_namespace() -> None:
+    """The release spans namespaces (the operator's Roles in the sidecar namespaces), so it is
+    applied without ``-n``: each namespaced object must carry its own."""
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "ClusterKopfPeering",
+    }
+    docs = _render({"sidecar": {"namespaces": ["ml"]}})
+    for d in docs:
+        if d["kind"] not in cluster_scoped:
+            assert d["metadata"].get("namespace"), (d["kind"], d["metadata"]["name"])

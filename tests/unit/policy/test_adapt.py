@@ -44,7 +44,11 @@ def test_the_auto_hooks_recipe_for_the_bundled_model_is_in_the_quickstart_policy
     request = request_for(pipe, {"num_inference_steps": 20, "guidance_scale": 3.0}, "ml")
     recipe = request.recipe(pipe.scheduler, (2, 1, 8, 8))
     quickstart = parse_policy(_load("quickstart.yaml")).spec
-    assert recipe_violations(quickstart, recipe, request.rng_mode) == []
+    # the webhook wires the pod for the policy's DRBG mode (SAMPLERGUARD_RNG_MODE), and the
+    # auto-hook then declares the mode of the seed the sidecar issued
+    assert quickstart.rng.mode == "ctr-drbg" and quickstart.rng.escrow
+    assert recipe_violations(quickstart, recipe, quickstart.rng.mode) == []
+    assert recipe_violations(quickstart, recipe, request.rng_mode)  # framework noise: refused
     assert recipe["model"]["digest"] in quickstart.golden_digests.model_weights
     # demo-tiny (local mode, DRBG noise) takes the bundled model's schedules as well
     demo = parse_policy(_load("demo-tiny.yaml")).spec

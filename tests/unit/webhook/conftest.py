@@ -48,6 +48,7 @@ def config(tls_files: tuple[Path, Path]) -> WebhookConfig:
         injection=InjectionConfig(
             sidecar_image=f"{REGISTRY}/samplerguard/sidecar:0.1",
             hook_image=f"{REGISTRY}/samplerguard/hook:0.1",
+            drbg_secret="samplerguard-drbg",
         ),
     )
 

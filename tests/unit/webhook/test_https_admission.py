@@ -52,6 +52,7 @@ def _world(
         injection=InjectionConfig(
             sidecar_image=f"{REGISTRY}/samplerguard/sidecar:0.1",
             hook_image=f"{REGISTRY}/samplerguard/hook:0.1",
+            drbg_secret="samplerguard-drbg",
         ),
     )
     admission = Admission(
@@ -126,10 +127,13 @@ def test_signed_pod_is_pinned_and_injected(client: httpx.Client, registry: Regis
     assert env["SAMPLERGUARD_TENANT"] == "ml"
     assert env["SAMPLERGUARD_POLICY"] == "ClusterSamplerPolicy/acme"
     assert env["A"] == "1"
+    # the policy's rng.mode is ctr-drbg (the default): the app draws the sidecar's seeds
+    assert env["SAMPLERGUARD_RNG_MODE"] == "ctr-drbg"
     assert {v["name"] for v in spec["volumes"]} == {
         "samplerguard-python",
         "samplerguard-run",
         "samplerguard-state",
+        "samplerguard-drbg",
     }
     assert out["metadata"]["annotations"]["samplerguard.dev/injected"] == "true"
 

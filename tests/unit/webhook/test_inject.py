@@ -8,7 +8,7 @@ from samplerguard.errors import MalformedInputError
 from samplerguard.webhook import InjectionConfig
 from samplerguard.webhook.inject import injection_patch
 from samplerguard.webhook.workloads import find_pod_template
-from webhook_support import patched_ops, workload
+from webhook_support import inject, workload
 
 CFG = InjectionConfig(sidecar_image="s@sha256:" + "a" * 64, hook_image="h@sha256:" + "b" * 64)
 
@@ -16,16 +16,9 @@ CFG = InjectionConfig(sidecar_image="s@sha256:" + "a" * 64, hook_image="h@sha256
 def _inject(
     pod: dict[str, object], cfg: InjectionConfig = CFG
 ) -> tuple[dict[str, object], list[str]]:
-    tpl = find_pod_template("", "Pod", pod)
-    ops, warnings = injection_patch(
-        tpl,
-        cfg,
-        sidecar_image=cfg.sidecar_image,
-        hook_image=cfg.effective_hook_image,
-        tenant="t",
-        policy="ClusterSamplerPolicy/p",
-    )
-    return patched_ops(pod, ops), warnings
+    out: dict[str, object]
+    out, warnings = inject(pod, cfg)
+    return out, warnings
 
 
 def test_pythonpath_is_prepended() -> None:
