@@ -38,12 +38,12 @@ def _fragment_text(value: Any) -> str | None:
     return None
 
 
-def patch_json(ops: Sequence[Mapping[str, Any]]) -> str:
+def patch_json(ops: Sequence[dict[str, Any]]) -> str:
     """The compact JSON text of a list of patch operations. Runs of plain operations are
     encoded in one call; an operation whose ``value`` (its last member) is a fragment gets the
     fragment's text."""
     parts: list[str] = []
-    plain: list[Mapping[str, Any]] = []
+    plain: list[dict[str, Any]] = []
     for op in ops:
         text = _fragment_text(op.get("value"))
         if text is None or len(op) < 2 or next(reversed(op)) != "value":
