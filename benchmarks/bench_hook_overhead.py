@@ -5,11 +5,18 @@
 Goal: ≤ 1.02 on the bundled model and on the tiny Stable Diffusion pipeline. Recording includes
 the worker thread's hashing, Merkle tree and signing (LocalSink), i.e. everything but the
 sidecar transport.
+
+Beside the wall-clock ratio (which a shared 2-core VM cannot resolve to 2 %), every round
+measures the CPU time the hook costs: its calls on the denoising thread and the recorder's
+worker thread, each on its own CPU clock (see ``_cpu.py``), as a fraction of the CPU time of
+the same round's plain generation. That fraction is the goal's measure on CPU machines:
+≤ 0.02. Printed as the median over rounds with its interquartile range.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import time
+
 from _common import median, table, timed
+from _cpu import LoopMeter, spread, worker_cpu
 
 from samplerguard.commitment.digest import module_digest
 from samplerguard.demo.providers import make_scheduler
@@ -39,20 +49,33 @@ def request(i: int, digest: str, pipeline: str, steps: int) -> TrajectoryRequest
     )
 
 
-def _row(name: str, plain: Any, control: Any, rec: Any, repeat: int) -> list[str]:
-    """Plain, a no-op callback (the measurement's noise floor) and recorded, interleaved."""
+def _row(
+    name: str, plain: Any, control: Any, rec: Any, repeat: int, recorder: Recorder, meter: LoopMeter
+) -> tuple[list[str], list[float]]:
+    """Plain, a no-op callback (the measurement's noise floor) and recorded, interleaved; the
+    row and the per-round fractions of extra CPU."""
     tp, tc, tr = [], [], []
+    fractions: list[float] = []
     for _ in range(repeat):
+        cpu = time.process_time()
         tp += timed(plain, 1)
+        generation = time.process_time() - cpu
         tc += timed(control, 1)
+        meter.take()
+        worker = worker_cpu(recorder)
         tr += timed(rec, 1)
+        extra = meter.take() + worker_cpu(recorder) - worker
+        fractions.append(extra / generation)
+    ratios = [r / p for r, p in zip(tr, tp, strict=True)]
     return [
         name,
         f"{median(tp) * 1e3:.1f}",
         f"{median(tr) * 1e3:.1f}",
         f"{median(tr) / median(tp):.3f}",
+        spread(ratios, "{:.3f}"),
         f"{median(tc) / median(tp):.3f}",
-    ]
+        spread(fractions),
+    ], fractions
 
 
 def main() -> None:
@@ -93,7 +116,11 @@ def main() -> None:
         )
 
     plain(), rec(), control()  # warm up
-    rows.append(_row("bundled digits (batch 20)", plain, control, rec, args.repeat))
+    meter = LoopMeter()
+    with meter.installed():
+        rows.append(
+            _row("bundled digits (batch 20)", plain, control, rec, args.repeat, recorder, meter)[0]
+        )
 
     from samplerguard.models.tiny_sd import build_tiny_sd, prompt_embeddings
 
@@ -124,11 +151,23 @@ def main() -> None:
         return sd(**kw, callback_on_step_end=noop)
 
     sd_plain(), sd_rec(), sd_control()
-    rows.append(_row("tiny SD 64x64 (batch 2)", sd_plain, sd_control, sd_rec, args.repeat))
+    with meter.installed():
+        rows.append(
+            _row(
+                "tiny SD 64x64 (batch 2)",
+                sd_plain,
+                sd_control,
+                sd_rec,
+                args.repeat,
+                recorder,
+                meter,
+            )[0]
+        )
     recorder.close()
     print(
         f"hook overhead, {args.steps} steps DPM++ 2M, CFG 3, median of {args.repeat} "
-        f"interleaved runs, torch threads={torch.get_num_threads()}"
+        f"interleaved runs, torch threads={torch.get_num_threads()}, load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     print(
         table(
@@ -137,8 +176,10 @@ def main() -> None:
                 "pipeline",
                 "plain ms",
                 "recorded ms",
-                "ratio (goal ≤ 1.02)",
+                "ratio of medians (goal ≤ 1.02)",
+                "paired ratio, median (IQR)",
                 "noise floor: no-op callback / plain",
+                "hook CPU / generation CPU (goal ≤ 0.02)",
             ],
         )
     )

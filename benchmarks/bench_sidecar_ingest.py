@@ -196,8 +196,10 @@ def main() -> None:
         for c, rates in more.items():
             print(f"  raw frames, {c} clients: {spread(rates)}")
         print(f"  hook (Recorder+SidecarSink), one round: {h:10,.0f}")
+        us = [1e6 / r for r in per_cpu]
         print(
-            f"  sidecar CPU: {spread(per_cpu)} step records per CPU-second "
+            f"  sidecar CPU: {spread(per_cpu)} step records per CPU-second = "
+            f"{statistics.median(us):.0f} us per record [{min(us):.0f}-{max(us):.0f}] "
             f"(it got {statistics.median(share):.0%} of a core; load average "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )

@@ -32,6 +32,8 @@ import json
 import math
 import socket
 import struct
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +62,7 @@ __all__ = [
     "WIRE_VERSION",
     "Frame",
     "FrameReader",
+    "ReceiveBuffers",
     "TensorSpec",
     "WireClosedError",
     "decode_tensors",
@@ -297,6 +300,53 @@ def _uninitialised(size: int) -> memoryview:
     return numpy.empty(size, dtype=numpy.uint8).data.cast("B")
 
 
+class ReceiveBuffers:
+    """Receive buffers of one size for :class:`FrameReader`, reused once nothing refers to them.
+
+    A reader hands out frame bodies as views into its buffer, and they live on (queued for
+    hashing) after the reader has moved on to a fresh buffer. A freshly allocated buffer's pages
+    are faulted in and zeroed by the kernel as the first ``recv`` touches them, which cost the
+    sidecar's connection thread about a fifth of its CPU at 64 KiB step records. A buffer from
+    here returns to the pool when the last view into it is gone (every view hangs on one array,
+    whose finalizer gives the memory back), so its pages stay resident. At most ``keep`` idle
+    buffers are kept; more are made on demand and freed as usual. Old bytes in a reused buffer
+    are never handed out: a reader only hands out bytes it received."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        if size < PREFIX.size:
+            raise ValueError("a receive buffer must hold at least a frame prefix")
+        if keep < 0:
+            raise ValueError(f"cannot keep {keep} idle buffers")
+        self.size = size
+        self.keep = keep
+        self._idle: list[numpy.ndarray[Any, Any]] = []
+        self._lock = threading.Lock()
+        #: buffers allocated so far (the rest of the takes were reuses)
+        self.made = 0
+
+    def take(self) -> memoryview:
+        with self._lock:
+            slab = self._idle.pop() if self._idle else None
+        if slab is None:
+            slab = numpy.empty(self.size, dtype=numpy.uint8)  # not cleared, see _uninitialised
+            with self._lock:
+                self.made += 1
+        owner = slab.view()  # what every view of this lease refers to
+        weakref.finalize(owner, self._give, slab).atexit = False
+        return owner.data.cast("B")
+
+    def _give(self, slab: numpy.ndarray[Any, Any]) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(slab)
+
+    @property
+    def idle(self) -> int:
+        """How many buffers wait for reuse."""
+        with self._lock:
+            return len(self._idle)
+
+
 class FrameReader:
     """Reads a stream of frames through one receive buffer.
 
@@ -304,15 +354,24 @@ class FrameReader:
     stream of step records costs a fraction of a system call per frame instead of three, and a
     frame's body is a view into the buffer: no copy, no allocation. Bytes once received are
     never overwritten: when the buffer runs out, a fresh one takes over (the old one lives on
-    while views into it do). Bodies larger than the buffer are received straight into their own
-    ``bytearray``. Same errors as :func:`read_frame`.
+    while views into it do; with ``buffers`` it is then reused). Bodies larger than the buffer
+    are received straight into their own ``bytearray``. Same errors as :func:`read_frame`.
     """
 
-    def __init__(self, sock: socket.socket, *, buffer_size: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        buffer_size: int = 1 << 20,
+        buffers: ReceiveBuffers | None = None,
+    ) -> None:
         if buffer_size < PREFIX.size:
             raise ValueError("the receive buffer must hold at least a frame prefix")
+        if buffers is not None and buffers.size != buffer_size:
+            raise ValueError(f"the pool's buffers hold {buffers.size} bytes, not {buffer_size}")
         self._sock = sock
         self._size = buffer_size
+        self._buffers = buffers
         # a short stream (a small model's trajectory, a HELLO) never needs the full buffer:
         # start small, and take full-size buffers once the first one runs out
         self._view = memoryview(bytearray(min(buffer_size, _FIRST_BUFFER)))
@@ -325,7 +384,7 @@ class FrameReader:
             return
         if self._start + n > len(self._view):
             held = self._end - self._start
-            fresh = _uninitialised(self._size)
+            fresh = _uninitialised(self._size) if self._buffers is None else self._buffers.take()
             fresh[:held] = self._view[self._start : self._end]
             self._view, self._start, self._end = fresh, 0, held
         while self._end - self._start < n:

@@ -23,7 +23,7 @@ import abc
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from samplerguard.errors import MalformedInputError, SamplerGuardError
 
@@ -314,15 +314,19 @@ _DF_KEY = bytes(range(_AES_KEYLEN))  # §10.3.2 step 8: leftmost keylen bits of 
 _ZEROS = bytes(MAX_BYTES_PER_REQUEST + _BLOCKLEN)
 
 
+def _ctr_encryptor(key: bytes, v: bytes) -> tuple[CipherContext, int]:
+    """An AES-CTR context whose keystream is AES(key, V+1) ‖ AES(key, V+2) ‖ …, and V+1."""
+    start = (int.from_bytes(v, "big") + 1) % (1 << 128)
+    return Cipher(algorithms.AES(key), modes.CTR(start.to_bytes(16, "big"))).encryptor(), start
+
+
 def _ctr_keystream(key: bytes, v: bytes, n: int) -> tuple[bytes, bytes]:
     """AES(key, V+1) ‖ AES(key, V+2) ‖ … for ``n`` bytes, and the last counter used.
 
     This is the CTR_DRBG block loop (§10.2.1.2 step 2, §10.2.1.5.1 step 4) done by AES-CTR."""
-    blocks = -(-n // _BLOCKLEN)
-    start = (int.from_bytes(v, "big") + 1) % (1 << 128)
-    enc = Cipher(algorithms.AES(key), modes.CTR(start.to_bytes(16, "big"))).encryptor()
+    enc, start = _ctr_encryptor(key, v)
     stream = enc.update(memoryview(_ZEROS)[:n])
-    last = (start + blocks - 1) % (1 << 128)
+    last = (start + -(-n // _BLOCKLEN) - 1) % (1 << 128)
     return stream, last.to_bytes(16, "big")
 
 
@@ -446,10 +450,21 @@ class CtrDrbg(Drbg):
             additional = self._condition(additional_input)
             self._update(additional)
         else:
-            additional = b"\x00" * _SEEDLEN
-        stream, self._v = _ctr_keystream(self._key, self._v, len(out))
-        out[:] = stream
-        self._update(additional)
+            additional = b""
+        n = len(out)
+        if n % _BLOCKLEN:
+            stream, self._v = _ctr_keystream(self._key, self._v, n)
+            out[:] = stream
+            self._update(additional or bytes(_SEEDLEN))
+            return
+        # Whole blocks: the output (step 4) and the final update's three blocks (step 6, whose
+        # counter continues from the output's last one) are one keystream, written in place.
+        enc, _ = _ctr_encryptor(self._key, self._v)
+        enc.update_into(memoryview(_ZEROS)[:n], out)
+        temp = enc.update(memoryview(_ZEROS)[:_SEEDLEN])
+        if additional:
+            temp = _xor(temp, additional)
+        self._key, self._v = temp[:_AES_KEYLEN], temp[_AES_KEYLEN:]
 
     def _wipe(self) -> None:
         self._key = b""

@@ -51,6 +51,7 @@ from samplerguard.hook.wire import (
     MAX_STEPS_PER_FRAME,
     Frame,
     FrameReader,
+    ReceiveBuffers,
     TensorSpec,
     WireClosedError,
     listing_specs,
@@ -661,7 +662,9 @@ class _Handler(socketserver.BaseRequestHandler):
         deadline.daemon = True
         deadline.start()
         tr: _Trajectory | None = None
-        frames = FrameReader(sock, buffer_size=ingest.receive_buffer)
+        frames = FrameReader(
+            sock, buffer_size=ingest.receive_buffer, buffers=ingest.receive_buffers
+        )
         try:
             try:
                 first = frames.read(max_body=ingest.max_start_bytes)
@@ -762,6 +765,11 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self.ingest._slots.release()
 
 
+#: bytes of idle receive buffers kept for reuse across connections (resident pages; a burst of
+#: connections may hold more while it lasts)
+RECEIVE_BUFFERS_KEPT = 32 << 20
+
+
 class IngestServer:
     def __init__(
         self,
@@ -780,6 +788,9 @@ class IngestServer:
     ) -> None:
         self.path = path
         self.receive_buffer = receive_buffer
+        self.receive_buffers = ReceiveBuffers(
+            receive_buffer, keep=max(1, RECEIVE_BUFFERS_KEPT // receive_buffer)
+        )
         self.start_timeout = start_timeout
         self.max_start_bytes = max_start_bytes
         self.store = store

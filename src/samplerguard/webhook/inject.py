@@ -44,6 +44,7 @@ from samplerguard.webhook.config import (
     STATE_VOLUME,
     InjectionConfig,
 )
+from samplerguard.webhook.patch import JsonFragment
 from samplerguard.webhook.workloads import PodTemplate, escape_pointer
 
 __all__ = [
@@ -240,9 +241,9 @@ def _container_ops(
 @functools.lru_cache(maxsize=256)
 def _sidecar(
     cfg: InjectionConfig, image: str, tenant: str, policy: str, rng_mode: str
-) -> dict[str, Any]:
-    """The sidecar container. Memoised (a pure function of its arguments); the patch is
-    serialised at once and never mutated."""
+) -> JsonFragment:
+    """The sidecar container. Memoised (a pure function of its arguments), with its JSON text:
+    never mutated."""
     drbg = is_drbg_mode(rng_mode)
     env = [
         *_contract_env(cfg, tenant, policy, rng_mode),
@@ -304,24 +305,30 @@ def _sidecar(
     }
     if cfg.native_sidecar:
         sidecar["restartPolicy"] = "Always"
-    return sidecar
+    return JsonFragment(sidecar)
 
 
 @functools.lru_cache(maxsize=64)
-def _hook_init(cfg: InjectionConfig, image: str) -> dict[str, Any]:
-    return {
-        "name": HOOK_INIT_NAME,
-        "image": image,
-        "command": ["cp", "-R", f"{cfg.hook_source}/.", cfg.hook_mount],
-        "volumeMounts": [{"name": HOOK_VOLUME, "mountPath": cfg.hook_mount}],
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
+def _hook_init(cfg: InjectionConfig, image: str) -> JsonFragment:
+    """The hook's init container; memoised like :func:`_sidecar`."""
+    return JsonFragment(
+        {
+            "name": HOOK_INIT_NAME,
+            "image": image,
+            "command": ["cp", "-R", f"{cfg.hook_source}/.", cfg.hook_mount],
+            "volumeMounts": [{"name": HOOK_VOLUME, "mountPath": cfg.hook_mount}],
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "32Mi"},
+                "limits": {"memory": "128Mi"},
+            },
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
+    )
 
 
 def injection_patch(

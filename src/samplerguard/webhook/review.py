@@ -8,11 +8,12 @@ that does not parse is answered with HTTP 400 before any policy code runs.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
+
+from samplerguard.webhook.patch import patch_json
 
 __all__ = [
     "API_VERSION",
@@ -129,11 +130,7 @@ def allow(
         response=AdmissionResponse(
             uid=uid,
             allowed=True,
-            patch=(
-                base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
-                if patch
-                else None
-            ),
+            patch=base64.b64encode(patch_json(patch).encode()).decode() if patch else None,
             patch_type="JSONPatch" if patch else None,
             warnings=[_clip(w, WARNING_MAX_CHARS) for w in warnings[:WARNINGS_MAX]]
             if warnings

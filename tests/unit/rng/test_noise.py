@@ -42,6 +42,31 @@ def test_transform_matches_its_specification(data: st.DataObject, n: int) -> Non
     np.testing.assert_allclose(got, _reference(buf, n), rtol=2e-5, atol=2e-5)
 
 
+def _same_ops_unblocked(buf: bytes, n: int) -> np.ndarray:
+    """The module doc's float32 steps, each one call over the whole array (numpy's arithmetic
+    is IEEE per element; log and tan are torch's, whose whole-array calls may go threaded)."""
+    m = (n + 1) // 2
+    w = np.frombuffer(buf, dtype="<u4", count=2 * m)
+    f = ((w >> 9) | np.uint32(0x3F800000)).view(np.float32)
+    u1 = np.float32(2.0) - f[:m]
+    phi = (f[m:] - np.float32(1.5)) * np.float32(math.pi)
+    r = np.sqrt(torch.log(torch.from_numpy(u1)).numpy() * np.float32(-2.0))
+    t = torch.tan(torch.from_numpy(phi)).numpy()
+    d = np.float32(1.0) + t * t
+    return np.concatenate([(np.float32(1.0) - t * t) / d * r, t / d * np.float32(2.0) * r])[:n]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4095, 4096, 4097, 4098, 2048 * 9 + 33, 65536, 300_001])
+def test_blocked_transform_is_bit_identical_to_whole_array_ops(n: int) -> None:
+    # The transform runs log and tan per block of 2048; every block, the short last one
+    # included, must give the bits the whole-array ops give.
+    buf = np.random.default_rng(n).bytes(bytes_for(n))
+    got = gaussian_from_bytes(bytearray(buf), n)
+    want = _same_ops_unblocked(buf, n)
+    assert got.dtype == torch.float32 and want.dtype == np.float32
+    assert np.array_equal(got.numpy(), want)
+
+
 def test_extreme_words_stay_finite() -> None:
     for word in (b"\x00" * 4, b"\xff" * 4):
         z = gaussian_from_bytes(bytearray(word * 8), 8)

@@ -17,6 +17,7 @@ from samplerguard.hook.wire import (
     PREFIX,
     Frame,
     FrameReader,
+    ReceiveBuffers,
     WireClosedError,
     decode_tensors,
     read_frame,
@@ -99,6 +100,42 @@ def test_buffered_reader_splits_a_pipelined_stream_exactly(
         thread.join()
     with pytest.raises(ValueError, match="at least a frame prefix"):
         FrameReader(b, buffer_size=8)
+
+
+def test_pooled_buffers_are_reused_only_once_no_body_refers_to_them(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Bodies kept past the reader's move to a fresh buffer keep their bytes (their buffer is
+    not reused while they live); dropped ones give their buffer back, and a reused buffer
+    hands out only bytes received into it."""
+    a, b = pair
+    size = 4096
+    pool = ReceiveBuffers(size, keep=2)
+    kept: list[tuple[int, Frame]] = []
+
+    def writer() -> None:
+        for i in range(40):
+            send_frame(a, FRAME_STEP, {"index": i}, [("latent", torch.full((300,), float(i)))])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reader = FrameReader(b, buffer_size=size, buffers=pool)
+    for i in range(40):
+        frame = reader.read()
+        assert torch.equal(decode_tensors(frame)["latent"], torch.full((300,), float(i)))
+        if i % 10 == 0:
+            kept.append((i, frame))  # held across several buffers' reuse
+    thread.join()
+    # 40 frames of 1.3 KB fill a dozen 4 KiB buffers; the four kept frames pin theirs
+    assert 4 < pool.made <= 8
+    for i, frame in kept:
+        assert torch.equal(decode_tensors(frame)["latent"], torch.full((300,), float(i)))
+    del kept, frame, reader
+    assert pool.idle == 2  # every buffer came back; at most `keep` of them wait
+    with pytest.raises(ValueError, match="not 1000"):
+        FrameReader(b, buffer_size=1000, buffers=pool)
+    with pytest.raises(ValueError, match="idle buffers"):
+        ReceiveBuffers(size, keep=-1)
 
 
 def _raw(a: socket.socket, prefix: bytes, head: bytes = b"", body: bytes = b"") -> None:

@@ -115,3 +115,39 @@ def test_a_pod_that_already_has_the_state_volume_is_refused() -> None:
     pod["spec"]["volumes"] = [{"name": "samplerguard-state", "emptyDir": {}}]
     with pytest.raises(MalformedInputError, match="'samplerguard-state'"):
         _inject(pod)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("existing_init", [False, True])
+def test_patch_text_is_exactly_the_plain_encoding(native: bool, existing_init: bool) -> None:
+    # The injected containers carry their memoised JSON text; the patch spliced from it must
+    # be byte for byte the plain encoding of the operations, whichever way they are added.
+    import json
+    from dataclasses import replace
+
+    from samplerguard.webhook.patch import JsonFragment, patch_json
+
+    pod = workload("Pod", "app", annotations={"note": 'ünïcode \u2028 "quoted"'})
+    if existing_init:
+        pod["spec"]["initContainers"] = [{"name": "setup", "image": "busybox"}]
+    cfg = replace(CFG, native_sidecar=native)
+    tpl = find_pod_template("", "Pod", pod)
+    ops, _ = injection_patch(
+        tpl, cfg, sidecar_image="s:1", hook_image="h:1", tenant="t", policy="P/ü"
+    )
+    assert any(isinstance(op["value"], JsonFragment | list) for op in ops)
+    plain = json.dumps(ops, separators=(",", ":"))
+    assert patch_json(ops) == plain
+    assert json.loads(plain) == json.loads(json.dumps(json.loads(plain)))
+    # a fragment first, last, alone, inside a list with plain items, and in an op whose value
+    # is not its last member
+    frag = JsonFragment({"a": [1, "é"], "b": None})
+    mixed = [
+        {"op": "add", "path": "/x", "value": frag},
+        {"op": "add", "path": "/y", "value": [frag, {"plain": True}]},
+        {"value": frag, "op": "add", "path": "/z"},
+        {"op": "test", "path": "/w", "value": [frag, frag]},
+    ]
+    assert patch_json(mixed) == json.dumps(mixed, separators=(",", ":"))
+    assert patch_json(mixed[:1]) == json.dumps(mixed[:1], separators=(",", ":"))
+    assert patch_json([]) == "[]"
