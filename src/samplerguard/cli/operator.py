@@ -97,13 +97,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--escrow-secret",
-        default=_env("ESCROW_SECRET", "") or None,
+        default=None,
         help="the Secret (in --namespace) holding the verifier's X25519 escrow key pair, "
         "created when absent; unset: no DRBG Secrets are managed",
     )
     p.add_argument(
         "--drbg-secret",
-        default=_env("DRBG_SECRET", "samplerguard-drbg"),
+        default="samplerguard-drbg",
         help="the name of the DRBG Secret (master secret, escrow public key) in each "
         "--drbg-namespace",
     )

@@ -111,7 +111,8 @@ def test_honest_providers_pass(audited: dict[str, Any]) -> None:
         (
             "cheat-steps",
             r"declared sampler runs 8 steps .* commitment has 4"
-            r"|committed schedule (digest )?differs",
+            r"|committed schedule (digest )?differs"
+            r"|set with \{'num_inference_steps': 4\}.*a custom schedule",
         ),
         ("cheat-cfg", r"relL2 .* > tau"),
         ("corrupt", r"opened (input|output) latent digest mismatch"),
