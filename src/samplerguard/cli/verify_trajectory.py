@@ -27,7 +27,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--commitment", type=Path, required=True, help="DSSE envelope (JSON)")
     p.add_argument("--opening", type=Path, required=True, help="opening (.safetensors)")
-    p.add_argument("--model", type=Path, required=True, help="reference checkpoint (.safetensors)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="reference checkpoint: the digits .safetensors, or a diffusers model or "
+        "pipeline folder",
+    )
     p.add_argument(
         "--public-key",
         type=Path,
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from samplerguard.commitment.request import verify_response
     from samplerguard.commitment.statement import Commitment
     from samplerguard.commitment.transcript import Transcript
-    from samplerguard.errors import MalformedInputError, VerificationError
+    from samplerguard.errors import MalformedInputError, SamplerGuardError, VerificationError
 
     def say(verdict: str, reasons: list[str], **facts: Any) -> None:
         if args.json:
@@ -125,27 +131,19 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             verify_response(envelope, key, request=params, output=output)
             print("checked: request and output binding", file=sys.stderr)
-        pipeline = commitment.recipe.get("pipeline")
-        if pipeline != "digits":
-            say(
-                "unusable",
-                [
-                    f"no offline reference program for pipeline {pipeline!r}; "
-                    "this command re-runs the bundled digits pipeline"
-                ],
-            )
-            return 2
+        pipeline = str(commitment.recipe.get("pipeline"))
         import torch
 
-        from samplerguard.models.digits import load_unet
-        from samplerguard.models.programs import DigitsProgram
+        from samplerguard.commitment.digest import safetensors_digest
+        from samplerguard.verifier.reference import load_reference, weights_file
 
         if args.threads:
             torch.set_num_threads(args.threads)
         try:
-            program = DigitsProgram(load_unet(args.model))
-        except Exception as exc:  # safetensors/torch raise many types for a bad checkpoint
-            say("unusable", [f"cannot load model {args.model}: {exc}"])
+            weights = weights_file(pipeline, args.model)
+            program = load_reference(pipeline, args.model, safetensors_digest(weights))
+        except SamplerGuardError as exc:
+            say("unusable", [f"cannot load the reference model {args.model}: {exc}"])
             return 2
         if args.transcript is not None:
             transcript = Transcript.from_bytes(

@@ -1,15 +1,26 @@
 """Reference models: loaded from the declared checkpoint only after its golden digest matches.
 
-The verifier re-runs steps with *its own* copy of the model. The checkpoint file is hashed
-(:func:`~samplerguard.commitment.digest.safetensors_digest`) before anything is deserialised
-into a module; it must be in the policy's ``goldenDigests.modelWeights`` (when that list is
-set) and equal the digest the commitment's recipe declares. Otherwise nothing is loaded and
-the trajectory fails with the two digests in the message.
+The verifier re-runs steps with *its own* copy of the model. A reference checkpoint is, per
+pipeline family (:mod:`samplerguard.families`):
+
+* for the bundled digits model, its single-file ``.safetensors``;
+* for every diffusers family, a diffusers model folder (``unet/`` or ``transformer/``: a
+  ``config.json`` and one ``diffusion_pytorch_model.safetensors``) or a whole pipeline folder
+  (``model_index.json`` beside those subfolders; the family's denoiser is taken).
+
+The weights file is hashed (:func:`~samplerguard.commitment.digest.safetensors_digest`) before
+anything is deserialised into a module; it must be in the policy's ``goldenDigests.modelWeights``
+(when that list is set) and equal the digest the commitment's recipe declares. Otherwise nothing
+is loaded and the trajectory fails with the two digests in the message. After loading, the
+module's own digest is compared again (the file cannot change between the two). Loaded
+references are kept in a bounded LRU cache.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +31,97 @@ from samplerguard.commitment.recheck import StepProgram
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import GoldenDigests
 
-__all__ = ["ReferenceModels"]
+__all__ = ["ReferenceModels", "load_reference", "weights_file"]
+
+#: the denoiser classes a reference folder may name (no arbitrary class is instantiated)
+_MODEL_CLASSES = frozenset(
+    {
+        "UNet2DConditionModel",
+        "UNet2DModel",
+        "UNetMotionModel",
+        "SD3Transformer2DModel",
+        "FluxTransformer2DModel",
+        "PixArtTransformer2DModel",
+        "WanTransformer3DModel",
+        "StableAudioDiTModel",
+    }
+)
+_MAX_CONFIG = 1 << 20
+
+
+def weights_file(pipeline: str, path: Path) -> Path:
+    """The weights file of a reference checkpoint for ``pipeline`` (see the module doc)."""
+    if pipeline == "digits" or path.is_file():
+        return path
+    from samplerguard.families import family_named
+
+    folder = path
+    if (path / "model_index.json").is_file():
+        folder = path / family_named(pipeline).denoiser
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        shards = sorted(folder.glob("diffusion_pytorch_model-*.safetensors"))
+        detail = " (sharded checkpoints are not supported)" if shards else ""
+        raise MalformedInputError(
+            f"reference {path}: no {folder.name}/diffusion_pytorch_model.safetensors{detail}"
+        )
+    return weights
+
+
+def load_reference(
+    pipeline: str, path: Path, digest: str, device: torch.device | str = "cpu"
+) -> StepProgram:
+    """The step program of ``pipeline`` over the reference model at ``path``, whose weights
+    file has been checked to have ``digest``. Raises :class:`VerificationError` when the loaded
+    module's digest differs, :class:`MalformedInputError` for an unusable checkpoint."""
+    from samplerguard.commitment.digest import module_digest
+    from samplerguard.families import family_named
+
+    family = family_named(pipeline)
+    if pipeline == "digits":
+        from samplerguard.models.digits import load_unet
+
+        try:
+            model: torch.nn.Module = load_unet(path, device=device)
+        except Exception as exc:  # safetensors/torch raise many types for a bad checkpoint
+            raise MalformedInputError(
+                f"reference {path.name} is not the bundled digits architecture: "
+                f"{type(exc).__name__}"
+            ) from None
+    else:
+        folder = weights_file(pipeline, path).parent
+        config_file = folder / "config.json"
+        try:
+            if config_file.stat().st_size > _MAX_CONFIG:
+                raise MalformedInputError(f"reference {config_file} is larger than 1 MiB")
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise MalformedInputError(f"reference {config_file}: {exc}") from None
+        cls_name = config.get("_class_name") if isinstance(config, dict) else None
+        if cls_name not in _MODEL_CLASSES:
+            raise MalformedInputError(
+                f"reference {config_file} names model class {str(cls_name)[:60]!r}; "
+                f"a reference is one of {sorted(_MODEL_CLASSES)}"
+            )
+        import diffusers
+
+        try:
+            model = getattr(diffusers, cls_name).from_pretrained(
+                folder, local_files_only=True, use_safetensors=True
+            )
+        except Exception as exc:  # diffusers raises many types for a bad folder
+            raise MalformedInputError(
+                f"reference {folder} cannot be loaded as {cls_name}: {type(exc).__name__}: "
+                f"{str(exc)[:200]}"
+            ) from None
+        model = model.to(device).eval()
+    loaded = module_digest(model)
+    if loaded != digest:
+        raise VerificationError(
+            f"reference {path.name}: the loaded model is {loaded}, its weights file {digest}"
+        )
+    program: StepProgram = family.program(model, digest)
+    return program
 
 
 class ReferenceModels:
@@ -30,12 +131,14 @@ class ReferenceModels:
         golden: GoldenDigests,
         *,
         device: str | torch.device = "cpu",
+        max_loaded: int = 4,
     ) -> None:
         self.checkpoints = checkpoints
         self.golden = golden
         self.device = torch.device(device)
         self._digests: dict[Path, tuple[float, str]] = {}
-        self._programs: dict[tuple[str, str], StepProgram] = {}
+        self._programs: OrderedDict[tuple[str, str], StepProgram] = OrderedDict()
+        self.max_loaded = max(1, max_loaded)
         self._lock = threading.Lock()
 
     def _file_digest(self, path: Path) -> str:
@@ -61,12 +164,13 @@ class ReferenceModels:
         with self._lock:
             cached = self._programs.get((pipeline, declared))
             if cached is not None:
+                self._programs.move_to_end((pipeline, declared))
                 return cached
             path = self.checkpoints.get(pipeline)
             if path is None:
                 raise MalformedInputError(f"no reference checkpoint for pipeline {pipeline!r}")
             # (1): hash the checkpoint before deserialising anything from it
-            digest = self._file_digest(path)
+            digest = self._file_digest(weights_file(pipeline, path))
             if self.golden.model_weights and digest not in self.golden.model_weights:
                 raise VerificationError(
                     f"reference checkpoint {path.name}: digest mismatch (got {digest}, expected "
@@ -76,16 +180,8 @@ class ReferenceModels:
                 raise VerificationError(
                     f"recipe declares model {declared}, the reference checkpoint is {digest}"
                 )
-            program = self._load(pipeline, path, digest)
+            program = load_reference(pipeline, path, digest, self.device)
             self._programs[(pipeline, declared)] = program
+            while len(self._programs) > self.max_loaded:
+                self._programs.popitem(last=False)  # bounded: the least recently used goes
             return program
-
-    def _load(self, pipeline: str, path: Path, digest: str) -> StepProgram:
-        if pipeline == "digits":
-            from samplerguard.models.digits import load_unet
-            from samplerguard.models.programs import DigitsProgram
-
-            return DigitsProgram(load_unet(path, device=self.device), model_digest=digest)
-        raise MalformedInputError(
-            f"pipeline {pipeline!r} has no reference loader in this verifier build"
-        )
