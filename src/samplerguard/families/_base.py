@@ -70,6 +70,9 @@ class Family:
     output: ClassVar[str] = "images"
     #: the pipeline starts its loop part-way into the schedule (img2img's strength)
     partial_schedule: ClassVar[bool] = False
+    #: z_N is the first draw of the request's noise, scaled by the initial sigma: what the
+    #: verifier checks in the DRBG modes (Flux packs the draw into patches, so it cannot)
+    plain_initial_noise: ClassVar[bool] = True
 
     def capture(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float

@@ -142,6 +142,7 @@ class FluxFamily(Family):
             "img_ids": "latent_image_ids",
         }
     )
+    plain_initial_noise = False
     # the guidance embedding is the declared guidance scale: the program builds it itself
     derived = frozenset({"timestep", "hidden_states", "guidance"})
     neutral_options = MappingProxyType(

@@ -203,6 +203,14 @@ class _Call:
                 )
             if int(at[0]):
                 self.begin_index = int(at[0])
+        if self.tr.request.rng_mode != "framework" and (
+            self.begin_index or not self.family.plain_initial_noise
+        ):
+            raise UnsupportedPipeline(
+                f"{self.family.name}: z_N is not a plain draw of the request's noise here "
+                f"({'a partial schedule' if self.begin_index else 'packed latents'}), so "
+                f"{self.tr.request.rng_mode} noise cannot be checked; use framework noise"
+            )
         recipe: dict[str, Any] = {"set_timesteps": self.timesteps}
         if self.begin_index is not None:
             recipe["begin_index"] = self.begin_index

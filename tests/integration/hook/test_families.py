@@ -289,3 +289,16 @@ def test_an_option_the_step_program_does_not_run_is_refused_at_the_call() -> Non
             )
     finally:
         recorder.close()
+
+
+def test_drbg_noise_is_refused_where_z_n_is_not_a_plain_draw() -> None:
+    """Flux packs its noise into patches: the verifier could not regenerate z_N from the
+    escrowed DRBG, so a DRBG-mode request is refused at its first step, not left unchecked."""
+    case = BUILDERS["flux"]()
+    request = dataclasses.replace(_request(case), rng_mode="ctr-drbg")
+    recorder = Recorder(LocalSink())
+    try:
+        with pytest.raises(UnsupportedPipeline, match="packed latents"):
+            case.call(instrument(case.pipe, recorder), trajectory_request=request)
+    finally:
+        recorder.close()
