@@ -79,7 +79,9 @@ def recipe_violations(
                 out.append(
                     ("schedule", f"schedule {sid!r} is not allowed (allowed: {rule.schedules})")
                 )
-        prediction = config.get("prediction_type", "epsilon")
+        # flow-matching schedulers have no prediction_type: they predict the flow
+        default = "flow_prediction" if str(cls).startswith("FlowMatch") else "epsilon"
+        prediction = config.get("prediction_type", default)
         if rule.prediction_types and prediction not in rule.prediction_types:
             out.append(
                 (
