@@ -20,6 +20,7 @@ import re
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -51,7 +52,10 @@ from samplerguard.hook.recorder import Recorder, RecordingError
 from samplerguard.hook.sidecar_sink import SidecarSink
 from samplerguard.policy.report import ReportResult, read_audit_log
 
-__all__ = ["run_live_demo"]
+__all__ = ["DEMO_POD", "run_live_demo"]
+
+#: (namespace, name) the demo's sidecar reports as its pod.
+DEMO_POD = ("samplerguard-demo", "digits-providers")
 
 
 def _log(msg: str) -> None:
@@ -163,6 +167,13 @@ def run_live_demo(
                 "--escrow-public-key",
                 str(escrow_pub),
             ],
+            # the identity the Downward API gives an injected sidecar: the verifier's results
+            # (and the report) name this workload
+            env={
+                "SAMPLERGUARD_POD_NAME": DEMO_POD[1],
+                "SAMPLERGUARD_POD_NAMESPACE": DEMO_POD[0],
+                "SAMPLERGUARD_POD_UID": str(uuid.uuid4()),
+            },
             wait=False,
         )
         verifier = start_verifier(
