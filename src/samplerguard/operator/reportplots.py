@@ -91,7 +91,11 @@ def trend_label(start: float, width: int) -> str:
     return time.strftime(fmt, time.gmtime(start))
 
 
-def _frame(body: list[str], title: str, xlabel: str, ylabel: str, ymax: int) -> str:
+def _frame(
+    body: list[str], title: str, xlabel: str, ylabel: str, ymax: int, *, left: bool = False
+) -> str:
+    """Axes, y ticks and labels around ``body``; ``left`` puts the x label at the left (a
+    legend takes the right)."""
     plot_h = _H - _TOP - _BOTTOM
     out = [
         f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {_W} {_H}' width='{_W}' "
@@ -116,9 +120,9 @@ def _frame(body: list[str], title: str, xlabel: str, ylabel: str, ymax: int) -> 
                 f"<line x1='{_LEFT}' y1='{y:.1f}' x2='{_W - _RIGHT}' y2='{y:.1f}' stroke='#ddd'/>"
             )
     out += body
+    x, anchor = (_LEFT, "start") if left else ((_LEFT + _W - _RIGHT) / 2, "middle")
     out.append(
-        f"<text x='{(_LEFT + _W - _RIGHT) / 2}' y='{_H - 6}' text-anchor='middle' "
-        f"fill='#333'>{escape(xlabel)}</text>"
+        f"<text x='{x}' y='{_H - 6}' text-anchor='{anchor}' fill='#333'>{escape(xlabel)}</text>"
     )
     out.append(
         f"<text x='12' y='{_TOP + plot_h / 2}' text-anchor='middle' fill='#333' "
@@ -204,4 +208,4 @@ def stacked_chart(buckets: list[TrendBucket], width: int, *, title: str) -> str:
             f"<rect x='{x}' y='{_H - 20}' width='10' height='10' fill='{COLORS[status]}'/>"
             f"<text x='{x + 14}' y='{_H - 11}' fill='#333'>{status}</text>"
         )
-    return _frame(body, title, f"UTC, {width} s per bar", "requests", ymax)
+    return _frame(body, title, f"UTC, {width} s per bar", "requests", ymax, left=True)
