@@ -577,8 +577,9 @@ def test_results_become_policy_reports(cluster: dict[str, Any]) -> None:
     )
     assert out.returncode == 0, out.stderr
     text = page.read_text()
-    assert "trajectory-recheck" in text and f"Pod/{APP_NS}/good" in text
-    assert (page.parent / "rel_l2.png").is_file()
+    assert "trajectory-recheck" in text and f"Pod {APP_NS}/good" in text
+    assert "## Verdict per workload" in text and "requests checked" in text
+    assert [p.name for p in page.parent.iterdir()] == ["report.md"]  # nothing beside it
     events = kubectl(
         "get", "events", "-n", APP_NS, "--field-selector", "reason=VerificationFailed", "-o", "json"
     ).stdout

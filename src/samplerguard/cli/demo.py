@@ -36,6 +36,13 @@ def register(sub: Any) -> None:
         help="verify in this process (no sidecar/verifier services; the PR-2 demo)",
     )
     p.add_argument(
+        "--export",
+        type=Path,
+        help="write an audit bundle of each provider's last request (commitment, sidecar key, "
+        "transcript, openings) and the reference checkpoint here, for verify-trajectory "
+        "--bundle after the demo has exited",
+    )
+    p.add_argument(
         "--keep",
         action="store_true",
         help="leave the sidecar and verifier running afterwards, for exploration",
@@ -55,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         tau=args.tau,
         max_requests=args.max_requests,
         threads=args.threads,
+        export=args.export,
     )
+    if args.export is not None and args.in_process:
+        print("--export needs the live demo (a sidecar to export from)", file=sys.stderr)
+        return 2
     try:
         if args.in_process:
             summary = run_demo(cfg)
@@ -67,11 +78,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 2
     print_table(summary)
-    _controls(args.out, summary)
+    _controls(args.out, summary, cfg)
     print(
         f"wrote {args.out}/summary.md, summary.json and one PNG per provider "
         f"in {time.monotonic() - start:.1f}s"
     )
+    if args.export is not None:
+        print(
+            f"audit bundles in {args.export}/<provider>; check one offline with\n"
+            f"  samplerguard verify-trajectory --bundle {args.export}/honest "
+            f"--model {args.export}/reference-model.safetensors"
+        )
     services = summary.get("services")
     if services and services.get("kept"):
         sc, vf = services["sidecar"], services["verifier"]
@@ -92,16 +109,26 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _controls(out: Path, summary: dict[str, Any]) -> None:
+def _controls(out: Path, summary: dict[str, Any], cfg: Any) -> None:
     """The three requests stopped before any trajectory exists (seed health, CFG cap,
     forbidden scheduler), appended to the summary files and the table."""
     import json
 
     from samplerguard.demo.controls import run_controls
+    from samplerguard.demo.live import write_demo_policy
     from samplerguard.models.digits import CLASSIFIER_FILE, load_classifier, load_unet
+    from samplerguard.policy.load import load_policy
 
+    # the CFG cap is the demo policy's (the live demo wrote it; in process it is written now)
+    policy_file = out / "policy.yaml"
+    if not policy_file.exists():
+        write_demo_policy(policy_file, cfg, summary["model_digest"])
+    rule = load_policy(str(policy_file)).spec.recipe
+    cap = rule.cfg.max if rule is not None else float("inf")
     classifier = load_classifier() if CLASSIFIER_FILE.exists() else None
-    controls = run_controls(load_unet(), classifier, steps=summary["declared"]["steps"])
+    controls = run_controls(
+        load_unet(), classifier, steps=summary["declared"]["steps"], policy_cfg_max=cap
+    )
     summary["controls"] = controls
     summary["all_controls_refused"] = all(c["verdict"] == "refused" for c in controls)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -117,6 +144,6 @@ def _controls(out: Path, summary: dict[str, Any]) -> None:
         lines.append(
             f"| {c['case']} | {c['control']} | **{c['verdict']}** | {c['reason']} | {acc} |"
         )
-        print(f"{c['case']:<20} {c['verdict']:<8} by {c['control']}: {c['reason'][:110]}")
+        print(f"{c['case']:<20} {c['verdict']:<8} by {c['control']}\n{'':<20} {c['reason']}")
     with (out / "summary.md").open("a") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -13,12 +13,17 @@ __all__ = ["register", "run"]
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "report",
-        help="write an audit report (Markdown or HTML with plots)",
+        help="write an audit report (one Markdown or self-contained HTML file)",
         description="Read samplerguard's PolicyReports from the cluster (KUBECONFIG), or a local "
-        "JSON-lines audit log (--audit-log), and write a page with tables and PNG plots.",
+        "JSON-lines audit log (--audit-log), and write one page: the time range, a verdict per "
+        "policy and per workload, the workloads failing and why, every failure (request id, "
+        "trajectory root, step, score against tau, time), trends and distributions. HTML "
+        "embeds its charts as inline SVG; nothing is written beside the output.",
     )
     p.add_argument("--audit-log", type=Path, action="append", help="local mode: JSON-lines file(s)")
-    p.add_argument("--out", type=Path, default=Path("samplerguard-report.md"))
+    p.add_argument(
+        "--out", type=Path, default=Path("samplerguard-report.md"), help="the file to write"
+    )
     p.add_argument("--format", choices=["md", "html"], help="default: from --out's suffix")
     p.set_defaults(_run=run)
 
@@ -36,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"cannot read audit log: {exc}", file=sys.stderr)
             return 2
         source = ", ".join(str(p) for p in args.audit_log)
+        print(f"read {len(results)} results from {source}", file=sys.stderr)
     else:
         from kubernetes import config as kconfig
 
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"no cluster to read from ({exc}); use --audit-log FILE", file=sys.stderr)
             return 2
         kube = Kube()
+        print("reading PolicyReports from the cluster…", file=sys.stderr)
         results = results_from_reports(kube.list_reports(MANAGED))
         source = "PolicyReports in the cluster"
     for path in render(results, args.out, fmt=fmt, source=source):

@@ -5,8 +5,8 @@ denoising transition:
 
 * **shifted-seed-vector**: z_N = z + η·u instead of the DRBG's z. The seed-vector health check
   (:func:`samplerguard.rng.check_seed_vector`) refuses it before generation.
-* **cfg-above-cap**: guidance 9.0 against the recipe's range [1, 5] and the policy's cap. The
-  inference guard warns, and the policy (enforce mode) refuses it.
+* **cfg-above-cap**: guidance 9.0 against the recipe's range [1, 5] and the demo policy's
+  ``cfg.max``. The inference guard warns, and the policy (enforce mode) refuses it.
 * **forbidden-scheduler**: Euler ancestral, which the bundled recipe forbids. The inference guard
   refuses it as a hard failure.
 
@@ -68,7 +68,7 @@ def run_controls(
     *,
     steps: int = 20,
     batch: int = 16,
-    policy_cfg_max: float = 5.0,
+    policy_cfg_max: float,
 ) -> list[dict[str, Any]]:
     """Run the three control cases; returns JSON-ready results."""
     # A fixed demo secret and deterministic nonces: the demo is reproducible. A deployment reads

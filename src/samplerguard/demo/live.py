@@ -16,10 +16,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +37,7 @@ from samplerguard.demo.run import (
     ProviderResult,
     _save_grid,
     max_requests_for,
+    reason_text,
     render_markdown,
 )
 from samplerguard.demo.services import (
@@ -51,7 +52,10 @@ from samplerguard.hook.recorder import Recorder, RecordingError
 from samplerguard.hook.sidecar_sink import SidecarSink
 from samplerguard.policy.report import ReportResult, read_audit_log
 
-__all__ = ["run_live_demo"]
+__all__ = ["DEMO_POD", "run_live_demo"]
+
+#: (namespace, name) the demo's sidecar reports as its pod.
+DEMO_POD = ("samplerguard-demo", "digits-providers")
 
 
 def _log(msg: str) -> None:
@@ -163,6 +167,13 @@ def run_live_demo(
                 "--escrow-public-key",
                 str(escrow_pub),
             ],
+            # the identity the Downward API gives an injected sidecar: the verifier's results
+            # (and the report) name this workload
+            env={
+                "SAMPLERGUARD_POD_NAME": DEMO_POD[1],
+                "SAMPLERGUARD_POD_NAMESPACE": DEMO_POD[0],
+                "SAMPLERGUARD_POD_UID": str(uuid.uuid4()),
+            },
             wait=False,
         )
         verifier = start_verifier(
@@ -195,6 +206,8 @@ def run_live_demo(
             unet,
             classifier,
         )
+        if cfg.export is not None:
+            _export(cfg, sidecar.url, token, summary)
         summary["services"] = {
             "sidecar": {
                 "pid": sidecar.pid,
@@ -215,6 +228,49 @@ def run_live_demo(
             for svc in (verifier, sidecar):
                 if svc is not None:
                     svc.stop()
+
+
+def _challenged_steps(journal: Path, request_id: str) -> list[int]:
+    """The steps the verifier drew for a request, from its journal (the draw is journaled
+    before any opening is fetched)."""
+    steps: list[int] = []
+    try:
+        lines = journal.read_text().splitlines()
+    except OSError:
+        return steps
+    for line in lines:
+        if f'/{request_id}"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if str(entry.get("challenge", "")).endswith(f"/{request_id}"):
+            steps = [int(s) for s in entry.get("steps") or []]
+    return steps
+
+
+def _export(cfg: DemoConfig, sidecar_url: str, token: Path, summary: dict[str, Any]) -> None:
+    """An audit bundle per provider (its last request), plus the reference checkpoint, so
+    ``verify-trajectory --bundle`` works after the services are gone."""
+    import shutil
+
+    from samplerguard.models.digits import MODEL_FILE
+    from samplerguard.verifier.bundle import export_bundle
+    from samplerguard.verifier.client import SidecarClient
+
+    assert cfg.export is not None
+    cfg.export.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(MODEL_FILE, cfg.export / "reference-model.safetensors")
+    secret = token.read_text().strip()
+    client = SidecarClient(sidecar_url, lambda: secret, timeout=30.0)
+    try:
+        for p in summary["providers"]:
+            if p["request_id"]:
+                export_bundle(client, p["request_id"], cfg.export / p["provider"])
+                p["bundle"] = str(cfg.export / p["provider"])
+    finally:
+        client.close()
 
 
 def _secret_file(path: Path, data: bytes) -> Path:
@@ -247,6 +303,7 @@ def _run_providers(
     classifier: Any,
 ) -> dict[str, Any]:
     declared = Declared(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
+    journal = out / "services" / "verifier-state" / "journal.jsonl"
     progress(
         f"  bundled digits model {digest[:19]}…, declared {cfg.sampler} × {cfg.steps} steps, "
         f"CFG {cfg.cfg}, k={cfg.k}, τ={cfg.tau:.0e}"
@@ -270,7 +327,7 @@ def _run_providers(
                 try:
                     g = provider.generate(rid, labels)
                 except RecordingError as exc:
-                    res.checks = [Check(-1, None, None, "reject", f"sidecar refused: {exc}")]
+                    res.checks = [Check(None, None, None, "reject", f"sidecar refused: {exc}")]
                     res.requests, res.verdict = r, "rejected"
                     progress(f"  {name:<18} request {r}: REFUSED by the sidecar ({exc})")
                     break
@@ -283,13 +340,15 @@ def _run_providers(
                 rechecks = [x for x in mine if x.rule == "trajectory-recheck"]
                 res.requests, res.root = r, g.commitment.root.hex()
                 res.faked_steps = g.faked_steps
+                res.request_id = rid
+                res.challenged = _challenged_steps(journal, rid)
                 res.checks = [
                     Check(
-                        -1 if x.metric("step") is None else int(x.metric("step") or 0),
+                        None if x.metric("step") is None else int(x.metric("step") or 0),
                         x.metric("relL2"),
                         x.metric("relL2"),
                         "pass" if x.result == "pass" else "reject",
-                        "" if x.result == "pass" else re.sub(r"^step \d+: ", "", x.message),
+                        "" if x.result == "pass" else reason_text(x.message),
                     )
                     for x in rechecks
                 ]

@@ -11,6 +11,7 @@ per request with probability about k/N).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import statistics
 import sys
@@ -33,7 +34,7 @@ from samplerguard.models.programs import DigitsProgram
 from samplerguard.rng import NoiseAuthority
 from samplerguard.rng.escrow import SeedEscrow, open_escrow
 
-__all__ = ["DemoConfig", "ProviderResult", "choose_steps", "run_demo"]
+__all__ = ["DemoConfig", "ProviderResult", "choose_steps", "reason_text", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,14 @@ class DemoConfig:
     #: a cheater is served until caught, or until one faking a single step would have escaped
     #: with at most this probability (then it is reported "not caught")
     miss: float = 1e-6
+    #: live mode: write an audit bundle of each provider's last request here
+    export: Path | None = None
 
 
 @dataclass
 class Check:
-    step: int
+    #: the re-checked step, or None for a check of the whole request (transcript, bindings)
+    step: int | None
     rel_l2: float | None
     worst: float | None
     verdict: str
@@ -74,6 +78,9 @@ class ProviderResult:
     recheck_s: float = 0.0
     accuracy: float | None = None
     image: str = ""
+    request_id: str = ""
+    #: every step the verifier challenged in the last request
+    challenged: list[int] = field(default_factory=list)
 
 
 def demo_authority() -> NoiseAuthority:
@@ -114,7 +121,7 @@ def _challenge(
             noise=noise,
         )
     except VerificationError as exc:
-        return [Check(-1, None, None, "reject", str(exc))], time.perf_counter() - start
+        return [Check(None, None, None, "reject", str(exc))], time.perf_counter() - start
     elapsed = time.perf_counter() - start
     checks = []
     for r in outcome.results:
@@ -200,6 +207,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
             checks, per_step = _challenge(commitment, sink, program, steps, cfg.tau, noise)
             check_times.append(per_step)
             res.requests, res.root, res.checks = r, commitment.root.hex(), checks
+            res.request_id, res.challenged = commitment.request_id, steps
             res.faked_steps = g.faked_steps
             if classifier is not None:
                 res.accuracy = classifier.accuracy(g.images, labels)
@@ -245,9 +253,32 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
     return summary
 
 
-def _where(step: int) -> str:
-    """A check of one step, or (step < 0) of the whole request: its transcript or bindings."""
-    return "request" if step < 0 else str(step)
+def _where(step: int | None) -> str:
+    """A check of one step, or (None) of the whole request: its transcript or bindings."""
+    return "request" if step is None else f"step {step}"
+
+
+_PREFIX = re.compile(r"^(?:step \d+|request): ")
+
+
+def reason_text(reason: str) -> str:
+    """A reason without the ``step N:`` / ``request:`` prefix its table row already shows."""
+    while _PREFIX.match(reason):
+        reason = _PREFIX.sub("", reason, count=1)
+    return reason
+
+
+def _challenged(p: dict[str, Any]) -> str:
+    steps = p.get("challenged") or sorted({c["step"] for c in p["checks"] if c["step"] is not None})
+    return ", ".join(str(s) for s in steps) if steps else "—"
+
+
+def _worst(p: dict[str, Any]) -> str:
+    scored = [c for c in p["checks"] if c["worst"] is not None]
+    if not scored:
+        return "—"
+    c = max(scored, key=lambda c: c["worst"])
+    return f"{_fmt(c['worst'])} (step {c['step']})"
 
 
 def _fmt(x: float | None) -> str:
@@ -263,20 +294,19 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"Declared recipe: `{d['sampler']}`, {d['steps']} steps, CFG {d['cfg']}; "
         f"k = {summary['k']} challenged steps per request; τ = {summary['tau']:.0e}.",
         "",
-        "| provider | verdict | requests | root | challenged steps (rel-L2 / worst) | reason |"
+        "| provider | verdict | requests | root | challenged steps | worst rel-L2 | reason |"
         " accuracy | image |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in summary["providers"]:
-        checks = ", ".join(
-            f"{_where(c['step'])}: {_fmt(c['rel_l2'])}/{_fmt(c['worst'])}" for c in p["checks"]
+        reasons = "; ".join(
+            f"{_where(c['step'])}: {reason_text(c['reason'])}" for c in p["checks"] if c["reason"]
         )
-        reasons = "; ".join(c["reason"] for c in p["checks"] if c["reason"])[:160]
         acc = "—" if p["accuracy"] is None else f"{p['accuracy']:.0%}"
         img = f"![{p['provider']}]({p['image']})" if p["image"] else ""
         lines.append(
             f"| {p['provider']} | **{p['verdict']}** | {p['requests']} | `{p['root'][:16]}…` | "
-            f"{checks} | {reasons} | {acc} | {img} |"
+            f"{_challenged(p)} | {_worst(p)} | {reasons.replace('|', '/')} | {acc} | {img} |"
         )
     lines += [
         "",
@@ -289,17 +319,18 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def print_table(summary: dict[str, Any], out: Callable[[str], None] = print) -> None:
-    out(f"{'provider':<18} {'verdict':<11} {'req':>3}  {'root':<18} worst rel-L2 per step")
+    out(
+        f"{'provider':<18} {'verdict':<11} {'req':>3}  {'root':<18} "
+        f"{'challenged steps':<18} worst rel-L2"
+    )
     for p in summary["providers"]:
-        checks = " ".join(f"{_where(c['step'])}:{_fmt(c['worst'])}" for c in p["checks"])
         out(
             f"{p['provider']:<18} {p['verdict']:<11} {p['requests']:>3}  {p['root'][:16]}…  "
-            f"{checks}"
+            f"{_challenged(p):<18} {_worst(p)}"
         )
         for c in p["checks"]:
             if c["reason"]:
-                where = "request" if c["step"] < 0 else f"step {c['step']}"
-                out(f"{'':<18}   {where}: {c['reason']}")
+                out(f"{'':<18}   {_where(c['step'])}: {reason_text(c['reason'])}")
     vr = summary["verification_ratio"]
     if summary.get("services"):
         # Live mode times a whole verifier round: HTTP, signature, inclusion, the re-check,

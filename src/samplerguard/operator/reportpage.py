@@ -1,25 +1,39 @@
 """``samplerguard report``: an audit page from PolicyReports or a local JSON-lines audit log.
 
 Lives in the operator package because it reads the operator's reports (and the cluster); the
-core :mod:`samplerguard.policy.report` defines the records. Output is Markdown or HTML with
-tables (summary by rule and result, failures per workload) and PNG plots: the guidance and
-step-count histograms, the rel-L2 distribution against τ (log scale), and results per hour.
-Plots need matplotlib (the ``report`` extra); without it the tables are still written.
+numbers come from :mod:`samplerguard.policy.report_view`, the charts from
+:mod:`.reportplots`. The page opens with what a security team acts on: the time range, a
+verdict per policy and per workload, the workloads failing and why, then every failure with its
+request id, trajectory root, step, score against τ and time. Trends and distributions follow.
+
+HTML is one self-contained file (charts are inline SVG); Markdown carries the same numbers as
+tables. Nothing is written beside the output.
 """
 
 from __future__ import annotations
 
 import html
-import math
-from collections import Counter
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from samplerguard.operator.reportplots import (
+    COLORS,
+    Bar,
+    bar_chart,
+    score_bins,
+    stacked_chart,
+    trend_label,
+    value_bins,
+)
 from samplerguard.policy.report import ReportResult
+from samplerguard.policy.report_view import STATUSES, Failure, Group, ReportView, build_view
 
-__all__ = ["Samples", "collect", "render", "results_from_reports"]
+__all__ = ["MAX_FAILURE_ROWS", "page", "render", "results_from_reports"]
+
+#: Failures listed one per row; beyond this the page says how many more there are.
+MAX_FAILURE_ROWS = 2000
 
 
 def results_from_reports(bodies: Iterable[dict[str, Any]]) -> list[ReportResult]:
@@ -33,157 +47,292 @@ def results_from_reports(bodies: Iterable[dict[str, Any]]) -> list[ReportResult]
     return out
 
 
-@dataclass
-class Samples:
-    guidance: list[float]
-    steps: list[float]
-    rel_l2: list[float]
-    tau: float | None
-    times: list[tuple[float, str]]
+def _utc(t: float | None) -> str:
+    if not t:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
-def _values(r: ReportResult, key: str) -> list[float]:
-    joined = r.properties.get(f"{key}Samples")
-    raw = joined.split(",") if joined else [r.properties[key]] if key in r.properties else []
-    out = []
-    for v in raw:
-        try:
-            f = float(v)
-        except ValueError:
-            continue
-        if math.isfinite(f):
-            out.append(f)
+def _span(view: ReportView) -> str:
+    if view.first is None or view.last is None:
+        return "no timestamps"
+    seconds = view.last - view.first
+    if seconds < 120:
+        length = f"{seconds:.0f} s"
+    elif seconds < 7200:
+        length = f"{seconds / 60:.0f} min"
+    elif seconds < 172800:
+        length = f"{seconds / 3600:.1f} h"
+    else:
+        length = f"{seconds / 86400:.1f} days"
+    return f"{_utc(view.first)} to {_utc(view.last)} ({length})"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else "0" if v == 0 else f"{v:.3g}"
+
+
+def _requests_line(view: ReportView) -> str:
+    r = view.requests
+    parts = [f"{r.get(s, 0)} {w}" for s, w in (("pass", "passed"), ("fail", "failed"))]
+    parts += [f"{r[s]} {s}" for s in ("warn", "error") if r.get(s)]
+    return f"{view.request_total} requests checked: " + ", ".join(parts)
+
+
+def _group_rows(groups: list[Group], with_reasons: bool) -> list[list[str]]:
+    rows = []
+    for g in groups:
+        row = [
+            g.name,
+            g.verdict.upper(),
+            str(sum(g.requests.values())),
+            str(g.requests.get("pass", 0)),
+            str(g.failed_requests),
+            str(g.requests.get("error", 0) + g.results.get("error", 0)),
+            str(sum(g.results.values())),
+        ]
+        if with_reasons:
+            row.append("; ".join(f"{r} ({n})" for r, n in g.reasons.most_common(3)) or "-")
+        rows.append(row)
+    return rows
+
+
+_GROUP_HEAD = ["", "verdict", "requests", "passed", "failed", "errors", "other checks"]
+_FAIL_HEAD = ["time (UTC)", "workload", "policy", "check", "request id", "trajectory root"]
+_FAIL_HEAD += ["step", "score (rel-L2)", "τ", "what was found"]
+
+
+def _failure_row(f: Failure, *, short_root: bool) -> list[str]:
+    root = f.root[:16] + "…" if short_root and len(f.root) > 16 else f.root
+    result = "" if f.result == "fail" else f"[{f.result}] "
+    folded = f" (×{f.count}, latest shown)" if f.count > 1 else ""
+    return [
+        _utc(f.when),
+        f.workload,
+        f.policy,
+        f.rule,
+        f.request_id,
+        root,
+        "-" if f.step is None else str(f.step),
+        _num(f.score),
+        _num(f.tau),
+        result + f.message + folded,
+    ]
+
+
+def _charts(view: ReportView) -> list[tuple[str, list[Bar], tuple[int, str] | None, str, str]]:
+    """(title, bars, marker, x label, y label) of each distribution."""
+    out: list[tuple[str, list[Bar], tuple[int, str] | None, str, str]] = []
+    bars, cut = score_bins(view.scores, view.exact_zero, view.tau)
+    if bars:
+        marker = (cut, f"τ = {view.tau:g}") if cut >= 0 and view.tau else None
+        out.append(("Re-check scores", bars, marker, "rel-L2 (log10 bins; 0 = exact)", "checks"))
+    if view.guidance:
+        bars = value_bins(view.guidance)
+        out.append(("Guidance scale per request", bars, None, "guidance (CFG)", "requests"))
+    if view.steps:
+        bars = value_bins(view.steps)
+        out.append(("Sampling steps per request", bars, None, "steps", "requests"))
     return out
 
 
-def collect(results: list[ReportResult]) -> Samples:
-    g: list[float] = []
-    s: list[float] = []
-    rel: list[float] = []
-    taus = []
-    for r in results:
-        if r.rule in ("recipe", "trajectory-recheck"):
-            g += _values(r, "guidance")
-            s += _values(r, "steps")
-        if r.rule == "trajectory-recheck":
-            rel += _values(r, "relL2")
-            t = r.metric("tau")
-            if t is not None:
-                taus.append(t)
-    return Samples(g, s, rel, min(taus) if taus else None, [(r.when, r.result) for r in results])
-
-
-def _plots(samples: Samples, out_dir: Path) -> list[tuple[str, str]]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    made: list[tuple[str, str]] = []
-
-    def save(fig: Any, name: str, title: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
-        made.append((name, title))
-
-    if samples.guidance:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.hist(samples.guidance, bins=20, color="#4878d0")
-        ax.set_xlabel("guidance scale (CFG)")
-        ax.set_ylabel("requests")
-        save(fig, "guidance.png", "Guidance scale")
-    if samples.steps:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.hist(samples.steps, bins=min(30, len(set(samples.steps)) or 1), color="#6acc64")
-        ax.set_xlabel("sampling steps")
-        ax.set_ylabel("requests")
-        save(fig, "steps.png", "Step count")
-    if samples.rel_l2:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        logs = [math.log10(max(v, 1e-12)) for v in samples.rel_l2]
-        ax.hist(logs, bins=30, color="#d65f5f")
-        if samples.tau:
-            ax.axvline(math.log10(samples.tau), color="k", linestyle="--", label="τ")
-            ax.legend()
-        ax.set_xlabel("log10 rel-L2 of re-checked steps")
-        ax.set_ylabel("checks")
-        save(fig, "rel_l2.png", "rel-L2 distribution")
-    if samples.times:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        start = min(t for t, _ in samples.times)
-        hours = sorted({int((t - start) // 3600) for t, _ in samples.times})
-        for status, color in (("pass", "#6acc64"), ("fail", "#d65f5f"), ("error", "#956cb4")):
-            per = Counter(int((t - start) // 3600) for t, s in samples.times if s == status)
-            ax.plot(hours, [per.get(h, 0) for h in hours], marker="o", label=status, color=color)
-        ax.set_xlabel("hours since first result")
-        ax.set_ylabel("results")
-        ax.legend()
-        save(fig, "trend.png", "Results over time")
-    return made
-
-
-def _tables(results: list[ReportResult]) -> tuple[list[list[str]], list[list[str]]]:
-    counts: Counter[tuple[str, str]] = Counter()
-    for r in results:
-        n = r.metric("count")
-        counts[(r.rule, r.result)] += int(n) if n and n >= 1 else 1
-    rules = sorted({k[0] for k in counts})
-    statuses = ["pass", "fail", "warn", "error", "skip"]
-    summary = [[rule, *[str(counts.get((rule, s), 0)) for s in statuses]] for rule in rules]
-    failures = [
-        [r.workload, r.policy, r.rule, r.result, r.message[:200]]
-        for r in sorted(results, key=lambda r: -r.when)
-        if r.result in ("fail", "error")
-    ][:200]
-    return summary, failures
+def page(results: list[ReportResult], *, fmt: str, source: str) -> str:
+    """The whole page as text (``md`` or ``html``)."""
+    view = build_view(results)
+    return _markdown(view, source) if fmt == "md" else _html(view, source)
 
 
 def render(results: list[ReportResult], out: Path, *, fmt: str, source: str) -> list[Path]:
-    """Write the page (and its PNGs beside it). Returns the files written."""
+    """Write the page to ``out`` (one file). Returns the files written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    samples = collect(results)
-    plots = _plots(samples, out.parent)
-    summary, failures = _tables(results)
-    head = ["rule", "pass", "fail", "warn", "error", "skip"]
-    fhead = ["workload", "policy", "rule", "result", "message"]
-    if fmt == "md":
-        lines = [
-            f"# samplerguard audit report\n\nSource: {source}. {len(results)} result entries.\n"
-        ]
-        lines += ["## Summary\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(row) + " |" for row in summary]
-        lines += ["\n## Failures\n", "| " + " | ".join(fhead) + " |", "|" + "---|" * len(fhead)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in failures]
-        if not failures:
-            lines.append("| - | - | - | - | none |")
-        for name, title in plots:
-            lines.append(f"\n## {title}\n\n![{title}]({name})")
-        if not plots:
-            lines.append("\n(no plots: nothing to plot, or matplotlib is not installed)")
-        out.write_text("\n".join(lines) + "\n")
+    out.write_text(page(results, fmt=fmt, source=source), encoding="utf-8")
+    return [out]
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    def cell(c: str) -> str:
+        return c.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _markdown(view: ReportView, source: str) -> str:
+    lines = [
+        "# samplerguard audit report",
+        "",
+        f"- Source: {source}",
+        f"- Time range: {_span(view)}",
+        f"- {_requests_line(view)}; {view.entries} result entries",
+        "",
+        "## Verdict per policy",
+        "",
+    ]
+    lines += _md_table(["policy", *_GROUP_HEAD[1:]], _group_rows(view.policies, False))
+    lines += ["## Verdict per workload", ""]
+    lines += _md_table(["workload", *_GROUP_HEAD[1:], "why"], _group_rows(view.workloads, True))
+    lines += ["## Workloads failing and why", ""]
+    if not view.failing_workloads:
+        lines += ["None.", ""]
+    for g in view.failing_workloads:
+        lines.append(f"- **{g.name}**: {g.failed_requests} failed request(s)")
+        lines += [f"  - {reason}: {n}" for reason, n in g.reasons.most_common()]
+    lines.append("")
+    shown = view.failures[:MAX_FAILURE_ROWS]
+    lines += [f"## Failures ({sum(f.count for f in view.failures)})", ""]
+    if shown:
+        lines += _md_table(_FAIL_HEAD, [_failure_row(f, short_root=False) for f in shown])
     else:
+        lines += ["None.", ""]
+    if len(view.failures) > len(shown):
+        lines += [f"{len(view.failures) - len(shown)} older failures not listed.", ""]
+    lines += ["## Checks by rule", ""]
+    lines += _md_table(
+        ["check", *STATUSES],
+        [[rule, *[str(c.get(s, 0)) for s in STATUSES]] for rule, c in view.by_rule.items()],
+    )
+    lines += [f"## Requests over time ({view.bucket_s} s per row)", ""]
+    lines += _md_table(
+        ["from (UTC)", "passed", "failed", "warn", "error"],
+        [
+            [
+                _utc(b.start),
+                *[str(b.requests.get(s, 0)) for s in ("pass", "fail", "warn", "error")],
+            ]
+            for b in view.trend
+        ],
+    )
+    for title, bars, marker, xlabel, ylabel in _charts(view):
+        lines += [f"## {title}", ""]
+        if marker is not None:
+            lines += [f"Bins from `{bars[marker[0]].label}` up are above {marker[1]}.", ""]
+        lines += _md_table([xlabel, ylabel], [[b.label, str(b.count)] for b in bars])
+    return "\n".join(lines)
 
-        def table(h: list[str], rows: list[list[str]]) -> str:
-            th = "".join(f"<th>{html.escape(c)}</th>" for c in h)
-            trs = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                for row in rows
-            )
-            return f"<table><tr>{th}</tr>{trs}</table>"
 
-        imgs = "".join(
-            f"<h2>{html.escape(t)}</h2><img src='{html.escape(n)}' alt='{html.escape(t)}'>"
-            for n, t in plots
+# -- HTML -------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222;padding:0 1em}
+h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.k{white-space:nowrap}
+code{font-size:12px}.v{font-weight:bold;padding:1px 6px;border-radius:3px;color:#fff}
+.facts td:first-child{font-weight:bold;background:#fafafa}
+.charts{display:flex;flex-wrap:wrap;gap:1em}.charts figure{margin:0}
+figcaption{font-weight:bold;margin:.3em 0}
+"""
+
+_VERDICT_COLOR = {"fail": COLORS["fail"], "error": COLORS["error"], "warn": COLORS["warn"]}
+_VERDICT_COLOR |= {"pass": COLORS["pass"], "none": COLORS["skip"]}
+
+
+def _badge(verdict: str) -> str:
+    color = _VERDICT_COLOR.get(verdict.lower(), COLORS["skip"])
+    return f"<span class='v' style='background:{color}'>{html.escape(verdict.upper())}</span>"
+
+
+def _table(
+    head: list[str],
+    rows: list[list[str]],
+    *,
+    raw_cols: tuple[int, ...] = (),
+    nowrap: tuple[int, ...] = (),
+) -> str:
+    th = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    body = []
+    for row in rows:
+        cells = []
+        for i, c in enumerate(row):
+            text = c if i in raw_cols else html.escape(c)
+            numeric = c.replace(".", "").replace("e-", "").isdigit()
+            cls = " class='n'" if numeric else " class='k'" if i in nowrap else ""
+            cells.append(f"<td{cls}>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
+
+
+def _html(view: ReportView, source: str) -> str:
+    esc = html.escape
+    overall = "fail" if view.requests.get("fail") or view.results.get("fail") else None
+    overall = overall or ("error" if view.results.get("error") else "pass")
+    facts = [
+        ["Overall", _badge(overall)],
+        ["Time range", esc(_span(view))],
+        ["Requests", esc(_requests_line(view))],
+        ["Result entries", str(view.entries)],
+        ["Source", esc(source)],
+    ]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>samplerguard audit report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>samplerguard audit report</h1>",
+        "<table class='facts'>"
+        + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in facts)
+        + "</table>",
+    ]
+
+    def groups(title: str, what: str, gs: list[Group], reasons: bool) -> None:
+        rows = _group_rows(gs, reasons)
+        for row in rows:
+            row[0], row[1] = esc(row[0]), _badge(row[1])
+            if reasons:
+                row[-1] = esc(row[-1])
+        head = [what, *_GROUP_HEAD[1:], *(["why"] if reasons else [])]
+        parts.append(f"<h2>{title}</h2>" + _table(head, rows, raw_cols=tuple(range(len(head)))))
+
+    groups("Verdict per policy", "policy", view.policies, False)
+    groups("Verdict per workload", "workload", view.workloads, True)
+    parts.append("<h2>Workloads failing and why</h2>")
+    if not view.failing_workloads:
+        parts.append("<p>None.</p>")
+    for g in view.failing_workloads:
+        items = "".join(
+            f"<li>{esc(reason)}: <b>{n}</b></li>" for reason, n in g.reasons.most_common()
         )
-        out.write_text(
-            "<!doctype html><html><head><meta charset='utf-8'><title>samplerguard report</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
-            f"<h1>samplerguard audit report</h1><p>Source: {html.escape(source)}. "
-            f"{len(results)} result entries.</p><h2>Summary</h2>{table(head, summary)}"
-            f"<h2>Failures</h2>{table(fhead, failures)}{imgs}</body></html>\n"
+        parts.append(
+            f"<p><b>{esc(g.name)}</b>: {g.failed_requests} failed request(s)</p><ul>{items}</ul>"
         )
-    return [out, *[out.parent / n for n, _ in plots]]
+    shown = view.failures[:MAX_FAILURE_ROWS]
+    parts.append(f"<h2>Failures ({sum(f.count for f in view.failures)})</h2>")
+    if shown:
+        rows = []
+        for f in shown:
+            row = [esc(c) for c in _failure_row(f, short_root=True)]
+            row[5] = f"<code title='{esc(f.root)}'>{row[5]}</code>"
+            row[4] = f"<code>{row[4]}</code>"
+            rows.append(row)
+        cols = tuple(range(len(_FAIL_HEAD)))
+        parts.append(_table(_FAIL_HEAD, rows, raw_cols=cols, nowrap=(0, 3, 4, 5, 8)))
+    else:
+        parts.append("<p>None.</p>")
+    if len(view.failures) > len(shown):
+        parts.append(f"<p>{len(view.failures) - len(shown)} older failures not listed.</p>")
+    parts.append("<h2>Checks by rule</h2>")
+    parts.append(
+        _table(
+            ["check", *STATUSES],
+            [[rule, *[str(c.get(s, 0)) for s in STATUSES]] for rule, c in view.by_rule.items()],
+        )
+    )
+    parts.append("<h2>Trends and distributions</h2><div class='charts'>")
+    if view.trend:
+        title = "Requests over time"
+        chart = stacked_chart(view.trend, view.bucket_s, title=title)
+        parts.append(f"<figure><figcaption>{title}</figcaption>{chart}</figure>")
+    for title, bars, marker, xlabel, ylabel in _charts(view):
+        chart = bar_chart(bars, title=title, xlabel=xlabel, ylabel=ylabel, marker=marker)
+        parts.append(f"<figure><figcaption>{esc(title)}</figcaption>{chart}</figure>")
+    parts.append("</div>")
+    if view.trend:
+        first = trend_label(view.trend[0].start, view.bucket_s)
+        parts.append(f"<p>Bars start at {esc(first)} UTC, {view.bucket_s} s each.</p>")
+    parts.append("</body></html>\n")
+    return "".join(parts)

@@ -166,3 +166,33 @@ def test_a_response_for_another_request_is_rejected(
     assert p.returncode == 1 and "output binding" in json.loads(p.stdout)["reasons"][0]
     p = _run(f, "honest", extra=("--request", str(f["honest-request"])))
     assert p.returncode == 2 and "go together" in json.loads(p.stdout)["reasons"][0]
+
+
+def test_what_a_consumer_holds_is_enough(audit_files: dict[str, Path], tmp_path: Path) -> None:
+    """The trajectory JSON the sidecar serves (commitment in .commitment) and the key as the
+    sidecar's /v1/public-key JSON are read as such."""
+    f = audit_files
+    doc = tmp_path / "trajectory.json"
+    doc.write_text(
+        json.dumps({"id": "honest-1", "commitment": json.loads(f["honest"].read_text())})
+    )
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"publicKey": f["honest-key"].read_text(), "keyid": "x"}))
+    p = _run({**f, "doc": doc, "doc-opening": f["honest-opening"]}, "doc", key=key)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert ".commitment of the trajectory document" in p.stderr
+
+
+def test_a_file_of_the_wrong_kind_is_unusable_not_a_rejection(
+    audit_files: dict[str, Path], tmp_path: Path
+) -> None:
+    f = audit_files
+    p = _run(
+        {**f, "x": f["honest-opening"], "x-opening": f["honest-opening"]}, "x", key=f["honest-key"]
+    )
+    assert p.returncode == 2
+    assert "expected a DSSE envelope" in json.loads(p.stdout)["reasons"][0]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"payloadType": None}))
+    p = _run({**f, "y": other, "y-opening": f["honest-opening"]}, "y", key=f["honest-key"])
+    assert p.returncode == 2 and "DSSE envelope" in json.loads(p.stdout)["reasons"][0]

@@ -234,3 +234,50 @@ def test_the_injected_probes_answer_within_their_timeouts(lane: object) -> None:
         answer = httpx.get(svc.url + probe["httpGet"]["path"], timeout=probe["timeoutSeconds"])
         assert answer.status_code == 200, answer.text
         assert time.monotonic() - started < probe["timeoutSeconds"] / 3
+
+
+def test_an_exported_bundle_verifies_offline_with_one_command(
+    lane: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from samplerguard.cli import main
+
+    svc, model, token, _ = lane  # type: ignore[misc]
+    generate(Path(svc.ready["socket"]), model.unet, "audit-1", declared_digest=model.digest)
+    bundle = tmp_path / "bundle"
+    export = ["export-trajectory", "--sidecar", svc.url, "--token-file", str(token)]
+    assert main([*export, "--trajectory", "audit-1", "--out", str(bundle)]) == 0
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "openings",
+        "public-key.pem",
+        "trajectory.json",
+        "transcript.safetensors",
+    ]
+    n = json.loads((bundle / "trajectory.json").read_text())["steps"]
+    assert sorted(int(p.stem) for p in (bundle / "openings").iterdir()) == list(range(n))
+    assert main([*export, "--trajectory", "nope", "--out", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+
+    def verify(*extra: str) -> tuple[int, dict[str, object]]:
+        code = main(["verify-trajectory", "--json", "--bundle", str(bundle), *extra])
+        return code, json.loads(capsys.readouterr().out)
+
+    code, out = verify("--model", str(model.path), "--step", "1", "--step", "3")
+    assert code == 0 and out["verdict"] == "accept" and out["steps"] == [1, 3]
+    # the wrong kind of file is unusable input naming what was expected, not a rejection
+    code, out = verify("--model", str(model.path), "--public-key", str(bundle / "trajectory.json"))
+    assert code == 2 and "expected a PEM public key" in str(out["reasons"])
+    code, out = verify("--model", str(model.path), "--opening", str(bundle / "trajectory.json"))
+    assert code == 2 and "expected an opening (.safetensors" in str(out["reasons"])
+    # another checkpoint: one line naming both digests, before anything is loaded from it
+    other = make_model(tmp_path, seed=1)
+    code, out = verify("--model", str(other.path), "--step", "2")
+    reasons = out["reasons"]
+    assert code == 1 and isinstance(reasons, list) and len(reasons) == 1
+    assert reasons[0].startswith("digest mismatch") and len(reasons[0].splitlines()) == 1
+    # an edited opening is a rejection
+    opening = bundle / "openings" / "2.safetensors"
+    edited = bytearray(opening.read_bytes())
+    edited[-1] ^= 1
+    opening.write_bytes(bytes(edited))
+    code, out = verify("--model", str(model.path), "--step", "2")
+    assert code == 1 and out["verdict"] == "reject"
