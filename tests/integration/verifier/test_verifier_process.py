@@ -114,7 +114,9 @@ def test_honest_providers_pass(audited: dict[str, Any]) -> None:
             r"|committed schedule (digest )?differs"
             r"|set with \{'num_inference_steps': 4\}.*a custom schedule",
         ),
-        ("cheat-cfg", r"relL2 .* > tau"),
+        # guidance off while declaring 3: the UNet saw one label per sample where the declared
+        # guidance batches two, so the committed labels are not the request's (or a step fails)
+        ("cheat-cfg", r"relL2 .* > tau|conditioning 'class_labels' is not what the request"),
         ("corrupt", r"opened (input|output) latent digest mismatch"),
         ("forged", r"commitment rejected: DSSE signature check failed"),
         (
