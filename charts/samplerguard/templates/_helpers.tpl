@@ -55,3 +55,12 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
     items: [{key: {{ .Values.registries.caKey }}, path: ca.crt}]
 {{- end }}
 {{- end -}}
+
+{{/* The distinct PersistentVolumeClaims holding the verifier's reference models (JSON list). */}}
+{{- define "sg.referenceClaims" -}}
+{{- $claims := list -}}
+{{- range .Values.verifier.references -}}
+{{- $claims = append $claims .claimName -}}
+{{- end -}}
+{{- $claims | uniq | toJson -}}
+{{- end -}}

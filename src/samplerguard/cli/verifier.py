@@ -48,8 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--reference-model",
         action="append",
         default=[],
-        metavar="PIPELINE=PATH",
-        help="reference checkpoint per pipeline (default: digits=<bundled weights>)",
+        metavar="FAMILY=PATH",
+        help="reference model per pipeline family: the digits .safetensors, or a diffusers "
+        "model or pipeline folder (default: digits=<bundled weights>)",
+    )
+    p.add_argument(
+        "--max-loaded-references",
+        type=int,
+        default=4,
+        help="reference models kept loaded at once (least recently used goes first)",
     )
     p.add_argument("--state-dir", default="/var/lib/samplerguard")
     p.add_argument("--audit-log", default=None)
@@ -124,7 +131,12 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--policy (or SAMPLERGUARD_POLICY) is required")
     policy = load_policy(args.policy)
     refs = _references(args.reference_model)
-    references = ReferenceModels(refs, policy.spec.golden_digests, device=args.device)
+    references = ReferenceModels(
+        refs,
+        policy.spec.golden_digests,
+        device=args.device,
+        max_loaded=max(1, args.max_loaded_references),
+    )
     if args.mode == "canary":
         from samplerguard.verifier.canary import run_canary_cli
 

@@ -394,3 +394,37 @@ def test_every_namespaced_object_names_its_namespace() -> None:
     for d in docs:
         if d["kind"] not in cluster_scoped:
             assert d["metadata"].get("namespace"), (d["kind"], d["metadata"]["name"])
+
+
+def test_reference_models_are_mounted_read_only_for_the_verifier_alone() -> None:
+    docs = _render(
+        {
+            "verifier": {
+                "references": [
+                    {"family": "stable-diffusion-xl", "claimName": "models", "path": "sdxl"},
+                    {"family": "flux", "claimName": "models", "path": "flux-dev"},
+                    {"family": "wan", "claimName": "video-models", "path": "wan21"},
+                ]
+            }
+        }
+    )
+    verifier = next(d for d in docs if d["kind"] == "StatefulSet")
+    pod = verifier["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--reference-model=stable-diffusion-xl=/models/models/sdxl" in args
+    assert "--reference-model=flux=/models/models/flux-dev" in args
+    assert "--reference-model=wan=/models/video-models/wan21" in args
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v and v["name"].startswith("models-")
+    }
+    assert set(claims) == {"models", "video-models"}  # one volume per claim
+    assert all(v["persistentVolumeClaim"]["readOnly"] for v in claims.values())
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"].startswith("models-")]
+    assert {m["mountPath"] for m in mounts} == {"/models/models", "/models/video-models"}
+    assert all(m["readOnly"] for m in mounts)
+    others = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    for d in others:
+        for v in d["spec"]["template"]["spec"].get("volumes", []):
+            assert not v["name"].startswith("models-")
