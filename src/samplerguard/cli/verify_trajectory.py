@@ -273,13 +273,14 @@ def run(args: argparse.Namespace) -> int:
                 commitment, transcript, opened, program, steps=sorted(openings), tau=args.tau
             )
             print("checked: transcript (root, schedule, tail, output, request)", file=sys.stderr)
-            results, tau = outcome.results, outcome.tau
+            results, tau, unchecked = outcome.results, outcome.tau, outcome.unchecked
         else:
             diff = differences(commitment.recipe.get("runtime"), program.device)
             tau = 0.0 if not diff else args.tau
             results = [
                 recheck_step(commitment, openings[s], program, tau=tau) for s in sorted(openings)
             ]
+            unchecked = []
     except _Unusable as exc:
         say("unusable", [str(exc)])
         return 2
@@ -301,6 +302,10 @@ def run(args: argparse.Namespace) -> int:
         "tau": f"{tau:.1e}" + (" (same build: exact)" if tau == 0 else ""),
     }
     failed = [r for r in results if not r.accepted]
+    if not failed and unchecked:
+        # every step passed, but a binding could not be checked: neither accept nor reject
+        say("unusable", [f"not checked: {u}" for u in unchecked], **facts)
+        return 2
     if not failed:
         say("accept", [], **facts)
         return 0

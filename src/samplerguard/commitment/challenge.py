@@ -96,6 +96,9 @@ class ChallengeResult:
     results: list[RecheckResult] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     noise_checked: bool = False
+    #: bindings this verifier could not check (see :class:`TailFacts`): a challenge whose
+    #: steps all pass but with something unchecked is incomplete, not a pass
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def worst(self) -> RecheckResult | None:
@@ -147,6 +150,7 @@ def verify_challenge(
         tau=0.0 if exact else tau,
         differences=diff,
         noise_checked=noise is not None,
+        unchecked=list(facts.unchecked),
     )
     for step in steps:
         if not 0 <= step < commitment.n_steps:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -159,6 +160,9 @@ class TailFacts:
     initial_latent: torch.Tensor
     #: the committed noise digests of every step, in order
     step_noise: list[list[str]]
+    #: bindings this verifier could not check for lack of a reference (a family without a
+    #: reference decode or request encoder): the challenge is incomplete, never a pass
+    unchecked: list[str] = dataclasses.field(default_factory=list)
 
 
 def _doc(data: bytes, index: int, kind: str) -> dict[str, Any]:
@@ -242,21 +246,20 @@ def check_transcript(
     output = _doc(leaves[3 + n], 3 + n, LEAF_OUTPUT)
     if output.get("digest") != commitment.output_digest:
         raise VerificationError("output binding: the output leaf is not the signed subject")
+    unchecked: list[str] = []
     decode = getattr(program, "output", None)
     if decode is None:
-        raise VerificationError(
-            f"output binding: the reference program of pipeline {recipe.get('pipeline')!r} "
-            "has no decode, so the served output cannot be checked"
-        )
-    decoded = bytes_digest(decode(transcript.final, recipe))
-    if decoded != commitment.output_digest:
-        raise VerificationError(
-            f"output binding: the served output {commitment.output_digest[:23]}… is not the "
-            f"reference decode of the final latent {decoded[:23]}…"
-        )
+        unchecked.append(f"output binding (the {recipe.get('pipeline')} reference has no decode)")
+    else:
+        decoded = bytes_digest(decode(transcript.final, recipe))
+        if decoded != commitment.output_digest:
+            raise VerificationError(
+                f"output binding: the served output {commitment.output_digest[:23]}… is not "
+                f"the reference decode of the final latent {decoded[:23]}…"
+            )
     # (6): the consumer's request
-    _check_request(commitment, recipe, meta.request, program)
-    return TailFacts(initial_latent=transcript.initial, step_noise=step_noise)
+    unchecked += _check_request(commitment, recipe, meta.request, program)
+    return TailFacts(initial_latent=transcript.initial, step_noise=step_noise, unchecked=unchecked)
 
 
 def _same_number(value: object, want: float) -> bool:
@@ -273,7 +276,8 @@ def _check_request(
     recipe: Mapping[str, Any],
     params: Mapping[str, Any] | None,
     program: TailProgram,
-) -> None:
+) -> list[str]:
+    """Check the request binding; returns what could not be checked."""
     committed = recipe.get("request")
     if committed is None or params is None:
         raise VerificationError(
@@ -307,10 +311,10 @@ def _check_request(
         raise VerificationError("request binding: the recipe commits no conditioning")
     derive = getattr(program, "conditioning", None)
     if derive is None:
-        raise VerificationError(
-            f"request binding: the reference program of pipeline {recipe.get('pipeline')!r} "
-            "has no request encoder, so the conditioning cannot be re-derived"
-        )
+        return [
+            f"request conditioning (the {recipe.get('pipeline')} reference has no request "
+            "encoder to re-derive it)"
+        ]
     try:
         derived = derive(params, recipe)
     except MalformedInputError as exc:
@@ -326,6 +330,7 @@ def _check_request(
                 f"request binding: conditioning {name!r} is not what the request derives "
                 "(a swapped prompt or label)"
             )
+    return []
 
 
 def check_noise_stream(

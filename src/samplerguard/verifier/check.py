@@ -249,11 +249,15 @@ class Checker:
             + (f" ({'; '.join(worst.reasons)})" if worst.reasons else "")
             + " (substituted model, skipped steps, altered guidance or schedule?)"
         )
+        incomplete = ok and bool(outcome.unchecked)
+        if incomplete:  # every step passed, but a binding could not be checked here
+            message += "; NOT CHECKED: " + "; ".join(outcome.unchecked)
+        verdict = "error" if incomplete else "pass" if ok else "fail"
         results.append(
             self._result(
                 target,
                 "trajectory-recheck",
-                "pass" if ok else "fail",
+                verdict,
                 message,
                 rel_l2=worst.worst,
                 tau=outcome.tau,
@@ -262,12 +266,12 @@ class Checker:
             )
         )
         self._observe(
-            "pass" if ok else "fail",
+            verdict,
             worst.worst,
-            "ok" if ok else "rel_l2",
+            "incomplete" if incomplete else "ok" if ok else "rel_l2",
             str(recipe.get("sampler")),
         )
-        return Judgement(root, results, True, "pass" if ok else "fail")
+        return Judgement(root, results, True, verdict)
 
     def _rejected(
         self,

@@ -161,3 +161,24 @@ def test_verify_trajectory_re_runs_a_flux_step_offline(flux: Any, tmp_path: Path
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "accept" in run.stdout
+
+
+def test_a_family_without_reference_decode_is_never_a_pass(flux: Any) -> None:
+    """Every step of an honest Flux trajectory re-checks to 0, but its output and request
+    conditioning cannot be re-derived without a reference VAE and text encoders: the challenge
+    says what it did not check instead of passing."""
+    from samplerguard.commitment.challenge import verify_challenge
+
+    _, folder, sink, commitment = flux
+    refs = ReferenceModels({"flux": folder}, GoldenDigests())
+    program = refs.program(commitment.recipe)
+    outcome = verify_challenge(
+        commitment,
+        sink.transcript(commitment.request_id),
+        lambda step: Opening.from_bytes(sink.opening(commitment.request_id, step).to_bytes()),
+        program,
+        steps=[0, 1],
+        tau=0.0,
+    )
+    assert outcome.accepted and [r.worst for r in outcome.results] == [0.0, 0.0]
+    assert any("output binding" in u for u in outcome.unchecked)
