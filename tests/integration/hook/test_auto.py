@@ -164,3 +164,50 @@ def test_the_image_layout_loads_the_hook_from_its_top(tmp_path: Path) -> None:
     p = _run({"PYTHONPATH": str(tree), "SAMPLERGUARD_SOCKET": str(tmp_path / "s.sock")}, probe)
     assert p.returncode == 0, p.stderr
     assert f"HOOK True {tree}" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["stable-diffusion-3", "stable-diffusion-xl", "wan"])
+def test_unmodified_scripts_of_other_families_are_recorded(tmp_path: Path, family: str) -> None:
+    """No code change for a transformer, an SDXL or a video pipeline either; several threads
+    calling one pipeline object each get their own correct commitment."""
+    import base64
+    import json
+
+    import httpx
+
+    from samplerguard.demo.services import make_token, start_sidecar
+
+    tests = Path(__file__).resolve().parents[2]
+    script = textwrap.dedent(
+        f"""
+        import sys, threading
+        sys.path.insert(0, {str(tests)!r})
+        from family_support import BUILDERS
+        case = BUILDERS[{family!r}]()
+        outs = []
+        def run():
+            outs.append(case.call(case.pipe))
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print("OUT", len(outs), all(hasattr(o, "samplerguard_commitment") for o in outs))
+        """
+    )
+    token = make_token(tmp_path / "token")
+    svc = start_sidecar(tmp_path / "run", token_file=token)  # no policy: accept anything
+    try:
+        p = _run({"SAMPLERGUARD_SOCKET": svc.ready["socket"]}, script)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "OUT 2 True" in p.stdout
+        headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
+        listing = httpx.get(svc.url + "/v1/trajectories", headers=headers, timeout=10).json()
+        assert len(listing["trajectories"]) == 2
+        for item in listing["trajectories"]:
+            doc = httpx.get(
+                svc.url + f"/v1/trajectories/{item['id']}", headers=headers, timeout=10
+            ).json()
+            statement = json.loads(base64.b64decode(doc["commitment"]["payload"]))
+            assert statement["predicate"]["recipe"]["pipeline"] == family
+    finally:
+        svc.stop()
