@@ -88,6 +88,7 @@ class TrajectoryRequest:
     output_type: str = "pt"
 
     def __post_init__(self) -> None:
+        _check_request_fields(self)
         if self.params is None:
             return
         params = check_request_params(self.params)
@@ -125,6 +126,56 @@ class TrajectoryRequest:
             "runtime": build_fingerprint(device),
             **{k: _jsonable(v) for k, v in self.extra.items()},
         }
+
+
+_RNG_MODES = ("framework", "ctr-drbg", "hmac-drbg")
+
+
+def _check_request_fields(req: TrajectoryRequest) -> None:
+    """Misuse fails here, at construction, with what to do, instead of being signed into a
+    commitment that can only fail at verification."""
+    from samplerguard.policy.spec import KNOWN_SAMPLERS, REFUSED_SCHEDULERS
+
+    for name in ("request_id", "tenant", "pipeline", "model_name", "model_digest"):
+        value = getattr(req, name)
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise MalformedInputError(f"TrajectoryRequest.{name} must be a non-empty string")
+    if req.sampler in REFUSED_SCHEDULERS:
+        raise MalformedInputError(
+            f"sampler {req.sampler!r} cannot be verified: {REFUSED_SCHEDULERS[req.sampler]}"
+        )
+    if req.sampler not in KNOWN_SAMPLERS and req.sampler not in KNOWN_SAMPLERS.values():
+        close = [s for s in KNOWN_SAMPLERS if s.startswith(req.sampler[:3].lower())][:5]
+        raise MalformedInputError(
+            f"unknown sampler {req.sampler!r}"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + f"; the samplers are {sorted(KNOWN_SAMPLERS)}"
+        )
+    if isinstance(req.steps, bool) or not isinstance(req.steps, int) or not 1 <= req.steps <= 1000:
+        raise MalformedInputError(f"TrajectoryRequest.steps must be 1..1000, got {req.steps!r}")
+    if (
+        isinstance(req.guidance_scale, bool)
+        or not isinstance(req.guidance_scale, int | float)
+        or not math.isfinite(req.guidance_scale)
+        or not 0.0 <= req.guidance_scale <= 100.0
+    ):
+        raise MalformedInputError(
+            f"TrajectoryRequest.guidance_scale must be a number in [0, 100], got "
+            f"{req.guidance_scale!r}"
+        )
+    if req.rng_mode not in _RNG_MODES:
+        raise MalformedInputError(
+            f"TrajectoryRequest.rng_mode must be one of {list(_RNG_MODES)}, got {req.rng_mode!r}"
+        )
+
+
+def _tensor(value: object, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        hint = " (use torch.from_numpy)" if type(value).__module__ == "numpy" else ""
+        raise MalformedInputError(
+            f"{what} must be a torch.Tensor, got {type(value).__name__}{hint}"
+        )
+    return value
 
 
 def scheduler_config(scheduler: Any) -> dict[str, Any]:
@@ -226,6 +277,7 @@ class Recorder:
             raise ValueError("batch must be at least 1")
         self.sink = sink
         self.batch = batch
+        self._closed = False
         self.max_pending = max_pending
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_pending // batch))
         self._thread = threading.Thread(
@@ -252,11 +304,18 @@ class Recorder:
             self._queue.put_nowait(job)
 
     def close(self) -> None:
+        self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
 
     @contextmanager
     def trajectory(self, request: TrajectoryRequest) -> Iterator[Trajectory]:
+        if self._closed:
+            raise RecordingError("this Recorder is closed: make a new one for more trajectories")
+        if not isinstance(request, TrajectoryRequest):
+            raise MalformedInputError(
+                f"Recorder.trajectory takes a TrajectoryRequest, got {type(request).__name__}"
+            )
         tr = Trajectory(self, request)
         with ExitStack() as stack:
             stack.enter_context(observe_noise(tr._saw_noise))
@@ -287,8 +346,19 @@ class Trajectory:
         self._began = False
         self._ended = False
         self._next_step = 0
-        self.commitment: Commitment | None = None
+        self._commitment: Commitment | None = None
         self.record: TrajectoryRecord | None = None
+
+    @property
+    def commitment(self) -> Commitment | None:
+        """The signed commitment, once the ``with recorder.trajectory(...)`` block has exited
+        (it is made on the recorder's worker after :meth:`end`)."""
+        if not self._done.is_set():
+            raise RecordingError(
+                "the commitment is ready when the `with recorder.trajectory(...)` block exits; "
+                "read tr.commitment after it"
+            )
+        return self._commitment
 
     # -- loop-thread side ----------------------------------------------------------------------
 
@@ -319,7 +389,14 @@ class Trajectory:
         live scheduler on)."""
         if self._began:
             raise MalformedInputError("trajectory already began")
+        _tensor(latents, "begin(): latents")
         _check_genuine(scheduler, self.request.sampler)
+        set_for = getattr(scheduler, "num_inference_steps", None)
+        if before is None and set_for is not None and set_for != self.request.steps:
+            raise MalformedInputError(
+                f"the request declares {self.request.steps} steps, the scheduler is set for "
+                f"{set_for}: declare what runs (or call set_timesteps({self.request.steps}))"
+            )
         self._began = True
         recipe = self.request.recipe(scheduler, tuple(latents.shape), latents.device)
         if before is None:
@@ -366,6 +443,7 @@ class Trajectory:
         """Record the latent after step ``index`` and the state the scheduler carries on."""
         if not self._began:
             raise MalformedInputError("step() before begin()")
+        _tensor(latents, "step(): latents")
         if index != self._next_step:
             raise MalformedInputError(f"step {index} out of order (expected {self._next_step})")
         self._next_step += 1
@@ -413,7 +491,7 @@ class Trajectory:
                 if self._error or not self._started:
                     raise RecordingError(self._error or "trajectory never began")
                 _sync(event)
-                self.commitment, self.record = self._recorder.sink.finish(
+                self._commitment, self.record = self._recorder.sink.finish(
                     self._handle, latent, digest
                 )
             except Exception as exc:
