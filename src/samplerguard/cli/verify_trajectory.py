@@ -178,12 +178,12 @@ def run(args: argparse.Namespace) -> int:
         "root": commitment.root.hex(),
         "step": result.step,
         "rel_l2": f"{result.rel_l2:.3e}",
-        "worst (latent/state/update)": f"{result.worst:.3e}",
+        "score (error over the model output's share)": f"{result.worst:.3e}",
         "tau": f"{tau:.1e}" + (" (same build: exact)" if tau == 0 else ""),
     }
     if result.accepted:
         say("accept", [], **facts)
         return 0
-    reasons = result.reasons or [f"rel-L2 {result.worst:.3e} exceeds tau {tau:.1e}"]
+    reasons = result.reasons or [f"score {result.worst:.3e} exceeds tau {tau:.1e}"]
     say("reject", reasons, **facts)
     return 1
