@@ -263,7 +263,8 @@ def _kernel_levels() -> list[list[str]]:
     rows = []
     for pair in measure(args, levels):
         if pair.error is not None:
-            rows.append([f"{pair.producer.name} -> here", "unverifiable", pair.error[:40]])
+            name = f"{pair.producer.name} -> here (unverifiable: {pair.error[:40]}…)"
+            rows.append([name, "—", "—", "—", "—", "—", "—"])
             continue
         scores = pair.scores
         tau = FACTOR * scores[-1] if scores[-1] > 0 else TAU_FLOOR
@@ -286,11 +287,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--requests", type=int, default=3)
+    ap.add_argument("--part", type=int, choices=(1, 2), help="run one part only")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     unet = load_unet()
-    part1(unet, args.steps, args.requests)
-    part2(unet)
+    if args.part != 2:
+        part1(unet, args.steps, args.requests)
+    if args.part != 1:
+        part2(unet)
 
 
 if __name__ == "__main__":
