@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": [r.step for r in results],
         "step": worst.step,
         "rel_l2": f"{worst.rel_l2:.3e}",
-        "worst (latent/state/update)": f"{worst.worst:.3e}",
+        "score (error over the model output's share)": f"{worst.worst:.3e}",
         "tau": f"{tau:.1e}" + (" (same build: exact)" if tau == 0 else ""),
     }
     failed = [r for r in results if not r.accepted]
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     reasons = []
     for r in failed:
-        found = r.reasons or [f"rel-L2 {r.worst:.3e} exceeds tau {tau:.1e}"]
+        found = r.reasons or [f"score {r.worst:.3e} exceeds tau {tau:.1e}"]
         reasons += [f"step {r.step}: {x}" for x in found]
     say("reject", reasons, **facts)
     return 1

@@ -9,8 +9,9 @@ the ends so that the first and last steps are covered as often as the others.
 
 The tolerance: when the verifier reproduces the provider's build (no fingerprint difference
 after the settable flags are set), an honest step re-checks to exactly 0 and the tolerance is 0,
-so even a 1e-6 nudge of one latent fails when it is challenged. Otherwise the policy's τ, which
-``samplerguard calibrate`` measures for that pair of configurations, applies.
+so even a 1e-6 nudge of one latent fails when it is challenged. Otherwise the caller's τ applies:
+the verifier takes it from the policy's calibration entry for that pair of builds
+(:func:`samplerguard.policy.tolerance.select_tolerance`; ``samplerguard calibrate`` measures it).
 """
 
 from __future__ import annotations

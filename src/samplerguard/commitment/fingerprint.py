@@ -9,8 +9,8 @@ CPU kernel level, and every backend flag that changes kernels. The verifier then
   duration of the re-check (:func:`reproduce`);
 * compares the rest (:func:`differences`): when nothing differs, honest steps must re-check to
   exactly 0 and any nonzero score is a deviation (a 1e-6 nudge of one latent is caught); when
-  something differs, the policy's τ applies, calibrated for that pair of configurations by
-  ``samplerguard calibrate``.
+  something differs, the τ of the policy's calibration entry for that pair of builds applies
+  (``samplerguard calibrate`` measures it; :mod:`samplerguard.policy.tolerance` picks it).
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 
+from samplerguard.policy.spec import REPRODUCED_FIELDS
+from samplerguard.policy.tolerance import differing_fields
+
 __all__ = ["SETTABLE", "build_fingerprint", "differences", "reproduce"]
 
 #: Fingerprint fields the verifier sets to the provider's values for a re-check.
-SETTABLE = frozenset(
-    {"threads", "mkldnn", "tf32Matmul", "tf32Cudnn", "cudnn", "cudnnDeterministic", "deterministic"}
-)
-#: Fields that only record facts (not compared).
-_INFORMATIVE = frozenset({"cudnnBenchmark"})
+SETTABLE = REPRODUCED_FIELDS
 
 
 @functools.cache
@@ -85,13 +84,10 @@ def differences(recorded: object, device: torch.device | str | None = None) -> l
     if not isinstance(recorded, Mapping):
         return ["no build fingerprint recorded"]
     mine = build_fingerprint(device)
-    out = []
-    for key in sorted(set(mine) | set(recorded)):
-        if key in SETTABLE or key in _INFORMATIVE:
-            continue
-        if recorded.get(key) != mine.get(key):
-            out.append(f"{key}: {recorded.get(key)!r} vs {mine.get(key)!r}")
-    return out
+    return [
+        f"{key}: {recorded.get(key)!r} vs {mine.get(key)!r}"
+        for key in differing_fields(recorded, mine)
+    ]
 
 
 def _getter(module: Any, attr: str) -> Callable[[], Any]:

@@ -28,15 +28,18 @@ from samplerguard.errors import PolicyError
 from samplerguard.policy.expressions import check_condition, check_regexp, regexp_search
 
 __all__ = [
+    "FINGERPRINT_FIELDS",
     "GROUP",
     "KNOWN_PREDICTION_TYPES",
     "KNOWN_SAMPLERS",
     "KNOWN_SCHEDULES",
     "REFUSED_SCHEDULERS",
+    "REPRODUCED_FIELDS",
     "VERSION",
     "AttestationMatch",
     "AttestationRule",
     "Authority",
+    "CalibrationEntry",
     "CanaryCase",
     "ClusterSamplerPolicy",
     "Condition",
@@ -666,6 +669,10 @@ class RecipeRule(_Model):
         return value
 
 
+#: τ when the policy sets none and has no calibration entries.
+DEFAULT_TAU = 1e-4
+
+
 class GoldenDigests(_Model):
     """Digests the running artefacts must match. An empty list leaves that artefact unpinned."""
 
@@ -704,6 +711,133 @@ class CanaryCase(_Model):
     """Images generated for this case per canary run."""
 
 
+#: The build fingerprint's fields (``samplerguard.commitment.fingerprint``).
+FINGERPRINT_FIELDS = frozenset(
+    {
+        "torch",
+        "diffusers",
+        "numpy",
+        "python",
+        "device",
+        "deviceName",
+        "capability",
+        "cuda",
+        "threads",
+        "mkldnn",
+        "deterministic",
+        "tf32Matmul",
+        "tf32Cudnn",
+        "cudnn",
+        "cudnnDeterministic",
+        "cudnnBenchmark",
+    }
+)
+#: Fields the verifier sets to the provider's values for a re-check (they never differ), and
+#: fields that only record facts: a calibration entry names neither.
+REPRODUCED_FIELDS = frozenset(
+    {"threads", "mkldnn", "tf32Matmul", "tf32Cudnn", "cudnn", "cudnnDeterministic", "deterministic"}
+)
+_UNCOMPARED_FIELDS = REPRODUCED_FIELDS | {"cudnnBenchmark"}
+
+FingerprintText = Annotated[str, StringConstraints(max_length=128)]
+#: Tolerances above this are not calibrations of honest float drift but of a different
+#: computation; the policy refuses them.
+MAX_CALIBRATED_TAU = 1e-2
+
+
+class CalibrationEntry(_Model):
+    """The measured honest drift between a provider's build and a verifier's, as calibrate
+    prints it."""
+
+    producer: Annotated[
+        dict[str, FingerprintText],
+        Field(
+            min_length=1,
+            max_length=8,
+            description="Fingerprint fields of the provider's build (values as text: strings "
+            "as they are, null, true/false and integers as JSON writes them).",
+        ),
+    ]
+    verifier: Annotated[
+        dict[str, FingerprintText],
+        Field(
+            min_length=1,
+            max_length=8,
+            description="The same fields of the verifier's build; at least one differs from "
+            "the producer's.",
+        ),
+    ]
+    tau: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=MAX_CALIBRATED_TAU,
+            allow_inf_nan=False,
+            description="The tolerance on the re-check score for this pair of builds.",
+        ),
+    ]
+    honest_samples: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10**9,
+            description="How many honest steps were re-checked across the pair to choose tau.",
+        ),
+    ]
+    false_rejection: Annotated[
+        float,
+        Field(
+            ge=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description="Upper confidence bound (95%) on the probability that tau rejects an "
+            "honest challenged request, from honestSamples.",
+        ),
+    ]
+    weight_noise_min: Annotated[
+        float | None,
+        Field(
+            gt=0.0,
+            allow_inf_nan=False,
+            description="The smallest score of a provider whose weights carry 1e-4 relative "
+            "noise, measured across the same pair; tau must stay below it.",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _a_real_pair(self) -> CalibrationEntry:
+        named = set(self.producer) | set(self.verifier)
+        unknown = sorted(named - FINGERPRINT_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"calibration entry names fields {unknown} that the build fingerprint does not "
+                f"have (known: {sorted(FINGERPRINT_FIELDS - _UNCOMPARED_FIELDS)})"
+            )
+        reproduced = sorted(named & _UNCOMPARED_FIELDS)
+        if reproduced:
+            raise ValueError(
+                f"calibration entry names {reproduced}: the verifier sets these to the "
+                "provider's values (or does not compare them), so they never differ"
+            )
+        if set(self.producer) != set(self.verifier):
+            raise ValueError(
+                f"calibration entry's producer names {sorted(self.producer)} and its verifier "
+                f"{sorted(self.verifier)}: both sides must name the same fields"
+            )
+        if all(self.producer[k] == self.verifier[k] for k in self.producer):
+            raise ValueError(
+                f"calibration entry's producer and verifier are the same build "
+                f"({self.producer}): a reproduced build is checked exactly, without tau"
+            )
+        if self.weight_noise_min is not None and self.tau >= self.weight_noise_min:
+            raise ValueError(
+                f"calibration entry's tau {self.tau:g} is not below the 1e-4 weight-noise "
+                f"score {self.weight_noise_min:g} measured for the same pair: it would accept "
+                "that provider"
+            )
+        return self
+
+
 class VerificationRule(_Model):
     fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     """Fraction of requests challenged."""
@@ -716,12 +850,34 @@ class VerificationRule(_Model):
     """The fraction of deviating steps the reported catch probability is computed for."""
     target_catch_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
     """The catch probability per provider the report states the number of requests for."""
-    require_same_build: bool = False
-    """Demand exact re-checks: a trajectory whose declared build fingerprint this verifier
-    cannot reproduce fails instead of being held to ``tau`` (the fingerprint is the provider's
-    claim, so declaring an unreproducible build would otherwise loosen the check)."""
-    tau: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
-    """Honest tolerance τ on rel-L2."""
+    require_same_build: Annotated[
+        bool,
+        Field(
+            description="Fail a trajectory whose build this verifier cannot reproduce and no "
+            "calibration entry covers, instead of holding it to tau."
+        ),
+    ] = False
+    tau: Annotated[
+        float | None,
+        Field(
+            ge=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description="Tolerance on the re-check score for a build this verifier cannot "
+            "reproduce and no calibration entry covers. Unset: the tightest calibrated tau "
+            "(1e-4 without calibration). It may not exceed any calibrated tau.",
+        ),
+    ] = None
+    calibration: Annotated[
+        list[CalibrationEntry],
+        Field(
+            max_length=64,
+            description="Calibrated tolerances per pair of builds, as samplerguard calibrate "
+            "--json prints them. A trajectory is held to the tightest entry whose producer "
+            "matches its declared build and whose verifier matches this verifier's, on every "
+            "field that differs.",
+        ),
+    ] = []
     retention: Duration = "24h"
     """How long openings are kept."""
     canaries: Annotated[list[CanaryCase], Field(max_length=64)] = []
@@ -732,6 +888,31 @@ class VerificationRule(_Model):
     @property
     def retention_seconds(self) -> float:
         return duration_seconds(self.retention)
+
+    @property
+    def fallback_tau(self) -> float:
+        """τ for a build no calibration entry covers: ``tau``, else the tightest calibrated τ,
+        else 1e-4."""
+        if self.tau is not None:
+            return self.tau
+        return min((e.tau for e in self.calibration), default=DEFAULT_TAU)
+
+    @model_validator(mode="after")
+    def _fallback_within_calibration(self) -> VerificationRule:
+        # The provider chooses the fingerprint it declares: an uncovered one is always within
+        # its reach, so a fallback looser than a calibrated pair would loosen that pair too.
+        tightest = min((e.tau for e in self.calibration), default=None)
+        if self.tau is not None and tightest is not None and self.tau > tightest:
+            raise ValueError(
+                f"verification.tau {self.tau:g} exceeds the tightest calibrated tau "
+                f"{tightest:g}: a provider could declare an uncalibrated build to be held to the "
+                "looser one; lower tau, leave it unset, or set requireSameBuild"
+            )
+        pairs = [(sorted(e.producer.items()), sorted(e.verifier.items())) for e in self.calibration]
+        repeated = [p for i, p in enumerate(pairs) if p in pairs[:i]]
+        if repeated:
+            raise ValueError(f"calibration entries repeat the pair {repeated[0]}")
+        return self
 
 
 # --- selectors and metadata ---------------------------------------------------------------------

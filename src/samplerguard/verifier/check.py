@@ -32,6 +32,7 @@ from samplerguard.commitment.challenge import (
     requests_for,
     verify_challenge,
 )
+from samplerguard.commitment.fingerprint import build_fingerprint
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.transcript import Transcript
@@ -40,6 +41,7 @@ from samplerguard.policy.conformance import recipe_violations
 from samplerguard.policy.report import ReportResult
 from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import SamplerPolicySpec
+from samplerguard.policy.tolerance import select_tolerance
 from samplerguard.verifier.client import SidecarClient
 from samplerguard.verifier.discovery import Target
 from samplerguard.verifier.reference import ReferenceModels
@@ -168,7 +170,6 @@ class Checker:
         steps = self.challenge(key, draw)
         if not steps:
             return Judgement(root, results, False, "pass")
-        tau = rule.tau
         try:
             program = self.references.program(recipe)
         except MalformedInputError as exc:
@@ -182,6 +183,12 @@ class Checker:
             fail = self._result(target, "trajectory-recheck", "fail", str(exc), **common)
             self._observe("fail", None, "digest")
             return Judgement(root, [*results, fail], True, "fail")
+        # the tolerance: exact on a reproduced build, else the policy's entry for this pair of
+        # builds, else its fallback, or a refusal under requireSameBuild (policy.tolerance)
+        tolerance = select_tolerance(rule, recipe.get("runtime"), build_fingerprint(program.device))
+        if tolerance.tau is None:
+            return self._rejected(target, results, root, tolerance.why, 0.0, common)
+        tau = tolerance.tau
         seed_checked = False
         try:
             # (5): transcript (tail, request, schedule), noise stream, then every opened step
@@ -204,7 +211,6 @@ class Checker:
                 steps=steps,
                 tau=tau,
                 noise=noise,
-                require_exact=rule.require_same_build,
             )
         except TemporaryError:
             raise
@@ -238,7 +244,7 @@ class Checker:
         if len(self._missed) >= 100_000 and provider not in self._missed:
             self._missed.clear()  # bounded; the figure restarts, it never overstates
         self._missed[provider] = missed
-        mode = "exact (same build)" if outcome.exact else f"tau {outcome.tau:g} across builds"
+        mode = "exact (same build)" if outcome.exact else tolerance.why
         message = (
             f"steps {steps}: worst relL2 {worst.worst:.3g}, {mode}; P(catch a "
             f"{rule.deviation_fraction:g} deviation) {per_request:.3f} per challenged request, "

@@ -578,3 +578,65 @@ def test_a_spoofed_build_fingerprint_cannot_loosen_an_exact_policy(
             tau=1e-5,
             require_exact=True,
         )
+
+
+def test_declaring_another_build_reaches_no_looser_tau_than_this_verifiers_entries(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider picks the fingerprint it declares. Claiming the producer side of a loose
+    entry calibrated for *another* verifier, or a build no entry covers, only reaches the
+    tightest calibrated tau; a nudge above it is still rejected."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+    from samplerguard.policy.spec import VerificationRule
+    from samplerguard.policy.tolerance import select_tolerance
+
+    mine = build_fingerprint(program.device)
+    rule = VerificationRule.model_validate(
+        {
+            "calibration": [
+                {  # loose, but calibrated for a GPU verifier: never this one
+                    "producer": {"device": "cuda", "deviceName": "NVIDIA H100"},
+                    "verifier": {"device": "cuda", "deviceName": "NVIDIA A100"},
+                    "tau": 5e-3,
+                    "honestSamples": 6000,
+                    "falseRejection": 1e-3,
+                },
+                {  # tight, for this verifier
+                    "producer": {"capability": "SPOOFED"},
+                    "verifier": {"capability": mine["capability"]},
+                    "tau": 1e-6,
+                    "honestSamples": 6000,
+                    "falseRejection": 1e-3,
+                },
+            ]
+        }
+    )
+
+    def after_step(i: int, latents: torch.Tensor) -> torch.Tensor:
+        return latents * (1 + 1e-4) if i == 4 else latents
+
+    _, sink = recorder
+    for n, claim in enumerate(
+        (
+            {"device": "cuda", "deviceName": "NVIDIA H100"},  # the loose entry's producer
+            {"torch": "0.0.1"},  # nothing covers it: the fallback
+            {"capability": "SPOOFED"},  # the tight entry
+        )
+    ):
+        # the provider's hook records the fingerprint it chooses
+        monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d, c=claim: {**mine, **c})
+        served = serve(tiny_unet, recorder, f"claim-{n}", after_step=after_step)
+        rid = served.commitment.request_id
+        declared = served.commitment.recipe["runtime"]
+        tolerance = select_tolerance(rule, declared, mine)
+        assert tolerance.tau == 1e-6, (claim, tolerance.why)
+        result = verify_challenge(
+            served.commitment,
+            sink.transcript(rid),
+            lambda s, r=rid: sink.opening(r, s),
+            program,
+            steps=[4],
+            tau=tolerance.tau,
+        )
+        assert not result.exact and not result.accepted, (claim, result.results[0].worst)

@@ -25,7 +25,7 @@ def test_every_honest_step_rechecks_to_exactly_zero(record: Any, program: Any) -
     assert c.n_steps == 6
     for step in range(c.n_steps):
         r = recheck_step(c, Opening.from_bytes(rec.opening_bytes(step)), program, tau=0.0)
-        assert (r.rel_l2, r.state_rel_l2, r.update_rel_l2) == (0.0, 0.0, 0.0)
+        assert (r.rel_l2, r.state_rel_l2, r.model_rel_l2) == (0.0, 0.0, 0.0)
         assert r.accepted
 
 

@@ -99,7 +99,7 @@ def test_honest_opening_is_accepted(audit_files: dict[str, Path]) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads(p.stdout)
     assert out["verdict"] == "accept" and out["step"] == 2
-    assert float(out["worst (latent/state/update)"]) == 0.0
+    assert float(out["score (error over the model output's share)"]) == 0.0
 
 
 def test_guidance_skipped_is_rejected_with_its_score(audit_files: dict[str, Path]) -> None:

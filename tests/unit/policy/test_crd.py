@@ -165,5 +165,5 @@ def test_every_crd_field_has_a_description() -> None:
     assert (
         "samplerguard digest" in props["goldenDigests"]["properties"]["modelWeights"]["description"]
     )
-    assert "rel-L2" in props["verification"]["properties"]["tau"]["description"]
+    assert "re-check score" in props["verification"]["properties"]["tau"]["description"]
     assert "challenged" in props["verification"]["properties"]["fraction"]["description"]
