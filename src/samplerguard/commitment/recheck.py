@@ -466,7 +466,7 @@ def recheck_step(
     # (6): the model output's share of the step, measured from the same input, state and noise
     def fresh() -> tuple[Any, dict[str, torch.Tensor]]:
         again = plan.scheduler(recipe_doc, opening.state_in, step)
-        again_schedule = capture_schedule(again)
+        again_schedule = capture_schedule(again, timesteps_call(recipe_doc))
         _to_device(again, opening.state_in, device)
         return again, again_schedule
 
