@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", type=Path, help="a .safetensors checkpoint or a .png image")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        help="PNG: the sidecar's public key (PEM) to verify the record against the commitment "
+        "the PNG carries",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--no-verify",
@@ -68,16 +74,45 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inspect_png(args: argparse.Namespace, path: Path) -> int:
-    from samplerguard.recipe.provenance import provenance_filename, read_provenance
+    from samplerguard.recipe.provenance import (
+        provenance_filename,
+        read_commitment,
+        read_provenance,
+        verify_provenance,
+    )
 
     p = read_provenance(path)
     record: dict[str, Any] = p.model_dump(by_alias=True, mode="json", exclude_none=True)
-    body = {"kind": "png", "file": str(path), "provenance": record}
+    body: dict[str, Any] = {"kind": "png", "file": str(path), "provenance": record}
     lines = [f"{path}: PNG with samplerguard provenance"]
     lines += [f"  {key}: {value}" for key, value in record.items()]
     expected = provenance_filename(p)
     if path.name != expected:
         lines.append(f"  (conventional name: {expected})")
+    envelope = read_commitment(path)
+    if envelope is None:
+        body["signature"] = "unsigned"
+        lines.append("  unsigned: the PNG carries no commitment; the record is not checked")
+    elif args.public_key is None:
+        body["signature"] = "unsigned"
+        lines.append(
+            "  unsigned: the PNG carries its commitment, but no --public-key was given to "
+            "check it against"
+        )
+    else:
+        from samplerguard.commitment.dsse import load_public_key
+        from samplerguard.errors import MalformedInputError
+
+        try:
+            key = load_public_key(args.public_key.read_bytes())
+        except OSError as exc:
+            raise MalformedInputError(f"cannot read {args.public_key}: {exc.strerror}") from None
+        verify_provenance(p, envelope, key)
+        body["signature"] = "verified"
+        lines.append(
+            "  verified: the commitment's signature, and the record's root, tree size, request, "
+            "recipe, sampler, schedule, steps and guidance match it"
+        )
     _emit(args, body, lines)
     return 0
 

@@ -356,7 +356,7 @@ def _run_providers(
                     res.accuracy = classifier.accuracy(g.images, labels)
                 caught = any(c.verdict == "reject" for c in res.checks) or not rechecks
                 if r == 1 or caught:
-                    _save_grid(g.images, out / f"{name}.png")
+                    _save_grid(g.images, out / f"{name}.png", g.commitment, labels)
                     res.image = f"{name}.png"
                 progress(
                     f"  {name:<18} request {r}: root {res.root[:16]}… → "

@@ -150,17 +150,30 @@ def _escrow_noise(escrow: str | None, key: Any, request_id: str) -> Any:
     return lambda shape, dtype: stream.randn(shape, dtype=dtype)
 
 
-def _save_grid(images: torch.Tensor, path: Path) -> None:
+def _save_grid(
+    images: torch.Tensor,
+    path: Path,
+    commitment: Any = None,
+    labels: torch.Tensor | None = None,
+) -> None:
+    """The request's digits as one PNG strip carrying its provenance record and the signed
+    commitment (``samplerguard inspect PNG --public-key KEY`` checks one against the other)."""
     from PIL import Image
 
     from samplerguard.models.digits import to_pixels
+    from samplerguard.recipe.provenance import embed_provenance, provenance_from_commitment
 
     pixels = to_pixels(images)  # (B, 8, 8)
     tiles = [Image.fromarray(p).resize((64, 64), Image.Resampling.NEAREST) for p in pixels]
     grid = Image.new("L", (64 * len(tiles) + 4 * (len(tiles) - 1), 64), color=40)
     for i, tile in enumerate(tiles):
         grid.paste(tile, (i * 68, 0))
-    grid.save(path)
+    if commitment is None:
+        grid.save(path)
+        return
+    extra = {} if labels is None else {"classLabels": ",".join(map(str, labels.tolist()))}
+    record = provenance_from_commitment(commitment, **extra)
+    path.write_bytes(embed_provenance(grid, record, commitment.envelope))
 
 
 def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[str, Any]:
@@ -212,7 +225,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] = _log) -> dict[st
             if classifier is not None:
                 res.accuracy = classifier.accuracy(g.images, labels)
             if r == 1 or any(c.verdict == "reject" for c in checks):
-                _save_grid(g.images, cfg.out / f"{name}.png")
+                _save_grid(g.images, cfg.out / f"{name}.png", commitment, labels)
                 res.image = f"{name}.png"
             caught = any(c.verdict == "reject" for c in checks)
             if caught or r <= 3 or r % 10 == 0:

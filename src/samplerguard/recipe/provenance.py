@@ -25,15 +25,21 @@ from pydantic.alias_generators import to_camel
 from samplerguard.errors import MalformedInputError
 
 __all__ = [
+    "PNG_COMMITMENT_KEY",
     "PNG_KEY",
     "Provenance",
     "embed_provenance",
     "provenance_filename",
+    "provenance_from_commitment",
+    "read_commitment",
     "read_provenance",
     "save_png",
+    "verify_provenance",
 ]
 
 PNG_KEY = "samplerguard"
+#: the signed commitment (its DSSE envelope as JSON) the record claims to come from
+PNG_COMMITMENT_KEY = "samplerguard-commitment"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_RECORD = 64 << 10
 _MAX_PNG = 256 << 20
@@ -91,9 +97,12 @@ def provenance_filename(p: Provenance) -> str:
     )
 
 
-def embed_provenance(image: Any, provenance: Provenance) -> bytes:
+def embed_provenance(
+    image: Any, provenance: Provenance, envelope: dict[str, Any] | None = None
+) -> bytes:
     """PNG bytes of ``image`` (a PIL image, or PNG bytes) with the record in iTXt
-    ``samplerguard``. Any earlier ``samplerguard`` text chunk is replaced."""
+    ``samplerguard`` and, when given, the signed commitment's DSSE envelope in iTXt
+    ``samplerguard-commitment``. Earlier samplerguard chunks are replaced."""
     from PIL import Image, PngImagePlugin
 
     if isinstance(image, bytes | bytearray):
@@ -102,19 +111,108 @@ def embed_provenance(image: Any, provenance: Provenance) -> bytes:
         raise MalformedInputError(f"cannot embed provenance in a {type(image).__name__}")
     info = PngImagePlugin.PngInfo()
     for key, value in (getattr(image, "text", None) or {}).items():
-        if key != PNG_KEY:
+        if key not in (PNG_KEY, PNG_COMMITMENT_KEY):
             info.add_itxt(key, value)
     info.add_itxt(PNG_KEY, provenance.to_json(), zip=False)
+    if envelope is not None:
+        import json
+
+        info.add_itxt(PNG_COMMITMENT_KEY, json.dumps(envelope, sort_keys=True), zip=True)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
-def save_png(image: Any, provenance: Provenance, directory: str | os.PathLike[str]) -> Path:
+def save_png(
+    image: Any,
+    provenance: Provenance,
+    directory: str | os.PathLike[str],
+    envelope: dict[str, Any] | None = None,
+) -> Path:
     """Write the image with its provenance under its conventional name; returns the path."""
     out = Path(directory) / provenance_filename(provenance)
-    out.write_bytes(embed_provenance(image, provenance))
+    out.write_bytes(embed_provenance(image, provenance, envelope))
     return out
+
+
+def provenance_from_commitment(commitment: Any, **extra: str) -> Provenance:
+    """The record of an output whose trajectory ``commitment`` (a verified
+    :class:`~samplerguard.commitment.statement.Commitment`) signed."""
+    from samplerguard.commitment import jcs
+    from samplerguard.commitment.digest import bytes_digest
+    from samplerguard.policy.schedule import schedule_id
+
+    recipe = commitment.recipe
+    model = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    config = recipe.get("scheduler_config")
+    return Provenance(
+        model_id=str(model.get("name") or recipe.get("pipeline")),
+        sampler=str(recipe.get("sampler")),
+        schedule=schedule_id(
+            str(recipe.get("scheduler_class")), config if isinstance(config, dict) else {}
+        ),
+        steps=int(recipe.get("steps", 1)),
+        cfg=float(recipe.get("guidance_scale", 0.0)),
+        # the seed never leaves the sidecar; the record names no pseudonym of it here
+        seed_pseudonym="withheld",
+        request_id=commitment.request_id,
+        rng_mode=recipe.get("rng")
+        if recipe.get("rng") in ("ctr-drbg", "hmac-drbg")
+        else "framework",
+        commitment_root=commitment.root.hex(),
+        tree_size=commitment.tree_size,
+        recipe_digest=bytes_digest(jcs.dumps(recipe)),
+        extra=extra,
+    )
+
+
+def read_commitment(source: str | os.PathLike[str] | bytes) -> dict[str, Any] | None:
+    """The DSSE envelope a PNG carries in ``samplerguard-commitment``, or None."""
+    import json
+
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    text = (getattr(_open_png(data, "the PNG"), "text", None) or {}).get(PNG_COMMITMENT_KEY)
+    if text is None:
+        return None
+    if len(text) > 1 << 20:
+        raise MalformedInputError("the PNG's commitment chunk exceeds 1 MiB")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise MalformedInputError("the PNG's commitment chunk is not JSON") from None
+    if not isinstance(doc, dict):
+        raise MalformedInputError("the PNG's commitment chunk is not a DSSE envelope")
+    return doc
+
+
+def verify_provenance(record: Provenance, envelope: dict[str, Any], public_key: Any) -> Any:
+    """Check the record against the commitment it names: the envelope's signature under
+    ``public_key``, then every field the record shares with the signed statement. Returns the
+    verified commitment; raises :class:`~samplerguard.errors.VerificationError` naming the
+    first field that differs (an edited record, or a record pasted beside another commitment)."""
+    from samplerguard.commitment.statement import Commitment
+    from samplerguard.errors import VerificationError
+
+    commitment = Commitment.verify(envelope, public_key)
+    want = provenance_from_commitment(commitment)
+    for field in (
+        "commitment_root",
+        "tree_size",
+        "request_id",
+        "recipe_digest",
+        "sampler",
+        "schedule",
+        "steps",
+        "cfg",
+        "model_id",
+        "rng_mode",
+    ):
+        got, signed = getattr(record, field), getattr(want, field)
+        if got != signed:
+            raise VerificationError(
+                f"provenance: {field} is {got!r}, the signed commitment says {signed!r}"
+            )
+    return commitment
 
 
 def _open_png(data: bytes, where: str) -> Any:
