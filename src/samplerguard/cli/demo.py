@@ -15,7 +15,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="run honest and cheating providers on the bundled model and verify them",
-        description="Generates digits with one honest and five cheating providers, commits "
+        description="Generates digits with one honest and ten cheating providers, commits "
         "every trajectory, challenges random steps and re-runs them. Writes images and a "
         "JSON + Markdown summary.",
     )
