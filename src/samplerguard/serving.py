@@ -299,7 +299,7 @@ def _uvicorn_protocol(limits: Limits) -> type[asyncio.Protocol]:
     header cap; the guard around it does the counting."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
         bounds: ClassVar[Limits] = limits
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -118,7 +118,7 @@ def _wrap_class(cls: type, recorder: Recorder, tenant: str, fail_open: bool) -> 
         if cls in _WRAPPED or not _supported(cls):
             return
         _WRAPPED.add(cls)
-        original: Callable[..., Any] = cls.__call__  # type: ignore[operator]
+        original: Callable[..., Any] = cls.__call__
 
     @functools.wraps(original)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -145,7 +145,7 @@ def _wrap_class(cls: type, recorder: Recorder, tenant: str, fail_open: bool) -> 
             out.samplerguard_commitment = recorded.commitment
         return out
 
-    cls.__call__ = call  # type: ignore[operator,method-assign]
+    cls.__call__ = call  # type: ignore[method-assign]
 
 
 def install(recorder: Recorder, *, tenant: str, fail_open: bool = False) -> None:
@@ -162,7 +162,7 @@ def install(recorder: Recorder, *, tenant: str, fail_open: bool = False) -> None
         _wrap_class(type(self), recorder, tenant, fail_open)
         return result
 
-    DiffusionPipeline.register_modules = register_modules  # type: ignore[method-assign]
+    DiffusionPipeline.register_modules = register_modules
     _STATE["installed"] = True
     _STATE["recorder"] = recorder
 

@@ -41,7 +41,7 @@ def register(
     """Register every handler on ``registry`` (kopf.run(registry=...))."""
     cfg = controller.config
 
-    @kopf.on.startup(registry=registry)  # type: ignore[misc,arg-type]
+    @kopf.on.startup(registry=registry)
     async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
         settings.persistence.finalizer = "samplerguard.dev/operator"
@@ -56,7 +56,7 @@ def register(
         if start_ingest is not None:
             await start_ingest()
 
-    @kopf.on.login(registry=registry)  # type: ignore[misc,arg-type]
+    @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> Any:
         # A private registry has none of kopf's default login handlers; use the kubernetes
         # client's configuration (in-cluster or KUBECONFIG), loaded by the CLI.
@@ -64,7 +64,7 @@ def register(
 
     for plural in ("clustersamplerpolicies", "samplerpolicies"):
 
-        @kopf.on.event(GROUP, VERSION, plural, registry=registry)  # type: ignore[misc,arg-type]
+        @kopf.on.event(GROUP, VERSION, plural, registry=registry)
         async def _policy(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
             if kwargs.get("type") == "DELETED":
                 controller.forget_policy(dict(body))
@@ -79,18 +79,18 @@ def register(
 
     for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
 
-        @kopf.on.event(  # type: ignore[misc,arg-type]
+        @kopf.on.event(
             "admissionregistration.k8s.io", "v1", plural, when=_ours, registry=registry
         )
         async def _webhook(**kwargs: Any) -> None:
             if kwargs.get("type") != "DELETED":
                 await asyncio.to_thread(controller.reconcile_certs)
 
-    @kopf.on.startup(registry=registry)  # type: ignore[misc,arg-type]
+    @kopf.on.startup(registry=registry)
     async def _loops(memo: kopf.Memo, **_: Any) -> None:
         memo["tasks"] = [asyncio.create_task(_background(controller, auditor))]
 
-    @kopf.on.cleanup(registry=registry)  # type: ignore[misc,arg-type]
+    @kopf.on.cleanup(registry=registry)
     async def _stop(memo: kopf.Memo, **_: Any) -> None:
         for task in memo.get("tasks", []):
             task.cancel()

@@ -312,7 +312,8 @@ class SamplerTelemetry:
     ) -> None:
         """A guidance scale clipped to the policy's CFG range: ``samplerguard.guidance.clipped``
         {sampler, direction="above"|"below"}. ``requested == limit`` is not a clip."""
-        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in (requested, limit)):
+        values: tuple[object, ...] = (requested, limit)  # callers pass whatever they hold
+        if not all(isinstance(v, numbers.Real) and math.isfinite(float(v)) for v in values):
             self._dropped.add(1, {"metric": MetricName.GUIDANCE_CLIPPED})
             return
         if requested == limit:
