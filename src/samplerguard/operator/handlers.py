@@ -79,9 +79,7 @@ def register(
 
     for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
 
-        @kopf.on.event(
-            "admissionregistration.k8s.io", "v1", plural, when=_ours, registry=registry
-        )
+        @kopf.on.event("admissionregistration.k8s.io", "v1", plural, when=_ours, registry=registry)
         async def _webhook(**kwargs: Any) -> None:
             if kwargs.get("type") != "DELETED":
                 await asyncio.to_thread(controller.reconcile_certs)
