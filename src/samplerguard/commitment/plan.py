@@ -319,21 +319,48 @@ class SamplerPlan:
 _MISSING = object()
 
 
+_FRESH: OrderedDict[str, tuple[frozenset[str], SamplerState]] = OrderedDict()
+
+
+def _fresh_state(scheduler: Any, call: Mapping[str, Any]) -> tuple[frozenset[str], SamplerState]:
+    """The schedule names and the state of a fresh instance of ``scheduler``'s class and config
+    after ``set_timesteps(**call)`` (cached: a pipeline sets the same schedule request after
+    request)."""
+    import json
+
+    key = json.dumps(
+        [type(scheduler).__qualname__, dict(scheduler.config), dict(call)],
+        sort_keys=True,
+        default=str,
+    )
+    with _LOCK:
+        hit = _FRESH.get(key)
+        if hit is not None:
+            _FRESH.move_to_end(key)
+            return hit
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(**call)
+    schedule = capture_schedule(fresh, call)
+    out = (frozenset(schedule), capture_state(fresh, schedule))
+    with _LOCK:
+        _FRESH[key] = out
+        while len(_FRESH) > _CACHE_SIZE:
+            _FRESH.popitem(last=False)
+    return out
+
+
 def reset_to_fresh(scheduler: Any, call: Mapping[str, Any]) -> list[str]:
     """Bring a *reused* scheduler, just after ``set_timesteps(**call)``, to the state of a
     fresh instance of its class and config set the same way (see :meth:`SamplerPlan.reset`);
     returns the names it changed."""
-    fresh = type(scheduler).from_config(scheduler.config)
-    fresh.set_timesteps(**call)
-    schedule_names = set(capture_schedule(fresh, call))
-    want = capture_state(fresh, capture_schedule(fresh, call))
+    schedule_names, want = _fresh_state(scheduler, call)
     live = capture_state(
         scheduler, {n: getattr(scheduler, n) for n in schedule_names if hasattr(scheduler, n)}
     )
-    changed = sorted(set(live.skeleton()) - set(want.skeleton()))
+    live_skeleton, want_skeleton = live.skeleton(), want.skeleton()
+    changed = sorted(set(live_skeleton) - set(want_skeleton))
     for name in changed:
         delattr(scheduler, name)
-    live_skeleton, want_skeleton = live.skeleton(), want.skeleton()
     for name, value in want.values.items():
         if live_skeleton.get(name, _MISSING) != want_skeleton[name]:
             setattr(scheduler, name, _clone(value))
