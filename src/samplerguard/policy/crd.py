@@ -90,7 +90,9 @@ _OBJECT_FIELDS: Schema = {
         "description": "The versioned schema of this representation of an object.",
     },
     "kind": {"type": "string", "description": "The REST resource this object represents."},
-    "metadata": {"type": "object", "description": "Standard object metadata."},
+    # The API server describes metadata itself and refuses a CRD that specifies anything
+    # about it but name and generateName (a description included).
+    "metadata": {"type": "object"},
 }
 
 
