@@ -231,9 +231,16 @@ def release(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
             kubectl("create", "namespace", ns, check=False)
         # no -n: the release spans namespaces (the operator's DRBG Role in the app's)
         kubectl("apply", "-f", str(manifest))
-        kubectl("apply", "-f", "-", stdin=json.dumps(policy))
         _rollout("deployment", f"{REL}-operator")
         _rollout("deployment", f"{REL}-webhook")
+        # the webhook validates policies (failurePolicy Fail): apply it once the webhook serves
+        _wait(
+            "the policy accepted",
+            lambda: (
+                kubectl("apply", "-f", "-", stdin=json.dumps(policy), check=False).returncode == 0
+            ),
+            timeout=120,
+        )
         _rollout("statefulset", f"{REL}-verifier")
         kubectl(
             "wait",
