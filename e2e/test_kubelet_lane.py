@@ -456,8 +456,9 @@ def test_both_appear_in_the_reports_and_the_cli(
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     # the failures table names the cheating pod and why; the passes are in the summary counts
-    assert f"| Pod/{APP_NS}/cheat | {POLICY} | trajectory-recheck | fail |" in text, text
-    assert "relL2" in text and "> tau" in text
+    assert f"| Pod {APP_NS}/cheat | {POLICY} | trajectory-recheck |" in text, text
+    assert f"| Pod {APP_NS}/honest | PASS |" in text, text
+    assert "rel-L2 > τ" in text
     recheck = next(line for line in text.splitlines() if line.startswith("| trajectory-recheck |"))
     assert int(recheck.split("|")[2]) >= 1, recheck  # passes (the honest pod's)
 

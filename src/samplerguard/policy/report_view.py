@@ -224,6 +224,12 @@ def build_view(results: Iterable[ReportResult]) -> ReportView:
     # folded entries (cluster reports) and results that are not about a request
     rules_with_samples = {r.rule for r in loose if "guidanceSamples" in r.properties}
     sample_rule = "recipe" if "recipe" in rules_with_samples else "trajectory-recheck"
+    # the trend counts a folded request by its verdict: its re-check where there is one
+    trend_rule = (
+        "trajectory-recheck"
+        if any(r.rule == "trajectory-recheck" and "count" in r.properties for r in loose)
+        else sample_rule
+    )
     folded: dict[tuple[str, str], dict[str, Counter[str]]] = defaultdict(
         lambda: defaultdict(Counter)
     )
@@ -232,7 +238,7 @@ def build_view(results: Iterable[ReportResult]) -> ReportView:
             g.results[r.result] += _count(r)
         if r.rule in ("recipe", "trajectory-recheck") and "count" in r.properties:
             folded[(r.policy, subject_of(r))][r.rule][r.result] += _count(r)
-            if r.rule == sample_rule:
+            if r.rule == trend_rule:
                 # a folded entry has one time, its latest: the trend is coarse here
                 outcomes.append((r.when, r.result, _count(r)))
                 guidance += _samples(r, "guidance")

@@ -142,3 +142,6 @@ def test_counts_survive_aggregation_in_policy_reports() -> None:
     assert view.requests["fail"] == len(FAILING)
     assert len(view.guidance) == N_REQUESTS  # recipe samples only, not recipe + re-check
     assert sum(f.count for f in view.failures) == len(FAILING)
+    # the trend counts each folded request by its verdict (its re-check), not its recipe
+    assert sum(b.requests["fail"] for b in view.trend) == len(FAILING)
+    assert sum(sum(b.requests.values()) for b in view.trend) == N_REQUESTS
