@@ -300,7 +300,12 @@ def _produce_in_child(config: Config, args: argparse.Namespace, folder: Path) ->
         "--steps", str(args.steps), "--requests", str(args.requests),
         "--sampler", args.sampler, "--configs", f"child:{config.threads}:{int(config.mkldnn)}",
     ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, timeout=600, check=False)
+    # bounded, and long enough for a large sample on a busy machine (a minute per request)
+    limit = 600 + 60 * args.requests
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"producer {config.name} did not finish within {limit}s") from None
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace")[-400:]
         raise RuntimeError(f"producer {config.name} failed ({done.returncode}): {tail}")

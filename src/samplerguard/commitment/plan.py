@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.fingerprint import differences
 from samplerguard.commitment.state import (
     SamplerState,
     capture_schedule,
@@ -46,6 +47,7 @@ __all__ = [
     "StatePlan",
     "begin_index",
     "build_scheduler",
+    "check_schedule_digest",
     "loop_timesteps",
     "reset_to_fresh",
     "sampler_plan",
@@ -451,6 +453,26 @@ def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype)
         schedule_names=frozenset(schedule),
         order=int(getattr(scheduler, "order", 1)),
     )
+
+
+def check_schedule_digest(
+    committed: object, plan: SamplerPlan, recipe: Mapping[str, Any], device: Any
+) -> bool:
+    """Compare the committed schedule digest with the declared sampler's, as this verifier
+    computes it. Returns True when they are equal. A build the verifier reproduces computes
+    the schedule bit for bit, so a difference there is a tampered schedule. Another build
+    (another CPU kernel level, another device) may compute it a few bits apart: that is
+    tolerated, because every re-check runs with *this* verifier's schedule, never the
+    provider's, and a provider that ran another schedule is caught by the steps it ran with
+    it. Raises :class:`VerificationError` otherwise."""
+    if committed == plan.schedule_digest:
+        return True
+    if not differences(recipe.get("runtime"), device):
+        raise VerificationError(
+            "committed schedule digest differs from the declared scheduler's schedule "
+            "(tampered timesteps or sigmas)"
+        )
+    return False
 
 
 _CACHE: OrderedDict[tuple[str, tuple[int, ...], str], SamplerPlan] = OrderedDict()

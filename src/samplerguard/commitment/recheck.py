@@ -38,6 +38,7 @@ from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.plan import (
     begin_index,
     build_scheduler,
+    check_schedule_digest,
     loop_timesteps,
     sampler_plan,
     step_args,
@@ -233,6 +234,11 @@ def check_schedule_call(
         )
 
 
+#: how far a timestep computed by another build may lie from this verifier's (relative): the
+#: last bits of a float32 schedule, far below one step of any schedule
+_T_REL = 1e-6
+
+
 def _brief(call: Mapping[str, Any]) -> str:
     return str(
         {k: ([*v[:4], "…"] if isinstance(v, list) and len(v) > 4 else v) for k, v in call.items()}
@@ -395,18 +401,19 @@ def recheck_step(
         )
     check_schedule_call(recipe_doc, program, tuple(opening.latent_in.shape))
     plan = sampler_plan(recipe_doc, opening.latent_in.shape, opening.latent_in.dtype)
-    if plan.schedule_digest != initial_doc.get("schedule"):
-        raise VerificationError(
-            "committed schedule digest differs from the declared scheduler's schedule "
-            "(tampered timesteps or sigmas)"
-        )
+    same_schedule = check_schedule_digest(
+        initial_doc.get("schedule"), plan, recipe_doc, program.device
+    )
     if plan.n_steps != commitment.n_steps:
         raise VerificationError(
             f"declared sampler runs {plan.n_steps} steps for steps={recipe_doc.get('steps')}, "
             f"commitment has {commitment.n_steps}"
         )
     t_value = plan.timesteps[step]
-    if t_value != float(_number(cur_doc.get("timestep"))):
+    committed_t = float(_number(cur_doc.get("timestep")))
+    if t_value != committed_t and (
+        same_schedule or not math.isclose(t_value, committed_t, rel_tol=_T_REL, abs_tol=_T_REL)
+    ):
         raise VerificationError(
             f"step {step} committed timestep {cur_doc.get('timestep')}, declared schedule has "
             f"{t_value}"

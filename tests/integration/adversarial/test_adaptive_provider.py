@@ -103,6 +103,7 @@ def serve(
     labels: list[int] = LABELS,
     run_labels: list[int] | None = None,
     latents: torch.Tensor | None = None,
+    before_begin: Cheat | None = None,
     before_loop: Cheat | None = None,
     eps_for: Callable[..., torch.Tensor] | None = None,
     after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
@@ -151,6 +152,8 @@ def serve(
     )
     inputs = StepInputs(torch.tensor(run_labels or labels), 3.0)
     draw = noise_fn or (noise.noise_fn() if noise is not None else None)
+    if before_begin is not None:
+        before_begin(scheduler)
     with torch.no_grad(), rec.trajectory(request) as tr:
         tr.begin(scheduler, latents, conditioning={"class_labels": inputs.class_labels})
         if before_loop is not None:
@@ -221,6 +224,35 @@ def test_a_smuggled_sigma_schedule_is_rejected_at_every_step(
     assert served.flagged(program) == list(range(STEPS))
     with pytest.raises(VerificationError, match=r"not genuine.*sigmas"):
         served.challenge(program, [1])
+
+
+def test_a_schedule_tolerated_across_builds_is_still_re_checked_with_the_verifiers(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another build (another CPU kernel level) computes the schedule a few bits apart, so the
+    verifier tolerates a committed schedule digest other than its own when the declared build
+    is one it cannot reproduce. A provider that declares another build to run a stretched
+    schedule (every sigma 2 % larger: a different, committed schedule) gains nothing: each
+    re-check runs with the verifier's schedule, and every step it ran is rejected."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    def stretch(scheduler: Any) -> None:
+        scheduler.sigmas = scheduler.sigmas * 1.02
+
+    same = serve(tiny_unet, recorder, "stretch-same", before_begin=stretch)
+    with pytest.raises(VerificationError, match="schedule digest differs"):
+        same.challenge(program, [0])
+    mine = build_fingerprint(program.device)
+    monkeypatch.setattr(
+        hook_recorder, "build_fingerprint", lambda d: {**mine, "capability": "DEFAULT"}
+    )
+    other = serve(tiny_unet, recorder, "stretch-other", before_begin=stretch)
+    first = other.challenge(program, [0])
+    assert not first.exact and first.differences
+    assert other.flagged(program) == list(range(STEPS))
+    honest = serve(tiny_unet, recorder, "honest-other")
+    assert honest.challenge(program, list(range(STEPS))).accepted
 
 
 def test_a_shifted_step_counter_is_rejected(
