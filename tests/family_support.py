@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BUILDERS", "Case", "request_for"]
+__all__ = ["BUILDERS", "Case", "request_for", "stable_diffusion_prompted", "tiny_clip_tokenizer"]
 
 
 @dataclass
@@ -91,6 +91,35 @@ def stable_diffusion() -> Case:
             "height": 16,
             "width": 16,
         },
+    )
+
+
+def tiny_clip_tokenizer() -> Any:
+    """A CLIP tokenizer over the 512 byte-level symbols and no merges (each word is spelled
+    out): the real tokenizer class and algorithm with a vocabulary written here."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    symbols = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(symbols)}, merges=[], model_max_length=16
+    )
+
+
+def stable_diffusion_prompted() -> Case:
+    """Stable Diffusion with its tokenizer and text encoder: the request is a prompt, so the
+    verifier can re-derive the conditioning from it."""
+    from diffusers import EulerDiscreteScheduler
+
+    from samplerguard.models.tiny_sd import build_tiny_sd
+
+    pipe = build_tiny_sd(EulerDiscreteScheduler(), sample_size=8)
+    pipe.tokenizer = tiny_clip_tokenizer()
+    pipe.register_to_config(tokenizer=("transformers", "CLIPTokenizer"))
+    return Case(
+        pipe,
+        {"prompt": "a red cat", "negative_prompt": "blurry", "output_type": "np"},
     )
 
 

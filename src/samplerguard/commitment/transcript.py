@@ -38,9 +38,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from samplerguard.commitment.digest import bytes_digest, tensor_digest
+from samplerguard.commitment.fingerprint import differences
 from samplerguard.commitment.merkle import merkle_root
 from samplerguard.commitment.opening import parse_signed_tensors
-from samplerguard.commitment.plan import SamplerPlan
+from samplerguard.commitment.plan import SamplerPlan, check_schedule_digest
 from samplerguard.commitment.request import request_digest
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.trajectory import (
@@ -60,6 +61,7 @@ __all__ = [
     "TailProgram",
     "Transcript",
     "TranscriptMeta",
+    "UncheckedBinding",
     "build_transcript",
     "check_noise_stream",
     "check_transcript",
@@ -81,12 +83,23 @@ class TranscriptMeta(BaseModel):
     request: dict[str, Any] | None = None
 
 
+class UncheckedBinding(Exception):
+    """A reference program cannot check this binding here (no reference component, or an input
+    it does not re-derive): the challenge is incomplete, never a pass. The message names what
+    is missing."""
+
+
 class TailProgram(Protocol):
     """What a pipeline family's reference program offers for the tail and request checks."""
 
     pipeline: str
 
-    def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
+    def output(
+        self,
+        final_latent: torch.Tensor,
+        recipe: Mapping[str, Any],
+        request: Mapping[str, Any] | None = None,
+    ) -> bytes:
         """The canonical output bytes the pipeline produces from ``final_latent``."""
 
     def conditioning(
@@ -200,10 +213,12 @@ def check_transcript(
     if canonical(recipe) != canonical(commitment.recipe):
         raise VerificationError("transcript: the recipe leaf differs from the signed recipe")
     initial = _doc(leaves[1], 1, LEAF_INITIAL)
-    if initial.get("schedule") != plan.schedule_digest:
-        raise VerificationError(
-            "transcript: the committed schedule differs from the declared scheduler's"
+    try:
+        check_schedule_digest(
+            initial.get("schedule"), plan, recipe, getattr(program, "device", None)
         )
+    except VerificationError as exc:
+        raise VerificationError(f"transcript: {exc}") from None
     if initial.get("latent") != tensor_digest(transcript.initial):
         raise VerificationError("transcript: z_N does not match the initial leaf")
     if recipe.get("latent_shape") != list(transcript.initial.shape):
@@ -248,18 +263,35 @@ def check_transcript(
         raise VerificationError("output binding: the output leaf is not the signed subject")
     unchecked: list[str] = []
     decode = getattr(program, "output", None)
-    if decode is None:
-        unchecked.append(f"output binding (the {recipe.get('pipeline')} reference has no decode)")
-    else:
-        decoded = bytes_digest(decode(transcript.final, recipe))
+    try:
+        if decode is None:
+            raise UncheckedBinding(f"the {recipe.get('pipeline')} reference has no decode")
+        decoded = bytes_digest(decode(transcript.final, recipe, meta.request))
         if decoded != commitment.output_digest:
+            if _inexact_here(program, recipe):
+                raise UncheckedBinding(
+                    "the reference decode differs from the served output, and this verifier "
+                    "runs another build than the provider's, where the decode is not bit-exact"
+                )
             raise VerificationError(
                 f"output binding: the served output {commitment.output_digest[:23]}… is not "
                 f"the reference decode of the final latent {decoded[:23]}…"
             )
+    except UncheckedBinding as exc:
+        unchecked.append(f"output binding ({exc})")
     # (6): the consumer's request
     unchecked += _check_request(commitment, recipe, meta.request, program, plan.order)
     return TailFacts(initial_latent=transcript.initial, step_noise=step_noise, unchecked=unchecked)
+
+
+def _inexact_here(program: TailProgram, recipe: Mapping[str, Any]) -> bool:
+    """Whether the reference's decode and encoder may differ in their last bits here from the
+    provider's: a build this verifier does not reproduce, and a program whose derivations are
+    not bit-exact on every build (a VAE, a text encoder; the digits decode is elementwise and
+    its conditioning integers, so they are)."""
+    if getattr(program, "exact_everywhere", False):
+        return False
+    return bool(differences(recipe.get("runtime"), getattr(program, "device", None)))
 
 
 def _same_number(value: object, want: float) -> bool:
@@ -312,26 +344,33 @@ def _check_request(
     if not isinstance(cond, dict):
         raise VerificationError("request binding: the recipe commits no conditioning")
     derive = getattr(program, "conditioning", None)
-    if derive is None:
-        return [
-            f"request conditioning (the {recipe.get('pipeline')} reference has no request "
-            "encoder to re-derive it)"
-        ]
     try:
+        if derive is None:
+            raise UncheckedBinding(
+                f"the {recipe.get('pipeline')} reference has no request encoder to re-derive it"
+            )
         derived = derive(params, recipe)
-    except MalformedInputError as exc:
-        raise VerificationError(f"request binding: {exc}") from None
-    if set(derived) != set(cond):
-        raise VerificationError(
-            f"request binding: the request derives conditioning {sorted(derived)}, the "
-            f"recipe commits {sorted(cond)}"
-        )
-    for name, tensor in derived.items():
-        if tensor_digest(tensor) != cond[name]:
+        if set(derived) != set(cond):
+            raise VerificationError(
+                f"request binding: the request derives conditioning {sorted(derived)}, the "
+                f"recipe commits {sorted(cond)}"
+            )
+        for name, tensor in derived.items():
+            if tensor_digest(tensor) == cond[name]:
+                continue
+            if _inexact_here(program, recipe):
+                raise UncheckedBinding(
+                    f"{name!r} as this verifier derives it differs, and it runs another build "
+                    "than the provider's, where the encoder is not bit-exact"
+                )
             raise VerificationError(
                 f"request binding: conditioning {name!r} is not what the request derives "
                 "(a swapped prompt or label)"
             )
+    except UncheckedBinding as exc:
+        return [f"request conditioning ({exc})"]
+    except MalformedInputError as exc:
+        raise VerificationError(f"request binding: {exc}") from None
     return []
 
 

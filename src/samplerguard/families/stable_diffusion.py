@@ -3,17 +3,22 @@ Diffusion 1.x/2.x (text-to-image and image-to-image) and Stable Diffusion XL."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 
+from samplerguard.commitment.transcript import UncheckedBinding
+from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families._base import Family, FamilyProgram, UnsupportedPipeline, register
 
 __all__ = [
+    "SD_CODEC_FAMILIES",
     "AnimateDiffFamily",
     "AnimateDiffProgram",
+    "StableDiffusionCodec",
     "StableDiffusionFamily",
     "StableDiffusionImg2ImgFamily",
     "StableDiffusionImg2ImgProgram",
@@ -22,7 +27,14 @@ __all__ = [
     "StableDiffusionProgram",
     "StableDiffusionXLFamily",
     "StableDiffusionXLProgram",
+    "load_codec",
 ]
+
+#: the families whose reference codec :func:`load_codec` builds (SDXL and AnimateDiff encode
+#: with other components)
+SD_CODEC_FAMILIES = frozenset(
+    {"stable-diffusion", "stable-diffusion-img2img", "stable-diffusion-inpaint"}
+)
 
 
 class StableDiffusionProgram(FamilyProgram):
@@ -31,10 +43,31 @@ class StableDiffusionProgram(FamilyProgram):
     guidance rescale, no IP adapter, no ControlNet residuals (the hook refuses those)."""
 
     family: ClassVar[Family]  # set below, once the family is registered
+    #: the reference text encoder and VAE, when the verifier has them (:func:`load_codec`)
+    codec: StableDiffusionCodec | None = None
 
     @property
     def unet(self) -> torch.nn.Module:
         return self.denoiser
+
+    def output(
+        self,
+        final_latent: torch.Tensor,
+        recipe: Mapping[str, Any],
+        request: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """The pipeline's output from its final latent (the reference VAE decode)."""
+        if self.codec is None:
+            raise UncheckedBinding(f"the {self.pipeline} reference has no VAE")
+        return self.codec.output(final_latent, recipe)
+
+    def conditioning(
+        self, request: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The UNet's conditioning from the consumer's request (the reference text encoder)."""
+        if self.codec is None:
+            raise UncheckedBinding(f"the {self.pipeline} reference has no text encoder")
+        return self.codec.conditioning(request, recipe)
 
     def model_input(
         self, latent_model_input: torch.Tensor, conditioning: Mapping[str, torch.Tensor]
@@ -83,6 +116,8 @@ class StableDiffusionFamily(Family):
         ("height", "height"),
         ("width", "width"),
         ("negative_prompt", "negativePrompt"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("clip_skip", "clipSkip"),
     )
     conditioning = MappingProxyType({"encoder_hidden_states": "prompt_embeds"})
     neutral_options = MappingProxyType(
@@ -106,7 +141,14 @@ class StableDiffusionImg2ImgFamily(StableDiffusionFamily):
 
     name = "stable-diffusion-img2img"
     pipelines = ("StableDiffusionImg2ImgPipeline",)
-    request_inputs = (("prompt", "prompt"), ("image", ""), ("strength", "strength"))
+    request_inputs = (
+        ("prompt", "prompt"),
+        ("image", ""),
+        ("strength", "strength"),
+        ("negative_prompt", "negativePrompt"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("clip_skip", "clipSkip"),
+    )
     partial_schedule = True
     default_strength = 0.8
 
@@ -150,6 +192,9 @@ class StableDiffusionInpaintFamily(StableDiffusionFamily):
         ("width", "width"),
         ("padding_mask_crop", "paddingMaskCrop"),
         ("strength", "strength"),
+        ("negative_prompt", "negativePrompt"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("clip_skip", "clipSkip"),
     )
     partial_schedule = True
 
@@ -175,6 +220,24 @@ class StableDiffusionInpaintFamily(StableDiffusionFamily):
 
 
 class StableDiffusionInpaintProgram(StableDiffusionProgram):
+    def output(
+        self,
+        final_latent: torch.Tensor,
+        recipe: Mapping[str, Any],
+        request: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        if request is None or request.get("paddingMaskCrop") is not None:
+            raise UncheckedBinding("the inpainting crop's overlay onto the image is not re-run")
+        return super().output(final_latent, recipe, request)
+
+    def conditioning(
+        self, request: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        raise UncheckedBinding(
+            "the mask and masked-image latents are derived from the consumer's images with the "
+            "VAE's sampled posterior, which this verifier does not re-derive"
+        )
+
     def model_input(
         self, latent_model_input: torch.Tensor, conditioning: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
@@ -208,6 +271,175 @@ class AnimateDiffFamily(StableDiffusionFamily):
 
 class AnimateDiffProgram(StableDiffusionProgram):
     pass
+
+
+#: bounds on the request inputs the reference encoder reads
+_MAX_PROMPTS = 64
+_MAX_PROMPT_CHARS = 4096
+_OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+
+
+def _prompts(request: Mapping[str, Any], key: str) -> str | list[str] | None:
+    value = request.get(key)
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not (
+        1 <= len(items) <= _MAX_PROMPTS
+        and all(isinstance(p, str) and len(p) <= _MAX_PROMPT_CHARS for p in items)
+    ):
+        raise MalformedInputError(
+            f"the request's {key} is not a string or a list of 1..{_MAX_PROMPTS} strings of at "
+            f"most {_MAX_PROMPT_CHARS} characters"
+        )
+    return value if isinstance(value, str) else list(items)
+
+
+def _small_int(request: Mapping[str, Any], key: str, default: int | None, top: int) -> int | None:
+    value = request.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        raise MalformedInputError(f"the request's {key} is not an integer 0..{top}")
+    return value
+
+
+class StableDiffusionCodec:
+    """The reference text encoder and VAE of a Stable Diffusion 1.x/2.x checkpoint. It runs the
+    pipeline's own code on the verifier's components: ``encode_prompt`` for the conditioning
+    (the negative and positive prompt embeddings, batched as the UNet receives them) and the
+    VAE decode with the image processor's post-processing for the output. No safety checker
+    runs: a pipeline whose safety checker blanks an image serves an output that is not the
+    decode, and fails the output binding."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def conditioning(
+        self, request: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        prompt = _prompts(request, "prompt")
+        if prompt is None:
+            raise UncheckedBinding(
+                "the request carries prompt embeddings, not a prompt, so there is nothing to "
+                "re-derive them from"
+            )
+        negative = _prompts(request, "negativePrompt")
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
+        clip_skip = _small_int(request, "clipSkip", None, 64)
+        guidance = float(request["guidanceScale"])
+        do_cfg = guidance > 1.0
+        device = self.pipe.text_encoder.device
+        with torch.no_grad():
+            positive, negative_embeds = self.pipe.encode_prompt(
+                prompt,
+                device,
+                per_prompt,
+                do_cfg,
+                negative_prompt=negative,
+                clip_skip=clip_skip,
+            )
+        embeds = torch.cat([negative_embeds, positive]) if do_cfg else positive
+        return {"prompt_embeds": embeds}
+
+    def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
+        from samplerguard.commitment.digest import output_bytes
+
+        kind = recipe.get("output_type")
+        if kind not in _OUTPUT_TYPES:
+            raise UncheckedBinding(f"no reference post-processing for output type {kind!r}")
+        if kind == "latent":
+            return output_bytes(final_latent)
+        vae = self.pipe.vae
+        latents = final_latent.to(device=vae.device, dtype=vae.dtype)
+        with torch.no_grad():
+            image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        image = self.pipe.image_processor.postprocess(
+            image, output_type=kind, do_denormalize=[True] * image.shape[0]
+        )
+        return output_bytes(image)
+
+
+#: the component classes a reference folder's VAE, text encoder and tokenizer may name
+_COMPONENTS = {
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+}
+
+
+def load_codec(
+    folder: Path,
+    unet: torch.nn.Module,
+    device: torch.device | str = "cpu",
+    text_encoders: Sequence[str] = (),
+) -> StableDiffusionCodec | None:
+    """The reference codec of a diffusers Stable Diffusion folder (``vae/``, ``text_encoder/``
+    and ``tokenizer/`` beside the UNet), or None when the folder lacks them. Only the classes
+    above are instantiated, from safetensors, with nothing fetched. ``text_encoders``: the
+    digests the policy pins the text encoder to (empty: unpinned). Raises
+    :class:`MalformedInputError` for an unusable folder, :class:`VerificationError` for a text
+    encoder the policy does not pin."""
+    import importlib
+    import json
+
+    from samplerguard.commitment.digest import module_digest
+
+    if not all((folder / name).is_dir() for name in _COMPONENTS):
+        return None
+    parts: dict[str, Any] = {}
+    for name, (module, cls_name) in _COMPONENTS.items():
+        sub = folder / name
+        config = sub / ("tokenizer_config.json" if name == "tokenizer" else "config.json")
+        try:
+            if config.stat().st_size > 1 << 20:
+                raise MalformedInputError(f"reference {config} is larger than 1 MiB")
+            doc = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            raise MalformedInputError(f"reference {config}: {exc}") from None
+        named = (
+            doc.get("tokenizer_class")
+            or doc.get("_class_name")
+            or (doc.get("architectures") or [None])[0]
+            if isinstance(doc, dict)
+            else None
+        )
+        if named not in (cls_name, f"{cls_name}Fast"):
+            raise MalformedInputError(
+                f"reference {config} names {str(named)[:60]!r}; the {name} is a {cls_name}"
+            )
+        cls = getattr(importlib.import_module(module), cls_name)
+        try:
+            if name == "tokenizer":
+                parts[name] = cls.from_pretrained(sub, local_files_only=True)
+            else:
+                model = cls.from_pretrained(sub, local_files_only=True, use_safetensors=True)
+                parts[name] = model.to(device).eval()
+        except Exception as exc:  # diffusers/transformers raise many types for a bad folder
+            raise MalformedInputError(
+                f"reference {sub} cannot be loaded as {cls_name}: {type(exc).__name__}: "
+                f"{str(exc)[:200]}"
+            ) from None
+    if text_encoders:
+        got = module_digest(parts["text_encoder"])
+        if got not in text_encoders:
+            raise VerificationError(
+                f"reference text encoder {got[:23]}… is not among the policy's "
+                "goldenDigests.textEncoder"
+            )
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=unet,
+        scheduler=None,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return StableDiffusionCodec(pipe)
 
 
 StableDiffusionProgram.family = register(StableDiffusionFamily())

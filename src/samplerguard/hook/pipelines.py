@@ -47,7 +47,14 @@ from samplerguard.commitment.statement import Commitment
 from samplerguard.families import Family, UnsupportedPipeline, family_for_pipeline
 from samplerguard.hook.recorder import Begun, Recorder, Trajectory, TrajectoryRequest
 
-__all__ = ["InstrumentedPipeline", "RecordedOutput", "instrument", "output_bytes", "request_params"]
+__all__ = [
+    "InstrumentedPipeline",
+    "RecordedOutput",
+    "bound_arguments",
+    "instrument",
+    "output_bytes",
+    "request_params",
+]
 
 
 @dataclass(frozen=True)
@@ -58,18 +65,19 @@ class RecordedOutput:
 
 
 def request_params(
-    family: Family, request: TrajectoryRequest, args: tuple[Any, ...], kwargs: dict[str, Any]
+    family: Family, request: TrajectoryRequest, call: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The consumer's request parameters, read from the pipeline call: the declared steps and
-    guidance, and the family's request inputs (positional in call order, or by keyword)."""
+    """The consumer's request parameters, read from the pipeline call's arguments (``call``:
+    bound by name, see :func:`bound_arguments`): the declared steps and guidance, and the
+    family's request inputs."""
     params: dict[str, Any] = {
         "requestId": request.request_id,
         "tenant": request.tenant,
         "steps": request.steps,
         "guidanceScale": request.guidance_scale,
     }
-    for i, (arg, key) in enumerate(family.request_inputs):
-        value = kwargs.get(arg, args[i] if i < len(args) else None)
+    for arg, key in family.request_inputs:
+        value = call.get(arg)
         if value is None or not key:
             continue
         if isinstance(value, torch.Tensor):
@@ -78,6 +86,23 @@ def request_params(
             value = list(value)
         params[key] = value
     return params
+
+
+def bound_arguments(pipe: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of a pipeline call by parameter name, positional ones included (a
+    positional ``negative_prompt`` is the 8th argument of ``StableDiffusionPipeline``)."""
+    try:
+        bound = inspect.signature(type(pipe).__call__).bind_partial(pipe, *args, **kwargs)
+    except TypeError as exc:
+        raise UnsupportedPipeline(f"{type(pipe).__name__}: {exc}") from None
+    out: dict[str, Any] = {}
+    params = bound.signature.parameters
+    for name, value in list(bound.arguments.items())[1:]:
+        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif params[name].kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = value
+    return out
 
 
 #: ``step`` keyword arguments that are not part of the update's arithmetic
@@ -341,16 +366,17 @@ class InstrumentedPipeline:
                 f"{type(pipe).__name__} is {family.name!r}"
             )
         family.check_pipe(pipe)
+        bound = bound_arguments(pipe, args, kwargs)
         for option, neutral in family.neutral_options.items():
-            if option in kwargs and not _same(kwargs[option], neutral):
+            if option in bound and not _same(bound[option], neutral):
                 raise UnsupportedPipeline(
-                    f"{type(pipe).__name__}({option}={_brief(kwargs[option])}) is not re-run by "
+                    f"{type(pipe).__name__}({option}={_brief(bound[option])}) is not re-run by "
                     f"the {family.name} step program: leave it at {neutral!r} to be verified"
                 )
         if trajectory_request.params is None:
             trajectory_request = dataclasses.replace(
                 trajectory_request,
-                params=request_params(family, trajectory_request, args, kwargs),
+                params=request_params(family, trajectory_request, bound),
             )
         if getattr(_ACTIVE, "call", None) is not None:
             raise UnsupportedPipeline("a recorded pipeline call cannot run inside another")

@@ -33,6 +33,9 @@ class DigitsProgram(_Program):
     """The bundled digits pipeline's step (:func:`samplerguard.models.digits.denoise_step`)."""
 
     pipeline = "digits"
+    #: the decode is elementwise and the conditioning integers: bit-exact on every build, so a
+    #: difference is a swap wherever the verifier runs
+    exact_everywhere = True
 
     def step(
         self,
@@ -49,7 +52,12 @@ class DigitsProgram(_Program):
             )
         return denoise_step(self.unet, scheduler, latents, t, StepInputs(labels, guidance_scale))
 
-    def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
+    def output(
+        self,
+        final_latent: torch.Tensor,
+        recipe: Mapping[str, Any],
+        request: Mapping[str, Any] | None = None,
+    ) -> bytes:
         """The pipeline's output from its final latent: the latent itself (``pt``) or its
         uint8 pixels (``np``), as canonical bytes."""
         kind = recipe.get("output_type", "pt")

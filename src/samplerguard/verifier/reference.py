@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from samplerguard.commitment.digest import safetensors_digest
 from samplerguard.commitment.recheck import StepProgram
 from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.families.stable_diffusion import SD_CODEC_FAMILIES, load_codec
 from samplerguard.policy.spec import GoldenDigests
 
 __all__ = ["ReferenceModels", "load_reference", "weights_file"]
@@ -69,11 +71,18 @@ def weights_file(pipeline: str, path: Path) -> Path:
 
 
 def load_reference(
-    pipeline: str, path: Path, digest: str, device: torch.device | str = "cpu"
+    pipeline: str,
+    path: Path,
+    digest: str,
+    device: torch.device | str = "cpu",
+    text_encoders: Sequence[str] = (),
 ) -> StepProgram:
     """The step program of ``pipeline`` over the reference model at ``path``, whose weights
-    file has been checked to have ``digest``. Raises :class:`VerificationError` when the loaded
-    module's digest differs, :class:`MalformedInputError` for an unusable checkpoint."""
+    file has been checked to have ``digest``. A Stable Diffusion pipeline folder with its VAE,
+    text encoder and tokenizer also gets the reference codec, so the output and the prompt's
+    conditioning are re-derived (``text_encoders``: the policy's pins). Raises
+    :class:`VerificationError` when the loaded module's digest differs,
+    :class:`MalformedInputError` for an unusable checkpoint."""
     from samplerguard.commitment.digest import module_digest
     from samplerguard.families import family_named
 
@@ -121,6 +130,8 @@ def load_reference(
             f"reference {path.name}: the loaded model is {loaded}, its weights file {digest}"
         )
     program: StepProgram = family.program(model, digest)
+    if pipeline in SD_CODEC_FAMILIES and (path / "model_index.json").is_file():
+        program.codec = load_codec(path, model, device, text_encoders)  # type: ignore[attr-defined]
     return program
 
 
@@ -180,7 +191,7 @@ class ReferenceModels:
                 raise VerificationError(
                     f"recipe declares model {declared}, the reference checkpoint is {digest}"
                 )
-            program = load_reference(pipeline, path, digest, self.device)
+            program = load_reference(pipeline, path, digest, self.device, self.golden.text_encoder)
             self._programs[(pipeline, declared)] = program
             while len(self._programs) > self.max_loaded:
                 self._programs.popitem(last=False)  # bounded: the least recently used goes

@@ -1,0 +1,207 @@
+"""The reference codec of Stable Diffusion: the verifier re-derives the prompt's conditioning
+with the reference tokenizer and text encoder, and the served output with the reference VAE,
+from a diffusers pipeline folder. Every provider here records through the real hook."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from family_support import Case, request_for, stable_diffusion_prompted
+from samplerguard.commitment.challenge import ChallengeResult, verify_challenge
+from samplerguard.commitment.digest import module_digest
+from samplerguard.commitment.opening import Opening
+from samplerguard.commitment.statement import Commitment
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.hook import pipelines
+from samplerguard.hook.local import LocalSink
+from samplerguard.hook.pipelines import instrument
+from samplerguard.hook.recorder import Recorder
+from samplerguard.policy.spec import GoldenDigests
+from samplerguard.verifier.reference import ReferenceModels
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The verifier's reference: the honest pipeline, saved as a diffusers folder."""
+    path = tmp_path_factory.mktemp("sd")
+    stable_diffusion_prompted().pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _serve(case: Case, rid: str, **kwargs: Any) -> tuple[LocalSink, Commitment]:
+    sink = LocalSink()
+    recorder = Recorder(sink)
+    call = {**case.kwargs, **kwargs}
+    runner = instrument(case.pipe, recorder)
+    try:
+        gen = torch.Generator().manual_seed(7)
+        out = runner(
+            num_inference_steps=case.steps,
+            guidance_scale=case.guidance,
+            generator=gen,
+            trajectory_request=request_for(case, rid),
+            **call,
+        )
+    finally:
+        recorder.close()
+    return sink, Commitment.verify(out.commitment.to_json(), sink.key.public_key())
+
+
+def _challenge(
+    folder: Path, sink: LocalSink, commitment: Commitment, golden: GoldenDigests | None = None
+) -> ChallengeResult:
+    digest = commitment.recipe["model"]["digest"]
+    refs = ReferenceModels(
+        {"stable-diffusion": folder}, golden or GoldenDigests(model_weights=[digest])
+    )
+    rid = commitment.request_id
+    return verify_challenge(
+        commitment,
+        sink.transcript(rid),
+        lambda s: Opening.from_bytes(sink.opening(rid, s).to_bytes()),
+        refs.program(dict(commitment.recipe)),
+        steps=list(range(commitment.n_steps)),
+        tau=0.0,
+    )
+
+
+def test_an_honest_prompted_generation_is_checked_end_to_end(folder: Path) -> None:
+    sink, commitment = _serve(stable_diffusion_prompted(), "honest")
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.exact
+    assert result.unchecked == []  # the output and the conditioning were re-derived
+    assert [r.worst for r in result.results] == [0.0] * commitment.n_steps
+
+
+def test_several_images_per_prompt_and_no_guidance_are_derived_as_the_pipeline_does(
+    folder: Path,
+) -> None:
+    case = stable_diffusion_prompted()
+    case.guidance = 1.0
+    sink, commitment = _serve(case, "batch", num_images_per_prompt=2, prompt=["a", "b c"])
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.unchecked == []
+
+
+def _forge(monkeypatch: pytest.MonkeyPatch, **fields: Any) -> None:
+    """The provider records request parameters other than those of the call it ran."""
+    real = pipelines.request_params
+
+    def forged(*args: Any) -> dict[str, Any]:
+        return {**real(*args), **fields}
+
+    monkeypatch.setattr(pipelines, "request_params", forged)
+
+
+def test_a_swapped_prompt_is_rejected(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer asked for "a blue dog"; the provider ran "a red cat" and committed the
+    consumer's request. Every step re-checks (they ran what they committed), but the
+    conditioning is not what the request derives."""
+    _forge(monkeypatch, prompt="a blue dog")
+    sink, commitment = _serve(stable_diffusion_prompted(), "swap")
+    with pytest.raises(VerificationError, match=r"conditioning 'prompt_embeds' is not what"):
+        _challenge(folder, sink, commitment)
+
+
+def test_a_substituted_text_encoder_is_rejected(folder: Path) -> None:
+    """A provider whose text encoder is not the reference's (a fine-tune that drops a safety
+    concept, say) conditions the UNet on other embeddings for the same prompt."""
+    case = stable_diffusion_prompted()
+    case.pipe.text_encoder = copy.deepcopy(case.pipe.text_encoder)
+    with torch.no_grad():
+        for p in case.pipe.text_encoder.parameters():
+            p.mul_(1.001)
+    sink, commitment = _serve(case, "encoder")
+    with pytest.raises(VerificationError, match="not what the request derives"):
+        _challenge(folder, sink, commitment)
+
+
+def _post(monkeypatch: pytest.MonkeyPatch, case: Case, change: Callable[[Any], Any]) -> None:
+    processor = case.pipe.image_processor
+    real = processor.postprocess
+    monkeypatch.setattr(processor, "postprocess", lambda *a, **k: change(real(*a, **k)))
+
+
+def test_a_served_image_that_is_not_the_decode_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = stable_diffusion_prompted()
+    _post(monkeypatch, case, lambda image: image * 0.99)
+    sink, commitment = _serve(case, "image")
+    with pytest.raises(VerificationError, match="output binding: the served output"):
+        _challenge(folder, sink, commitment)
+
+
+def test_on_another_build_a_differing_decode_is_not_checked_never_passed(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declared build the verifier does not reproduce may decode a few bits apart: the
+    difference is reported as NOT CHECKED (an incomplete challenge), not as a pass."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    mine = build_fingerprint("cpu")
+    monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d: {**mine, "torch": "0.0.1"})
+    case = stable_diffusion_prompted()
+    _post(monkeypatch, case, lambda image: image * 0.99)
+    sink, commitment = _serve(case, "other-build")
+    result = _challenge(folder, sink, commitment)
+    assert not result.exact and result.accepted
+    assert len(result.unchecked) == 1 and "output binding" in result.unchecked[0]
+
+
+def test_prompt_embeddings_leave_the_conditioning_unchecked(folder: Path) -> None:
+    case = stable_diffusion_prompted()
+    with torch.no_grad():
+        embeds, negative = case.pipe.encode_prompt("a red cat", "cpu", 1, True, "blurry")
+    sink, commitment = _serve(
+        case, "embeds", prompt=None, negative_prompt=None, prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+    )  # fmt: skip
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted
+    assert result.unchecked == [
+        "request conditioning (the request carries prompt embeddings, not a prompt, so there is "
+        "nothing to re-derive them from)"
+    ]
+
+
+def test_a_text_encoder_outside_the_policys_pins_is_refused(folder: Path) -> None:
+    sink, commitment = _serve(stable_diffusion_prompted(), "pinned")
+    golden = GoldenDigests(
+        model_weights=[commitment.recipe["model"]["digest"]],
+        text_encoder=["sha256:" + "0" * 64],
+    )
+    with pytest.raises(VerificationError, match=r"goldenDigests\.textEncoder"):
+        _challenge(folder, sink, commitment, golden)
+    pinned = module_digest(stable_diffusion_prompted().pipe.text_encoder)
+    ok = _challenge(
+        folder,
+        sink,
+        commitment,
+        GoldenDigests(model_weights=[commitment.recipe["model"]["digest"]], text_encoder=[pinned]),
+    )
+    assert ok.accepted and ok.unchecked == []
+
+
+def test_a_component_naming_another_class_is_unusable(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    copy_ = tmp_path / "sd"
+    shutil.copytree(folder, copy_)
+    config = copy_ / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": "Evil"}))
+    sink, commitment = _serve(stable_diffusion_prompted(), "evil")
+    with pytest.raises(MalformedInputError, match="names 'Evil'; the tokenizer is a CLIPTokenizer"):
+        _challenge(copy_, sink, commitment)
