@@ -26,6 +26,7 @@ from samplerguard.commitment.challenge import (
     verify_challenge,
 )
 from samplerguard.commitment.digest import output_bytes
+from samplerguard.commitment.draws import noise_from
 from samplerguard.commitment.request import verify_response
 from samplerguard.commitment.statement import Commitment
 from samplerguard.errors import MalformedInputError, VerificationError
@@ -33,9 +34,8 @@ from samplerguard.hook.local import LocalSink
 from samplerguard.hook.recorder import Recorder, TrajectoryRequest, scheduler_config
 from samplerguard.models.digits import StepInputs, guided_eps, make_scheduler, scheduler_step
 from samplerguard.models.programs import DigitsProgram
-from samplerguard.rng import NoiseAuthority
+from samplerguard.rng import NoiseAuthority, RequestNoise
 from samplerguard.rng.escrow import open_escrow
-from samplerguard.rng.shim import noise_from
 
 STEPS = 8
 LABELS = [3, 7]
@@ -179,7 +179,7 @@ def serve(
 
 def _escrow_draw(served: Served, key: X25519PrivateKey) -> Any:
     seed = open_escrow(key, served.escrow, request_id=served.commitment.request_id)
-    stream = seed.noise(record_draws=False)
+    stream = RequestNoise(seed, record_draws=False)
     return lambda shape, dtype: stream.randn(shape, dtype=dtype)
 
 

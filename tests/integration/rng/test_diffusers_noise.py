@@ -1,7 +1,7 @@
 """DRBG noise through real diffusers pipelines and schedulers.
 
 * Every noise draw of a DDPM pipeline and of an Euler-ancestral loop comes from the request's
-  DRBG (through ``rng.shim``), and is reported by ``take_drawn``.
+  DRBG (through ``commitment.draws``), and is reported by ``take_drawn``.
 * torch's, numpy's and Python's global generators are bit-identical before and after.
 * Nothing secret reaches a log line or an output file (hex or base64).
 """
@@ -19,8 +19,8 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from diffusers import DDPMPipeline, DDPMScheduler, EulerAncestralDiscreteScheduler, UNet2DModel
 
+from samplerguard.commitment.draws import noise_from
 from samplerguard.rng import NoiseAuthority, check_seed_vector, tensor_digest
-from samplerguard.rng.shim import noise_from
 
 MASTER = bytes(range(7, 39))
 

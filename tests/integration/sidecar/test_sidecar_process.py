@@ -11,7 +11,6 @@ import httpx
 import pytest
 import torch
 
-from dataplane_support import generate, make_model, write_policy
 from samplerguard.commitment.dsse import load_public_key
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
@@ -20,6 +19,7 @@ from samplerguard.demo.services import make_token, start_sidecar
 from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
 from samplerguard.hook.sidecar_sink import SidecarSink
 from samplerguard.models.programs import DigitsProgram
+from tests.support.dataplane import generate, make_model, write_policy
 
 pytestmark = pytest.mark.slow
 

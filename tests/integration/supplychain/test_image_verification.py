@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
 
 from samplerguard.errors import MalformedInputError, TemporaryError, VerificationError
 from samplerguard.policy.spec import (
@@ -22,7 +21,7 @@ from samplerguard.policy.spec import (
 )
 from samplerguard.supplychain import ImageVerdict, ImageVerifier, RegistryClient
 from samplerguard.supplychain.cosign import simple_signing_payload
-from samplerguard.supplychain.publish import (
+from tests.support.publish import (
     Signer,
     attest_image,
     make_envelope,
@@ -32,7 +31,8 @@ from samplerguard.supplychain.publish import (
     slsa_v02_predicate,
     slsa_v1_predicate,
 )
-from samplerguard.supplychain.testing import PrivateSigstore
+from tests.support.sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
+from tests.support.supplychain import PrivateSigstore
 
 pytestmark = pytest.mark.registry
 

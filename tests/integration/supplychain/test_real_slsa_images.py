@@ -20,7 +20,7 @@ import pytest
 from samplerguard.policy.spec import SamplerPolicySpec
 from samplerguard.supplychain import ImageVerifier, RegistryClient, TrustedRoots, load_trusted_root
 from samplerguard.supplychain.cosign import tag_for
-from samplerguard.supplychain.testing import LocalRegistry
+from tests.support.supplychain import LocalRegistry
 
 pytestmark = pytest.mark.registry
 

@@ -9,7 +9,8 @@ from concurrent import futures
 import grpc
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
-from otlp_receivers import (
+
+from tests.support.otlp_receivers import (
     GrpcReceiver,
     HttpReceiver,
     Received,

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 
-from family_support import BUILDERS, Case
 from samplerguard.commitment.digest import module_digest
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
@@ -24,6 +23,7 @@ from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder, TrajectoryRequest
 from samplerguard.policy.spec import GoldenDigests
 from samplerguard.verifier.reference import ReferenceModels
+from tests.support.families import BUILDERS, Case
 
 pytestmark = pytest.mark.slow
 

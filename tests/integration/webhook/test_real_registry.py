@@ -13,14 +13,6 @@ import pytest
 
 from samplerguard.policy import parse_policy
 from samplerguard.supplychain import DockerConfig, ImageVerifier, RegistryClient
-from samplerguard.supplychain.publish import (
-    Signer,
-    attest_image,
-    push_image,
-    sign_image,
-    slsa_v1_predicate,
-)
-from samplerguard.supplychain.testing import LocalRegistry, registry_binary
 from samplerguard.webhook import (
     Admission,
     InjectionConfig,
@@ -31,7 +23,15 @@ from samplerguard.webhook import (
     WebhookConfig,
     WebhookServer,
 )
-from webhook_support import patched, post, review, workload, write_self_signed
+from tests.support.publish import (
+    Signer,
+    attest_image,
+    push_image,
+    sign_image,
+    slsa_v1_predicate,
+)
+from tests.support.supplychain import LocalRegistry, registry_binary
+from tests.support.webhook import patched, post, review, workload, write_self_signed
 
 pytestmark = pytest.mark.registry
 

@@ -28,7 +28,7 @@ from samplerguard.hook.wire import (
     encode_frame,
     read_frame,
 )
-from samplerguard.rng import NoiseAuthority
+from samplerguard.rng import NoiseAuthority, RequestNoise
 from samplerguard.rng.escrow import SeedEscrow, open_escrow
 from samplerguard.sidecar.enforce import Admission
 from samplerguard.sidecar.ingest import Decision, Gate, IngestServer
@@ -535,7 +535,7 @@ def test_the_issued_seed_is_the_escrowed_one_and_its_noise_matches(
     assert _send(served.path, _drbg(frames))["ok"]
     escrow = SeedEscrow.model_validate(served.store.index("seed-1")["seedEscrow"])
     seed = open_escrow(verifier_key, escrow, request_id="seed-1")
-    assert torch.equal(seed.noise(record_draws=False).randn((2, 4)), z)
+    assert torch.equal(RequestNoise(seed, record_draws=False).randn((2, 4)), z)
 
 
 def test_a_drbg_start_without_an_issued_seed_is_refused(served: IngestServer) -> None:

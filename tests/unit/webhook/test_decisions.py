@@ -20,7 +20,7 @@ from samplerguard.webhook import (
     VerdictCache,
     WebhookConfig,
 )
-from webhook_support import REGISTRY, RegistryDouble, policy, review, workload
+from tests.support.webhook import REGISTRY, RegistryDouble, policy, review, workload
 
 SIGNED = f"{REGISTRY}/acme/sampler:1.0"
 UNSIGNED = f"{REGISTRY}/acme/unsigned:1.0"

@@ -8,7 +8,7 @@ from samplerguard.errors import MalformedInputError
 from samplerguard.webhook import InjectionConfig
 from samplerguard.webhook.inject import injection_patch
 from samplerguard.webhook.workloads import find_pod_template
-from webhook_support import inject, workload
+from tests.support.webhook import inject, workload
 
 CFG = InjectionConfig(sidecar_image="s@sha256:" + "a" * 64, hook_image="h@sha256:" + "b" * 64)
 

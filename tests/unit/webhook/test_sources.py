@@ -10,7 +10,7 @@ import yaml
 from samplerguard.errors import PolicyError
 from samplerguard.webhook import FilePolicySource
 from samplerguard.webhook.kube import KubernetesPolicySource
-from webhook_support import policy
+from tests.support.webhook import policy
 
 
 def _write(path: Path, *docs: object) -> None:
