@@ -656,12 +656,12 @@ def _registry_setup(tmp: Path) -> tuple[dict[str, Any], Any, str]:
     body = policy("acme", f"{reg.host}/**")
     body["spec"]["images"][0]["authorities"] = [
         {"name": "release", "key": {"publicKey": signer.public_pem}}
-    ]  # type: ignore[index]
+    ]
     body["spec"]["attestations"] = [
         {
             "name": "slsa",
             "builderIds": [builder],
-            "sourceUris": [source],  # type: ignore[index]
+            "sourceUris": [source],
             "sourceRefs": ["refs/heads/main"],
         }
     ]

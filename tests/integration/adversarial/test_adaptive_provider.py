@@ -269,7 +269,7 @@ def test_a_final_latent_that_is_not_the_last_step_is_rejected(
     _, sink = recorder
     served = serve(tiny_unet, recorder, "swap-final-1")
     record = sink.record("swap-final-1")
-    forged = dataclasses.replace(record, final=record.final + 1.0)  # type: ignore[operator]
+    forged = dataclasses.replace(record, final=record.final + 1.0)
     sink._records["swap-final-1"] = forged
     with pytest.raises(VerificationError, match="output binding"):
         served.challenge(program, [0])

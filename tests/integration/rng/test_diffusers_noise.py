@@ -52,7 +52,7 @@ def _same(
     return (
         torch.equal(a[0], b[0])
         and np.array_equal(np_a[1], np_b[1])  # type: ignore[index]
-        and np_a[2:] == np_b[2:]  # type: ignore[index]
+        and np_a[2:] == np_b[2:]
         and a[2] == b[2]
     )
 

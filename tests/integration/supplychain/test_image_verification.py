@@ -203,7 +203,7 @@ def test_keyless_identity_regexp(
 ) -> None:
     pub = publish(sign=False)
     ok = KeylessIdentity(
-        subject_reg_exp=r"https://github\.com/acme/.*", issuer_reg_exp=r"https://token\..*"
+        subjectRegExp=r"https://github\.com/acme/.*", issuerRegExp=r"https://token\..*"
     )
     assert verifier.verify(
         pub.ref,
@@ -211,7 +211,7 @@ def test_keyless_identity_regexp(
         policy_name="p",
     ).passed
     # A regex must match the whole identity, not a substring of it.
-    partial = KeylessIdentity(subject_reg_exp=r"acme", issuer=CI_ISSUER)
+    partial = KeylessIdentity(subjectRegExp=r"acme", issuer=CI_ISSUER)
     spec = policy_for(pub, keyless=True, threshold=2, attest=False, identity=partial)
     assert not verifier.verify(pub.ref, spec, policy_name="p").passed
 
