@@ -230,9 +230,14 @@ def test_the_digester_bounds_its_backlog_and_surfaces_its_first_error(
     from samplerguard.sidecar import ingest
 
     monkeypatch.setattr(ingest, "DIGEST_BACKLOG", 100)
-    gate, done = threading.Event(), []
+    gate, done = threading.Event(), list[int]()
     d = ingest._Digester()
-    d.submit(80, lambda: (gate.wait(5), done.append(1)))
+
+    def held() -> None:
+        gate.wait(5)
+        done.append(1)
+
+    d.submit(80, held)
     blocked = threading.Thread(target=d.submit, args=(80, lambda: done.append(2)))
     blocked.start()
     blocked.join(0.2)
