@@ -12,6 +12,8 @@ grows: a new attack is a new ``cheat`` function and a test.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -406,7 +408,9 @@ def test_feature_caching_every_4th_step_is_caught_by_every_window_of_4(
 def test_guidance_skipped_on_the_last_steps_is_flagged_there(
     tiny_unet: Any, program: DigitsProgram, recorder: Any
 ) -> None:
-    def eps_for(i: int, latents: torch.Tensor, real: Any, t: Any) -> torch.Tensor:
+    def eps_for(
+        i: int, latents: torch.Tensor, real: Callable[[], torch.Tensor], t: Any
+    ) -> torch.Tensor:
         if i < STEPS - 2:
             return real()
         scale = make_scheduler("euler")  # scale_model_input only; the loop's scheduler steps
@@ -426,7 +430,8 @@ def test_a_one_in_a_million_nudge_is_caught_when_its_step_is_challenged(
 
     def after_step(i: int, latents: torch.Tensor) -> torch.Tensor:
         if i == 4:
-            return latents + 1e-6 * latents.norm() / latents.numel() ** 0.5
+            nudged: torch.Tensor = latents + 1e-6 * latents.norm() / math.sqrt(latents.numel())
+            return nudged
         return latents
 
     served = serve(tiny_unet, recorder, "nudge-1", after_step=after_step)
@@ -634,7 +639,7 @@ def test_declaring_another_build_reaches_no_looser_tau_than_this_verifiers_entri
         result = verify_challenge(
             served.commitment,
             sink.transcript(rid),
-            lambda s, r=rid: sink.opening(r, s),
+            functools.partial(sink.opening, rid),
             program,
             steps=[4],
             tau=tolerance.tau,
