@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BUILDERS", "Case"]
+__all__ = ["BUILDERS", "Case", "request_for"]
 
 
 @dataclass
@@ -34,6 +34,26 @@ class Case:
             **self.kwargs,
             **extra,
         )
+
+
+def request_for(case: Case, request_id: str = "req-1") -> Any:
+    """The hook's request for one generation of ``case``, declaring what it runs."""
+    from samplerguard.commitment.digest import module_digest
+    from samplerguard.families import family_for_pipeline
+    from samplerguard.hook.recorder import TrajectoryRequest
+
+    family = family_for_pipeline(type(case.pipe).__name__)
+    return TrajectoryRequest(
+        request_id=request_id,
+        tenant="t",
+        pipeline=family.name,
+        model_name="tiny",
+        model_digest=module_digest(getattr(case.pipe, family.denoiser)),
+        sampler=case.sampler,
+        guidance_scale=case.guidance,
+        steps=case.steps,
+        output_type="np",
+    )
 
 
 def _embeds(*shape: int, seed: int) -> torch.Tensor:

@@ -281,6 +281,8 @@ class SamplerPlan:
     fresh: SamplerState
     #: the names of the schedule attributes
     schedule_names: frozenset[str]
+    #: the scheduler's order: the model calls one step of the pipeline's loop makes
+    order: int = 1
 
     def reset(self, scheduler: Any) -> list[str]:
         """Bring a *reused* scheduler, just after ``set_timesteps``, to the state of a fresh
@@ -447,6 +449,7 @@ def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype)
         noise=tuple(tuple(d) for d in noise),
         fresh=states_a[0],
         schedule_names=frozenset(schedule),
+        order=int(getattr(scheduler, "order", 1)),
     )
 
 

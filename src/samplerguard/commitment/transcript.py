@@ -258,7 +258,7 @@ def check_transcript(
                 f"the reference decode of the final latent {decoded[:23]}…"
             )
     # (6): the consumer's request
-    unchecked += _check_request(commitment, recipe, meta.request, program)
+    unchecked += _check_request(commitment, recipe, meta.request, program, plan.order)
     return TailFacts(initial_latent=transcript.initial, step_noise=step_noise, unchecked=unchecked)
 
 
@@ -276,6 +276,7 @@ def _check_request(
     recipe: Mapping[str, Any],
     params: Mapping[str, Any] | None,
     program: TailProgram,
+    order: int,
 ) -> list[str]:
     """Check the request binding; returns what could not be checked."""
     committed = recipe.get("request")
@@ -306,6 +307,7 @@ def _check_request(
             f"{params['guidanceScale']!r}; the recipe declares {recipe.get('steps')!r} at "
             f"{recipe.get('guidance_scale')!r}"
         )
+    _check_loop_begin(recipe, params, program, order)
     cond = recipe.get("conditioning")
     if not isinstance(cond, dict):
         raise VerificationError("request binding: the recipe commits no conditioning")
@@ -331,6 +333,27 @@ def _check_request(
                 "(a swapped prompt or label)"
             )
     return []
+
+
+def _check_loop_begin(
+    recipe: Mapping[str, Any], params: Mapping[str, Any], program: TailProgram, order: int
+) -> None:
+    """The loop starts where the family's pipeline starts it for this request (img2img's
+    strength): a later start runs fewer steps than the request paid for, each of them honest."""
+    loop_begin = getattr(program, "loop_begin", None)
+    if loop_begin is None:
+        return
+    try:
+        want = loop_begin(params, order)
+    except MalformedInputError as exc:
+        raise VerificationError(f"request binding: {exc}") from None
+    got = recipe.get("begin_index") or 0
+    if got != want:
+        raise VerificationError(
+            f"request binding: the request (steps {params.get('steps')!r}, strength "
+            f"{params.get('strength', 'default')!r}) starts the {recipe.get('pipeline')} loop at "
+            f"schedule index {want}, the recipe at {got!r} (fewer steps run than requested)"
+        )
 
 
 def check_noise_stream(

@@ -70,6 +70,8 @@ class Family:
     output: ClassVar[str] = "images"
     #: the pipeline starts its loop part-way into the schedule (img2img's strength)
     partial_schedule: ClassVar[bool] = False
+    #: the strength the pipeline runs at when the request names none (a partial schedule's)
+    default_strength: ClassVar[float] = 1.0
     #: z_N is the first draw of the request's noise, scaled by the initial sigma: what the
     #: verifier checks in the DRBG modes (Flux packs the draw into patches, so it cannot)
     plain_initial_noise: ClassVar[bool] = True
@@ -179,6 +181,28 @@ class FamilyProgram:
     ) -> dict[str, Any]:
         """The ``set_timesteps`` arguments the family's pipeline passes for this recipe."""
         return {"num_inference_steps": recipe.get("steps")}
+
+    def loop_begin(self, request: Mapping[str, Any], order: int) -> int:
+        """The schedule index the family's pipeline starts its loop at for the consumer's
+        ``request``: 0, or for a family that starts part-way what its pipeline's
+        ``get_timesteps`` computes from the strength, ``(N − min(⌊N·strength⌋, N))·order``.
+        A provider that starts later runs fewer steps than the request paid for."""
+        if not self.family.partial_schedule:
+            return 0
+        strength = request.get("strength", self.family.default_strength)
+        if (
+            not isinstance(strength, int | float)
+            or isinstance(strength, bool)
+            or not 0.0 <= float(strength) <= 1.0
+        ):
+            raise MalformedInputError(
+                f"the request's strength {str(strength)[:24]!r} is not a number in [0, 1]"
+            )
+        steps = request.get("steps")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise MalformedInputError("the request's steps is not a positive integer")
+        start = max(steps - min(int(steps * float(strength)), steps), 0)
+        return start * order
 
     @staticmethod
     def need(conditioning: Mapping[str, torch.Tensor], *names: str) -> list[torch.Tensor]:

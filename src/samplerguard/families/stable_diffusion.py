@@ -108,6 +108,7 @@ class StableDiffusionImg2ImgFamily(StableDiffusionFamily):
     pipelines = ("StableDiffusionImg2ImgPipeline",)
     request_inputs = (("prompt", "prompt"), ("image", ""), ("strength", "strength"))
     partial_schedule = True
+    default_strength = 0.8
 
 
 class StableDiffusionXLFamily(StableDiffusionFamily):

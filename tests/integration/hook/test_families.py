@@ -25,26 +25,10 @@ from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families import UnsupportedPipeline, family_for_pipeline
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.pipelines import RecordedOutput, instrument
-from samplerguard.hook.recorder import Recorder, TrajectoryRequest
-from tests.support.families import BUILDERS, Case
+from samplerguard.hook.recorder import Recorder
+from tests.support.families import BUILDERS, Case, request_for
 
 pytestmark = pytest.mark.slow
-
-
-def _request(case: Case, request_id: str = "req-1") -> TrajectoryRequest:
-    family = family_for_pipeline(type(case.pipe).__name__)
-    denoiser = getattr(case.pipe, family.denoiser)
-    return TrajectoryRequest(
-        request_id=request_id,
-        tenant="t",
-        pipeline=family.name,
-        model_name="tiny",
-        model_digest=module_digest(denoiser),
-        sampler=case.sampler,
-        guidance_scale=case.guidance,
-        steps=case.steps,
-        output_type="np",
-    )
 
 
 def _openings(sink: LocalSink, commitment: Commitment) -> tuple[Commitment, list[Opening]]:
@@ -84,7 +68,7 @@ class FamilyContract:
         sink = LocalSink()
         recorder = Recorder(sink)
         try:
-            out = case.call(instrument(case.pipe, recorder), trajectory_request=_request(case))
+            out = case.call(instrument(case.pipe, recorder), trajectory_request=request_for(case))
         finally:
             recorder.close()
         return case, plain, out, sink
@@ -135,7 +119,7 @@ class FamilyContract:
         with pytest.raises(UnsupportedPipeline, match="sigmas"):
             case.call(
                 instrument(case.pipe, Recorder(LocalSink())),
-                trajectory_request=_request(case),
+                trajectory_request=request_for(case),
                 sigmas=[1.0],
             )
         monkeypatch.setattr(type(family), "neutral_options", {})
@@ -151,7 +135,7 @@ class FamilyContract:
         recorder = Recorder(sink)
         try:
             out = case.call(
-                instrument(case.pipe, recorder), trajectory_request=_request(case), sigmas=sigmas
+                instrument(case.pipe, recorder), trajectory_request=request_for(case), sigmas=sigmas
             )
         finally:
             recorder.close()
@@ -226,7 +210,7 @@ def test_brownian_tree_samplers_are_refused_when_the_request_starts() -> None:
         assert "Brownian" in REFUSED_SCHEDULERS[name]
     case = BUILDERS["stable-audio"]()
     with pytest.raises(MalformedInputError, match="Brownian"):
-        dataclasses.replace(_request(case), sampler="CosineDPMSolverMultistepScheduler")
+        dataclasses.replace(request_for(case), sampler="CosineDPMSolverMultistepScheduler")
 
 
 def test_concurrent_generations_on_one_pipeline_are_each_committed_correctly() -> None:
@@ -241,7 +225,7 @@ def test_concurrent_generations_on_one_pipeline_are_each_committed_correctly() -
 
     def work(i: int) -> None:
         try:
-            results[i] = case.call(runner, trajectory_request=_request(case, f"req-{i}"))
+            results[i] = case.call(runner, trajectory_request=request_for(case, f"req-{i}"))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -277,7 +261,7 @@ def test_an_option_the_step_program_does_not_run_is_refused_at_the_call() -> Non
         with pytest.raises(UnsupportedPipeline, match="guidance_rescale"):
             case.call(
                 instrument(case.pipe, recorder),
-                trajectory_request=_request(case),
+                trajectory_request=request_for(case),
                 guidance_rescale=0.7,
             )
     finally:
@@ -288,7 +272,7 @@ def test_drbg_noise_is_refused_where_z_n_is_not_a_plain_draw() -> None:
     """Flux packs its noise into patches: the verifier could not regenerate z_N from the
     escrowed DRBG, so a DRBG-mode request is refused at its first step, not left unchecked."""
     case = BUILDERS["flux"]()
-    request = dataclasses.replace(_request(case), rng_mode="ctr-drbg")
+    request = dataclasses.replace(request_for(case), rng_mode="ctr-drbg")
     recorder = Recorder(LocalSink())
     try:
         with pytest.raises(UnsupportedPipeline, match="packed latents"):

@@ -12,35 +12,22 @@ from typing import Any
 import pytest
 import torch
 
-from samplerguard.commitment.digest import module_digest
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
 from samplerguard.commitment.statement import Commitment
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.families import family_for_pipeline
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.pipelines import instrument
-from samplerguard.hook.recorder import Recorder, TrajectoryRequest
+from samplerguard.hook.recorder import Recorder
 from samplerguard.policy.spec import GoldenDigests
 from samplerguard.verifier.reference import ReferenceModels
-from tests.support.families import BUILDERS, Case
+from tests.support.families import BUILDERS, Case, request_for
 
 pytestmark = pytest.mark.slow
 
 
 def _record(case: Case) -> tuple[LocalSink, Commitment]:
-    family = family_for_pipeline(type(case.pipe).__name__)
-    request = TrajectoryRequest(
-        request_id="req-ref",
-        tenant="t",
-        pipeline=family.name,
-        model_name="tiny",
-        model_digest=module_digest(getattr(case.pipe, family.denoiser)),
-        sampler=case.sampler,
-        guidance_scale=case.guidance,
-        steps=case.steps,
-        output_type="np",
-    )
+    request = request_for(case, "req-ref")
     sink = LocalSink()
     recorder = Recorder(sink)
     try:
