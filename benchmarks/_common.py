@@ -46,7 +46,7 @@ def median(xs: list[float]) -> float:
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
-    def line(r):
+    def line(r: list[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

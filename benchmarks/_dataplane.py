@@ -70,7 +70,7 @@ class RawStream:
         )
 
     def start_frame(self, request_id: str) -> bytes:
-        header = {
+        header: dict[str, Any] = {
             "request": {"requestId": request_id, "tenant": "bench", "rngMode": "framework"},
             "recipe": RECIPE,
             "schedule": "sha256:" + "0" * 64,

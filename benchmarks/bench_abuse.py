@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # tests.support
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 MIB = 1 << 20
@@ -225,7 +225,7 @@ def big_header(port: int, ctx: ssl.SSLContext, total: int = 50 * MIB) -> int:
 def _webhook(tmp: Path) -> tuple[Any, dict[str, Any], str]:
     import bench_admission
 
-    from webhook_support import write_self_signed
+    from tests.support.webhook import write_self_signed
 
     cert, key = tmp / "tls.crt", tmp / "tls.key"
     write_self_signed(cert, key)
@@ -405,7 +405,7 @@ def _mutations(rng: random.Random, base: dict[str, Any]) -> bytes:
 def phase_fuzz(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import bench_admission
 
-    from webhook_support import review
+    from tests.support.webhook import review
 
     proc, _, cert = _webhook(tmp)
     ctx = ssl.create_default_context(cafile=cert)
@@ -632,7 +632,7 @@ def phase_operator(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import bench_admission
 
     from samplerguard.policy.report import ReportResult
-    from webhook_support import write_self_signed
+    from tests.support.webhook import write_self_signed
 
     cert, key = tmp / "op.crt", tmp / "op.key"
     write_self_signed(cert, key)
@@ -702,7 +702,7 @@ def phase_operator(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def phase_verifier(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from samplerguard.errors import TemporaryError
     from samplerguard.verifier.client import SidecarClient
-    from trickle_support import Trickler
+    from tests.support.trickle import Trickler
 
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n" + b" " * 64
     outcome = "answered"

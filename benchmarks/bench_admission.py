@@ -14,7 +14,7 @@ managedFields). It measures, side by side in one run:
 
 Goals from issue 4: ≥ 1000 admissions/s on 2 cores and p99 ≤ 10 ms for cached verdicts.
 The verifier is the real :class:`samplerguard.supplychain.ImageVerifier` against Debian's
-docker-registry on loopback when ``samplerguard.supplychain.testing`` can start one; otherwise
+docker-registry on loopback when ``tests.support.supplychain`` can start one; otherwise
 a stand-in verifier is used and the run says so (cached figures do not touch the verifier).
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # tests.support
 
 
 # --- request bodies ---------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def pod(image: str, name: str) -> dict[str, Any]:
 
 
 def review_bytes(image: str, n: int) -> list[bytes]:
-    from webhook_support import review
+    from tests.support.webhook import review
 
     return [
         json.dumps(review(pod(image, f"sampler-{i}"), namespace="ml")).encode() for i in range(n)
@@ -196,7 +196,7 @@ def _verifier(setup: dict[str, Any]) -> tuple[Any, Any]:
 
         client = RegistryClient(plain_http=[setup["registry_host"]])
         return ImageVerifier(client), client
-    from webhook_support import RegistryDouble
+    from tests.support.webhook import RegistryDouble
 
     double = RegistryDouble()
     for ref in setup["signed"]:
@@ -471,7 +471,7 @@ def main() -> int:
     global LOAD_TOOL
     LOAD_TOOL = args.load_tool
 
-    from webhook_support import write_self_signed
+    from tests.support.webhook import write_self_signed
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -606,7 +606,7 @@ def main() -> int:
 
 def standin_setup() -> dict[str, Any]:
     """The stand-in verifier's setup: a signed sampler image and sidecar, one policy."""
-    from webhook_support import policy
+    from tests.support.webhook import policy
 
     registry = "registry.local:5000"
     image, sidecar = f"{registry}/acme/sampler:1.0", f"{registry}/samplerguard/sidecar:0.1"
@@ -622,13 +622,13 @@ def standin_setup() -> dict[str, Any]:
 def _registry_setup(tmp: Path) -> tuple[dict[str, Any], Any, str]:
     """A real docker-registry with a cosign-signed, SLSA-attested sampler image and sidecar,
     and a policy requiring both; a stand-in only where docker-registry is not installed."""
-    from samplerguard.supplychain.testing import LocalRegistry, registry_binary
-    from webhook_support import policy
+    from tests.support.supplychain import LocalRegistry, registry_binary
+    from tests.support.webhook import policy
 
     if registry_binary() is None:
         return standin_setup(), None, "STAND-IN verifier: docker-registry is not installed"
 
-    from samplerguard.supplychain.publish import (
+    from tests.support.publish import (
         Signer,
         attest_image,
         push_image,
@@ -656,12 +656,12 @@ def _registry_setup(tmp: Path) -> tuple[dict[str, Any], Any, str]:
     body = policy("acme", f"{reg.host}/**")
     body["spec"]["images"][0]["authorities"] = [
         {"name": "release", "key": {"publicKey": signer.public_pem}}
-    ]  # type: ignore[index]
+    ]
     body["spec"]["attestations"] = [
         {
             "name": "slsa",
             "builderIds": [builder],
-            "sourceUris": [source],  # type: ignore[index]
+            "sourceUris": [source],
             "sourceRefs": ["refs/heads/main"],
         }
     ]

@@ -22,6 +22,9 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 
 from samplerguard.policy.spec import (
     AttestationRule,
@@ -35,15 +38,15 @@ from samplerguard.supplychain.cosign import fetch_artifacts
 from samplerguard.supplychain.dsse import Envelope
 from samplerguard.supplychain.keys import load_public_key
 from samplerguard.supplychain.provenance import check_attestation_rule
-from samplerguard.supplychain.publish import (
+from samplerguard.supplychain.reference import parse_reference
+from tests.support.publish import (
     Signer,
     attest_image,
     push_image,
     sign_image,
     slsa_v1_predicate,
 )
-from samplerguard.supplychain.reference import parse_reference
-from samplerguard.supplychain.testing import LocalRegistry
+from tests.support.supplychain import LocalRegistry
 
 BUILDER = "https://github.com/acme/sampler/.github/workflows/release.yml@refs/heads/main"
 REPO = "https://github.com/acme/sampler"

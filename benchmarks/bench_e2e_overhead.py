@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 
 import torch
 from _cpu import LoopMeter, process_cpu, spread, worker_cpu
@@ -96,7 +97,7 @@ class Workload:
             self.pipeline, self.guidance = "digits", 3.0
             self.describe = f"bundled digits model, batch {args.batch}"
         else:
-            from samplerguard.models.tiny_sd import build_sd15_scale, prompt_embeddings
+            from tests.support.tiny_sd import build_sd15_scale, prompt_embeddings
 
             dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
             self.pipe = build_sd15_scale(

@@ -1,6 +1,6 @@
 """Hook overhead and verification cost per pipeline family, side by side in one run.
 
-Each family's tiny pipeline (random components, the builders of ``tests/family_support.py``)
+Each family's tiny pipeline (random components, the builders of ``tests/support/families.py``)
 runs plainly and recorded through the hook (in-process sink) in alternating rounds; printed
 per family: the median paired wall-clock ratio with its interquartile range, the extra
 process CPU per generation as a fraction of the plain generation's CPU, and the verification
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 
 import torch
 
@@ -41,13 +41,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from family_support import BUILDERS
     from samplerguard.commitment.digest import module_digest
     from samplerguard.commitment.opening import Opening
     from samplerguard.commitment.recheck import recheck_step
     from samplerguard.commitment.statement import Commitment
     from samplerguard.families import family_for_pipeline
     from samplerguard.hook import LocalSink, Recorder, TrajectoryRequest, instrument
+    from tests.support.families import BUILDERS
 
     wanted = [w for w in args.only.split(",") if w]
     print(f"{args.rounds} paired rounds per family, 1 torch thread, tiny random components")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 import time
 
 from _common import median, table, timed
@@ -122,7 +123,7 @@ def main() -> None:
             _row("bundled digits (batch 20)", plain, control, rec, args.repeat, recorder, meter)[0]
         )
 
-    from samplerguard.models.tiny_sd import build_tiny_sd, prompt_embeddings
+    from tests.support.tiny_sd import build_tiny_sd, prompt_embeddings
 
     sd = build_tiny_sd(make_scheduler("dpmpp_2m"), sample_size=32)
     sd_inst = instrument(sd, recorder)

@@ -66,7 +66,7 @@ def main() -> None:
         n = c.n_steps
         p_catch = 1 - math.comb(n - bad, K) / math.comb(n, K)
 
-        def fmt(xs):
+        def fmt(xs: list[float]) -> str:
             return (
                 f"{min(xs):.1e} / {sorted(xs)[len(xs) // 2]:.1e} / {max(xs):.1e}"
                 if xs

@@ -27,18 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "operator"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import scratch_dir
 
-from conftest import MemoryKube  # the tests' in-memory API server seam
 from samplerguard.operator.certs import CertPolicy, CertState, plan
 from samplerguard.operator.controller import Controller, OperatorConfig
 from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
 from samplerguard.operator.reports import namespace_report
 from samplerguard.policy.report import ReportResult
 from samplerguard.policy.report_client import ResultsClient
+from tests.unit.operator.conftest import MemoryKube  # the tests' in-memory API server seam
 
 
 def results(n: int, workloads: int, seed: int = 0) -> list[ReportResult]:

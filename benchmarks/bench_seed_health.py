@@ -167,7 +167,7 @@ def section_accuracy(scale: float, g: torch.Generator) -> None:
 
     def accuracies(zs: list[torch.Tensor]) -> list[float]:
         # All variants in one batch: the same labels, paired noise, one pipeline call.
-        pipe = digits.DigitsPipeline(unet, DDIMScheduler(**digits.SCHEDULER_CONFIG))  # type: ignore[arg-type]
+        pipe = digits.DigitsPipeline(unet, DDIMScheduler(**digits.SCHEDULER_CONFIG))
         all_labels = labels.repeat(len(zs))
         images = pipe(
             all_labels, num_inference_steps=steps, guidance_scale=3.0, latents=torch.cat(zs)

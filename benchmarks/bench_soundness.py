@@ -47,7 +47,7 @@ from samplerguard.hook.local import LocalSink
 from samplerguard.hook.recorder import Recorder
 from samplerguard.models.digits import load_unet
 from samplerguard.models.programs import DigitsProgram
-from samplerguard.rng import NoiseAuthority
+from samplerguard.rng import NoiseAuthority, RequestNoise
 from samplerguard.rng.escrow import SeedEscrow, open_escrow
 
 TAU = 1e-5
@@ -83,7 +83,7 @@ def part1(unet: Any, steps: int, requests: int) -> None:
             for s in range(c.n_steps):
                 assert g.escrow is not None
                 seed = open_escrow(key, SeedEscrow.from_json(g.escrow), request_id=c.request_id)
-                stream = seed.noise(record_draws=False)
+                stream = RequestNoise(seed, record_draws=False)
                 try:
                     out = verify_challenge(
                         c,

@@ -64,7 +64,7 @@ def _wait(what: str, fn: Any, timeout: float = 60.0) -> Any:
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Any]:
-    from samplerguard.supplychain.testing import LocalRegistry, registry_binary
+    from tests.support.supplychain import LocalRegistry, registry_binary
 
     if registry_binary() is None:
         pytest.skip("docker-registry is not installed")
@@ -80,14 +80,14 @@ def images(registry: Any) -> dict[str, Any]:
 
 
 def _publish(client: Any, registry: Any) -> dict[str, Any]:
-    from samplerguard.supplychain.publish import (
+    from tests.support.publish import (
         Signer,
         attest_image,
         push_image,
         sign_image,
         slsa_v1_predicate,
     )
-    from samplerguard.supplychain.testing import PrivateSigstore
+    from tests.support.supplychain import PrivateSigstore
 
     good_key, other_key = Signer.generate(), Signer.generate()
     sigstore = PrivateSigstore()
@@ -608,7 +608,7 @@ def test_background_audit_sees_a_key_rotation(cluster: dict[str, Any]) -> None:
         60,
     )
     assert "1 check(s) passed" in passed[0]["message"] or "passed" in passed[0]["message"]
-    from samplerguard.supplychain.publish import Signer
+    from tests.support.publish import Signer
 
     rotated = Signer.generate().public_pem
     body = json.loads(kubectl("get", "csp", "e2e-sampler", "-o", "json").stdout)

@@ -130,13 +130,13 @@ def _build(containerfile: Path, ref: str, context: Path, *extra: str) -> None:
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Build and push the four images and the app images; sign and attest all but one."""
     from samplerguard.sidecar.integrity import weights_file_digest
-    from samplerguard.supplychain.publish import (
+    from samplerguard.supplychain.registry import RegistryClient
+    from tests.support.publish import (
         Signer,
         attest_image,
         sign_image,
         slsa_v1_predicate,
     )
-    from samplerguard.supplychain.registry import RegistryClient
 
     for c in COMPONENTS:
         _build(REPO / c / "Containerfile", _ref(c), REPO)

@@ -28,6 +28,8 @@ def load_crds() -> dict[str, dict[str, Any]]:
 
 def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
     import celpy
+    from celpy.adapter import json_to_cel
+    from celpy.evaluation import CELEvalError
 
     env = celpy.Environment()
     errors: list[str] = []
@@ -43,9 +45,10 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
             errors += _cel_errors(schema["items"], sub, f"{path}[{i}]")
     for rule in schema.get("x-kubernetes-validations", []):
         program = env.program(env.compile(rule["rule"]))
+        ok: object
         try:
-            ok = program.evaluate({"self": celpy.json_to_cel(value)})
-        except celpy.CELEvalError:
+            ok = program.evaluate({"self": json_to_cel(value)})
+        except CELEvalError:
             ok = False
         if not isinstance(ok, celpy.celtypes.BoolType) or not bool(ok):
             errors.append(f"{path}: Invalid value: {rule['message']}")

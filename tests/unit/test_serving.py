@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from samplerguard.serving import ConnectionGuard, Limits, pick_eviction, uvicorn_settings
-from webhook_support import write_self_signed
+from tests.support.webhook import write_self_signed
 
 LIMITS = Limits(max_connections=16, idle_timeout=2.0, request_timeout=1.0, max_header_bytes=4096)
 #: the flooding peer: another loopback address than the legitimate client's 127.0.0.1

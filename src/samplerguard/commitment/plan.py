@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.draws import noise_from, observe_noise
 from samplerguard.commitment.fingerprint import differences
 from samplerguard.commitment.state import (
     SamplerState,
@@ -40,7 +41,6 @@ from samplerguard.commitment.state import (
     schedule_digest,
 )
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.rng.shim import noise_from, observe_noise
 
 __all__ = [
     "SamplerPlan",

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.draws import noise_from
 from samplerguard.commitment.fingerprint import reproduce
 from samplerguard.commitment.merkle import verify_inclusion
 from samplerguard.commitment.opening import Opening
@@ -54,7 +55,6 @@ from samplerguard.commitment.trajectory import (
     leaf_index_of_step,
 )
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.rng.shim import noise_from
 
 __all__ = [
     "RecheckResult",

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
+from samplerguard.commitment.draws import noise_from
 from samplerguard.demo.providers import make_scheduler
 from samplerguard.errors import VerificationError
 from samplerguard.models.digits import IMAGE_SHAPE, MODEL_FILE, DigitsPipeline
 from samplerguard.models.recipe import BUNDLED_STEPS, bundled_recipe
 from samplerguard.recipe import InferenceGuard, RunRequest
 from samplerguard.rng import NoiseAuthority, check_seed_vector
-from samplerguard.rng.shim import noise_from
 
 __all__ = ["ControlResult", "run_controls"]
 

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from samplerguard.commitment.digest import module_digest
+from samplerguard.commitment.draws import noise_from
 from samplerguard.hook.pipelines import instrument, output_bytes
 from samplerguard.hook.recorder import Recorder, TrajectoryRequest, scheduler_config
 from samplerguard.models.digits import (
@@ -45,7 +46,6 @@ from samplerguard.models.digits import (
     scheduler_step,
 )
 from samplerguard.rng import NoiseAuthority
-from samplerguard.rng.shim import noise_from
 
 __all__ = ["CHEATS", "Declared", "Generation", "Provider", "make_scheduler", "providers"]
 

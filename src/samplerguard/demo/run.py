@@ -31,7 +31,7 @@ from samplerguard.errors import SamplerGuardError, VerificationError
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.recorder import Recorder
 from samplerguard.models.programs import DigitsProgram
-from samplerguard.rng import NoiseAuthority
+from samplerguard.rng import NoiseAuthority, RequestNoise
 from samplerguard.rng.escrow import SeedEscrow, open_escrow
 
 __all__ = ["DemoConfig", "ProviderResult", "choose_steps", "reason_text", "run_demo"]
@@ -146,7 +146,7 @@ def _escrow_noise(escrow: str | None, key: Any, request_id: str) -> Any:
     if escrow is None:
         return None
     seed = open_escrow(key, SeedEscrow.from_json(escrow), request_id=request_id)
-    stream = seed.noise(record_draws=False)
+    stream = RequestNoise(seed, record_draws=False)
     return lambda shape, dtype: stream.randn(shape, dtype=dtype)
 
 

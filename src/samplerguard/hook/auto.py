@@ -89,7 +89,7 @@ def _request_noise(recorder: Recorder, req: TrajectoryRequest) -> Iterator[Traje
     if mode == "framework":
         yield req
         return
-    from samplerguard.rng.shim import noise_from
+    from samplerguard.commitment.draws import noise_from
 
     request_noise = getattr(recorder.sink, "request_noise", None)
     if request_noise is None:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from samplerguard.commitment.digest import bytes_digest
+from samplerguard.commitment.draws import observe_noise
 from samplerguard.commitment.fingerprint import build_fingerprint
 from samplerguard.commitment.plan import sampler_plan
 from samplerguard.commitment.request import check_request_params, request_digest
@@ -45,7 +46,6 @@ from samplerguard.commitment.state import (
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.trajectory import TrajectoryRecord
 from samplerguard.errors import MalformedInputError, SamplerGuardError
-from samplerguard.rng.shim import observe_noise
 
 __all__ = [
     "Begin",

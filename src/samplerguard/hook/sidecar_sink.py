@@ -154,7 +154,7 @@ class SidecarSink:
             )
         except (ValueError, TypeError) as exc:
             raise MalformedInputError(f"the sidecar's seed reply is malformed: {exc}") from None
-        return seed.noise()
+        return RequestNoise(seed)
 
     def attach_escrow(self, request_id: str, escrow_json: str) -> None:
         """Send a :class:`~samplerguard.rng.SeedEscrow` (its JSON) with the request's START; the

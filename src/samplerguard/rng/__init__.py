@@ -18,8 +18,6 @@ from samplerguard.rng.escrow import (
     load_x25519_private_key,
     load_x25519_public_key,
     open_escrow,
-    regenerate_initial_noise,
-    verify_initial_noise,
 )
 from samplerguard.rng.health import (
     HealthReport,
@@ -31,7 +29,7 @@ from samplerguard.rng.health import (
     tensor_digest,
 )
 from samplerguard.rng.ledger import RequestLedger, RequestReuseError
-from samplerguard.rng.noise import RequestNoise
+from samplerguard.rng.noise import RequestNoise, regenerate_initial_noise, verify_initial_noise
 from samplerguard.rng.seed import RNG_MODES, RequestSeed, RngMode
 
 __all__ = [

@@ -26,7 +26,6 @@ import json
 import os
 from typing import Annotated, Any, Literal
 
-import torch
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -46,8 +45,6 @@ __all__ = [
     "load_x25519_public_key",
     "open_escrow",
     "recipient_fingerprint",
-    "regenerate_initial_noise",
-    "verify_initial_noise",
 ]
 
 _INFO = b"samplerguard/v1/seed-escrow"
@@ -248,43 +245,3 @@ def open_escrow(
         request_id=escrow.request_id,
         seed_pseudonym=escrow.seed_pseudonym,
     )
-
-
-def regenerate_initial_noise(
-    private_key: X25519PrivateKey,
-    escrow: SeedEscrow,
-    shape: tuple[int, ...] | torch.Size,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """z_N as the sidecar drew it first: the stream's first ``randn(shape, dtype)``."""
-    noise = open_escrow(private_key, escrow).noise(record_draws=False)
-    try:
-        return noise.randn(shape, dtype=dtype)
-    finally:
-        noise.close()
-
-
-def verify_initial_noise(
-    private_key: X25519PrivateKey,
-    escrow: SeedEscrow,
-    z_committed: torch.Tensor,
-    *,
-    tolerance: float = 0.0,
-) -> None:
-    """Regenerate z_N and compare it with the committed one: equal bits (the default), or a
-    rel-L2 within ``tolerance`` when prover and verifier run different float builds."""
-    z = regenerate_initial_noise(private_key, escrow, tuple(z_committed.shape), z_committed.dtype)
-    got = z_committed.detach().to("cpu")
-    if tolerance == 0.0:
-        if not torch.equal(z, got):
-            diff = int((z != got).sum())
-            raise VerificationError(
-                f"z_N does not match the escrowed seed ({diff} of {z.numel()} values differ, "
-                "expected bit-identical noise)"
-            )
-        return
-    rel = float(torch.linalg.vector_norm((z - got).double()) / torch.linalg.vector_norm(z.double()))
-    if not rel <= tolerance:
-        raise VerificationError(
-            f"z_N does not match the escrowed seed (rel-L2 {rel:.3e}, expected ≤ {tolerance:.1e})"
-        )

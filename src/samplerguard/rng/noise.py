@@ -4,7 +4,7 @@ Use::
 
     noise = authority.request("tenant-a", "req-0001")
     latents = noise.randn((1, 4, 64, 64))            # z_N, passed as pipe(latents=...)
-    with shim.noise_from(noise.noise_fn()):          # Euler ancestral, DDPM, SDE draws
+    with draws.noise_from(noise.noise_fn()):         # Euler ancestral, DDPM, SDE draws
         image = pipe(..., latents=latents)
     drawn = noise.take_drawn()                       # what was drawn since the last call
 
@@ -21,18 +21,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from samplerguard.errors import MalformedInputError
+from samplerguard.commitment.draws import NoiseFn
+from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.rng.drbg import Drbg, DrbgError
+from samplerguard.rng.escrow import SeedEscrow, escrow_seed, open_escrow
 from samplerguard.rng.gaussian import bytes_for, gaussian_from_bytes
 from samplerguard.rng.seed import RequestSeed, RngMode
-from samplerguard.rng.shim import NoiseFn
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-    from samplerguard.rng.escrow import SeedEscrow
-
-__all__ = ["MAX_DRAW_ELEMENTS", "MAX_UNCLAIMED_DRAWS", "RequestNoise"]
+__all__ = [
+    "MAX_DRAW_ELEMENTS",
+    "MAX_UNCLAIMED_DRAWS",
+    "RequestNoise",
+    "regenerate_initial_noise",
+    "verify_initial_noise",
+]
 
 #: One draw may not exceed 2^31 elements (8 GiB of float32).
 MAX_DRAW_ELEMENTS = 1 << 31
@@ -134,7 +139,7 @@ class RequestNoise:
             return out
 
     def noise_fn(self) -> NoiseFn:
-        """A function for :func:`samplerguard.rng.shim.noise_from`."""
+        """A function for :func:`samplerguard.commitment.draws.noise_from`."""
 
         def draw(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
             return self.randn(shape, dtype=dtype, device=device)
@@ -149,8 +154,6 @@ class RequestNoise:
 
     def escrow(self, verifier_public_key: X25519PublicKey) -> SeedEscrow:
         """This request's seed encrypted to the verifier (see :mod:`samplerguard.rng.escrow`)."""
-        from samplerguard.rng.escrow import escrow_seed
-
         return escrow_seed(self._seed, verifier_public_key)
 
     def close(self) -> None:
@@ -172,3 +175,46 @@ class RequestNoise:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("RequestNoise holds secret state and cannot be pickled")
+
+
+# --- the verifier's side: the noise an escrow regenerates ---------------------------------------
+
+
+def regenerate_initial_noise(
+    private_key: X25519PrivateKey,
+    escrow: SeedEscrow,
+    shape: tuple[int, ...] | torch.Size,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """z_N as the sidecar drew it first: the stream's first ``randn(shape, dtype)``."""
+    noise = RequestNoise(open_escrow(private_key, escrow), record_draws=False)
+    try:
+        return noise.randn(shape, dtype=dtype)
+    finally:
+        noise.close()
+
+
+def verify_initial_noise(
+    private_key: X25519PrivateKey,
+    escrow: SeedEscrow,
+    z_committed: torch.Tensor,
+    *,
+    tolerance: float = 0.0,
+) -> None:
+    """Regenerate z_N and compare it with the committed one: equal bits (the default), or a
+    rel-L2 within ``tolerance`` when prover and verifier run different float builds."""
+    z = regenerate_initial_noise(private_key, escrow, tuple(z_committed.shape), z_committed.dtype)
+    got = z_committed.detach().to("cpu")
+    if tolerance == 0.0:
+        if not torch.equal(z, got):
+            diff = int((z != got).sum())
+            raise VerificationError(
+                f"z_N does not match the escrowed seed ({diff} of {z.numel()} values differ, "
+                "expected bit-identical noise)"
+            )
+        return
+    rel = float(torch.linalg.vector_norm((z - got).double()) / torch.linalg.vector_norm(z.double()))
+    if not rel <= tolerance:
+        raise VerificationError(
+            f"z_N does not match the escrowed seed (rel-L2 {rel:.3e}, expected ≤ {tolerance:.1e})"
+        )

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.rng.drbg import CtrDrbg, Drbg, HmacDrbg
-
-if TYPE_CHECKING:
-    from samplerguard.rng.noise import RequestNoise
 
 __all__ = ["RNG_MODES", "SEED_BYTES", "RequestSeed", "RngMode"]
 
@@ -81,12 +78,6 @@ class RequestSeed:
             info=self.personalization,
         ).derive(self._material)
         return int.from_bytes(okm, "big") & ((1 << 63) - 1)
-
-    def noise(self, *, record_draws: bool = True) -> RequestNoise:
-        """A fresh noise source that replays this request's stream from the start."""
-        from samplerguard.rng.noise import RequestNoise
-
-        return RequestNoise(self, record_draws=record_draws)
 
     def _unsafe_material(self) -> bytes:
         """The secret bytes, for the escrow only."""

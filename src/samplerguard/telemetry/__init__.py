@@ -18,6 +18,7 @@ Exporters are configured by the standard OTEL_* variables (see :mod:`.provider`)
 units and buckets are in :mod:`.instruments` and docs/telemetry.md.
 """
 
+from samplerguard.telemetry.buckets import GUIDANCE_BUCKETS, STEPS_BUCKETS
 from samplerguard.telemetry.drift import (
     BaselineError,
     CategoricalBaseline,
@@ -30,18 +31,16 @@ from samplerguard.telemetry.drift import (
     compare_histogram,
 )
 from samplerguard.telemetry.instruments import (
-    GUIDANCE_BUCKETS,
     REL_L2_BUCKETS,
-    STEPS_BUCKETS,
     MetricName,
     RequestObservation,
     SamplerTelemetry,
-    histogram_views,
 )
 from samplerguard.telemetry.provider import (
     Metrics,
     MetricsConfig,
     TelemetryConfigError,
+    histogram_views,
     setup_metrics,
 )
 

@@ -60,7 +60,7 @@ import numpy as np
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.telemetry.attributes import DRIFT_FEATURES, INVALID
-from samplerguard.telemetry.instruments import GUIDANCE_BUCKETS, STEPS_BUCKETS
+from samplerguard.telemetry.buckets import GUIDANCE_BUCKETS, STEPS_BUCKETS
 
 __all__ = [
     "BASELINE_KIND",

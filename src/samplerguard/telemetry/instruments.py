@@ -36,37 +36,22 @@ from samplerguard.telemetry.attributes import (
     beacon_prefix,
     normalise,
 )
+from samplerguard.telemetry.buckets import GUIDANCE_BUCKETS, STEPS_BUCKETS
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics.view import View
-
     from samplerguard.telemetry.drift import DriftAlert, DriftDetector
 
 __all__ = [
-    "GUIDANCE_BUCKETS",
     "METER_NAME",
     "REL_L2_BUCKETS",
-    "STEPS_BUCKETS",
     "MetricName",
     "RequestObservation",
     "SamplerTelemetry",
     "SeedHealthReport",
-    "histogram_views",
 ]
 
 METER_NAME: Final = "samplerguard"
 
-#: Classifier-free guidance scale. Dense around the usual 5–9, coarse at the extremes. OTel
-#: buckets are upper-inclusive: bucket i holds (b[i-1], b[i]].
-GUIDANCE_BUCKETS: Final[tuple[float, ...]] = (
-    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0, 9.5,
-    10.0, 11.0, 12.0, 14.0, 16.0, 20.0, 30.0,
-)  # fmt: skip
-#: Number of denoising steps.
-STEPS_BUCKETS: Final[tuple[float, ...]] = (
-    1.0, 2.0, 4.0, 8.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 75.0, 100.0, 150.0, 200.0,
-    500.0, 1000.0,
-)  # fmt: skip
 #: Verifier rel-L2: half-decade steps from 1e-9 to 1 (19 boundaries). Same-build honest
 #: re-checks give 0 (first bucket); cross-backend honest drift sits around 1e-6…1e-3; cheating
 #: lands near 1e-1…1.
@@ -91,32 +76,6 @@ class MetricName:
     REL_L2: Final = "samplerguard.verification.rel_l2"
     DRIFT_ALERTS: Final = "samplerguard.drift.alerts"
     DROPPED: Final = "samplerguard.telemetry.dropped"
-
-
-def histogram_views() -> list[View]:
-    """The SDK Views that pin each histogram's explicit bucket boundaries.
-
-    :func:`~samplerguard.telemetry.setup_metrics` installs them. A MeterProvider built
-    elsewhere should pass them too (the instruments also carry the boundaries as an advisory,
-    which SDKs ≥ 1.23 honour, but a View is authoritative).
-    """
-    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-
-    from samplerguard.telemetry.service import LATENCY_BUCKETS, LATENCY_METRICS
-
-    latencies = [(name, LATENCY_BUCKETS) for name in LATENCY_METRICS]
-    return [
-        View(
-            instrument_name=name,
-            aggregation=ExplicitBucketHistogramAggregation(boundaries=buckets),
-        )
-        for name, buckets in (
-            (MetricName.GUIDANCE_SCALE, GUIDANCE_BUCKETS),
-            (MetricName.STEPS, STEPS_BUCKETS),
-            (MetricName.REL_L2, REL_L2_BUCKETS),
-            *latencies,
-        )
-    ]
 
 
 class _HealthTest(Protocol):

@@ -5,7 +5,7 @@ specification says (``OTEL_SDK_DISABLED``, ``OTEL_METRICS_EXPORTER``,
 ``OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL``, ``OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT``,
 ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_METRIC_EXPORT_TIMEOUT``, ``OTEL_SERVICE_NAME``,
 ``OTEL_RESOURCE_ATTRIBUTES``), resolves it into a :class:`MetricsConfig`, and builds a
-MeterProvider with the histogram Views of :func:`~.instruments.histogram_views`. Headers,
+MeterProvider with the histogram Views of :func:`histogram_views`. Headers,
 certificates, compression and temporality are read by the OTLP exporters themselves from the
 process environment, so header values (which often hold API keys) never pass through here.
 
@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING, Literal
 from opentelemetry import metrics
 
 from samplerguard.errors import MalformedInputError
+from samplerguard.telemetry.buckets import GUIDANCE_BUCKETS, STEPS_BUCKETS
 from samplerguard.telemetry.drift import DriftAlert, DriftBaseline, DriftDetector
-from samplerguard.telemetry.instruments import SamplerTelemetry, histogram_views
+from samplerguard.telemetry.instruments import REL_L2_BUCKETS, MetricName, SamplerTelemetry
+from samplerguard.telemetry.service import LATENCY_BUCKETS, LATENCY_METRICS
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader, MetricsData
+    from opentelemetry.sdk.metrics.view import View
 
 __all__ = [
     "DRIFT_BASELINE_ENV",
@@ -39,6 +42,7 @@ __all__ = [
     "OtlpProtocol",
     "TelemetryConfigError",
     "current_service_metrics",
+    "histogram_views",
     "setup_metrics",
     "setup_service_metrics",
 ]
@@ -57,6 +61,30 @@ _MAX_INTERVAL_MS = 24 * 3600 * 1000
 _DEFAULT_HTTP = "http://localhost:4318"
 _DEFAULT_GRPC = "http://localhost:4317"
 _HTTP_PATH = "/v1/metrics"
+
+
+def histogram_views() -> list[View]:
+    """The SDK Views that pin each histogram's explicit bucket boundaries.
+
+    :func:`~samplerguard.telemetry.setup_metrics` installs them. A MeterProvider built
+    elsewhere should pass them too (the instruments also carry the boundaries as an advisory,
+    which SDKs ≥ 1.23 honour, but a View is authoritative).
+    """
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    latencies = [(name, LATENCY_BUCKETS) for name in LATENCY_METRICS]
+    return [
+        View(
+            instrument_name=name,
+            aggregation=ExplicitBucketHistogramAggregation(boundaries=buckets),
+        )
+        for name, buckets in (
+            (MetricName.GUIDANCE_SCALE, GUIDANCE_BUCKETS),
+            (MetricName.STEPS, STEPS_BUCKETS),
+            (MetricName.REL_L2, REL_L2_BUCKETS),
+            *latencies,
+        )
+    ]
 
 
 class TelemetryConfigError(MalformedInputError):

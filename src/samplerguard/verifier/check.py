@@ -312,6 +312,7 @@ class Checker:
                 "holds no escrow key (--escrow-key)"
             )
         from samplerguard.rng.escrow import SeedEscrow, escrow_digest, open_escrow
+        from samplerguard.rng.noise import RequestNoise
 
         bound = commitment.predicate.get("seedEscrowDigest")
         got = escrow_digest(escrow_doc)
@@ -322,7 +323,7 @@ class Checker:
             )
         escrow = SeedEscrow.from_json(json.dumps(escrow_doc))
         seed = open_escrow(self.escrow_key, escrow, request_id=commitment.request_id)
-        stream = seed.noise(record_draws=False)
+        stream = RequestNoise(seed, record_draws=False)
 
         def draw(shape: tuple[int, ...], dtype: Any) -> Any:
             return stream.randn(shape, dtype=dtype)

@@ -12,6 +12,8 @@ grows: a new attack is a new ``cheat`` function and a test.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from samplerguard.commitment.challenge import (
     verify_challenge,
 )
 from samplerguard.commitment.digest import output_bytes
+from samplerguard.commitment.draws import noise_from
 from samplerguard.commitment.request import verify_response
 from samplerguard.commitment.statement import Commitment
 from samplerguard.errors import MalformedInputError, VerificationError
@@ -33,9 +36,8 @@ from samplerguard.hook.local import LocalSink
 from samplerguard.hook.recorder import Recorder, TrajectoryRequest, scheduler_config
 from samplerguard.models.digits import StepInputs, guided_eps, make_scheduler, scheduler_step
 from samplerguard.models.programs import DigitsProgram
-from samplerguard.rng import NoiseAuthority
+from samplerguard.rng import NoiseAuthority, RequestNoise
 from samplerguard.rng.escrow import open_escrow
-from samplerguard.rng.shim import noise_from
 
 STEPS = 8
 LABELS = [3, 7]
@@ -182,7 +184,7 @@ def serve(
 
 def _escrow_draw(served: Served, key: X25519PrivateKey) -> Any:
     seed = open_escrow(key, served.escrow, request_id=served.commitment.request_id)
-    stream = seed.noise(record_draws=False)
+    stream = RequestNoise(seed, record_draws=False)
     return lambda shape, dtype: stream.randn(shape, dtype=dtype)
 
 
@@ -301,7 +303,7 @@ def test_a_final_latent_that_is_not_the_last_step_is_rejected(
     _, sink = recorder
     served = serve(tiny_unet, recorder, "swap-final-1")
     record = sink.record("swap-final-1")
-    forged = dataclasses.replace(record, final=record.final + 1.0)  # type: ignore[operator]
+    forged = dataclasses.replace(record, final=record.final + 1.0)
     sink._records["swap-final-1"] = forged
     with pytest.raises(VerificationError, match="output binding"):
         served.challenge(program, [0])
@@ -438,7 +440,9 @@ def test_feature_caching_every_4th_step_is_caught_by_every_window_of_4(
 def test_guidance_skipped_on_the_last_steps_is_flagged_there(
     tiny_unet: Any, program: DigitsProgram, recorder: Any
 ) -> None:
-    def eps_for(i: int, latents: torch.Tensor, real: Any, t: Any) -> torch.Tensor:
+    def eps_for(
+        i: int, latents: torch.Tensor, real: Callable[[], torch.Tensor], t: Any
+    ) -> torch.Tensor:
         if i < STEPS - 2:
             return real()
         scale = make_scheduler("euler")  # scale_model_input only; the loop's scheduler steps
@@ -458,7 +462,8 @@ def test_a_one_in_a_million_nudge_is_caught_when_its_step_is_challenged(
 
     def after_step(i: int, latents: torch.Tensor) -> torch.Tensor:
         if i == 4:
-            return latents + 1e-6 * latents.norm() / latents.numel() ** 0.5
+            nudged: torch.Tensor = latents + 1e-6 * latents.norm() / math.sqrt(latents.numel())
+            return nudged
         return latents
 
     served = serve(tiny_unet, recorder, "nudge-1", after_step=after_step)
@@ -666,7 +671,7 @@ def test_declaring_another_build_reaches_no_looser_tau_than_this_verifiers_entri
         result = verify_challenge(
             served.commitment,
             sink.transcript(rid),
-            lambda s, r=rid: sink.opening(r, s),
+            functools.partial(sink.opening, rid),
             program,
             steps=[4],
             tau=tolerance.tau,

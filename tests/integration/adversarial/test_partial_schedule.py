@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 
-from family_support import BUILDERS, Case, request_for
 from samplerguard.commitment.challenge import verify_challenge
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
@@ -25,6 +24,7 @@ from samplerguard.families import family_for_pipeline
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder
+from tests.support.families import BUILDERS, Case, request_for
 
 pytestmark = pytest.mark.slow
 

@@ -88,6 +88,7 @@ def test_without_a_key_it_says_unsigned(png: Any) -> None:
 def test_an_edited_record_is_rejected(png: Any, tmp_path: Path) -> None:
     path, key = png
     im = Image.open(path)
+    assert isinstance(im, PngImagePlugin.PngImageFile)
     record = json.loads(im.text[PNG_KEY])
     record["cfg"] = 7.5  # the record now claims stronger guidance than was signed
     info = PngImagePlugin.PngInfo()

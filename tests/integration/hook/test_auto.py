@@ -102,6 +102,7 @@ def test_unmodified_script_draws_its_noise_from_the_sidecars_seed(tmp_path: Path
     from samplerguard.demo.providers import make_scheduler
     from samplerguard.demo.services import make_token, start_sidecar
     from samplerguard.rng.escrow import SeedEscrow, escrow_digest, open_escrow
+    from samplerguard.rng.noise import RequestNoise
 
     key = X25519PrivateKey.generate()
     pub = tmp_path / "escrow.pub.pem"
@@ -138,7 +139,7 @@ def test_unmodified_script_draws_its_noise_from_the_sidecars_seed(tmp_path: Path
         seed = open_escrow(key, escrow, request_id=entry["id"])
         raw = httpx.get(svc.url + f"/v1/trajectories/{entry['id']}/openings/0", headers=headers)
         z = Opening.from_bytes(raw.content).latent_in
-        drawn = seed.noise(record_draws=False).randn(tuple(z.shape))
+        drawn = RequestNoise(seed, record_draws=False).randn(tuple(z.shape))
         sched = make_scheduler("euler")
         sched.set_timesteps(3)
         assert torch.equal(z, drawn * sched.init_noise_sigma)  # the pipeline's own scaling
@@ -178,12 +179,12 @@ def test_unmodified_scripts_of_other_families_are_recorded(tmp_path: Path, famil
 
     from samplerguard.demo.services import make_token, start_sidecar
 
-    tests = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     script = textwrap.dedent(
         f"""
         import sys, threading
-        sys.path.insert(0, {str(tests)!r})
-        from family_support import BUILDERS
+        sys.path.insert(0, {str(repo)!r})
+        from tests.support.families import BUILDERS
         case = BUILDERS[{family!r}]()
         outs = []
         def run():

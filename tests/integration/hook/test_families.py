@@ -2,7 +2,7 @@
 bitwise equal to an unrecorded run, re-checks to exactly 0 at every step on the same build,
 and has a substituted model (weights moved by 1e-3 relative) rejected at every step.
 
-A new family passes by adding a builder to ``tests/family_support.py`` and a subclass of
+A new family passes by adding a builder to ``tests/support/families.py`` and a subclass of
 :class:`FamilyContract` here.
 """
 
@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from family_support import BUILDERS, Case, request_for
 from samplerguard.commitment.digest import module_digest
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
@@ -27,6 +26,7 @@ from samplerguard.families import UnsupportedPipeline, family_for_pipeline
 from samplerguard.hook.local import LocalSink
 from samplerguard.hook.pipelines import RecordedOutput, instrument
 from samplerguard.hook.recorder import Recorder
+from tests.support.families import BUILDERS, Case, request_for
 
 pytestmark = pytest.mark.slow
 

@@ -95,13 +95,13 @@ class TestTinyStableDiffusion(SchedulerContract):
     steps = 4
 
     def build(self, sampler: str) -> tuple[Any, Any]:
-        from samplerguard.models.tiny_sd import build_tiny_sd
+        from tests.support.tiny_sd import build_tiny_sd
 
         pipe = build_tiny_sd(make_scheduler(sampler))
         return pipe, StableDiffusionProgram(pipe.unet, module_digest(pipe.unet))
 
     def call(self, pipe: Any, **kw: Any) -> Any:
-        from samplerguard.models.tiny_sd import prompt_embeddings
+        from tests.support.tiny_sd import prompt_embeddings
 
         return pipe(
             prompt_embeds=prompt_embeddings(1, seed=1),

@@ -11,14 +11,14 @@ import pytest
 
 from samplerguard.operator.audit import audit, image_checker
 from samplerguard.supplychain import ImageVerifier, RegistryClient
-from samplerguard.supplychain.publish import (
+from tests.support.publish import (
     Signer,
     attest_image,
     push_image,
     sign_image,
     slsa_v1_predicate,
 )
-from samplerguard.supplychain.testing import LocalRegistry, registry_binary
+from tests.support.supplychain import LocalRegistry, registry_binary
 
 pytestmark = [
     pytest.mark.registry,

@@ -1,7 +1,7 @@
 """DRBG noise through real diffusers pipelines and schedulers.
 
 * Every noise draw of a DDPM pipeline and of an Euler-ancestral loop comes from the request's
-  DRBG (through ``rng.shim``), and is reported by ``take_drawn``.
+  DRBG (through ``commitment.draws``), and is reported by ``take_drawn``.
 * torch's, numpy's and Python's global generators are bit-identical before and after.
 * Nothing secret reaches a log line or an output file (hex or base64).
 """
@@ -12,6 +12,7 @@ import base64
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from diffusers import DDPMPipeline, DDPMScheduler, EulerAncestralDiscreteScheduler, UNet2DModel
 
-from samplerguard.rng import NoiseAuthority, check_seed_vector, tensor_digest
-from samplerguard.rng.shim import noise_from
+from samplerguard.commitment.draws import noise_from
+from samplerguard.rng import CtrDrbg, HmacDrbg, NoiseAuthority, check_seed_vector, tensor_digest
 
 MASTER = bytes(range(7, 39))
 
@@ -40,19 +41,20 @@ def unet() -> UNet2DModel:
     ).eval()
 
 
-def _global_states() -> tuple[torch.Tensor, tuple[object, ...], object]:
-    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+GlobalStates = tuple[torch.Tensor, dict[str, Any], tuple[Any, ...]]
 
 
-def _same(
-    a: tuple[torch.Tensor, tuple[object, ...], object],
-    b: tuple[torch.Tensor, tuple[object, ...], object],
-) -> bool:
+def _global_states() -> GlobalStates:
+    return torch.get_rng_state(), np.random.get_state(legacy=False), random.getstate()
+
+
+def _same(a: GlobalStates, b: GlobalStates) -> bool:
     np_a, np_b = a[1], b[1]
     return (
         torch.equal(a[0], b[0])
-        and np.array_equal(np_a[1], np_b[1])  # type: ignore[index]
-        and np_a[2:] == np_b[2:]  # type: ignore[index]
+        and np.array_equal(np_a["state"]["key"], np_b["state"]["key"])
+        and (np_a["state"]["pos"], np_a["has_gauss"], np_a["gauss"])
+        == (np_b["state"]["pos"], np_b["has_gauss"], np_b["gauss"])
         and a[2] == b[2]
     )
 
@@ -110,6 +112,7 @@ def test_no_secret_reaches_logs_or_files(
     noise = authority.request("acme", "leak-1")
     seed = noise._seed._unsafe_material()
     drbg = noise._drbg
+    assert isinstance(drbg, (CtrDrbg, HmacDrbg))
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50))
     pipe.set_progress_bar_config(disable=True)
     with noise_from(noise.noise_fn()), torch.no_grad():

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dataplane_support import generate, make_model, write_policy
 from samplerguard.demo.services import ServiceProcess, make_token, start_sidecar
+from tests.support.dataplane import generate, make_model, write_policy
 
 pytestmark = pytest.mark.slow
 

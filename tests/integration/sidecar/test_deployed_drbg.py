@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
-from dataplane_support import make_model, write_policy
 from samplerguard.demo.services import make_token, run_round, start_sidecar, start_verifier
 from samplerguard.operator.certs import CertState
 from samplerguard.operator.drbg import DrbgSecrets, reconcile_drbg
 from samplerguard.policy.report import read_audit_log
 from samplerguard.webhook import InjectionConfig
-from webhook_support import inject, workload
+from tests.support.dataplane import make_model, write_policy
+from tests.support.webhook import inject, workload
 
 pytestmark = pytest.mark.slow
 

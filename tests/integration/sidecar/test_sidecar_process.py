@@ -5,27 +5,31 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
-from dataplane_support import generate, make_model, write_policy
 from samplerguard.commitment.dsse import load_public_key
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
 from samplerguard.commitment.statement import Commitment
-from samplerguard.demo.services import make_token, start_sidecar
+from samplerguard.demo.services import ServiceProcess, make_token, start_sidecar
 from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
 from samplerguard.hook.sidecar_sink import SidecarSink
 from samplerguard.models.programs import DigitsProgram
+from tests.support.dataplane import Model, generate, make_model, write_policy
+
+#: the running sidecar, its model, its bearer token file and the scratch directory
+Lane = tuple[ServiceProcess, Model, Path, Path]
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def lane(tmp_path_factory: pytest.TempPathFactory) -> object:
+def lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
     root = tmp_path_factory.mktemp("sidecar")
     model = make_model(root, seed=0)
     policy = write_policy(root / "policy.yaml", model.digest)
@@ -39,8 +43,8 @@ def _auth(token: Path) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.read_text().strip()}"}
 
 
-def test_honest_trajectory_is_committed_signed_and_openable(lane: object) -> None:
-    svc, model, token, _ = lane  # type: ignore[misc]
+def test_honest_trajectory_is_committed_signed_and_openable(lane: Lane) -> None:
+    svc, model, token, _ = lane
     out = generate(Path(svc.ready["socket"]), model.unet, "honest-1", declared_digest=model.digest)
     key = load_public_key(httpx.get(svc.url + "/v1/public-key").json()["publicKey"].encode())
     doc = httpx.get(svc.url + "/v1/trajectories/honest-1", headers=_auth(token)).json()
@@ -58,8 +62,8 @@ def test_honest_trajectory_is_committed_signed_and_openable(lane: object) -> Non
     assert result.accepted and result.rel_l2 == 0.0
 
 
-def test_unauthenticated_requests_get_401_and_learn_nothing(lane: object) -> None:
-    svc, model, token, _ = lane  # type: ignore[misc]
+def test_unauthenticated_requests_get_401_and_learn_nothing(lane: Lane) -> None:
+    svc, model, token, _ = lane
     generate(Path(svc.ready["socket"]), model.unet, "secret-1", declared_digest=model.digest)
     for path in (
         "/v1/trajectories",
@@ -82,9 +86,9 @@ def test_unauthenticated_requests_get_401_and_learn_nothing(lane: object) -> Non
     assert httpx.get(svc.url + "/v1/trajectories", headers=_auth(token)).status_code == 200
 
 
-def test_step_numbers_are_ascii_digits_only(lane: object) -> None:
+def test_step_numbers_are_ascii_digits_only(lane: Lane) -> None:
     """Unicode digits used to alias real steps ("٣" is 3) or give a 500 ("²")."""
-    svc, model, token, _ = lane  # type: ignore[misc]
+    svc, model, token, _ = lane
     generate(Path(svc.ready["socket"]), model.unet, "digits-1", declared_digest=model.digest)
     base = svc.url + "/v1/trajectories/digits-1/openings/"
     assert httpx.get(base + "3", headers=_auth(token)).status_code == 200
@@ -94,8 +98,8 @@ def test_step_numbers_are_ascii_digits_only(lane: object) -> None:
         assert resp.json() == {"detail": "step must be a non-negative integer"}
 
 
-def test_out_of_policy_request_is_refused_in_enforce_mode(lane: object) -> None:
-    svc, model, token, _ = lane  # type: ignore[misc]
+def test_out_of_policy_request_is_refused_in_enforce_mode(lane: Lane) -> None:
+    svc, model, token, _ = lane
     with pytest.raises(RecordingError, match=r"out of policy: guidance scale 12\.0 outside"):
         generate(
             Path(svc.ready["socket"]),
@@ -108,15 +112,15 @@ def test_out_of_policy_request_is_refused_in_enforce_mode(lane: object) -> None:
     assert "cfg-too-high" not in {t["id"] for t in listed["trajectories"]}
 
 
-def test_replayed_request_id_is_refused(lane: object) -> None:
-    svc, model, _, _ = lane  # type: ignore[misc]
+def test_replayed_request_id_is_refused(lane: Lane) -> None:
+    svc, model, _, _ = lane
     generate(Path(svc.ready["socket"]), model.unet, "once-only", declared_digest=model.digest)
     with pytest.raises(RecordingError, match="already committed by this sidecar"):
         generate(Path(svc.ready["socket"]), model.unet, "once-only", declared_digest=model.digest)
 
 
-def test_undeclared_model_digest_is_refused(lane: object) -> None:
-    svc, _, _, root = lane  # type: ignore[misc]
+def test_undeclared_model_digest_is_refused(lane: Lane) -> None:
+    svc, _, _, root = lane
     other = make_model(root, seed=5)
     with pytest.raises(RecordingError, match="not among the policy's goldenDigests"):
         generate(Path(svc.ready["socket"]), other.unet, "wrong-model", declared_digest=other.digest)
@@ -196,11 +200,11 @@ def test_killed_sidecar_fails_the_request_and_a_restart_keeps_the_committed(tmp_
         svc.stop()
 
 
-def test_probe_reports_readiness(lane: object) -> None:
+def test_probe_reports_readiness(lane: Lane) -> None:
     import subprocess
     import sys
 
-    svc, _, _, root = lane  # type: ignore[misc]
+    svc, _, _, root = lane
     ok = subprocess.run(
         [sys.executable, "-m", "samplerguard", "sidecar", "--probe", svc.ready["socket"]],
         capture_output=True,
@@ -217,13 +221,13 @@ def test_probe_reports_readiness(lane: object) -> None:
     assert bad.returncode == 1 and "cannot reach the sidecar" in bad.stdout
 
 
-def test_the_injected_probes_answer_within_their_timeouts(lane: object) -> None:
+def test_the_injected_probes_answer_within_their_timeouts(lane: Lane) -> None:
     """The kubelet runs exactly these probes: HTTP GETs on the verifier port that must answer
     within ``timeoutSeconds`` (an exec probe that imports torch never did within 1 s)."""
     from samplerguard.webhook import InjectionConfig
     from samplerguard.webhook.inject import _sidecar
 
-    svc, _, _, _ = lane  # type: ignore[misc]
+    svc, _, _, _ = lane
     container = _sidecar(
         InjectionConfig(sidecar_image="s"), "s", "t", "ClusterSamplerPolicy/p", "framework"
     )
@@ -237,11 +241,11 @@ def test_the_injected_probes_answer_within_their_timeouts(lane: object) -> None:
 
 
 def test_an_exported_bundle_verifies_offline_with_one_command(
-    lane: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    lane: Lane, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from samplerguard.cli import main
 
-    svc, model, token, _ = lane  # type: ignore[misc]
+    svc, model, token, _ = lane
     generate(Path(svc.ready["socket"]), model.unet, "audit-1", declared_digest=model.digest)
     bundle = tmp_path / "bundle"
     export = ["export-trajectory", "--sidecar", svc.url, "--token-file", str(token)]

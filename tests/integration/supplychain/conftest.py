@@ -1,7 +1,7 @@
 """Fixtures: a real docker-registry on loopback (open, htpasswd basic auth, token auth), a
 private Sigstore instance, and factories for signed and attested images.
 
-The webhook's tests build the same things from :mod:`samplerguard.supplychain.testing`.
+The webhook's tests build the same things from :mod:`tests.support.supplychain`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import itertools
 from collections.abc import Callable, Iterator
 
 import pytest
-from sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
-from sc_scenario import policy_for as scenario_policy_for
 
 from samplerguard.policy.spec import (
     SamplerPolicySpec,
@@ -22,14 +20,16 @@ from samplerguard.supplychain import (
     TrustedRoots,
     load_trusted_root,
 )
-from samplerguard.supplychain.publish import (
+from tests.support.publish import (
     Signer,
     attest_image,
     push_image,
     sign_image,
     slsa_v1_predicate,
 )
-from samplerguard.supplychain.testing import LocalRegistry, PrivateSigstore, registry_binary
+from tests.support.sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
+from tests.support.sc_scenario import policy_for as scenario_policy_for
+from tests.support.supplychain import LocalRegistry, PrivateSigstore, registry_binary
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ from samplerguard.supplychain import (
     TrustedRoots,
     load_trusted_root,
 )
-from samplerguard.supplychain.publish import Signer, attach_bundle, push_image, sign_image
-from samplerguard.supplychain.testing import LocalRegistry
+from tests.support.publish import Signer, attach_bundle, push_image, sign_image
+from tests.support.supplychain import LocalRegistry
 
 pytestmark = pytest.mark.registry
 

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
 
 from samplerguard.errors import MalformedInputError, TemporaryError, VerificationError
 from samplerguard.policy.spec import (
@@ -22,7 +21,7 @@ from samplerguard.policy.spec import (
 )
 from samplerguard.supplychain import ImageVerdict, ImageVerifier, RegistryClient
 from samplerguard.supplychain.cosign import simple_signing_payload
-from samplerguard.supplychain.publish import (
+from tests.support.publish import (
     Signer,
     attest_image,
     make_envelope,
@@ -32,7 +31,8 @@ from samplerguard.supplychain.publish import (
     slsa_v02_predicate,
     slsa_v1_predicate,
 )
-from samplerguard.supplychain.testing import PrivateSigstore
+from tests.support.sc_scenario import BUILDER, CI_ID, CI_ISSUER, REPO, SCHEDULER, WEIGHTS, Published
+from tests.support.supplychain import PrivateSigstore
 
 pytestmark = pytest.mark.registry
 
@@ -203,7 +203,7 @@ def test_keyless_identity_regexp(
 ) -> None:
     pub = publish(sign=False)
     ok = KeylessIdentity(
-        subject_reg_exp=r"https://github\.com/acme/.*", issuer_reg_exp=r"https://token\..*"
+        subjectRegExp=r"https://github\.com/acme/.*", issuerRegExp=r"https://token\..*"
     )
     assert verifier.verify(
         pub.ref,
@@ -211,7 +211,7 @@ def test_keyless_identity_regexp(
         policy_name="p",
     ).passed
     # A regex must match the whole identity, not a substring of it.
-    partial = KeylessIdentity(subject_reg_exp=r"acme", issuer=CI_ISSUER)
+    partial = KeylessIdentity(subjectRegExp=r"acme", issuer=CI_ISSUER)
     spec = policy_for(pub, keyless=True, threshold=2, attest=False, identity=partial)
     assert not verifier.verify(pub.ref, spec, policy_name="p").passed
 

@@ -8,22 +8,22 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sc_scenario import BUILDER, REPO, Published
 
 from samplerguard.errors import TemporaryError, VerificationError
 from samplerguard.policy.spec import SamplerPolicySpec, SecretKeyRef
 from samplerguard.supplychain import ImageVerifier, RegistryClient, TrustedRoots
 from samplerguard.supplychain.provenance import SLSA_V1
-from samplerguard.supplychain.publish import (
+from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE
+from samplerguard.webhook.kube import KubernetesKeySecrets
+from tests.support.publish import (
     Signer,
     attach_bundle,
     make_statement,
     push_image,
     slsa_v1_predicate,
 )
-from samplerguard.supplychain.sigstore_bundles import COSIGN_SIGN_PREDICATE
-from samplerguard.supplychain.testing import PrivateSigstore
-from samplerguard.webhook.kube import KubernetesKeySecrets
+from tests.support.sc_scenario import BUILDER, REPO, Published
+from tests.support.supplychain import PrivateSigstore
 
 pytestmark = pytest.mark.registry
 

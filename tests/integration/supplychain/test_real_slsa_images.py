@@ -20,7 +20,7 @@ import pytest
 from samplerguard.policy.spec import SamplerPolicySpec
 from samplerguard.supplychain import ImageVerifier, RegistryClient, TrustedRoots, load_trusted_root
 from samplerguard.supplychain.cosign import tag_for
-from samplerguard.supplychain.testing import LocalRegistry
+from tests.support.supplychain import LocalRegistry
 
 pytestmark = pytest.mark.registry
 
@@ -176,16 +176,17 @@ def test_semver_tag_and_the_branch_of_a_tag_push(
     ):
         verdict = _verify(client, roots, ref, _policy(**rule))
         assert verdict.passed, (rule, verdict.summary())
-    for rule, message in (
+    refused: tuple[tuple[dict[str, Any], str], ...] = (
         ({"sourceVersionedTags": ["v12"]}, "source versioned tag mismatch (got 'v13.0.30'"),
         ({"sourceVersionedTags": ["v13.1"]}, "source versioned tag mismatch (got 'v13.0.30'"),
         ({"sourceTags": ["v13.0.3"]}, "source tag mismatch (got 'v13.0.30'"),
         ({"sourceBranches": ["release"]}, "source branch mismatch (got 'main' from the push"),
         ({"workflowInputs": {"a": "b"}}, "workflow inputs need a workflow_dispatch build"),
-    ):
-        verdict = _verify(client, roots, ref, _policy(**rule))
+    )
+    for bad, message in refused:
+        verdict = _verify(client, roots, ref, _policy(**bad))
         assert not verdict.passed
-        assert message in verdict.summary(), rule
+        assert message in verdict.summary(), bad
 
 
 def test_must_fail_inputs(

@@ -14,8 +14,8 @@ from samplerguard.supplychain import (
     RegistryClient,
     RegistryUnavailableError,
 )
-from samplerguard.supplychain.publish import push_image
-from samplerguard.supplychain.testing import LocalRegistry, registry_binary
+from tests.support.publish import push_image
+from tests.support.supplychain import LocalRegistry, registry_binary
 
 pytestmark = pytest.mark.registry
 

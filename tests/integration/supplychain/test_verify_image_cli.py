@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
-from sc_scenario import Published
 
 from samplerguard.cli import main
 from samplerguard.policy.spec import SamplerPolicySpec
-from samplerguard.supplychain.publish import Signer, push_image, sign_image
-from samplerguard.supplychain.testing import LocalRegistry, PrivateSigstore, registry_binary
+from tests.support.publish import Signer, push_image, sign_image
+from tests.support.sc_scenario import Published
+from tests.support.supplychain import LocalRegistry, PrivateSigstore, registry_binary
 
 pytestmark = pytest.mark.registry
 

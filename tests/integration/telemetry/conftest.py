@@ -9,7 +9,8 @@ from concurrent import futures
 import grpc
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
-from otlp_receivers import (
+
+from tests.support.otlp_receivers import (
     GrpcReceiver,
     HttpReceiver,
     Received,
@@ -28,6 +29,7 @@ def otlp_http() -> Iterator[HttpReceiver]:
     )
     thread.start()
     host, port = server.server_address[:2]
+    assert isinstance(host, str)
     try:
         yield HttpReceiver(f"http://{host}:{port}", server.received)
     finally:
@@ -40,7 +42,10 @@ def otlp_http() -> Iterator[HttpReceiver]:
 def otlp_grpc() -> Iterator[GrpcReceiver]:
     received = Received()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(received), server)
+    # generated gRPC code carries no annotations
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        _MetricsService(received), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

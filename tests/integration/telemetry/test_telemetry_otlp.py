@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from otlp_receivers import GrpcReceiver, HttpReceiver, Received, point_attributes
 
 from samplerguard.telemetry import (
     GUIDANCE_BUCKETS,
@@ -21,6 +20,7 @@ from samplerguard.telemetry import (
     RequestObservation,
     setup_metrics,
 )
+from tests.support.otlp_receivers import GrpcReceiver, HttpReceiver, Received, point_attributes
 
 BEACON = "sha256:" + "0123456789abcdef" * 4
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import torch
 
-from family_support import Case, request_for, stable_diffusion_prompted
 from samplerguard.commitment.challenge import ChallengeResult, verify_challenge
 from samplerguard.commitment.digest import module_digest
 from samplerguard.commitment.opening import Opening
@@ -25,6 +24,7 @@ from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder
 from samplerguard.policy.spec import GoldenDigests
 from samplerguard.verifier.reference import ReferenceModels
+from tests.support.families import Case, request_for, stable_diffusion_prompted
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 
-from family_support import BUILDERS, Case, request_for
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.recheck import recheck_step
 from samplerguard.commitment.statement import Commitment
@@ -22,6 +21,7 @@ from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder
 from samplerguard.policy.spec import GoldenDigests
 from samplerguard.verifier.reference import ReferenceModels
+from tests.support.families import BUILDERS, Case, request_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dataplane_support import generate, make_model, write_policy
 from samplerguard.demo.services import make_token, run_round, start_sidecar, start_verifier
 from samplerguard.policy.report import ReportResult, read_audit_log
+from tests.support.dataplane import generate, make_model, write_policy
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from webhook_support import policy, post, review, workload, write_self_signed
+from tests.support.webhook import policy, post, review, workload, write_self_signed
 
 
 def _parent_of(stat: Path) -> int | None:

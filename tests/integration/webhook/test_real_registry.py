@@ -4,7 +4,7 @@ cosign signatures and SLSA provenance pushed to it; then the registry goes away.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,14 +13,6 @@ import pytest
 
 from samplerguard.policy import parse_policy
 from samplerguard.supplychain import DockerConfig, ImageVerifier, RegistryClient
-from samplerguard.supplychain.publish import (
-    Signer,
-    attest_image,
-    push_image,
-    sign_image,
-    slsa_v1_predicate,
-)
-from samplerguard.supplychain.testing import LocalRegistry, registry_binary
 from samplerguard.webhook import (
     Admission,
     InjectionConfig,
@@ -31,7 +23,15 @@ from samplerguard.webhook import (
     WebhookConfig,
     WebhookServer,
 )
-from webhook_support import patched, post, review, workload, write_self_signed
+from tests.support.publish import (
+    Signer,
+    attest_image,
+    push_image,
+    sign_image,
+    slsa_v1_predicate,
+)
+from tests.support.supplychain import LocalRegistry, registry_binary
+from tests.support.webhook import patched, post, review, workload, write_self_signed
 
 pytestmark = pytest.mark.registry
 
@@ -85,7 +85,17 @@ def world() -> Iterator[World]:
             "sidecar": (f"{h}/samplerguard/sidecar:0.1", release, release),
         }
         digests = {ref: _publish(client, ref, sign=s, attest=a) for ref, s, a in refs.values()}
-        yield World(reg, client, release, *(r[0] for r in refs.values()), digests=digests)
+        yield World(
+            reg,
+            client,
+            release,
+            good=refs["good"][0],
+            unsigned=refs["unsigned"][0],
+            wrong_key=refs["wrong_key"][0],
+            unattested=refs["unattested"][0],
+            sidecar=refs["sidecar"][0],
+            digests=digests,
+        )
 
 
 def _policy(world: World) -> dict[str, object]:
@@ -203,7 +213,7 @@ class _Secrets:
     def __init__(self, secrets: dict[tuple[str, str], bytes]) -> None:
         self.secrets = secrets
 
-    async def credentials(self, namespace: str, names: list[str]) -> DockerConfig | None:
+    async def credentials(self, namespace: str, names: Sequence[str]) -> DockerConfig | None:
         found = [
             DockerConfig.from_dockerconfigjson(self.secrets[(namespace, n)])
             for n in names

@@ -86,7 +86,7 @@ def test_raw_digests_match_raw_digest(compiled: bool, monkeypatch: pytest.Monkey
     if not compiled:
         monkeypatch.setattr(digest, "_sha256_many", None)
     data = bytes(range(256)) * 64
-    tensors = [
+    tensors: list[tuple[str, tuple[int, ...] | list[int], bytes | memoryview]] = [
         ("float32", (1, 4, 8, 16), memoryview(data)[:2048]),
         ("float16", [4, 2], memoryview(data)[100:116]),
         ("int64", (), memoryview(data)[:8]),

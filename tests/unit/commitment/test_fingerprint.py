@@ -7,6 +7,11 @@ import torch
 from samplerguard.commitment.fingerprint import build_fingerprint, differences, reproduce
 
 
+def _mkldnn() -> bool:
+    # torch types the flag as its descriptor (ContextProp); the value read is a bool
+    return bool(torch.backends.mkldnn.enabled)
+
+
 def test_this_process_reproduces_its_own_fingerprint() -> None:
     fp = build_fingerprint()
     assert fp["device"] == "cpu" and fp["threads"] == torch.get_num_threads()
@@ -25,13 +30,13 @@ def test_versions_and_devices_differ_but_settable_flags_do_not() -> None:
 
 
 def test_reproduce_sets_the_recorded_flags_and_restores_them() -> None:
-    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    threads, mkldnn = torch.get_num_threads(), _mkldnn()
     with reproduce({"threads": 1, "mkldnn": not mkldnn}):
         assert torch.get_num_threads() == 1
-        assert torch.backends.mkldnn.enabled is (not mkldnn)
-    assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled is mkldnn
+        assert _mkldnn() is (not mkldnn)
+    assert torch.get_num_threads() == threads and _mkldnn() is mkldnn
     with reproduce({"threads": "many", "mkldnn": "yes"}):  # hostile values are ignored
-        assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled is mkldnn
+        assert torch.get_num_threads() == threads and _mkldnn() is mkldnn
 
 
 def test_concurrent_rechecks_never_see_each_others_flags() -> None:
@@ -39,22 +44,22 @@ def test_concurrent_rechecks_never_see_each_others_flags() -> None:
     leave, and one wanting the same settings runs beside it."""
     import threading
 
-    mkldnn = torch.backends.mkldnn.enabled
+    mkldnn = _mkldnn()
     inside, release, seen = threading.Event(), threading.Event(), []
 
     def first() -> None:
         with reproduce({"mkldnn": not mkldnn}):
             inside.set()
             release.wait(10)
-            seen.append(("first", torch.backends.mkldnn.enabled))
+            seen.append(("first", _mkldnn()))
 
     def other() -> None:
         with reproduce({"mkldnn": mkldnn}):
-            seen.append(("other", torch.backends.mkldnn.enabled))
+            seen.append(("other", _mkldnn()))
 
     def same() -> None:
         with reproduce({"mkldnn": not mkldnn}):
-            seen.append(("same", torch.backends.mkldnn.enabled))
+            seen.append(("same", _mkldnn()))
 
     a = threading.Thread(target=first)
     a.start()
@@ -69,4 +74,4 @@ def test_concurrent_rechecks_never_see_each_others_flags() -> None:
     a.join(10)
     b.join(10)
     assert seen == [("same", not mkldnn), ("first", not mkldnn), ("other", mkldnn)]
-    assert torch.backends.mkldnn.enabled is mkldnn
+    assert _mkldnn() is mkldnn

@@ -24,7 +24,10 @@ def test_registered_handlers(kube: Any) -> None:
     # `helm uninstall` or policy deletion while the operator is down.
     assert not list(registry._changing.get_all_handlers())
     assert not list(registry._spawning.get_all_handlers())
-    activities = {h.activity.value for h in registry._activities.get_all_handlers()}
+    activities = {
+        h.activity.value if h.activity is not None else None
+        for h in registry._activities.get_all_handlers()
+    }
     assert {"startup", "cleanup", "authentication"} <= activities
 
 

@@ -164,7 +164,7 @@ def test_an_operator_that_trickles_its_answer_is_cut_at_the_timeout(tmp_path: Pa
     the post gives up at its deadline with a temporary error."""
     import time
 
-    from trickle_support import Trickler
+    from tests.support.trickle import Trickler
 
     token = tmp_path / "token"
     token.write_text("t" * 20)

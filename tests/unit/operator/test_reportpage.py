@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,10 @@ def _results() -> list[ReportResult]:
     for i in range(N_REQUESTS):
         rid, root = f"req-{i}", f"{i:02x}" * 32
         when = T0 + 1200 * i
-        ids = {"requestId": rid, "trajectoryId": rid, "trajectoryRoot": root}
-        common = dict(policy="sd-prod", resource=_pod(i), guidance=4.0 + i % 3, steps=20)
+        ids: dict[str, Any] = {"requestId": rid, "trajectoryId": rid, "trajectoryRoot": root}
+        common: dict[str, Any] = dict(
+            policy="sd-prod", resource=_pod(i), guidance=4.0 + i % 3, steps=20
+        )
         out.append(
             ReportResult.build(
                 rule="recipe", result="pass", timestamp=when, message="ok", **common, **ids

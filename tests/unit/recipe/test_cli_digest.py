@@ -23,7 +23,7 @@ def _digest(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, list[st
 def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from diffusers import EulerDiscreteScheduler
 
-    from samplerguard.models.tiny_sd import build_tiny_sd
+    from tests.support.tiny_sd import build_tiny_sd
 
     out = tmp_path_factory.mktemp("pipe")
     build_tiny_sd(EulerDiscreteScheduler(use_karras_sigmas=True)).save_pretrained(out)

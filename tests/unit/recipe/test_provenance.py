@@ -58,6 +58,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert read_provenance(path) == PROV
     # The chunk is a standard iTXt any PNG reader sees.
     with Image.open(path) as im:
+        assert isinstance(im, PngImagePlugin.PngImageFile)
         assert "samplerguard" in im.text and '"commitmentRoot"' in im.text["samplerguard"]
 
 
@@ -70,6 +71,7 @@ def test_embedding_replaces_an_earlier_record_and_keeps_other_text() -> None:
     second = embed_provenance(first, PROV.model_copy(update={"steps": 10}))
     assert read_provenance(second).steps == 10
     with Image.open(io.BytesIO(second)) as im:
+        assert isinstance(im, PngImagePlugin.PngImageFile)
         assert im.text["Software"] == "diffusers"
 
 

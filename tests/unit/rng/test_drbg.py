@@ -130,7 +130,7 @@ def test_wrong_sized_entropy_source_is_refused() -> None:
 def test_uninstantiate_and_secrecy(kind: str) -> None:
     d = make(kind)
     d.generate(16)
-    state = [d._key, d._v]  # type: ignore[union-attr]
+    state = [d._key, d._v]
     text = repr(d) + str(d)
     for secret in [*state, E32, N16]:
         assert secret.hex() not in text
@@ -209,7 +209,7 @@ def test_ctr_generate_equals_the_standards_steps(v: bytes, n: int, additional: b
     # Whole-block requests take the output and the final update from one keystream; partial
     # ones do not. Both must be the standard's steps, also when the counter wraps around.
     d = CtrDrbg(bytes(range(48)), use_df=False)
-    d._v = v  # type: ignore[misc]
-    key = d._key  # type: ignore[misc]
+    d._v = v
+    key = d._key
     out = d.generate(n, additional)
-    assert (out, d._key, d._v) == _naive_generate(key, v, n, additional)  # type: ignore[misc]
+    assert (out, d._key, d._v) == _naive_generate(key, v, n, additional)

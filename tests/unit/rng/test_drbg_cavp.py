@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from samplerguard.errors import MalformedInputError
-from samplerguard.rng.cavp import parse_rsp, run_case, supported
+from tests.support.cavp import parse_rsp, run_case, supported
 
 FILES = [
     ("no_reseed", "HMAC_DRBG.rsp"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -49,7 +51,7 @@ def _sort_block(z: torch.Tensor) -> torch.Tensor:
 
 
 U = honest((1, 4, 32, 32), seed=99)
-SHIFTS = {
+SHIFTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda z: z + 0.3,
     "std": lambda z: z * 1.2,
     "random": lambda z: z + 0.6 * U,

@@ -96,7 +96,7 @@ def api() -> Iterator[Any]:
     cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
     api_client = client.ApiClient(cfg)
     yield client.AuthenticationV1Api(api_client)
-    api_client.close()
+    api_client.close()  # type: ignore[no-untyped-call]
     server.shutdown()
     server.server_close()
 

@@ -28,7 +28,7 @@ from samplerguard.hook.wire import (
     encode_frame,
     read_frame,
 )
-from samplerguard.rng import NoiseAuthority
+from samplerguard.rng import NoiseAuthority, RequestNoise
 from samplerguard.rng.escrow import SeedEscrow, open_escrow
 from samplerguard.sidecar.enforce import Admission
 from samplerguard.sidecar.ingest import Decision, Gate, IngestServer
@@ -230,9 +230,14 @@ def test_the_digester_bounds_its_backlog_and_surfaces_its_first_error(
     from samplerguard.sidecar import ingest
 
     monkeypatch.setattr(ingest, "DIGEST_BACKLOG", 100)
-    gate, done = threading.Event(), []
+    gate, done = threading.Event(), list[int]()
     d = ingest._Digester()
-    d.submit(80, lambda: (gate.wait(5), done.append(1)))
+
+    def held() -> None:
+        gate.wait(5)
+        done.append(1)
+
+    d.submit(80, held)
     blocked = threading.Thread(target=d.submit, args=(80, lambda: done.append(2)))
     blocked.start()
     blocked.join(0.2)
@@ -535,7 +540,7 @@ def test_the_issued_seed_is_the_escrowed_one_and_its_noise_matches(
     assert _send(served.path, _drbg(frames))["ok"]
     escrow = SeedEscrow.model_validate(served.store.index("seed-1")["seedEscrow"])
     seed = open_escrow(verifier_key, escrow, request_id="seed-1")
-    assert torch.equal(seed.noise(record_draws=False).randn((2, 4)), z)
+    assert torch.equal(RequestNoise(seed, record_draws=False).randn((2, 4)), z)
 
 
 def test_a_drbg_start_without_an_issued_seed_is_refused(served: IngestServer) -> None:

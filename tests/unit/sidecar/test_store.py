@@ -346,8 +346,6 @@ def test_a_tail_that_cannot_be_switched_to_buffered_fails_the_commit(
     (fcntl fails), the commit fails as a store write error and nothing is committed."""
     import fcntl
 
-    from samplerguard.sidecar import store as store_module
-
     store = _store(tmp_path, max_bytes=1 << 30, direct_io=None)
     w = store.open("t")
     assert w.direct
@@ -359,10 +357,10 @@ def test_a_tail_that_cannot_be_switched_to_buffered_fails_the_commit(
             raise OSError(5, "Input/output error")
         return real(fd, cmd, arg)
 
-    monkeypatch.setattr(store_module.fcntl, "fcntl", failing)
+    monkeypatch.setattr(fcntl, "fcntl", failing)  # the module the store calls
     with pytest.raises(StoreWriteError, match="buffered"):
         _commit_writer(w, "t")
-    monkeypatch.setattr(store_module.fcntl, "fcntl", real)
+    monkeypatch.setattr(fcntl, "fcntl", real)
     w.discard()
     assert store.committed() == []
     assert not list(tmp_path.iterdir())

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from fakeregistry import HOST, OCI_MANIFEST, FakeRegistry, digest_of
 
 from samplerguard.policy.spec import (
     AttestationRule,
@@ -25,7 +24,8 @@ from samplerguard.supplychain.cosign import (
     simple_signing_payload,
     tag_for,
 )
-from samplerguard.supplychain.publish import Signer
+from tests.support.fakeregistry import HOST, OCI_MANIFEST, FakeRegistry, digest_of
+from tests.support.publish import Signer
 
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 # The statement inside a.dsse.staging-rekor-v2.txt.sigstore.json is about this digest.

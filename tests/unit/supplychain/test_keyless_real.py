@@ -98,9 +98,7 @@ def test_real_keyless_material_fails_elsewhere(
     with pytest.raises(VerificationError, match="identity mismatch"):
         verify_keyless(
             **material,
-            identities=[
-                KeylessIdentity(subject_reg_exp=".*", issuer="https://accounts.google.com")
-            ],
+            identities=[KeylessIdentity(subjectRegExp=".*", issuer="https://accounts.google.com")],
             trusted_root=roots[root],
         )
     tampered = {
@@ -137,7 +135,7 @@ def test_cve_2022_36056_material_fails(sig: Path, roots: dict[str, Any]) -> None
     with pytest.raises(VerificationError, match="Rekor entry is for"):
         verify_keyless(
             **material,
-            identities=[KeylessIdentity(subject_reg_exp=".*", issuer_reg_exp=".*")],
+            identities=[KeylessIdentity(subjectRegExp=".*", issuerRegExp=".*")],
             trusted_root=roots["staging"],
         )
 

@@ -16,7 +16,7 @@ from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
 from samplerguard.supplychain import load_trusted_root, verify_dsse_bundle, verify_key_bundle
 from samplerguard.supplychain.keys import PublicKey, load_public_key
-from samplerguard.supplychain.publish import Signer
+from tests.support.publish import Signer
 
 DATA = Path(__file__).parents[2] / "data" / "supplychain"
 NPM = DATA / "npm-provenance"

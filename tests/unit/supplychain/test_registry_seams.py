@@ -7,7 +7,6 @@ import json
 
 import httpx
 import pytest
-from fakeregistry import HOST, OCI_MANIFEST, FakeRegistry, digest_of
 
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import Authority, ImageRule, KeyAuthority, SamplerPolicySpec
@@ -23,7 +22,8 @@ from samplerguard.supplychain.cosign import (
     SIMPLE_SIGNING_MEDIA_TYPE,
     simple_signing_payload,
 )
-from samplerguard.supplychain.publish import Signer
+from tests.support.fakeregistry import HOST, OCI_MANIFEST, FakeRegistry, digest_of
+from tests.support.publish import Signer
 
 REF = f"{HOST}/acme/x:1.0"
 

@@ -123,7 +123,7 @@ def test_cve_2022_36056_bundle_fails(sig: Path, roots: dict[str, object]) -> Non
     # The log entry does not match the other materials: with any identity, it must fail.
     for ident in (
         KeylessIdentity(subject="a@tny.town", issuer=GH_OAUTH),
-        KeylessIdentity(subject_reg_exp=".*", issuer_reg_exp=".*"),
+        KeylessIdentity(subjectRegExp=".*", issuerRegExp=".*"),
     ):
         with pytest.raises(VerificationError):
             verify_artifact_bundle(
@@ -139,7 +139,7 @@ def test_invalid_bundle_version_does_not_parse(sig: Path, roots: dict[str, objec
         verify_artifact_bundle(
             (sig / "bundle_invalid_version.txt.sigstore").read_bytes(),
             (sig / "bundle_invalid_version.txt").read_bytes(),
-            [KeylessIdentity(subject_reg_exp=".*", issuer_reg_exp=".*")],
+            [KeylessIdentity(subjectRegExp=".*", issuerRegExp=".*")],
             roots["staging"],
         )
 

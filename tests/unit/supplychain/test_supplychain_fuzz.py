@@ -11,7 +11,6 @@ import contextlib
 import json
 from typing import Any
 
-from fakeregistry import HOST, OCI_MANIFEST, FakeRegistry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +31,8 @@ from samplerguard.supplychain.cosign import (
     tag_for,
 )
 from samplerguard.supplychain.dsse import Envelope, Statement
-from samplerguard.supplychain.publish import Signer, make_envelope, make_statement
+from tests.support.fakeregistry import HOST, OCI_MANIFEST, FakeRegistry
+from tests.support.publish import Signer, make_envelope, make_statement
 
 SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

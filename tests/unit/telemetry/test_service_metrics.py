@@ -55,14 +55,15 @@ def test_a_service_exports_otlp_only_to_a_configured_endpoint(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], exporter: str
 ) -> None:
     seen: dict[str, Any] = {}
+    built = object()  # what the stand-in setup_metrics returns
 
-    def fake(**kwargs: Any) -> str:
+    def fake(**kwargs: Any) -> Any:
         seen.update(kwargs)
-        return "metrics"
+        return built
 
     monkeypatch.setattr(provider, "setup_metrics", fake)
     monkeypatch.setattr(provider, "_SERVICE_METRICS", None)  # restored afterwards
-    assert provider.setup_service_metrics("samplerguard-webhook", env=env) == "metrics"
-    assert provider.current_service_metrics() == "metrics"
+    assert provider.setup_service_metrics("samplerguard-webhook", env=env) is built
+    assert provider.current_service_metrics() is built
     assert seen["prometheus"] is True and seen["set_global"] is True
     assert seen["env"].get("OTEL_METRICS_EXPORTER", "otlp") == exporter

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.telemetry import (
@@ -390,10 +391,11 @@ def test_record_request_feeds_the_detector_and_counts_alerts(baseline: DriftBase
             for x in sm.metrics
             if x.name == MetricName.DRIFT_ALERTS
         ]
-        counted = {
-            (p.attributes["feature"], p.attributes["kind"], p.attributes["statistic"]): p.value
-            for p in metric.data.data_points
-        }
+        counted = {}
+        for p in metric.data.data_points:
+            assert isinstance(p, NumberDataPoint), p
+            a = dict(p.attributes or {})
+            counted[a["feature"], a["kind"], a["statistic"]] = p.value
     assert counted == {
         ("guidance_scale", "distribution-shift", "ks"): 1,
         ("schedule", "unknown-category", "unknown"): 1,
@@ -413,6 +415,7 @@ def test_compare_live_otel_histograms_with_the_baseline() -> None:
             data = m.collect()
             assert data is not None
             point = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points[0]
+            assert isinstance(point, HistogramDataPoint), point
             return list(point.explicit_bounds), list(point.bucket_counts)
 
     edges, counts = collected_counts(7.0, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from samplerguard.policy.spec import KNOWN_SAMPLERS, KNOWN_SCHEDULES
 from samplerguard.telemetry import (
@@ -29,6 +30,15 @@ from samplerguard.telemetry.attributes import RNG_MODES, SEED_HEALTH_CHECKS
 
 BEACON_A = "sha256:" + "ab" * 32
 BEACON_B = "sha256:" + "cd" * 32
+
+
+def _numbers(points: Iterable[object]) -> list[tuple[dict[str, Any], float]]:
+    """(attributes, value) of counter/gauge points; a point of another kind fails the test."""
+    out = []
+    for p in points:
+        assert isinstance(p, NumberDataPoint), p
+        out.append((dict(p.attributes or {}), p.value))
+    return out
 
 
 def _obs(**kw: Any) -> RequestObservation:
@@ -159,7 +169,7 @@ def test_restricted_schedule_vocabulary() -> None:
         for m in sm.metrics
         if m.name == MetricName.REQUESTS
     ]
-    assert {p.attributes["schedule"]: p.value for p in metric.data.data_points} == {
+    assert {a["schedule"]: v for a, v in _numbers(metric.data.data_points)} == {
         "other": 1,
         "karras": 1,
     }
@@ -288,7 +298,7 @@ def test_beacons_are_prefixes_and_capped() -> None:
         for m in sm.metrics
         if m.name == MetricName.BEACONS
     ]
-    got = {p.attributes["beacon"]: p.value for p in metric.data.data_points}
+    got = {a["beacon"]: v for a, v in _numbers(metric.data.data_points)}
     assert got == {
         "abababababab": 3,
         "000000000000": 1,
@@ -399,12 +409,12 @@ def test_client_strings_never_reach_attributes(
     tel.record_beacon(beacon)
     data = reader.get_metrics_data()
     assert data is not None
-    seen = set()
+    seen: set[str] = set()
     for rm in data.resource_metrics:
         for sm in rm.scope_metrics:
             for m in sm.metrics:
                 for p in m.data.data_points:
-                    seen.update(v for v in dict(p.attributes).values() if isinstance(v, str))
+                    seen.update(v for v in dict(p.attributes or {}).values() if isinstance(v, str))
     extra = seen - _ALLOWED
     # The one open-ended value is a 12-hex-digit beacon prefix.
     assert all(len(v) == 12 and all(c in "0123456789abcdef" for c in v) for v in extra), extra
@@ -417,7 +427,8 @@ def test_numpy_scalars_are_numbers(metrics: Metrics, collect: Any) -> None:
     tel = metrics.telemetry
     tel.record_request(_obs(steps=np.int64(30), guidance_scale=np.float32(7.5)))
     tel.record_verification("pass", rel_l2=np.float64(1e-7))
-    tel.record_guidance_clip(requested=np.float32(20.0), limit=np.int32(12))
+    # numpy scalars are not floats to mypy; that they are accepted is what this test checks
+    tel.record_guidance_clip(requested=np.float32(20.0), limit=np.int32(12))  # type: ignore[arg-type]
     got = collect()
     (steps,) = got.metric(MetricName.STEPS).data.data_points
     assert steps.count == 1 and steps.sum == 30
@@ -442,7 +453,7 @@ def test_series_count_is_bounded_under_hostile_input(metrics: Metrics, collect: 
 
     rnd = random.Random(5)
 
-    def pick(vocab: Any) -> str:
+    def pick(vocab: Iterable[str]) -> str:
         r = rnd.random()
         if r < 0.5:
             return rnd.choice(sorted(vocab))

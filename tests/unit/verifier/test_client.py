@@ -70,7 +70,7 @@ def test_the_timeout_is_a_deadline_for_the_whole_call_not_per_read() -> None:
     the call as a whole is cut at 1 s."""
     import time
 
-    from trickle_support import Trickler
+    from tests.support.trickle import Trickler
 
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 100
     with Trickler(answer, every=0.3) as server:

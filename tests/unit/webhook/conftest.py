@@ -16,7 +16,7 @@ from samplerguard.webhook import (
     WebhookConfig,
     WebhookServer,
 )
-from webhook_support import REGISTRY, RegistryDouble, policy, write_self_signed
+from tests.support.webhook import REGISTRY, RegistryDouble, policy, write_self_signed
 
 
 @pytest.fixture

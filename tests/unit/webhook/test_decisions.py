@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -20,7 +20,7 @@ from samplerguard.webhook import (
     VerdictCache,
     WebhookConfig,
 )
-from webhook_support import REGISTRY, RegistryDouble, policy, review, workload
+from tests.support.webhook import REGISTRY, RegistryDouble, policy, review, workload
 
 SIGNED = f"{REGISTRY}/acme/sampler:1.0"
 UNSIGNED = f"{REGISTRY}/acme/unsigned:1.0"
@@ -210,7 +210,9 @@ def test_deadline_denies(registry: RegistryDouble, config: WebhookConfig) -> Non
 
 
 @pytest.mark.parametrize("action", ["deny", "warn", "allow"])
-def test_no_match_action(config: WebhookConfig, registry: RegistryDouble, action: str) -> None:
+def test_no_match_action(
+    config: WebhookConfig, registry: RegistryDouble, action: Literal["deny", "warn", "allow"]
+) -> None:
     from dataclasses import replace
 
     adm = _admission(

@@ -20,7 +20,7 @@ from samplerguard.webhook import (
     StaticPolicySource,
     WebhookConfig,
 )
-from webhook_support import (
+from tests.support.webhook import (
     REGISTRY,
     RegistryDouble,
     inject,

@@ -18,7 +18,7 @@ from samplerguard.webhook import (
     WebhookConfig,
     WebhookServer,
 )
-from webhook_support import (
+from tests.support.webhook import (
     REGISTRY,
     RegistryDouble,
     encode,

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from samplerguard.errors import MalformedInputError
 from samplerguard.webhook import InjectionConfig
 from samplerguard.webhook.inject import injection_patch
 from samplerguard.webhook.workloads import find_pod_template
-from webhook_support import inject, workload
+from tests.support.webhook import inject, workload
 
 CFG = InjectionConfig(sidecar_image="s@sha256:" + "a" * 64, hook_image="h@sha256:" + "b" * 64)
 
 
-def _inject(
-    pod: dict[str, object], cfg: InjectionConfig = CFG
-) -> tuple[dict[str, object], list[str]]:
-    out: dict[str, object]
+def _inject(pod: dict[str, Any], cfg: InjectionConfig = CFG) -> tuple[dict[str, Any], list[str]]:
+    out: dict[str, Any]
     out, warnings = inject(pod, cfg)
     return out, warnings
 
@@ -142,7 +142,7 @@ def test_patch_text_is_exactly_the_plain_encoding(native: bool, existing_init: b
     # a fragment first, last, alone, inside a list with plain items, and in an op whose value
     # is not its last member
     frag = JsonFragment({"a": [1, "é"], "b": None})
-    mixed = [
+    mixed: list[dict[str, Any]] = [
         {"op": "add", "path": "/x", "value": frag},
         {"op": "add", "path": "/y", "value": [frag, {"plain": True}]},
         {"value": frag, "op": "add", "path": "/z"},

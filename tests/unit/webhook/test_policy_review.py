@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import yaml
 
-from webhook_support import post, review
+from tests.support.webhook import post, review
 
 EXAMPLE = Path(__file__).parents[3] / "policies" / "slsa-generated-sd15.yaml"
 

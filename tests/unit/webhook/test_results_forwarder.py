@@ -16,7 +16,7 @@ from samplerguard.policy.report_client import ResultsClient
 from samplerguard.webhook.admission import _forwarder
 from samplerguard.webhook.audit import AuditTrail, ResultsForwarder
 from samplerguard.webhook.config import WebhookConfig
-from unit.operator.test_report_client import Server  # the real TLS ingest server
+from tests.unit.operator.test_report_client import Server  # the real TLS ingest server
 
 
 @pytest.fixture

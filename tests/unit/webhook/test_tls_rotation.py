@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import x509
 
 from samplerguard.webhook import WebhookServer
-from webhook_support import write_self_signed
+from tests.support.webhook import write_self_signed
 
 
 def _served_serial(port: int) -> str:

@@ -8,8 +8,10 @@ module that imported ``randn_tensor``; while a noise function is active *in the 
 draw is answered by it. Outside such a context the dispatcher calls diffusers' own function
 unchanged.
 
-Uses: the DRBG noise source feeds generation through it, and the re-check replays the committed
-step noise through it.
+Uses: the DRBG noise source feeds generation through it, the recorder observes the draws through
+it, and the re-check replays the committed step noise through it. It lives with the commitment
+(not with :mod:`samplerguard.rng`, which plugs its noise sources into it) because capturing and
+replaying a trajectory's draws is the commitment's business.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from samplerguard.supplychain.auth import Credentials, DockerConfig
-from samplerguard.supplychain.publish import Signer, make_envelope
 from samplerguard.supplychain.registry import RegistryClient
+from tests.support.publish import Signer, make_envelope
 
 __all__ = ["LocalRegistry", "PrivateSigstore", "registry_binary"]
 
@@ -221,7 +221,7 @@ class LocalRegistry:
         if binary is None:
             raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
         # tmpfs when there is one: the registry fsyncs, and disks under load make that slow.
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self._dir = Path(tempfile.mkdtemp(prefix="sg-registry-", dir=shm))
         self.port = _free_port()
         config: dict[str, Any] = {

@@ -1,8 +1,8 @@
 """Publishing images, signatures and attestations in cosign's exact formats.
 
-This is the writing half of :mod:`samplerguard.supplychain.cosign`: the tests, the benchmark
-and the demo use it to push images to a registry and sign and attest them the way ``cosign
-sign --key`` and ``cosign attest --key`` do (legacy tag scheme, one layer per signature,
+This is the writing half of :mod:`samplerguard.supplychain.cosign`: the tests, the benchmarks
+and the end-to-end suite use it to push images to a registry and sign and attest them the way
+``cosign sign --key`` and ``cosign attest --key`` do (legacy tag scheme, one layer per signature,
 appended to the existing ``.sig``/``.att`` manifest). Keyless material (certificate, chain,
 Rekor bundle) is attached when the :class:`Signer` carries it.
 """

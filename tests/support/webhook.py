@@ -141,7 +141,7 @@ def workload(
         )
     else:
         raise ValueError(kind)
-    body: dict[str, Any] = _API.sanitize_for_serialization(obj)
+    body: dict[str, Any] = _API.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
     return body
 
 

@@ -15,7 +15,7 @@ from samplerguard.policy.spec import (
     KeylessIdentity,
     SamplerPolicySpec,
 )
-from samplerguard.supplychain.publish import Signer
+from tests.support.publish import Signer
 
 BUILDER = "https://github.com/acme/sampler/.github/workflows/release.yml@refs/heads/main"
 REPO = "https://github.com/acme/sampler"

@@ -79,7 +79,7 @@ def _vae(latent_channels: int, blocks: tuple[int, ...], **kw: Any) -> Any:
 def stable_diffusion() -> Case:
     from diffusers import EulerDiscreteScheduler
 
-    from samplerguard.models.tiny_sd import build_tiny_sd
+    from tests.support.tiny_sd import build_tiny_sd
 
     pipe = build_tiny_sd(EulerDiscreteScheduler(), sample_size=8)
     return Case(
@@ -112,7 +112,7 @@ def stable_diffusion_prompted() -> Case:
     verifier can re-derive the conditioning from it."""
     from diffusers import EulerDiscreteScheduler
 
-    from samplerguard.models.tiny_sd import build_tiny_sd
+    from tests.support.tiny_sd import build_tiny_sd
 
     pipe = build_tiny_sd(EulerDiscreteScheduler(), sample_size=8)
     pipe.tokenizer = tiny_clip_tokenizer()
