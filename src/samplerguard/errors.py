@@ -14,6 +14,7 @@ Messages say what was checked, what was found and what was expected, and never c
 from __future__ import annotations
 
 __all__ = [
+    "CHECKS",
     "MalformedInputError",
     "PolicyError",
     "SamplerGuardError",
@@ -26,8 +27,58 @@ class SamplerGuardError(Exception):
     """Base of every error samplerguard raises on purpose."""
 
 
+#: The checks a :class:`VerificationError` of a commitment or trajectory names in ``check``:
+#: stable identifiers that reports, metrics and callers branch on (never the message).
+CHECKS: frozenset[str] = frozenset(
+    {
+        "signature",  # the DSSE envelope and its signature under the producer's key
+        "statement",  # the in-toto statement: types and the recipe digest it carries
+        "replay",  # the commitment was signed for another trajectory or request
+        "commitment",  # an opening or transcript for another commitment, or a step outside it
+        "inclusion",  # a leaf under the signed Merkle root
+        "leaf",  # a committed leaf's shape: JSON, type and index
+        "digest",  # an opened tensor or leaf against its committed digest
+        "state",  # a sampler state a genuine scheduler carries
+        "schedule",  # the timesteps, sigmas and loop range of the declared schedule
+        "sampler",  # the declared sampler: known, buildable, its number of steps
+        "noise",  # the number and shapes of the noise draws of a step
+        "shape",  # the latent shape the recipe declares
+        "model",  # the declared model and pipeline against the reference
+        "recheck",  # re-running one step with the reference
+        "build",  # the verifier's build against the one the policy requires
+        "request-binding",  # the request's parameters and conditioning
+        "output-binding",  # the served output against the final latent and the signed subject
+        "noise-binding",  # the noise against the escrowed seed
+        "escrow",  # the seed escrow: recipient, tenant, request and keys
+        "malformed",  # a transcript or opening from the prover that does not parse
+        "policy",  # the committed recipe against the policy
+    }
+)
+
+#: Longest ``found`` / ``expected`` kept on an error (they are summaries, not payloads).
+_FIELD_CHARS = 200
+
+
 class VerificationError(SamplerGuardError):
-    """A check ran and the object failed it."""
+    """A check ran and the object failed it.
+
+    ``check`` names the check that failed (one of :data:`CHECKS` for commitments and
+    trajectories; other components use their own short names), ``found`` and ``expected`` what
+    it saw and what it wanted, as short strings, or ``None`` where there is no single value.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        check: str | None = None,
+        found: str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.check = check
+        self.found = None if found is None else found[:_FIELD_CHARS]
+        self.expected = None if expected is None else expected[:_FIELD_CHARS]
 
 
 class MalformedInputError(SamplerGuardError):

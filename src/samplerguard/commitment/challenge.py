@@ -135,7 +135,8 @@ def verify_challenge(
     if require_exact and not exact:
         raise VerificationError(
             "build: the policy demands exact re-checks, and this verifier cannot reproduce the "
-            f"declared build ({'; '.join(diff[:4])})"
+            f"declared build ({'; '.join(diff[:4])})",
+            check="build",
         )
     # (1): the declared sampler's plan; a recipe that cannot be built fails this request only
     plan = sampler_plan(recipe, tuple(z.shape), z.dtype)
@@ -158,7 +159,12 @@ def verify_challenge(
             raise MalformedInputError(f"step {step} is outside the committed trajectory")
         opened = opening(step)
         if opened.step != step:
-            raise VerificationError(f"step {opened.step} was served when step {step} was asked")
+            raise VerificationError(
+                f"step {opened.step} was served when step {step} was asked",
+                check="commitment",
+                found=str(opened.step),
+                expected=str(step),
+            )
         res = recheck_step(commitment, opened, program, tau=result.tau)
         result.results.append(res)
         if not res.accepted:

@@ -103,7 +103,10 @@ def verify_envelope(
         raise MalformedInputError("DSSE envelope is not a JSON object")
     if envelope.get("payloadType") != payload_type:
         raise VerificationError(
-            f"DSSE payloadType is {envelope.get('payloadType')!r}, expected {payload_type!r}"
+            f"DSSE payloadType is {envelope.get('payloadType')!r}, expected {payload_type!r}",
+            check="signature",
+            found=str(envelope.get("payloadType")),
+            expected=payload_type,
         )
     payload = _b64(envelope.get("payload"), "payload")
     sigs = envelope.get("signatures")
@@ -121,5 +124,7 @@ def verify_envelope(
             continue
         return payload
     raise VerificationError(
-        f"DSSE signature check failed: no signature verifies under key {want[:16]}…"
+        f"DSSE signature check failed: no signature verifies under key {want[:16]}…",
+        check="signature",
+        expected=want[:16],
     )

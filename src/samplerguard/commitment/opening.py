@@ -104,7 +104,9 @@ class Opening:
             if leaf.index == index:
                 return leaf
         raise VerificationError(
-            f"opening does not carry leaf {index}, which step {self.step} needs"
+            f"opening does not carry leaf {index}, which step {self.step} needs",
+            check="leaf",
+            expected=str(index),
         )
 
     def to_bytes(self) -> bytes:

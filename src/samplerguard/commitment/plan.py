@@ -100,12 +100,17 @@ def build_scheduler(recipe: Mapping[str, Any]) -> Any:
     if not isinstance(sampler, str) or sampler not in KNOWN_SAMPLERS:
         raise VerificationError(
             f"recipe declares unknown sampler {str(sampler)[:40]!r}; known: "
-            f"{sorted(KNOWN_SAMPLERS)}"
+            f"{sorted(KNOWN_SAMPLERS)}",
+            check="sampler",
+            found=str(sampler),
         )
     if KNOWN_SAMPLERS[sampler] != cls_name:
         raise VerificationError(
             f"recipe declares sampler {sampler!r} but scheduler class {str(cls_name)[:60]!r} "
-            f"(expected {KNOWN_SAMPLERS[sampler]!r})"
+            f"(expected {KNOWN_SAMPLERS[sampler]!r})",
+            check="sampler",
+            found=str(cls_name),
+            expected=KNOWN_SAMPLERS[sampler],
         )
     config = recipe.get("scheduler_config")
     steps = recipe.get("steps")
@@ -127,12 +132,15 @@ def build_scheduler(recipe: Mapping[str, Any]) -> Any:
     except Exception as exc:  # diffusers raises anything on a bad config
         raise VerificationError(
             f"the declared scheduler {cls_name} cannot be built from its config: "
-            f"{type(exc).__name__}: {str(exc)[:200]}"
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            check="sampler",
         ) from None
     if begin is not None and not 0 <= begin < len(scheduler.timesteps):
         raise VerificationError(
             f"the recipe's begin index {begin} is outside the declared schedule's "
-            f"{len(scheduler.timesteps)} timesteps"
+            f"{len(scheduler.timesteps)} timesteps",
+            check="schedule",
+            found=str(begin),
         )
     return scheduler
 
@@ -250,20 +258,26 @@ class StatePlan:
                 )
                 if part
             )
-            raise VerificationError(f"the sampler state {where} is not genuine ({detail})")
+            raise VerificationError(
+                f"the sampler state {where} is not genuine ({detail})", check="state"
+            )
         tensors = state.tensors()
         for path, (shape, dtype) in self.tensors.items():
             got = tensors[path]
             if tuple(got.shape) != shape or got.dtype != dtype:
                 raise VerificationError(
                     f"the sampler state {where} holds {path!r} as {got.dtype} "
-                    f"{tuple(got.shape)}, the declared scheduler carries {dtype} {shape}"
+                    f"{tuple(got.shape)}, the declared scheduler carries {dtype} {shape}",
+                    check="state",
+                    found=f"{got.dtype} {tuple(got.shape)}",
+                    expected=f"{dtype} {shape}",
                 )
             want = self.fixed.get(path)
             if want is not None and tensor_digest(got) != want:
                 raise VerificationError(
                     f"the sampler state {where} alters {path!r}, which the declared "
-                    "schedule fixes (a smuggled schedule)"
+                    "schedule fixes (a smuggled schedule)",
+                    check="schedule",
                 )
 
 
@@ -416,7 +430,8 @@ def _dry_run(
         except Exception as exc:
             raise VerificationError(
                 f"the declared scheduler {type(scheduler).__name__} cannot step a "
-                f"{tuple(shape)} {dtype} latent: {type(exc).__name__}: {str(exc)[:200]}"
+                f"{tuple(shape)} {dtype} latent: {type(exc).__name__}: {str(exc)[:200]}",
+                check="sampler",
             ) from None
         sample = out.to(dtype) * 0 + fill
         states.append(capture_state(scheduler, schedule))
@@ -470,7 +485,8 @@ def check_schedule_digest(
     if not differences(recipe.get("runtime"), device):
         raise VerificationError(
             "committed schedule digest differs from the declared scheduler's schedule "
-            "(tampered timesteps or sigmas)"
+            "(tampered timesteps or sigmas)",
+            check="schedule",
         )
     return False
 

@@ -166,15 +166,22 @@ def _leaf_doc(opening: Opening, commitment: Commitment, index: int, kind: str) -
     if not verify_inclusion(data, index, commitment.tree_size, leaf.proof_bytes(), commitment.root):
         raise VerificationError(
             f"leaf {index} is not included under the committed root "
-            f"{commitment.root.hex()[:16]}… (tree size {commitment.tree_size})"
+            f"{commitment.root.hex()[:16]}… (tree size {commitment.tree_size})",
+            check="inclusion",
+            expected=commitment.root.hex(),
         )
     try:
         doc = json.loads(data)
     except ValueError:
-        raise VerificationError(f"committed leaf {index} is not JSON") from None
+        raise VerificationError(f"committed leaf {index} is not JSON", check="leaf") from None
     if not isinstance(doc, dict) or doc.get("type") != kind:
         got = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
-        raise VerificationError(f"leaf {index} has type {got!r}, expected {kind!r}")
+        raise VerificationError(
+            f"leaf {index} has type {got!r}, expected {kind!r}",
+            check="leaf",
+            found=str(got),
+            expected=kind,
+        )
     return doc
 
 
@@ -182,7 +189,10 @@ def _expect_digest(what: str, tensor: torch.Tensor, committed: object) -> None:
     got = tensor_digest(tensor)
     if got != committed:
         raise VerificationError(
-            f"opened {what} digest mismatch: got {got[:23]}…, committed {str(committed)[:23]}…"
+            f"opened {what} digest mismatch: got {got[:23]}…, committed {str(committed)[:23]}…",
+            check="digest",
+            found=got,
+            expected=str(committed),
         )
 
 
@@ -224,13 +234,19 @@ def check_schedule_call(
     if got != want:
         raise VerificationError(
             f"the schedule was set with {_brief(got)}, the {program.pipeline} pipeline sets it "
-            f"with {_brief(want)} (a custom schedule)"
+            f"with {_brief(want)} (a custom schedule)",
+            check="schedule",
+            found=_brief(got),
+            expected=_brief(want),
         )
     begin = begin_index(recipe)
     if begin and not getattr(program, "partial_schedule", False):
         raise VerificationError(
             f"the loop starts at schedule index {begin}; the {program.pipeline} pipeline runs "
-            "the whole schedule"
+            "the whole schedule",
+            check="schedule",
+            found=str(begin),
+            expected="0",
         )
 
 
@@ -288,7 +304,10 @@ class _ObservedStep:
         if len(self.calls) != 1:
             raise VerificationError(
                 f"the reference program stepped its scheduler {len(self.calls)} times, the "
-                "re-check expects once"
+                "re-check expects once",
+                check="recheck",
+                found=str(len(self.calls)),
+                expected="1",
             )
         model_output, args, kwargs = self.calls[0]
         runs = []
@@ -306,14 +325,18 @@ class _ObservedStep:
             ) -> Any:
                 n = next(draws, None)
                 if n is None or tuple(n.shape) != shape:
-                    raise VerificationError("the step drew other noise when re-run")
+                    raise VerificationError(
+                        "the step drew other noise when re-run", check="recheck"
+                    )
                 return n.to(dtype=dtype, device=dev)
 
             with noise_from(replay):
                 out = scheduler.step(model_output * scale, *args, **kwargs)
             latent = out[0] if isinstance(out, tuple) else getattr(out, "prev_sample", out)
             if not isinstance(latent, torch.Tensor):
-                raise VerificationError("the declared scheduler's step returned no latent")
+                raise VerificationError(
+                    "the declared scheduler's step returned no latent", check="recheck"
+                )
             runs.append((latent, capture_state(scheduler, schedule).tensors()))
         (z1, s1), (z0, s0) = runs
         shares = {k: (s1[k].double() - s0[k].double()) / _H for k in s1 if k in s0}
@@ -336,42 +359,64 @@ def recheck_step(
     if meta.request_id != commitment.request_id:
         raise VerificationError(
             f"opening is for request {meta.request_id!r}, commitment is for "
-            f"{commitment.request_id!r}"
+            f"{commitment.request_id!r}",
+            check="commitment",
+            found=meta.request_id,
+            expected=commitment.request_id,
         )
     if meta.root != commitment.root.hex() or meta.tree_size != commitment.tree_size:
         raise VerificationError(
             f"opening claims root {meta.root[:16]}…/size {meta.tree_size}, commitment has "
-            f"{commitment.root.hex()[:16]}…/size {commitment.tree_size}"
+            f"{commitment.root.hex()[:16]}…/size {commitment.tree_size}",
+            check="commitment",
+            found=meta.root,
+            expected=commitment.root.hex(),
         )
     if step >= commitment.n_steps:
-        raise VerificationError(f"step {step} is outside the committed {commitment.n_steps} steps")
+        raise VerificationError(
+            f"step {step} is outside the committed {commitment.n_steps} steps",
+            check="commitment",
+            found=str(step),
+        )
 
     # (2): inclusion of the recipe, initial, previous and current leaves
     recipe_doc = _leaf_doc(opening, commitment, 0, LEAF_RECIPE)
     if canonical(recipe_doc) != canonical(commitment.recipe):
-        raise VerificationError("the committed recipe leaf differs from the signed recipe")
+        raise VerificationError(
+            "the committed recipe leaf differs from the signed recipe", check="digest"
+        )
     initial_doc = _leaf_doc(opening, commitment, 1, LEAF_INITIAL)
     prev_index = leaf_index_of_step(step) - 1
     prev_doc = initial_doc if step == 0 else _leaf_doc(opening, commitment, prev_index, LEAF_STEP)
     cur_doc = _leaf_doc(opening, commitment, leaf_index_of_step(step), LEAF_STEP)
     if cur_doc.get("index") != step or (step and prev_doc.get("index") != step - 1):
-        raise VerificationError(f"leaf indices do not match step {step}")
+        raise VerificationError(
+            f"leaf indices do not match step {step}", check="leaf", expected=str(step)
+        )
 
     # (3): the opened tensors are the committed ones
     _expect_digest("input latent", opening.latent_in, prev_doc.get("latent"))
     _expect_digest("output latent", opening.latent_out, cur_doc.get("latent"))
     if opening.state_in.digest() != prev_doc.get("state"):
-        raise VerificationError("opened input sampler state does not match its committed digest")
+        raise VerificationError(
+            "opened input sampler state does not match its committed digest", check="state"
+        )
     if opening.state_out.digest() != cur_doc.get("state"):
-        raise VerificationError("opened output sampler state does not match its committed digest")
+        raise VerificationError(
+            "opened output sampler state does not match its committed digest", check="state"
+        )
     committed_noise = cur_doc.get("noise")
     if not isinstance(committed_noise, list) or len(committed_noise) != len(opening.noise):
-        raise VerificationError("opened step noise does not match the committed noise count")
+        raise VerificationError(
+            "opened step noise does not match the committed noise count", check="noise"
+        )
     for k, (n, d) in enumerate(zip(opening.noise, committed_noise, strict=True)):
         _expect_digest(f"noise {k}", n, d)
     committed_cond = recipe_doc.get("conditioning")
     if not isinstance(committed_cond, dict) or set(committed_cond) != set(opening.conditioning):
-        raise VerificationError("opened conditioning tensors do not match the recipe's")
+        raise VerificationError(
+            "opened conditioning tensors do not match the recipe's", check="digest"
+        )
     for name, t in opening.conditioning.items():
         _expect_digest(f"conditioning {name!r}", t, committed_cond[name])
 
@@ -380,14 +425,20 @@ def recheck_step(
     if recipe_doc.get("pipeline") != program.pipeline:
         raise VerificationError(
             f"recipe declares pipeline {recipe_doc.get('pipeline')!r}, reference program is "
-            f"{program.pipeline!r}"
+            f"{program.pipeline!r}",
+            check="model",
+            found=str(recipe_doc.get("pipeline")),
+            expected=program.pipeline,
         )
     model = recipe_doc.get("model")
     declared_model = model.get("digest") if isinstance(model, dict) else None
     if declared_model != program.model_digest:
         raise VerificationError(
             f"recipe declares model {str(declared_model)[:23]}…, the reference model is "
-            f"{program.model_digest[:23]}…"
+            f"{program.model_digest[:23]}…",
+            check="model",
+            found=str(declared_model),
+            expected=program.model_digest,
         )
     declared_shape = recipe_doc.get("latent_shape")
     if declared_shape != list(opening.latent_in.shape) or (
@@ -397,7 +448,10 @@ def recheck_step(
         raise VerificationError(
             f"opened latents {tuple(opening.latent_in.shape)} -> "
             f"{tuple(opening.latent_out.shape)} do not have the declared latent shape "
-            f"{declared_shape}"
+            f"{declared_shape}",
+            check="shape",
+            found=str(tuple(opening.latent_in.shape)),
+            expected=str(declared_shape),
         )
     check_schedule_call(recipe_doc, program, tuple(opening.latent_in.shape))
     plan = sampler_plan(recipe_doc, opening.latent_in.shape, opening.latent_in.dtype)
@@ -407,7 +461,10 @@ def recheck_step(
     if plan.n_steps != commitment.n_steps:
         raise VerificationError(
             f"declared sampler runs {plan.n_steps} steps for steps={recipe_doc.get('steps')}, "
-            f"commitment has {commitment.n_steps}"
+            f"commitment has {commitment.n_steps}",
+            check="sampler",
+            found=str(plan.n_steps),
+            expected=str(commitment.n_steps),
         )
     t_value = plan.timesteps[step]
     committed_t = float(_number(cur_doc.get("timestep")))
@@ -416,7 +473,10 @@ def recheck_step(
     ):
         raise VerificationError(
             f"step {step} committed timestep {cur_doc.get('timestep')}, declared schedule has "
-            f"{t_value}"
+            f"{t_value}",
+            check="schedule",
+            found=str(cur_doc.get("timestep")),
+            expected=str(t_value),
         )
     draws_planned = plan.noise[step]
     if len(opening.noise) != len(draws_planned) or any(
@@ -425,7 +485,10 @@ def recheck_step(
     ):
         raise VerificationError(
             f"step {step} committed {len(opening.noise)} noise tensors; the declared sampler "
-            f"draws {len(draws_planned)} of shapes {[list(s) for s, _ in draws_planned]}"
+            f"draws {len(draws_planned)} of shapes {[list(s) for s, _ in draws_planned]}",
+            check="noise",
+            found=str(len(opening.noise)),
+            expected=str(len(draws_planned)),
         )
     plan.states[step + 1].check(opening.state_out, f"after step {step}")
     scheduler = plan.scheduler(recipe_doc, opening.state_in, step)
@@ -446,10 +509,15 @@ def recheck_step(
         nonlocal used
         n = next(draws, None)
         if n is None:
-            raise VerificationError(f"step {step} drew more noise than was committed")
+            raise VerificationError(
+                f"step {step} drew more noise than was committed", check="noise"
+            )
         if tuple(n.shape) != shape:
             raise VerificationError(
-                f"committed noise has shape {tuple(n.shape)}, step drew {shape}"
+                f"committed noise has shape {tuple(n.shape)}, step drew {shape}",
+                check="noise",
+                found=str(tuple(n.shape)),
+                expected=str(shape),
             )
         used += 1
         return n.to(dtype=dtype, device=dev)

@@ -91,7 +91,11 @@ def verify_response(
     want_id = request.get("requestId")
     if c.request_id != want_id:
         raise VerificationError(
-            f"request binding: the commitment is for request {c.request_id!r}, expected {want_id!r}"
+            f"request binding: the commitment is for request {c.request_id!r}, "
+            f"expected {want_id!r}",
+            check="request-binding",
+            found=c.request_id,
+            expected=want_id,
         )
     # (3): the consumer's own parameters, digest for digest
     want = request_digest(request)
@@ -100,7 +104,10 @@ def verify_response(
         raise VerificationError(
             f"request binding: the commitment binds request parameters {str(got)[:23]}…, "
             f"the request sent hashes to {want[:23]}… (a changed prompt, label, size, steps or "
-            "guidance)"
+            "guidance)",
+            check="request-binding",
+            found=str(got),
+            expected=want,
         )
     # (4): the declared steps and guidance are the requested ones
     if c.recipe.get("steps") != request["steps"] or float(
@@ -109,13 +116,17 @@ def verify_response(
         raise VerificationError(
             f"request binding: the recipe declares steps {c.recipe.get('steps')!r} and guidance "
             f"{c.recipe.get('guidance_scale')!r}, the request asked for {request['steps']!r} "
-            f"and {request['guidanceScale']!r}"
+            f"and {request['guidanceScale']!r}",
+            check="request-binding",
         )
     # (5): the output received is the output committed
     got_out = "sha256:" + hashlib.sha256(output).hexdigest()
     if got_out != c.output_digest:
         raise VerificationError(
             f"output binding: the output received hashes to {got_out[:23]}…, the commitment's "
-            f"subject is {c.output_digest[:23]}…"
+            f"subject is {c.output_digest[:23]}…",
+            check="output-binding",
+            found=got_out,
+            expected=c.output_digest,
         )
     return c

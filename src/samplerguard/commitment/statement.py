@@ -95,11 +95,17 @@ class Commitment:
             raise MalformedInputError("commitment statement is not a JSON object")
         if statement.get("_type") != STATEMENT_TYPE:
             raise VerificationError(
-                f"statement _type is {statement.get('_type')!r}, expected {STATEMENT_TYPE!r}"
+                f"statement _type is {statement.get('_type')!r}, expected {STATEMENT_TYPE!r}",
+                check="statement",
+                found=str(statement.get("_type")),
+                expected=STATEMENT_TYPE,
             )
         if statement.get("predicateType") != PREDICATE_TYPE:
             raise VerificationError(
-                f"predicateType is {statement.get('predicateType')!r}, expected {PREDICATE_TYPE!r}"
+                f"predicateType is {statement.get('predicateType')!r}, expected {PREDICATE_TYPE!r}",
+                check="statement",
+                found=str(statement.get("predicateType")),
+                expected=PREDICATE_TYPE,
             )
         pred = statement.get("predicate")
         subjects = statement.get("subject")
@@ -125,7 +131,10 @@ class Commitment:
         if pred.get("recipeDigest") != recipe_digest:
             raise VerificationError(
                 f"predicate.recipeDigest is {pred.get('recipeDigest')!r}, but the recipe it "
-                f"carries hashes to {recipe_digest!r}"
+                f"carries hashes to {recipe_digest!r}",
+                check="statement",
+                found=str(pred.get("recipeDigest")),
+                expected=recipe_digest,
             )
         return cls(
             envelope=envelope,

@@ -182,10 +182,15 @@ def _doc(data: bytes, index: int, kind: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise VerificationError(f"committed leaf {index} is not JSON") from None
+        raise VerificationError(f"committed leaf {index} is not JSON", check="leaf") from None
     if not isinstance(doc, dict) or doc.get("type") != kind:
         got = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
-        raise VerificationError(f"leaf {index} has type {got!r}, expected {kind!r}")
+        raise VerificationError(
+            f"leaf {index} has type {got!r}, expected {kind!r}",
+            check="leaf",
+            found=str(got),
+            expected=kind,
+        )
     return doc
 
 
@@ -199,36 +204,51 @@ def check_transcript(
     if meta.request_id != commitment.request_id:
         raise VerificationError(
             f"transcript is for request {meta.request_id!r}, commitment is for "
-            f"{commitment.request_id!r}"
+            f"{commitment.request_id!r}",
+            check="commitment",
+            found=meta.request_id,
+            expected=commitment.request_id,
         )
     leaves = transcript.leaf_bytes()
     if len(leaves) != commitment.tree_size or merkle_root(leaves) != commitment.root:
         raise VerificationError(
             "transcript: its leaves do not rebuild the committed root "
-            f"{commitment.root.hex()[:16]}… (tree size {commitment.tree_size})"
+            f"{commitment.root.hex()[:16]}… (tree size {commitment.tree_size})",
+            check="inclusion",
+            expected=commitment.root.hex(),
         )
     n = commitment.n_steps
     # (2): recipe and initial leaves
     recipe = _doc(leaves[0], 0, LEAF_RECIPE)
     if canonical(recipe) != canonical(commitment.recipe):
-        raise VerificationError("transcript: the recipe leaf differs from the signed recipe")
+        raise VerificationError(
+            "transcript: the recipe leaf differs from the signed recipe", check="digest"
+        )
     initial = _doc(leaves[1], 1, LEAF_INITIAL)
     try:
         check_schedule_digest(
             initial.get("schedule"), plan, recipe, getattr(program, "device", None)
         )
     except VerificationError as exc:
-        raise VerificationError(f"transcript: {exc}") from None
+        raise VerificationError(
+            f"transcript: {exc}", check=exc.check, found=exc.found, expected=exc.expected
+        ) from None
     if initial.get("latent") != tensor_digest(transcript.initial):
-        raise VerificationError("transcript: z_N does not match the initial leaf")
+        raise VerificationError("transcript: z_N does not match the initial leaf", check="digest")
     if recipe.get("latent_shape") != list(transcript.initial.shape):
         raise VerificationError(
             f"transcript: z_N has shape {list(transcript.initial.shape)}, the recipe declares "
-            f"{recipe.get('latent_shape')}"
+            f"{recipe.get('latent_shape')}",
+            check="shape",
+            found=str(list(transcript.initial.shape)),
+            expected=str(recipe.get("latent_shape")),
         )
     if plan.n_steps != n:
         raise VerificationError(
-            f"transcript: the declared sampler runs {plan.n_steps} steps, the commitment has {n}"
+            f"transcript: the declared sampler runs {plan.n_steps} steps, the commitment has {n}",
+            check="sampler",
+            found=str(n),
+            expected=str(plan.n_steps),
         )
     # (3): every step leaf
     step_noise: list[list[str]] = []
@@ -239,13 +259,18 @@ def check_transcript(
         if doc.get("index") != i or not _same_number(ts, plan.timesteps[i]):
             raise VerificationError(
                 f"transcript: step leaf {i} has index {doc.get('index')!r} and timestep "
-                f"{ts!r}; the declared schedule has step {i} at {plan.timesteps[i]}"
+                f"{ts!r}; the declared schedule has step {i} at {plan.timesteps[i]}",
+                check="schedule",
+                found=str(ts),
+                expected=str(plan.timesteps[i]),
             )
         noise = doc.get("noise")
         if not isinstance(noise, list) or len(noise) != len(plan.noise[i]):
             raise VerificationError(
                 f"transcript: step {i} commits {len(noise) if isinstance(noise, list) else 0} "
-                f"noise draws, the declared sampler draws {len(plan.noise[i])}"
+                f"noise draws, the declared sampler draws {len(plan.noise[i])}",
+                check="noise",
+                expected=str(len(plan.noise[i])),
             )
         step_noise.append([str(d) for d in noise])
         last_latent = doc.get("latent")
@@ -253,14 +278,22 @@ def check_transcript(
     final = _doc(leaves[2 + n], 2 + n, LEAF_FINAL)
     if final.get("latent") != last_latent:
         raise VerificationError(
-            "output binding: the committed final latent is not the last step's latent"
+            "output binding: the committed final latent is not the last step's latent",
+            check="output-binding",
         )
     if tensor_digest(transcript.final) != last_latent:
-        raise VerificationError("output binding: the transcript's final latent is not committed")
+        raise VerificationError(
+            "output binding: the transcript's final latent is not committed", check="output-binding"
+        )
     # (5): the output is the decode of the final latent, and the signed subject
     output = _doc(leaves[3 + n], 3 + n, LEAF_OUTPUT)
     if output.get("digest") != commitment.output_digest:
-        raise VerificationError("output binding: the output leaf is not the signed subject")
+        raise VerificationError(
+            "output binding: the output leaf is not the signed subject",
+            check="output-binding",
+            found=str(output.get("digest")),
+            expected=commitment.output_digest,
+        )
     unchecked: list[str] = []
     decode = getattr(program, "output", None)
     try:
@@ -275,7 +308,10 @@ def check_transcript(
                 )
             raise VerificationError(
                 f"output binding: the served output {commitment.output_digest[:23]}… is not "
-                f"the reference decode of the final latent {decoded[:23]}…"
+                f"the reference decode of the final latent {decoded[:23]}…",
+                check="output-binding",
+                found=commitment.output_digest,
+                expected=decoded,
             )
     except UncheckedBinding as exc:
         unchecked.append(f"output binding ({exc})")
@@ -315,21 +351,28 @@ def _check_request(
     if committed is None or params is None:
         raise VerificationError(
             "request binding: the commitment binds no request parameters (the recipe has no "
-            "request digest, or the sidecar kept no parameters)"
+            "request digest, or the sidecar kept no parameters)",
+            check="request-binding",
         )
     try:
         got = request_digest(params)
     except MalformedInputError as exc:
-        raise VerificationError(f"request binding: {exc}") from None
+        raise VerificationError(f"request binding: {exc}", check="request-binding") from None
     if got != committed:
         raise VerificationError(
             f"request binding: the parameters served hash to {got[:23]}…, the recipe commits "
-            f"{str(committed)[:23]}…"
+            f"{str(committed)[:23]}…",
+            check="request-binding",
+            found=got,
+            expected=str(committed),
         )
     if params["requestId"] != commitment.request_id:
         raise VerificationError(
             f"request binding: the parameters are for request {params['requestId']!r}, the "
-            f"commitment for {commitment.request_id!r}"
+            f"commitment for {commitment.request_id!r}",
+            check="request-binding",
+            found=str(params["requestId"]),
+            expected=commitment.request_id,
         )
     if params["steps"] != recipe.get("steps") or not _same_number(
         recipe.get("guidance_scale"), float(params["guidanceScale"])
@@ -337,12 +380,15 @@ def _check_request(
         raise VerificationError(
             f"request binding: the request asked for {params['steps']!r} steps at guidance "
             f"{params['guidanceScale']!r}; the recipe declares {recipe.get('steps')!r} at "
-            f"{recipe.get('guidance_scale')!r}"
+            f"{recipe.get('guidance_scale')!r}",
+            check="request-binding",
         )
     _check_loop_begin(recipe, params, program, order)
     cond = recipe.get("conditioning")
     if not isinstance(cond, dict):
-        raise VerificationError("request binding: the recipe commits no conditioning")
+        raise VerificationError(
+            "request binding: the recipe commits no conditioning", check="request-binding"
+        )
     derive = getattr(program, "conditioning", None)
     try:
         if derive is None:
@@ -353,7 +399,10 @@ def _check_request(
         if set(derived) != set(cond):
             raise VerificationError(
                 f"request binding: the request derives conditioning {sorted(derived)}, the "
-                f"recipe commits {sorted(cond)}"
+                f"recipe commits {sorted(cond)}",
+                check="request-binding",
+                found=str(sorted(derived)),
+                expected=str(sorted(cond)),
             )
         for name, tensor in derived.items():
             if tensor_digest(tensor) == cond[name]:
@@ -365,12 +414,13 @@ def _check_request(
                 )
             raise VerificationError(
                 f"request binding: conditioning {name!r} is not what the request derives "
-                "(a swapped prompt or label)"
+                "(a swapped prompt or label)",
+                check="request-binding",
             )
     except UncheckedBinding as exc:
         return [f"request conditioning ({exc})"]
     except MalformedInputError as exc:
-        raise VerificationError(f"request binding: {exc}") from None
+        raise VerificationError(f"request binding: {exc}", check="request-binding") from None
     return []
 
 
@@ -385,13 +435,16 @@ def _check_loop_begin(
     try:
         want = loop_begin(params, order)
     except MalformedInputError as exc:
-        raise VerificationError(f"request binding: {exc}") from None
+        raise VerificationError(f"request binding: {exc}", check="request-binding") from None
     got = recipe.get("begin_index") or 0
     if got != want:
         raise VerificationError(
             f"request binding: the request (steps {params.get('steps')!r}, strength "
             f"{params.get('strength', 'default')!r}) starts the {recipe.get('pipeline')} loop at "
-            f"schedule index {want}, the recipe at {got!r} (fewer steps run than requested)"
+            f"schedule index {want}, the recipe at {got!r} (fewer steps run than requested)",
+            check="request-binding",
+            found=str(got),
+            expected=str(want),
         )
 
 
@@ -405,11 +458,14 @@ def check_noise_stream(
     first = draw(tuple(z.shape), latent_dtype)
     scaled = (first * plan.init_noise_sigma).to(z.dtype)
     if tensor_digest(z) not in (tensor_digest(first.to(z.dtype)), tensor_digest(scaled)):
-        raise VerificationError("noise binding: z_N is not the first draw of the escrowed DRBG")
+        raise VerificationError(
+            "noise binding: z_N is not the first draw of the escrowed DRBG", check="noise-binding"
+        )
     for i, committed in enumerate(facts.step_noise):
         for k, (shape, dtype) in enumerate(plan.noise[i]):
             if tensor_digest(draw(shape, dtype)) != committed[k]:
                 raise VerificationError(
                     f"noise binding: step {i} noise {k} is not the escrowed DRBG's draw "
-                    "(substituted, replayed or steered noise)"
+                    "(substituted, replayed or steered noise)",
+                    check="noise-binding",
                 )

@@ -83,6 +83,9 @@ PROPERTY_KEYS: dict[str, str] = {
     "digest": "str: the image digest checked (sha256:…)",
     "mode": "str: the policy mode in force (enforce/warn/audit)",
     "count": "int: results folded into this one by aggregation (absent = 1)",
+    "check": "str: the check that failed (samplerguard.errors.CHECKS)",
+    "found": "str: what the failed check found",
+    "expected": "str: what the failed check expected",
 }
 
 

@@ -51,13 +51,17 @@ _TIMESTEP_TOL = 1e-3
 
 
 class RecipeViolation(VerificationError):
-    """A run breaks its checkpoint's recipe. ``check``, ``got`` and ``expected`` say how."""
+    """A run breaks its checkpoint's recipe. ``check``, ``got`` (``found`` as a string) and
+    ``expected`` say how."""
 
     def __init__(self, check: str, got: object, expected: object, message: str) -> None:
-        super().__init__(message)
-        self.check = check
+        super().__init__(
+            message,
+            check=check,
+            found=None if got is None else repr(got),
+            expected=None if expected is None else str(expected),
+        )
         self.got = got
-        self.expected = expected
 
 
 @dataclass(frozen=True)

@@ -207,18 +207,27 @@ def open_escrow(
     if escrow.recipient != ours:
         raise VerificationError(
             f"seed escrow is sealed to a different verifier key "
-            f"(got recipient {escrow.recipient}, expected {ours})"
+            f"(got recipient {escrow.recipient}, expected {ours})",
+            check="escrow",
+            found=escrow.recipient,
+            expected=ours,
         )
     # (2): it belongs to the request being checked.
     if tenant_pseudonym is not None and escrow.tenant_pseudonym != tenant_pseudonym:
         raise VerificationError(
             f"seed escrow's tenant does not match (got '{escrow.tenant_pseudonym}', "
-            f"expected '{tenant_pseudonym}')"
+            f"expected '{tenant_pseudonym}')",
+            check="escrow",
+            found=escrow.tenant_pseudonym,
+            expected=tenant_pseudonym,
         )
     if request_id is not None and escrow.request_id != request_id:
         raise VerificationError(
             f"seed escrow's request id does not match (got '{escrow.request_id}', "
-            f"expected '{request_id}')"
+            f"expected '{request_id}')",
+            check="escrow",
+            found=escrow.request_id,
+            expected=request_id,
         )
     eph_raw = _b64d(escrow.ephemeral_public_key, "ephemeralPublicKey", 32)
     nonce = _b64d(escrow.nonce, "nonce", 12)
@@ -228,7 +237,7 @@ def open_escrow(
         shared = private_key.exchange(X25519PublicKey.from_public_bytes(eph_raw))
     except ValueError:
         raise VerificationError(
-            "seed escrow's ephemeral key is invalid (low-order point)"
+            "seed escrow's ephemeral key is invalid (low-order point)", check="escrow"
         ) from None
     key = _key(shared, eph_raw, _raw_public(private_key.public_key()))
     # (4): authenticated decryption binds every label.
@@ -236,7 +245,8 @@ def open_escrow(
         material = AESGCM(key).decrypt(nonce, ciphertext, escrow.associated_data())
     except InvalidTag:
         raise VerificationError(
-            "seed escrow failed authentication (tampered escrow or wrong verifier key)"
+            "seed escrow failed authentication (tampered escrow or wrong verifier key)",
+            check="escrow",
         ) from None
     return RequestSeed(
         material,

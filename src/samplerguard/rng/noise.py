@@ -210,11 +210,13 @@ def verify_initial_noise(
             diff = int((z != got).sum())
             raise VerificationError(
                 f"z_N does not match the escrowed seed ({diff} of {z.numel()} values differ, "
-                "expected bit-identical noise)"
+                "expected bit-identical noise)",
+                check="noise-binding",
             )
         return
     rel = float(torch.linalg.vector_norm((z - got).double()) / torch.linalg.vector_norm(z.double()))
     if not rel <= tolerance:
         raise VerificationError(
-            f"z_N does not match the escrowed seed (rel-L2 {rel:.3e}, expected ≤ {tolerance:.1e})"
+            f"z_N does not match the escrowed seed (rel-L2 {rel:.3e}, expected ≤ {tolerance:.1e})",
+            check="noise-binding",
         )

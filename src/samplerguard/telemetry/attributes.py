@@ -21,6 +21,7 @@ import re
 import threading
 from collections.abc import Iterable
 
+from samplerguard.errors import CHECKS
 from samplerguard.policy.spec import KNOWN_SAMPLERS, KNOWN_SCHEDULES
 
 __all__ = [
@@ -75,8 +76,9 @@ ARTIFACTS: frozenset[str] = frozenset(
 #: Features the drift detector compares (``samplerguard.telemetry.drift``).
 DRIFT_FEATURES: frozenset[str] = frozenset({"guidance_scale", "steps", "schedule", "sampler"})
 VERIFICATION_OUTCOMES: frozenset[str] = frozenset({"pass", "fail", "error"})
-#: Why a verification ended the way it did; the re-check order of DESIGN.md, then the rest.
-VERIFICATION_REASONS: frozenset[str] = frozenset(
+#: Why a verification ended the way it did: the verifier's own reasons, then the check a rejected
+#: commitment or trajectory failed (``VerificationError.check``).
+VERIFICATION_REASONS: frozenset[str] = CHECKS | frozenset(
     {
         "ok",
         "signature",

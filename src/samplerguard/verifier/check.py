@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from samplerguard.commitment.challenge import (
@@ -57,6 +57,17 @@ class Judgement:
     results: list[ReportResult]
     challenged: bool
     outcome: str  # pass | fail | error
+
+
+@dataclass
+class _Case:
+    """One trajectory under judgement: what every result carries, and the results so far."""
+
+    target: Target
+    ids: dict[str, str]
+    root: str = ""
+    common: dict[str, Any] = field(default_factory=dict)
+    results: list[ReportResult] = field(default_factory=list)
 
 
 class Checker:
@@ -104,99 +115,135 @@ class Checker:
         self, target: Target, client: SidecarClient, public_key: Any, key: str, trajectory_id: str
     ) -> Judgement:
         doc = client.trajectory(trajectory_id)
-        ids = {"trajectoryId": trajectory_id, "requestId": trajectory_id}
-        # (1): the DSSE signature under the sidecar's key
+        case = _Case(target, {"trajectoryId": trajectory_id, "requestId": trajectory_id})
+        # (1)+(2): the signed commitment, served for this trajectory
+        commitment = self._commitment(case, doc, public_key, trajectory_id)
+        if isinstance(commitment, Judgement):
+            return commitment
+        # (3): the recipe, once per trajectory, held to the policy by the verifier itself
+        problems = self._recipe(case, commitment)
+        if isinstance(problems, Judgement):
+            return problems
+        # (4): challenge decision and steps (k windows of w), drawn only now that the signed
+        # root is held, and journaled before any opening is fetched (an interrupted check reuses
+        # the same draw)
+        steps = self._draw(key, commitment.n_steps, bool(problems))
+        if not steps:
+            return Judgement(case.root, case.results, False, "pass")
+        reference = self._reference(case, commitment)
+        if isinstance(reference, Judgement):
+            return reference
+        program, tolerance = reference
+        # (5)+(6): the transcript, the escrowed noise and every opened step
+        checked = self._challenge(case, client, doc, commitment, program, steps, tolerance.tau)
+        if isinstance(checked, Judgement):
+            return checked
+        outcome, seed_checked = checked
+        return self._verdict(case, commitment, steps, outcome, tolerance.why, seed_checked)
+
+    def _commitment(
+        self, case: _Case, doc: dict[str, Any], public_key: Any, trajectory_id: str
+    ) -> Commitment | Judgement:
+        """(1): the DSSE signature under the sidecar's key; (2): no replay."""
         try:
             commitment = Commitment.verify(doc.get("commitment"), public_key)
         except (VerificationError, MalformedInputError) as exc:
-            return self._fail(target, "", f"commitment rejected: {exc}", "signature", ids)
-        root = commitment.root.hex()
-        ids["trajectoryRoot"] = root
-        # (2): replays
+            return self._fail(case, f"commitment rejected: {exc}", _fields(exc))
+        case.root = commitment.root.hex()
+        case.ids["trajectoryRoot"] = case.root
         if commitment.request_id != trajectory_id:
             return self._fail(
-                target,
-                root,
+                case,
                 f"replayed commitment: served for trajectory {trajectory_id!r} but signed for "
                 f"request {commitment.request_id!r}",
-                "signature",
-                ids,
+                {"check": "replay", "found": commitment.request_id, "expected": trajectory_id},
             )
-        # (3): the recipe, once per trajectory, held to the policy by the verifier itself
+        return commitment
+
+    def _recipe(self, case: _Case, commitment: Commitment) -> list[str] | Judgement:
+        """(3): one ``recipe`` result; returns the recipe's problems (policy violations and the
+        sidecar's quarantine reasons), or the failure when the policy enforces them."""
         recipe = commitment.recipe
         raw_config = recipe.get("scheduler_config")
         config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
         quarantine = commitment.predicate.get("quarantine") or []
-        common = {
+        case.common = {
             "guidance": _float(recipe.get("guidance_scale")),
             "steps": _int(recipe.get("steps")),
             "sampler": str(recipe.get("sampler"))[:64],
             "schedule": schedule_id(str(recipe.get("scheduler_class") or ""), config),
-            **ids,
+            **case.ids,
         }
         violations = recipe_violations(self.spec, recipe, str(recipe.get("rng", "framework")))
         problems = [m for _, m in violations] + [str(q) for q in quarantine]
         if violations and self.spec.mode == "enforce":
             message = "recipe out of policy: " + "; ".join(problems)
             self._observe("fail", None, "policy")
-            return Judgement(
-                root,
-                [self._result(target, "recipe", "fail", message, **common)],
-                True,
-                "fail",
+            fail = self._result(
+                case.target, "recipe", "fail", message, check="policy", **case.common
             )
-        results = [
-            self._result(
-                target,
-                "recipe",
-                "warn" if problems else "pass",
-                ("out of policy (quarantined): " + "; ".join(problems))
-                if problems
-                else "recipe committed within the policy",
-                **common,
-            )
-        ]
-        # (4): challenge decision and steps (k windows of w), drawn only now that the signed
-        # root is held, and journaled before any opening is fetched (an interrupted check reuses
-        # the same draw)
-        n = commitment.n_steps
+            return Judgement(case.root, [fail], True, "fail")
+        message = (
+            ("out of policy (quarantined): " + "; ".join(problems))
+            if problems
+            else "recipe committed within the policy"
+        )
+        verdict = "warn" if problems else "pass"
+        case.results.append(self._result(case.target, "recipe", verdict, message, **case.common))
+        return problems
+
+    def _draw(self, key: str, n: int, quarantined: bool) -> list[int]:
+        """(4): the challenged steps, or none; the service journals the draw under ``key``."""
         rule = self.spec.verification
 
         def draw() -> list[int]:
-            if not self.challenged(bool(problems)):
+            if not self.challenged(quarantined):
                 return []
             return challenge_steps(n, rule.steps_per_challenge, rule.window, self._rng)
 
-        steps = self.challenge(key, draw)
-        if not steps:
-            return Judgement(root, results, False, "pass")
+        steps: list[int] = self.challenge(key, draw)
+        return steps
+
+    def _reference(self, case: _Case, commitment: Commitment) -> tuple[Any, Any] | Judgement:
+        """The reference program for the declared pipeline and model, and the tolerance: exact
+        on a reproduced build, else the policy's entry for this pair of builds, else its
+        fallback, or a refusal under requireSameBuild (policy.tolerance)."""
+        recipe = commitment.recipe
         try:
             program = self.references.program(recipe)
         except MalformedInputError as exc:
             # the verifier cannot check this pipeline: an error, not the prover's failure
             err = self._result(
-                target, "trajectory-recheck", "error", f"cannot re-check: {exc}", **common
+                case.target, "trajectory-recheck", "error", f"cannot re-check: {exc}", **case.common
             )
             self._observe("error", None, "internal")
-            return Judgement(root, [*results, err], True, "error")
+            return Judgement(case.root, [*case.results, err], True, "error")
         except VerificationError as exc:
-            fail = self._result(target, "trajectory-recheck", "fail", str(exc), **common)
-            self._observe("fail", None, "digest")
-            return Judgement(root, [*results, fail], True, "fail")
-        # the tolerance: exact on a reproduced build, else the policy's entry for this pair of
-        # builds, else its fallback, or a refusal under requireSameBuild (policy.tolerance)
+            return self._rejected(case, exc)
+        rule = self.spec.verification
         tolerance = select_tolerance(rule, recipe.get("runtime"), build_fingerprint(program.device))
         if tolerance.tau is None:
-            return self._rejected(target, results, root, tolerance.why, 0.0, common)
-        tau = tolerance.tau
-        seed_checked = False
+            return self._rejected(case, VerificationError(tolerance.why, check="build"), tau=0.0)
+        return program, tolerance
+
+    def _challenge(
+        self,
+        case: _Case,
+        client: SidecarClient,
+        doc: dict[str, Any],
+        commitment: Commitment,
+        program: Any,
+        steps: list[int],
+        tau: float,
+    ) -> tuple[Any, bool] | Judgement:
+        """(5): transcript (tail, request, schedule), noise stream, then every opened step;
+        returns the outcome and whether the noise was checked against the escrow."""
+        trajectory_id = case.ids["trajectoryId"]
         try:
-            # (5): transcript (tail, request, schedule), noise stream, then every opened step
             transcript = _parse(
                 Transcript.from_bytes, client.transcript(trajectory_id), "transcript"
             )
             noise = self._noise(doc, commitment)
-            seed_checked = noise is not None
 
             def opening(step: int) -> Opening:
                 raw = client.opening(trajectory_id, step)
@@ -216,35 +263,46 @@ class Checker:
             raise
         except (VerificationError, MalformedInputError) as exc:
             # a malformed opening, transcript or recipe from the prover is the prover's failure
-            return self._rejected(target, results, root, str(exc), tau, common)
+            return self._rejected(case, exc, tau=tau)
         except Exception as exc:  # anything a hostile recipe or tensor makes diffusers raise
             log.warning("trajectory %s: re-check raised %s", trajectory_id, type(exc).__name__)
-            return self._rejected(
-                target, results, root, f"re-check failed: {type(exc).__name__}: {exc}", tau, common
+            failed = VerificationError(
+                f"re-check failed: {type(exc).__name__}: {exc}", check="recheck"
             )
+            return self._rejected(case, failed, tau=tau)
+        return outcome, noise is not None
+
+    def _verdict(
+        self,
+        case: _Case,
+        commitment: Commitment,
+        steps: list[int],
+        outcome: Any,
+        why: str,
+        seed_checked: bool,
+    ) -> Judgement:
+        """The ``seed-health`` and ``trajectory-recheck`` results, and the provider's running
+        probability of having been caught (the sequential test)."""
         worst = outcome.worst
         assert worst is not None
         if seed_checked:
-            results.append(
-                self._result(
-                    target,
-                    "seed-health",
-                    "pass",
-                    "z_N and every step's noise match the escrow",
-                    **ids,
-                )
+            matched = "z_N and every step's noise match the escrow"
+            case.results.append(
+                self._result(case.target, "seed-health", "pass", matched, **case.ids)
             )
+        rule = self.spec.verification
+        n = commitment.n_steps
         ok = outcome.accepted
         per_request = catch_probability(
             n, len(steps), max(1, math.ceil(rule.deviation_fraction * n))
         )
         needed = requests_for(rule.target_catch_probability, per_request * rule.fraction)
-        provider = target.uid or target.url
+        provider = case.target.uid or case.target.url
         missed = self._missed.get(provider, 1.0) * (1.0 - per_request) if ok else 0.0
         if len(self._missed) >= 100_000 and provider not in self._missed:
             self._missed.clear()  # bounded; the figure restarts, it never overstates
         self._missed[provider] = missed
-        mode = "exact (same build)" if outcome.exact else tolerance.why
+        mode = "exact (same build)" if outcome.exact else why
         message = (
             f"steps {steps}: worst relL2 {worst.worst:.3g}, {mode}; P(catch a "
             f"{rule.deviation_fraction:g} deviation) {per_request:.3f} per challenged request, "
@@ -259,38 +317,36 @@ class Checker:
         if incomplete:  # every step passed, but a binding could not be checked here
             message += "; NOT CHECKED: " + "; ".join(outcome.unchecked)
         verdict = "error" if incomplete else "pass" if ok else "fail"
-        results.append(
+        case.results.append(
             self._result(
-                target,
+                case.target,
                 "trajectory-recheck",
                 verdict,
                 message,
                 rel_l2=worst.worst,
                 tau=outcome.tau,
                 step=worst.step,
-                **common,
+                **case.common,
             )
         )
         self._observe(
             verdict,
             worst.worst,
             "incomplete" if incomplete else "ok" if ok else "rel_l2",
-            str(recipe.get("sampler")),
+            str(commitment.recipe.get("sampler")),
         )
-        return Judgement(root, results, True, verdict)
+        return Judgement(case.root, case.results, True, verdict)
 
     def _rejected(
-        self,
-        target: Target,
-        results: list[ReportResult],
-        root: str,
-        message: str,
-        tau: float,
-        common: dict[str, Any],
+        self, case: _Case, exc: VerificationError | MalformedInputError, *, tau: float | None = None
     ) -> Judgement:
-        fail = self._result(target, "trajectory-recheck", "fail", message, tau=tau, **common)
-        self._observe("fail", None, _reason(message))
-        return Judgement(root, [*results, fail], True, "fail")
+        """A failed re-check: the results so far, and the failed check's."""
+        fields = _fields(exc)
+        fail = self._result(
+            case.target, "trajectory-recheck", "fail", str(exc), tau=tau, **fields, **case.common
+        )
+        self._observe("fail", None, fields["check"])
+        return Judgement(case.root, [*case.results, fail], True, "fail")
 
     def _noise(self, doc: dict[str, Any], commitment: Commitment) -> Any:
         """The request's noise stream from its escrow, or ``None`` when there is none to check.
@@ -303,13 +359,15 @@ class Checker:
             if self.spec.rng.escrow or drbg:
                 raise VerificationError(
                     f"noise binding: the recipe declares {declared!r} noise but the sidecar "
-                    "kept no seed escrow, so the claim cannot be checked"
+                    "kept no seed escrow, so the claim cannot be checked",
+                    check="noise-binding",
                 )
             return None
         if self.escrow_key is None:
             raise VerificationError(
                 "noise binding: the trajectory's seed escrow cannot be opened, this verifier "
-                "holds no escrow key (--escrow-key)"
+                "holds no escrow key (--escrow-key)",
+                check="noise-binding",
             )
         from samplerguard.rng.escrow import SeedEscrow, escrow_digest, open_escrow
         from samplerguard.rng.noise import RequestNoise
@@ -319,7 +377,10 @@ class Checker:
         if bound != got:
             raise VerificationError(
                 f"noise binding: the seed escrow is not the one the commitment binds "
-                f"(got {got}, signed {bound})"
+                f"(got {got}, signed {bound})",
+                check="noise-binding",
+                found=got,
+                expected=str(bound),
             )
         escrow = SeedEscrow.from_json(json.dumps(escrow_doc))
         seed = open_escrow(self.escrow_key, escrow, request_id=commitment.request_id)
@@ -330,13 +391,16 @@ class Checker:
 
         return draw
 
-    def _fail(
-        self, target: Target, root: str, message: str, reason: str, ids: dict[str, str]
-    ) -> Judgement:
-        self._observe("fail", None, reason)
+    def _fail(self, case: _Case, message: str, fields: dict[str, str]) -> Judgement:
+        """The commitment itself is rejected: one failed result, nothing else checked."""
+        self._observe("fail", None, fields["check"])
         return Judgement(
-            root,
-            [self._result(target, "trajectory-recheck", "fail", message, **ids)],
+            case.root,
+            [
+                self._result(
+                    case.target, "trajectory-recheck", "fail", message, **fields, **case.ids
+                )
+            ],
             True,
             "fail",
         )
@@ -352,7 +416,7 @@ def _parse(parse: Any, raw: bytes, what: str) -> Any:
     try:
         return parse(raw)
     except MalformedInputError as exc:
-        raise VerificationError(f"{what} rejected: {exc}") from None
+        raise VerificationError(f"{what} rejected: {exc}", check="malformed") from None
 
 
 def _float(value: object) -> float:
@@ -365,12 +429,10 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _reason(message: str) -> str:
-    text = message.lower()
-    if "inclusion" in text or "included" in text:
-        return "inclusion"
-    if "digest" in text:
-        return "digest"
-    if "malformed" in text or "corrupt" in text or "truncated" in text:
-        return "malformed"
-    return "other"
+def _fields(exc: VerificationError | MalformedInputError) -> dict[str, str]:
+    """The failed check as report properties: ``check`` always (``malformed`` for input that
+    could not be checked), ``found`` and ``expected`` where the check knows them."""
+    if not isinstance(exc, VerificationError):
+        return {"check": "malformed"}
+    fields = {"check": exc.check or "other", "found": exc.found, "expected": exc.expected}
+    return {key: value for key, value in fields.items() if value is not None}

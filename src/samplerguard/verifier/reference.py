@@ -127,7 +127,10 @@ def load_reference(
     loaded = module_digest(model)
     if loaded != digest:
         raise VerificationError(
-            f"reference {path.name}: the loaded model is {loaded}, its weights file {digest}"
+            f"reference {path.name}: the loaded model is {loaded}, its weights file {digest}",
+            check="model",
+            found=loaded,
+            expected=digest,
         )
     program: StepProgram = family.program(model, digest)
     if pipeline in SD_CODEC_FAMILIES and (path / "model_index.json").is_file():
@@ -170,7 +173,9 @@ class ReferenceModels:
         if self.golden.model_weights and declared not in self.golden.model_weights:
             raise VerificationError(
                 f"recipe declares model {declared}, which is not among the policy's "
-                f"goldenDigests.modelWeights {self.golden.model_weights}"
+                f"goldenDigests.modelWeights {self.golden.model_weights}",
+                check="model",
+                found=declared,
             )
         with self._lock:
             cached = self._programs.get((pipeline, declared))
@@ -185,11 +190,16 @@ class ReferenceModels:
             if self.golden.model_weights and digest not in self.golden.model_weights:
                 raise VerificationError(
                     f"reference checkpoint {path.name}: digest mismatch (got {digest}, expected "
-                    f"one of {self.golden.model_weights}); refusing to load it"
+                    f"one of {self.golden.model_weights}); refusing to load it",
+                    check="model",
+                    found=digest,
                 )
             if digest != declared:
                 raise VerificationError(
-                    f"recipe declares model {declared}, the reference checkpoint is {digest}"
+                    f"recipe declares model {declared}, the reference checkpoint is {digest}",
+                    check="model",
+                    found=declared,
+                    expected=digest,
                 )
             program = load_reference(pipeline, path, digest, self.device, self.golden.text_encoder)
             self._programs[(pipeline, declared)] = program

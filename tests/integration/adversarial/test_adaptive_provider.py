@@ -224,8 +224,9 @@ def test_a_smuggled_sigma_schedule_is_rejected_at_every_step(
 
     served = serve(tiny_unet, recorder, "smuggle-1", before_loop=smuggle, eps_for=eps_for)
     assert served.flagged(program) == list(range(STEPS))
-    with pytest.raises(VerificationError, match=r"not genuine.*sigmas"):
+    with pytest.raises(VerificationError, match=r"not genuine.*sigmas") as info:
         served.challenge(program, [1])
+    assert info.value.check == "state"
 
 
 def test_a_schedule_tolerated_across_builds_is_still_re_checked_with_the_verifiers(
@@ -243,8 +244,9 @@ def test_a_schedule_tolerated_across_builds_is_still_re_checked_with_the_verifie
         scheduler.sigmas = scheduler.sigmas * 1.02
 
     same = serve(tiny_unet, recorder, "stretch-same", before_begin=stretch)
-    with pytest.raises(VerificationError, match="schedule digest differs"):
+    with pytest.raises(VerificationError, match="schedule digest differs") as info:
         same.challenge(program, [0])
+    assert info.value.check == "schedule"
     mine = build_fingerprint(program.device)
     monkeypatch.setattr(
         hook_recorder, "build_fingerprint", lambda d: {**mine, "capability": "DEFAULT"}
@@ -280,8 +282,9 @@ def test_a_shifted_step_counter_is_rejected(
         scheduler.step = step
 
     served = serve(tiny_unet, recorder, "counter-1", before_loop=shift)
-    with pytest.raises(VerificationError, match="not genuine"):
+    with pytest.raises(VerificationError, match="not genuine") as info:
         served.challenge(program, [3])
+    assert info.value.check == "state"
 
 
 # -- 2. output swap ---------------------------------------------------------------------------
@@ -293,8 +296,9 @@ def test_a_served_output_that_is_not_the_decode_is_rejected_on_every_challenge(
     other = torch.zeros(2, 1, 8, 8)
     served = serve(tiny_unet, recorder, "swap-out-1", output=lambda z: output_bytes(other))
     for step in range(STEPS):  # probability 1: whichever step is drawn
-        with pytest.raises(VerificationError, match="output binding: the served output"):
+        with pytest.raises(VerificationError, match="output binding: the served output") as info:
             served.challenge(program, [step])
+        assert info.value.check == "output-binding"
 
 
 def test_a_final_latent_that_is_not_the_last_step_is_rejected(
@@ -305,8 +309,9 @@ def test_a_final_latent_that_is_not_the_last_step_is_rejected(
     record = sink.record("swap-final-1")
     forged = dataclasses.replace(record, final=record.final + 1.0)
     sink._records["swap-final-1"] = forged
-    with pytest.raises(VerificationError, match="output binding"):
+    with pytest.raises(VerificationError, match="output binding") as info:
         served.challenge(program, [0])
+    assert info.value.check == "output-binding"
 
 
 # -- 3. request swap --------------------------------------------------------------------------
@@ -317,8 +322,11 @@ def test_a_conditioning_swap_is_rejected_by_the_verifier(
 ) -> None:
     """The consumer asked for [3, 7]; the provider commits those parameters but runs [3, 3]."""
     served = serve(tiny_unet, recorder, "swap-req-1", run_labels=[3, 3])
-    with pytest.raises(VerificationError, match="request binding: conditioning 'class_labels'"):
+    with pytest.raises(
+        VerificationError, match="request binding: conditioning 'class_labels'"
+    ) as info:
         served.challenge(program, [0])
+    assert info.value.check == "request-binding"
 
 
 def test_a_request_swap_is_rejected_by_the_consumer(
@@ -329,20 +337,22 @@ def test_a_request_swap_is_rejected_by_the_consumer(
     served = serve(tiny_unet, recorder, "swap-req-2", labels=[3, 3])
     assert served.challenge(program, [0]).accepted
     asked = {**served.params, "classLabels": [3, 7]}
-    with pytest.raises(VerificationError, match="request binding: the commitment binds"):
+    with pytest.raises(VerificationError, match="request binding: the commitment binds") as info:
         verify_response(
             served.commitment.to_json(),
             served.sink.key.public_key(),
             request=asked,
             output=served.output,
         )
-    with pytest.raises(VerificationError, match="output binding"):
+    assert info.value.check == "request-binding"
+    with pytest.raises(VerificationError, match="output binding") as info:
         verify_response(
             served.commitment.to_json(),
             served.sink.key.public_key(),
             request=served.params,
             output=b"another image",
         )
+    assert info.value.check == "output-binding"
 
 
 # -- 4 and 5. replay and step noise (DRBG mode) ------------------------------------------------
@@ -366,8 +376,9 @@ def test_a_replayed_trajectory_under_a_new_request_id_fails_the_noise_check(
         authority=authority,
         verifier_key=verifier_key,
     )
-    with pytest.raises(VerificationError, match="noise binding: z_N"):
+    with pytest.raises(VerificationError, match="noise binding: z_N") as info:
         new.challenge(program, [0], noise=_escrow_draw(new, verifier_key))
+    assert info.value.check == "noise-binding"
 
 
 def test_an_escrow_moved_to_another_request_is_refused(
@@ -377,8 +388,9 @@ def test_an_escrow_moved_to_another_request_is_refused(
     verifier_key: X25519PrivateKey,
 ) -> None:
     a = serve(tiny_unet, recorder, "escrow-a", authority=authority, verifier_key=verifier_key)
-    with pytest.raises(VerificationError, match="request id does not match"):
+    with pytest.raises(VerificationError, match="request id does not match") as info:
         open_escrow(verifier_key, a.escrow, request_id="escrow-b")
+    assert info.value.check == "escrow"
 
 
 def test_steered_step_noise_is_rejected_at_the_step_that_draws_it(
@@ -411,8 +423,9 @@ def test_steered_step_noise_is_rejected_at_the_step_that_draws_it(
     served.escrow = escrow
     # the verifier regenerates the stream from the escrow: z_N, then one draw per step; the
     # steered draw is step 5's
-    with pytest.raises(VerificationError, match="noise binding: step 5 noise 0"):
+    with pytest.raises(VerificationError, match="noise binding: step 5 noise 0") as info:
         served.challenge(program, [0], noise=_escrow_draw(served, verifier_key))
+    assert info.value.check == "noise-binding"
     noise.close()
 
 
@@ -485,8 +498,9 @@ def test_a_bogus_scheduler_config_is_a_clear_rejection_not_a_crash(
     fields = dict(served.commitment.recipe)
     fields["scheduler_config"] = config
     bad = _recommit(sink, served, fields)
-    with pytest.raises(VerificationError, match="cannot be built from its config"):
+    with pytest.raises(VerificationError, match="cannot be built from its config") as info:
         bad.challenge(program, [0])
+    assert info.value.check == "sampler"
 
 
 def _recommit(sink: LocalSink, served: Served, recipe: dict[str, Any]) -> Served:
@@ -535,24 +549,28 @@ def test_malformed_and_forged_transcripts_are_refused_with_their_check(
         good.meta.model_copy(update={"leaves": leaves}),
         {"initial": good.initial, "final": good.final},
     )
-    with pytest.raises(VerificationError, match="do not rebuild the committed root"):
+    with pytest.raises(VerificationError, match="do not rebuild the committed root") as info:
         check_transcript(served.commitment, swapped, plan, program)
+    assert info.value.check == "inclusion"
     hostile = {**served.params, "classLabels": ["seven"]}
     bad_request = Transcript(
         good.meta.model_copy(update={"request": hostile}),
         {"initial": good.initial, "final": good.final},
     )
-    with pytest.raises(VerificationError, match="request binding"):
+    with pytest.raises(VerificationError, match="request binding") as info:
         check_transcript(served.commitment, bad_request, plan, program)
+    assert info.value.check == "request-binding"
     no_request = Transcript(
         good.meta.model_copy(update={"request": None}),
         {"initial": good.initial, "final": good.final},
     )
-    with pytest.raises(VerificationError, match="binds no request parameters"):
+    with pytest.raises(VerificationError, match="binds no request parameters") as info:
         check_transcript(served.commitment, no_request, plan, program)
+    assert info.value.check == "request-binding"
     other = Transcript(good.meta, {"initial": good.initial, "final": good.final + 1})
-    with pytest.raises(VerificationError, match="final latent is not committed"):
+    with pytest.raises(VerificationError, match="final latent is not committed") as info:
         check_transcript(served.commitment, other, plan, program)
+    assert info.value.check == "output-binding"
 
 
 def test_a_nan_in_the_committed_state_fails_instead_of_scoring_zero() -> None:
@@ -605,7 +623,7 @@ def test_a_spoofed_build_fingerprint_cannot_loosen_an_exact_policy(
     fields = dict(served.commitment.recipe)
     fields["runtime"] = {**fields["runtime"], "torch": "0.0.1"}
     spoofed = _recommit(sink, served, fields)
-    with pytest.raises(VerificationError, match="cannot reproduce the declared build"):
+    with pytest.raises(VerificationError, match="cannot reproduce the declared build") as info:
         verify_challenge(
             spoofed.commitment,
             sink.transcript(rid),
@@ -615,6 +633,7 @@ def test_a_spoofed_build_fingerprint_cannot_loosen_an_exact_policy(
             tau=1e-5,
             require_exact=True,
         )
+    assert info.value.check == "build"
 
 
 def test_declaring_another_build_reaches_no_looser_tau_than_this_verifiers_entries(

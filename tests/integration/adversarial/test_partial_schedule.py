@@ -108,6 +108,7 @@ def test_a_loop_started_later_than_the_strength_is_rejected(
     assert recheck_step(commitment, opened, program, tau=0.0).worst == 0.0
     with pytest.raises(VerificationError, match="fewer steps run than requested") as info:
         _challenge(case, sink, commitment)
+    assert info.value.check == "request-binding"
     want, got = case.steps - int(case.steps * 0.8), case.steps - 1
     assert f"schedule index {want}, the recipe at {got}" in str(info.value)
 
@@ -126,8 +127,11 @@ def test_a_strength_outside_the_unit_interval_is_a_clear_rejection(
 
     monkeypatch.setattr(pipelines, "request_params", forged)
     commitment = _serve(case, sink, "forged", 0.8)
-    with pytest.raises(VerificationError, match=r"request binding: .*strength .*not a number"):
+    with pytest.raises(
+        VerificationError, match=r"request binding: .*strength .*not a number"
+    ) as info:
         _challenge(case, sink, commitment)
+    assert info.value.check == "request-binding"
 
 
 def test_the_scheduler_order_scales_the_start() -> None:

@@ -105,36 +105,48 @@ def test_honest_providers_pass(audited: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tid", "cause"),
+    ("tid", "cause", "checks"),
     [
-        ("cheat-model", r"relL2 .* > tau"),
+        ("cheat-model", r"relL2 .* > tau", {None}),
         (
             "cheat-steps",
             r"declared sampler runs 8 steps .* commitment has 4"
             r"|committed schedule (digest )?differs"
             r"|set with \{'num_inference_steps': 4\}.*a custom schedule",
+            {"sampler", "schedule"},
         ),
         # guidance off while declaring 3: the UNet saw one label per sample where the declared
         # guidance batches two, so the committed labels are not the request's (or a step fails)
-        ("cheat-cfg", r"relL2 .* > tau|conditioning 'class_labels' is not what the request"),
-        ("corrupt", r"opened (input|output) latent digest mismatch"),
-        ("forged", r"commitment rejected: DSSE signature check failed"),
+        (
+            "cheat-cfg",
+            r"relL2 .* > tau|conditioning 'class_labels' is not what the request",
+            {None, "request-binding"},
+        ),
+        ("corrupt", r"opened (input|output) latent digest mismatch", {"digest"}),
+        ("forged", r"commitment rejected: DSSE signature check failed", {"signature"}),
         (
             "replayed",
             r"replayed commitment: served for trajectory 'replayed' but signed for "
             r"request 'honest-1'",
+            {"replay"},
         ),
     ],
 )
 def test_every_cheat_and_fault_is_rejected_with_its_cause(
-    audited: dict[str, Any], tid: str, cause: str
+    audited: dict[str, Any], tid: str, cause: str, checks: set[str | None]
 ) -> None:
+    """The message says why; the ``check`` property (absent for a step over tau) names the
+    failed check, for reports and metrics to branch on."""
     recheck = _recheck(_results(audited["audit"])[tid])
     assert recheck.result == "fail"
     assert recheck.severity == "high"
     import re
 
     assert re.search(cause, recheck.message), recheck.message
+    assert recheck.properties.get("check") in checks, recheck.properties
+    if tid == "replayed":
+        assert recheck.properties["found"] == "honest-1"
+        assert recheck.properties["expected"] == "replayed"
 
 
 def test_counts(audited: dict[str, Any]) -> None:
