@@ -43,6 +43,11 @@ from cryptography.x509.verification import VerificationError as X509Verification
 
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
+from samplerguard.supplychain._sigstore_internals import (
+    names_ct_logs,
+    verify_certificate_sct,
+    verify_rekor_set,
+)
 from samplerguard.supplychain.keys import PublicKey
 
 __all__ = [
@@ -118,8 +123,6 @@ def verify_inclusion_promise(rekor_bundle: dict[str, Any], trusted_root: Any) ->
     """Verify a Rekor inclusion promise (SET) in cosign's bundle shape (``SignedEntryTimestamp``
     and ``Payload`` with ``body``, ``integratedTime``, ``logIndex``, ``logID``) against the
     trusted root's Rekor keys; returns the entry body (parsed) and its integration time."""
-    from sigstore._internal.trust import KeyringPurpose
-    from sigstore._utils import KeyID
     from sigstore.errors import Error as SigstoreError
 
     try:
@@ -144,9 +147,7 @@ def verify_inclusion_promise(rekor_bundle: dict[str, Any], trusted_root: Any) ->
         {"body": body_b64, "integratedTime": integrated, "logID": log_id, "logIndex": log_index}
     )
     try:
-        trusted_root.rekor_keyring(KeyringPurpose.VERIFY).verify(
-            key_id=KeyID(key_id), signature=set_sig, data=canonical
-        )
+        verify_rekor_set(trusted_root, key_id, set_sig, canonical)
     except SigstoreError as exc:
         raise VerificationError(
             f"Rekor SET does not verify against the trusted root: {exc}"
@@ -173,8 +174,6 @@ def verify_keyless(
     stored, which an ``intoto`` 0.0.1 entry hashes instead of naming the signature. Raises
     :class:`VerificationError` with the step that failed.
     """
-    from sigstore._internal.sct import verify_sct
-    from sigstore._internal.trust import KeyringPurpose
     from sigstore.errors import Error as SigstoreError
 
     if certificate_pem is None:
@@ -215,9 +214,9 @@ def verify_keyless(
         ) from None
 
     # (4): the SCT, when the trusted root names CT logs.
-    if list(trusted_root._inner.ctlogs):
+    if names_ct_logs(trusted_root):
         try:
-            verify_sct(cert, chain, trusted_root.ct_keyring(KeyringPurpose.VERIFY))
+            verify_certificate_sct(trusted_root, cert, chain)
         except SigstoreError as exc:
             raise VerificationError(f"certificate SCT does not verify: {exc}") from None
 

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.spec import KeylessIdentity
+from samplerguard.supplychain._sigstore_internals import verify_rekor_entry
 from samplerguard.supplychain.dsse import Envelope, Statement, decode_b64
 from samplerguard.supplychain.keyless import (
     CertificateIdentity,
@@ -362,14 +363,10 @@ class _Parts:
         entry body."""
         body, _ = verify_inclusion_promise(self.rekor_bundle, trusted_root)
         if self.entry is not None:
-            from sigstore._internal.trust import KeyringPurpose
             from sigstore.errors import Error as SigstoreError
-            from sigstore.models import TransparencyLogEntry
-            from sigstore_models.rekor.v1 import TransparencyLogEntry as _Entry
 
             try:
-                entry = TransparencyLogEntry(_Entry.from_dict(self.entry))
-                entry._verify(trusted_root.rekor_keyring(KeyringPurpose.VERIFY))
+                verify_rekor_entry(trusted_root, self.entry)
             except SigstoreError as exc:
                 raise VerificationError(f"Rekor inclusion proof does not verify: {exc}") from None
             except ValueError as exc:
