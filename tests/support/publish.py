@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from samplerguard.errors import MalformedInputError
 from samplerguard.supplychain.cosign import (
     ATTESTATION_MEDIA_TYPE,
     BUNDLE_ANNOTATION,
@@ -36,7 +38,9 @@ from samplerguard.supplychain.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
+    ManifestNotFoundError,
     RegistryClient,
+    sha256_digest,
 )
 
 __all__ = [
@@ -46,7 +50,9 @@ __all__ = [
     "attest_image",
     "make_envelope",
     "make_statement",
+    "push_blob",
     "push_image",
+    "push_manifest",
     "sign_image",
     "slsa_v02_predicate",
     "slsa_v1_predicate",
@@ -58,6 +64,56 @@ PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPri
 LogWitness = Callable[[str, bytes, bytes], Mapping[str, Any]]
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def push_blob(client: RegistryClient, ref: str | ImageReference, data: bytes) -> Descriptor:
+    """Upload a blob (monolithic POST+PUT) with ``client``'s push credentials; returns its
+    descriptor. Existing blobs are skipped."""
+    image = parse_reference(ref) if isinstance(ref, str) else ref
+    digest = sha256_digest(data)
+    try:
+        client._request("HEAD", image, f"/blobs/{digest}", push=True)
+        return Descriptor("application/octet-stream", digest, len(data))
+    except ManifestNotFoundError:
+        pass
+    resp = client._request("POST", image, "/blobs/uploads/", push=True)
+    location = resp.headers.get("Location", "")
+    if not location:
+        raise MalformedInputError(f"registry gave no upload location for {image.name}")
+    url = httpx.URL(client._base(image)).join(location)
+    url = url.copy_merge_params({"digest": digest})
+    client._request(
+        "PUT",
+        image,
+        "",
+        push=True,
+        url=url,
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    return Descriptor("application/octet-stream", digest, len(data))
+
+
+def push_manifest(
+    client: RegistryClient,
+    ref: str | ImageReference,
+    raw: bytes,
+    media_type: str,
+    *,
+    tag: str | None = None,
+) -> str:
+    """PUT a manifest under ``tag`` (or its digest); returns the digest."""
+    image = parse_reference(ref) if isinstance(ref, str) else ref
+    digest = sha256_digest(raw)
+    client._request(
+        "PUT",
+        image,
+        f"/manifests/{tag or digest}",
+        push=True,
+        content=raw,
+        headers={"Content-Type": media_type},
+    )
+    return digest
 
 
 @dataclass
@@ -144,7 +200,7 @@ def push_image(
         for plat in platforms:
             os_name, _, arch = plat.partition("/")
             raw = _image_manifest(client, image, layers, labels, os_name, arch)
-            digest = client.push_manifest(image, raw, OCI_MANIFEST)
+            digest = push_manifest(client, image, raw, OCI_MANIFEST)
             entries.append(
                 {
                     "mediaType": OCI_MANIFEST,
@@ -154,9 +210,9 @@ def push_image(
                 }
             )
         index = _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
-        return client.push_manifest(image, index, OCI_INDEX, tag=image.tag or "latest")
+        return push_manifest(client, image, index, OCI_INDEX, tag=image.tag or "latest")
     raw = _image_manifest(client, image, layers, labels, "linux", "amd64")
-    return client.push_manifest(image, raw, OCI_MANIFEST, tag=image.tag or "latest")
+    return push_manifest(client, image, raw, OCI_MANIFEST, tag=image.tag or "latest")
 
 
 def _image_manifest(
@@ -168,7 +224,7 @@ def _image_manifest(
     arch: str,
 ) -> bytes:
     layer_descs = [
-        {"mediaType": OCI_LAYER, "digest": client.push_blob(image, blob).digest, "size": len(blob)}
+        {"mediaType": OCI_LAYER, "digest": push_blob(client, image, blob).digest, "size": len(blob)}
         for blob in layers
     ]
     config = _json(
@@ -179,7 +235,7 @@ def _image_manifest(
             "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in layer_descs]},
         }
     )
-    cfg = client.push_blob(image, config)
+    cfg = push_blob(client, image, config)
     return _json(
         {
             "schemaVersion": 2,
@@ -204,7 +260,7 @@ def _append_layer(
     tag = tag_for(digest, suffix)
     existing = client.get_manifest_if_exists(ImageReference(image.registry, image.repository, tag))
     layers: list[Descriptor] = list(existing.layers) if existing is not None else []
-    desc = Descriptor(media_type, client.push_blob(image, blob).digest, len(blob), annotations)
+    desc = Descriptor(media_type, push_blob(client, image, blob).digest, len(blob), annotations)
     if desc not in layers:
         layers.append(desc)
     # cosign's config for signature images: an empty image whose diff_ids are the layers.
@@ -218,7 +274,7 @@ def _append_layer(
             "config": {},
         }
     )
-    cfg = client.push_blob(image, config)
+    cfg = push_blob(client, image, config)
     manifest = _json(
         {
             "schemaVersion": 2,
@@ -227,7 +283,7 @@ def _append_layer(
             "layers": [d.to_json() for d in layers],
         }
     )
-    return client.push_manifest(image, manifest, OCI_MANIFEST, tag=tag)
+    return push_manifest(client, image, manifest, OCI_MANIFEST, tag=tag)
 
 
 def sign_image(
@@ -264,8 +320,8 @@ def attach_bundle(
     manifest's digest."""
     image = _ref(ref)
     empty = b"{}"
-    cfg = client.push_blob(image, empty)
-    layer = client.push_blob(image, bundle)
+    cfg = push_blob(client, image, empty)
+    layer = push_blob(client, image, bundle)
     manifest = _json(
         {
             "schemaVersion": 2,
@@ -280,7 +336,7 @@ def attach_bundle(
             "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 0},
         }
     )
-    manifest_digest = client.push_manifest(image, manifest, OCI_MANIFEST)
+    manifest_digest = push_manifest(client, image, manifest, OCI_MANIFEST)
     tag = digest.replace(":", "-")
     existing = client.get_manifest_if_exists(ImageReference(image.registry, image.repository, tag))
     entries = [d.to_json() for d in existing.manifests] if existing and existing.is_index else []
@@ -288,7 +344,7 @@ def attach_bundle(
     if entry.to_json() not in entries:
         entries.append(entry.to_json())
     index = _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
-    client.push_manifest(image, index, OCI_INDEX, tag=tag)
+    push_manifest(client, image, index, OCI_INDEX, tag=tag)
     return manifest_digest
 
 

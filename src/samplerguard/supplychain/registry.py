@@ -1,7 +1,8 @@
 """An OCI Distribution (registry API v2) client over httpx.
 
 It does what admission needs and nothing more: tag → digest, manifests (image manifests and
-indexes), blobs, the OCI 1.1 referrers API, and pushes (for tests, the demo and publishing).
+indexes), blobs and the OCI 1.1 referrers API. It reads only; ``_request(..., push=True)`` asks
+for a push-scoped token, which the test tooling's publisher uses to write.
 Every call is bounded: a timeout per request, a size cap per body, a few retries with
 exponential backoff for 429/5xx and network errors. Content is checked against its digest
 before anyone sees it.
@@ -432,52 +433,6 @@ class RegistryClient:
             return self.get_manifest(ref)
         except ManifestNotFoundError:
             return None
-
-    # -- writes (tests, the demo, publishing) ----------------------------------------------
-
-    def push_blob(self, ref: str | ImageReference, data: bytes) -> Descriptor:
-        """Upload a blob (monolithic POST+PUT); returns its descriptor. Existing blobs are
-        skipped."""
-        image = parse_reference(ref) if isinstance(ref, str) else ref
-        digest = sha256_digest(data)
-        try:
-            self._request("HEAD", image, f"/blobs/{digest}", push=True)
-            return Descriptor("application/octet-stream", digest, len(data))
-        except ManifestNotFoundError:
-            pass
-        resp = self._request("POST", image, "/blobs/uploads/", push=True)
-        location = resp.headers.get("Location", "")
-        if not location:
-            raise MalformedInputError(f"registry gave no upload location for {image.name}")
-        url = httpx.URL(self._base(image)).join(location)
-        url = url.copy_merge_params({"digest": digest})
-        self._request(
-            "PUT",
-            image,
-            "",
-            push=True,
-            url=url,
-            content=data,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        return Descriptor("application/octet-stream", digest, len(data))
-
-    def push_manifest(
-        self, ref: str | ImageReference, raw: bytes, media_type: str, *, tag: str | None = None
-    ) -> str:
-        """PUT a manifest under ``tag`` (or its digest); returns the digest."""
-        image = parse_reference(ref) if isinstance(ref, str) else ref
-        digest = sha256_digest(raw)
-        reference = tag or digest
-        self._request(
-            "PUT",
-            image,
-            f"/manifests/{reference}",
-            push=True,
-            content=raw,
-            headers={"Content-Type": media_type},
-        )
-        return digest
 
     # -- the engine ------------------------------------------------------------------------
 

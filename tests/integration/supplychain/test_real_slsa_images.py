@@ -20,6 +20,7 @@ import pytest
 from samplerguard.policy.spec import SamplerPolicySpec
 from samplerguard.supplychain import ImageVerifier, RegistryClient, TrustedRoots, load_trusted_root
 from samplerguard.supplychain.cosign import tag_for
+from tests.support.publish import push_blob, push_manifest
 from tests.support.supplychain import LocalRegistry
 
 pytestmark = pytest.mark.registry
@@ -50,9 +51,9 @@ def _push_attestation(
     raw = (blobs / layout["attestations"][7:]).read_bytes()
     manifest = json.loads(raw)
     for desc in [manifest["config"], *manifest["layers"]]:
-        client.push_blob(repo, (blobs / desc["digest"][7:]).read_bytes())
+        push_blob(client, repo, (blobs / desc["digest"][7:]).read_bytes())
     target = image or digest
-    client.push_manifest(repo, raw, manifest["mediaType"], tag=tag_for(target, "att"))
+    push_manifest(client, repo, raw, manifest["mediaType"], tag=tag_for(target, "att"))
     return target
 
 
@@ -233,11 +234,11 @@ def test_tampered_statement_fails(
     assert forged != statement
     envelope["payload"] = base64.b64encode(forged).decode()
     blob = json.dumps(envelope).encode()
-    desc = client.push_blob(repo, blob)
-    client.push_blob(repo, (blobs / manifest["config"]["digest"][7:]).read_bytes())
+    desc = push_blob(client, repo, blob)
+    push_blob(client, repo, (blobs / manifest["config"]["digest"][7:]).read_bytes())
     manifest["layers"][0]["digest"], manifest["layers"][0]["size"] = desc.digest, desc.size
     raw = json.dumps(manifest).encode()
-    client.push_manifest(repo, raw, manifest["mediaType"], tag=tag_for(digest, "att"))
+    push_manifest(client, repo, raw, manifest["mediaType"], tag=tag_for(digest, "att"))
     verdict = _verify(client, roots, f"{repo}@{digest}", _policy())
     assert not verdict.passed
     assert "is signed by no authority: generator: signature does not verify" in verdict.summary()
