@@ -19,6 +19,7 @@ import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from samplerguard.commitment.dsse import IN_TOTO_PAYLOAD_TYPE, pae
 from samplerguard.errors import MalformedInputError
 from samplerguard.supplychain.cosign import (
     ATTESTATION_MEDIA_TYPE,
@@ -31,7 +32,6 @@ from samplerguard.supplychain.cosign import (
     simple_signing_payload,
     tag_for,
 )
-from samplerguard.supplychain.dsse import INTOTO_PAYLOAD_TYPE, pae
 from samplerguard.supplychain.provenance import ROLE_ANNOTATION
 from samplerguard.supplychain.reference import ImageReference, parse_reference
 from samplerguard.supplychain.registry import (
@@ -368,11 +368,11 @@ def make_statement(
 
 
 def make_envelope(statement: bytes, signers: Sequence[Signer]) -> tuple[bytes, list[bytes]]:
-    signed = pae(INTOTO_PAYLOAD_TYPE, statement)
+    signed = pae(IN_TOTO_PAYLOAD_TYPE, statement)
     sigs = [s.sign(signed) for s in signers]
     envelope = _json(
         {
-            "payloadType": INTOTO_PAYLOAD_TYPE,
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
             "payload": base64.b64encode(statement).decode(),
             "signatures": [{"keyid": "", "sig": base64.b64encode(sig).decode()} for sig in sigs],
         }

@@ -1,4 +1,11 @@
-"""DSSE envelopes (secure-systems-lab/dsse v1) signed with Ed25519, via ``cryptography``."""
+"""DSSE envelopes (secure-systems-lab/dsse v1): the one owner of the encoding and its limits.
+
+Everything DSSE that samplerguard signs or checks goes through this module: :func:`pae` (what
+every signature covers), the in-toto payload and statement types, and the caps on an envelope.
+The trajectory commitments are signed and verified here with Ed25519, via ``cryptography``; the
+supply chain's attestations (:mod:`samplerguard.supplychain.dsse`) are parsed there with the
+same encoding, types and caps.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,11 @@ from samplerguard.errors import MalformedInputError, VerificationError
 
 __all__ = [
     "IN_TOTO_PAYLOAD_TYPE",
+    "IN_TOTO_STATEMENT_TYPES",
+    "IN_TOTO_STATEMENT_V1",
+    "MAX_ATTESTATION_ENVELOPE_BYTES",
     "MAX_ENVELOPE_BYTES",
+    "MAX_SIGNATURES",
     "decode_b64",
     "keyid",
     "load_public_key",
@@ -30,7 +41,15 @@ __all__ = [
 ]
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+#: The in-toto statement type the commitments write, and those an attestation may carry.
+IN_TOTO_STATEMENT_V1 = "https://in-toto.io/Statement/v1"
+IN_TOTO_STATEMENT_TYPES = frozenset({"https://in-toto.io/Statement/v0.1", IN_TOTO_STATEMENT_V1})
+#: The largest trajectory commitment envelope (a recipe and a root: kilobytes in practice).
 MAX_ENVELOPE_BYTES = 1 << 20
+#: The largest attestation envelope pulled from a registry (SLSA provenance lists materials).
+MAX_ATTESTATION_ENVELOPE_BYTES = 4 << 20
+#: The most signatures an envelope may carry, either kind.
+MAX_SIGNATURES = 16
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -110,8 +129,8 @@ def verify_envelope(
         )
     payload = _b64(envelope.get("payload"), "payload")
     sigs = envelope.get("signatures")
-    if not isinstance(sigs, list) or not sigs or len(sigs) > 16:
-        raise MalformedInputError("DSSE envelope needs 1 to 16 signatures")
+    if not isinstance(sigs, list) or not sigs or len(sigs) > MAX_SIGNATURES:
+        raise MalformedInputError(f"DSSE envelope needs 1 to {MAX_SIGNATURES} signatures")
     message = pae(payload_type, payload)
     want = keyid(public_key)
     for entry in sigs:

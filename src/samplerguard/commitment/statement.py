@@ -20,13 +20,13 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from samplerguard.commitment.dsse import sign_envelope, verify_envelope
+from samplerguard.commitment.dsse import IN_TOTO_STATEMENT_V1, sign_envelope, verify_envelope
 from samplerguard.commitment.trajectory import canonical
 from samplerguard.errors import MalformedInputError, VerificationError
 
 __all__ = ["PREDICATE_TYPE", "STATEMENT_TYPE", "Commitment", "Tree", "commit"]
 
-STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+STATEMENT_TYPE = IN_TOTO_STATEMENT_V1
 PREDICATE_TYPE = "https://samplerguard.dev/trajectory/v1"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -1,8 +1,8 @@
 """DSSE envelopes and the in-toto statements inside them, parsed strictly and bounded.
 
-PAE (pre-authentication encoding), per the DSSE spec::
-
-    "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body
+The encoding (PAE), the payload and statement types and the caps are
+:mod:`samplerguard.commitment.dsse`'s, which owns them for every DSSE envelope samplerguard
+handles; this module parses the supply chain's attestations with them.
 """
 
 from __future__ import annotations
@@ -12,24 +12,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from samplerguard.commitment.dsse import IN_TOTO_PAYLOAD_TYPE, decode_b64, pae
+from samplerguard.commitment.dsse import (
+    IN_TOTO_PAYLOAD_TYPE,
+    IN_TOTO_STATEMENT_TYPES,
+    MAX_ATTESTATION_ENVELOPE_BYTES,
+    MAX_SIGNATURES,
+    decode_b64,
+    pae,
+)
 from samplerguard.errors import MalformedInputError
 
 __all__ = [
-    "INTOTO_PAYLOAD_TYPE",
     "Envelope",
     "Statement",
     "Subject",
     "decode_b64",
-    "pae",
 ]
-
-INTOTO_PAYLOAD_TYPE = IN_TOTO_PAYLOAD_TYPE
-STATEMENT_TYPES = frozenset(
-    {"https://in-toto.io/Statement/v0.1", "https://in-toto.io/Statement/v1"}
-)
-MAX_ENVELOPE_BYTES = 4 << 20
-MAX_SIGNATURES = 16
 
 
 @dataclass(frozen=True)
@@ -42,9 +40,9 @@ class Envelope:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Envelope:
-        if len(raw) > MAX_ENVELOPE_BYTES:
+        if len(raw) > MAX_ATTESTATION_ENVELOPE_BYTES:
             raise MalformedInputError(
-                f"DSSE envelope is {len(raw)} bytes (at most {MAX_ENVELOPE_BYTES})"
+                f"DSSE envelope is {len(raw)} bytes (at most {MAX_ATTESTATION_ENVELOPE_BYTES})"
             )
         try:
             doc = json.loads(raw)
@@ -82,9 +80,9 @@ class Envelope:
         return pae(self.payload_type, self.payload)
 
     def statement(self) -> Statement:
-        if self.payload_type != INTOTO_PAYLOAD_TYPE:
+        if self.payload_type != IN_TOTO_PAYLOAD_TYPE:
             raise MalformedInputError(
-                f"DSSE payloadType is {self.payload_type[:100]!r} (expected {INTOTO_PAYLOAD_TYPE})"
+                f"DSSE payloadType is {self.payload_type[:100]!r} (expected {IN_TOTO_PAYLOAD_TYPE})"
             )
         return Statement.from_json(self.payload)
 
@@ -113,9 +111,10 @@ class Statement:
         if not isinstance(doc, dict):
             raise MalformedInputError("in-toto statement must be a JSON object")
         stype = doc.get("_type")
-        if stype not in STATEMENT_TYPES:
+        if stype not in IN_TOTO_STATEMENT_TYPES:
             raise MalformedInputError(
-                f"in-toto _type is {str(stype)[:100]!r} (expected one of {sorted(STATEMENT_TYPES)})"
+                f"in-toto _type is {str(stype)[:100]!r} "
+                f"(expected one of {sorted(IN_TOTO_STATEMENT_TYPES)})"
             )
         ptype = doc.get("predicateType")
         if not isinstance(ptype, str) or not ptype:

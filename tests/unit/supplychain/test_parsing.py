@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from samplerguard.commitment.dsse import pae
 from samplerguard.errors import MalformedInputError
 from samplerguard.policy.spec import AttestationRule, GoldenDigests
 from samplerguard.supplychain import DockerConfig, Manifest, parse_reference
 from samplerguard.supplychain.auth import parse_challenge
 from samplerguard.supplychain.cosign import check_simple_signing, simple_signing_payload, tag_for
-from samplerguard.supplychain.dsse import Envelope, Statement, pae
+from samplerguard.supplychain.dsse import Envelope, Statement
 from samplerguard.supplychain.provenance import (
     check_attestation_rule,
     check_golden,
