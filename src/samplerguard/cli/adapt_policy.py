@@ -29,9 +29,10 @@ def run(args: argparse.Namespace) -> int:
 
     from samplerguard.errors import MalformedInputError
     from samplerguard.policy.adapt import adapt
+    from samplerguard.policy.load import read_documents
 
     try:
-        docs = [d for d in yaml.safe_load_all(args.policy.read_text(encoding="utf-8")) if d]
+        docs = read_documents(args.policy)
         if len(docs) != 1 or not isinstance(docs[0], dict):
             raise MalformedInputError(f"{args.policy} holds {len(docs)} documents, expected one")
         key = args.public_key.read_text(encoding="utf-8") if args.public_key else None

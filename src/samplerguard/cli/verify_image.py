@@ -28,7 +28,6 @@ from typing import Any
 __all__ = ["register", "run"]
 
 EXIT_OK, EXIT_REJECT, EXIT_UNUSABLE = 0, 1, 2
-MAX_FILE_BYTES = 1 << 20
 MAX_FILES = 256
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 _POLICY_KINDS = ("ClusterSamplerPolicy", "SamplerPolicy")
@@ -119,27 +118,10 @@ def _files(path: Path, what: str) -> list[Path]:
 
 
 def _documents(path: Path, what: str) -> list[Any]:
-    import yaml
-
     from samplerguard.errors import MalformedInputError
+    from samplerguard.policy.load import read_documents
 
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise MalformedInputError(f"{what} {path}: {exc.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise MalformedInputError(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        docs = [d for d in yaml.safe_load_all(raw) if d is not None]
-    except yaml.YAMLError as exc:
-        raise MalformedInputError(f"{what} {path} is not YAML: {exc}") from None
-    out: list[Any] = []
-    for doc in docs:  # a kubectl List holds its objects under items
-        if isinstance(doc, dict) and doc.get("kind") == "List":
-            out += doc.get("items") or []
-        else:
-            out.append(doc)
-    return out
+    return read_documents(path, what=what, error=MalformedInputError)
 
 
 def _load_policies(paths: list[Path], inputs: _Inputs) -> None:

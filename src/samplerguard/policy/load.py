@@ -1,4 +1,9 @@
-"""Load the one policy a data-plane service runs under: from a file, or from the API server.
+"""Reading policy files, and the one policy a data-plane service runs under.
+
+:func:`read_documents` is how every policy file is read (the webhook's policy directory, the
+data plane's one policy, ``verify-image`` and ``adapt-policy``): at most
+:data:`MAX_POLICY_BYTES`, UTF-8 YAML or JSON, empty documents dropped, a kubectl ``List``
+expanded into its items.
 
 The sidecar and the verifier are each told one policy (``SAMPLERGUARD_POLICY``, set by the
 webhook; or ``--policy``):
@@ -15,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from samplerguard.errors import PolicyError, TemporaryError
+from samplerguard.errors import MalformedInputError, PolicyError, TemporaryError
 from samplerguard.policy.spec import (
     GROUP,
     VERSION,
@@ -24,9 +29,44 @@ from samplerguard.policy.spec import (
     parse_policy,
 )
 
-__all__ = ["load_policy", "report_policy_name"]
+__all__ = ["MAX_POLICY_BYTES", "load_policy", "read_documents", "report_policy_name"]
 
+#: The largest policy (or manifest) file read.
 MAX_POLICY_BYTES = 1 << 20
+
+
+def read_documents(
+    path: Path,
+    *,
+    what: str = "policy file",
+    error: type[MalformedInputError] = PolicyError,
+) -> list[Any]:
+    """The documents of one YAML/JSON file: at most :data:`MAX_POLICY_BYTES`, empty documents
+    dropped, the items of a kubectl ``List`` in its place. Raises ``error`` (a
+    :class:`PolicyError` unless told otherwise) naming ``what`` and the file."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise error(f"{what} {path} is larger than {MAX_POLICY_BYTES} bytes")
+    try:
+        docs = [d for d in yaml.safe_load_all(raw.decode("utf-8")) if d is not None]
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not YAML: {exc}") from None
+    out: list[Any] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "List":
+            items = doc.get("items") or []
+            if not isinstance(items, list):
+                raise error(f"{what} {path}: a List's items are not a list")
+            out += [item for item in items if item is not None]
+        else:
+            out.append(doc)
+    return out
 
 
 def report_policy_name(policy: ClusterSamplerPolicy | SamplerPolicy) -> str:
@@ -42,12 +82,7 @@ def load_policy(ref: str, *, api: Any = None) -> ClusterSamplerPolicy | SamplerP
     if parts[0] in ("ClusterSamplerPolicy", "SamplerPolicy") and not Path(ref).exists():
         return _from_api(parts, api)
     path = Path(ref)
-    try:
-        if path.stat().st_size > MAX_POLICY_BYTES:
-            raise PolicyError(f"policy file {path} exceeds {MAX_POLICY_BYTES} bytes")
-        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PolicyError(f"cannot read policy file {path}: {exc}") from None
+    docs = read_documents(path)
     if len(docs) != 1:
         raise PolicyError(f"policy file {path} holds {len(docs)} documents, expected one policy")
     return parse_policy(docs[0])

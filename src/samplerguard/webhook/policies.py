@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import yaml
-
 from samplerguard.errors import PolicyError
 from samplerguard.policy import ClusterSamplerPolicy, SamplerPolicy, parse_policy
+from samplerguard.policy.load import read_documents
 
 __all__ = [
     "AnyPolicy",
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 
 AnyPolicy = ClusterSamplerPolicy | SamplerPolicy
 
-MAX_POLICY_FILE_BYTES = 1 << 20
 MAX_POLICY_FILES = 256
 MAX_POLICIES = 1024
 
@@ -172,17 +170,8 @@ def load_policy_files(path: Path) -> tuple[AnyPolicy, ...]:
     """
     policies: list[AnyPolicy] = []
     for file in _policy_files(path):
-        try:
-            size = file.stat().st_size
-            if size > MAX_POLICY_FILE_BYTES:
-                raise PolicyError(f"{file} is {size} bytes, more than {MAX_POLICY_FILE_BYTES}")
-            docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise PolicyError(f"cannot read policies from {file}: {exc}") from exc
-        for doc in docs:
+        for doc in read_documents(file):
             if not isinstance(doc, dict):
-                if doc is None:
-                    continue
                 raise PolicyError(f"{file}: a document is a {type(doc).__name__}, not a mapping")
             if doc.get("kind") not in ("ClusterSamplerPolicy", "SamplerPolicy"):
                 continue
