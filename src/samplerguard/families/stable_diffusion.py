@@ -276,6 +276,7 @@ class AnimateDiffProgram(StableDiffusionProgram):
 #: bounds on the request inputs the reference encoder reads
 _MAX_PROMPTS = 64
 _MAX_PROMPT_CHARS = 4096
+_MAX_SIDE = 16384
 _OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 
@@ -339,8 +340,38 @@ class StableDiffusionCodec:
                 negative_prompt=negative,
                 clip_skip=clip_skip,
             )
+        self._check_latents(request, recipe, int(positive.shape[0]))
         embeds = torch.cat([negative_embeds, positive]) if do_cfg else positive
         return {"prompt_embeds": embeds}
+
+    def _check_latents(self, request: Mapping[str, Any], recipe: Mapping[str, Any], n: int) -> None:
+        """The committed latents are the request's: one per prompt and image, and for
+        text-to-image of the requested size (a provider that generates smaller images than
+        asked, or fewer, runs less than it was paid for). img2img takes its size from the
+        consumer's image, which is not re-derived here."""
+        shape = recipe.get("latent_shape")
+        if not isinstance(shape, list) or len(shape) != 4:
+            raise VerificationError("request binding: the recipe's latent shape is not 4-D")
+        if shape[0] != n:
+            raise VerificationError(
+                f"request binding: the request derives {n} images, the committed latents "
+                f"hold {shape[0]}"
+            )
+        if recipe.get("pipeline") != "stable-diffusion":
+            return
+        factor = int(self.pipe.vae_scale_factor)
+        default = self.pipe.unet.config.sample_size
+        default = default * factor if isinstance(default, int) else None
+        height = _small_int(request, "height", default, _MAX_SIDE)
+        width = _small_int(request, "width", default, _MAX_SIDE)
+        if height is None or width is None:
+            raise UncheckedBinding("the UNet's default image size is not a single number")
+        want = [height // factor, width // factor]
+        if shape[2:] != want:
+            raise VerificationError(
+                f"request binding: the request asks for {height}x{width} images, the "
+                f"committed latents are {shape[2] * factor}x{shape[3] * factor}"
+            )
 
     def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
         from samplerguard.commitment.digest import output_bytes
