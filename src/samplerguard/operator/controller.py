@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import Conflict
 from samplerguard.operator.certs import CertPolicy, CertState, plan
 from samplerguard.operator.drbg import DrbgSecrets, reconcile_drbg
-from samplerguard.operator.kube import Conflict, Kube
+from samplerguard.operator.kube import Kube
 from samplerguard.operator.reports import (
     CLUSTER_REPORT_NAME,
     REPORT_NAME,
