@@ -16,6 +16,7 @@ __all__ = [
     "FamilyProgram",
     "UnsupportedPipeline",
     "all_families",
+    "describe_argument",
     "family_for_pipeline",
     "family_named",
     "register",
@@ -118,8 +119,9 @@ class Family:
                 continue
             allowed = _NEUTRAL.get(key)
             if allowed is None or not any(value == a and type(value) is type(a) for a in allowed):
+                shown = describe_argument(value)
                 raise UnsupportedPipeline(
-                    f"{self.name}: the denoiser was called with {key}={_brief(value)}, which "
+                    f"{self.name}: the denoiser was called with {key}={shown}, which "
                     "this family's step program does not re-run (an adapter, a LoRA scale or "
                     "a control input cannot be verified)"
                 )
@@ -151,7 +153,9 @@ class Family:
         return getattr(output, self.output)
 
 
-def _brief(value: object) -> str:
+def describe_argument(value: object) -> str:
+    """A pipeline or denoiser argument as an error message names it: a tensor by its shape,
+    anything else by its ``repr`` cut to 60 characters."""
     if isinstance(value, torch.Tensor):
         return f"<tensor {tuple(value.shape)}>"
     return repr(value)[:60]

@@ -44,7 +44,12 @@ from samplerguard.commitment.digest import output_bytes
 from samplerguard.commitment.plan import reset_to_fresh
 from samplerguard.commitment.state import SamplerState, capture_schedule, capture_state
 from samplerguard.commitment.statement import Commitment
-from samplerguard.families import Family, UnsupportedPipeline, family_for_pipeline
+from samplerguard.families import (
+    Family,
+    UnsupportedPipeline,
+    describe_argument,
+    family_for_pipeline,
+)
 from samplerguard.hook.recorder import Begun, Recorder, Trajectory, TrajectoryRequest
 
 __all__ = [
@@ -251,13 +256,7 @@ class _Call:
 
 
 def _same(value: object, neutral: object) -> bool:
-    return (type(value) is type(neutral) and value == neutral) or (
-        value is None and neutral is None
-    )
-
-
-def _brief(value: object) -> str:
-    return f"<tensor {tuple(value.shape)}>" if isinstance(value, torch.Tensor) else repr(value)[:60]
+    return type(value) is type(neutral) and value == neutral
 
 
 _ACTIVE = threading.local()
@@ -369,8 +368,9 @@ class InstrumentedPipeline:
         bound = bound_arguments(pipe, args, kwargs)
         for option, neutral in family.neutral_options.items():
             if option in bound and not _same(bound[option], neutral):
+                shown = describe_argument(bound[option])
                 raise UnsupportedPipeline(
-                    f"{type(pipe).__name__}({option}={_brief(bound[option])}) is not re-run by "
+                    f"{type(pipe).__name__}({option}={shown}) is not re-run by "
                     f"the {family.name} step program: leave it at {neutral!r} to be verified"
                 )
         if trajectory_request.params is None:
