@@ -1,0 +1,240 @@
+"""Red-team attacks of an adaptive provider, each recorded through the real hook and judged the
+way the verifier judges it: the policy's recipe checks (:func:`recipe_violations`, which the
+verifier runs on the committed recipe before any re-check) and a challenge of every step
+(:func:`verify_challenge`). Each test asserts that the verifier REJECTS the attack; an attack
+that still passes is marked ``xfail(strict=True)`` with the bypass it demonstrates, so the
+file stays green and each bypass turns into an unexpected pass once it is fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from samplerguard.commitment.challenge import ChallengeResult, verify_challenge
+from samplerguard.commitment.digest import output_bytes
+from samplerguard.commitment.opening import Opening
+from samplerguard.commitment.request import verify_response
+from samplerguard.commitment.statement import Commitment
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.hook import pipelines
+from samplerguard.hook.local import LocalSink
+from samplerguard.hook.pipelines import instrument
+from samplerguard.hook.recorder import Recorder, TrajectoryRequest
+from samplerguard.models.digits import SCHEDULER_CONFIG, StepInputs, guided_eps, scheduler_step
+from samplerguard.models.programs import DigitsProgram
+from samplerguard.policy.conformance import recipe_violations
+from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
+from samplerguard.verifier.reference import ReferenceModels
+from tests.support.families import Case, request_for, stable_diffusion_prompted
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
+STEPS = 10  # the quickstart policy allows 10..50
+LABELS = [3, 7]
+
+
+def _policy(name: str, **override: Any) -> SamplerPolicySpec:
+    """A shipped policy's spec, as the verifier holds it."""
+    doc = yaml.safe_load((ROOT / "policies" / name).read_text())
+    return SamplerPolicySpec.model_validate({**doc["spec"], **override})
+
+
+def _verifier_rejects(
+    spec: SamplerPolicySpec, commitment: Commitment, judge: Callable[[], ChallengeResult]
+) -> str | None:
+    """What the verifier rejects the trajectory for (the policy, a binding check, a step), or
+    None when every check passes and nothing was left unchecked."""
+    recipe = commitment.recipe
+    violations = recipe_violations(spec, recipe, str(recipe.get("rng", "framework")))
+    if violations:
+        return "policy: " + "; ".join(m for _, m in violations)
+    try:
+        result = judge()
+    except VerificationError as exc:
+        return str(exc)
+    if not result.accepted:
+        worst = result.worst
+        return f"step {worst.step if worst else '?'} rejected"
+    if result.unchecked:
+        return "incomplete: " + "; ".join(result.unchecked)
+    return None
+
+
+# -- the digits model through the plain-loop API ------------------------------------------------
+
+
+@dataclass
+class Served:
+    commitment: Commitment
+    sink: LocalSink
+    output: bytes
+    params: dict[str, Any]
+    unet_calls: int
+
+    def challenge(self, program: Any, tau: float = 1e-5) -> ChallengeResult:
+        rid = self.commitment.request_id
+        return verify_challenge(
+            self.commitment,
+            self.sink.transcript(rid),
+            lambda s: self.sink.opening(rid, s),
+            program,
+            steps=list(range(self.commitment.n_steps)),
+            tau=tau,
+        )
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[tuple[Recorder, LocalSink]]:
+    sink = LocalSink()
+    rec = Recorder(sink)
+    yield rec, sink
+    rec.close()
+
+
+def serve_digits(
+    tiny_unet: Any,
+    recorder: tuple[Recorder, LocalSink],
+    request_id: str,
+    scheduler: Any,
+    *,
+    skip: Callable[[int, Any], bool] = lambda i, s: False,
+    step_kwargs: dict[str, Any] | None = None,
+    latents: torch.Tensor | None = None,
+    params: dict[str, Any] | None = None,
+    noise_fn: Any = None,
+) -> Served:
+    """One request for the digits model on ``scheduler`` (an Euler instance the provider
+    builds), with the UNet skipped on the steps ``skip(i, scheduler)`` names."""
+    from samplerguard.commitment.draws import noise_from
+
+    rec, sink = recorder
+    scheduler.set_timesteps(STEPS)
+    consumer = {
+        "requestId": request_id,
+        "tenant": "tenant-a",
+        "classLabels": LABELS,
+        "steps": STEPS,
+        "guidanceScale": 3.0,
+        **(params or {}),
+    }
+    request = TrajectoryRequest(
+        request_id=request_id,
+        tenant="tenant-a",
+        pipeline="digits",
+        model_name="digits",
+        model_digest=DigitsProgram(tiny_unet).model_digest,
+        sampler="euler",
+        guidance_scale=3.0,
+        steps=STEPS,
+        params=consumer,
+    )
+    inputs = StepInputs(torch.tensor(LABELS), 3.0)
+    if latents is None:
+        latents = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(5))
+        latents = latents * scheduler.init_noise_sigma
+    calls = 0
+    with torch.no_grad(), rec.trajectory(request) as tr:
+        tr.begin(scheduler, latents, conditioning={"class_labels": inputs.class_labels})
+        for i, t in enumerate(scheduler.timesteps):
+            if skip(i, scheduler):
+                scheduler.scale_model_input(latents, t)  # the state a genuine loop leaves
+                eps = torch.zeros_like(latents)  # the UNet never runs
+            else:
+                calls += 1
+                eps = guided_eps(tiny_unet, scheduler, latents, t, inputs)
+            if step_kwargs:
+                if noise_fn is not None:
+                    with noise_from(noise_fn):
+                        out = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)
+                else:
+                    out = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)
+                latents = out[0]
+            else:
+                latents = scheduler_step(scheduler, eps, t, latents)
+            tr.step(i, t, latents, scheduler)
+        out_bytes = output_bytes(latents)
+        tr.end(latents, out_bytes)
+    assert tr.commitment is not None
+    return Served(tr.commitment, sink, out_bytes, consumer, calls)
+
+
+def _no_op_step(i: int, scheduler: Any) -> bool:
+    """A step whose sigma equals the next one: ``x + ε·(σ_{i+1} − σ_i)`` is ``x`` whatever ε."""
+    return bool(scheduler.sigmas[i] == scheduler.sigmas[i + 1])
+
+
+def _betas_with_plateaus(keep: set[int]) -> list[float]:
+    """``trained_betas`` equal to the linear schedule's where a kept step's interval lies, and 0
+    elsewhere: ᾱ is constant over a zero-beta interval, so σ repeats and the step is a no-op.
+    Under ``leading`` spacing step i of 10 sits at timestep 900 − 100·i."""
+    base = torch.linspace(0.0001, 0.02, 1000, dtype=torch.float64)
+    betas = torch.zeros(1000, dtype=torch.float64)
+    for i in keep:  # step i moves σ from t_i to t_{i+1} = t_i − 100: keep its betas
+        t_hi = 900 - 100 * i
+        t_lo = max(t_hi - 100, 0)
+        betas[t_lo + 1 : t_hi + 1] = base[t_lo + 1 : t_hi + 1] * 10 / len(keep)
+    betas[0] = base[0]
+    return [float(b) for b in betas]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass: an unpinned scheduler_config (trained_betas) repeats sigmas so the UNet "
+    "runs on 4 of 10 declared steps; the policy sees schedule 'leading' and every step "
+    "re-checks to 0",
+)
+def test_unpinned_scheduler_config_with_plateaued_betas_runs_3_of_8_steps(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """The quickstart policy allows Euler with ``leading`` spacing and pins no scheduler
+    config. The provider declares Euler on the digits model with ``trained_betas`` of its
+    choosing: zero betas over the intervals of 6 steps, so σ_i = σ_i+1 there (exact no-ops),
+    and the remaining 4 steps (3 kept and the last) cover the whole noise range. Every field the policy reads (the
+    sampler, the schedule id, the prediction type, steps, CFG) is what the consumer paid for."""
+    from diffusers import EulerDiscreteScheduler
+
+    keep = {0, 3, 6}
+    config = {**SCHEDULER_CONFIG, "timestep_spacing": "leading", "steps_offset": 0}
+    scheduler = EulerDiscreteScheduler.from_config(
+        {**config, "trained_betas": _betas_with_plateaus(keep)}
+    )
+    served = serve_digits(tiny_unet, recorder, "betas-1", scheduler, skip=_no_op_step)
+    assert served.unet_calls == 4  # the provider ran the UNet on 4 of 10 steps
+    spec = _policy("quickstart.yaml", rng={"mode": "framework"})
+    why = _verifier_rejects(spec, served.commitment, lambda: served.challenge(program))
+    assert why is not None, f"accepted after {served.unet_calls} of {STEPS} UNet steps"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass: an unpinned scheduler_config steps_offset past num_train_timesteps clamps "
+    "the top sigmas to one value: 5 of 10 declared steps are exact no-ops",
+)
+def test_unpinned_scheduler_config_with_a_huge_steps_offset_skips_the_top_steps(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """No exotic field: ``steps_offset`` is an ordinary integer of every diffusers scheduler.
+    Euler interpolates σ at timesteps past the training range to σ_max, so every step whose
+    timestep lies past 999 is a no-op."""
+    from diffusers import EulerDiscreteScheduler
+
+    config = {**SCHEDULER_CONFIG, "timestep_spacing": "leading", "steps_offset": 640}
+    served = serve_digits(
+        tiny_unet,
+        recorder,
+        "offset-1",
+        EulerDiscreteScheduler.from_config(config),
+        skip=_no_op_step,
+    )
+    assert served.unet_calls == 5  # 5 of the 10 steps are no-ops
+    spec = _policy("quickstart.yaml", rng={"mode": "framework"})
+    why = _verifier_rejects(spec, served.commitment, lambda: served.challenge(program))
+    assert why is not None, f"accepted after {served.unet_calls} of {STEPS} UNet steps"
