@@ -238,3 +238,235 @@ def test_unpinned_scheduler_config_with_a_huge_steps_offset_skips_the_top_steps(
     spec = _policy("quickstart.yaml", rng={"mode": "framework"})
     why = _verifier_rejects(spec, served.commitment, lambda: served.challenge(program))
     assert why is not None, f"accepted after {served.unet_calls} of {STEPS} UNet steps"
+
+
+# -- Stable Diffusion through the instrumented diffusers pipeline -------------------------------
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The verifier's reference: the honest pipeline, saved as a diffusers folder."""
+    path = tmp_path_factory.mktemp("sd")
+    stable_diffusion_prompted().pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _references(folder: Path, commitment: Commitment) -> Any:
+    """An operator who serves one checkpoint for text-to-image and image-to-image keeps one
+    reference folder for both families."""
+    digest = commitment.recipe["model"]["digest"]
+    refs = ReferenceModels(
+        {"stable-diffusion": folder, "stable-diffusion-img2img": folder},
+        GoldenDigests(model_weights=[digest]),
+    )
+    return refs.program(dict(commitment.recipe))
+
+
+def _challenge_sd(folder: Path, sink: LocalSink, commitment: Commitment) -> ChallengeResult:
+    rid = commitment.request_id
+    return verify_challenge(
+        commitment,
+        sink.transcript(rid),
+        lambda s: Opening.from_bytes(sink.opening(rid, s).to_bytes()),
+        _references(folder, commitment),
+        steps=list(range(commitment.n_steps)),
+        tau=0.0,
+    )
+
+
+def _run(pipe: Any, request: TrajectoryRequest, **call: Any) -> tuple[LocalSink, Any]:
+    sink = LocalSink()
+    recorder = Recorder(sink)
+    try:
+        out = instrument(pipe, recorder)(
+            generator=torch.Generator().manual_seed(7), trajectory_request=request, **call
+        )
+    finally:
+        recorder.close()
+    return sink, out
+
+
+def _sd_policy() -> SamplerPolicySpec:
+    """The SD 1.5 policy with its pins replaced by the tiny model's (Euler, framework noise
+    for the image-to-image family, which z_N is no plain draw of)."""
+    return _policy(
+        "sd15-euler-dpmpp2m.yaml",
+        recipe={
+            "samplers": ["euler"],
+            "schedules": ["leading", "linspace"],
+            "steps": {"min": 1, "max": 50},
+            "cfg": {"min": 1.0, "max": 12.0},
+            "predictionTypes": ["epsilon"],
+        },
+        goldenDigests={},
+        rng={"mode": "framework"},
+    )
+
+
+def _img2img(case: Case) -> Any:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline(**case.pipe.components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass: a text-to-image request served by the image-to-image family runs 4 of 5 "
+    "steps (the default strength 0.8) on latents of a quarter of the requested size; nothing "
+    "binds the family or, for img2img, the size to the consumer's request",
+)
+def test_a_text_to_image_request_served_as_image_to_image_runs_fewer_smaller_steps(
+    folder: Path,
+) -> None:
+    """The consumer asks for a 32x32 text-to-image generation, 5 steps. The provider runs the
+    image-to-image pipeline of the same checkpoint on a 16x16 gray image of its own: the loop
+    starts at schedule index 1 (the pipeline's default strength 0.8, since the request names
+    none) and every UNet call sees a quarter of the pixels asked for. The commitment binds the
+    consumer's own parameters, so the consumer's one call accepts it too."""
+    case = stable_diffusion_prompted()
+    consumer = {
+        "requestId": "as-img2img",
+        "tenant": "t",
+        "steps": 5,
+        "guidanceScale": 3.0,
+        "prompt": "a red cat",
+        "negativePrompt": "blurry",
+        "height": 32,
+        "width": 32,
+    }
+    request = request_for(case, "as-img2img")
+    request = TrajectoryRequest(
+        **{
+            **request.__dict__,
+            "pipeline": "stable-diffusion-img2img",
+            "steps": 5,
+            "params": consumer,
+        }
+    )
+    sink, out = _run(
+        _img2img(case),
+        request,
+        prompt="a red cat",
+        negative_prompt="blurry",
+        image=torch.full((1, 3, 16, 16), 0.5),
+        num_inference_steps=5,
+        guidance_scale=3.0,
+        output_type="np",
+    )
+    commitment = Commitment.verify(out.commitment.to_json(), sink.key.public_key())
+    assert commitment.n_steps == 4 and commitment.recipe["latent_shape"] == [1, 4, 8, 8]
+    verify_response(  # the consumer's check passes: its parameters, its output
+        out.commitment.to_json(),
+        sink.key.public_key(),
+        request=consumer,
+        output=output_bytes(out.output.images),
+    )
+    why = _verifier_rejects(
+        _sd_policy(), commitment, lambda: _challenge_sd(folder, sink, commitment)
+    )
+    assert why is not None, "a 4-step 16x16 run passed for a 5-step 32x32 request"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass: the consumer's init image is in no request parameter and z_N is not "
+    "re-derived from it: image-to-image of another image passes as fully checked",
+)
+def test_image_to_image_of_another_image_is_rejected(folder: Path) -> None:
+    """The consumer sends its photo; the provider runs image-to-image of another image (a
+    cached result, a stock picture). The request parameters the hook records hold no trace of
+    the image, and nothing is reported unchecked."""
+    case = stable_diffusion_prompted()
+    pipe = _img2img(case)
+    request = TrajectoryRequest(
+        **{**request_for(case, "other-image").__dict__, "pipeline": "stable-diffusion-img2img"}
+    )
+    theirs = torch.rand((1, 3, 16, 16), generator=torch.Generator().manual_seed(3))
+    consumer_call = {
+        "prompt": "a red cat",
+        "image": theirs,
+        "strength": 0.75,
+        "num_inference_steps": case.steps,
+        "guidance_scale": case.guidance,
+        "output_type": "np",
+    }
+    sink, out = _run(pipe, request, **{**consumer_call, "image": 1.0 - theirs})
+    commitment = Commitment.verify(out.commitment.to_json(), sink.key.public_key())
+    params = sink.transcript("other-image").meta.request
+    assert params is not None and not any(
+        isinstance(v, list) and len(v) >= theirs.numel() for v in params.values()
+    )  # the image is nowhere in what the commitment binds
+    why = _verifier_rejects(
+        _sd_policy(), commitment, lambda: _challenge_sd(folder, sink, commitment)
+    )
+    assert why is not None, "image-to-image of another image passed every check"
+
+
+def _forge(monkeypatch: pytest.MonkeyPatch, **fields: Any) -> None:
+    """The provider records request parameters other than those of the call it ran."""
+    real = pipelines.request_params
+    monkeypatch.setattr(pipelines, "request_params", lambda *a: {**real(*a), **fields})
+
+
+def _spoof_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider's hook declares a build the verifier does not reproduce (it costs
+    nothing: the fingerprint is the provider's claim)."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    mine = build_fingerprint("cpu")
+    monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d: {**mine, "torch": "0.0.1"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass (downgrade): with a spoofed build fingerprint a swapped prompt is NOT "
+    "CHECKED (verdict error, counted as a pass by the per-provider test) instead of rejected",
+)
+def test_a_swapped_prompt_under_a_spoofed_build_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _spoof_build(monkeypatch)
+    _forge(monkeypatch, prompt="a blue dog")
+    case = stable_diffusion_prompted()
+    sink, out = _run(
+        case.pipe,
+        request_for(case, "spoof-prompt"),
+        num_inference_steps=case.steps,
+        guidance_scale=case.guidance,
+        **case.kwargs,
+    )
+    commitment = Commitment.verify(out.commitment.to_json(), sink.key.public_key())
+    with pytest.raises(VerificationError, match="request binding"):
+        result = _challenge_sd(folder, sink, commitment)
+        assert result.accepted, "a step failed"
+        pytest.fail(f"accepted; NOT CHECKED: {result.unchecked}")  # what happens today
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass (downgrade): with a spoofed build fingerprint a served image that is not "
+    "the decode is NOT CHECKED (verdict error) instead of rejected",
+)
+def test_a_swapped_output_under_a_spoofed_build_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _spoof_build(monkeypatch)
+    case = stable_diffusion_prompted()
+    processor = case.pipe.image_processor
+    real = processor.postprocess
+    monkeypatch.setattr(processor, "postprocess", lambda *a, **k: 1.0 - real(*a, **k))
+    sink, out = _run(
+        case.pipe,
+        request_for(case, "spoof-output"),
+        num_inference_steps=case.steps,
+        guidance_scale=case.guidance,
+        **case.kwargs,
+    )
+    commitment = Commitment.verify(out.commitment.to_json(), sink.key.public_key())
+    with pytest.raises(VerificationError, match="output binding"):
+        result = _challenge_sd(folder, sink, commitment)
+        assert result.accepted, "a step failed"
+        pytest.fail(f"accepted; NOT CHECKED: {result.unchecked}")
