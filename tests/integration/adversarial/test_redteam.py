@@ -110,6 +110,7 @@ def serve_digits(
     latents: torch.Tensor | None = None,
     params: dict[str, Any] | None = None,
     noise_fn: Any = None,
+    provider_unet: Any = None,
 ) -> Served:
     """One request for the digits model on ``scheduler`` (an Euler instance the provider
     builds), with the UNet skipped on the steps ``skip(i, scheduler)`` names."""
@@ -149,7 +150,12 @@ def serve_digits(
                 eps = torch.zeros_like(latents)  # the UNet never runs
             else:
                 calls += 1
-                eps = guided_eps(tiny_unet, scheduler, latents, t, inputs)
+                if provider_unet is None:
+                    eps = guided_eps(tiny_unet, scheduler, latents, t, inputs)
+                else:  # the provider's own (cheaper) copy of the model
+                    dtype = next(provider_unet.parameters()).dtype
+                    z = latents.to(dtype)
+                    eps = guided_eps(provider_unet, scheduler, z, t, inputs).float()
             if step_kwargs:
                 if noise_fn is not None:
                     with noise_from(noise_fn):
@@ -191,14 +197,15 @@ def _betas_with_plateaus(keep: set[int]) -> list[float]:
     "runs on 4 of 10 declared steps; the policy sees schedule 'leading' and every step "
     "re-checks to 0",
 )
-def test_unpinned_scheduler_config_with_plateaued_betas_runs_3_of_8_steps(
+def test_unpinned_scheduler_config_with_plateaued_betas_runs_4_of_10_steps(
     tiny_unet: Any, program: DigitsProgram, recorder: Any
 ) -> None:
     """The quickstart policy allows Euler with ``leading`` spacing and pins no scheduler
     config. The provider declares Euler on the digits model with ``trained_betas`` of its
     choosing: zero betas over the intervals of 6 steps, so σ_i = σ_i+1 there (exact no-ops),
-    and the remaining 4 steps (3 kept and the last) cover the whole noise range. Every field the policy reads (the
-    sampler, the schedule id, the prediction type, steps, CFG) is what the consumer paid for."""
+    and the remaining 4 steps (3 kept and the last) cover the whole noise range. Every field
+    the policy reads (the sampler, the schedule id, the prediction type, steps, CFG) is what
+    the consumer paid for."""
     from diffusers import EulerDiscreteScheduler
 
     keep = {0, 3, 6}
@@ -470,3 +477,145 @@ def test_a_swapped_output_under_a_spoofed_build_is_rejected(
         result = _challenge_sd(folder, sink, commitment)
         assert result.accepted, "a step failed"
         pytest.fail(f"accepted; NOT CHECKED: {result.unchecked}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass: step_args (Euler's s_churn/s_noise) are the provider's choice; neither the "
+    "policy nor the request binds them, so noise of the provider's choosing is injected into "
+    "every step of a 'plain Euler' generation and it passes as fully checked",
+)
+def test_step_arguments_the_pipeline_never_passes_are_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stable Diffusion's pipeline passes Euler no step arguments (``eta`` only to schedulers
+    that take it). The provider's code path passes ``s_churn`` and a large ``s_noise``: each
+    step adds σ·s_noise·z of framework noise (the provider's generator), a channel that moves
+    the output wherever the provider likes while every step re-checks to 0."""
+    case = stable_diffusion_prompted()
+    _, honest = _run(
+        case.pipe,
+        request_for(case, "churn-honest"),
+        num_inference_steps=case.steps,
+        guidance_scale=case.guidance,
+        **case.kwargs,
+    )
+    pipe = case.pipe
+    real = pipe.prepare_extra_step_kwargs
+    monkeypatch.setattr(
+        pipe,
+        "prepare_extra_step_kwargs",
+        lambda gen, eta: {**real(gen, eta), "s_churn": 10.0, "s_noise": 3.0},
+    )
+    sink, out = _run(
+        pipe,
+        request_for(case, "churn"),
+        num_inference_steps=case.steps,
+        guidance_scale=case.guidance,
+        **case.kwargs,
+    )
+    commitment = Commitment.verify(out.commitment.to_json(), sink.key.public_key())
+    assert commitment.recipe["step_args"] == {"s_churn": 10.0, "s_noise": 3.0}
+    a = torch.as_tensor(honest.output.images)
+    b = torch.as_tensor(out.output.images)
+    assert float((a - b).norm() / a.norm()) > 0.05  # another image for the same request
+    why = _verifier_rejects(
+        _sd_policy(), commitment, lambda: _challenge_sd(folder, sink, commitment)
+    )
+    assert why is not None, "step arguments the pipeline never passes were accepted"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="robustness: encode_prompt's TypeError/IndexError escape verify_challenge (the "
+    "Checker turns them into an unnamed 're-check failed' fail, never an accept)",
+)
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"negativePrompt": ["a", "b"]},  # two negatives for one prompt
+        {"clipSkip": 64},  # more layers skipped than the text encoder has
+    ],
+    ids=["negative-batch", "clip-skip"],
+)
+def test_hostile_request_parameters_are_a_named_rejection_not_a_crash(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, hostile: dict[str, Any]
+) -> None:
+    """Request parameters the reference encoder cannot use must fail the request binding by
+    name (the provider controls them), not escape the verifier as a diffusers exception."""
+    _forge(monkeypatch, **hostile)
+    case = stable_diffusion_prompted()
+    sink, out = _run(
+        case.pipe,
+        request_for(case, "hostile"),
+        num_inference_steps=case.steps,
+        guidance_scale=case.guidance,
+        **case.kwargs,
+    )
+    commitment = Commitment.verify(out.commitment.to_json(), sink.key.public_key())
+    with pytest.raises((VerificationError, MalformedInputError)):
+        _challenge_sd(folder, sink, commitment)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bypass: in framework noise mode the consumer's seed is committed but z_N is never "
+    "re-derived from it: a cherry-picked or cached starting noise passes",
+)
+def test_a_starting_noise_other_than_the_requested_seed_is_rejected(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any
+) -> None:
+    """The consumer asks for seed 5 (reproducibility, or a seed it picked from a preview). The
+    provider starts from another noise of its choosing, e.g. the best of several draws, or the
+    noised latent of a cached image; every step it runs is honest."""
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
+    scheduler.set_timesteps(STEPS)
+    other = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(6))
+    served = serve_digits(
+        tiny_unet,
+        recorder,
+        "seed-1",
+        scheduler,
+        latents=other * scheduler.init_noise_sigma,
+        params={"seed": 5},
+    )
+    spec = _policy("quickstart.yaml", rng={"mode": "framework"})
+    why = _verifier_rejects(spec, served.commitment, lambda: served.challenge(program))
+    assert why is not None, "z_N from seed 6 passed for a request of seed 5"
+
+
+def test_a_bfloat16_model_behind_a_spoofed_build_is_rejected_at_the_policys_tau(
+    tiny_unet: Any, program: DigitsProgram, recorder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Declaring a build the verifier cannot reproduce moves the re-check from exact to the
+    policy's tau (quickstart: 1e-4). A provider that uses that slack to run the UNet in
+    bfloat16 (half the memory traffic on a GPU) scores about 2e-2 on its first step: caught.
+    An honest run under the same spoofed build still re-checks to exactly 0."""
+    import copy
+
+    from diffusers import EulerDiscreteScheduler
+
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    mine = build_fingerprint("cpu")
+    monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d: {**mine, "torch": "0.0.1"})
+    low = copy.deepcopy(tiny_unet).to(torch.bfloat16)
+    served = serve_digits(
+        tiny_unet,
+        recorder,
+        "bf16-1",
+        EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG),
+        provider_unet=low,
+    )
+    tau = _policy("quickstart.yaml").verification.tau
+    assert tau is not None
+    result = served.challenge(program, tau=tau)
+    assert not result.exact and not result.accepted
+    assert result.results[0].worst > 100 * tau
+    honest = serve_digits(
+        tiny_unet, recorder, "bf16-honest", EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
+    )
+    assert all(r.worst == 0.0 for r in honest.challenge(program, tau=tau).results)
