@@ -12,7 +12,13 @@ import torch
 
 from samplerguard.commitment.transcript import UncheckedBinding
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.families._base import Family, FamilyProgram, UnsupportedPipeline, register
+from samplerguard.families._base import (
+    Family,
+    FamilyProgram,
+    UnsupportedPipeline,
+    read_config,
+    register,
+)
 
 __all__ = [
     "SD_CODEC_FAMILIES",
@@ -111,6 +117,7 @@ class StableDiffusionProgram(FamilyProgram):
 class StableDiffusionFamily(Family):
     name = "stable-diffusion"
     pipelines = ("StableDiffusionPipeline",)
+    step_inputs = MappingProxyType({"eta": ("eta", 0.0)})
     request_inputs: ClassVar[tuple[tuple[str, str], ...]] = (
         ("prompt", "prompt"),
         ("height", "height"),
@@ -143,7 +150,7 @@ class StableDiffusionImg2ImgFamily(StableDiffusionFamily):
     pipelines = ("StableDiffusionImg2ImgPipeline",)
     request_inputs = (
         ("prompt", "prompt"),
-        ("image", ""),
+        ("image", "imageDigest"),
         ("strength", "strength"),
         ("negative_prompt", "negativePrompt"),
         ("num_images_per_prompt", "imagesPerPrompt"),
@@ -185,8 +192,8 @@ class StableDiffusionInpaintFamily(StableDiffusionFamily):
     pipelines = ("StableDiffusionInpaintPipeline",)
     request_inputs = (
         ("prompt", "prompt"),
-        ("image", ""),
-        ("mask_image", ""),
+        ("image", "imageDigest"),
+        ("mask_image", "maskDigest"),
         ("masked_image_latents", ""),
         ("height", "height"),
         ("width", "width"),
@@ -412,7 +419,6 @@ def load_codec(
     :class:`MalformedInputError` for an unusable folder, :class:`VerificationError` for a text
     encoder the policy does not pin."""
     import importlib
-    import json
 
     from samplerguard.commitment.digest import module_digest
 
@@ -421,23 +427,15 @@ def load_codec(
     parts: dict[str, Any] = {}
     for name, (module, cls_name) in _COMPONENTS.items():
         sub = folder / name
-        config = sub / ("tokenizer_config.json" if name == "tokenizer" else "config.json")
-        try:
-            if config.stat().st_size > 1 << 20:
-                raise MalformedInputError(f"reference {config} is larger than 1 MiB")
-            doc = json.loads(config.read_text())
-        except (OSError, ValueError) as exc:
-            raise MalformedInputError(f"reference {config}: {exc}") from None
+        doc = read_config(sub / ("tokenizer_config.json" if name == "tokenizer" else "config.json"))
         named = (
             doc.get("tokenizer_class")
             or doc.get("_class_name")
             or (doc.get("architectures") or [None])[0]
-            if isinstance(doc, dict)
-            else None
         )
         if named not in (cls_name, f"{cls_name}Fast"):
             raise MalformedInputError(
-                f"reference {config} names {str(named)[:60]!r}; the {name} is a {cls_name}"
+                f"reference {sub} names {str(named)[:60]!r}; the {name} is a {cls_name}"
             )
         cls = getattr(importlib.import_module(module), cls_name)
         try:
