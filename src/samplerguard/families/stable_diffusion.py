@@ -333,20 +333,35 @@ class StableDiffusionCodec:
                 "re-derive them from"
             )
         negative = _prompts(request, "negativePrompt")
+        if negative is not None and (
+            type(negative) is not type(prompt)
+            or (isinstance(prompt, list) and len(negative) != len(prompt))
+        ):
+            raise MalformedInputError(
+                "the request's negativePrompt does not match its prompt (one negative prompt "
+                "per prompt, both strings or both lists)"
+            )
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
-        clip_skip = _small_int(request, "clipSkip", None, 64)
+        layers = int(self.pipe.text_encoder.config.num_hidden_layers)
+        clip_skip = _small_int(request, "clipSkip", None, layers - 1)
         guidance = float(request["guidanceScale"])
         do_cfg = guidance > 1.0
         device = self.pipe.text_encoder.device
-        with torch.no_grad():
-            positive, negative_embeds = self.pipe.encode_prompt(
-                prompt,
-                device,
-                per_prompt,
-                do_cfg,
-                negative_prompt=negative,
-                clip_skip=clip_skip,
-            )
+        try:
+            with torch.no_grad():
+                positive, negative_embeds = self.pipe.encode_prompt(
+                    prompt,
+                    device,
+                    per_prompt,
+                    do_cfg,
+                    negative_prompt=negative,
+                    clip_skip=clip_skip,
+                )
+        except Exception as exc:  # the pipeline's own code raises anything for odd inputs
+            raise MalformedInputError(
+                f"the reference text encoder cannot encode the request's prompt: "
+                f"{type(exc).__name__}: {str(exc)[:120]}"
+            ) from None
         self._check_latents(request, recipe, int(positive.shape[0]))
         embeds = torch.cat([negative_embeds, positive]) if do_cfg else positive
         return {"prompt_embeds": embeds}
