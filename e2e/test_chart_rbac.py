@@ -108,7 +108,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
                 f"--peering={REL}",
                 "--ingest=off",
                 "--health=off",
-                "--audit-interval=5",
+                "--audit-interval=5s",
                 # only this module's pods: another installation may share the cluster
                 f"--audit-namespace={APP_NS}",
                 f"--verifier-user=system:serviceaccount:{NS}:{REL}-verifier",

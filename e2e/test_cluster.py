@@ -246,7 +246,7 @@ def cluster(
             "--validating-webhook",
             "sg-e2e-validating",
             "--audit-interval",
-            "5",
+            "5s",
             # only this module's pods: another installation may share the cluster
             "--audit-namespace",
             APP_NS,
@@ -254,7 +254,7 @@ def cluster(
             registry.host,
             "--health=off",
             "--cert-check",
-            "5",
+            "5s",
         ],
         stdout=op_log,
         stderr=subprocess.STDOUT,

@@ -179,7 +179,7 @@ def _render() -> list[dict[str, Any]]:
         "optInLabel": OPT_IN,
         "sidecar": {"namespaces": [APP_NS]},
         "verifier": {"policy": f"ClusterSamplerPolicy/{POLICY}", "namespace": APP_NS},
-        "operator": {"auditIntervalSeconds": 30, "certCheckSeconds": 10},
+        "operator": {"auditInterval": "30s", "certCheck": "10s"},
     }
     rendered = helm.Chart.load(REPO / "charts" / "samplerguard").render(
         values, name=REL, namespace=NS, is_install=True

@@ -64,3 +64,42 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 {{- $claims | uniq | toJson -}}
 {{- end -}}
+{{- /* Seconds in a duration value: (list "key.path" value). Durations are written as in
+policies ("30s", "10m", "1h30m", "72h", "90d"); a bare number still reads as seconds. Anything
+else fails the render with the key's name. */ -}}
+{{- define "sg.seconds" -}}
+{{- $key := index . 0 -}}{{- $v := toString (index . 1) | trim -}}
+{{- if regexMatch "^[0-9]+(\\.[0-9]+)?$" $v -}}{{ $v | float64 }}
+{{- else if and (le (len $v) 32) (regexMatch "^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h|d))+$" $v) -}}
+{{- $units := dict "ns" 0.000000001 "us" 0.000001 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h|d)" $v -1 -}}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" . | float64 -}}
+{{- $total = addf $total (mulf $n (get $units (regexReplaceAll "^[0-9.]+" . ""))) -}}
+{{- end -}}
+{{- $total -}}
+{{- else -}}
+{{- fail (printf "%s: %q is not a duration; write it as in policies, e.g. 30s, 10m, 72h or 1h30m" $key $v) -}}
+{{- end -}}
+{{- end -}}
+{{- /* A duration value checked, as the flag takes it: (list "key.path" value). */ -}}
+{{- define "sg.duration" -}}
+{{- $_ := include "sg.seconds" . -}}{{ toString (index . 1) | trim }}
+{{- end -}}
+{{- /* Keys that were renamed when durations took one format: a values file still setting one
+fails the render, naming the new key, instead of being silently ignored. */ -}}
+{{- define "sg.renamedValues" -}}
+{{- $renamed := dict
+  "operator.auditIntervalSeconds" (list .Values.operator.auditIntervalSeconds "operator.auditInterval")
+  "operator.certCheckSeconds" (list .Values.operator.certCheckSeconds "operator.certCheck")
+  "webhook.timeoutSeconds" (list .Values.webhook.timeoutSeconds "webhook.timeout")
+  "webhook.deadlineSeconds" (list .Values.webhook.deadlineSeconds "webhook.deadline")
+  "webhook.freshTtlSeconds" (list .Values.webhook.freshTtlSeconds "webhook.freshTtl")
+  "webhook.lastKnownGoodTtlSeconds" (list .Values.webhook.lastKnownGoodTtlSeconds "webhook.lastKnownGoodTtl")
+-}}
+{{- range $old, $pair := $renamed -}}
+{{- if not (kindIs "invalid" (index $pair 0)) -}}
+{{- fail (printf "%s was renamed %s, which takes a duration such as 30s, 10m or 1h (here %s: %vs)" $old (index $pair 1) (index $pair 1) (index $pair 0)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -5,7 +5,9 @@
 is built. :func:`apply_env` turns the variables of the command about to run into defaults, with the
 option's own type and choices, so a bad value is one line naming the variable (exit 2), never a
 traceback; the variables of other commands are not read. :func:`duration` is the one parser of
-durations for flags and variables: Go-style strings (``"72h"``, ``"1h30m"``, ``"500ms"``).
+durations for flags and variables: Go-style strings (``"72h"``, ``"1h30m"``, ``"500ms"``), as in
+policies; a bare number still reads as seconds. Defaults are written in that format too, so
+``--help`` shows them as they are typed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import os
 import re
 from collections.abc import Sequence
 
-__all__ = ["EnvError", "apply_env", "document", "duration", "env_name"]
+from samplerguard.durations import parse_duration
+
+__all__ = ["EnvError", "apply_env", "document", "duration", "env_name", "seconds"]
 
 _SKIP = (argparse._HelpAction, argparse._VersionAction, argparse._CountAction)
 _TRUE = {"1", "true", "yes", "on"}
@@ -26,13 +30,21 @@ class EnvError(ValueError):
     """A ``SAMPLERGUARD_*`` variable holds a value its option refuses."""
 
 
-def duration(text: str) -> float:
+def seconds(text: str) -> float:
     """Seconds in a Go-style duration (``ns``…``h``, and ``d`` for days). A bare number is read
-    as seconds, as these flags took before they took durations."""
-    from samplerguard.policy.spec import parse_duration
+    as seconds, as these options took before they took durations. Anything else raises
+    ``ValueError`` saying what is expected."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,9})?", text):
+        return float(text)
+    return parse_duration(text)
 
+
+def duration(text: str) -> float:
+    """:func:`seconds` as an argparse ``type``: a bad value is argparse's one-line usage
+    error carrying the reason."""
     try:
-        return float(text) if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) else parse_duration(text)
+        return seconds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -56,11 +68,14 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 
 
 def document(parser: argparse.ArgumentParser) -> None:
-    """Add ``(default: …)`` and ``[env SAMPLERGUARD_…]`` to every option's help."""
+    """Add ``(default: …)`` and ``[env SAMPLERGUARD_…]`` to every option's help; duration
+    options show ``DURATION`` as their value."""
     for action in _actions(parser):
         name = env_name(action)
         if name is None or action.help == argparse.SUPPRESS:
             continue
+        if action.type is duration and action.metavar is None:
+            action.metavar = "DURATION"
         text = re.sub(rf"\s*\[(env )?{name}\]", "", action.help or "")
         default = action.default
         if default not in (None, False, [], "") and "default" not in text:

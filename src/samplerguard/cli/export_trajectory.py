@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from samplerguard.cli._options import duration
+
 __all__ = ["register", "run"]
 
 
@@ -35,7 +37,7 @@ def register(sub: Any) -> None:
         action="append",
         help="export only this step's opening (repeatable; default: every step)",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per sidecar call")
+    p.add_argument("--timeout", type=duration, default="30s", help="time per sidecar call")
     p.set_defaults(_run=run)
 
 

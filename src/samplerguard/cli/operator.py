@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
         "operator",
         help="run the operator (policy status, webhook certificates, PolicyReports, audit)",
         description="Run the kopf operator. In a pod it uses the in-cluster config; outside, "
-        "the kubeconfig named by KUBECONFIG. Flags default to SAMPLERGUARD_<FLAG> variables.",
+        "the kubeconfig named by KUBECONFIG. Flags default to SAMPLERGUARD_<FLAG> variables; "
+        "durations read as in policies (30s, 10m, 72h, 90d; a bare number is seconds).",
     )
     p.add_argument("--namespace", default="samplerguard")
     p.add_argument("--tls-secret", default="samplerguard-webhook-tls")
@@ -30,20 +31,20 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--dns-san", action="append", default=[], help="extra DNS SAN")
     p.add_argument("--cert-dir", type=Path, help="also write tls.crt/tls.key/ca.crt here")
-    p.add_argument("--leaf-days", type=int, default=90, help="serving cert life")
+    p.add_argument("--leaf-lifetime", type=duration, default="90d", help="serving certificate life")
     p.add_argument(
-        "--leaf-renew-before-days",
-        type=int,
-        default=30,
+        "--leaf-renew-before",
+        type=duration,
+        default="30d",
         help="re-issue the serving certificate when less than this is left",
     )
     p.add_argument(
         "--audit-interval",
         type=duration,
-        default=600.0,
-        help="background audit period, a duration (10m) or seconds; 0 disables it",
+        default="10m",
+        help="background audit period; 0 disables it",
     )
-    p.add_argument("--cert-check", type=duration, default=300.0, help="certificate check period")
+    p.add_argument("--cert-check", type=duration, default="5m", help="certificate check period")
     p.add_argument(
         "--verifier-user",
         action="append",
@@ -134,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
     from samplerguard.operator.kube import Kube
 
+    if args.leaf_lifetime <= 0:
+        print("samplerguard operator: --leaf-lifetime must be longer than 0s")
+        return 2
     try:
         kconfig.load_incluster_config()  # type: ignore[no-untyped-call]
     except kconfig.ConfigException:
@@ -152,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
         extra_dns_sans=tuple(args.dns_san),
         cert_dir=args.cert_dir,
         cert_check_seconds=args.cert_check,
-        leaf_days=args.leaf_days,
-        leaf_renew_before_days=args.leaf_renew_before_days,
+        leaf_days=args.leaf_lifetime / 86400,
+        leaf_renew_before_days=args.leaf_renew_before / 86400,
         audit_interval_seconds=args.audit_interval,
         verifier_users=users,
         lease_name=args.lease,

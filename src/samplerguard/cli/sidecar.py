@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+from samplerguard.cli._options import duration, seconds
+
 __all__ = ["register", "run"]
 
 
@@ -21,11 +23,15 @@ def _env(name: str) -> str | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from samplerguard.durations import format_duration
+    from samplerguard.sidecar.config import SidecarConfig
+
     p = sub.add_parser(
         "sidecar",
         help="run the sidecar: trajectory ingestion, commitments, openings",
         description="Ingest trajectories from the hook over a Unix socket, sign commitments, "
-        "store openings and serve them to the authenticated verifier over TCP.",
+        "store openings and serve them to the authenticated verifier over TCP. Durations read "
+        "as in policies (30s, 5m, 24h; a bare number is seconds).",
     )
     p.add_argument("--probe", metavar="SOCKET", help="readiness probe against a running sidecar")
     p.add_argument("--socket", help="Unix socket for the hook [SAMPLERGUARD_SOCKET]")
@@ -56,13 +62,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--scheduler-config", help="scheduler_config.json [SAMPLERGUARD_SCHEDULER_CONFIG]"
     )
-    p.add_argument("--integrity-interval", type=float, help="seconds between re-measurements")
+    defaults = SidecarConfig()
+    p.add_argument(
+        "--integrity-interval",
+        type=duration,
+        help="time between re-measurements of the model files "
+        f"(default: {format_duration(defaults.integrity_interval)})",
+    )
     p.add_argument(
         "--policy-refresh",
-        type=float,
-        help="seconds between re-reads of the policy, 0: read once [SAMPLERGUARD_POLICY_REFRESH]",
+        type=duration,
+        help="time between re-reads of the policy; 0: read once "
+        f"(default: {format_duration(defaults.policy_refresh)})",
     )
-    p.add_argument("--retention", type=float, help="seconds openings are kept (no policy)")
+    p.add_argument(
+        "--retention",
+        type=duration,
+        help="how long openings are kept without a policy (a policy's retention wins) "
+        f"(default: {format_duration(defaults.retention)})",
+    )
     p.add_argument("--max-store-bytes", type=int, help="openings store cap")
     p.add_argument("--min-free-bytes", type=int, help="free-space floor on the volume")
     p.add_argument("--max-connections", type=int, default=64)
@@ -93,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _config(args: argparse.Namespace) -> object:
-    from samplerguard.sidecar.config import SidecarConfig, parse_hostport
+    from samplerguard.sidecar.config import ENV, SidecarConfig, parse_hostport
 
     kw: dict[str, object] = {}
 
@@ -133,16 +151,20 @@ def _config(args: argparse.Namespace) -> object:
     if models:
         kw["model_files"] = tuple(Path(m) for m in models if m)
     for name, conv in (
-        ("integrity_interval", float),
-        ("policy_refresh", float),
-        ("retention", float),
+        ("integrity_interval", seconds),
+        ("policy_refresh", seconds),
+        ("retention", seconds),
         ("max_store_bytes", int),
         ("min_free_bytes", int),
     ):
         value = getattr(args, name)
-        raw = value if value is not None else _env(name)
-        if raw is not None:
-            kw[name] = conv(raw)
+        if value is not None:
+            kw[name] = value
+        elif (raw := _env(name)) is not None:
+            try:
+                kw[name] = conv(raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV[name]}={raw[:40]!r}: {exc}") from None
     kw["max_connections"] = args.max_connections
     kw["fsync"] = args.fsync
     direct = args.store_direct_io or _env("store_direct_io")

@@ -3,9 +3,9 @@
 Local mode: ``--sidecar URL`` (repeatable) and ``--token-file``. In a cluster:
 ``--discover kubernetes`` and the projected ServiceAccount token as ``--token-file``.
 ``--once`` runs one round and exits (1 if any trajectory failed, 2 if its only judgements were
-errors); otherwise the verifier
-serves its status API on ``--listen`` and audits every ``--interval`` seconds. ``canary``
-runs the policy's canary suite instead (see docs/verifier.md).
+errors); otherwise the verifier serves its status API on ``--listen`` and audits every
+``--interval`` (a duration, ``5s``). ``canary`` runs the policy's canary suite instead (see
+docs/verifier.md).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from samplerguard.cli._options import duration
 from samplerguard.errors import TemporaryError
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--report-token-file", default=None)
     p.add_argument("--shard", default="0/1", help="INDEX/COUNT")
     p.add_argument("--escrow-key", default=None, help="X25519 key")
-    p.add_argument("--interval", type=float, default=5.0)
-    p.add_argument("--timeout", type=float, default=10.0, help="per sidecar request, seconds")
+    p.add_argument("--interval", type=duration, default="5s", help="time between rounds")
+    p.add_argument("--timeout", type=duration, default="10s", help="time per sidecar request")
     p.add_argument("--listen", default="127.0.0.1:9472")
     p.add_argument("--ready-file")
     p.add_argument(

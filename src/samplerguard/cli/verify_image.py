@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samplerguard.cli._options import duration
+
 __all__ = ["register", "run"]
 
 EXIT_OK, EXIT_REJECT, EXIT_UNUSABLE = 0, 1, 2
@@ -88,7 +90,7 @@ def register(sub: Any) -> None:
         metavar="HOST:PORT",
         help="speak plain HTTP to this registry (loopback registries always are)",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--timeout", type=duration, default="10s", help="time per request")
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     parser.set_defaults(_run=run)
 

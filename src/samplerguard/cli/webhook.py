@@ -12,6 +12,8 @@ import logging
 import os
 from typing import Any
 
+from samplerguard.cli._options import duration
+
 __all__ = ["register", "run"]
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ def register(sub: Any) -> None:
         "webhook",
         help="run the admission webhook (validate + inject) over HTTPS",
         description="Admission webhook: verifies sampler images against samplerguard policies "
-        "and injects the sidecar. See docs/webhook.md.",
+        "and injects the sidecar. Durations read as in policies (30s, 10m, 1h; a bare number "
+        "is seconds). See docs/webhook.md.",
     )
     _add(p, "--listen", "LISTEN", "HOST:PORT to serve HTTPS on", default="127.0.0.1:8443")
     _add(p, "--cert", "CERT", "serving certificate (PEM); reloaded when the file changes")
@@ -70,7 +73,7 @@ def register(sub: Any) -> None:
         type=int,
         default=1,
     )
-    _add(p, "--deadline", "DEADLINE", "seconds per request, end to end", type=float, default=8.0)
+    _add(p, "--deadline", "DEADLINE", "time per request, end to end", type=duration, default="8s")
     _add(p, "--max-body-bytes", "MAX_BODY_BYTES", "largest request body", type=int, default=3 << 20)
     _add(
         p,
@@ -84,20 +87,25 @@ def register(sub: Any) -> None:
         p,
         "--fresh-ttl",
         "FRESH_TTL",
-        "seconds a pass is served from cache",
-        type=float,
-        default=300.0,
+        "how long a pass is served from cache",
+        type=duration,
+        default="5m",
     )
     _add(
         p,
         "--last-known-good-ttl",
         "LAST_KNOWN_GOOD_TTL",
-        "seconds a pass still counts while the registry is unreachable",
-        type=float,
-        default=3600.0,
+        "how long a pass still counts while the registry is unreachable",
+        type=duration,
+        default="1h",
     )
     _add(
-        p, "--failure-ttl", "FAILURE_TTL", "seconds a rejection is cached", type=float, default=10.0
+        p,
+        "--failure-ttl",
+        "FAILURE_TTL",
+        "how long a rejection is cached",
+        type=duration,
+        default="10s",
     )
     _add(p, "--audit-log", "AUDIT_LOG", "append failed checks here as JSON lines")
     _add(
@@ -136,9 +144,9 @@ def register(sub: Any) -> None:
         p,
         "--registry-timeout",
         "REGISTRY_TIMEOUT",
-        "seconds per registry request",
-        type=float,
-        default=3.0,
+        "time per registry request",
+        type=duration,
+        default="3s",
     )
     _add(
         p,
@@ -202,6 +210,8 @@ def _config(args: argparse.Namespace) -> Any:
     host, _, port = str(args.listen).rpartition(":")
     if not host or not (port.isascii() and port.isdigit()):
         raise MalformedInputError(f"--listen {args.listen!r} is not HOST:PORT")
+    if args.deadline <= 0:
+        raise MalformedInputError("--deadline must be longer than 0s")
     if not args.cert or not args.key:
         raise MalformedInputError("--cert and --key are required: the webhook only speaks HTTPS")
     env: list[tuple[str, str]] = []

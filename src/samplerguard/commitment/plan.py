@@ -43,11 +43,13 @@ from samplerguard.commitment.state import (
 from samplerguard.errors import MalformedInputError, VerificationError
 
 __all__ = [
+    "MODEL_KEYS",
     "SamplerPlan",
     "StatePlan",
     "begin_index",
     "build_scheduler",
     "check_schedule_digest",
+    "check_scheduler_config",
     "loop_timesteps",
     "reset_to_fresh",
     "sampler_plan",
@@ -143,6 +145,76 @@ def build_scheduler(recipe: Mapping[str, Any]) -> Any:
             found=str(begin),
         )
     return scheduler
+
+
+#: Scheduler config keys that describe the noise process the model was trained on and how its
+#: timesteps are numbered. A declared config must carry the reference checkpoint's values for
+#: them (what ``cls.from_config(reference)`` gives the declared class), whatever the policy
+#: allows for the rest: zero ``trained_betas`` or a ``steps_offset`` past the training range
+#: repeat σ, and a step between two equal σ is the identity, whatever the model output.
+MODEL_KEYS = frozenset(
+    {
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "rescale_betas_zero_snr",
+        "steps_offset",
+        "timestep_type",
+        "sigma_min",
+        "sigma_max",
+        "sigma_data",
+        "clip_sample",
+        "clip_sample_range",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "set_alpha_to_one",
+        "shift",
+        "use_dynamic_shifting",
+        "base_shift",
+        "max_shift",
+        "base_image_seq_len",
+        "max_image_seq_len",
+        "shift_terminal",
+        "time_shift_type",
+    }
+)
+
+
+def _same_value(a: object, b: object) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    if _is_number(a) and _is_number(b):
+        return float(a) == float(b)  # type: ignore[arg-type]
+    return a == b
+
+
+def check_scheduler_config(recipe: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
+    """The declared scheduler config keeps the reference checkpoint's noise process
+    (:data:`MODEL_KEYS`). Raises :class:`VerificationError` naming the first key that differs."""
+    scheduler = build_scheduler(recipe)
+    cls = type(scheduler)
+    try:
+        expected = cls.from_config(_float_fields(cls, _decode_floats(dict(reference)))).config
+    except Exception as exc:  # diffusers raises anything on a bad config
+        raise VerificationError(
+            f"the reference scheduler config cannot configure {cls.__name__}: {type(exc).__name__}",
+            check="sampler",
+        ) from None
+    declared = scheduler.config
+    for key in sorted(MODEL_KEYS & set(declared)):
+        if not _same_value(declared[key], expected.get(key)):
+            got, want = str(declared[key])[:60], str(expected.get(key))[:60]
+            raise VerificationError(
+                f"scheduler config: {key} is {got}, the reference checkpoint's is {want} "
+                "(a noise process other than the model's)",
+                check="sampler",
+                found=got,
+                expected=want,
+            )
 
 
 #: ``set_timesteps`` arguments a recipe may carry (beside the device, which is never recorded).

@@ -31,10 +31,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from samplerguard.commitment.statement import Commitment
 from samplerguard.errors import MalformedInputError, VerificationError
 
-__all__ = ["MAX_REQUEST_BYTES", "check_request_params", "request_digest", "verify_response"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "REQUIRED_PARAMS",
+    "check_request_params",
+    "request_digest",
+    "verify_response",
+]
 
 MAX_REQUEST_BYTES = 64 << 10
-_REQUIRED = ("requestId", "tenant", "steps", "guidanceScale")
+#: the parameters every request carries
+REQUIRED_PARAMS = ("requestId", "tenant", "steps", "guidanceScale")
 
 
 def check_request_params(params: object) -> dict[str, Any]:
@@ -43,7 +50,7 @@ def check_request_params(params: object) -> dict[str, Any]:
         raise MalformedInputError("request parameters are not a JSON object")
     if len(params) > 64:
         raise MalformedInputError(f"request parameters have {len(params)} keys, over 64")
-    missing = [k for k in _REQUIRED if k not in params]
+    missing = [k for k in REQUIRED_PARAMS if k not in params]
     if missing:
         raise MalformedInputError(f"request parameters lack {missing}")
     steps, cfg = params["steps"], params["guidanceScale"]

@@ -41,8 +41,12 @@ from samplerguard.commitment.digest import bytes_digest, tensor_digest
 from samplerguard.commitment.fingerprint import differences
 from samplerguard.commitment.merkle import merkle_root
 from samplerguard.commitment.opening import parse_signed_tensors
-from samplerguard.commitment.plan import SamplerPlan, check_schedule_digest
-from samplerguard.commitment.request import request_digest
+from samplerguard.commitment.plan import (
+    SamplerPlan,
+    check_schedule_digest,
+    check_scheduler_config,
+)
+from samplerguard.commitment.request import REQUIRED_PARAMS, request_digest
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.trajectory import (
     LEAF_FINAL,
@@ -295,6 +299,17 @@ def check_transcript(
             expected=commitment.output_digest,
         )
     unchecked: list[str] = []
+    # (4b): the declared scheduler config keeps the model's noise process
+    reference = getattr(program, "scheduler_reference", None)
+    try:
+        if reference is None:
+            raise UncheckedBinding(
+                f"the {recipe.get('pipeline')} reference carries no scheduler config to hold "
+                "the declared noise process to"
+            )
+        check_scheduler_config(recipe, reference)
+    except UncheckedBinding as exc:
+        unchecked.append(f"scheduler config ({exc})")
     decode = getattr(program, "output", None)
     try:
         if decode is None:
@@ -315,6 +330,12 @@ def check_transcript(
             )
     except UncheckedBinding as exc:
         unchecked.append(f"output binding ({exc})")
+    check_initial = getattr(program, "check_initial_latent", None)
+    try:
+        if check_initial is not None:
+            check_initial(recipe)
+    except UncheckedBinding as exc:
+        unchecked.append(f"initial latent ({exc})")
     # (6): the consumer's request
     unchecked += _check_request(commitment, recipe, meta.request, program, plan.order)
     return TailFacts(initial_latent=transcript.initial, step_noise=step_noise, unchecked=unchecked)
@@ -374,6 +395,17 @@ def _check_request(
             found=str(params["requestId"]),
             expected=commitment.request_id,
         )
+    keys = getattr(program, "request_keys", None)
+    if keys is not None:
+        extra = sorted(set(params) - set(REQUIRED_PARAMS) - set(keys))
+        if extra:
+            raise VerificationError(
+                f"request binding: the request names {extra[:8]}, which the "
+                f"{recipe.get('pipeline')} pipeline does not take (a request for another "
+                "pipeline, or an option it ignored)",
+                check="request-binding",
+                found=str(extra[:8]),
+            )
     if params["steps"] != recipe.get("steps") or not _same_number(
         recipe.get("guidance_scale"), float(params["guidanceScale"])
     ):
@@ -384,6 +416,18 @@ def _check_request(
             check="request-binding",
         )
     _check_loop_begin(recipe, params, program, order)
+    check_step_args = getattr(program, "check_step_args", None)
+    try:
+        if check_step_args is not None:
+            check_step_args(recipe, params)
+        elif recipe.get("step_args"):
+            raise VerificationError(
+                f"request binding: the {recipe.get('pipeline')} pipeline passes no step "
+                f"arguments, the recipe records {recipe.get('step_args')}",
+                check="request-binding",
+            )
+    except MalformedInputError as exc:
+        raise VerificationError(f"request binding: {exc}", check="request-binding") from None
     cond = recipe.get("conditioning")
     if not isinstance(cond, dict):
         raise VerificationError(

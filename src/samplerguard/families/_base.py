@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from samplerguard.commitment.digest import module_digest
-from samplerguard.errors import MalformedInputError, SamplerGuardError
+from samplerguard.commitment.transcript import UncheckedBinding
+from samplerguard.errors import MalformedInputError, SamplerGuardError, VerificationError
 
 __all__ = [
     "Family",
     "FamilyProgram",
     "UnsupportedPipeline",
     "all_families",
+    "describe_argument",
     "family_for_pipeline",
     "family_named",
     "register",
@@ -72,6 +76,10 @@ class Family:
     partial_schedule: ClassVar[bool] = False
     #: the strength the pipeline runs at when the request names none (a partial schedule's)
     default_strength: ClassVar[float] = 1.0
+    #: ``scheduler.step`` keyword arguments the pipeline passes from its call when the
+    #: scheduler's step takes them (diffusers' ``prepare_extra_step_kwargs``): the request
+    #: key each is read from, and the pipeline's default
+    step_inputs: ClassVar[Mapping[str, tuple[str, float]]] = {}
     #: z_N is the first draw of the request's noise, scaled by the initial sigma: what the
     #: verifier checks in the DRBG modes (Flux packs the draw into patches, so it cannot)
     plain_initial_noise: ClassVar[bool] = True
@@ -118,8 +126,9 @@ class Family:
                 continue
             allowed = _NEUTRAL.get(key)
             if allowed is None or not any(value == a and type(value) is type(a) for a in allowed):
+                shown = describe_argument(value)
                 raise UnsupportedPipeline(
-                    f"{self.name}: the denoiser was called with {key}={_brief(value)}, which "
+                    f"{self.name}: the denoiser was called with {key}={shown}, which "
                     "this family's step program does not re-run (an adapter, a LoRA scale or "
                     "a control input cannot be verified)"
                 )
@@ -151,10 +160,30 @@ class Family:
         return getattr(output, self.output)
 
 
-def _brief(value: object) -> str:
+def describe_argument(value: object) -> str:
+    """A pipeline or denoiser argument as an error message names it: a tensor by its shape,
+    anything else by its ``repr`` cut to 60 characters."""
     if isinstance(value, torch.Tensor):
         return f"<tensor {tuple(value.shape)}>"
     return repr(value)[:60]
+
+
+#: the largest component config a reference folder may hold
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A component config of a reference folder: a JSON object of at most 1 MiB. Raises
+    :class:`MalformedInputError` naming the file otherwise."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise MalformedInputError(f"reference {path} is larger than 1 MiB")
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MalformedInputError(f"reference {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedInputError(f"reference {path} is not a JSON object")
+    return doc
 
 
 class FamilyProgram:
@@ -162,6 +191,9 @@ class FamilyProgram:
     body. Subclasses implement :meth:`step` and may override :meth:`expected_timesteps`."""
 
     family: ClassVar[Family]
+    #: the reference checkpoint's scheduler config (its noise process), when the verifier has
+    #: it: a declared config must keep its model keys (``commitment.plan.MODEL_KEYS``)
+    scheduler_reference: Mapping[str, Any] | None = None
 
     def __init__(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> None:
         self.denoiser = denoiser.eval()
@@ -181,6 +213,54 @@ class FamilyProgram:
     ) -> dict[str, Any]:
         """The ``set_timesteps`` arguments the family's pipeline passes for this recipe."""
         return {"num_inference_steps": recipe.get("steps")}
+
+    @property
+    def request_keys(self) -> frozenset[str]:
+        """The request parameters the family's pipeline reads besides the common ones."""
+        inputs = {key for _, key in self.family.request_inputs if key}
+        return frozenset(inputs | {key for key, _ in self.family.step_inputs.values()})
+
+    def check_step_args(self, recipe: Mapping[str, Any], request: Mapping[str, Any]) -> None:
+        """The scalar arguments every ``scheduler.step`` ran with are the ones the family's
+        pipeline passes for this request (DDIM's ``eta`` from the call, nothing else): Euler's
+        ``s_churn`` and ``s_noise``, say, inject noise of the provider's choosing into every
+        step. Raises :class:`VerificationError`."""
+        import inspect
+
+        import diffusers
+
+        from samplerguard.commitment.plan import step_args
+
+        recorded = step_args(recipe)
+        cls = getattr(diffusers, str(recipe.get("scheduler_class")), None)
+        takes = set(inspect.signature(cls.step).parameters) if cls is not None else set()
+        expected: dict[str, float] = {}
+        for arg, (key, default) in self.family.step_inputs.items():
+            if arg not in takes:
+                continue
+            value = request.get(key, default)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise MalformedInputError(f"the request's {key} is not a number")
+            expected[arg] = float(value)
+        same = set(recorded) == set(expected) and all(
+            float(recorded[k]) == v for k, v in expected.items()
+        )
+        if not same:
+            raise VerificationError(
+                f"request binding: the scheduler's steps ran with {recorded}, the "
+                f"{self.pipeline} pipeline passes {expected} for this request (step noise or "
+                "arithmetic of the provider's choosing)",
+                check="request-binding",
+            )
+
+    def check_initial_latent(self, recipe: Mapping[str, Any]) -> None:
+        """Raises :class:`UncheckedBinding` when z_N is not a draw the verifier can check:
+        a family that starts part-way starts from the consumer's image, encoded with the VAE's
+        sampled posterior and noised, which is not re-derived."""
+        if self.family.partial_schedule:
+            raise UncheckedBinding(
+                "the consumer's image, encoded and noised into z_N, is not re-derived"
+            )
 
     def loop_begin(self, request: Mapping[str, Any], order: int) -> int:
         """The schedule index the family's pipeline starts its loop at for the consumer's

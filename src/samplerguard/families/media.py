@@ -168,6 +168,7 @@ class StableAudioFamily(Family):
     Stable Audio verifies with any sampler whose noise is drawn step by step."""
 
     name = "stable-audio"
+    step_inputs = MappingProxyType({"eta": ("eta", 0.0)})
     pipelines = ("StableAudioPipeline",)
     denoiser = "transformer"
     request_inputs = (

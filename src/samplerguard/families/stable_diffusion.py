@@ -12,7 +12,13 @@ import torch
 
 from samplerguard.commitment.transcript import UncheckedBinding
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.families._base import Family, FamilyProgram, UnsupportedPipeline, register
+from samplerguard.families._base import (
+    Family,
+    FamilyProgram,
+    UnsupportedPipeline,
+    read_config,
+    register,
+)
 
 __all__ = [
     "SD_CODEC_FAMILIES",
@@ -111,6 +117,7 @@ class StableDiffusionProgram(FamilyProgram):
 class StableDiffusionFamily(Family):
     name = "stable-diffusion"
     pipelines = ("StableDiffusionPipeline",)
+    step_inputs = MappingProxyType({"eta": ("eta", 0.0)})
     request_inputs: ClassVar[tuple[tuple[str, str], ...]] = (
         ("prompt", "prompt"),
         ("height", "height"),
@@ -143,7 +150,7 @@ class StableDiffusionImg2ImgFamily(StableDiffusionFamily):
     pipelines = ("StableDiffusionImg2ImgPipeline",)
     request_inputs = (
         ("prompt", "prompt"),
-        ("image", ""),
+        ("image", "imageDigest"),
         ("strength", "strength"),
         ("negative_prompt", "negativePrompt"),
         ("num_images_per_prompt", "imagesPerPrompt"),
@@ -185,8 +192,8 @@ class StableDiffusionInpaintFamily(StableDiffusionFamily):
     pipelines = ("StableDiffusionInpaintPipeline",)
     request_inputs = (
         ("prompt", "prompt"),
-        ("image", ""),
-        ("mask_image", ""),
+        ("image", "imageDigest"),
+        ("mask_image", "maskDigest"),
         ("masked_image_latents", ""),
         ("height", "height"),
         ("width", "width"),
@@ -276,6 +283,7 @@ class AnimateDiffProgram(StableDiffusionProgram):
 #: bounds on the request inputs the reference encoder reads
 _MAX_PROMPTS = 64
 _MAX_PROMPT_CHARS = 4096
+_MAX_SIDE = 16384
 _OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 
@@ -325,22 +333,73 @@ class StableDiffusionCodec:
                 "re-derive them from"
             )
         negative = _prompts(request, "negativePrompt")
+        if negative is not None and (
+            type(negative) is not type(prompt)
+            or (isinstance(prompt, list) and len(negative) != len(prompt))
+        ):
+            raise MalformedInputError(
+                "the request's negativePrompt does not match its prompt (one negative prompt "
+                "per prompt, both strings or both lists)"
+            )
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
-        clip_skip = _small_int(request, "clipSkip", None, 64)
+        layers = int(self.pipe.text_encoder.config.num_hidden_layers)
+        clip_skip = _small_int(request, "clipSkip", None, layers - 1)
         guidance = float(request["guidanceScale"])
         do_cfg = guidance > 1.0
         device = self.pipe.text_encoder.device
-        with torch.no_grad():
-            positive, negative_embeds = self.pipe.encode_prompt(
-                prompt,
-                device,
-                per_prompt,
-                do_cfg,
-                negative_prompt=negative,
-                clip_skip=clip_skip,
-            )
+        try:
+            with torch.no_grad():
+                positive, negative_embeds = self.pipe.encode_prompt(
+                    prompt,
+                    device,
+                    per_prompt,
+                    do_cfg,
+                    negative_prompt=negative,
+                    clip_skip=clip_skip,
+                )
+        except Exception as exc:  # the pipeline's own code raises anything for odd inputs
+            raise MalformedInputError(
+                f"the reference text encoder cannot encode the request's prompt: "
+                f"{type(exc).__name__}: {str(exc)[:120]}"
+            ) from None
+        self._check_latents(request, recipe, int(positive.shape[0]))
         embeds = torch.cat([negative_embeds, positive]) if do_cfg else positive
         return {"prompt_embeds": embeds}
+
+    def _check_latents(self, request: Mapping[str, Any], recipe: Mapping[str, Any], n: int) -> None:
+        """The committed latents are the request's: one per prompt and image, and for
+        text-to-image of the requested size (a provider that generates smaller images than
+        asked, or fewer, runs less than it was paid for). img2img takes its size from the
+        consumer's image, which is not re-derived here."""
+        shape = recipe.get("latent_shape")
+        if not isinstance(shape, list) or len(shape) != 4:
+            raise VerificationError(
+                "request binding: the recipe's latent shape is not 4-D", check="request-binding"
+            )
+        if shape[0] != n:
+            raise VerificationError(
+                f"request binding: the request derives {n} images, the committed latents "
+                f"hold {shape[0]}",
+                check="request-binding",
+                found=str(shape[0]),
+                expected=str(n),
+            )
+        if recipe.get("pipeline") != "stable-diffusion":
+            return
+        factor = int(self.pipe.vae_scale_factor)
+        default = self.pipe.unet.config.sample_size
+        default = default * factor if isinstance(default, int) else None
+        height = _small_int(request, "height", default, _MAX_SIDE)
+        width = _small_int(request, "width", default, _MAX_SIDE)
+        if height is None or width is None:
+            raise UncheckedBinding("the UNet's default image size is not a single number")
+        want = [height // factor, width // factor]
+        if shape[2:] != want:
+            raise VerificationError(
+                f"request binding: the request asks for {height}x{width} images, the "
+                f"committed latents are {shape[2] * factor}x{shape[3] * factor}",
+                check="request-binding",
+            )
 
     def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
         from samplerguard.commitment.digest import output_bytes
@@ -381,7 +440,6 @@ def load_codec(
     :class:`MalformedInputError` for an unusable folder, :class:`VerificationError` for a text
     encoder the policy does not pin."""
     import importlib
-    import json
 
     from samplerguard.commitment.digest import module_digest
 
@@ -390,23 +448,15 @@ def load_codec(
     parts: dict[str, Any] = {}
     for name, (module, cls_name) in _COMPONENTS.items():
         sub = folder / name
-        config = sub / ("tokenizer_config.json" if name == "tokenizer" else "config.json")
-        try:
-            if config.stat().st_size > 1 << 20:
-                raise MalformedInputError(f"reference {config} is larger than 1 MiB")
-            doc = json.loads(config.read_text())
-        except (OSError, ValueError) as exc:
-            raise MalformedInputError(f"reference {config}: {exc}") from None
+        doc = read_config(sub / ("tokenizer_config.json" if name == "tokenizer" else "config.json"))
         named = (
             doc.get("tokenizer_class")
             or doc.get("_class_name")
             or (doc.get("architectures") or [None])[0]
-            if isinstance(doc, dict)
-            else None
         )
         if named not in (cls_name, f"{cls_name}Fast"):
             raise MalformedInputError(
-                f"reference {config} names {str(named)[:60]!r}; the {name} is a {cls_name}"
+                f"reference {sub} names {str(named)[:60]!r}; the {name} is a {cls_name}"
             )
         cls = getattr(importlib.import_module(module), cls_name)
         try:
@@ -425,7 +475,9 @@ def load_codec(
         if got not in text_encoders:
             raise VerificationError(
                 f"reference text encoder {got[:23]}… is not among the policy's "
-                "goldenDigests.textEncoder"
+                "goldenDigests.textEncoder",
+                check="model",
+                found=got,
             )
     from diffusers import StableDiffusionPipeline
 

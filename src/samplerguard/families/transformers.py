@@ -217,6 +217,7 @@ FluxProgram.family = register(FluxFamily())
 
 class PixArtSigmaFamily(Family):
     name = "pixart-sigma"
+    step_inputs = MappingProxyType({"eta": ("eta", 0.0)})
     pipelines = ("PixArtSigmaPipeline",)
     denoiser = "transformer"
     request_inputs = (

@@ -40,17 +40,23 @@ from typing import Any
 
 import torch
 
-from samplerguard.commitment.digest import output_bytes
+from samplerguard.commitment.digest import bytes_digest, output_bytes
 from samplerguard.commitment.plan import reset_to_fresh
 from samplerguard.commitment.state import SamplerState, capture_schedule, capture_state
 from samplerguard.commitment.statement import Commitment
-from samplerguard.families import Family, UnsupportedPipeline, family_for_pipeline
+from samplerguard.families import (
+    Family,
+    UnsupportedPipeline,
+    describe_argument,
+    family_for_pipeline,
+)
 from samplerguard.hook.recorder import Begun, Recorder, Trajectory, TrajectoryRequest
 
 __all__ = [
     "InstrumentedPipeline",
     "RecordedOutput",
     "bound_arguments",
+    "input_digest",
     "instrument",
     "output_bytes",
     "request_params",
@@ -76,16 +82,28 @@ def request_params(
         "steps": request.steps,
         "guidanceScale": request.guidance_scale,
     }
-    for arg, key in family.request_inputs:
+    inputs = [*family.request_inputs, *((a, k) for a, (k, _) in family.step_inputs.items())]
+    for arg, key in inputs:
         value = call.get(arg)
         if value is None or not key:
             continue
-        if isinstance(value, torch.Tensor):
+        if key.endswith("Digest"):
+            value = input_digest(value)
+        elif isinstance(value, torch.Tensor):
             value = value.reshape(-1).tolist()
         if isinstance(value, tuple):
             value = list(value)
         params[key] = value
     return params
+
+
+def input_digest(value: Any) -> str:
+    """The digest of an image input as the pipeline received it (a tensor, an array, a PIL
+    image or a list of them): SHA-256 over :func:`output_bytes`, so a consumer binds its own
+    image to the request with the same call."""
+    if not isinstance(value, list | torch.Tensor) and hasattr(value, "getbands"):
+        value = [value]  # one PIL image
+    return bytes_digest(output_bytes(value))
 
 
 def bound_arguments(pipe: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,13 +269,7 @@ class _Call:
 
 
 def _same(value: object, neutral: object) -> bool:
-    return (type(value) is type(neutral) and value == neutral) or (
-        value is None and neutral is None
-    )
-
-
-def _brief(value: object) -> str:
-    return f"<tensor {tuple(value.shape)}>" if isinstance(value, torch.Tensor) else repr(value)[:60]
+    return type(value) is type(neutral) and value == neutral
 
 
 _ACTIVE = threading.local()
@@ -369,8 +381,9 @@ class InstrumentedPipeline:
         bound = bound_arguments(pipe, args, kwargs)
         for option, neutral in family.neutral_options.items():
             if option in bound and not _same(bound[option], neutral):
+                shown = describe_argument(bound[option])
                 raise UnsupportedPipeline(
-                    f"{type(pipe).__name__}({option}={_brief(bound[option])}) is not re-run by "
+                    f"{type(pipe).__name__}({option}={shown}) is not re-run by "
                     f"the {family.name} step program: leave it at {neutral!r} to be verified"
                 )
         if trajectory_request.params is None:

@@ -7,13 +7,20 @@ batch layout, so an honest opening re-checks to rel-L2 = 0 on the same build.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from samplerguard.commitment.digest import module_digest, output_bytes
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.models.digits import NUM_CLASSES, StepInputs, denoise_step, to_pixels
+from samplerguard.models.digits import (
+    NUM_CLASSES,
+    SCHEDULER_CONFIG,
+    StepInputs,
+    denoise_step,
+    to_pixels,
+)
 
 __all__ = ["DigitsProgram"]
 
@@ -36,6 +43,10 @@ class DigitsProgram(_Program):
     #: the decode is elementwise and the conditioning integers: bit-exact on every build, so a
     #: difference is a swap wherever the verifier runs
     exact_everywhere = True
+    #: the request parameters the pipeline reads besides the common ones
+    request_keys = frozenset({"classLabels"})
+    #: the noise process the bundled model was trained on
+    scheduler_reference = MappingProxyType(SCHEDULER_CONFIG)
 
     def step(
         self,
@@ -66,7 +77,9 @@ class DigitsProgram(_Program):
         if kind == "np":
             return output_bytes(to_pixels(final_latent))
         raise VerificationError(
-            f"output binding: the digits pipeline has no output type {str(kind)[:20]!r}"
+            f"output binding: the digits pipeline has no output type {str(kind)[:20]!r}",
+            check="output-binding",
+            found=str(kind),
         )
 
     def conditioning(

@@ -39,8 +39,8 @@ class CertPolicy:
 
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...] = ()
-    leaf_days: int = 90
-    leaf_renew_before_days: int = 30
+    leaf_days: float = 90
+    leaf_renew_before_days: float = 30
     ca_days: int = 5 * 365
     ca_renew_before_days: int = 365
     common_name: str = "samplerguard-webhook"

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import Conflict
 from samplerguard.operator.certs import CertPolicy, CertState, plan
 from samplerguard.operator.drbg import DrbgSecrets, reconcile_drbg
-from samplerguard.operator.kube import Conflict, Kube
+from samplerguard.operator.kube import Kube
 from samplerguard.operator.reports import (
     CLUSTER_REPORT_NAME,
     REPORT_NAME,
@@ -52,8 +53,8 @@ class OperatorConfig:
     extra_dns_sans: tuple[str, ...] = ()
     #: Write tls.crt/tls.key/ca.crt here too (local mode: an out-of-cluster webhook reads them).
     cert_dir: Path | None = None
-    leaf_days: int = 90
-    leaf_renew_before_days: int = 30
+    leaf_days: float = 90
+    leaf_renew_before_days: float = 30
     cert_check_seconds: float = 300.0
     audit_interval_seconds: float = 600.0
     #: ServiceAccount user names allowed to post results (``system:serviceaccount:ns:name``).

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from samplerguard.errors import TemporaryError
+from samplerguard.errors import SamplerGuardError, TemporaryError
+from samplerguard.kubeapi import Conflict
 from samplerguard.operator.certs import CertState
-from samplerguard.operator.kube import Conflict, Kube
+from samplerguard.operator.kube import Kube
 from samplerguard.policy.drbg import ESCROW_PRIVATE_KEY, ESCROW_PUBLIC_KEY, MASTER_SECRET_KEY
 
 __all__ = ["DrbgSecrets", "reconcile_drbg"]
@@ -135,18 +136,26 @@ def _ensure_namespace(kube: Kube, cfg: DrbgSecrets, ns: str, public: bytes) -> b
 def reconcile_drbg(kube: Kube, cfg: DrbgSecrets) -> list[str]:
     """Make every DRBG Secret right. Returns the names of the Secrets written. A namespace
     that cannot be written (no RoleBinding there, the API server away) does not stop the
-    others; the first such failure is raised after all were tried."""
+    others; the failures are raised together after all were tried: a
+    :class:`TemporaryError` when any of them may pass on a retry, else a permanent
+    :class:`SamplerGuardError` (a namespace the operator is forbidden to write stays so until
+    the installation changes)."""
     public, created = _escrow_public(kube, cfg)
     written = [f"{cfg.namespace}/{cfg.escrow_secret}"] if created else []
-    failures: list[str] = []
+    failures: list[tuple[str, Exception]] = []
     for ns in _unique(cfg.namespaces):
         try:
             if _ensure_namespace(kube, cfg, ns, public):
                 written.append(f"{ns}/{cfg.drbg_secret}")
         except Exception as exc:
-            failures.append(f"{ns}: {exc}")
+            failures.append((ns, exc))
     if failures:
-        raise TemporaryError("DRBG Secrets not written: " + "; ".join(failures))
+        text = "DRBG Secrets not written: " + "; ".join(f"{ns}: {exc}" for ns, exc in failures)
+        permanent = all(
+            isinstance(exc, SamplerGuardError) and not isinstance(exc, TemporaryError)
+            for _, exc in failures
+        )
+        raise SamplerGuardError(text) if permanent else TemporaryError(text)
     return written
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from samplerguard.errors import SamplerGuardError, TemporaryError
 from samplerguard.operator.controller import Controller
 from samplerguard.policy.spec import GROUP, VERSION
 
@@ -110,6 +111,17 @@ def _differs(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return strip(current.get("conditions") or []) != strip(wanted.get("conditions") or [])
 
 
+def _next_try(what: str, exc: Exception, every: float) -> float:
+    """Seconds until a failed piece of background work runs again. A permanent failure (a
+    403: the installation does not allow it) waits its usual period and is logged as an
+    error; a temporary or unexpected one is retried within 10 s."""
+    if isinstance(exc, SamplerGuardError) and not isinstance(exc, TemporaryError):
+        log.error("%s failed: %s", what, exc)
+        return every
+    log.warning("%s failed: %s", what, exc)
+    return min(every, 10.0)
+
+
 async def _background(controller: Controller, auditor: Callable[[], int] | None) -> None:
     """Certificates first (the webhook cannot serve without them), then the periodic work,
     while this replica holds the Lease."""
@@ -143,8 +155,7 @@ async def _background(controller: Controller, auditor: Callable[[], int] | None)
                 try:
                     await asyncio.to_thread(work)
                 except Exception as exc:
-                    log.warning("%s failed: %s", getattr(work, "__name__", work), exc)
-                    every = min(every, 10.0)  # retry failures soon
+                    every = _next_try(getattr(work, "__name__", str(work)), exc, every)
                 if work == controller.reconcile_certs:
                     next_cert = now + every
                 elif work == controller.reconcile_drbg:

@@ -31,7 +31,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from samplerguard.errors import TemporaryError
+from samplerguard.errors import SamplerGuardError, TemporaryError
+from samplerguard.kubeapi import KubeApiError
 from samplerguard.policy.report import ReportResult
 from samplerguard.serving import ConnectionGuard, Limits
 from samplerguard.telemetry.prometheus import CONTENT_TYPE
@@ -108,9 +109,23 @@ def parse_body(raw: bytes) -> list[ReportResult]:
     return results
 
 
+def _failed(exc: SamplerGuardError) -> web.Response:
+    """The answer when the API server fails us: 503 with Retry-After when a retry may pass,
+    500 when it cannot (a 403: the operator's RBAC must change first)."""
+    if isinstance(exc, TemporaryError):
+        return web.json_response(
+            {"error": str(exc)}, status=503, headers={"Retry-After": str(max(1, int(exc.delay)))}
+        )
+    log.error("results not recorded: %s", exc)
+    return web.json_response({"error": str(exc)}, status=500)
+
+
 def build_app(record: Callable[[list[ReportResult]], int], auth: Authenticator) -> web.Application:
     async def results(request: web.Request) -> web.Response:
-        user = await auth.user(request.headers.get("Authorization"))
+        try:
+            user = await auth.user(request.headers.get("Authorization"))
+        except (TemporaryError, KubeApiError) as exc:  # the TokenReview failed
+            return _failed(exc)
         if user is None:
             return web.json_response({"error": "unauthenticated"}, status=401)
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -129,10 +144,8 @@ def build_app(record: Callable[[list[ReportResult]], int], auth: Authenticator) 
             return web.json_response({"error": str(exc)}, status=400)
         try:
             n = await asyncio.to_thread(record, batch)
-        except TemporaryError as exc:
-            return web.json_response(
-                {"error": str(exc)}, status=503, headers={"Retry-After": str(int(exc.delay))}
-            )
+        except (TemporaryError, KubeApiError) as exc:
+            return _failed(exc)
         log.info("recorded %d result(s) from %s", n, user)
         for r in batch:
             instruments.results.add(1, {"result": r.result})

@@ -1,8 +1,10 @@
-"""The operator's few API calls, translated into our errors once, here.
+"""The operator's few API calls; their failures are translated into our errors once, by
+:mod:`samplerguard.kubeapi`.
 
 Synchronous (the ``kubernetes`` client); the async handlers call them with
 ``asyncio.to_thread``. Every write that can race another replica uses ``resourceVersion``
-and retries a 409 by re-reading, so two operators never lose each other's results.
+and retries a :class:`~samplerguard.kubeapi.Conflict` by re-reading, so two operators never lose
+each other's results.
 """
 
 from __future__ import annotations
@@ -12,38 +14,20 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import Conflict, NotFound
+from samplerguard.kubeapi import call as _call
 from samplerguard.operator.certs import CertState
 from samplerguard.policy.report import REPORT_GROUP, REPORT_VERSION, ObjectReference
 
-__all__ = ["Conflict", "Kube"]
+__all__ = ["Kube"]
 
 log = logging.getLogger("samplerguard.operator.kube")
 
-T = TypeVar("T")
 _TIMEOUT = 10
-
-
-class Conflict(Exception):
-    """A write lost a race (409): re-read and retry."""
-
-
-def _call(what: str, fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except ApiException as exc:
-        if exc.status == 409:
-            raise Conflict(what) from exc
-        if exc.status in (429, 500, 502, 503, 504) or exc.status == 0:
-            raise TemporaryError(f"{what}: API server answered {exc.status}") from exc
-        raise
-    except OSError as exc:  # urllib3 connection errors derive from OSError
-        raise TemporaryError(f"{what}: {exc}") from exc
 
 
 class Kube:
@@ -65,10 +49,8 @@ class Kube:
                     name, namespace, _request_timeout=_TIMEOUT
                 ),
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return CertState(), None
-            raise
+        except NotFound:
+            return CertState(), None
         data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
         meta = secret.metadata
         return CertState(data), meta.resource_version if meta is not None else None
@@ -129,10 +111,8 @@ class Kube:
                 f"read {kind} webhook configuration {name}",
                 lambda: read(name, _request_timeout=_TIMEOUT),
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
         hooks = current.webhooks or []
         if all((h.client_config.ca_bundle or "") == encoded for h in hooks):
             return False
@@ -182,10 +162,8 @@ class Kube:
                         _request_timeout=_TIMEOUT,
                     ),
                 )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         return cast(dict[str, Any], body)
 
     def put_report(self, body: dict[str, Any]) -> None:
@@ -375,9 +353,7 @@ class Kube:
                     name, namespace, _request_timeout=_TIMEOUT
                 ),
             )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        except NotFound:
             body = client.V1Lease(
                 metadata=client.V1ObjectMeta(name=name, namespace=namespace),
                 spec=client.V1LeaseSpec(

@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from samplerguard.errors import MalformedInputError, PolicyError, TemporaryError
+from samplerguard.errors import MalformedInputError, PolicyError
+from samplerguard.kubeapi import KubeApiError, NotFound, Unavailable, kube_call
 from samplerguard.policy.spec import (
     GROUP,
     VERSION,
@@ -77,7 +78,8 @@ def report_policy_name(policy: ClusterSamplerPolicy | SamplerPolicy) -> str:
 
 
 def load_policy(ref: str, *, api: Any = None) -> ClusterSamplerPolicy | SamplerPolicy:
-    """Raises :class:`PolicyError` (invalid or missing) or :class:`TemporaryError` (API down)."""
+    """Raises :class:`PolicyError` (invalid, missing or forbidden) or
+    :class:`~samplerguard.errors.TemporaryError` (API server away)."""
     parts = ref.split("/")
     if parts[0] in ("ClusterSamplerPolicy", "SamplerPolicy") and not Path(ref).exists():
         return _from_api(parts, api)
@@ -90,25 +92,30 @@ def load_policy(ref: str, *, api: Any = None) -> ClusterSamplerPolicy | SamplerP
 
 def _from_api(parts: list[str], api: Any) -> ClusterSamplerPolicy | SamplerPolicy:
     from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
 
     if api is None:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
         api = client.CustomObjectsApi()
+    ref = "/".join(parts)
     try:
-        if parts[0] == "ClusterSamplerPolicy" and len(parts) == 2:
-            body = api.get_cluster_custom_object(GROUP, VERSION, "clustersamplerpolicies", parts[1])
-        elif parts[0] == "SamplerPolicy" and len(parts) == 3:
-            body = api.get_namespaced_custom_object(
-                GROUP, VERSION, parts[1], "samplerpolicies", parts[2]
-            )
-        else:
-            raise PolicyError(
-                f"policy reference {'/'.join(parts)!r} is not ClusterSamplerPolicy/<name> "
-                "or SamplerPolicy/<namespace>/<name>"
-            )
-    except ApiException as exc:
-        if exc.status == 404:
-            raise PolicyError(f"policy {'/'.join(parts)} does not exist") from None
-        raise TemporaryError(f"cannot read policy {'/'.join(parts)}: HTTP {exc.status}") from None
+        with kube_call(f"read policy {ref}"):
+            if parts[0] == "ClusterSamplerPolicy" and len(parts) == 2:
+                body = api.get_cluster_custom_object(
+                    GROUP, VERSION, "clustersamplerpolicies", parts[1]
+                )
+            elif parts[0] == "SamplerPolicy" and len(parts) == 3:
+                body = api.get_namespaced_custom_object(
+                    GROUP, VERSION, parts[1], "samplerpolicies", parts[2]
+                )
+            else:
+                raise PolicyError(
+                    f"policy reference {ref!r} is not ClusterSamplerPolicy/<name> "
+                    "or SamplerPolicy/<namespace>/<name>"
+                )
+    except NotFound:
+        raise PolicyError(f"policy {ref} does not exist") from None
+    except Unavailable:
+        raise  # a TemporaryError: the API server may answer on a retry
+    except KubeApiError as exc:  # forbidden or refused: no retry makes this policy readable
+        raise PolicyError(f"policy {ref} cannot be read: {exc}") from None
     return parse_policy(body)

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from samplerguard.durations import DURATION_PATTERN, parse_duration
 from samplerguard.errors import PolicyError
 from samplerguard.policy.expressions import check_condition, check_regexp, regexp_search
 
@@ -161,38 +162,9 @@ KNOWN_PREDICTION_TYPES: frozenset[str] = frozenset(
 )
 
 Sha256Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
-#: A Go-style duration ("72h", "1h30m", "500ms", "1.5s"; "d" for days): the one format of
-#: durations in policies, flags and environment variables.
-DURATION_PATTERN = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h|d))+)$"
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 RegExp = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "ms": 0.001,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-
-
-def parse_duration(text: str) -> float:
-    """``"1h30m"`` → 5400.0: seconds in a Go-style duration. Anything else (a bare number, an
-    unknown unit) raises ``ValueError`` saying what is expected."""
-    if len(text) > 32 or not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(
-            f"{text[:40]!r} is not a duration; write it as Go does, e.g. 30s, 10m, 72h or 1h30m"
-        )
-    return float(
-        sum(
-            float(n) * _DURATION_UNITS[u]
-            for n, u in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h|d)", text)
-        )
-    )
-
 
 duration_seconds = parse_duration
 

@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
 from samplerguard.errors import MalformedInputError, TemporaryError
+from samplerguard.kubeapi import Forbidden
 from samplerguard.sidecar.auth import UnauthorizedError
 from samplerguard.sidecar.service import Sidecar
 from samplerguard.sidecar.store import UnknownTrajectoryError
@@ -62,6 +63,12 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             ) from None
         except TemporaryError:
             raise HTTPException(status_code=503, detail="authentication unavailable") from None
+        except Forbidden as exc:
+            # permanent: this pod may not review tokens (RBAC); fail closed and say so
+            log.error("the verifier cannot be authenticated: %s", exc)
+            raise HTTPException(
+                status_code=503, detail="authentication not permitted to this sidecar"
+            ) from None
 
     auth = [Depends(authenticated)]
 

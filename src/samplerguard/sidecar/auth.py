@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from samplerguard.errors import SamplerGuardError, TemporaryError
+from samplerguard.kubeapi import call
 
 __all__ = ["Authenticator", "TokenFileAuth", "TokenReviewAuth", "UnauthorizedError"]
 
@@ -33,7 +34,8 @@ class UnauthorizedError(SamplerGuardError):
 
 class Authenticator(Protocol):
     def authenticate(self, token: str | None) -> str:
-        """The caller's identity, or raise :class:`UnauthorizedError` / :class:`TemporaryError`."""
+        """The caller's identity, or raise :class:`UnauthorizedError`, :class:`TemporaryError`
+        or (TokenReview not allowed) :class:`~samplerguard.kubeapi.Forbidden`."""
 
 
 def _check_shape(token: str | None) -> str:
@@ -126,21 +128,19 @@ class TokenReviewAuth:
         return subject
 
     def _review(self, token: str) -> str | None:
+        """The reviewed username, or None. Raises :class:`~samplerguard.kubeapi.Unavailable`
+        (a :class:`TemporaryError`) when the API server does not answer, and
+        :class:`~samplerguard.kubeapi.Forbidden` when this sidecar may not create
+        TokenReviews (its namespace is not one of the chart's ``sidecar.namespaces``)."""
         from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
 
         spec = client.V1TokenReviewSpec(
             token=token, audiences=[self.audience] if self.audience else None
         )
-        try:
-            review = self._client().create_token_review(client.V1TokenReview(spec=spec))
-        except ApiException as exc:
-            raise TemporaryError(f"TokenReview failed: HTTP {exc.status}", delay=5.0) from None
-        except (HTTPError, OSError) as exc:
-            raise TemporaryError(
-                f"TokenReview failed: API server unreachable ({type(exc).__name__})", delay=5.0
-            ) from None
+        review = call(
+            "TokenReview",
+            lambda: self._client().create_token_review(client.V1TokenReview(spec=spec)),
+        )
         status = review.status
         if status is None or not status.authenticated or status.user is None:
             log.info("TokenReview: token not authenticated")

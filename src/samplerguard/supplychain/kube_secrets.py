@@ -11,7 +11,8 @@ import threading
 import time
 from typing import Any
 
-from samplerguard.errors import TemporaryError, VerificationError
+from samplerguard.errors import VerificationError
+from samplerguard.kubeapi import KubeApiError, Unavailable, call
 from samplerguard.policy import SecretKeyRef
 
 __all__ = ["KubernetesKeySecrets"]
@@ -51,16 +52,18 @@ class KubernetesKeySecrets:
             return hit[0]
         where = f"Secret {namespace}/{ref.name}"
         try:
-            secret = self._api.read_namespaced_secret(
-                ref.name, namespace, _request_timeout=self._timeout
+            secret = call(
+                f"public key {where}",
+                lambda: self._api.read_namespaced_secret(
+                    ref.name, namespace, _request_timeout=self._timeout
+                ),
             )
-        except Exception as exc:  # ApiException, urllib3 errors
-            status = getattr(exc, "status", None)
-            if status in (403, 404):
-                raise VerificationError(
-                    f"public key {where} cannot be read (HTTP {status})"
-                ) from None
-            raise TemporaryError(f"public key {where}: API server unreachable") from None
+        except Unavailable:
+            raise  # a TemporaryError: the API server may answer on a retry
+        except KubeApiError as exc:  # absent, forbidden, refused: permanent, the key is unusable
+            raise VerificationError(
+                f"public key {where} cannot be read (HTTP {exc.status})"
+            ) from None
         raw = (secret.data or {}).get(ref.key)
         if not raw:
             raise VerificationError(

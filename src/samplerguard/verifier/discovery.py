@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import kube_call
 
 __all__ = [
     "INJECTED_ANNOTATION",
@@ -99,19 +99,18 @@ class KubernetesDiscovery:
         return self._api
 
     def targets(self) -> list[Target]:
-        from kubernetes.client.exceptions import ApiException
-
+        """The ready injected pods. Raises :class:`~samplerguard.kubeapi.Unavailable` (a
+        :class:`~samplerguard.errors.TemporaryError`) when the API server does not answer,
+        and :class:`~samplerguard.kubeapi.Forbidden` when the verifier may not list pods."""
         api = self._client()
         query: dict[str, str] = {"field_selector": "status.phase=Running"}
         if self.label_selector:
             query["label_selector"] = self.label_selector
-        try:
+        with kube_call("list injected pods"):
             if self.namespace:
                 pods = api.list_namespaced_pod(self.namespace, **query)
             else:
                 pods = api.list_pod_for_all_namespaces(**query)
-        except ApiException as exc:
-            raise TemporaryError(f"cannot list injected pods: HTTP {exc.status}") from None
         out = []
         for pod in pods.items:
             annotations = getattr(pod.metadata, "annotations", None) or {}

@@ -18,7 +18,6 @@ references are kept in a bounded LRU cache.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import torch
 from samplerguard.commitment.digest import safetensors_digest
 from samplerguard.commitment.recheck import StepProgram
 from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.families._base import read_config
 from samplerguard.families.stable_diffusion import SD_CODEC_FAMILIES, load_codec
 from samplerguard.policy.spec import GoldenDigests
 
@@ -48,7 +48,6 @@ _MODEL_CLASSES = frozenset(
         "StableAudioDiTModel",
     }
 )
-_MAX_CONFIG = 1 << 20
 
 
 def weights_file(pipeline: str, path: Path) -> Path:
@@ -100,13 +99,7 @@ def load_reference(
     else:
         folder = weights_file(pipeline, path).parent
         config_file = folder / "config.json"
-        try:
-            if config_file.stat().st_size > _MAX_CONFIG:
-                raise MalformedInputError(f"reference {config_file} is larger than 1 MiB")
-            config = json.loads(config_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise MalformedInputError(f"reference {config_file}: {exc}") from None
-        cls_name = config.get("_class_name") if isinstance(config, dict) else None
+        cls_name = read_config(config_file).get("_class_name")
         if cls_name not in _MODEL_CLASSES:
             raise MalformedInputError(
                 f"reference {config_file} names model class {str(cls_name)[:60]!r}; "
@@ -133,9 +126,20 @@ def load_reference(
             expected=digest,
         )
     program: StepProgram = family.program(model, digest)
+    if pipeline != "digits":
+        program.scheduler_reference = _scheduler_config(path)  # type: ignore[attr-defined]
     if pipeline in SD_CODEC_FAMILIES and (path / "model_index.json").is_file():
         program.codec = load_codec(path, model, device, text_encoders)  # type: ignore[attr-defined]
     return program
+
+
+def _scheduler_config(path: Path) -> dict[str, Any] | None:
+    """The scheduler config of a diffusers pipeline folder (the noise process its model was
+    trained on), or None for a model folder, which carries none."""
+    config = path / "scheduler" / "scheduler_config.json"
+    if not (path / "model_index.json").is_file() or not config.is_file():
+        return None
+    return read_config(config)
 
 
 class ReferenceModels:

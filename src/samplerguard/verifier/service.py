@@ -151,8 +151,11 @@ class Verifier:
         judged = 0
         try:
             targets = self.discovery.targets()
-        except SamplerGuardError as exc:
+        except TemporaryError as exc:
             log.warning("discovery failed: %s", exc)
+            return 0
+        except SamplerGuardError as exc:  # permanent (a 403): the installation must change
+            log.error("discovery refused: %s", exc)
             return 0
         for target in targets:
             client = self._client(target)

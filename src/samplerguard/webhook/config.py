@@ -134,7 +134,8 @@ class WebhookConfig:
     exempt_namespaces: tuple[str, ...] = ("kube-system",)
     #: The namespace label that opts a namespace in (the chart's ``optInLabel``).
     opt_in_label: str = LABEL_ENFORCE
-    #: Seconds a request may take end to end; keep it under the webhook's timeoutSeconds.
+    #: Seconds a request may take end to end; keep it under the API server's wait (the webhook
+    #: configurations' ``timeoutSeconds``, the chart's ``webhook.timeout``).
     deadline: float = 8.0
     max_body_bytes: int = 3 << 20
     #: What happens to an image that no policy's image rules match.

@@ -16,7 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from samplerguard.errors import PolicyError
+from samplerguard.errors import MalformedInputError, PolicyError
+from samplerguard.kubeapi import Forbidden, Gone, KubeApiError, call, kube_call
 from samplerguard.policy import GROUP, VERSION, parse_policy
 from samplerguard.supplychain.auth import DockerConfig
 from samplerguard.supplychain.kube_secrets import KubernetesKeySecrets
@@ -129,33 +130,37 @@ class KubernetesPolicySource:
         return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
     def _loop(self, plural: str) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
         while not self._stop.is_set():
             try:
-                version = self._list(plural)
-                stream = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in stream.stream(  # type: ignore[no-untyped-call]
-                    self._api.list_cluster_custom_object,
-                    GROUP,
-                    VERSION,
-                    plural,
-                    resource_version=version,
-                    timeout_seconds=self._watch_timeout,
-                    _request_timeout=self._watch_timeout + 10,
-                ):
-                    if self._stop.is_set():
-                        stream.stop()  # type: ignore[no-untyped-call]
-                        break
-                    self.apply_event(plural, event)
-            except ApiException as exc:
-                if exc.status != 410:  # 410 Gone: the resourceVersion expired, relist
-                    log.warning("watch of %s failed (%s); relisting", plural, exc.status)
-                    self._stop.wait(2.0)
+                self._list_and_watch(plural)
+            except Gone:  # the resourceVersion expired: relist at once
+                continue
+            except Forbidden as exc:  # RBAC: no retry fixes it soon, so do not hammer
+                log.error("watch of %s refused: %s; trying again in 30 s", plural, exc)
+                self._stop.wait(30.0)
             except Exception as exc:
                 log.warning("watch of %s failed (%s); relisting", plural, exc)
                 self._stop.wait(2.0)
+
+    def _list_and_watch(self, plural: str) -> None:
+        from kubernetes import watch
+
+        with kube_call(f"list and watch {plural}"):
+            version = self._list(plural)
+            stream = watch.Watch()  # type: ignore[no-untyped-call]
+            for event in stream.stream(  # type: ignore[no-untyped-call]
+                self._api.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                plural,
+                resource_version=version,
+                timeout_seconds=self._watch_timeout,
+                _request_timeout=self._watch_timeout + 10,
+            ):
+                if self._stop.is_set():
+                    stream.stop()  # type: ignore[no-untyped-call]
+                    break
+                self.apply_event(plural, event)
 
     def start(self) -> None:
         for plural, _ in _PLURALS:
@@ -191,11 +196,12 @@ class KubernetesNamespaceLabels:
             return hit[0]
         try:
             ns = await asyncio.to_thread(
-                self._api.read_namespace, namespace, _request_timeout=self._timeout
+                call,
+                f"read Namespace {namespace}",
+                lambda: self._api.read_namespace(namespace, _request_timeout=self._timeout),
             )
-        except Exception as exc:
-            why = getattr(exc, "status", None) or type(exc).__name__
-            log.warning("cannot read namespace %s (%s); treating it as opted in", namespace, why)
+        except KubeApiError as exc:
+            log.warning("%s; treating the namespace as opted in", exc)
             return None
         labels = dict(ns.metadata.labels or {})
         if len(self._cache) > 10_000:
@@ -222,15 +228,24 @@ class KubernetesPullSecrets:
 
     def _read(self, namespace: str, name: str) -> DockerConfig | None:
         try:
-            secret = self._api.read_namespaced_secret(
-                name, namespace, _request_timeout=self._timeout
+            secret = call(
+                f"read pull secret {namespace}/{name}",
+                lambda: self._api.read_namespaced_secret(
+                    name, namespace, _request_timeout=self._timeout
+                ),
             )
-            raw = (secret.data or {}).get(".dockerconfigjson")
-            if secret.type != "kubernetes.io/dockerconfigjson" or not raw:
-                log.warning("pull secret %s/%s is not a dockerconfigjson Secret", namespace, name)
-                return None
+        except KubeApiError as exc:  # its status and reason: never the Secret's content
+            log.warning(
+                "pull secret %s/%s unusable: %s %s", namespace, name, exc.status, exc.reason
+            )
+            return None
+        raw = (secret.data or {}).get(".dockerconfigjson")
+        if secret.type != "kubernetes.io/dockerconfigjson" or not raw:
+            log.warning("pull secret %s/%s is not a dockerconfigjson Secret", namespace, name)
+            return None
+        try:
             return DockerConfig.from_dockerconfigjson(base64.b64decode(raw))
-        except Exception as exc:  # ApiException, bad base64, MalformedInputError
+        except (ValueError, MalformedInputError) as exc:  # bad base64 or JSON: not its content
             log.warning("pull secret %s/%s unusable: %s", namespace, name, type(exc).__name__)
             return None
 

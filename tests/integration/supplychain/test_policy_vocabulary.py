@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from samplerguard.errors import TemporaryError, VerificationError
 from samplerguard.policy.spec import SamplerPolicySpec, SecretKeyRef
@@ -49,9 +50,9 @@ class _CoreV1:
     def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> Any:
         self.reads += 1
         if self.status:
-            raise type("ApiException", (Exception,), {"status": self.status})()
+            raise ApiException(status=self.status, reason="Refused")
         if (namespace, name) not in self.secrets:
-            raise type("ApiException", (Exception,), {"status": 404})()
+            raise ApiException(status=404, reason="Not Found")
         data = {
             k: base64.b64encode(v.encode()).decode()
             for k, v in self.secrets[(namespace, name)].items()
@@ -93,8 +94,13 @@ def test_key_secret_errors() -> None:
         match=r"Secret ns/k has no data key 'key.pem' \(got keys \['cosign.pub'\]\)",
     ):
         KubernetesKeySecrets("sg", _CoreV1({("ns", "k"): {"cosign.pub": "x"}}))(ref, None)
-    with pytest.raises(TemporaryError, match="API server unreachable"):
+    with pytest.raises(TemporaryError, match="Secret ns/k: API server answered 500"):
         KubernetesKeySecrets("sg", _CoreV1({}, status=500))(ref, None)
+    # absent or forbidden is permanent: the authority fails, it is not retried
+    with pytest.raises(VerificationError, match=r"Secret ns/k cannot be read \(HTTP 403\)"):
+        KubernetesKeySecrets("sg", _CoreV1({}, status=403))(ref, None)
+    with pytest.raises(VerificationError, match=r"Secret ns/k cannot be read \(HTTP 404\)"):
+        KubernetesKeySecrets("sg", _CoreV1({}))(ref, None)
 
 
 def test_any_of_and_conditions(

@@ -127,7 +127,7 @@ def test_unreachable_registry_exits_2(
     pub = publish(sign=False, keyless=False, attest=False)
     policy = write_policy(tmp_path, policy_for(pub))
     dead = "127.0.0.1:9/acme/sampler:1.0"
-    assert main(["verify-image", dead, "--policy", str(policy), "--timeout", "0.3"]) == 2
+    assert main(["verify-image", dead, "--policy", str(policy), "--timeout", "300ms"]) == 2
     assert "unreachable" in capsys.readouterr().err
 
 

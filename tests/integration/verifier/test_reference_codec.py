@@ -205,3 +205,27 @@ def test_a_component_naming_another_class_is_unusable(
     sink, commitment = _serve(stable_diffusion_prompted(), "evil")
     with pytest.raises(MalformedInputError, match="names 'Evil'; the tokenizer is a CLIPTokenizer"):
         _challenge(copy_, sink, commitment)
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        ({"height": 32, "width": 32}, r"asks for 32x32 images, the committed latents are 16x16"),
+        ({"imagesPerPrompt": 2}, r"request derives 2 images, the committed latents hold 1"),
+    ],
+)
+def test_fewer_or_smaller_images_than_requested_are_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, claim: dict[str, Any], message: str
+) -> None:
+    """The provider commits the consumer's request but generates less: smaller images (a
+    quarter of the UNet's work) or fewer of them. Each step it ran re-checks."""
+    _forge(monkeypatch, **claim)
+    sink, commitment = _serve(stable_diffusion_prompted(), "less")
+    with pytest.raises(VerificationError, match=message):
+        _challenge(folder, sink, commitment)
+
+
+def test_an_explicit_size_is_held_too(folder: Path) -> None:
+    sink, commitment = _serve(stable_diffusion_prompted(), "sized", height=24, width=16)
+    assert commitment.recipe["latent_shape"][2:] == [12, 8]
+    assert _challenge(folder, sink, commitment).unchecked == []

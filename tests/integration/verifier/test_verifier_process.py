@@ -208,7 +208,7 @@ def test_restart_rechallenges_nothing_loses_nothing_and_reports_bad_sidecars(
             policy=audited["policy"],
             audit_log=audit,
             reference_models={"digits": audited["model"].path},
-            extra_args=["--timeout", "1.5"],
+            extra_args=["--timeout", "1500ms"],
         )
         try:
             counts = run_round(verifier)

@@ -62,7 +62,7 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ht
             "--plain-http-registry",
             "127.0.0.1:1",
             "--registry-timeout",
-            "0.5",
+            "500ms",
             "--audit-log",
             str(tmp_path / "audit.jsonl"),
             "--workers",

@@ -11,8 +11,9 @@ import samplerguard
 from samplerguard.errors import CHECKS, VerificationError
 
 _PACKAGE = Path(samplerguard.__file__).parent
-#: The packages whose rejections reach reports and metrics through ``VerificationError.check``.
-_CHECKED = ("commitment", "verifier", "rng/escrow.py", "rng/noise.py")
+#: The packages whose rejections reach reports and metrics through ``VerificationError.check``:
+#: the checks, the verifier, and the reference programs the re-check runs.
+_CHECKED = ("commitment", "verifier", "families", "models", "rng/escrow.py", "rng/noise.py")
 
 
 def _raise_sites() -> list[tuple[str, int, ast.Call]]:

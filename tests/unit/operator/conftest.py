@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from samplerguard.kubeapi import Conflict, Forbidden
 from samplerguard.operator.certs import CertState
-from samplerguard.operator.kube import Conflict
 from samplerguard.policy.report import ObjectReference
 
 
@@ -46,7 +46,12 @@ class MemoryKube:
         type_: str = "kubernetes.io/tls",
     ) -> None:
         if namespace in self.forbidden_namespaces:
-            raise PermissionError(f"secrets is forbidden in namespace {namespace}")
+            raise Forbidden(
+                f"write Secret {namespace}/{name}",
+                status=403,
+                reason="Forbidden",
+                message=f"secrets is forbidden in namespace {namespace}",
+            )
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -61,12 +66,12 @@ class MemoryKube:
     ) -> None:
         if self.conflicts_left:
             self.conflicts_left -= 1
-            raise Conflict("injected")
+            raise Conflict("injected", status=409)
         current = self.objects.get(key)
         if current is None and rv:
-            raise Conflict("gone")
+            raise Conflict("gone", status=409)
         if current is not None and current["metadata"]["resourceVersion"] != rv:
-            raise Conflict("stale")
+            raise Conflict("stale", status=409)
         body = copy.deepcopy(body)
         body["metadata"]["resourceVersion"] = str(next(self._rv))
         self.objects[key] = body

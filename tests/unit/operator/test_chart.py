@@ -42,7 +42,7 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     "values",
     [
         {},
-        {"operator": {"replicas": 1, "auditIntervalSeconds": 0}, "verifier": {"enabled": False}},
+        {"operator": {"replicas": 1, "auditInterval": 0}, "verifier": {"enabled": False}},
         {"verifier": {"replicas": 3, "persistence": {"enabled": True, "storageClassName": "ssd"}}},
         {
             "webhook": {"readPullSecrets": True, "trustedRootConfigMap": "roots", "inject": False},
@@ -105,7 +105,7 @@ def test_webhook_is_highly_available_and_fails_closed(docs: list[dict[str, Any]]
         cfg = _one(docs, kind, name)
         for hook in cfg["webhooks"]:
             assert hook["failurePolicy"] == "Fail"
-            assert hook["timeoutSeconds"] == 10
+            assert hook["timeoutSeconds"] == 10  # webhook.timeout: 10s
             assert hook["sideEffects"] == "None"
             exprs = {e["key"]: e for e in hook["namespaceSelector"]["matchExpressions"]}
             excluded = exprs["kubernetes.io/metadata.name"]
@@ -428,3 +428,91 @@ def test_reference_models_are_mounted_read_only_for_the_verifier_alone() -> None
     for d in others:
         for v in d["spec"]["template"]["spec"].get("volumes", []):
             assert not v["name"].startswith("models-")
+
+
+def _args(docs: list[dict[str, Any]], name: str) -> list[str]:
+    return list(_one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_durations_are_written_as_in_policies_and_read_back_by_the_cli() -> None:
+    from samplerguard.cli import build_parser
+    from samplerguard.cli.webhook import _config
+
+    docs = _render(
+        {
+            "operator": {
+                "auditInterval": "1h30m",
+                "certCheck": "2m",
+                "leafLifetime": "30d",
+                "leafRenewBefore": "240h",
+            },
+            "webhook": {
+                "timeout": "15s",
+                "deadline": "12500ms",
+                "freshTtl": "10m",
+                "lastKnownGoodTtl": "2h",
+                "failureTtl": 30,  # a bare number still reads as seconds
+            },
+        }
+    )
+    operator = build_parser().parse_args(_args(docs, "sg-operator"))
+    assert (operator.audit_interval, operator.cert_check) == (5400.0, 120.0)
+    assert (operator.leaf_lifetime, operator.leaf_renew_before) == (30 * 86400.0, 10 * 86400.0)
+    assert operator.no_audit is False
+    webhook = build_parser().parse_args(
+        [*_args(docs, "sg-webhook"), "--cert=/tls/tls.crt", "--key=/tls/tls.key"]
+    )
+    config = _config(webhook)
+    assert (config.deadline, config.fresh_ttl) == (12.5, 600.0)
+    assert (config.last_known_good_ttl, config.failure_ttl) == (7200.0, 30.0)
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        hooks = next(d for d in docs if d["kind"] == kind)["webhooks"]
+        assert {h["timeoutSeconds"] for h in hooks} == {15}
+
+
+def test_default_durations_match_the_clis_own_defaults(docs: list[dict[str, Any]]) -> None:
+    from samplerguard.cli import build_parser
+
+    parser = build_parser()
+    for name, command in (("sg-operator", "operator"), ("sg-webhook", "webhook")):
+        rendered = vars(parser.parse_args(_args(docs, name)))
+        defaults = vars(parser.parse_args([command]))
+        for key in ("audit_interval", "cert_check", "leaf_lifetime", "leaf_renew_before"):
+            assert rendered.get(key) == defaults.get(key), key
+        for key in ("deadline", "fresh_ttl", "last_known_good_ttl", "failure_ttl"):
+            assert rendered.get(key) == defaults.get(key), key
+
+
+@pytest.mark.parametrize("off", [0, "0", "0s"])
+def test_an_audit_interval_of_zero_turns_the_audit_off(off: object) -> None:
+    args = _args(_render({"operator": {"auditInterval": off}}), "sg-operator")
+    assert "--no-audit" in args
+    assert "--no-audit" not in _args(_render({"operator": {"auditInterval": "1s"}}), "sg-operator")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"operator": {"auditInterval": "10x"}}, 'operator.auditInterval: "10x" is not a duration'),
+        ({"webhook": {"freshTtl": "-5m"}}, 'webhook.freshTtl: "-5m" is not a duration'),
+        ({"webhook": {"timeout": "31s"}}, "webhook.timeout: 31s is not whole seconds from 1s"),
+        ({"webhook": {"timeout": "2.5s", "deadline": "1s"}}, "webhook.timeout: 2.5s is not whole"),
+        ({"webhook": {"deadline": "10s"}}, "webhook.deadline (10s) must be longer than 0s and "),
+        ({"operator": {"leafRenewBefore": "100d"}}, "operator.leafRenewBefore (100d) must be"),
+        (
+            {"webhook": {"lastKnownGoodTtlSeconds": 3600}},
+            "webhook.lastKnownGoodTtlSeconds was renamed webhook.lastKnownGoodTtl, which takes a "
+            "duration such as 30s, 10m or 1h (here webhook.lastKnownGoodTtl: 3600s)",
+        ),
+        (
+            {"operator": {"auditIntervalSeconds": 600}},
+            "operator.auditIntervalSeconds was renamed operator.auditInterval",
+        ),
+    ],
+)
+def test_a_bad_or_renamed_duration_fails_the_render_naming_the_key(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError) as exc:
+        _render(values)
+    assert message in str(exc.value)

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from samplerguard.errors import TemporaryError
+from samplerguard.errors import SamplerGuardError, TemporaryError
 from samplerguard.operator.controller import Controller, OperatorConfig
 from samplerguard.operator.drbg import DrbgSecrets, reconcile_drbg
 
@@ -87,8 +87,11 @@ def test_an_unreadable_private_key_is_reported_never_overwritten(kube: Any) -> N
 
 def test_a_namespace_without_access_does_not_stop_the_others(kube: Any) -> None:
     kube.forbidden_namespaces.add("ml")
-    with pytest.raises(TemporaryError, match="ml: secrets is forbidden in namespace ml"):
+    with pytest.raises(SamplerGuardError, match="ml: write Secret ml/sg-drbg: API server ") as exc:
         reconcile_drbg(kube, CFG)
+    # a 403 stays a 403 until the installation changes: not a temporary error to retry soon
+    assert not isinstance(exc.value, TemporaryError)
+    assert "secrets is forbidden in namespace ml" in str(exc.value)
     assert ("Secret", "vision", "sg-drbg") in kube.objects
     assert ("Secret", "ml", "sg-drbg") not in kube.objects
 

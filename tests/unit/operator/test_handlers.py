@@ -6,8 +6,10 @@ from typing import Any
 
 import kopf
 
+from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import Forbidden, Unavailable
 from samplerguard.operator.controller import Controller, OperatorConfig
-from samplerguard.operator.handlers import _differs, register
+from samplerguard.operator.handlers import _differs, _next_try, register
 
 
 def test_registered_handlers(kube: Any) -> None:
@@ -43,3 +45,12 @@ def test_status_is_rewritten_only_when_it_changed() -> None:
     assert not _differs({"conditions": [cond]}, same)
     assert _differs({"conditions": [cond]}, {"conditions": [{**cond, "observedGeneration": 3}]})
     assert _differs({}, same)
+
+
+def test_background_work_retries_temporary_failures_soon_and_permanent_ones_never_early() -> None:
+    forbidden = Forbidden("write Secret ml/sg-drbg", status=403, reason="Forbidden")
+    assert _next_try("reconcile_drbg", forbidden, 300.0) == 300.0
+    away = Unavailable("list pods", status=503, reason="ServiceUnavailable")
+    assert _next_try("audit", away, 600.0) == 10.0
+    assert _next_try("reconcile_certs", TemporaryError("kept changing"), 300.0) == 10.0
+    assert _next_try("audit", RuntimeError("unexpected"), 600.0) == 10.0

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import Forbidden, Unavailable
 from samplerguard.operator.ingest import Authenticator, build_app, serve
 from samplerguard.policy.report import ReportResult
 
@@ -90,6 +91,38 @@ def test_api_server_trouble_is_503_retry() -> None:
 
     r = _run(record, Authenticator(local_token=TOKEN), call)
     assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+
+
+def test_a_forbidden_token_review_or_write_is_a_500_not_a_retry() -> None:
+    """A 403 from the API server stays a 403 until the installation changes: the poster is
+    told so (500) instead of being asked to retry (503)."""
+
+    def forbidden_review(token: str) -> str | None:
+        raise Forbidden("TokenReview", status=403, reason="Forbidden")
+
+    def forbidden_write(batch: list[ReportResult]) -> int:
+        raise Forbidden("write PolicyReport ml/samplerguard", status=403, reason="Forbidden")
+
+    def call(base: str) -> httpx.Response:
+        return httpx.post(
+            f"{base}/v1/results", content=_line(), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+
+    for record, auth in (
+        (lambda batch: len(batch), Authenticator(review=forbidden_review)),
+        (forbidden_write, Authenticator(local_token=TOKEN)),
+    ):
+        r = _run(record, auth, call)
+        assert r.status_code == 500 and "Retry-After" not in r.headers
+        assert "API server answered 403 (Forbidden)" in r.json()["error"]
+    away = Unavailable("TokenReview", status=0, reason="ConnectionRefusedError", delay=3)
+
+    def unreachable(token: str) -> str | None:
+        raise away
+
+    r = _run(lambda batch: len(batch), Authenticator(review=unreachable), call)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "3"
+    assert "TokenReview: API server unreachable (ConnectionRefusedError)" in r.json()["error"]
 
 
 def test_token_review_allow_list_and_cache() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import Forbidden
 from samplerguard.sidecar.auth import TokenFileAuth, TokenReviewAuth, UnauthorizedError
 
 VERIFIER = "system:serviceaccount:samplerguard:samplerguard-verifier"
@@ -59,8 +60,8 @@ class _FakeApiServer(BaseHTTPRequestHandler):
             self.end_headers()
             return
         token = body["spec"]["token"]
-        if token == "boom":
-            self.send_response(500)
+        if token in ("boom", "forbidden"):
+            self.send_response(500 if token == "boom" else 403)
             self.end_headers()
             return
         users = {"good": VERIFIER, "other": "system:serviceaccount:ml:app"}
@@ -117,8 +118,17 @@ def test_tokenreview_accepts_only_the_verifier_and_caches(api: Any) -> None:
 
 def test_tokenreview_failure_is_temporary_never_a_pass(api: Any) -> None:
     auth = TokenReviewAuth((VERIFIER,), audience=None, api=api)
-    with pytest.raises(TemporaryError, match="HTTP 500"):
+    with pytest.raises(TemporaryError, match="TokenReview: API server answered 500"):
         auth.authenticate("boom")
+
+
+def test_a_sidecar_forbidden_to_review_tokens_is_refused_permanently(api: Any) -> None:
+    """A 403 (the pod's namespace is not one the chart lets review tokens) is not a passing
+    outage: it raises Forbidden, which the sidecar's API answers with 503 and an error log."""
+    auth = TokenReviewAuth((VERIFIER,), audience=None, api=api)
+    with pytest.raises(Forbidden, match="TokenReview: API server answered 403") as exc:
+        auth.authenticate("forbidden")
+    assert not isinstance(exc.value, TemporaryError)
 
 
 def test_unreachable_api_server_is_temporary() -> None:

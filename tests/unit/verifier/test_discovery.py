@@ -8,6 +8,7 @@ import pytest
 from kubernetes import client
 
 from samplerguard.errors import TemporaryError
+from samplerguard.kubeapi import Forbidden, Unavailable
 from samplerguard.verifier.discovery import KubernetesDiscovery
 
 
@@ -86,10 +87,22 @@ def test_a_label_selector_and_a_namespace_narrow_the_listing() -> None:
     ]
 
 
-def test_a_failed_listing_is_temporary() -> None:
+def _refusing(status: int) -> FakeCoreV1:
     class Refusing(FakeCoreV1):
         def list_pod_for_all_namespaces(self, **query: Any) -> client.V1PodList:
-            raise client.exceptions.ApiException(status=403)
+            raise client.exceptions.ApiException(status=status, reason="Refused")
 
-    with pytest.raises(TemporaryError, match="HTTP 403"):
-        KubernetesDiscovery(api=Refusing([])).targets()
+    return Refusing([])
+
+
+def test_an_unanswered_listing_is_temporary() -> None:
+    with pytest.raises(Unavailable, match="list injected pods: API server answered 503") as exc:
+        KubernetesDiscovery(api=_refusing(503)).targets()
+    assert isinstance(exc.value, TemporaryError)
+
+
+def test_a_forbidden_listing_is_permanent() -> None:
+    with pytest.raises(Forbidden, match="list injected pods: API server answered 403") as exc:
+        KubernetesDiscovery(api=_refusing(403)).targets()
+    assert not isinstance(exc.value, TemporaryError)
+    assert (exc.value.status, exc.value.reason) == (403, "Refused")
