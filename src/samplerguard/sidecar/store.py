@@ -68,9 +68,11 @@ _copy_into: Callable[[Any, int, Any], int] | None
 try:
     # the compiled copy releases the GIL while it runs (a slice assignment holds it, and the
     # connection's digester thread waits for it to append its leaves)
-    from samplerguard._digest import copy_into as _copy_into
+    from samplerguard._digest import copy_into as _compiled_copy
 except ImportError:  # built without a C compiler: slice assignment
     _copy_into = None
+else:
+    _copy_into = _compiled_copy
 
 __all__ = [
     "CorruptTrajectoryError",
