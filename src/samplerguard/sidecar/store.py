@@ -9,7 +9,7 @@ Per trajectory two files in the store directory:
   deleted; everything with an index is served again.
 
 Writes go through a staging buffer per open trajectory: frames are copied into a reused, page-
-aligned 1 MiB buffer, and each full buffer is written by the store's writer threads while
+aligned 4 MiB buffer, and each full buffer is written by the store's writer threads while
 ingestion goes on into the next (at most two writes in flight per trajectory), so the write
 runs beside ingestion instead of in it. Where the volume takes it (``direct_io`` auto, the
 default) the file is opened with ``O_DIRECT``: the bytes go to the disk without the page cache.
