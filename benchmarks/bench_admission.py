@@ -174,7 +174,12 @@ def serve(args: argparse.Namespace) -> None:
         keyfile=setup["key"],
         fresh_ttl=setup["fresh_ttl"],
         failure_ttl=0 if setup["fresh_ttl"] == 0 else 10,
-        injection=InjectionConfig(sidecar_image=setup["sidecar"], hook_image=setup["sidecar"]),
+        injection=InjectionConfig(
+            sidecar_image=setup["sidecar"],
+            hook_image=setup["sidecar"],
+            # the benchmark's policy asks for DRBG noise: the operator's Secret is mounted
+            drbg_secret="samplerguard-drbg",
+        ),
     )
 
     def build() -> Admission:  # in each worker, as `samplerguard webhook --workers N` does

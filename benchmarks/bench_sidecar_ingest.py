@@ -29,13 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from _cpu import process_cpu as cpu_seconds
 from _dataplane import LATENT_SHAPE, RawStream, sidecar
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raw(socket_path: str, stream: RawStream, n: int, clients: int, tag: str) -> float:
@@ -176,6 +171,8 @@ def main() -> None:
         share: list[float] = []
         r1_single: list[float] = []
         more: dict[int, list[float]] = {c: [] for c in counts}
+        #: the sidecar's CPU microseconds per record, per client count
+        more_cpu: dict[int, list[float]] = {c: [] for c in counts}
         for r in range(args.rounds):
             cpu0, t0 = cpu_seconds(svc.pid), time.perf_counter()
             r1.append(raw(sock, stream, args.trajectories, 1, f"raw1-{r}"))
@@ -184,7 +181,11 @@ def main() -> None:
             share.append((cpu1 - cpu0) / (t1 - t0))
             r1_single.append(raw(sock, single, args.trajectories, 1, f"single-{r}"))
             for c in counts:
+                cpu0 = cpu_seconds(svc.pid)
                 more[c].append(raw(sock, stream, args.trajectories, c, f"raw{c}-{r}"))
+                more_cpu[c].append(
+                    1e6 * (cpu_seconds(svc.pid) - cpu0) / (args.trajectories * args.steps)
+                )
         h = hook(sock, args.steps, max(2, args.trajectories // 4))
         ratios = [a / b for a, b in zip(r1, r1_single, strict=True)]
         print("  step records/s: median [min-max] over the rounds")
@@ -194,7 +195,11 @@ def main() -> None:
             f"(STEPS x8 / STEP = {statistics.median(ratios):.2f})"
         )
         for c, rates in more.items():
-            print(f"  raw frames, {c} clients: {spread(rates)}")
+            us_c = more_cpu[c]
+            print(
+                f"  raw frames, {c} clients: {spread(rates)}  (sidecar CPU "
+                f"{statistics.median(us_c):.0f} us per record [{min(us_c):.0f}-{max(us_c):.0f}])"
+            )
         print(f"  hook (Recorder+SidecarSink), one round: {h:10,.0f}")
         us = [1e6 / r for r in per_cpu]
         print(

@@ -11,7 +11,12 @@
  *
  * Every buffer is acquired (and so pinned) before the GIL is released and released after it is
  * taken back, so a caller cannot resize or free one while it is hashed.
+ *
+ * copy_into() is the ingest's other bulk step: a received frame body copied into the store's
+ * staging buffer, with the GIL released (a slice assignment holds it for the whole copy, and
+ * the digester thread waited on it to append its leaves).
  */
+#include <string.h>
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
@@ -106,14 +111,50 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(copy_into_doc,
+"copy_into(dst, offset, src, /) -> int\n\n"
+"Copy the bytes of ``src`` into the writable buffer ``dst`` at ``offset`` with the GIL\n"
+"released; returns the number of bytes copied (all of ``src``, or ValueError when they do\n"
+"not fit).");
+
+static PyObject *copy_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "copy_into() takes (dst, offset, src)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer dst, src;
+    if (PyObject_GetBuffer(args[0], &dst, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[2], &src, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (offset < 0 || offset > dst.len || src.len > dst.len - offset) {
+        PyErr_Format(PyExc_ValueError, "copy_into(): %zd bytes do not fit at offset %zd of %zd",
+                     src.len, offset, dst.len);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        memcpy((char *)dst.buf + offset, src.buf, (size_t)src.len);
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromSsize_t(src.len);
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"sha256_many", sha256_many, METH_O, sha256_many_doc},
+    {"copy_into", (PyCFunction)(void (*)(void))copy_into, METH_FASTCALL, copy_into_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "samplerguard._digest",
-    "Batched SHA-256 (OpenSSL) with the GIL released once per batch.", -1, methods,
+    "Batched SHA-256 (OpenSSL) and bulk copies with the GIL released once per call.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__digest(void) { return PyModule_Create(&module); }

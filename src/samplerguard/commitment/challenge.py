@@ -30,6 +30,7 @@ from samplerguard.commitment.plan import sampler_plan
 from samplerguard.commitment.recheck import RecheckResult, recheck_step
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.transcript import (
+    TailFacts,
     Transcript,
     check_noise_stream,
     check_transcript,
@@ -154,6 +155,7 @@ def verify_challenge(
         noise_checked=noise is not None,
         unchecked=list(facts.unchecked),
     )
+    first: Opening | None = None
     for step in steps:
         if not 0 <= step < commitment.n_steps:
             raise MalformedInputError(f"step {step} is outside the committed trajectory")
@@ -166,7 +168,53 @@ def verify_challenge(
                 expected=str(step),
             )
         res = recheck_step(commitment, opened, program, tau=result.tau)
+        first = first or opened
         result.results.append(res)
         if not res.accepted:
             break
+    # (5): on another build, what could not be compared bit for bit
+    _check_approximate(facts, first, result)
     return result
+
+
+def _check_approximate(facts: TailFacts, opened: Opening | None, result: ChallengeResult) -> None:
+    """The conditioning this verifier derives on another build than the provider's is compared
+    with the opened (committed) conditioning at the challenge's tau: a swapped prompt or text
+    encoder differs by far more than an encoder's drift across builds. A served output that is
+    not the reference decode is explained by the build only if the steps do not reproduce bit
+    for bit either: when every challenged step re-checks to exactly 0, the declared build is a
+    false claim and the swapped output is rejected."""
+    if not result.accepted:
+        return
+    if facts.approximate:
+        if opened is None:
+            result.unchecked.append("request conditioning (no step opened to compare it with)")
+        else:
+            for name, derived in facts.approximate.items():
+                committed = opened.conditioning.get(name)
+                score = _rel_l2(derived, committed)
+                if score > result.tau:
+                    raise VerificationError(
+                        f"request binding: conditioning {name!r} derived here differs from the "
+                        f"committed one by relL2 {score:.3g} > tau {result.tau:g} (a swapped "
+                        "prompt or text encoder)",
+                        check="request-binding",
+                        found=f"relL2 {score:.3g}",
+                        expected=f"<= {result.tau:g}",
+                    )
+    if facts.output_differs and result.results and all(r.worst == 0.0 for r in result.results):
+        raise VerificationError(
+            "output binding: the served output is not the reference decode of the final "
+            "latent, while every challenged step reproduces bit for bit: the declared build "
+            "does not explain the difference (a swapped output behind a false build claim)",
+            check="output-binding",
+        )
+
+
+def _rel_l2(derived: torch.Tensor, committed: torch.Tensor | None) -> float:
+    if committed is None or tuple(committed.shape) != tuple(derived.shape):
+        return math.inf
+    a = derived.detach().to("cpu", torch.float64)
+    b = committed.detach().to("cpu", torch.float64)
+    den = float(b.norm())
+    return float((a - b).norm()) / den if den > 0 else (0.0 if float(a.norm()) == 0 else math.inf)

@@ -43,7 +43,8 @@ from samplerguard.commitment.state import (
 from samplerguard.errors import MalformedInputError, VerificationError
 
 __all__ = [
-    "MODEL_KEYS",
+    "SAMPLER_VARIANTS",
+    "SCHEDULE_KEYS",
     "SamplerPlan",
     "StatePlan",
     "begin_index",
@@ -126,6 +127,7 @@ def build_scheduler(recipe: Mapping[str, Any]) -> Any:
     call = timesteps_call(recipe)
     begin = begin_index(recipe)
     cls = getattr(diffusers, cls_name)
+    _check_config_keys(cls, config)
     try:
         scheduler = cls.from_config(_float_fields(cls, _decode_floats(config)))
         scheduler.set_timesteps(**call)
@@ -147,41 +149,20 @@ def build_scheduler(recipe: Mapping[str, Any]) -> Any:
     return scheduler
 
 
-#: Scheduler config keys that describe the noise process the model was trained on and how its
-#: timesteps are numbered. A declared config must carry the reference checkpoint's values for
-#: them (what ``cls.from_config(reference)`` gives the declared class), whatever the policy
-#: allows for the rest: zero ``trained_betas`` or a ``steps_offset`` past the training range
-#: repeat σ, and a step between two equal σ is the identity, whatever the model output.
-MODEL_KEYS = frozenset(
-    {
-        "num_train_timesteps",
-        "beta_start",
-        "beta_end",
-        "beta_schedule",
-        "trained_betas",
-        "prediction_type",
-        "rescale_betas_zero_snr",
-        "steps_offset",
-        "timestep_type",
-        "sigma_min",
-        "sigma_max",
-        "sigma_data",
-        "clip_sample",
-        "clip_sample_range",
-        "thresholding",
-        "dynamic_thresholding_ratio",
-        "sample_max_value",
-        "set_alpha_to_one",
-        "shift",
-        "use_dynamic_shifting",
-        "base_shift",
-        "max_shift",
-        "base_image_seq_len",
-        "max_image_seq_len",
-        "shift_terminal",
-        "time_shift_type",
-    }
+#: Scheduler config keys that select the sampler's schedule: a provider may set them, and the
+#: policy judges the result (its schedule id). Every other key of a declared config must be what
+#: the reference checkpoint's config gives the declared class (``cls.from_config(reference)``,
+#: with the declared sampler's own variant below): zero ``trained_betas``, a ``steps_offset``
+#: past the training range or a clipped λ repeat σ and make steps no-ops, and ``solver_order``,
+#: ``algorithm_type`` or ``final_sigmas_type`` run another solver than the declared one.
+SCHEDULE_KEYS = frozenset(
+    {"timestep_spacing", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"}
 )
+#: The config a sampler id fixes beyond its class's defaults.
+SAMPLER_VARIANTS: dict[str, dict[str, Any]] = {
+    "dpmpp_2m": {"algorithm_type": "dpmsolver++"},
+    "dpmpp_2m_sde": {"algorithm_type": "sde-dpmsolver++"},
+}
 
 
 def _same_value(a: object, b: object) -> bool:
@@ -192,25 +173,54 @@ def _same_value(a: object, b: object) -> bool:
     return a == b
 
 
+def _check_config_keys(cls: Any, config: Mapping[str, Any]) -> None:
+    """A declared config names only what the class takes: ``from_config`` silently drops
+    unknown keys and resets those listed in a private ``_use_default_values``, so the policy
+    would judge a config other than the one that runs."""
+    import inspect
+
+    private = sorted(k for k in config if str(k).startswith("_"))
+    if private:
+        raise VerificationError(
+            f"the declared scheduler config carries private keys {private[:4]} (diffusers "
+            "rewrites the config by them)",
+            check="sampler",
+            found=str(private[:4]),
+        )
+    takes = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(config) - takes)
+    if unknown:
+        raise VerificationError(
+            f"the declared scheduler config names {unknown[:4]}, which {cls.__name__} does "
+            "not take",
+            check="sampler",
+            found=str(unknown[:4]),
+        )
+
+
 def check_scheduler_config(recipe: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
-    """The declared scheduler config keeps the reference checkpoint's noise process
-    (:data:`MODEL_KEYS`). Raises :class:`VerificationError` naming the first key that differs."""
+    """The declared scheduler config is the reference checkpoint's for the declared sampler,
+    but for :data:`SCHEDULE_KEYS`. Raises :class:`VerificationError` naming the first key that
+    differs."""
     scheduler = build_scheduler(recipe)
     cls = type(scheduler)
+    variant = SAMPLER_VARIANTS.get(str(recipe.get("sampler")), {})
     try:
-        expected = cls.from_config(_float_fields(cls, _decode_floats(dict(reference)))).config
+        base = _float_fields(cls, _decode_floats(dict(reference)))
+        expected = cls.from_config({**base, **variant}).config
     except Exception as exc:  # diffusers raises anything on a bad config
         raise VerificationError(
             f"the reference scheduler config cannot configure {cls.__name__}: {type(exc).__name__}",
             check="sampler",
         ) from None
     declared = scheduler.config
-    for key in sorted(MODEL_KEYS & set(declared)):
+    for key in sorted(k for k in declared if not k.startswith("_") and k not in SCHEDULE_KEYS):
         if not _same_value(declared[key], expected.get(key)):
             got, want = str(declared[key])[:60], str(expected.get(key))[:60]
             raise VerificationError(
-                f"scheduler config: {key} is {got}, the reference checkpoint's is {want} "
-                "(a noise process other than the model's)",
+                f"scheduler config: {key} is {got}, the reference checkpoint's for "
+                f"{recipe.get('sampler')} is {want} (another noise process or solver than the "
+                "declared one)",
                 check="sampler",
                 found=got,
                 expected=want,

@@ -192,7 +192,7 @@ class FamilyProgram:
 
     family: ClassVar[Family]
     #: the reference checkpoint's scheduler config (its noise process), when the verifier has
-    #: it: a declared config must keep its model keys (``commitment.plan.MODEL_KEYS``)
+    #: it: a declared config must be it, but for the schedule keys (``commitment.plan``)
     scheduler_reference: Mapping[str, Any] | None = None
 
     def __init__(self, denoiser: torch.nn.Module, model_digest: str | None = None) -> None:

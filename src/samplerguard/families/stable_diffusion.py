@@ -333,9 +333,15 @@ class StableDiffusionCodec:
                 "re-derive them from"
             )
         negative = _prompts(request, "negativePrompt")
-        if negative is not None and (
-            type(negative) is not type(prompt)
-            or (isinstance(prompt, list) and len(negative) != len(prompt))
+        guidance = float(request["guidanceScale"])
+        do_cfg = guidance > 1.0
+        if (
+            do_cfg
+            and negative is not None
+            and (
+                type(negative) is not type(prompt)
+                or (isinstance(prompt, list) and len(negative) != len(prompt))
+            )
         ):
             raise MalformedInputError(
                 "the request's negativePrompt does not match its prompt (one negative prompt "
@@ -344,8 +350,6 @@ class StableDiffusionCodec:
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
         layers = int(self.pipe.text_encoder.config.num_hidden_layers)
         clip_skip = _small_int(request, "clipSkip", None, layers - 1)
-        guidance = float(request["guidanceScale"])
-        do_cfg = guidance > 1.0
         device = self.pipe.text_encoder.device
         try:
             with torch.no_grad():

@@ -298,7 +298,9 @@ class Checker:
         )
         needed = requests_for(rule.target_catch_probability, per_request * rule.fraction)
         provider = case.target.uid or case.target.url
-        missed = self._missed.get(provider, 1.0) * (1.0 - per_request) if ok else 0.0
+        prior = self._missed.get(provider, 1.0)
+        # an incomplete challenge (a binding NOT CHECKED) is no evidence either way
+        missed = 0.0 if not ok else prior if outcome.unchecked else prior * (1.0 - per_request)
         if len(self._missed) >= 100_000 and provider not in self._missed:
             self._missed.clear()  # bounded; the figure restarts, it never overstates
         self._missed[provider] = missed

@@ -260,11 +260,14 @@ class Admission:
         injected = [inj.sidecar_image, inj.effective_hook_image] if inject else []
         wanted = list(dict.fromkeys(images + injected))
         scoped = await self._resolver_for(namespace, tpl)
-        outcomes = (
-            [await self._check_image(wanted[0], policies, scoped)]
-            if len(wanted) == 1
-            else await asyncio.gather(*(self._check_image(i, policies, scoped) for i in wanted))
-        )
+        cached = [self._cached_outcome(i, policies, scoped) for i in wanted]
+        outcomes = [o for o in cached if o is not None]
+        if len(outcomes) < len(wanted):
+            outcomes = (
+                [await self._check_image(wanted[0], policies, scoped)]
+                if len(wanted) == 1
+                else await asyncio.gather(*(self._check_image(i, policies, scoped) for i in wanted))
+            )
         checks = [c for o in outcomes for c in o.checks]
         what = f"{req.kind.kind} {namespace}/{_name_of(req, tpl)}"
 
@@ -352,15 +355,17 @@ class Admission:
             return _Scoped(None, "")
         return _Scoped(self.resolver.with_credentials(creds), f"{namespace}/{','.join(names)}")
 
-    async def _check_image(
-        self, image: str, policies: list[AnyPolicy], scoped: _Scoped
-    ) -> _ImageOutcome:
+    def _image_plan(
+        self, image: str, policies: list[AnyPolicy]
+    ) -> tuple[_ImageOutcome, ImageReference | None, list[AnyPolicy]]:
+        """The parts of an image's check that need no registry: its outcome so far, its parsed
+        reference and the policies governing it (reference None: the outcome is final)."""
         outcome = _ImageOutcome(image)
         try:
             ref, candidates = _reference(image)
         except MalformedInputError as exc:
             outcome.checks.append(Check(image, NO_POLICY, "enforce", False, str(exc)))
-            return outcome
+            return outcome, None, []
         governing = [p for p in policies if _governs(p, candidates)]
         outcome.governed_by = [policy_name(p) for p in governing]
         if not governing:
@@ -375,8 +380,34 @@ class Admission:
                     f"({len(policies)} policies govern this namespace)",
                 )
             )
-            return outcome
+            return outcome, None, []
+        return outcome, ref, governing
 
+    def _cached_outcome(
+        self, image: str, policies: list[AnyPolicy], scoped: _Scoped
+    ) -> _ImageOutcome | None:
+        """:meth:`_check_image`'s outcome from the caches alone, or None when a resolution or a
+        verdict has to be fetched. A cached admission takes this path for every image: no task
+        per image, no await (gathering two cached images cost a mutation a sixth of its CPU)."""
+        outcome, ref, governing = self._image_plan(image, policies)
+        if ref is None:
+            return outcome
+        digest = ref.digest or self.resolutions.fresh(str(ref))
+        if digest is None:
+            return None
+        checks = [self._cached_verdict(image, ref.name, digest, p, scoped) for p in governing]
+        if None in checks:
+            return None
+        outcome.pinned = f"{ref.name}@{digest}"
+        outcome.checks += [c for c in checks if c is not None]
+        return outcome
+
+    async def _check_image(
+        self, image: str, policies: list[AnyPolicy], scoped: _Scoped
+    ) -> _ImageOutcome:
+        outcome, ref, governing = self._image_plan(image, policies)
+        if ref is None:
+            return outcome
         try:
             digest = ref.digest or await self._resolve(str(ref), scoped)
         except SamplerGuardError as exc:
@@ -415,6 +446,16 @@ class Admission:
         self.resolutions.put(ref, digest)
         return digest
 
+    def _cached_verdict(
+        self, image: str, name: str, digest: str, policy: AnyPolicy, scoped: _Scoped
+    ) -> Check | None:
+        """The verdict cache's answer for the image under ``policy``, if it holds a fresh one."""
+        key: CacheKey = (name, digest, policy.metadata.uid, spec_version(policy))
+        hit = self.cache.fresh(key, scoped.scope)
+        if hit is None:
+            return None
+        return Check(image, policy_name(policy), policy.spec.mode, hit.passed, hit.detail)
+
     async def _verdict(
         self,
         image: str,
@@ -423,12 +464,12 @@ class Admission:
         policy: AnyPolicy,
         scoped: _Scoped,
     ) -> Check:
+        hit = self._cached_verdict(image, name, digest, policy, scoped)
+        if hit is not None:
+            return hit
         pname = policy_name(policy)
         mode = policy.spec.mode
         key: CacheKey = (name, digest, policy.metadata.uid, spec_version(policy))
-        hit = self.cache.fresh(key, scoped.scope)
-        if hit is not None:
-            return Check(image, pname, mode, hit.passed, hit.detail)
         call = functools.partial(
             self.verifier.verify,
             f"{name}@{digest}",

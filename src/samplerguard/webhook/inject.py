@@ -115,14 +115,23 @@ def _contract_env(
 
 
 def _names(value: object, *path: str) -> list[str]:
-    """The strings at ``path`` under ``value``, walking through lists."""
-    if not path:
-        return [value] if isinstance(value, str) else []
-    if isinstance(value, list):
-        return [n for item in value for n in _names(item, *path)]
-    if isinstance(value, dict):
-        return _names(value.get(path[0]), *path[1:])
-    return []
+    """The strings at ``path`` under ``value``, walking through lists (nested ones too) at every
+    step. A loop over one level at a time: called a few dozen times per admission, the recursive
+    walk was a third of a cached validation's CPU."""
+    level = [value]
+    for key in path:
+        found = []
+        todo = level
+        while todo:
+            nested = []
+            for item in todo:
+                if isinstance(item, dict):
+                    found.append(item.get(key))
+                elif isinstance(item, list):
+                    nested += item
+            todo = nested
+        level = found
+    return [v for v in level if isinstance(v, str)]
 
 
 def _repository(image: str) -> str:

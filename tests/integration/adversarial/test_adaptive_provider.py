@@ -136,7 +136,7 @@ def serve(
         escrow = noise.escrow(verifier_key.public_key())
     if latents is None:
         latents = (
-            noise.randn((len(labels), 1, 8, 8))
+            noise.randn((len(labels), 1, 8, 8)) * scheduler.init_noise_sigma
             if noise is not None
             else torch.randn((len(labels), 1, 8, 8), generator=torch.Generator().manual_seed(5))
         )
@@ -404,7 +404,7 @@ def test_steered_step_noise_is_rejected_at_the_step_that_draws_it(
     its choosing (the committed digests are of what it really used)."""
     noise = authority.request("tenant-a", "steer-1", record_draws=False)
     escrow = noise.escrow(verifier_key.public_key())
-    z = noise.randn((2, 1, 8, 8))
+    z = noise.randn((2, 1, 8, 8)) * make_scheduler("euler_ancestral").init_noise_sigma
     calls = {"n": 0}
 
     def steered(shape: tuple[int, ...], dtype: torch.dtype, dev: torch.device) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Red-team attacks of an adaptive provider, each recorded through the real hook and judged the
 way the verifier judges it: the policy's recipe checks (:func:`recipe_violations`, which the
 verifier runs on the committed recipe before any re-check) and a challenge of every step
-(:func:`verify_challenge`). Each test asserts that the verifier REJECTS the attack; an attack
-that still passes is marked ``xfail(strict=True)`` with the bypass it demonstrates, so the
-file stays green and each bypass turns into an unexpected pass once it is fixed.
+(:func:`verify_challenge`). Each test asserts that the verifier rejects the attack, or reports
+what it could not check (an incomplete challenge, never a pass). A newly found bypass joins as
+``xfail(strict=True)`` naming what it demonstrates, until the check that closes it lands.
 """
 
 from __future__ import annotations
@@ -405,11 +405,6 @@ def _spoof_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d: {**mine, "torch": "0.0.1"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass (downgrade): with a spoofed build fingerprint a swapped prompt is NOT "
-    "CHECKED (verdict error, counted as a pass by the per-provider test) instead of rejected",
-)
 def test_a_swapped_prompt_under_a_spoofed_build_is_rejected(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,11 +425,6 @@ def test_a_swapped_prompt_under_a_spoofed_build_is_rejected(
         pytest.fail(f"accepted; NOT CHECKED: {result.unchecked}")  # what happens today
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass (downgrade): with a spoofed build fingerprint a served image that is not "
-    "the decode is NOT CHECKED (verdict error) instead of rejected",
-)
 def test_a_swapped_output_under_a_spoofed_build_is_rejected(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -141,11 +141,12 @@ def test_a_served_image_that_is_not_the_decode_is_rejected(
         _challenge(folder, sink, commitment)
 
 
-def test_on_another_build_a_differing_decode_is_not_checked_never_passed(
+def test_a_swapped_output_behind_a_false_build_claim_is_rejected(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A declared build the verifier does not reproduce may decode a few bits apart: the
-    difference is reported as NOT CHECKED (an incomplete challenge), not as a pass."""
+    """The provider declares a build the verifier does not reproduce, where a decode may differ
+    in its last bits, and serves another image. Its steps reproduce bit for bit, so the build
+    it claims does not explain the differing output: rejected."""
     from samplerguard.commitment.fingerprint import build_fingerprint
     from samplerguard.hook import recorder as hook_recorder
 
@@ -154,9 +155,31 @@ def test_on_another_build_a_differing_decode_is_not_checked_never_passed(
     case = stable_diffusion_prompted()
     _post(monkeypatch, case, lambda image: image * 0.99)
     sink, commitment = _serve(case, "other-build")
-    result = _challenge(folder, sink, commitment)
-    assert not result.exact and result.accepted
-    assert len(result.unchecked) == 1 and "output binding" in result.unchecked[0]
+    with pytest.raises(VerificationError, match="false build claim"):
+        _challenge(folder, sink, commitment)
+
+
+def test_on_a_build_whose_steps_drift_a_differing_decode_is_not_checked_never_passed() -> None:
+    """Where the steps drift (a real build difference), a decode a few bits apart is reported
+    as NOT CHECKED (an incomplete challenge), neither passed nor failed."""
+    from samplerguard.commitment.challenge import ChallengeResult, _check_approximate
+    from samplerguard.commitment.recheck import RecheckResult
+    from samplerguard.commitment.transcript import TailFacts
+
+    facts = TailFacts(
+        initial_latent=torch.zeros(1),
+        step_noise=[],
+        unchecked=["output binding (the reference decode differs …)"],
+        output_differs=True,
+    )
+    drift = RecheckResult("r", 0, 2e-7, 0.0, 3e-7, tau=1e-5)
+    result = ChallengeResult(steps=[0], exact=False, tau=1e-5, results=[drift])
+    result.unchecked = list(facts.unchecked)
+    _check_approximate(facts, None, result)
+    assert result.accepted and result.unchecked == facts.unchecked
+    exact = RecheckResult("r", 0, 0.0, 0.0, 0.0, tau=1e-5)
+    with pytest.raises(VerificationError, match="false build claim"):
+        _check_approximate(facts, None, ChallengeResult([0], False, 1e-5, results=[exact]))
 
 
 def test_prompt_embeddings_leave_the_conditioning_unchecked(folder: Path) -> None:

@@ -41,20 +41,32 @@ OUT = "sha256:" + "1" * 64
 Frames = list[tuple[int, dict[str, Any], list[tuple[str, torch.Tensor]]]]
 
 
-@pytest.fixture(params=["inline", "threaded", "hashlib"])
+@pytest.fixture(params=["inline", "threaded", "hashlib", "no-spare-core"])
 def server(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[IngestServer, Ed25519PrivateKey]]:
     """An ingest server; "threaded" moves each trajectory's hashing onto a digester thread
     after its first 300 bytes (the START frame), as a large trajectory's would be; "hashlib"
-    does too, and hashes without the compiled batch hasher (a host that could not build it)."""
+    does too, and hashes without the compiled batch hasher (a host that could not build it);
+    "no-spare-core" crosses the same threshold with every core taken by a connection, so the
+    hashing stays inline (no digester thread is started)."""
     from samplerguard.commitment import digest
     from samplerguard.sidecar import ingest
 
     if request.param in ("threaded", "hashlib"):
         monkeypatch.setattr(ingest, "DIGEST_THREAD_AFTER", 300)
+        # a core to spare for the digester thread, on any machine
+        monkeypatch.setattr(ingest.IngestServer, "spare_core", lambda self: True)
     if request.param == "hashlib":
         monkeypatch.setattr(digest, "_sha256_many", None)
+    if request.param == "no-spare-core":
+        monkeypatch.setattr(ingest, "DIGEST_THREAD_AFTER", 300)
+        monkeypatch.setattr(ingest.IngestServer, "spare_core", lambda self: False)
+
+        def no_thread(self: object) -> None:
+            raise AssertionError("a digester thread was started without a spare core")
+
+        monkeypatch.setattr(ingest._Digester, "__init__", no_thread)
     key = Ed25519PrivateKey.generate()
     store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
     gate = Gate(key=key, public_pem="pem", admit=lambda s: Decision(Admission("accept", ())))
@@ -606,3 +618,27 @@ def test_an_app_escrow_is_refused_in_framework_mode_too(served: IngestServer) ->
     frames[0][1]["seedEscrow"] = {"recipient": "x"}
     answer = _send(served.path, frames)
     assert answer["ok"] is False and "issues the seeds and their escrows itself" in answer["error"]
+
+
+def test_a_core_is_spare_while_fewer_connections_than_cores_are_served(
+    tmp_path: Path,
+) -> None:
+    """The digester thread's condition, counted from the connections the server serves."""
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 20, min_free_bytes=0)
+    gate = Gate(
+        key=Ed25519PrivateKey.generate(),
+        public_pem="pem",
+        admit=lambda s: Decision(Admission("accept", ())),
+    )
+    srv = IngestServer(tmp_path / "s.sock", store, gate)
+    try:
+        srv._cores = 2
+        assert srv.spare_core()
+        srv._connection(1)
+        assert srv.spare_core()
+        srv._connection(1)
+        assert not srv.spare_core()
+        srv._connection(-1)
+        assert srv.spare_core()
+    finally:
+        srv.close()

@@ -12,6 +12,7 @@ from samplerguard.errors import MalformedInputError
 from samplerguard.hook.wire import TensorSpec
 from samplerguard.sidecar.store import (
     BLOCK,
+    CHUNK,
     CorruptTrajectoryError,
     OpeningStore,
     StoreFullError,
@@ -196,11 +197,22 @@ def _frames(seed: int, sizes: list[int]) -> list[bytes]:
 
 
 # odd sizes: chunk boundaries fall inside frames, and the tail is not block-aligned
-_SIZES = [65_536 + 17, 1, 300_001, 1 << 20, 3, 777_777, 65_536]
+_SIZES = [65_536 + 17, 1, 300_001, CHUNK, 3, 777_777, 65_536]
 
 
+@pytest.mark.parametrize("copy", ["compiled", "slice"])
 @pytest.mark.parametrize("direct", [None, True, False])
-def test_staged_writes_store_every_byte_in_order(tmp_path: Path, direct: bool | None) -> None:
+def test_staged_writes_store_every_byte_in_order(
+    tmp_path: Path, direct: bool | None, copy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames staged with the compiled copy (GIL released) and, on a host that could not build
+    it, with slice assignment: the same bytes in the same places."""
+    from samplerguard.sidecar import store as store_module
+
+    if copy == "slice":
+        monkeypatch.setattr(store_module, "_copy_into", None)
+    elif store_module._copy_into is None:
+        pytest.skip("samplerguard._digest is not built here")
     store = _store(tmp_path, max_bytes=1 << 30, direct_io=direct)
     frames = _frames(1, _SIZES)
     w = store.open("t")
@@ -215,6 +227,21 @@ def test_staged_writes_store_every_byte_in_order(tmp_path: Path, direct: bool | 
         offset, _, _, nbytes = table[f"s{i}/latent"]
         assert data[offset : offset + nbytes] == body
     store.close()
+
+
+def test_the_compiled_copy_refuses_bytes_that_do_not_fit() -> None:
+    import mmap
+
+    digest_ext = pytest.importorskip("samplerguard._digest")
+    buf = mmap.mmap(-1, 16)
+    assert digest_ext.copy_into(buf, 12, b"abcd") == 4
+    assert buf[8:16] == b"\0\0\0\0abcd"
+    for offset, data in ((13, b"abcd"), (-1, b"a"), (17, b"")):
+        with pytest.raises(ValueError, match="do not fit"):
+            digest_ext.copy_into(buf, offset, data)
+    with pytest.raises(BufferError):
+        digest_ext.copy_into(b"read-only", 0, b"a")
+    assert buf[:12] == bytes(12)  # nothing written by the refused copies
 
 
 def test_a_volume_that_refuses_o_direct_at_open_gets_buffered_writes_or_an_error(
@@ -299,13 +326,13 @@ def test_two_writes_refused_at_once_both_fall_back_to_buffered(
     race CI once hit)."""
     _refuse_direct_writes(monkeypatch, together=2)
     # two full chunks go out together, then the tail
-    _write_refused_then_buffered(tmp_path, [bytes([i]) * (1 << 20) for i in range(1, 4)])
+    _write_refused_then_buffered(tmp_path, [bytes([i]) * CHUNK for i in range(1, 4)])
 
 
 @pytest.mark.parametrize(
     ("limit", "sizes"),
     [
-        (1 << 20, [1 << 20] * 4),  # the second chunk (a direct write) fails
+        (CHUNK, [CHUNK] * 4),  # the second chunk (a direct write) fails
         (1000, [3000]),  # the tail (the page-cache write at commit) fails: all of a small one
     ],
     ids=["chunk", "tail"],
