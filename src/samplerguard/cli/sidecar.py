@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         type=float,
         help="seconds between re-reads of the policy, 0: read once [SAMPLERGUARD_POLICY_REFRESH]",
     )
+    p.add_argument(
+        "--secret-refresh",
+        type=float,
+        help="at most this often (seconds) the DRBG master secret and escrow key files are "
+        "looked at for a new version, 0: at every request [SAMPLERGUARD_SECRET_REFRESH]",
+    )
     p.add_argument("--retention", type=float, help="seconds openings are kept (no policy)")
     p.add_argument("--max-store-bytes", type=int, help="openings store cap")
     p.add_argument("--min-free-bytes", type=int, help="free-space floor on the volume")
@@ -135,6 +141,7 @@ def _config(args: argparse.Namespace) -> object:
     for name, conv in (
         ("integrity_interval", float),
         ("policy_refresh", float),
+        ("secret_refresh", float),
         ("retention", float),
         ("max_store_bytes", int),
         ("min_free_bytes", int),
