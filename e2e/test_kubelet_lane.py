@@ -567,10 +567,13 @@ def test_a_restarted_operator_keeps_recording(apps: dict[str, dict[str, Any]]) -
 
 
 def test_a_rotated_webhook_certificate_keeps_admission_closed_and_working(
-    release: dict[str, Any],
+    apps: dict[str, dict[str, Any]],
 ) -> None:
+    """A new CA and serving certificate: admission goes on through it, and the verifier, which
+    verifies the operator's certificate against the mounted CA, keeps delivering results."""
     secret = f"{REL}-webhook-tls"
     old = _json("get", "secret", "-n", NS, secret)["data"]["ca.crt"]
+    before = _count(_results("honest"), "pass")
     kubectl("delete", "secret", "-n", NS, secret)
     _wait(
         "a new serving certificate",
@@ -597,6 +600,11 @@ def test_a_rotated_webhook_certificate_keeps_admission_closed_and_working(
     unsigned = _app_pod("unsigned", _ref("unsigned-app"))
     out = kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(unsigned), check=False)
     assert out.returncode != 0 and "0 of 1 authorities verified" in out.stderr
+    _wait(
+        "passes delivered to the operator under the new CA",
+        lambda: _count(_results("honest"), "pass") > before,
+        timeout=420,
+    )
 
 
 def test_a_lost_drbg_secret_is_made_again_and_the_verifier_still_opens_old_escrows(
