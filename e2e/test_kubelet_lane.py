@@ -610,11 +610,29 @@ def test_a_rotated_webhook_certificate_keeps_admission_closed_and_working(
 def test_a_lost_drbg_secret_is_made_again_and_the_verifier_still_opens_old_escrows(
     apps: dict[str, dict[str, Any]],
 ) -> None:
-    """Losing a namespace's master secret loses nothing: the operator makes a new one, and the
-    escrows already made (sealed to the verifier's key, which did not change) still open."""
+    """Losing a namespace's master secret loses nothing: the operator makes a new one (an Event
+    on the Secret says so), the running sidecar takes it up from its updated volume without a
+    restart, the requests issued from it pass, and the escrows already made (sealed to the
+    verifier's key, which did not change) still open."""
     name = f"{REL}-drbg"
     old = _json("get", "secret", "-n", APP_NS, name)["data"]["master-secret"]
-    before = _count(_results("honest"), "pass")
+    restarts = _sidecar_restarts("honest")
+
+    def made_events() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in _json("get", "events", "-n", APP_NS)["items"]
+            if e.get("reason") in ("DrbgSecretRecreated", "DrbgSecretCreated")
+            and e["involvedObject"].get("kind") == "Secret"
+            and e["involvedObject"].get("name") == name
+        ]
+
+    def sidecar_log() -> str:
+        out = kubectl("logs", "-n", APP_NS, "honest", "-c", "samplerguard-sidecar", check=False)
+        return out.stdout
+
+    made_before = len(made_events())
+    changed_before = sidecar_log().count("DRBG master secret changed")
     kubectl("delete", "secret", "-n", APP_NS, name)
     _wait(
         "a new DRBG Secret from the operator",
@@ -627,9 +645,24 @@ def test_a_lost_drbg_secret_is_made_again_and_the_verifier_still_opens_old_escro
         ),
         timeout=120,
     )
+    event = _wait("an Event on the re-made Secret", lambda: made_events()[made_before:], 120)[-1]
+    assert "escrows already made still open" in event["message"], event
+    # the kubelet writes the new Secret into the running pod's volume (its sync period), and the
+    # sidecar looks at the file at most every few seconds
     _wait(
-        "passes after the loss",
+        "the running sidecar taking up the new secret",
+        lambda: sidecar_log().count("DRBG master secret changed") > changed_before,
+        timeout=300,
+    )
+    assert _sidecar_restarts("honest") == restarts
+    before = _count(_results("honest"), "pass")
+    _wait(
+        "passes from seeds of the new secret",
         lambda: _count(_results("honest"), "pass") > before,
         timeout=420,
     )
     assert _count(_results("honest"), "fail") == 0, _results("honest")
+    new = _json("get", "secret", "-n", APP_NS, name)["data"]["master-secret"]
+    text = sidecar_log()
+    for secret in (old, new):
+        assert base64.b64decode(secret).decode() not in text
