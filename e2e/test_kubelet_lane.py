@@ -474,15 +474,18 @@ def test_every_component_serves_its_metrics(apps: dict[str, dict[str, Any]]) -> 
         ("verifier", "http", "9472"): "samplerguard_recheck_duration_seconds_bucket",
     }
     for (component, scheme, port), metric in wanted.items():
-        pod = _pods(f"app.kubernetes.io/component={component}")[0]["metadata"]["name"]
+        # each replica exports what it served: with two webhook replicas the Service may have
+        # sent every admission to one of them, whose histogram is the one that has buckets
+        pods = [p["metadata"]["name"] for p in _pods(f"app.kubernetes.io/component={component}")]
         prefix = "https:" if scheme == "https" else ""
-        text = _wait(
-            f"{metric} from the {component}",
-            lambda p=pod, x=prefix, q=port, m=metric: (
-                m in (t := _proxy(f"{x}{p}", NS, q, "/metrics")) and t
-            ),
-            timeout=120,
-        )
+
+        def scraped(
+            names: list[str] = pods, x: str = prefix, q: str = port, m: str = metric
+        ) -> str:
+            texts = [_proxy(f"{x}{name}", NS, q, "/metrics") for name in names]
+            return next((t for t in texts if m in t), "")
+
+        text = _wait(f"{metric} from a {component} replica", scraped, timeout=120)
         assert "# TYPE" in text
     sidecar = _proxy("honest", APP_NS, "9471", "/metrics")
     assert "samplerguard_ingest_duration_seconds_bucket" in sidecar
