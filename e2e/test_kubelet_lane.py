@@ -474,15 +474,18 @@ def test_every_component_serves_its_metrics(apps: dict[str, dict[str, Any]]) -> 
         ("verifier", "http", "9472"): "samplerguard_recheck_duration_seconds_bucket",
     }
     for (component, scheme, port), metric in wanted.items():
-        pod = _pods(f"app.kubernetes.io/component={component}")[0]["metadata"]["name"]
+        # each replica exports what it served: with two webhook replicas the Service may have
+        # sent every admission to one of them, whose histogram is the one that has buckets
+        pods = [p["metadata"]["name"] for p in _pods(f"app.kubernetes.io/component={component}")]
         prefix = "https:" if scheme == "https" else ""
-        text = _wait(
-            f"{metric} from the {component}",
-            lambda p=pod, x=prefix, q=port, m=metric: (
-                m in (t := _proxy(f"{x}{p}", NS, q, "/metrics")) and t
-            ),
-            timeout=120,
-        )
+
+        def scraped(
+            names: list[str] = pods, x: str = prefix, q: str = port, m: str = metric
+        ) -> str:
+            texts = [_proxy(f"{x}{name}", NS, q, "/metrics") for name in names]
+            return next((t for t in texts if m in t), "")
+
+        text = _wait(f"{metric} from a {component} replica", scraped, timeout=120)
         assert "# TYPE" in text
     sidecar = _proxy("honest", APP_NS, "9471", "/metrics")
     assert "samplerguard_ingest_duration_seconds_bucket" in sidecar
@@ -567,10 +570,13 @@ def test_a_restarted_operator_keeps_recording(apps: dict[str, dict[str, Any]]) -
 
 
 def test_a_rotated_webhook_certificate_keeps_admission_closed_and_working(
-    release: dict[str, Any],
+    apps: dict[str, dict[str, Any]],
 ) -> None:
+    """A new CA and serving certificate: admission goes on through it, and the verifier, which
+    verifies the operator's certificate against the mounted CA, keeps delivering results."""
     secret = f"{REL}-webhook-tls"
     old = _json("get", "secret", "-n", NS, secret)["data"]["ca.crt"]
+    before = _count(_results("honest"), "pass")
     kubectl("delete", "secret", "-n", NS, secret)
     _wait(
         "a new serving certificate",
@@ -597,16 +603,39 @@ def test_a_rotated_webhook_certificate_keeps_admission_closed_and_working(
     unsigned = _app_pod("unsigned", _ref("unsigned-app"))
     out = kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(unsigned), check=False)
     assert out.returncode != 0 and "0 of 1 authorities verified" in out.stderr
+    _wait(
+        "passes delivered to the operator under the new CA",
+        lambda: _count(_results("honest"), "pass") > before,
+        timeout=420,
+    )
 
 
 def test_a_lost_drbg_secret_is_made_again_and_the_verifier_still_opens_old_escrows(
     apps: dict[str, dict[str, Any]],
 ) -> None:
-    """Losing a namespace's master secret loses nothing: the operator makes a new one, and the
-    escrows already made (sealed to the verifier's key, which did not change) still open."""
+    """Losing a namespace's master secret loses nothing: the operator makes a new one (an Event
+    on the Secret says so), the running sidecar takes it up from its updated volume without a
+    restart, the requests issued from it pass, and the escrows already made (sealed to the
+    verifier's key, which did not change) still open."""
     name = f"{REL}-drbg"
     old = _json("get", "secret", "-n", APP_NS, name)["data"]["master-secret"]
-    before = _count(_results("honest"), "pass")
+    restarts = _sidecar_restarts("honest")
+
+    def made_events() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in _json("get", "events", "-n", APP_NS)["items"]
+            if e.get("reason") in ("DrbgSecretRecreated", "DrbgSecretCreated")
+            and e["involvedObject"].get("kind") == "Secret"
+            and e["involvedObject"].get("name") == name
+        ]
+
+    def sidecar_log() -> str:
+        out = kubectl("logs", "-n", APP_NS, "honest", "-c", "samplerguard-sidecar", check=False)
+        return out.stdout
+
+    made_before = len(made_events())
+    changed_before = sidecar_log().count("DRBG master secret changed")
     kubectl("delete", "secret", "-n", APP_NS, name)
     _wait(
         "a new DRBG Secret from the operator",
@@ -619,9 +648,24 @@ def test_a_lost_drbg_secret_is_made_again_and_the_verifier_still_opens_old_escro
         ),
         timeout=120,
     )
+    event = _wait("an Event on the re-made Secret", lambda: made_events()[made_before:], 120)[-1]
+    assert "escrows already made still open" in event["message"], event
+    # the kubelet writes the new Secret into the running pod's volume (its sync period), and the
+    # sidecar looks at the file at most every few seconds
     _wait(
-        "passes after the loss",
+        "the running sidecar taking up the new secret",
+        lambda: sidecar_log().count("DRBG master secret changed") > changed_before,
+        timeout=300,
+    )
+    assert _sidecar_restarts("honest") == restarts
+    before = _count(_results("honest"), "pass")
+    _wait(
+        "passes from seeds of the new secret",
         lambda: _count(_results("honest"), "pass") > before,
         timeout=420,
     )
     assert _count(_results("honest"), "fail") == 0, _results("honest")
+    new = _json("get", "secret", "-n", APP_NS, name)["data"]["master-secret"]
+    text = sidecar_log()
+    for secret in (old, new):
+        assert base64.b64decode(secret).decode() not in text

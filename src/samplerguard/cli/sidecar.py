@@ -81,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="how long openings are kept without a policy (a policy's retention wins) "
         f"(default: {format_duration(defaults.retention)})",
     )
+    p.add_argument(
+        "--secret-refresh",
+        type=duration,
+        help="at most this often the DRBG master secret and escrow key files are looked at "
+        "for a new version; 0: at every request "
+        f"(default: {format_duration(defaults.secret_refresh)})",
+    )
     p.add_argument("--max-store-bytes", type=int, help="openings store cap")
     p.add_argument("--min-free-bytes", type=int, help="free-space floor on the volume")
     p.add_argument("--max-connections", type=int, default=64)
@@ -153,6 +160,7 @@ def _config(args: argparse.Namespace) -> object:
     for name, conv in (
         ("integrity_interval", seconds),
         ("policy_refresh", seconds),
+        ("secret_refresh", seconds),
         ("retention", seconds),
         ("max_store_bytes", int),
         ("min_free_bytes", int),

@@ -20,7 +20,7 @@ from pathlib import Path
 from samplerguard.errors import TemporaryError
 from samplerguard.kubeapi import Conflict
 from samplerguard.operator.certs import CertPolicy, CertState, plan
-from samplerguard.operator.drbg import DrbgSecrets, reconcile_drbg
+from samplerguard.operator.drbg import NEW_MASTER, DrbgSecrets, reconcile_drbg
 from samplerguard.operator.kube import Kube
 from samplerguard.operator.reports import (
     CLUSTER_REPORT_NAME,
@@ -121,6 +121,8 @@ class Controller:
         self._cluster_policy_results: dict[str, ReportResult] = {}
         self._cluster_dirty = True
         self._last_event: dict[tuple[str, str], float] = {}
+        #: namespaces whose DRBG Secret this operator has reconciled (a later absence: lost)
+        self._drbg_seen: set[str] = set()
         #: Called with the new Secret content whenever the serving leaf changes.
         self.cert_listeners: list[Callable[[CertState], None]] = []
         self._served_leaf = b""
@@ -248,9 +250,48 @@ class Controller:
 
     def reconcile_drbg(self) -> list[str]:
         """Create the escrow key pair and each namespace's DRBG Secret where absent (see
-        :mod:`samplerguard.operator.drbg`). Returns the Secrets written."""
+        :mod:`samplerguard.operator.drbg`). Returns the Secrets written; each write is an Event
+        on its Secret (a Warning when a Secret this operator had seen was lost)."""
         cfg = self.config.drbg()
-        return [] if cfg is None else reconcile_drbg(self.kube, cfg)
+        if cfg is None:
+            return []
+
+        def reconciled(ns: str, changes: list[str]) -> None:
+            if changes:
+                self._drbg_event(cfg.drbg_secret, ns, changes, lost=ns in self._drbg_seen)
+            self._drbg_seen.add(ns)
+
+        return reconcile_drbg(self.kube, cfg, reconciled)
+
+    def _drbg_event(self, name: str, ns: str, changes: list[str], *, lost: bool) -> None:
+        if not self.config.events:
+            return
+        if NEW_MASTER in changes:
+            reason = "DrbgSecretRecreated" if lost else "DrbgSecretCreated"
+        elif any(c.startswith("master secret") for c in changes):
+            reason = "DrbgSecretReplaced"
+        else:
+            reason = "DrbgSecretUpdated"
+        what = "was lost and is made again with" if lost and NEW_MASTER in changes else "has"
+        message = (
+            f"DRBG Secret {ns}/{name} {what} {', '.join(changes)}: running sidecars take it up "
+            "from their updated volume without a restart; the escrows already made still open "
+            "at the verifier"
+        )
+        involved = ObjectReference.model_validate(
+            {"apiVersion": "v1", "kind": "Secret", "namespace": ns, "name": name}
+        )
+        try:
+            self.kube.create_event(
+                involved,
+                type_="Warning"
+                if reason in ("DrbgSecretRecreated", "DrbgSecretReplaced")
+                else "Normal",
+                reason=reason,
+                message=message,
+            )
+        except Exception as exc:  # Events are best effort
+            log.warning("could not post Event %s on Secret %s/%s: %s", reason, ns, name, exc)
 
     # -- reports -------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -32,12 +32,14 @@ from samplerguard.operator.certs import CertState
 from samplerguard.operator.kube import Kube
 from samplerguard.policy.drbg import ESCROW_PRIVATE_KEY, ESCROW_PUBLIC_KEY, MASTER_SECRET_KEY
 
-__all__ = ["DrbgSecrets", "reconcile_drbg"]
+__all__ = ["NEW_MASTER", "DrbgSecrets", "reconcile_drbg"]
 
 log = logging.getLogger("samplerguard.operator.drbg")
 
 _MASTER_BYTES = 32
 _MASTER = re.compile(rb"^[0-9a-f]{64,8192}$")
+#: the change reported when a DRBG Secret was absent and is made (first install, or lost)
+NEW_MASTER = "a new master secret"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def _escrow_public(kube: Kube, cfg: DrbgSecrets) -> tuple[bytes, bool]:
     raise TemporaryError(f"escrow Secret {where} kept changing under us")
 
 
-def _ensure_namespace(kube: Kube, cfg: DrbgSecrets, ns: str, public: bytes) -> bool:
+def _ensure_namespace(kube: Kube, cfg: DrbgSecrets, ns: str, public: bytes) -> list[str]:
+    """The changes written to the namespace's DRBG Secret (none when it was right)."""
     where = f"{ns}/{cfg.drbg_secret}"
     for _ in range(5):
         state, rv = kube.get_secret(ns, cfg.drbg_secret)
@@ -118,35 +121,43 @@ def _ensure_namespace(kube: Kube, cfg: DrbgSecrets, ns: str, public: bytes) -> b
         changes = []
         if not _MASTER.match(data.get(MASTER_SECRET_KEY, b"")):
             data[MASTER_SECRET_KEY] = os.urandom(_MASTER_BYTES).hex().encode()
-            changes.append("a new master secret" if rv is None else "master secret replaced")
+            changes.append(NEW_MASTER if rv is None else "master secret replaced")
         if data.get(ESCROW_PUBLIC_KEY) != public:
             data[ESCROW_PUBLIC_KEY] = public
             changes.append("escrow public key updated")
         if not changes:
-            return False
+            return []
         try:
             kube.put_secret(ns, cfg.drbg_secret, CertState(data), rv, type_="Opaque")
         except Conflict:
             continue
         log.info("DRBG Secret %s: %s", where, ", ".join(changes))
-        return True
+        return changes
     raise TemporaryError(f"DRBG Secret {where} kept changing under us")
 
 
-def reconcile_drbg(kube: Kube, cfg: DrbgSecrets) -> list[str]:
-    """Make every DRBG Secret right. Returns the names of the Secrets written. A namespace
-    that cannot be written (no RoleBinding there, the API server away) does not stop the
-    others; the failures are raised together after all were tried: a
-    :class:`TemporaryError` when any of them may pass on a retry, else a permanent
-    :class:`SamplerGuardError` (a namespace the operator is forbidden to write stays so until
-    the installation changes)."""
+def reconcile_drbg(
+    kube: Kube,
+    cfg: DrbgSecrets,
+    on_reconciled: Callable[[str, list[str]], None] | None = None,
+) -> list[str]:
+    """Make every DRBG Secret right. Returns the names of the Secrets written;
+    ``on_reconciled`` gets each namespace whose Secret is now right and the changes written
+    there (none when it was right already), for Events. A namespace that cannot be written
+    (no RoleBinding there, the API server away) does not stop the others; the failures are
+    raised together after all were tried: a :class:`TemporaryError` when any of them may
+    pass on a retry, else a permanent :class:`SamplerGuardError` (a namespace the operator
+    is forbidden to write stays so until the installation changes)."""
     public, created = _escrow_public(kube, cfg)
     written = [f"{cfg.namespace}/{cfg.escrow_secret}"] if created else []
     failures: list[tuple[str, Exception]] = []
     for ns in _unique(cfg.namespaces):
         try:
-            if _ensure_namespace(kube, cfg, ns, public):
+            changes = _ensure_namespace(kube, cfg, ns, public)
+            if changes:
                 written.append(f"{ns}/{cfg.drbg_secret}")
+            if on_reconciled is not None:
+                on_reconciled(ns, changes)
         except Exception as exc:
             failures.append((ns, exc))
     if failures:

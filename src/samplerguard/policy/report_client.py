@@ -8,13 +8,22 @@ total time, then raises :class:`~samplerguard.errors.TemporaryError` so that the
 the batch (the verifier's journal) and tries again later; a 4xx raises
 :class:`~samplerguard.errors.MalformedInputError` (retrying cannot help).
 
-The token is re-read from its file on every call: projected ServiceAccount tokens rotate.
+The token is re-read from its file on every call: projected ServiceAccount tokens rotate. So is
+the CA: the operator rotates its CA and serving certificate (a new TLS Secret, which the kubelet
+writes into the mounted volume), and a client that kept the CA it started with could never
+deliver again. Before each attempt the CA file's identity (device, inode, size, mtime) is
+compared with the one the client trusts; when it changed, the file is loaded again and new
+connections verify against it. A CA file that cannot be loaded keeps the current trust (and is
+logged): nothing is trusted that was not before.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import ssl
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +37,8 @@ from samplerguard.policy.report import ReportResult
 __all__ = ["ResultsClient"]
 
 _MAX_BATCH = 5000  # the operator's MAX_RESULTS_PER_POST
+
+log = logging.getLogger(__name__)
 
 
 def _recorded(resp: httpx.Response) -> int:
@@ -44,7 +55,8 @@ class ResultsClient:
     """Args:
     url: e.g. ``https://samplerguard-operator.samplerguard.svc/v1/results``.
     token_file: bearer token (projected ServiceAccount token, or the local token file).
-    ca_file: CA that issued the operator's certificate (``ca.crt`` of the TLS Secret).
+    ca_file: CA that issued the operator's certificate (``ca.crt`` of the TLS Secret), followed
+    when it changes.
     timeout: seconds per request, a total deadline (connect, TLS, body and answer together: an
     operator that trickles its answer is cut); deadline: seconds for all attempts of one post.
     """
@@ -61,21 +73,53 @@ class ResultsClient:
     ) -> None:
         self._url = url
         self._token_file = Path(token_file)
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-        )
-        # a connection per request, so that the request's deadline can cut it (CallDeadline)
-        self._client = httpx.Client(
-            timeout=timeout,
-            verify=verify,
-            transport=transport,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
+        self._ca_file = Path(ca_file) if ca_file else None
+        self._transport = transport
         self._timeout = timeout
         self._deadline = deadline
+        self._lock = threading.Lock()
+        self._ca_identity = _identity(self._ca_file) if self._ca_file is not None else None
+        # a CA file that cannot be loaded at start is an error (ssl raises)
+        self._client = self._new_client(
+            ssl.create_default_context(cafile=str(self._ca_file)) if self._ca_file else True
+        )
+
+    def _new_client(self, verify: ssl.SSLContext | bool) -> httpx.Client:
+        # a connection per request, so that the request's deadline can cut it (CallDeadline)
+        return httpx.Client(
+            timeout=self._timeout,
+            verify=verify,
+            transport=self._transport,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    def _current(self) -> httpx.Client:
+        """The client to post with, rebuilt on a CA file that changed (see the module)."""
+        with self._lock:
+            if self._ca_file is None:
+                return self._client
+            identity = _identity(self._ca_file)  # before reading: a swap shows up next time
+            if identity is None or identity == self._ca_identity:
+                return self._client
+            try:
+                context = ssl.create_default_context(cafile=str(self._ca_file))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning(
+                    "CA file %s changed but cannot be loaded (the current CA stays trusted): %s",
+                    self._ca_file,
+                    exc,
+                )
+                self._ca_identity = identity
+                return self._client
+            old, self._client = self._client, self._new_client(context)
+            self._ca_identity = identity
+            old.close()
+            log.info("CA file %s changed: the operator is verified against it now", self._ca_file)
+            return self._client
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            self._client.close()
 
     def __enter__(self) -> ResultsClient:
         return self
@@ -103,7 +147,7 @@ class ResultsClient:
                 raise MalformedInputError(f"cannot read token {self._token_file}: {exc}") from exc
             call = CallDeadline(self._timeout)
             try:
-                resp = self._client.post(
+                resp = self._current().post(
                     self._url,
                     content=body,
                     headers={
@@ -138,3 +182,12 @@ class ResultsClient:
                 raise TemporaryError(f"results not recorded by {self._url}: {last}", delay=delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of ``path`` through its links; None when it is absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -128,12 +128,7 @@ class NoiseAuthority:
         journal_fsync: bool = True,
         deterministic: bool = False,
     ) -> None:
-        if not isinstance(master_secret, bytes) or not (
-            _MIN_SECRET <= len(master_secret) <= _MAX_SECRET
-        ):
-            raise MalformedInputError(
-                f"the master secret must be {_MIN_SECRET}..{_MAX_SECRET} bytes"
-            )
+        _check_master(master_secret)
         self._mode: RngMode = check_mode(mode)
         self._master = master_secret
         self._pseudonym_key = _hkdf(master_secret, b"samplerguard/v1/pseudonym", b"")
@@ -163,6 +158,22 @@ class NoiseAuthority:
             ledger_capacity=ledger_capacity,
             journal=Path(journal) if journal else None,
         )
+
+    def with_master(self, master_secret: bytes) -> NoiseAuthority:
+        """An authority under a new master secret (a rotated or re-made one) that keeps this
+        one's used-id ledger: a request id served before the change is still refused after it,
+        so a rotation never gives the app a second seed to choose from. New seeds and tenant
+        pseudonyms derive from the new secret; the ledger keeps the key its entries were
+        made with."""
+        other = NoiseAuthority.__new__(NoiseAuthority)
+        _check_master(master_secret)
+        other._mode = self._mode
+        other._master = master_secret
+        other._pseudonym_key = _hkdf(master_secret, b"samplerguard/v1/pseudonym", b"")
+        other._ledger_key = self._ledger_key
+        other._ledger = self._ledger
+        other._deterministic = self._deterministic
+        return other
 
     @property
     def mode(self) -> RngMode:
@@ -219,6 +230,13 @@ class NoiseAuthority:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("NoiseAuthority holds the master secret and cannot be pickled")
+
+
+def _check_master(master_secret: bytes) -> None:
+    if not isinstance(master_secret, bytes) or not (
+        _MIN_SECRET <= len(master_secret) <= _MAX_SECRET
+    ):
+        raise MalformedInputError(f"the master secret must be {_MIN_SECRET}..{_MAX_SECRET} bytes")
 
 
 def _check_tenant(tenant: str) -> None:

@@ -15,7 +15,8 @@ Authenticated (the verifier's bearer token):
 * ``GET /v1/trajectories/{id}/openings/{step}``: the opening of one step (safetensors);
 * ``GET /v1/trajectories/{id}/transcript``: every leaf, z_N, the final latent and the request
   parameters (safetensors), for the tail, request and noise checks;
-* ``GET /v1/integrity``: the latest runtime-integrity measurement and alerts.
+* ``GET /v1/integrity``: the latest runtime-integrity measurement and alerts, and the DRBG's
+  state (mode, whether the mounted master secret is usable, the changes taken up).
 
 Authenticated routes check the bearer token *before* anything else, so an unauthenticated
 caller learns nothing, not even whether a trajectory exists: it gets 401 and an empty detail.
@@ -164,6 +165,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             "problems": list(m.problems),
             "alerts": list(sidecar.alerts),
             "policy": sidecar.policy_name,
+            "drbg": sidecar.drbg_state,
         }
 
     return app

@@ -37,6 +37,7 @@ ENV: dict[str, str] = {
     "min_free_bytes": "SAMPLERGUARD_MIN_FREE_BYTES",
     "integrity_interval": "SAMPLERGUARD_INTEGRITY_INTERVAL",
     "policy_refresh": "SAMPLERGUARD_POLICY_REFRESH",
+    "secret_refresh": "SAMPLERGUARD_SECRET_REFRESH",
     "store_direct_io": "SAMPLERGUARD_STORE_DIRECT_IO",
     "master_secret_file": "SAMPLERGUARD_MASTER_SECRET_FILE",
     "rng_mode": "SAMPLERGUARD_RNG_MODE",
@@ -107,6 +108,10 @@ class SidecarConfig:
     #: The master secret of the per-request DRBGs (a file only the sidecar can read). When set,
     #: the sidecar issues every DRBG request's seed and its escrow; the app never holds it.
     master_secret_file: Path | None = None
+    #: At most this often (seconds) the master secret and escrow key files are looked at
+    #: again: a Secret the kubelet updated (a re-made or rotated master secret) is taken up
+    #: without a restart; while the files are unusable no seed is issued. 0: at every request.
+    secret_refresh: float = 5.0
     #: The mode of the seeds it issues.
     rng_mode: str = "ctr-drbg"
     #: The verifier's X25519 public key (PEM): issued seeds are escrowed to it.

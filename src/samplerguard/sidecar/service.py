@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from samplerguard.commitment.dsse import keyid
@@ -22,7 +24,7 @@ from samplerguard.sidecar.enforce import Admission, RequestRefusedError, admit
 from samplerguard.sidecar.ingest import Decision, Gate, IngestServer, StartRequest
 from samplerguard.sidecar.integrity import IntegrityMonitor
 from samplerguard.sidecar.keys import load_or_create_key, public_pem
-from samplerguard.sidecar.seeds import SeedIssuer
+from samplerguard.sidecar.seeds import SecretUnavailableError, SeedIssuer, seed_issuer_from_files
 from samplerguard.sidecar.store import OpeningStore
 from samplerguard.telemetry.service import ServiceMetrics, log_denial
 
@@ -31,27 +33,18 @@ __all__ = ["Sidecar"]
 log = logging.getLogger(__name__)
 
 
-def _seed_issuer(cfg: SidecarConfig) -> SeedIssuer | None:
-    """The sidecar-held DRBG, when a master secret is configured."""
+def _seed_issuer(cfg: SidecarConfig, on_change: Callable[[str], None]) -> SeedIssuer | None:
+    """The sidecar-held DRBG, when a master secret is configured: it follows the mounted
+    Secret's files (a re-made or rotated master secret is taken up without a restart)."""
     if cfg.master_secret_file is None:
         return None
-    from samplerguard.rng import NoiseAuthority
-    from samplerguard.rng.authority import ENV_SECRET_FILE
-    from samplerguard.rng.escrow import load_x25519_public_key
-
-    authority = NoiseAuthority.from_env(
-        cfg.rng_mode, env={ENV_SECRET_FILE: str(cfg.master_secret_file)}
+    return seed_issuer_from_files(
+        cfg.rng_mode,
+        cfg.master_secret_file,
+        cfg.escrow_public_key,
+        check_interval=cfg.secret_refresh,
+        on_change=on_change,
     )
-    key = None
-    if cfg.escrow_public_key is not None:
-        try:
-            raw = cfg.escrow_public_key.read_bytes()
-        except OSError as exc:
-            raise MalformedInputError(
-                f"cannot read the verifier's escrow key {cfg.escrow_public_key}: {exc.strerror}"
-            ) from None
-        key = load_x25519_public_key(raw)
-    return SeedIssuer(authority, key)
 
 
 def _telemetry(service: str) -> Any:
@@ -95,6 +88,8 @@ class Sidecar:
         #: request id → when its START was admitted (the ingestion latency's start)
         self._started: dict[str, float] = {}
         self.alerts: list[str] = []
+        #: the DRBG secret's changes seen (newest last, bounded): when and what
+        self.drbg_events: list[str] = []
         self.integrity = IntegrityMonitor(
             self.spec.golden_digests if self.spec else GoldenDigests(),
             model_files=cfg.model_files,
@@ -109,7 +104,7 @@ class Sidecar:
             admit=self._admit,
             committed=self._committed,
             refused=self._refused,
-            seeds=_seed_issuer(cfg),
+            seeds=_seed_issuer(cfg, self._drbg_secret_changed),
         )
         self.ingest = IngestServer(
             cfg.socket,
@@ -182,6 +177,35 @@ class Sidecar:
             if expired:
                 log.info("retention: %d trajectories expired", expired)
             self.gate.ready = self.integrity.current.ok
+            self.check_drbg_secret()
+
+    def check_drbg_secret(self) -> None:
+        """Look at the mounted DRBG secret now and then even without requests, so that a lost
+        or changed one shows in the logs, metrics and ``/v1/integrity`` while the app idles."""
+        if self.gate.seeds is not None:
+            with contextlib.suppress(SecretUnavailableError):
+                self.gate.seeds.current()
+
+    def _drbg_secret_changed(self, change: str) -> None:
+        self.service_metrics.drbg_secret_changes.add(1, {"change": change})
+        self.drbg_events = [
+            *self.drbg_events[-19:],
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {change}",
+        ]
+
+    @property
+    def drbg_state(self) -> dict[str, Any] | None:
+        """The DRBG facts ``/v1/integrity`` shows (no secret, no seed)."""
+        seeds = self.gate.seeds
+        if seeds is None:
+            return None
+        return {
+            "mode": seeds.mode,
+            "escrowed": seeds.escrow_key is not None,
+            "secretProblem": seeds.secret_problem,
+            "secretChanges": seeds.secret_changes,
+            "events": list(self.drbg_events),
+        }
 
     def refresh_policy(self) -> bool:
         """Read the policy again; returns whether it changed. An API server that does not

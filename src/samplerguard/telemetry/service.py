@@ -13,6 +13,8 @@ metric                                        unit       attributes
 ``samplerguard.verifier.sidecar_errors``      {error}    none (sidecars that could not be read)
 ``samplerguard.operator.results``             {result}   ``result`` (pass, fail, warn, error,
                                                          skip)
+``samplerguard.sidecar.drbg_secret_changes``  {change}   ``change`` (rotated, escrow-key,
+                                                         unusable, restored)
 ============================================  =========  =====================================
 
 A denial is also logged on the ``samplerguard.denials`` logger with its facts as record
@@ -89,6 +91,12 @@ class ServiceMetrics:
             "samplerguard.operator.results",
             unit="{result}",
             description="Results recorded into PolicyReports, by result",
+        )
+        self.drbg_secret_changes = meter.create_counter(
+            "samplerguard.sidecar.drbg_secret_changes",
+            unit="{change}",
+            description="Changes of the mounted DRBG master secret or escrow key the sidecar "
+            "saw: taken up, unusable (seeds refused), usable again",
         )
 
     @contextlib.contextmanager

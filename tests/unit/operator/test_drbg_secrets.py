@@ -121,3 +121,57 @@ def test_the_controller_manages_them_only_when_configured(kube: Any) -> None:
     assert kube.objects == {}
     cfg = OperatorConfig(escrow_secret="sg-escrow", drbg_secret="d", drbg_namespaces=("ml",))
     assert Controller(cfg, kube).reconcile_drbg() == ["samplerguard/sg-escrow", "ml/d"]
+
+
+def test_a_lost_drbg_secret_made_again_is_a_warning_event_on_the_secret(kube: Any) -> None:
+    cfg = OperatorConfig(
+        escrow_secret="sg-escrow", drbg_secret="sg-drbg", drbg_namespaces=("ml", "vision")
+    )
+    controller = Controller(cfg, kube)
+    controller.reconcile_drbg()
+    # first sight: a Normal Event per namespace, on its Secret
+    assert [(e["type"], e["reason"]) for e in kube.events] == [
+        ("Normal", "DrbgSecretCreated"),
+        ("Normal", "DrbgSecretCreated"),
+    ]
+    assert [e["involvedObject"]["namespace"] for e in kube.events] == ["ml", "vision"]
+    controller.reconcile_drbg()
+    assert len(kube.events) == 2  # nothing written, nothing said
+
+    lost = _data(kube, "ml", "sg-drbg")["master-secret"]
+    del kube.objects[("Secret", "ml", "sg-drbg")]
+    assert controller.reconcile_drbg() == ["ml/sg-drbg"]
+    event = kube.events[-1]
+    assert (event["type"], event["reason"]) == ("Warning", "DrbgSecretRecreated")
+    assert event["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "namespace": "ml",
+        "name": "sg-drbg",
+    }
+    assert "was lost and is made again" in event["message"]
+    assert "escrows already made still open" in event["message"]
+    new = _data(kube, "ml", "sg-drbg")["master-secret"]
+    for secret in (lost, new):
+        assert secret.decode() not in event["message"]
+
+    # a damaged one replaced: a Warning of its own
+    obj = kube.objects[("Secret", "vision", "sg-drbg")]
+    obj["data"]["master-secret"] = base64.b64encode(b"short").decode()
+    controller.reconcile_drbg()
+    assert kube.events[-1]["reason"] == "DrbgSecretReplaced"
+    assert kube.events[-1]["type"] == "Warning"
+
+
+def test_events_are_best_effort_and_can_be_turned_off(kube: Any) -> None:
+    cfg = OperatorConfig(escrow_secret="e", drbg_secret="d", drbg_namespaces=("ml",), events=False)
+    assert Controller(cfg, kube).reconcile_drbg() == ["samplerguard/e", "ml/d"]
+    assert kube.events == []
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise PermissionError("events is forbidden")
+
+    kube.create_event = refuse
+    del kube.objects[("Secret", "ml", "d")]
+    on = OperatorConfig(escrow_secret="e", drbg_secret="d", drbg_namespaces=("ml",))
+    assert Controller(on, kube).reconcile_drbg() == ["ml/d"]  # the Secret is made regardless

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from samplerguard.operator.certs import CertPolicy, CertState, plan
 from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
 from samplerguard.policy.report import ReportResult
 from samplerguard.policy.report_client import ResultsClient
+from tests.support.secret_volume import SecretVolume
 
 
 def _port() -> int:
@@ -157,6 +159,66 @@ def test_reloaded_certificate_serves_new_handshakes(server: Server, tmp_path: Pa
         assert fresh.post([_r(9)]) == 1
     with _client(server, deadline=0.3) as stale, pytest.raises(TemporaryError):
         stale.post([_r(10)])  # the old CA no longer vouches for what is served
+
+
+def _rotate(server: Server, where: Path) -> CertState:
+    """What the operator does on a rotation with a new CA: a new leaf on the live context."""
+    new = plan(
+        CertState(),
+        CertPolicy(dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
+        dt.datetime.now(dt.UTC),
+    ).state
+    where.mkdir()
+    for k in ("tls.crt", "tls.key"):
+        (where / k).write_bytes(new.data[k])
+    server.ctx.load_cert_chain(str(where / "tls.crt"), str(where / "tls.key"))
+    return new
+
+
+def _mounted_ca_client(server: Server, tmp_path: Path) -> tuple[SecretVolume, ResultsClient]:
+    """A client whose CA is the ``ca.crt`` of a mounted TLS Secret volume."""
+    volume = SecretVolume(tmp_path / "tls", {"ca.crt": (server.tmp / "ca.crt").read_bytes()})
+    client = ResultsClient(
+        f"https://127.0.0.1:{server.port}/v1/results",
+        token_file=server.tmp / "token",
+        ca_file=volume.root / "ca.crt",
+        deadline=0.3,
+    )
+    return volume, client
+
+
+def test_a_running_client_follows_its_mounted_ca_through_a_rotation(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CA Secret is re-made and the kubelet updates the mounted ``ca.crt``: the same
+    client (a verifier or webhook that keeps running) delivers again."""
+    volume, c = _mounted_ca_client(server, tmp_path)
+    with c:
+        assert c.post([_r(0)]) == 1
+        new = _rotate(server, tmp_path / "new")
+        # until the volume is updated the new certificate is not trusted: nothing delivered
+        with pytest.raises(TemporaryError, match="certificate verify failed"):
+            c.post([_r(1)])
+        volume.update({"ca.crt": new.data["ca.crt"]})
+        with caplog.at_level(logging.INFO, logger="samplerguard.policy.report_client"):
+            assert c.post([_r(2)]) == 1
+        assert "changed: the operator is verified against it now" in caplog.text
+    assert [r.resources[0].name for r in server.got] == ["x0", "x2"]
+
+
+def test_a_ca_file_that_cannot_be_loaded_keeps_the_current_trust(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    volume, c = _mounted_ca_client(server, tmp_path)
+    with c:
+        volume.update({"ca.crt": b"-----BEGIN CERTIFICATE-----\nnot one\n"})
+        with caplog.at_level(logging.WARNING, logger="samplerguard.policy.report_client"):
+            assert c.post([_r(0)]) == 1  # still the old CA, which still vouches for the server
+        assert "cannot be loaded (the current CA stays trusted)" in caplog.text
+        # and it gives no trust it did not have: a certificate from another CA stays refused
+        _rotate(server, tmp_path / "new")
+        with pytest.raises(TemporaryError, match="certificate verify failed"):
+            c.post([_r(1)])
 
 
 def test_an_operator_that_trickles_its_answer_is_cut_at_the_timeout(tmp_path: Path) -> None:
