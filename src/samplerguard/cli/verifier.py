@@ -44,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="only pods with these labels (default: every pod the webhook injected, whether it "
         "opted in by its own label or its namespace's)",
     )
+    p.add_argument(
+        "--sidecar-image",
+        default=None,
+        help="kubernetes discovery: the image the webhook injects as the sidecar; a pod whose "
+        "samplerguard-sidecar runs another is recorded as a failure and never challenged",
+    )
     p.add_argument("--token-file", default=DEFAULT_SA_TOKEN)
     p.add_argument(
         "--reference-model",
@@ -150,7 +156,9 @@ def _run(args: argparse.Namespace) -> int:
     checker = Checker(policy.spec, report_policy_name(policy), references, escrow_key=escrow_key)
     if args.discover == "kubernetes":
         discovery: StaticDiscovery | KubernetesDiscovery = KubernetesDiscovery(
-            label_selector=args.label_selector, namespace=args.namespace
+            label_selector=args.label_selector,
+            namespace=args.namespace,
+            sidecar_image=args.sidecar_image,
         )
     else:
         if not args.sidecar:

@@ -7,7 +7,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from samplerguard.errors import MalformedInputError
 from samplerguard.kubeapi import kube_call
+from samplerguard.supplychain.reference import parse_reference
 
 __all__ = [
     "INJECTED_ANNOTATION",
@@ -34,6 +36,9 @@ class Target:
     uid: str
     name: str = ""
     namespace: str = ""
+    #: Why this pod's sidecar is not one to audit (it runs another image than the sidecar's):
+    #: the verifier records that as the pod's failure and never asks it for openings.
+    refusal: str = ""
 
     @property
     def resource(self) -> dict[str, str]:
@@ -84,8 +89,14 @@ class KubernetesDiscovery:
         namespace: str | None = None,
         port: int = SIDECAR_PORT,
         api: Any = None,
+        sidecar_image: str | None = None,
     ) -> None:
+        """``sidecar_image``: the image the webhook injects (a tag or a digest reference). A
+        pod whose ``samplerguard-sidecar`` runs another repository, or another digest when
+        this one names a digest, is returned with a :attr:`Target.refusal`: whatever answers
+        on its port is not the sidecar, and its openings prove nothing."""
         self.label_selector = label_selector or None
+        self.sidecar_image = parse_reference(sidecar_image) if sidecar_image else None
         self.namespace = namespace
         self.port = port
         self._api = api
@@ -126,9 +137,35 @@ class KubernetesDiscovery:
                     uid=str(pod.metadata.uid),
                     name=str(pod.metadata.name),
                     namespace=str(pod.metadata.namespace),
+                    refusal=self._refusal(pod),
                 )
             )
         return out
+
+    def _refusal(self, pod: Any) -> str:
+        expected = self.sidecar_image
+        if expected is None:
+            return ""
+        spec = getattr(pod, "spec", None)
+        containers = [
+            *(getattr(spec, "init_containers", None) or []),
+            *(getattr(spec, "containers", None) or []),
+        ]
+        images = [str(c.image) for c in containers if c.name == SIDECAR_CONTAINER]
+        if len(images) != 1:
+            return f"the pod has {len(images)} containers named {SIDECAR_CONTAINER}"
+        try:
+            found = parse_reference(images[0])
+        except MalformedInputError as exc:
+            return f"its {SIDECAR_CONTAINER} image is malformed: {exc}"
+        if found.name != expected.name or (
+            expected.digest is not None and found.digest != expected.digest
+        ):
+            return (
+                f"its {SIDECAR_CONTAINER} container runs {images[0][:200]!r}, not the sidecar "
+                f"image {expected}: what answers on its port is not a samplerguard sidecar"
+            )
+        return ""
 
 
 def _sidecar_ready(pod: Any) -> bool:

@@ -146,6 +146,18 @@ class Verifier:
         self._deliver(rekey, [result.to_wire()])
         self.stats.failed += 1
 
+    def _refuse(self, target: Target) -> None:
+        """A pod whose sidecar is not one (see :attr:`Target.refusal`): a failure, recorded
+        once per pod, and the pod is never asked for openings."""
+        key = f"impostor:{target.uid}"
+        if self.journal.is_judged(key):
+            return
+        log.error("pod %s/%s: %s", target.namespace, target.name, target.refusal)
+        result = self.checker._result(target, "trajectory-recheck", "fail", target.refusal)
+        self.journal.record(key, "", [result.to_wire()])
+        self._deliver(key, [result.to_wire()])
+        self.stats.failed += 1
+
     def run_round(self) -> int:
         """One pass over every sidecar of this shard; returns how many trajectories were judged."""
         judged = 0
@@ -158,6 +170,10 @@ class Verifier:
             log.error("discovery refused: %s", exc)
             return 0
         for target in targets:
+            if target.refusal:
+                if in_shard(target.uid, self.shard, self.shards):
+                    self._refuse(target)
+                continue
             client = self._client(target)
             try:
                 public_key, info = client.public_key()

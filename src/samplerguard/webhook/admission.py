@@ -45,6 +45,7 @@ from samplerguard.webhook.config import (
 )
 from samplerguard.webhook.inject import (
     already_injected,
+    foreign_injection,
     injection_patch,
     pin_patch,
     secret_references,
@@ -257,7 +258,18 @@ class Admission:
                 f"{inj.drbg_secret}, which holds the namespace's DRBG master secret",
             )
         images = tpl.images()
+        # a pod arriving with the sidecar already (a reinvocation, or one the provider made)
+        # must carry this webhook's injection exactly: its sidecar is what the verifier audits
+        carried = (
+            req.operation == "CREATE"
+            and tpl.is_pod
+            and inj.enabled
+            and tpl.labels.get(LABEL_INJECT) != "false"
+            and already_injected(tpl)
+        )
         injected = [inj.sidecar_image, inj.effective_hook_image] if inject else []
+        if carried:
+            injected = [inj.sidecar_image]
         wanted = list(dict.fromkeys(images + injected))
         scoped = await self._resolver_for(namespace, tpl)
         cached = [self._cached_outcome(i, policies, scoped) for i in wanted]
@@ -290,6 +302,13 @@ class Admission:
             return deny(
                 uid,
                 f"samplerguard denied {what}: " + "; ".join(c.sentence() for c in denials),
+                warnings=warnings,
+            )
+        if carried and (foreign := self._foreign_injection(tpl, namespace, policies, outcomes)):
+            return deny(
+                uid,
+                f"samplerguard denied {what}: {foreign}; a pod gets its sidecar from the "
+                "webhook, never brings its own",
                 warnings=warnings,
             )
         audit_note = (
@@ -382,6 +401,26 @@ class Admission:
             )
             return outcome, None, []
         return outcome, ref, governing
+
+    def _foreign_injection(
+        self,
+        tpl: PodTemplate,
+        namespace: str,
+        policies: list[AnyPolicy],
+        outcomes: list[_ImageOutcome],
+    ) -> str | None:
+        """Why the sidecar ``tpl`` carries is not this webhook's injection for it, or None."""
+        inj = self.config.injection
+        chosen = _pod_policy(tpl, policies, outcomes, tpl.images())
+        rng_mode, _ = _rng_mode(inj, policies, chosen)
+        return foreign_injection(
+            tpl,
+            inj,
+            sidecar_images=_pinned_forms(inj.sidecar_image, outcomes),
+            tenant=tenant_of(tpl, namespace),
+            policy=chosen,
+            rng_mode=rng_mode or "framework",
+        )
 
     def _cached_outcome(
         self, image: str, policies: list[AnyPolicy], scoped: _Scoped
@@ -591,6 +630,11 @@ def _report_policy(name: str) -> str:
     """PolicyReport naming: a ClusterSamplerPolicy by name, a SamplerPolicy as ``ns/name``."""
     kind, _, rest = name.partition("/")
     return rest if kind in ("ClusterSamplerPolicy", "SamplerPolicy") else name
+
+
+def _pinned_forms(image: str, outcomes: list[_ImageOutcome]) -> set[str]:
+    """``image`` and the digest-pinned reference its verification resolved it to."""
+    return {image} | {o.pinned for o in outcomes if o.image == image and o.pinned}
 
 
 def _rng_mode(

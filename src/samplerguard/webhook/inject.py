@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Collection
 from typing import Any
 
 from samplerguard.errors import MalformedInputError
@@ -49,6 +50,7 @@ from samplerguard.webhook.workloads import PodTemplate, escape_pointer
 
 __all__ = [
     "already_injected",
+    "foreign_injection",
     "injection_patch",
     "pin_patch",
     "secret_references",
@@ -63,6 +65,69 @@ def already_injected(tpl: PodTemplate) -> bool:
     return any(c.name == SIDECAR_NAME for c in tpl.containers) or (
         tpl.annotations.get(ANNOTATION_INJECTED) == "true"
     )
+
+
+#: The fields of the sidecar container that decide what it is and what it holds: its code, its
+#: configuration, its files. Another mutating webhook may add to the rest (resources, probes).
+_SIDECAR_IDENTITY = ("image", "command", "args", "env", "envFrom", "volumeMounts", "workingDir")
+
+
+def foreign_injection(
+    tpl: PodTemplate,
+    cfg: InjectionConfig,
+    *,
+    sidecar_images: Collection[str],
+    tenant: str,
+    policy: str,
+    rng_mode: str,
+) -> str | None:
+    """Why the samplerguard parts a pod arrives with are not this webhook's injection, or None.
+
+    A pod that already carries them gets no injection (reinvocation), so the provider could
+    otherwise bring a sidecar of its own: its own image, key, master secret or policy, or a
+    state volume it pre-filled with a signing key it knows. The verifier would then audit that
+    impostor as the pod's sidecar. So what the pod carries must be exactly what this webhook
+    injects for its tenant, policy and RNG mode: the sidecar's identity fields (the image one
+    of ``sidecar_images``: the configured reference or its pinned digest), the list it sits
+    in, and the injected volumes; and no other container mounts the sidecar's state or DRBG
+    volume."""
+    found = [c for c in tpl.containers if c.name == SIDECAR_NAME]
+    if not found:
+        return (
+            f"the pod carries the {ANNOTATION_INJECTED} annotation but no {SIDECAR_NAME} container"
+        )
+    if len(found) > 1:
+        return f"the pod has {len(found)} containers named {SIDECAR_NAME}"
+    ref = found[0]
+    if ref.image not in sidecar_images:
+        return (
+            f"its {SIDECAR_NAME} container runs {ref.image[:200]!r}, not the sidecar image "
+            "samplerguard injects"
+        )
+    wanted_list = "initContainers" if cfg.native_sidecar else "containers"
+    if ref.list_name != wanted_list:
+        return f"its {SIDECAR_NAME} container is in {ref.list_name}, not {wanted_list}"
+    container = tpl.spec[ref.list_name][ref.index]
+    expected = _sidecar(cfg, ref.image, tenant, policy, rng_mode)
+    for key in _SIDECAR_IDENTITY:
+        if container.get(key) != expected.get(key):
+            return f"its {SIDECAR_NAME} container's {key} is not the one samplerguard injects"
+    if cfg.native_sidecar and container.get("restartPolicy") != "Always":
+        return f"its {SIDECAR_NAME} container is not a native sidecar (restartPolicy Always)"
+    present = {v.get("name"): v for v in tpl.spec.get("volumes") or [] if isinstance(v, dict)}
+    for volume in _volumes(cfg, is_drbg_mode(rng_mode)):
+        if present.get(volume["name"]) != volume:
+            return f"its volume {volume['name']!r} is not the one samplerguard injects"
+    private = {STATE_VOLUME, DRBG_VOLUME}
+    for c in tpl.containers:
+        if c is ref:
+            continue
+        mounted = set(_names(tpl.spec[c.list_name][c.index], "volumeMounts", "name"))
+        if mounted & private:
+            return (
+                f"container {c.name!r} mounts the sidecar's {', '.join(sorted(mounted & private))}"
+            )
+    return None
 
 
 def tenant_of(tpl: PodTemplate, namespace: str) -> str:
@@ -99,7 +164,9 @@ def _env(name: str, value: str) -> dict[str, Any]:
 
 
 def _field_env(name: str, field_path: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+    # apiVersion written out: the API server defaults it, and the pod must read back exactly
+    # as injected (see foreign_injection)
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}}
 
 
 def _contract_env(
@@ -317,6 +384,35 @@ def _sidecar(
     return JsonFragment(sidecar)
 
 
+def _volumes(cfg: InjectionConfig, drbg: bool) -> list[dict[str, Any]]:
+    """The volumes the injection adds."""
+    volumes: list[dict[str, Any]] = [
+        {"name": HOOK_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+        {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
+        {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": f"{cfg.state_size_mib}Mi"}},
+    ]
+    if drbg:
+        volumes.append(
+            {
+                "name": DRBG_VOLUME,
+                "secret": {
+                    "secretName": cfg.drbg_secret,
+                    # not optional: without the Secret the pod does not start (fail closed)
+                    "optional": False,
+                    "items": [
+                        {"key": MASTER_SECRET_KEY, "path": MASTER_SECRET_KEY},
+                        {"key": ESCROW_PUBLIC_KEY, "path": ESCROW_PUBLIC_KEY},
+                    ],
+                    # readable by the sidecar's uid without an fsGroup; only the sidecar
+                    # mounts the volume, and its non-dumpable process keeps
+                    # /proc/<sidecar>/root closed to the app's processes
+                    "defaultMode": 0o444,
+                },
+            }
+        )
+    return volumes
+
+
 @functools.lru_cache(maxsize=64)
 def _hook_init(cfg: InjectionConfig, image: str) -> JsonFragment:
     """The hook's init container; memoised like :func:`_sidecar`."""
@@ -388,30 +484,7 @@ def injection_patch(
         ops += more
         warnings += warn
 
-    volumes: list[dict[str, Any]] = [
-        {"name": HOOK_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
-        {"name": RUN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
-        {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": f"{cfg.state_size_mib}Mi"}},
-    ]
-    if drbg:
-        volumes.append(
-            {
-                "name": DRBG_VOLUME,
-                "secret": {
-                    "secretName": cfg.drbg_secret,
-                    # not optional: without the Secret the pod does not start (fail closed)
-                    "optional": False,
-                    "items": [
-                        {"key": MASTER_SECRET_KEY, "path": MASTER_SECRET_KEY},
-                        {"key": ESCROW_PUBLIC_KEY, "path": ESCROW_PUBLIC_KEY},
-                    ],
-                    # readable by the sidecar's uid without an fsGroup; only the sidecar
-                    # mounts the volume, and its non-dumpable process keeps
-                    # /proc/<sidecar>/root closed to the app's processes
-                    "defaultMode": 0o444,
-                },
-            }
-        )
+    volumes = _volumes(cfg, drbg)
     ops += _add_items(spec, at, "volumes", volumes)
     # The sidecar hashes the solver code the app actually loaded through /proc/<pid>/root,
     # which needs the app's processes in its view.

@@ -106,3 +106,37 @@ def test_a_sidecar_answering_garbage_fails_its_own_audit_not_the_round(tmp_path:
     assert "non-JSON" in status[urls[0]]
     assert "nested too deeply" in status[urls[1]]
     assert "timed out after 1.0s" in status[urls[2]]
+
+
+def test_a_pod_whose_sidecar_is_an_impostor_fails_once_and_is_never_asked(
+    tmp_path: Path,
+) -> None:
+    """A refused target (its sidecar container runs another image) is one failure, recorded
+    once across rounds; nothing is fetched from it (its URL goes nowhere)."""
+    from samplerguard.verifier.discovery import Target
+
+    impostor = Target(
+        url="http://127.0.0.1:9",
+        uid="uid-impostor",
+        name="impostor",
+        namespace="ml",
+        refusal="its samplerguard-sidecar container runs 'registry.acme/fake:1'",
+    )
+
+    class _Found:
+        def targets(self) -> list[Target]:
+            return [impostor]
+
+    verifier = Verifier(
+        discovery=_Found(),
+        checker=_Checker(),  # type: ignore[arg-type]
+        journal=Journal(tmp_path / "journal.jsonl"),
+        token=lambda: TOKEN,
+        timeout=1.0,
+    )
+    assert verifier.run_round() == 0
+    assert verifier.run_round() == 0
+    assert verifier.stats.failed == 1
+    assert verifier.stats.sidecars == {}  # never contacted
+    recorded = (tmp_path / "journal.jsonl").read_text()
+    assert "fake:1" in recorded and '"fail"' in recorded

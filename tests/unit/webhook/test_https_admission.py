@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -145,6 +147,97 @@ def test_reinvocation_changes_nothing(client: httpx.Client) -> None:
     assert again["allowed"] is True
     assert "patch" not in again
     assert post(client, "/validate", review(once))["allowed"] is True
+
+
+def _sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        c for c in pod["spec"]["initContainers"] if c["name"] == "samplerguard-sidecar"
+    )
+    return found
+
+
+def _tamper_image(pod: dict[str, Any]) -> None:
+    sidecar = _sidecar_of(pod)
+    sidecar["image"] = SIGNED  # a signed image of the provider's, named as the sidecar
+    sidecar["volumeMounts"] = [
+        m for m in sidecar["volumeMounts"] if m["name"] != "samplerguard-drbg"
+    ]
+
+
+def _tamper_env(pod: dict[str, Any]) -> None:
+    env = _sidecar_of(pod)["env"]
+    key = next(e for e in env if e["name"] == "SAMPLERGUARD_KEY_FILE")
+    key["value"] = "/var/lib/samplerguard/openings/provider-key.pem"
+
+
+def _tamper_policy(pod: dict[str, Any]) -> None:
+    # the app's sidecar enforcing a policy other than the one the pod is governed by
+    pod["metadata"]["annotations"]["samplerguard.dev/policy"] = "ClusterSamplerPolicy/injected"
+
+
+def _tamper_state_volume(pod: dict[str, Any]) -> None:
+    state = next(v for v in pod["spec"]["volumes"] if v["name"] == "samplerguard-state")
+    state.pop("emptyDir")
+    state["hostPath"] = {"path": "/srv/provider-keys"}  # a signing key the provider knows
+
+
+def _tamper_drbg_volume(pod: dict[str, Any]) -> None:
+    drbg = next(v for v in pod["spec"]["volumes"] if v["name"] == "samplerguard-drbg")
+    drbg["secret"]["secretName"] = "provider-drbg"  # a master secret the provider knows
+
+
+def _tamper_app_mount(pod: dict[str, Any]) -> None:
+    pod["spec"]["containers"][0].setdefault("volumeMounts", []).append(
+        {"name": "samplerguard-state", "mountPath": "/peek"}
+    )
+
+
+def _tamper_no_sidecar(pod: dict[str, Any]) -> None:
+    pod["spec"]["initContainers"] = [
+        c for c in pod["spec"]["initContainers"] if c["name"] != "samplerguard-sidecar"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (_tamper_image, "not the sidecar image samplerguard injects"),
+        (_tamper_env, "container's env is not the one samplerguard injects"),
+        (_tamper_policy, "container's env is not the one samplerguard injects"),
+        (_tamper_state_volume, "volume 'samplerguard-state' is not the one"),
+        (_tamper_drbg_volume, "volume 'samplerguard-drbg' is not the one"),
+        (_tamper_app_mount, "container 'c0' mounts the sidecar's samplerguard-state"),
+        (_tamper_no_sidecar, "annotation but no samplerguard-sidecar container"),
+    ],
+)
+def test_a_pod_bringing_its_own_sidecar_is_denied(
+    client: httpx.Client, tamper: Callable[[dict[str, Any]], None], expected: str
+) -> None:
+    """An adaptive provider creates its pod with the injection already in place, changed
+    where it would let it sign, seed or report for itself. The webhook injects nothing into a
+    pod that carries the sidecar, so it must hold what the pod carries to be its own injection,
+    at the mutating pass and again at the validating one."""
+    pod = workload("Pod", SIGNED)
+    honest = patched(pod, post(client, "/mutate", review(pod)))
+    forged = copy.deepcopy(honest)
+    tamper(forged)
+    for path in ("/mutate", "/validate"):
+        response = post(client, path, review(forged))
+        assert response["allowed"] is False, (path, response)
+        message = response["status"]["message"]
+        assert expected in message, message
+        assert "never brings its own" in message
+
+
+def test_the_injection_as_made_passes_validation_and_reinvocation(client: httpx.Client) -> None:
+    pod = workload("Pod", SIGNED)
+    honest = patched(pod, post(client, "/mutate", review(pod)))
+    for path in ("/mutate", "/validate"):
+        assert post(client, path, review(honest))["allowed"] is True
+    # another webhook may add to the parts that do not decide what the sidecar is
+    more = copy.deepcopy(honest)
+    _sidecar_of(more)["resources"]["limits"]["cpu"] = "1"
+    assert post(client, "/validate", review(more))["allowed"] is True
 
 
 def test_denial_names_image_policy_and_reason(client: httpx.Client) -> None:
