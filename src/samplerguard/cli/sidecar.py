@@ -82,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         f"(default: {format_duration(defaults.retention)})",
     )
     p.add_argument(
+        "--seed-ttl",
+        type=duration,
+        help="how long an issued DRBG seed waits for its request's START before it is recorded "
+        f"as abandoned (default: {format_duration(defaults.seed_ttl)})",
+    )
+    p.add_argument(
         "--secret-refresh",
         type=duration,
         help="at most this often the DRBG master secret and escrow key files are looked at "
@@ -161,6 +167,7 @@ def _config(args: argparse.Namespace) -> object:
         ("integrity_interval", seconds),
         ("policy_refresh", seconds),
         ("secret_refresh", seconds),
+        ("seed_ttl", seconds),
         ("retention", seconds),
         ("max_store_bytes", int),
         ("min_free_bytes", int),

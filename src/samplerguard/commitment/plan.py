@@ -23,6 +23,7 @@ its own ``set_timesteps`` computed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from samplerguard.commitment.state import (
     schedule_digest,
 )
 from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.policy.schedule import schedule_id
 
 __all__ = [
     "SAMPLER_VARIANTS",
@@ -174,9 +176,12 @@ def _same_value(a: object, b: object) -> bool:
 
 
 def _check_config_keys(cls: Any, config: Mapping[str, Any]) -> None:
-    """A declared config names only what the class takes: ``from_config`` silently drops
-    unknown keys and resets those listed in a private ``_use_default_values``, so the policy
-    would judge a config other than the one that runs."""
+    """A declared config says what runs. diffusers resets the keys a private
+    ``_use_default_values`` lists, so private keys are refused. Keys the class does not take
+    are kept by ``from_config`` for compatible classes and change nothing that runs (an
+    ``EulerDiscreteScheduler.from_config(sd_config)`` carries them honestly); they are refused
+    only where the policy would read them: when they change the schedule id the policy judges
+    (``use_karras_sigmas`` on a class that ignores it would label a plain schedule karras)."""
     import inspect
 
     private = sorted(k for k in config if str(k).startswith("_"))
@@ -189,10 +194,11 @@ def _check_config_keys(cls: Any, config: Mapping[str, Any]) -> None:
         )
     takes = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(set(config) - takes)
-    if unknown:
+    taken = {k: v for k, v in config.items() if k in takes}
+    if unknown and schedule_id(cls.__name__, config) != schedule_id(cls.__name__, taken):
         raise VerificationError(
             f"the declared scheduler config names {unknown[:4]}, which {cls.__name__} does "
-            "not take",
+            "not take and which change the schedule id the policy judges",
             check="sampler",
             found=str(unknown[:4]),
         )
@@ -205,15 +211,22 @@ def check_scheduler_config(recipe: Mapping[str, Any], reference: Mapping[str, An
     scheduler = build_scheduler(recipe)
     cls = type(scheduler)
     variant = SAMPLER_VARIANTS.get(str(recipe.get("sampler")), {})
+    declared = scheduler.config
+    schedule = {k: declared[k] for k in SCHEDULE_KEYS if k in declared}
     try:
         base = _float_fields(cls, _decode_floats(dict(reference)))
-        expected = cls.from_config({**base, **variant}).config
+        reference_scheduler = cls.from_config({**base, **variant, **schedule})
     except Exception as exc:  # diffusers raises anything on a bad config
         raise VerificationError(
             f"the reference scheduler config cannot configure {cls.__name__}: {type(exc).__name__}",
             check="sampler",
         ) from None
-    declared = scheduler.config
+    # Some classes rewrite their own config in set_timesteps (DPM-Solver single-step turns on
+    # lower_order_final for a step count its order does not divide); the recorded config is
+    # the one after that call, so the reference goes through the same call.
+    with contextlib.suppress(Exception):
+        reference_scheduler.set_timesteps(**timesteps_call(recipe))
+    expected = reference_scheduler.config
     for key in sorted(k for k in declared if not k.startswith("_") and k not in SCHEDULE_KEYS):
         if not _same_value(declared[key], expected.get(key)):
             got, want = str(declared[key])[:60], str(expected.get(key))[:60]

@@ -11,6 +11,8 @@ Open (no credentials):
 Authenticated (the verifier's bearer token):
 
 * ``GET /v1/trajectories?after=SEQ&limit=N``: committed trajectories after a sequence number;
+* ``GET /v1/seeds/abandoned?after=SEQ&limit=N``: DRBG seeds issued that never became a
+  committed trajectory (see ``sidecar.abandoned``);
 * ``GET /v1/trajectories/{id}``: the signed commitment (DSSE), seed escrow, quarantine reasons;
 * ``GET /v1/trajectories/{id}/openings/{step}``: the opening of one step (safetensors);
 * ``GET /v1/trajectories/{id}/transcript``: every leaf, z_N, the final latent and the request
@@ -98,6 +100,17 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             "keyid": sidecar.keyid,
             "trajectories": [e.summary() for e in entries],
         }
+
+    @app.get("/v1/seeds/abandoned", dependencies=auth)
+    def abandoned_seeds(
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> dict[str, Any]:
+        seeds = sidecar.gate.seeds
+        if seeds is None or seeds.ledger is None:
+            return {"pod": sidecar.pod, "abandoned": []}
+        seeds.sweep()
+        return {"pod": sidecar.pod, "abandoned": seeds.ledger.listing(after=after, limit=limit)}
 
     @app.get("/v1/trajectories/{trajectory_id}", dependencies=auth)
     def trajectory(trajectory_id: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ ENV: dict[str, str] = {
     "integrity_interval": "SAMPLERGUARD_INTEGRITY_INTERVAL",
     "policy_refresh": "SAMPLERGUARD_POLICY_REFRESH",
     "secret_refresh": "SAMPLERGUARD_SECRET_REFRESH",
+    "seed_ttl": "SAMPLERGUARD_SEED_TTL",
     "store_direct_io": "SAMPLERGUARD_STORE_DIRECT_IO",
     "master_secret_file": "SAMPLERGUARD_MASTER_SECRET_FILE",
     "rng_mode": "SAMPLERGUARD_RNG_MODE",
@@ -112,6 +113,10 @@ class SidecarConfig:
     #: again: a Secret the kubelet updated (a re-made or rotated master secret) is taken up
     #: without a restart; while the files are unusable no seed is issued. 0: at every request.
     secret_refresh: float = 5.0
+    #: How long (seconds) an issued seed waits for its request's START. The hook asks for the
+    #: seed as the generation begins, so this is setup time, not generation time; a seed that
+    #: lapses is recorded as abandoned for the verifier (see ``sidecar.abandoned``).
+    seed_ttl: float = 120.0
     #: The mode of the seeds it issues.
     rng_mode: str = "ctr-drbg"
     #: The verifier's X25519 public key (PEM): issued seeds are escrowed to it.
@@ -120,6 +125,11 @@ class SidecarConfig:
     ready_file: Path | None = None
     socket_mode: int = 0o660
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seed_ledger_file(self) -> Path:
+        """The ledger of issued seeds, beside the signing key on the sidecar's state volume."""
+        return self.openings_dir.parent / "seed-ledger.jsonl"
 
     @property
     def effective_key_file(self) -> Path:

@@ -412,8 +412,8 @@ class _Trajectory:
         if not isinstance(req, dict) or not isinstance(recipe, dict):
             raise MalformedInputError("START lacks the request or the recipe")
         escrow = header.get("seedEscrow")
-        solver = header.get("solverCode")
         request_id, tenant = _str(req, "requestId", 128), _str(req, "tenant", 128)
+        self.request_id = request_id
         rng_mode = _str(req, "rngMode", 32)
         declared = recipe.get("rng", "framework")
         if declared != rng_mode:
@@ -429,8 +429,31 @@ class _Trajectory:
                 "START carries a seed escrow, but this sidecar issues the seeds and their "
                 "escrows itself"
             )
+        #: the ledger of issued seeds, when this request's seed came from it: the seed is
+        #: accounted for once the trajectory commits, else it is recorded as abandoned
+        self._seed_ledger = None
         if seeds is not None and rng_mode != "framework":
             escrow = seeds.take(tenant, request_id).escrow
+            self._seed_ledger = seeds.ledger
+        try:
+            self._begin(server, frame, peer_pid, request_id, tenant, rng_mode, recipe, escrow)
+        except BaseException:
+            self._seed_lapsed("refused at START")
+            raise
+
+    def _begin(
+        self,
+        server: IngestServer,
+        frame: Frame,
+        peer_pid: int | None,
+        request_id: str,
+        tenant: str,
+        rng_mode: str,
+        recipe: dict[str, Any],
+        escrow: Any,
+    ) -> None:
+        header = frame.header
+        solver = header.get("solverCode")
         self.start = StartRequest(
             request_id=request_id,
             tenant=tenant,
@@ -545,6 +568,12 @@ class _Trajectory:
         """Drop the uncommitted trajectory: stop hashing, delete what was stored."""
         self._digester.close()
         self.writer.discard()
+        self._seed_lapsed("not committed")
+
+    def _seed_lapsed(self, reason: str) -> None:
+        ledger, self._seed_ledger = self._seed_ledger, None
+        if ledger is not None:
+            ledger.abandoned(self.request_id, reason)
 
     def _check_size(self, more: int) -> None:
         cap = self.server.max_trajectory_bytes
@@ -600,6 +629,9 @@ class _Trajectory:
         # claimed once committed, not at START: a refused or interrupted stream may be retried;
         # a crash between the two is covered by the ledger taking in the store at start
         self.server.ledger.remember(self.start.request_id)
+        ledger, self._seed_ledger = self._seed_ledger, None
+        if ledger is not None:
+            ledger.taken(self.start.request_id)
         return commitment
 
 

@@ -21,6 +21,10 @@ is issued (fail closed: the app's DRBG generation is refused, never served other
 a valid one is back.
 
 Pending seeds are bounded in number and age, and are never logged; nor is the master secret.
+A seed that lapses unbound (its time to live ran out, the pending set was full, or the sidecar
+restarted first) is written to the :class:`~samplerguard.sidecar.abandoned.SeedLedger`, which
+the verifier reads: asking for seeds under fresh request ids and keeping the draw one likes
+leaves one abandoned seed per draw discarded.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from samplerguard.rng import NoiseAuthority, load_master_secret
 from samplerguard.rng.authority import ENV_SECRET_FILE
 from samplerguard.rng.escrow import escrow_seed, load_x25519_public_key
 from samplerguard.rng.seed import RequestSeed
+from samplerguard.sidecar.abandoned import EVICTED, EXPIRED, SeedLedger
 
 __all__ = ["IssuedSeed", "SecretUnavailableError", "SeedIssuer", "seed_issuer_from_files"]
 
@@ -80,8 +85,10 @@ class SeedIssuer:
         check_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[SecretChange], None] | None = None,
+        ledger: SeedLedger | None = None,
     ) -> None:
         self.authority = authority
+        self.ledger = ledger
         self.escrow_key = escrow_key
         self.max_pending = max_pending
         self.ttl = ttl
@@ -110,9 +117,17 @@ class SeedIssuer:
     def _expire(self, now: float) -> None:
         while self._pending:
             _, first = next(iter(self._pending.items()))
-            if now - first.at <= self.ttl and len(self._pending) <= self.max_pending:
+            expired = now - first.at > self.ttl
+            if not expired and len(self._pending) <= self.max_pending:
                 return
-            self._pending.popitem(last=False)
+            rid, _ = self._pending.popitem(last=False)
+            if self.ledger is not None:
+                self.ledger.abandoned(rid, EXPIRED if expired else EVICTED)
+
+    def sweep(self) -> None:
+        """Move the seeds past their time to live to the ledger now (before a listing)."""
+        with self._lock:
+            self._expire(time.monotonic())
 
     def issue(self, tenant: str, request_id: str, mode: str) -> IssuedSeed:
         """The seed of ``request_id`` (the same one again if the hook asks twice before its
@@ -138,6 +153,8 @@ class SeedIssuer:
             escrow = escrow_seed(seed, escrow_key).model_dump(mode="json", by_alias=True)
         issued = IssuedSeed(seed, tenant, escrow, now)
         with self._lock:
+            if self.ledger is not None:
+                self.ledger.issued(request_id, tenant)
             self._pending[request_id] = issued
             self._expire(now)
         return issued
@@ -147,6 +164,8 @@ class SeedIssuer:
         with self._lock:
             self._expire(time.monotonic())
             issued = self._pending.pop(request_id, None)
+            if issued is not None and issued.tenant != tenant and self.ledger is not None:
+                self.ledger.abandoned(request_id, "claimed for another tenant")
         if issued is None or issued.tenant != tenant:
             raise MalformedInputError(
                 f"no seed was issued for request {request_id!r} (or it expired): in the DRBG "
@@ -266,6 +285,8 @@ def seed_issuer_from_files(
     check_interval: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
     on_change: Callable[[SecretChange], None] | None = None,
+    ttl: float = 900.0,
+    ledger: SeedLedger | None = None,
 ) -> SeedIssuer:
     """The sidecar's issuer: the master secret and the escrow key read from their files, and
     followed there (see the module's docstring). A file unusable at start is an error."""
@@ -279,6 +300,8 @@ def seed_issuer_from_files(
         check_interval=check_interval,
         clock=clock,
         on_change=on_change,
+        ttl=ttl,
+        ledger=ledger,
     )
 
 

@@ -18,6 +18,7 @@ from samplerguard.policy.load import load_policy, report_policy_name
 from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
 from samplerguard.rng.escrow import escrow_digest
+from samplerguard.sidecar.abandoned import SeedLedger
 from samplerguard.sidecar.auth import Authenticator, TokenFileAuth, TokenReviewAuth
 from samplerguard.sidecar.config import SidecarConfig
 from samplerguard.sidecar.enforce import Admission, RequestRefusedError, admit
@@ -44,6 +45,8 @@ def _seed_issuer(cfg: SidecarConfig, on_change: Callable[[str], None]) -> SeedIs
         cfg.escrow_public_key,
         check_interval=cfg.secret_refresh,
         on_change=on_change,
+        ttl=cfg.seed_ttl,
+        ledger=SeedLedger(cfg.seed_ledger_file),
     )
 
 

@@ -135,6 +135,14 @@ class SidecarClient:
             raise MalformedInputError(f"sidecar {self.url} sent no trajectory list")
         return [i for i in items if isinstance(i, dict)]
 
+    def abandoned_seeds(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """DRBG seeds the sidecar issued that never became a committed trajectory."""
+        doc = self._json(f"/v1/seeds/abandoned?after={after}&limit={limit}")
+        items = doc.get("abandoned")
+        if not isinstance(items, list):
+            raise MalformedInputError(f"sidecar {self.url} sent no abandoned-seed list")
+        return [i for i in items if isinstance(i, dict)]
+
     def trajectory(self, trajectory_id: str) -> dict[str, Any]:
         return self._json(f"/v1/trajectories/{trajectory_id}")
 

@@ -39,6 +39,7 @@ class VerifierStats:
     challenged: int = 0
     passed: int = 0
     failed: int = 0
+    abandoned_seeds: int = 0
     errors: int = 0
     sidecars: dict[str, str] = field(default_factory=dict)  # url → "ok" | error text
 
@@ -73,6 +74,7 @@ class Verifier:
         self.telemetry = current.telemetry if current is not None else None
         self._clients: dict[str, SidecarClient] = {}
         self._cursor: dict[str, int] = {}
+        self._seed_cursor: dict[str, int] = {}
         self._outage: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -189,6 +191,7 @@ class Verifier:
                 if not in_shard(uid, self.shard, self.shards):
                     continue
                 judged += self._audit(target, client, public_key)
+                self._abandoned(target, client)
                 if self._outage.pop(target.url, None) is not None:
                     log.info("sidecar %s is reachable again", target.url)
                 self.stats.sidecars[target.url] = "ok"
@@ -203,6 +206,31 @@ class Verifier:
                 self._report_outage(target, f"sidecar {target.url} answered malformed: {what}")
         self.stats.rounds += 1
         return judged
+
+    def _abandoned(self, target: Target, client: SidecarClient) -> None:
+        """Each seed the sidecar issued that never became a trajectory is a warning of the
+        pod, recorded once: an app that asks for seeds under fresh request ids and keeps the
+        draw it likes leaves one per draw discarded (``sidecar.abandoned``)."""
+        after = self._seed_cursor.get(target.url, 0)
+        for item in client.abandoned_seeds(after=after):
+            rid, seq = str(item.get("id", ""))[:128], item.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                raise MalformedInputError("an abandoned seed without a sequence number")
+            self._seed_cursor[target.url] = max(self._seed_cursor.get(target.url, 0), seq)
+            key = f"{target.uid}/abandoned-seed/{rid}"
+            if self.journal.is_judged(key):
+                continue
+            result = self.checker._result(
+                target,
+                "seed-health",
+                "warn",
+                f"the DRBG seed issued for request {rid!r} was never bound to a committed "
+                f"trajectory ({str(item.get('reason', 'unknown'))[:60]}): a discarded draw",
+                requestId=rid,
+            )
+            self.journal.record(key, "", [result.to_wire()])
+            self._deliver(key, [result.to_wire()])
+            self.stats.abandoned_seeds += 1
 
     def _audit(self, target: Target, client: SidecarClient, public_key: Any) -> int:
         n = 0
