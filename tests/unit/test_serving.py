@@ -214,3 +214,50 @@ def test_stalled_tls_handshakes_are_counted_and_make_room(
     while guard.connections and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not guard.connections  # every closed connection left the count
+
+
+def test_the_quiet_server_ticks_once_a_second_and_stops_at_once() -> None:
+    """The sidecar's uvicorn server: one housekeeping wake-up a second (uvicorn's own wakes
+    ten times), the date header still fresh, and a shutdown request seen at once."""
+    import signal
+
+    import httpx
+    import uvicorn
+
+    from samplerguard.serving import QuietServer
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    ticks: list[int] = []
+    on_tick = server.on_tick
+
+    async def counting(counter: int) -> bool:
+        ticks.append(counter)
+        return bool(await on_tick(counter))
+
+    server.on_tick = counting
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    response = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+    assert response.text == "ok" and "date" in response.headers
+    time.sleep(2.2)
+    # about one tick a second, each one a date refresh (a multiple of ten)
+    assert 2 <= len(ticks) <= 4, ticks
+    assert all(t % 10 == 0 for t in ticks)
+    started = time.monotonic()
+    server.handle_exit(signal.SIGTERM, None)
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 0.8  # not left for the next tick
+    sock.close()

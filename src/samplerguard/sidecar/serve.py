@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from samplerguard.serving import Limits, uvicorn_settings
+from samplerguard.serving import Limits, QuietServer, uvicorn_settings
 from samplerguard.sidecar.config import SidecarConfig
 
 __all__ = ["LIMITS", "bind_tcp", "serve", "write_ready_file"]
@@ -140,7 +140,7 @@ def serve(cfg: SidecarConfig) -> int:
                 cfg.ready_file.unlink(missing_ok=True)
 
     app.router.lifespan_context = lifespan
-    server = uvicorn.Server(
+    server = QuietServer(
         uvicorn.Config(
             app,
             log_level="warning",
