@@ -115,7 +115,7 @@ class Flood:
         self,
         n: int,
         opener: Callable[[], socket.socket | ssl.SSLSocket | None],
-        feed: Callable[[socket.socket], None] | None = None,
+        feed: Callable[[socket.socket], object] | None = None,
     ) -> None:
         self.n, self.opener, self.feed = n, opener, feed
         self.opened = self.closed_by_server = 0
@@ -132,7 +132,7 @@ class Flood:
         if sock is None:
             return
         sock.setblocking(False)
-        self._sel.register(sock, selectors.EVENT_READ)
+        self._sel.register(sock, selectors.EVENT_READ, sock)  # data: the socket, as a socket
         self.opened += 1
 
     def _run(self) -> None:
@@ -143,22 +143,22 @@ class Flood:
                 if self.opened % 64 == 0:
                     break  # look at closes between bursts
             for key, _ in self._sel.select(timeout=0.05):
-                sock = key.fileobj
+                sock: socket.socket = key.data
                 try:
-                    data = sock.recv(65536)  # type: ignore[union-attr]
+                    data = sock.recv(65536)
                 except (BlockingIOError, ssl.SSLWantReadError):
                     continue
                 except OSError:
                     data = b""
                 if not data:
                     self._sel.unregister(sock)
-                    sock.close()  # type: ignore[union-attr]
+                    sock.close()
                     self.closed_by_server += 1
             if self.feed is not None and time.monotonic() - last_feed > 1.0:
                 last_feed = time.monotonic()
                 for key in list(self._sel.get_map().values()):
                     with contextlib.suppress(OSError, ssl.SSLWantWriteError):
-                        self.feed(key.fileobj)  # type: ignore[arg-type]
+                        self.feed(key.data)
 
     @property
     def held(self) -> int:
@@ -172,7 +172,7 @@ class Flood:
         self._stop.set()
         self._thread.join(10)
         for key in list(self._sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+            key.data.close()
         self._sel.close()
 
 
@@ -239,13 +239,17 @@ def _webhook(tmp: Path) -> tuple[Any, dict[str, Any], str]:
             stderr=log,
         )
     CHILDREN.append(proc)
-    if _time_to(
-        lambda: bool(socket.create_connection(("127.0.0.1", setup["port"])).close() or 1)
-    ) == float("inf"):
+    if _time_to(lambda: _accepts(setup["port"])) == float("inf"):
         proc.kill()
         raise RuntimeError("the webhook did not start")
     proc.port = setup["port"]  # type: ignore[attr-defined]
     return proc, setup, str(cert)
+
+
+def _accepts(port: int) -> bool:
+    """Whether something accepts a TCP connection on ``port`` (raises OSError when not)."""
+    socket.create_connection(("127.0.0.1", port)).close()
+    return True
 
 
 def _post(
@@ -268,6 +272,11 @@ def _post(
     if not head.startswith(b"HTTP/1.1 "):
         raise ConnectionError("the connection closed without an answer")
     return int(head.split(b" ", 2)[1]), rest
+
+
+def _stop_and_join(stop: threading.Event, thread: threading.Thread) -> None:
+    stop.set()
+    thread.join(30)
 
 
 def phase_webhook(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -320,7 +329,7 @@ def phase_webhook(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             client = threading.Thread(target=legit, daemon=True)
             time.sleep(1.0)  # the floods reach their size first
             client.start()
-            stack.callback(lambda: (stop.set(), client.join(30)))
+            stack.callback(_stop_and_join, stop, client)
             time.sleep(args.seconds)
             held = sum(f.held for f in floods)
             fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
@@ -733,6 +742,12 @@ PHASES: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
 }
 
 
+def _kill_children() -> None:
+    for p in CHILDREN:
+        if p.poll() is None:
+            p.kill()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -749,7 +764,7 @@ def main() -> int:
         return 0
     bad = 0
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as cleanup:
-        cleanup.callback(lambda: [p.kill() for p in CHILDREN if p.poll() is None])
+        cleanup.callback(_kill_children)
         for name in args.only.split(","):
             tmp = Path(d) / name
             tmp.mkdir()

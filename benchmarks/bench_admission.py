@@ -445,7 +445,8 @@ def _run_load(
         capture_output=True,
         text=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main() -> int:
@@ -658,7 +659,7 @@ def _registry_setup(tmp: Path) -> tuple[dict[str, Any], Any, str]:
                 "https://slsa.dev/provenance/v1",
                 slsa_v1_predicate(builder_id=builder, repository=source, ref="refs/heads/main"),
             )
-    body = policy("acme", f"{reg.host}/**")
+    body: dict[str, Any] = policy("acme", f"{reg.host}/**")  # a JSON document, edited below
     body["spec"]["images"][0]["authorities"] = [
         {"name": "release", "key": {"publicKey": signer.public_pem}}
     ]

@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
@@ -45,6 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 import torch
 from _cpu import LoopMeter, process_cpu, spread, worker_cpu
 from _dataplane import sidecar
+
+if TYPE_CHECKING:
+    from samplerguard.commitment.statement import Commitment
 
 
 class _NullSink:
@@ -63,7 +66,7 @@ class _NullSink:
         b.step(0, 1, torch.zeros(1), SamplerState(values={}))
         b.final(torch.zeros(1))
         record = b.finish("sha256:" + "0" * 64)
-        self.commitment = commit(
+        self.commitment: Commitment = commit(
             record, Ed25519PrivateKey.generate(), request_id="null", tenant="bench"
         )
 
@@ -73,7 +76,9 @@ class _NullSink:
     def step(self, handle: object, step: object) -> None:
         return None
 
-    def finish(self, handle: object, latent: object, output: str) -> tuple[object, None]:
+    def finish(
+        self, handle: object, final_latent: torch.Tensor, output_digest: str
+    ) -> tuple[Commitment, None]:
         return self.commitment, None
 
     def abort(self, handle: object, reason: str) -> None:

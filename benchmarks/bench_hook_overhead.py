@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -51,7 +51,13 @@ def request(i: int, digest: str, pipeline: str, steps: int) -> TrajectoryRequest
 
 
 def _row(
-    name: str, plain: Any, control: Any, rec: Any, repeat: int, recorder: Recorder, meter: LoopMeter
+    name: str,
+    plain: Callable[[], object],
+    control: Callable[[], object],
+    rec: Callable[[], object],
+    repeat: int,
+    recorder: Recorder,
+    meter: LoopMeter,
 ) -> tuple[list[str], list[float]]:
     """Plain, a no-op callback (the measurement's noise floor) and recorded, interleaved; the
     row and the per-round fractions of extra CPU."""
@@ -97,10 +103,10 @@ def main() -> None:
     labels = list(range(10)) * 2
     counter = iter(range(10**9))
 
-    def plain():
+    def plain() -> object:
         return pipe(labels, num_inference_steps=args.steps, guidance_scale=3.0)
 
-    def rec():
+    def rec() -> object:
         return inst(
             labels,
             num_inference_steps=args.steps,
@@ -111,7 +117,7 @@ def main() -> None:
     def noop(p: object, i: int, t: object, kw: dict[str, object]) -> dict[str, object]:
         return kw
 
-    def control():
+    def control() -> object:
         return pipe(
             labels, num_inference_steps=args.steps, guidance_scale=3.0, callback_on_step_end=noop
         )
@@ -139,16 +145,16 @@ def main() -> None:
         output_type="latent",
     )
 
-    def sd_plain():
+    def sd_plain() -> object:
         return sd(**kw)
 
-    def sd_rec():
+    def sd_rec() -> object:
         return sd_inst(
             **kw,
             trajectory_request=request(next(counter), sd_digest, "stable-diffusion", args.steps),
         )
 
-    def sd_control():
+    def sd_control() -> object:
         return sd(**kw, callback_on_step_end=noop)
 
     sd_plain(), sd_rec(), sd_control()

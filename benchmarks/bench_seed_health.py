@@ -25,10 +25,17 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
 from samplerguard.rng import NoiseAuthority, check_seed_vector
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+
+    from samplerguard.models.digits import DigitsClassifier
 
 Shift = Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
 
@@ -45,6 +52,11 @@ SHIFTS: dict[str, Shift] = {
     "mixed": lambda z, eta, g: z * (1 + eta / 2) + eta / 2,
 }
 ETAS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+
+
+def shifted(shift: Shift, eta: float, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``shift`` at strength ``eta`` as a map of the base noise alone."""
+    return lambda z: shift(z, eta, g)
 
 
 def tile_block(z: torch.Tensor, size: int) -> torch.Tensor:
@@ -126,7 +138,7 @@ def section_detection(scale: float, g: torch.Generator) -> dict[tuple[str, str, 
         for shift_name, shift in SHIFTS.items():
             row = []
             for eta in ETAS:
-                r = detection(shape, lambda z, s=shift, e=eta: s(z, e, g), trials, g)
+                r = detection(shape, shifted(shift, eta, g), trials, g)
                 rates[(sname, shift_name, eta)] = r
                 row.append(r)
             print(f"  {sname:<16} {shift_name:<7} " + " ".join(f"{r:6.2f}" for r in row))
@@ -137,7 +149,7 @@ def section_detection(scale: float, g: torch.Generator) -> dict[tuple[str, str, 
     return rates
 
 
-def _bundled() -> tuple[object, object] | None:
+def _bundled() -> tuple[UNet2DModel, DigitsClassifier] | None:
     try:
         from samplerguard.models import digits
     except ImportError:
@@ -172,7 +184,8 @@ def section_accuracy(scale: float, g: torch.Generator) -> None:
         images = pipe(
             all_labels, num_inference_steps=steps, guidance_scale=3.0, latents=torch.cat(zs)
         )
-        return [clf.accuracy(chunk, labels) for chunk in images.split(labels.numel())]  # type: ignore[attr-defined]
+        assert isinstance(images, torch.Tensor)  # output_type "pt"
+        return [clf.accuracy(chunk, labels) for chunk in torch.split(images, labels.numel())]
 
     t0 = time.perf_counter()
     (honest,) = accuracies([base])
@@ -188,12 +201,8 @@ def section_accuracy(scale: float, g: torch.Generator) -> None:
         accs = accuracies([shift(base, eta, g) for eta in etas])
         for eta, acc in zip(etas, accs, strict=True):
             drop = (honest - acc) * 100
-            d1 = detection(
-                (1, *digits.IMAGE_SHAPE), lambda z, s=shift, e=eta: s(z, e, g), trials, g
-            )
-            d16 = detection(
-                (16, *digits.IMAGE_SHAPE), lambda z, s=shift, e=eta: s(z, e, g), trials, g
-            )
+            d1 = detection((1, *digits.IMAGE_SHAPE), shifted(shift, eta, g), trials, g)
+            d16 = detection((16, *digits.IMAGE_SHAPE), shifted(shift, eta, g), trials, g)
             mark = "  <- drop >= 5 pts" if drop >= 5 else ""
             print(
                 f"  {shift_name:<7} {eta:<5}  {acc:8.3f} {drop:5.1f}   "
@@ -240,8 +249,8 @@ def section_cost() -> None:
         z = torch.randn(batch, *digits.IMAGE_SHAPE, generator=torch.Generator().manual_seed(batch))
         inputs = digits.StepInputs(class_labels=torch.arange(batch) % 10, guidance_scale=3.0)
         with torch.no_grad():
-            step = cpu_ms(lambda z=z, i=inputs: digits.denoise_step(unet, sched, z, t, i))
-        check = cpu_ms(lambda z=z: check_seed_vector(z))
+            step = cpu_ms(partial(digits.denoise_step, unet, sched, z, t, inputs))
+        check = cpu_ms(partial(check_seed_vector, z))
         print(
             f"  digits batch {batch:>2}: health check {check:6.2f} ms, one CFG denoising step "
             f"{step:6.2f} ms -> {check / step:.2f} of a step "

@@ -26,8 +26,11 @@ import contextlib
 import copy
 import statistics
 import sys
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -88,11 +91,11 @@ def part1(unet: Any, steps: int, requests: int) -> None:
                     out = verify_challenge(
                         c,
                         sink.transcript(c.request_id),
-                        lambda i, sk=sink, rid=c.request_id: sk.opening(rid, i),
+                        partial(sink.opening, c.request_id),
                         program,
                         steps=[s],
                         tau=TAU,
-                        noise=lambda shape, dtype, st=stream: st.randn(shape, dtype=dtype),
+                        noise=stream.randn,
                     )
                     if not out.accepted:
                         flagged.add(s)
@@ -141,9 +144,10 @@ def part1(unet: Any, steps: int, requests: int) -> None:
 
 
 @contextlib.contextmanager
-def _config(mkldnn: bool, threads: int) -> Any:
+def _config(mkldnn: bool, threads: int) -> Iterator[None]:
     before = (torch.backends.mkldnn.enabled, torch.get_num_threads())
-    torch.backends.mkldnn.enabled = mkldnn
+    # torch declares the flag as its descriptor (ContextProp); read and set, it is a bool
+    torch.backends.mkldnn.enabled = mkldnn  # type: ignore[assignment]
     torch.set_num_threads(threads)
     try:
         yield
@@ -167,23 +171,23 @@ def _scores(
             g = provider.generate(f"d{r}", labels, z)
         c = Commitment.verify(g.commitment.to_json(), sink.key.public_key())
         # re-check in the other configuration: the verifier does not reproduce the flags here
-        original = recheck_module.reproduce
-        recheck_module.reproduce = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
-        try:
-            with _config(*chk_cfg):
-                out.append(
-                    [
-                        recheck_step(
-                            c,
-                            Opening.from_bytes(sink.opening(c.request_id, s).to_bytes()),
-                            program,
-                            tau=0,
-                        ).worst
-                        for s in range(c.n_steps)
-                    ]
-                )
-        finally:
-            recheck_module.reproduce = original
+        with (
+            mock.patch.object(
+                recheck_module, "reproduce", lambda *a, **k: contextlib.nullcontext()
+            ),
+            _config(*chk_cfg),
+        ):
+            out.append(
+                [
+                    recheck_step(
+                        c,
+                        Opening.from_bytes(sink.opening(c.request_id, s).to_bytes()),
+                        program,
+                        tau=0,
+                    ).worst
+                    for s in range(c.n_steps)
+                ]
+            )
     recorder.close()
     return out
 

@@ -122,7 +122,7 @@ def test_no_packaged_module_imports_test_code(wheel_files: dict[str, bytes]) -> 
     "entry",
     [
         "samplerguard.webhook, samplerguard.cli.webhook",
-        "samplerguard.operator, samplerguard.cli.operator",
+        "samplerguard.operator.run, samplerguard.cli.operator",
     ],
 )
 def test_webhook_and_operator_import_no_torch(entry: str) -> None:

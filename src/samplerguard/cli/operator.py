@@ -1,4 +1,6 @@
-"""``samplerguard operator``: the kopf operator (policies, certificates, reports, audit)."""
+"""``samplerguard operator``: the kopf operator (policies, certificates, reports, audit).
+
+This module reads the flags; :mod:`samplerguard.operator.run` wires and runs the operator."""
 
 from __future__ import annotations
 
@@ -119,29 +121,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-    import tempfile
-
-    import kopf
-    from kopf._core.engines.peering import Identity as kopf_identity
-    from kubernetes import config as kconfig
-
-    from samplerguard.errors import MalformedInputError
-    from samplerguard.operator import audit as audit_mod
-    from samplerguard.operator.certs import CertState
-    from samplerguard.operator.controller import Controller, OperatorConfig
-    from samplerguard.operator.handlers import register as register_handlers
-    from samplerguard.operator.identity import operator_identity, peering_priority
-    from samplerguard.operator.ingest import Authenticator, build_app, serve, tls_context
-    from samplerguard.operator.kube import Kube
+    """The flags as an :class:`OperatorConfig` and :class:`RunOptions`; 2 for a bad flag."""
+    from samplerguard.operator.controller import OperatorConfig
+    from samplerguard.operator.run import RunOptions, run_operator
 
     if args.leaf_lifetime <= 0:
         print("samplerguard operator: --leaf-lifetime must be longer than 0s")
         return 2
-    try:
-        kconfig.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kconfig.ConfigException:
-        kconfig.load_kube_config()  # type: ignore[no-untyped-call]
     users = tuple(args.verifier_user) or (
         f"system:serviceaccount:{args.namespace}:samplerguard-verifier",
     )
@@ -165,100 +151,16 @@ def run(args: argparse.Namespace) -> int:
         drbg_secret=args.drbg_secret,
         drbg_namespaces=tuple(args.drbg_namespace),
     )
-    kube = Kube()
-    controller = Controller(cfg, kube)
-
-    auditor = None
-    if not args.no_audit:
-        try:
-            from samplerguard.supplychain.kube_secrets import KubernetesKeySecrets
-            from samplerguard.supplychain.registry import RegistryClient
-            from samplerguard.supplychain.verifier import ImageVerifier
-
-            # keys that policies keep in Secrets are read as the webhook reads them (the chart
-            # grants the operator `get secrets` where it grants it to the webhook)
-            verifier = ImageVerifier(
-                RegistryClient(
-                    plain_http=args.registry_plain_http, verify=args.registry_ca or True
-                ),
-                key_source=KubernetesKeySecrets(args.namespace),
-            )
-            check = audit_mod.image_checker(verifier)
-
-            scope = frozenset(args.audit_namespace)
-
-            def auditor() -> int:
-                pods = kube.list_pods()
-                if scope:
-                    pods = [p for p in pods if (p.get("metadata") or {}).get("namespace") in scope]
-                results = audit_mod.audit(
-                    pods,
-                    kube.list_namespaces(),
-                    kube.list_policies("clustersamplerpolicies")
-                    + kube.list_policies("samplerpolicies"),
-                    check,
-                    cfg.namespace,
-                    args.opt_in_label,
-                )
-                return controller.record(results)
-
-        except ImportError as exc:  # the supply-chain package is optional at this layer
-            print(f"background audit disabled: {exc}")
-
-    async def start_ingest() -> None:
-        if args.ingest == "off":
-            return
-        host, _, port = args.ingest.rpartition(":")
-        if args.ingest_token_file is not None:
-            try:
-                token = args.ingest_token_file.read_text().strip()
-            except OSError as exc:
-                raise MalformedInputError(
-                    f"--ingest-token-file {args.ingest_token_file}: {exc.strerror or exc}"
-                ) from None
-            auth = Authenticator(local_token=token)
-        else:
-            auth = Authenticator(review=kube.token_user, allowed_users=users)
-        await asyncio.to_thread(controller.reconcile_certs)
-        state, _ = await asyncio.to_thread(kube.get_secret, cfg.namespace, cfg.tls_secret)
-        tmp = Path(tempfile.mkdtemp(prefix="sg-operator-tls-"))
-
-        def write(st: CertState) -> tuple[str, str]:
-            (tmp / "tls.crt").write_bytes(st.data["tls.crt"])
-            key = tmp / "tls.key"
-            key.touch(mode=0o600)
-            key.write_bytes(st.data["tls.key"])
-            return str(tmp / "tls.crt"), str(key)
-
-        ctx = tls_context(*write(state))
-
-        def reload(st: CertState) -> None:
-            # New handshakes use the new leaf; the context object stays the server's.
-            ctx.load_cert_chain(*write(st))
-
-        controller.cert_listeners.append(reload)
-        await serve(build_app(controller.record, auth), host or "0.0.0.0", int(port), ctx)  # noqa: S104
-
-    from samplerguard.telemetry.provider import setup_service_metrics
-
-    # results counted on ingest, served on the ingest port's GET /metrics, OTLP when configured
-    setup_service_metrics("samplerguard-operator")
-    identity = operator_identity()
-    priority = args.peering_priority
-    if priority is None:
-        priority = peering_priority(identity)
-    registry = kopf.OperatorRegistry()
-    register_handlers(
-        registry, controller, auditor=auditor, peering=args.peering, start_ingest=start_ingest
+    options = RunOptions(
+        ingest=None if args.ingest == "off" else args.ingest,
+        health=None if args.health == "off" else args.health,
+        ingest_token_file=args.ingest_token_file,
+        peering=args.peering,
+        peering_priority=args.peering_priority,
+        audit=not args.no_audit,
+        audit_namespaces=frozenset(args.audit_namespace),
+        opt_in_label=args.opt_in_label,
+        registry_plain_http=tuple(args.registry_plain_http),
+        registry_ca=args.registry_ca,
     )
-    kopf.run(
-        registry=registry,
-        clusterwide=True,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        # kopf's own identity would look the uid up in /etc/passwd (none for 65532)
-        identity=kopf_identity(identity),
-        priority=priority,
-        liveness_endpoint=None if args.health == "off" else f"http://{args.health}/healthz",
-    )
-    return 0
+    return run_operator(cfg, options)

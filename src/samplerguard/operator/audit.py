@@ -45,21 +45,29 @@ AnyPolicy = ClusterSamplerPolicy | SamplerPolicy
 
 
 class Check(Protocol):
-    name: str
-    passed: bool
-    detail: str
+    """What :class:`samplerguard.supplychain.verdict.CheckResult` offers (read-only)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
 
 
 class Verdict(Protocol):
-    """What :class:`samplerguard.supplychain.verdict.ImageVerdict` offers."""
-
-    image: str
-    digest: str
-    policy: str
-    passed: bool
+    """What :class:`samplerguard.supplychain.verdict.ImageVerdict` offers (read-only)."""
 
     @property
-    def checks(self) -> tuple[Any, ...]: ...
+    def image(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def checks(self) -> tuple[Check, ...]: ...
 
 
 #: (image reference, digest or None, policy) -> verdict. Raises TemporaryError when the
@@ -185,14 +193,14 @@ def _policy_ref(p: AnyPolicy) -> str:
 def verdict_results(target: AuditTarget, policy: AnyPolicy, verdict: Verdict) -> list[ReportResult]:
     """One result per rule (signature, provenance, golden-digests) that the verdict touched:
     fail if any of its checks failed, with those checks' details as the message."""
-    by_rule: dict[Rule, list[Any]] = {}
+    by_rule: dict[Rule, list[Check]] = {}
     for c in verdict.checks:
         by_rule.setdefault(_rule_of(c.name), []).append(c)
     if not by_rule:
         by_rule["signature"] = []
     out = []
     for rule, checks in sorted(by_rule.items()):
-        failed = [c for c in checks if not c.passed]
+        failed: list[Check | None] = [c for c in checks if not c.passed]
         if not checks and not verdict.passed:
             failed = [None]
         message = "; ".join(f"{c.name}: {c.detail}" for c in failed if c is not None) or (

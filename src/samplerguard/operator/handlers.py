@@ -60,7 +60,7 @@ def register(
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> Any:
         # A private registry has none of kopf's default login handlers; use the kubernetes
-        # client's configuration (in-cluster or KUBECONFIG), loaded by the CLI.
+        # client's configuration (in-cluster or KUBECONFIG), loaded by run_operator.
         return kopf.login_via_client(**kwargs)
 
     for plural in ("clustersamplerpolicies", "samplerpolicies"):

@@ -11,8 +11,8 @@ import pytest
 from kubernetes import config as kconfig
 
 from samplerguard.cli import build_parser
+from samplerguard.operator import run as operator_run
 from samplerguard.operator.identity import operator_identity, peering_priority
-from samplerguard.telemetry import provider
 
 
 def _no_passwd_entry() -> str:
@@ -43,7 +43,7 @@ def test_the_cli_hands_kopf_an_identity_and_a_priority(monkeypatch: pytest.Monke
     monkeypatch.setattr(getpass, "getuser", _no_passwd_entry)
     monkeypatch.setattr(kconfig, "load_incluster_config", lambda: None)
     monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
-    monkeypatch.setattr(provider, "setup_service_metrics", lambda name: None)
+    monkeypatch.setattr(operator_run, "setup_service_metrics", lambda name: None)
     monkeypatch.setenv("POD_NAME", "samplerguard-operator-abc-12345")
     args = build_parser().parse_args(["operator", "--peering", "samplerguard", "--no-audit"])
     assert args._run(args) == 0
@@ -61,7 +61,6 @@ def test_the_cli_hands_kopf_an_identity_and_a_priority(monkeypatch: pytest.Monke
 def test_the_audit_can_be_scoped_to_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator sharing the cluster with another installation audits only its own pods."""
     from samplerguard.operator import audit as audit_mod
-    from samplerguard.operator import handlers
     from samplerguard.operator.controller import Controller
     from samplerguard.operator.kube import Kube
 
@@ -69,8 +68,8 @@ def test_the_audit_can_be_scoped_to_namespaces(monkeypatch: pytest.MonkeyPatch) 
     audited: list[list[str]] = []
     monkeypatch.setattr(kconfig, "load_incluster_config", lambda: None)
     monkeypatch.setattr(kopf, "run", lambda **kw: None)
-    monkeypatch.setattr(provider, "setup_service_metrics", lambda name: None)
-    monkeypatch.setattr(handlers, "register", lambda *a, **kw: captured.update(kw))
+    monkeypatch.setattr(operator_run, "setup_service_metrics", lambda name: None)
+    monkeypatch.setattr(operator_run, "register_handlers", lambda *a, **kw: captured.update(kw))
     pods = [{"metadata": {"namespace": ns, "name": f"p-{ns}"}} for ns in ("mine", "theirs")]
     monkeypatch.setattr(Kube, "list_pods", lambda self: pods)
     monkeypatch.setattr(Kube, "list_namespaces", lambda self: [])

@@ -64,14 +64,19 @@ def test_a_request_id_committed_again_under_another_root_is_a_failure(tmp_path: 
     replay) is caught: the listing's root differs from the journaled one."""
     from samplerguard.policy.spec import SamplerPolicySpec
     from samplerguard.verifier.check import Checker
+    from samplerguard.verifier.client import SidecarClient
     from samplerguard.verifier.discovery import Target
 
-    class _Client:
-        def __init__(self, root: str) -> None:
-            self.root = root
+    def _client(root: str) -> SidecarClient:
+        """A sidecar whose listing holds one trajectory, ``t-1``, committed under ``root``."""
 
-        def trajectories(self, after: int = 0) -> list[dict[str, Any]]:
-            return [{"id": "t-1", "seq": 2, "root": self.root}]
+        def handler(req: httpx.Request) -> httpx.Response:
+            assert req.url.path == "/v1/trajectories"
+            return httpx.Response(
+                200, json={"trajectories": [{"id": "t-1", "seq": 2, "root": root}]}
+            )
+
+        return SidecarClient("http://sidecar", lambda: "x", transport=httpx.MockTransport(handler))
 
     journal = Journal(tmp_path / "journal.jsonl")
     checker = Checker(SamplerPolicySpec(), "p", references=None)  # type: ignore[arg-type]
@@ -84,10 +89,10 @@ def test_a_request_id_committed_again_under_another_root_is_a_failure(tmp_path: 
     )
     target = Target(url="http://sidecar", uid="pod")
     journal.record("pod/t-1", "ab" * 32, [])
-    assert v._audit(target, _Client("ab" * 32), None) == 0  # judged before, same root
+    assert v._audit(target, _client("ab" * 32), None) == 0  # judged before, same root
     assert not (tmp_path / "audit.jsonl").exists()
-    v._audit(target, _Client("cd" * 32), None)
-    v._audit(target, _Client("cd" * 32), None)  # reported once
+    v._audit(target, _client("cd" * 32), None)
+    v._audit(target, _client("cd" * 32), None)  # reported once
     fails = [x for x in read_audit_log(tmp_path / "audit.jsonl") if x.result == "fail"]
     assert len(fails) == 1 and "committed again with root cdcdcd" in fails[0].message
     journal.close()
