@@ -107,7 +107,13 @@ def foreign_injection(
     wanted_list = "initContainers" if cfg.native_sidecar else "containers"
     if ref.list_name != wanted_list:
         return f"its {SIDECAR_NAME} container is in {ref.list_name}, not {wanted_list}"
-    container = tpl.spec[ref.list_name][ref.index]
+    container = dict(tpl.spec[ref.list_name][ref.index])
+    mounts = container.get("volumeMounts")
+    if isinstance(mounts, list):
+        # the API server's ServiceAccount admission adds the pod's token to every container,
+        # ours included, when it runs again after the webhooks (the sidecar needs it for
+        # TokenReview); nothing else may be mounted into the sidecar
+        container["volumeMounts"] = [m for m in mounts if not _service_account_mount(m)] or None
     expected = _sidecar(cfg, ref.image, tenant, policy, rng_mode)
     for key in _SIDECAR_IDENTITY:
         if container.get(key) != expected.get(key):
@@ -128,6 +134,19 @@ def foreign_injection(
                 f"container {c.name!r} mounts the sidecar's {', '.join(sorted(mounted & private))}"
             )
     return None
+
+
+_SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _service_account_mount(mount: object) -> bool:
+    """The read-only mount of the pod's ServiceAccount token the API server adds."""
+    return (
+        isinstance(mount, dict)
+        and mount.get("mountPath") == _SERVICE_ACCOUNT_PATH
+        and mount.get("readOnly") is True
+        and set(mount) <= {"name", "mountPath", "readOnly"}
+    )
 
 
 def tenant_of(tpl: PodTemplate, namespace: str) -> str:

@@ -238,6 +238,26 @@ def test_the_injection_as_made_passes_validation_and_reinvocation(client: httpx.
     more = copy.deepcopy(honest)
     _sidecar_of(more)["resources"]["limits"]["cpu"] = "1"
     assert post(client, "/validate", review(more))["allowed"] is True
+    # and the API server's ServiceAccount admission, run again after the webhooks, mounts the
+    # pod's token into every container, the sidecar included
+    token = {
+        "name": "kube-api-access-x1",
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+        "readOnly": True,
+    }
+    _sidecar_of(more)["volumeMounts"].append(token)
+    assert post(client, "/validate", review(more))["allowed"] is True
+    # but nothing else, nor the token path writable or elsewhere
+    for mount in (
+        {**token, "readOnly": False},
+        {**token, "mountPath": "/var/lib/samplerguard"},
+        {**token, "subPath": "token"},
+    ):
+        odd = copy.deepcopy(honest)
+        _sidecar_of(odd)["volumeMounts"].append(mount)
+        response = post(client, "/validate", review(odd))
+        assert response["allowed"] is False, mount
+        assert "volumeMounts is not the one samplerguard injects" in response["status"]["message"]
 
 
 def test_denial_names_image_policy_and_reason(client: httpx.Client) -> None:
