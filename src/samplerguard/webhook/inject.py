@@ -122,7 +122,7 @@ def foreign_injection(
         return f"its {SIDECAR_NAME} container is not a native sidecar (restartPolicy Always)"
     present = {v.get("name"): v for v in tpl.spec.get("volumes") or [] if isinstance(v, dict)}
     for volume in _volumes(cfg, is_drbg_mode(rng_mode)):
-        if present.get(volume["name"]) != volume:
+        if _canonical_volume(present.get(volume["name"])) != _canonical_volume(volume):
             return f"its volume {volume['name']!r} is not the one samplerguard injects"
     private = {STATE_VOLUME, DRBG_VOLUME}
     for c in tpl.containers:
@@ -137,6 +137,25 @@ def foreign_injection(
 
 
 _SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+_QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_SUFFIX: dict[str | None, int] = {
+    None: 1,
+    **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: 1000 ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+}
+
+
+def _canonical_volume(volume: object) -> object:
+    """``volume`` with an emptyDir's ``sizeLimit`` as a number of bytes: the API server writes
+    quantities back in canonical form (the injected ``2048Mi`` reads back as ``2Gi``)."""
+    if not isinstance(volume, dict) or not isinstance(volume.get("emptyDir"), dict):
+        return volume
+    empty = dict(volume["emptyDir"])
+    size = empty.get("sizeLimit")
+    match = _QUANTITY.match(size) if isinstance(size, str) else None
+    if match is not None:
+        empty["sizeLimit"] = int(match.group(1)) * _SUFFIX[match.group(2)]
+    return {**volume, "emptyDir": empty}
 
 
 def _service_account_mount(mount: object) -> bool:

@@ -238,6 +238,14 @@ def test_the_injection_as_made_passes_validation_and_reinvocation(client: httpx.
     more = copy.deepcopy(honest)
     _sidecar_of(more)["resources"]["limits"]["cpu"] = "1"
     assert post(client, "/validate", review(more))["allowed"] is True
+    # the API server writes quantities back in canonical form
+    state = next(v for v in more["spec"]["volumes"] if v["name"] == "samplerguard-state")
+    assert state["emptyDir"]["sizeLimit"] == "2048Mi"
+    state["emptyDir"]["sizeLimit"] = "2Gi"
+    assert post(client, "/validate", review(more))["allowed"] is True
+    state["emptyDir"]["sizeLimit"] = "3Gi"
+    assert post(client, "/validate", review(more))["allowed"] is False
+    state["emptyDir"]["sizeLimit"] = "2Gi"
     # and the API server's ServiceAccount admission, run again after the webhooks, mounts the
     # pod's token into every container, the sidecar included
     token = {
