@@ -86,9 +86,12 @@ class SeedIssuer:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[SecretChange], None] | None = None,
         ledger: SeedLedger | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.authority = authority
         self.ledger = ledger
+        #: the pod's tenant, when the sidecar is bound to one: seeds are issued for it alone
+        self.tenant = tenant or None
         self.escrow_key = escrow_key
         self.max_pending = max_pending
         self.ttl = ttl
@@ -132,6 +135,11 @@ class SeedIssuer:
     def issue(self, tenant: str, request_id: str, mode: str) -> IssuedSeed:
         """The seed of ``request_id`` (the same one again if the hook asks twice before its
         START, e.g. after a dropped connection)."""
+        if self.tenant is not None and tenant != self.tenant:
+            raise MalformedInputError(
+                f"request tenant {tenant[:128]!r} is not this pod's tenant {self.tenant!r}: no "
+                "seed is issued for it"
+            )
         if mode != self.mode:
             raise MalformedInputError(
                 f"the request asks for {mode!r} noise; this sidecar issues {self.mode!r}"
@@ -287,6 +295,7 @@ def seed_issuer_from_files(
     on_change: Callable[[SecretChange], None] | None = None,
     ttl: float = 900.0,
     ledger: SeedLedger | None = None,
+    tenant: str | None = None,
 ) -> SeedIssuer:
     """The sidecar's issuer: the master secret and the escrow key read from their files, and
     followed there (see the module's docstring). A file unusable at start is an error."""
@@ -302,6 +311,7 @@ def seed_issuer_from_files(
         on_change=on_change,
         ttl=ttl,
         ledger=ledger,
+        tenant=tenant,
     )
 
 

@@ -47,6 +47,7 @@ def _seed_issuer(cfg: SidecarConfig, on_change: Callable[[str], None]) -> SeedIs
         on_change=on_change,
         ttl=cfg.seed_ttl,
         ledger=SeedLedger(cfg.seed_ledger_file),
+        tenant=cfg.tenant,
     )
 
 

@@ -151,9 +151,18 @@ class KubernetesDiscovery:
             *(getattr(spec, "init_containers", None) or []),
             *(getattr(spec, "containers", None) or []),
         ]
-        images = [str(c.image) for c in containers if c.name == SIDECAR_CONTAINER]
+        found_containers = [c for c in containers if c.name == SIDECAR_CONTAINER]
+        images = [str(c.image) for c in found_containers]
         if len(images) != 1:
             return f"the pod has {len(images)} containers named {SIDECAR_CONTAINER}"
+        sidecar = found_containers[0]
+        if getattr(sidecar, "command", None) or list(getattr(sidecar, "args", None) or []) != [
+            "sidecar"
+        ]:
+            return (
+                f"its {SIDECAR_CONTAINER} container runs another command than the sidecar's: "
+                "what answers on its port is not a samplerguard sidecar"
+            )
         try:
             found = parse_reference(images[0])
         except MalformedInputError as exc:

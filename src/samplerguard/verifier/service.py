@@ -211,13 +211,16 @@ class Verifier:
         """Each seed the sidecar issued that never became a trajectory is a warning of the
         pod, recorded once: an app that asks for seeds under fresh request ids and keeps the
         draw it likes leaves one per draw discarded (``sidecar.abandoned``)."""
-        after = self._seed_cursor.get(target.url, 0)
+        at = _cursor_key(target)
+        after = self._seed_cursor.get(at, 0)
         for item in client.abandoned_seeds(after=after):
             rid, seq = str(item.get("id", ""))[:128], item.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool):
                 raise MalformedInputError("an abandoned seed without a sequence number")
-            self._seed_cursor[target.url] = max(self._seed_cursor.get(target.url, 0), seq)
-            key = f"{target.uid}/abandoned-seed/{rid}"
+            self._seed_cursor[at] = max(self._seed_cursor.get(at, 0), seq)
+            tenant = str(item.get("tenant", ""))[:128]
+            # one seed per (tenant, request id): each is its own discarded draw
+            key = f"{target.uid}/abandoned-seed/{tenant}/{rid}"
             if self.journal.is_judged(key):
                 continue
             result = self.checker._result(
@@ -234,7 +237,8 @@ class Verifier:
 
     def _audit(self, target: Target, client: SidecarClient, public_key: Any) -> int:
         n = 0
-        after = self._cursor.get(target.url, 0)
+        at = _cursor_key(target)
+        after = self._cursor.get(at, 0)
         for item in client.trajectories(after=after):
             tid, seq = str(item.get("id")), int(item.get("seq", 0))
             key = f"{target.uid}/{tid}"
@@ -243,7 +247,7 @@ class Verifier:
                 listed = str(item.get("root", ""))
                 if judged_root and listed and listed != judged_root:
                     self._recommitted(target, key, tid, judged_root, listed)
-                self._cursor[target.url] = max(self._cursor.get(target.url, 0), seq)
+                self._cursor[at] = max(self._cursor.get(at, 0), seq)
                 continue
             with self.instruments.timed(self.instruments.recheck) as attributes:
                 judgement = self.checker.judge(target, client, public_key, key, tid)
@@ -258,7 +262,7 @@ class Verifier:
             results = [r.to_wire() for r in judgement.results]
             self.journal.record(key, judgement.root, results)
             self._deliver(key, results)
-            self._cursor[target.url] = max(self._cursor.get(target.url, 0), seq)
+            self._cursor[at] = max(self._cursor.get(at, 0), seq)
             n += 1
             self.stats.judged += 1
             self.stats.challenged += judgement.challenged
@@ -294,3 +298,9 @@ class Verifier:
         for client in self._clients.values():
             client.close()
         self.journal.close()
+
+
+def _cursor_key(target: Target) -> str:
+    """Where a sidecar's listings were read up to: per pod, not per address. A pod reached at
+    an address an earlier pod had (pod IPs are reused) lists from its own sequence 1."""
+    return f"{target.uid}@{target.url}"

@@ -48,7 +48,9 @@ from samplerguard.webhook.inject import (
     foreign_injection,
     injection_patch,
     pin_patch,
+    pod_escapes,
     secret_references,
+    sidecar_changes,
     tenant_of,
 )
 from samplerguard.webhook.optin import NamespaceLabels, opted_in
@@ -260,13 +262,22 @@ class Admission:
         images = tpl.images()
         # a pod arriving with the sidecar already (a reinvocation, or one the provider made)
         # must carry this webhook's injection exactly: its sidecar is what the verifier audits
-        carried = (
-            req.operation == "CREATE"
-            and tpl.is_pod
-            and inj.enabled
-            and tpl.labels.get(LABEL_INJECT) != "false"
-            and already_injected(tpl)
-        )
+        # (an opt-out label does not skip this: the verifier audits any pod that carries it)
+        carried = req.operation == "CREATE" and tpl.is_pod and inj.enabled and already_injected(tpl)
+        if tpl.is_pod and inj.enabled and (inject or already_injected(tpl)):
+            # what an app container of an injected pod must not hold: a way into the
+            # sidecar's files (its signing key, openings, ledger and master secret), or, once
+            # the pod runs, another sidecar image or code run next to it
+            exposure = pod_escapes(tpl) + (
+                sidecar_changes(tpl, _old_template(req)) if req.operation == "UPDATE" else []
+            )
+            if exposure:
+                return deny(
+                    uid,
+                    f"samplerguard denied {req.kind.kind} {namespace}/{_name_of(req, tpl)}: "
+                    + "; ".join(exposure)
+                    + ": the sidecar's files must stay out of the app's reach",
+                )
         injected = [inj.sidecar_image, inj.effective_hook_image] if inject else []
         if carried:
             injected = [inj.sidecar_image]
@@ -606,6 +617,13 @@ def _forwarder(config: WebhookConfig) -> ResultsForwarder | None:
         deadline=10.0,
     )
     return ResultsForwarder(client)
+
+
+def _old_template(req: AdmissionRequest) -> PodTemplate | None:
+    try:
+        return find_pod_template(req.kind.group, req.kind.kind, req.old_object)
+    except MalformedInputError:
+        return None
 
 
 def _old_images(req: AdmissionRequest) -> set[str]:

@@ -53,7 +53,9 @@ __all__ = [
     "foreign_injection",
     "injection_patch",
     "pin_patch",
+    "pod_escapes",
     "secret_references",
+    "sidecar_changes",
     "tenant_of",
 ]
 
@@ -67,9 +69,79 @@ def already_injected(tpl: PodTemplate) -> bool:
     )
 
 
-#: The fields of the sidecar container that decide what it is and what it holds: its code, its
-#: configuration, its files. Another mutating webhook may add to the rest (resources, probes).
-_SIDECAR_IDENTITY = ("image", "command", "args", "env", "envFrom", "volumeMounts", "workingDir")
+#: The fields of the sidecar container that decide what it is, what it holds and what runs in
+#: it: its code, its configuration, its files, hooks and privileges. Another mutating webhook
+#: may add to the rest (resources); probes are held to HTTP (below).
+_SIDECAR_IDENTITY = (
+    "image",
+    "command",
+    "args",
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "workingDir",
+    "lifecycle",
+    "securityContext",
+)
+_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+#: Capabilities that reach another container's files through the shared process namespace
+#: (/proc/<pid>/root) or the node.
+_REACHING_CAPABILITIES = frozenset(
+    {"ALL", "SYS_PTRACE", "SYS_ADMIN", "DAC_READ_SEARCH", "DAC_OVERRIDE", "SYS_MODULE"}
+)
+
+
+def pod_escapes(tpl: PodTemplate) -> list[str]:
+    """What in an injected pod would give the app the sidecar's files despite the separate
+    volumes: a privileged container or one with a capability that reads through
+    ``/proc/<sidecar>/root`` (the injection shares the process namespace), the host's PID or
+    IPC namespace, or a hostPath volume (the state emptyDir lies on the node)."""
+    found: list[str] = []
+    spec = tpl.spec
+    for flag in ("hostPID", "hostIPC"):
+        if spec.get(flag) is True:
+            found.append(f"the pod sets {flag}")
+    for volume in spec.get("volumes") or []:
+        if isinstance(volume, dict) and volume.get("hostPath") is not None:
+            found.append(f"volume {str(volume.get('name'))[:63]!r} is a hostPath")
+    for c in tpl.containers:
+        if c.name == SIDECAR_NAME:
+            continue
+        context = tpl.spec[c.list_name][c.index].get("securityContext")
+        if not isinstance(context, dict):
+            continue
+        if context.get("privileged") is True:
+            found.append(f"container {c.name!r} is privileged")
+        caps = context.get("capabilities")
+        added = caps.get("add") if isinstance(caps, dict) else None
+        reaching = sorted(
+            {str(a).upper().removeprefix("CAP_") for a in added or [] if isinstance(a, str)}
+            & _REACHING_CAPABILITIES
+        )
+        if reaching:
+            found.append(f"container {c.name!r} adds {', '.join(reaching)}")
+    return found
+
+
+def sidecar_changes(tpl: PodTemplate, old: PodTemplate | None) -> list[str]:
+    """What an UPDATE of a running injected pod changes of the injection: the sidecar's or the
+    hook's image (container images are mutable on a running pod), or the sidecar's private
+    volumes mounted by an ephemeral container."""
+    found: list[str] = []
+    before = {c.name: c.image for c in old.containers} if old is not None else {}
+    for c in tpl.containers:
+        if (
+            c.name in (SIDECAR_NAME, HOOK_INIT_NAME)
+            and c.name in before
+            and (c.image != before[c.name])
+        ):
+            found.append(f"the update changes the image of {c.name}")
+        if c.list_name == "ephemeralContainers":
+            mounted = set(_names(tpl.spec[c.list_name][c.index], "volumeMounts", "name"))
+            private = mounted & {STATE_VOLUME, DRBG_VOLUME}
+            if private:
+                found.append(f"ephemeral container {c.name!r} mounts {', '.join(sorted(private))}")
+    return found
 
 
 def foreign_injection(
@@ -118,6 +190,15 @@ def foreign_injection(
     for key in _SIDECAR_IDENTITY:
         if container.get(key) != expected.get(key):
             return f"its {SIDECAR_NAME} container's {key} is not the one samplerguard injects"
+    for probe in _PROBES:
+        value = container.get(probe)
+        if value is not None and (
+            not isinstance(value, dict)
+            or not isinstance(value.get("httpGet"), dict)
+            or any(value.get(k) is not None for k in ("exec", "grpc", "tcpSocket"))
+        ):
+            # an exec probe runs a command inside the sidecar, beside its key and secret
+            return f"its {SIDECAR_NAME} container's {probe} is not an HTTP probe"
     if cfg.native_sidecar and container.get("restartPolicy") != "Always":
         return f"its {SIDECAR_NAME} container is not a native sidecar (restartPolicy Always)"
     present = {v.get("name"): v for v in tpl.spec.get("volumes") or [] if isinstance(v, dict)}

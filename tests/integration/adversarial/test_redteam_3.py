@@ -330,7 +330,7 @@ def _pod(name: str, sidecar_image: str) -> k8s.V1Pod:
     spec = k8s.V1PodSpec(
         containers=[
             k8s.V1Container(name="app", image="registry.acme/app:1"),
-            k8s.V1Container(name="samplerguard-sidecar", image=sidecar_image),
+            k8s.V1Container(name="samplerguard-sidecar", image=sidecar_image, args=["sidecar"]),
         ]
     )
     status = k8s.V1ContainerStatus(
@@ -375,6 +375,14 @@ def test_a_provider_container_named_as_the_sidecar_is_not_audited_as_one() -> No
     assert found["genuine"].refusal == ""
     assert "not the sidecar image" in found["impostor"].refusal
     assert "not the sidecar image" in found["other"].refusal
+    # the sidecar's image running another command is no sidecar either
+    rerun = _pod("rerun", "ghcr.io/samplerguard/sidecar@sha256:" + "ab" * 32)
+    assert rerun.spec is not None
+    rerun.spec.containers[1].command = ["python", "-c", "serve_anything()"]
+    (target,) = KubernetesDiscovery(
+        api=_Pods([rerun]), sidecar_image="ghcr.io/samplerguard/sidecar@sha256:" + "ab" * 32
+    ).targets()
+    assert "another command" in target.refusal
     # a tag-configured sidecar image pins the repository
     by_tag = KubernetesDiscovery(
         api=_Pods([genuine, impostor]), sidecar_image="ghcr.io/samplerguard/sidecar:0.2"
@@ -441,9 +449,9 @@ def test_a_request_id_gets_one_seed_even_after_an_aborted_start(
     sink = SidecarSink(dep.socket, io_timeout=30.0)
     with pytest.raises(SamplerGuardError, match="again"):
         sink.request_noise(TENANT, "again")
-    # a seed asked for another tenant of the same id is not this pod's to start
-    other = sink.request_noise("tenant-b", "other-tenant")
-    other.close()
+    # a seed for another tenant is not this pod's to issue
+    with pytest.raises(SamplerGuardError, match="not this pod's tenant"):
+        sink.request_noise("tenant-b", "other-tenant")
     assert _generate(dep.model.unet, dep.model.digest, dep.socket, "other-tenant") is None
     assert dep.listed() == []
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,6 @@ from samplerguard.policy.report import read_audit_log
 from samplerguard.verifier.discovery import KubernetesDiscovery
 from tests.integration.adversarial import test_redteam_3 as redteam3
 from tests.integration.adversarial.test_redteam_3 import (
-    SEED_TTL,
-    SHAPE,
     STEPS,
     TENANT,
     Deployed,
@@ -43,7 +40,6 @@ from tests.integration.adversarial.test_redteam_3 import (
     _drop_last,
     _generate,
     _Pods,
-    _verdicts,
 )
 from tests.support.dataplane import make_model, write_policy
 from tests.support.webhook import REGISTRY, RegistryDouble, patched, post, review, workload
@@ -107,13 +103,6 @@ def _root_sidecar(pod: dict[str, Any]) -> None:
     _sidecar_of(pod)["securityContext"] = {"runAsUser": 0, "privileged": True}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass: foreign_injection compares only image/command/args/env/envFrom/"
-    "volumeMounts/workingDir, so a carried sidecar may run the provider's exec probes or "
-    "lifecycle hooks (code inside the genuine sidecar's container, with its key and master "
-    "secret) or another securityContext",
-)
 @pytest.mark.parametrize("tamper", [_exec_probe, _post_start, _root_sidecar])
 def test_a_carried_sidecar_running_the_providers_commands_is_denied(
     webhook: httpx.Client, tamper: Any
@@ -136,12 +125,6 @@ def _forged_key_file(pod: dict[str, Any]) -> None:
     _sidecar_of(pod)["command"] = ["python", "-c", "print('an impostor on the sidecar port')"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass: `carried` requires the label samplerguard.dev/inject != 'false', so a pod "
-    "labelled inject=false in an enforcing namespace skips foreign_injection, and "
-    "KubernetesDiscovery audits it by its injected annotation, checking the image alone",
-)
 def test_a_forged_sidecar_in_a_pod_that_opts_out_of_injection_is_denied(
     webhook: httpx.Client,
 ) -> None:
@@ -196,13 +179,6 @@ def _running(webhook: httpx.Client) -> dict[str, Any]:
     return pod
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass: the private-volume check runs only for CREATE (`carried`), so an "
-    "ephemeral container added through pods/ephemeralcontainers may mount samplerguard-state "
-    "(the sidecar's signing key and openings store); secret_references covers the DRBG "
-    "volume only",
-)
 def test_an_ephemeral_container_mounting_the_sidecars_state_is_denied(
     webhook: httpx.Client,
 ) -> None:
@@ -238,13 +214,6 @@ def test_an_ephemeral_container_mounting_the_drbg_secret_is_denied(webhook: http
     assert "mounts samplerguard-drbg" in response["status"]["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass: an UPDATE of a running pod may set the sidecar container's image to "
-    "another signed image (container images are mutable); foreign_injection runs on CREATE "
-    "only, so the webhook admits it (the verifier's discovery still refuses another "
-    "repository, but not another tag of the sidecar's)",
-)
 def test_an_update_swapping_the_sidecars_image_is_denied(
     webhook: httpx.Client, registry: RegistryDouble
 ) -> None:
@@ -310,13 +279,6 @@ def test_a_deployment_carrying_a_forged_sidecar_is_stopped_at_its_pods(
     assert "never brings its own" in response["status"]["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass: nothing keeps the app from CAP_SYS_PTRACE (or privileged, hostPID, a "
-    "hostPath of the kubelet's pod directories); with the injected shareProcessNamespace it "
-    "reads /proc/<sidecar>/root (non-dumpable does not stop CAP_SYS_PTRACE) or the state "
-    "emptyDir on the node: the signing key and the master secret",
-)
 @pytest.mark.parametrize("escalation", ["ptrace", "privileged", "hostPID", "hostPath"])
 def test_an_app_container_that_can_reach_the_sidecars_files_is_denied(
     webhook: httpx.Client, escalation: str
@@ -362,13 +324,6 @@ def _sidecar_at(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bypass: Verifier._cursor and _seed_cursor are keyed by the sidecar's URL; a new "
-    "pod reached at an address an earlier pod had (pod IPs are reused) lists its trajectories "
-    "and abandoned seeds from seq 1, and those at or below the old pod's cursor are never "
-    "judged",
-)
 def test_a_new_pod_at_an_old_pods_address_has_every_trajectory_judged(tmp_path: Path) -> None:
     model = make_model(tmp_path, seed=0)
     policy = write_policy(
@@ -435,32 +390,19 @@ def test_ids_the_verifier_would_truncate_or_split_get_no_seed(
     assert drbg_sidecar.listed() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="weakness: the verifier keys an abandoned seed by pod uid and request id only, so "
-    "the draws of one request id under several tenants (each a different seed) are one "
-    "warning; those draws cannot be committed (START holds the pod's tenant), so this "
-    "undercounts discarded seeds rather than hiding a usable one",
-)
-def test_one_request_id_shopped_under_several_tenants_counts_each_draw(
-    drbg_sidecar: Deployed, tmp_path: Path
-) -> None:
-    """The SEED frame names its tenant, and the noise authority claims (tenant, id) pairs: one
-    request id yields a different draw per tenant named. The provider draws "same" under two
-    foreign tenants, letting each lapse, then commits it under its own; each discarded draw must
-    count."""
+def test_a_request_id_shopped_under_other_tenants_gets_no_draw(drbg_sidecar: Deployed) -> None:
+    """The SEED frame names its tenant, and each (tenant, id) pair is a different draw: a
+    provider could draw one request id under foreign tenants, then commit it under its own. A
+    sidecar bound to its pod's tenant issues seeds for that tenant alone, so there is no
+    foreign draw to discard (and the verifier counts abandoned seeds per tenant and id)."""
     dep = drbg_sidecar
     sink = SidecarSink(dep.socket, io_timeout=30.0)
     for tenant in ("tenant-b", "tenant-c"):
-        noise = sink.request_noise(tenant, "same")
-        noise.randn(SHAPE)  # disliked
-        noise.close()
-        time.sleep(SEED_TTL + 1)  # lapses, so the id may be asked again under another tenant
+        with pytest.raises(SamplerGuardError, match="not this pod's tenant"):
+            sink.request_noise(tenant, "same")
     committed = _generate(
         dep.model.unet, dep.model.digest, dep.socket, "same", seed_from_sidecar=True, tenant=TENANT
     )
     assert committed
-    verdicts = _verdicts(dep, tmp_path)
-    assert ("trajectory-recheck", "pass") in {(r[0], r[1]) for r in verdicts["same"]}
-    health = [v for v in verdicts["same"] if v[0] == "seed-health" and v[1] == "warn"]
-    assert len(health) == 2, verdicts["same"]
+    (ledger,) = Path(dep.sidecar.log_path).parent.parent.rglob("seed-ledger.jsonl")
+    assert "tenant-b" not in ledger.read_text() and "tenant-c" not in ledger.read_text()

@@ -178,7 +178,8 @@ def _tamper_policy(pod: dict[str, Any]) -> None:
 def _tamper_state_volume(pod: dict[str, Any]) -> None:
     state = next(v for v in pod["spec"]["volumes"] if v["name"] == "samplerguard-state")
     state.pop("emptyDir")
-    state["hostPath"] = {"path": "/srv/provider-keys"}  # a signing key the provider knows
+    # a volume the provider pre-filled with a signing key it knows
+    state["persistentVolumeClaim"] = {"claimName": "provider-keys"}
 
 
 def _tamper_drbg_volume(pod: dict[str, Any]) -> None:
