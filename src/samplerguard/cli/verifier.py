@@ -50,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="kubernetes discovery: the image the webhook injects as the sidecar; a pod whose "
         "samplerguard-sidecar runs another is recorded as a failure and never challenged",
     )
+    p.add_argument(
+        "--exclude-namespace",
+        action="append",
+        default=[],
+        help="kubernetes discovery: a namespace the webhook exempts (repeatable); a pod there "
+        "carrying the sidecar is recorded as a failure and never challenged",
+    )
     p.add_argument("--token-file", default=DEFAULT_SA_TOKEN)
     p.add_argument(
         "--reference-model",
@@ -159,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
             label_selector=args.label_selector,
             namespace=args.namespace,
             sidecar_image=args.sidecar_image,
+            excluded_namespaces=tuple(args.exclude_namespace),
         )
     else:
         if not args.sidecar:

@@ -90,6 +90,7 @@ class KubernetesDiscovery:
         port: int = SIDECAR_PORT,
         api: Any = None,
         sidecar_image: str | None = None,
+        excluded_namespaces: tuple[str, ...] = (),
     ) -> None:
         """``sidecar_image``: the image the webhook injects (a tag or a digest reference). A
         pod whose ``samplerguard-sidecar`` runs another repository, or another digest when
@@ -97,6 +98,9 @@ class KubernetesDiscovery:
         on its port is not the sidecar, and its openings prove nothing."""
         self.label_selector = label_selector or None
         self.sidecar_image = parse_reference(sidecar_image) if sidecar_image else None
+        #: namespaces the webhook never admits pods in (the chart's exemptions): a pod there
+        #: carrying the injection was not injected, and is refused like an impostor
+        self.excluded_namespaces = frozenset(excluded_namespaces)
         self.namespace = namespace
         self.port = port
         self._api = api
@@ -143,6 +147,12 @@ class KubernetesDiscovery:
         return out
 
     def _refusal(self, pod: Any) -> str:
+        namespace = str(getattr(pod.metadata, "namespace", ""))
+        if namespace in self.excluded_namespaces:
+            return (
+                f"the pod carries a samplerguard sidecar in namespace {namespace}, where the "
+                "webhook admits pods unchecked: it was not injected"
+            )
         expected = self.sidecar_image
         if expected is None:
             return ""

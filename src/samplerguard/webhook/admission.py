@@ -238,6 +238,16 @@ class Admission:
 
         ns_labels = await self._namespace_labels(namespace)
         if not opted_in(tpl.labels, ns_labels, self.config.opt_in_label):
+            if tpl.is_pod and self.config.injection.enabled and already_injected(tpl):
+                # this webhook injects only where pods opted in: a pod elsewhere carrying the
+                # injection brought its own, and the verifier would audit it
+                return deny(
+                    uid,
+                    f"samplerguard denied {req.kind.kind} {namespace}/{_name_of(req, tpl)}: it "
+                    "carries samplerguard's sidecar injection but is not opted in (neither its "
+                    "namespace nor the pod label); a pod gets its sidecar from the webhook, "
+                    "never brings its own",
+                )
             return allow(uid)
         policies = self.policies.snapshot().for_namespace(namespace, ns_labels)
 

@@ -383,6 +383,16 @@ def test_a_provider_container_named_as_the_sidecar_is_not_audited_as_one() -> No
         api=_Pods([rerun]), sidecar_image="ghcr.io/samplerguard/sidecar@sha256:" + "ab" * 32
     ).targets()
     assert "another command" in target.refusal
+    # a pod in a namespace the webhook exempts was never injected, whatever it carries
+    elsewhere = _pod("elsewhere", "ghcr.io/samplerguard/sidecar@sha256:" + "ab" * 32)
+    assert elsewhere.metadata is not None
+    elsewhere.metadata.namespace = "kube-system"
+    (target,) = KubernetesDiscovery(
+        api=_Pods([elsewhere]),
+        sidecar_image="ghcr.io/samplerguard/sidecar@sha256:" + "ab" * 32,
+        excluded_namespaces=("kube-system",),
+    ).targets()
+    assert "was not injected" in target.refusal
     # a tag-configured sidecar image pins the repository
     by_tag = KubernetesDiscovery(
         api=_Pods([genuine, impostor]), sidecar_image="ghcr.io/samplerguard/sidecar:0.2"

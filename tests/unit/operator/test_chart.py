@@ -121,6 +121,18 @@ def test_webhook_is_highly_available_and_fails_closed(docs: list[dict[str, Any]]
     assert mutating["webhooks"][1]["objectSelector"] == {
         "matchLabels": {"samplerguard.dev/inject": "true"}
     }
+    # pods outside the opted-in scopes that carry the injection reach validation too (and only
+    # those: the API server's CEL match keeps the rest of the cluster off the webhook)
+    validating = _one(docs, "ValidatingWebhookConfiguration", "sg-validating")
+    carried = next(h for h in validating["webhooks"] if h["name"].startswith("validate.carried"))
+    expression = carried["matchConditions"][0]["expression"]
+    assert "samplerguard.dev/injected" in expression and "samplerguard-sidecar" in expression
+    assert carried["clientConfig"]["service"]["path"] == "/validate"
+    # and the verifier refuses pods in the namespaces the webhook never sees
+    verifier = _one(docs, "StatefulSet", "sg-verifier")
+    args = verifier["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--exclude-namespace=kube-system", "--exclude-namespace=samplerguard"} <= set(args)
+    assert any(a.startswith("--sidecar-image=") for a in args)
 
 
 def test_rbac_is_least_privilege(docs: list[dict[str, Any]]) -> None:

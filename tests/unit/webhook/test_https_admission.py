@@ -230,6 +230,21 @@ def test_a_pod_bringing_its_own_sidecar_is_denied(
         assert "never brings its own" in message
 
 
+def test_a_pod_carrying_the_injection_outside_the_opted_in_scopes_is_denied(
+    client: httpx.Client,
+) -> None:
+    """The webhook injects only where pods opted in (namespace or pod label); a pod anywhere
+    else carrying the injection brought its own, and the verifier would audit it."""
+    pod = workload("Pod", SIGNED)
+    honest = patched(pod, post(client, "/mutate", review(pod)))
+    for path in ("/mutate", "/validate"):
+        response = post(client, path, review(honest, namespace="dev"))
+        assert response["allowed"] is False, path
+        assert "is not opted in" in response["status"]["message"]
+    # a plain pod there is none of samplerguard's business
+    assert post(client, "/validate", review(pod, namespace="dev"))["allowed"] is True
+
+
 def test_the_injection_as_made_passes_validation_and_reinvocation(client: httpx.Client) -> None:
     pod = workload("Pod", SIGNED)
     honest = patched(pod, post(client, "/mutate", review(pod)))
