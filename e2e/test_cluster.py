@@ -147,6 +147,8 @@ def cluster(
         "metadata": {"name": "e2e-sampler"},
         "spec": {
             "mode": "enforce",
+            # no DRBG Secret in this control-plane lane (the kubelet lane covers DRBG noise)
+            "rng": {"mode": "framework"},
             "namespaceSelector": {"matchLabels": {"samplerguard.dev/enforce": "true"}},
             "images": [
                 {
