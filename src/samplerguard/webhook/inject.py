@@ -46,7 +46,7 @@ from samplerguard.webhook.config import (
     InjectionConfig,
 )
 from samplerguard.webhook.patch import JsonFragment
-from samplerguard.webhook.workloads import PodTemplate, escape_pointer
+from samplerguard.webhook.workloads import ContainerRef, PodTemplate, escape_pointer
 
 __all__ = [
     "already_injected",
@@ -136,11 +136,8 @@ def sidecar_changes(tpl: PodTemplate, old: PodTemplate | None) -> list[str]:
             and (c.image != before[c.name])
         ):
             found.append(f"the update changes the image of {c.name}")
-        if c.list_name == "ephemeralContainers":
-            mounted = set(_names(tpl.spec[c.list_name][c.index], "volumeMounts", "name"))
-            private = mounted & {STATE_VOLUME, DRBG_VOLUME}
-            if private:
-                found.append(f"ephemeral container {c.name!r} mounts {', '.join(sorted(private))}")
+        if c.list_name == "ephemeralContainers" and (private := _private_mounts(tpl, c)):
+            found.append(f"ephemeral container {c.name!r} mounts {', '.join(private)}")
     return found
 
 
@@ -205,16 +202,16 @@ def foreign_injection(
     for volume in _volumes(cfg, is_drbg_mode(rng_mode)):
         if _canonical_volume(present.get(volume["name"])) != _canonical_volume(volume):
             return f"its volume {volume['name']!r} is not the one samplerguard injects"
-    private = {STATE_VOLUME, DRBG_VOLUME}
     for c in tpl.containers:
-        if c is ref:
-            continue
-        mounted = set(_names(tpl.spec[c.list_name][c.index], "volumeMounts", "name"))
-        if mounted & private:
-            return (
-                f"container {c.name!r} mounts the sidecar's {', '.join(sorted(mounted & private))}"
-            )
+        if c is not ref and (private := _private_mounts(tpl, c)):
+            return f"container {c.name!r} mounts the sidecar's {', '.join(private)}"
     return None
+
+
+def _private_mounts(tpl: PodTemplate, c: ContainerRef) -> list[str]:
+    """The sidecar's own volumes (state, DRBG Secret) that container ``c`` mounts."""
+    mounted = set(_names(tpl.spec[c.list_name][c.index], "volumeMounts", "name"))
+    return sorted(mounted & {STATE_VOLUME, DRBG_VOLUME})
 
 
 _SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -197,6 +197,27 @@ def test_an_ephemeral_container_mounting_the_sidecars_state_is_denied(
     assert response["allowed"] is False, response
 
 
+def test_a_privileged_debug_container_is_denied(webhook: httpx.Client) -> None:
+    """``kubectl debug --profile=sysadmin`` on the running pod: no volume of the sidecar's, but
+    privileged (or with SYS_PTRACE) in the shared process namespace it reads
+    /proc/<sidecar>/root, the signing key and the master secret with it."""
+    old = _running(webhook)
+    for context in ({"privileged": True}, {"capabilities": {"add": ["SYS_PTRACE"]}}):
+        new = copy.deepcopy(old)
+        new["spec"]["ephemeralContainers"] = [
+            {
+                "name": "debugger",
+                "image": SIGNED,
+                "targetContainerName": "samplerguard-sidecar",
+                "securityContext": context,
+            }
+        ]
+        body = review(new, operation="UPDATE", sub_resource="ephemeralcontainers", old=old)
+        response = post(webhook, "/validate", body)
+        assert response["allowed"] is False, context
+        assert "container 'debugger'" in response["status"]["message"]
+
+
 def test_an_ephemeral_container_mounting_the_drbg_secret_is_denied(webhook: httpx.Client) -> None:
     """The DRBG volume is held to the sidecar on every operation (secret_references)."""
     old = _running(webhook)
