@@ -9,7 +9,9 @@ whatever one variant leaves running hit all variants alike:
 * hook + LocalSink: the recorder, signing in-process (no sidecar);
 * hook + sidecar: the recorder streaming to a real ``samplerguard sidecar`` process, which
   rebuilds the tree, signs and stores the openings; the call returns once the signed
-  commitment is back.
+  commitment is back. The sink keeps its connection for the next trajectory;
+* hook + sidecar, new connection each: the same, with a connection per trajectory
+  (``idle_connections=0``), as the sink did before it kept them.
 
 Printed: the ratio of medians, and the median of per-round paired ratios (variant / the same
 round's plain run) with its interquartile range, which is robust to the drifts of a shared VM;
@@ -172,14 +174,21 @@ def main() -> None:
     svc, _ = sidecar()
     local = Recorder(LocalSink())
     remote = Recorder(SidecarSink(svc.ready["socket"]))
+    fresh = Recorder(SidecarSink(svc.ready["socket"], idle_connections=0))
     null = Recorder(_NullSink())
     variants = {
         "plain": None,
         "hook + null sink": instrument(pipe, null),
         "hook + LocalSink": instrument(pipe, local),
         "hook + sidecar": instrument(pipe, remote),
+        "sidecar, new conn": instrument(pipe, fresh),
     }
-    recorders = {"hook + null sink": null, "hook + LocalSink": local, "hook + sidecar": remote}
+    recorders = {
+        "hook + null sink": null,
+        "hook + LocalSink": local,
+        "hook + sidecar": remote,
+        "sidecar, new conn": fresh,
+    }
     times: dict[str, list[float]] = {k: [] for k in variants}
     #: per round: CPU seconds of the plain generation; per variant: (loop, worker, sidecar)
     plain_cpu: list[float] = []
@@ -225,12 +234,13 @@ def main() -> None:
                     if recorder is None:
                         plain_cpu.append(time.process_time() - cpu0)
                     else:
-                        side = process_cpu(svc.pid) - side0 if recorder is remote else 0.0
+                        side = process_cpu(svc.pid) - side0 if recorder in (remote, fresh) else 0.0
                         extra[name].append((loop, worker_cpu(recorder) - worker0, side))
     finally:
         null.close()
         local.close()
         remote.close()
+        fresh.close()
         svc.stop()
     base = statistics.median(times["plain"])
     where = (
@@ -269,7 +279,7 @@ def main() -> None:
             f"  {name:<18} loop {loop:6.2f}  worker {worker:6.2f}  sidecar {side:6.2f}   "
             f"hook {spread(hook)}"
         )
-        if name == "hook + sidecar":
+        if side:
             line += f"   hook + sidecar {spread(total)}"
         print(line)
     print("  goals: hook <= 0.02 (hook + LocalSink row), hook + sidecar <= 0.03")

@@ -307,6 +307,9 @@ class Recorder:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
+        close = getattr(self.sink, "close", None)
+        if callable(close):
+            close()  # a sink's idle connections
 
     @contextmanager
     def trajectory(self, request: TrajectoryRequest) -> Iterator[Trajectory]:

@@ -30,9 +30,11 @@ import contextlib
 import errno
 import json
 import os
+import select
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +82,8 @@ class SidecarRefusedError(SamplerGuardError):
 #: a STEPS frame is sent once its records hold this many bytes, whatever the batch size: large
 #: latents (SDXL batches) stay far below the wire's per-frame cap
 STEPS_FRAME_BYTES = 8 << 20
+#: idle connections a sink keeps for its next exchanges (one per trajectory in flight is enough)
+MAX_IDLE_CONNECTIONS = 4
 
 
 @dataclass
@@ -88,6 +92,8 @@ class _Session:
     recipe: dict[str, Any]
     sock: socket.socket | None = None
     sent_steps: int = 0
+    #: the connection carried an earlier exchange (taken from the sink's idle connections)
+    reused: bool = False
     public_key: Ed25519PublicKey | None = None
     verdict: dict[str, Any] = field(default_factory=dict)
     #: step records held for the next STEPS frame
@@ -116,10 +122,16 @@ class SidecarSink:
         io_timeout: float = 60.0,
         public_key: Ed25519PublicKey | None = None,
         batch: int = 8,
+        idle_connections: int = MAX_IDLE_CONNECTIONS,
     ) -> None:
-        """``batch``: step records per ``STEPS`` frame (1 sends one ``STEP`` frame per step)."""
+        """``batch``: step records per ``STEPS`` frame (1 sends one ``STEP`` frame per step).
+        ``idle_connections``: connections kept open for the next exchanges (0: a connection
+        per trajectory and per seed)."""
         if not 1 <= batch <= MAX_STEPS_PER_FRAME:
             raise ValueError(f"batch must be 1..{MAX_STEPS_PER_FRAME}")
+        if not 0 <= idle_connections <= 64:
+            raise ValueError("idle_connections must be 0..64")
+        self.idle_connections = idle_connections
         self.batch = batch
         self.socket_path = os.fspath(socket_path)
         self.connect_timeout = connect_timeout
@@ -129,20 +141,41 @@ class SidecarSink:
         self.aborted: dict[str, str] = {}
         self.verdicts: dict[str, dict[str, Any]] = {}
         self._escrows: dict[str, dict[str, Any]] = {}
+        #: connections whose last exchange completed, kept for the next one: a trajectory then
+        #: costs the sidecar no accept, thread start or first-frame timer (it closes them after
+        #: its keep-alive timeout; a closed one is noticed before use)
+        self._idle: list[socket.socket] = []
+        self._closed = False
+        # a sink dropped without close() still closes the connections it kept
+        weakref.finalize(self, _close_all, self._idle)
 
     def request_noise(self, tenant: str, request_id: str, mode: str = "ctr-drbg") -> RequestNoise:
         """The request's noise source, from the seed the sidecar issues (``SEED``). Call it
         before the generation draws anything; the sidecar escrows the seed to the verifier and
         binds the escrow into the request's commitment. Raises :class:`SidecarRefusedError`
         when the sidecar issues no seeds or refuses the request id."""
-        sock = self._connect()
+        sock, reused = self._take()
         try:
-            send_frame(
-                sock, FRAME_SEED, {"requestId": request_id, "tenant": tenant, "rngMode": mode}
-            )
-            reply = self._reply(sock, f"the seed of request {request_id}")
-        finally:
+            try:
+                send_frame(
+                    sock, FRAME_SEED, {"requestId": request_id, "tenant": tenant, "rngMode": mode}
+                )
+                reply = self._reply(sock, f"the seed of request {request_id}")
+            except (TemporaryError, OSError):
+                if not reused:
+                    raise
+                # the sidecar closed the idle connection as this request went out: once more
+                # on a fresh one (a seed request nobody answered issued nothing)
+                sock.close()
+                sock, reused = self._connect(), False
+                send_frame(
+                    sock, FRAME_SEED, {"requestId": request_id, "tenant": tenant, "rngMode": mode}
+                )
+                reply = self._reply(sock, f"the seed of request {request_id}")
+        except BaseException:
             sock.close()
+            raise
+        self._keep(sock)
         try:
             material = base64.b64decode(str(reply.get("seed")), validate=True)
             seed = RequestSeed(
@@ -179,6 +212,34 @@ class SidecarSink:
         return cls(path, public_key=key)
 
     # -- connection ----------------------------------------------------------------------------
+
+    def _take(self) -> tuple[socket.socket, bool]:
+        """A connection for the next exchange: an idle one still open, else a new one; and
+        whether it was reused."""
+        with self._lock:
+            while self._idle:
+                sock = self._idle.pop()
+                if _open_and_quiet(sock):
+                    return sock, True
+                sock.close()
+        return self._connect(), False
+
+    def _keep(self, sock: socket.socket) -> None:
+        """Keep a connection whose exchange completed (up to ``idle_connections``)."""
+        with self._lock:
+            if not self._closed and len(self._idle) < self.idle_connections:
+                sock.settimeout(self.io_timeout)
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def close(self) -> None:
+        """Close the idle connections; later exchanges open new ones."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
 
     def _connect(self) -> socket.socket:
         """A connection to the sidecar. A full listen backlog (the sidecar busy with other
@@ -257,9 +318,18 @@ class SidecarSink:
 
     def start(self, request: TrajectoryRequest, begin: Begin) -> _Session:
         sess = _Session(request=request, recipe=begin.recipe)
-        sess.sock = self._connect()
+        sess.sock, sess.reused = self._take()
         try:
-            self._send_start(sess, begin)
+            try:
+                self._send_start(sess, begin)
+            except TemporaryError:
+                if not sess.reused:
+                    raise
+                # the sidecar closed the idle connection as START went out (its keep-alive
+                # ran out): nothing was started; once more on a fresh connection
+                self._close(sess)
+                sess.sock, sess.reused = self._connect(), False
+                self._send_start(sess, begin)
         except BaseException:
             self._close(sess)
             raise
@@ -341,6 +411,9 @@ class SidecarSink:
                     "verdict": sess.verdict.get("verdict", "accept"),
                     "reasons": list(sess.verdict.get("reasons", [])),
                 }
+            assert sess.sock is not None
+            sock, sess.sock = sess.sock, None
+            self._keep(sock)  # the exchange completed: the connection may carry the next
             return commitment, None
         finally:
             self._close(sess)
@@ -385,6 +458,24 @@ class SidecarSink:
                 sess.sock.close()
             finally:
                 sess.sock = None
+
+
+def _close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+    socks.clear()
+
+
+def _open_and_quiet(sock: socket.socket) -> bool:
+    """Whether an idle connection is still open with nothing unread: a sidecar never sends on
+    an idle connection, so anything readable (end of stream, an error, stray bytes) rules it
+    out. Asked without blocking."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    try:
+        return not poller.poll(0)
+    except OSError:
+        return False
 
 
 def probe(socket_path: str, timeout: float = 3.0) -> dict[str, Any]:

@@ -699,16 +699,60 @@ class _Handler(socketserver.BaseRequestHandler):
         deadline = threading.Timer(ingest.start_timeout, _cut, (sock,))
         deadline.daemon = True
         deadline.start()
-        tr: _Trajectory | None = None
         frames = FrameReader(
             sock, buffer_size=ingest.receive_buffer, buffers=ingest.receive_buffers
         )
         try:
+            first = frames.read(max_body=ingest.max_start_bytes)
+        except WireClosedError:
+            return
+        except (TimeoutError, OSError) as exc:
+            log.warning("hook connection failed: %s", type(exc).__name__)
+            return
+        except (SamplerGuardError, ValueError) as exc:
+            self._refuse(sock, None, exc)
+            return
+        finally:
+            deadline.cancel()
+        peer = _peer_pid(sock)
+        ingest._connection(1)
+        try:
+            self._serve(sock, frames, first, peer)
+        finally:
+            ingest._connection(-1)
+
+    def _serve(
+        self, sock: socket.socket, frames: FrameReader, first: Frame, peer: int | None
+    ) -> None:
+        ingest = self.server.ingest
+        # A connection that committed a trajectory or took a seed has proved itself (a validated
+        # START or seed request): it may carry the next exchange, as the hook keeps its
+        # connection for the next trajectory. It waits up to keepalive_timeout for the next
+        # first frame, then the sidecar closes it and frees the slot. A readiness probe proves
+        # nothing and is closed after its answer.
+        while self._exchange(sock, frames, first, peer):
+            sock.settimeout(ingest.keepalive_timeout)
             try:
                 first = frames.read(max_body=ingest.max_start_bytes)
-            finally:
-                deadline.cancel()
-            sock.settimeout(ingest.idle_timeout)
+            except (WireClosedError, TimeoutError):
+                return  # the hook closed its idle connection, or left it idle too long
+            except OSError as exc:
+                log.warning("hook connection failed: %s", type(exc).__name__)
+                return
+            except (SamplerGuardError, ValueError) as exc:
+                self._refuse(sock, None, exc)
+                return
+
+    def _exchange(
+        self, sock: socket.socket, frames: FrameReader, first: Frame, peer: int | None
+    ) -> bool:
+        """Serve one exchange that began with ``first``: a readiness probe, a seed, or a whole
+        trajectory. True when a seed was issued or a trajectory committed: the connection may
+        carry another exchange."""
+        ingest = self.server.ingest
+        tr: _Trajectory | None = None
+        sock.settimeout(ingest.idle_timeout)
+        try:
             if first.kind == FRAME_HELLO:
                 _reply(
                     sock,
@@ -716,13 +760,13 @@ class _Handler(socketserver.BaseRequestHandler):
                     publicKey=ingest.gate.public_pem,
                     error=None if ingest.gate.ready else "runtime integrity mismatch",
                 )
-                return
+                return False
             if first.kind == FRAME_SEED:
                 _reply(sock, **_issue_seed(ingest, first))
-                return
+                return True
             if first.kind != FRAME_START:
                 raise MalformedInputError(f"expected START, got frame kind {first.kind}")
-            tr = _Trajectory(ingest, first, _peer_pid(sock))
+            tr = _Trajectory(ingest, first, peer)
             _reply(
                 sock,
                 ok=True,
@@ -745,14 +789,14 @@ class _Handler(socketserver.BaseRequestHandler):
                     if ingest.gate.committed is not None:
                         ingest.gate.committed(done.start, commitment, done.decision)
                     _reply(sock, ok=True, commitment=commitment.envelope, id=done.start.request_id)
-                    return
+                    return True
                 elif frame.kind == FRAME_ABORT:
                     log.info(
                         "hook aborted %s: %s",
                         tr.start.request_id,
                         str(frame.header.get("reason"))[:200],
                     )
-                    return
+                    return False
                 else:
                     raise MalformedInputError(f"unexpected frame kind {frame.kind}")
         except WireClosedError:
@@ -764,23 +808,30 @@ class _Handler(socketserver.BaseRequestHandler):
         except (TimeoutError, OSError) as exc:
             log.warning("hook connection failed: %s", type(exc).__name__)
         except (SamplerGuardError, ValueError) as exc:
-            msg = str(exc)[:1000]
-            log.warning("refused a trajectory: %s", msg)
             if tr is not None:
                 tr.abandon()  # before the answer: a retry may reuse the request id
-            if ingest.gate.refused is not None:
-                ingest.gate.refused(tr.start if tr is not None else None, msg)
-            with contextlib.suppress(OSError):
-                _reply(
-                    sock,
-                    ok=False,
-                    error=msg,
-                    retry=isinstance(exc, TemporaryError)
-                    and not isinstance(exc, RequestRefusedError),
-                )
+            self._refuse(sock, tr, exc)
         finally:
             if tr is not None:
                 tr.abandon()
+        return False
+
+    def _refuse(
+        self, sock: socket.socket, tr: _Trajectory | None, exc: SamplerGuardError | ValueError
+    ) -> None:
+        """Answer a refused exchange with its reason; the connection then closes."""
+        ingest = self.server.ingest
+        msg = str(exc)[:1000]
+        log.warning("refused a trajectory: %s", msg)
+        if ingest.gate.refused is not None:
+            ingest.gate.refused(tr.start if tr is not None else None, msg)
+        with contextlib.suppress(OSError):
+            _reply(
+                sock,
+                ok=False,
+                error=msg,
+                retry=isinstance(exc, TemporaryError) and not isinstance(exc, RequestRefusedError),
+            )
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -797,11 +848,9 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        self.ingest._connection(1)
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.ingest._connection(-1)
             self.ingest._slots.release()
 
 
@@ -825,6 +874,7 @@ class IngestServer:
         receive_buffer: int = 4 << 20,
         start_timeout: float = 5.0,
         max_start_bytes: int = 64 << 20,
+        keepalive_timeout: float = 30.0,
     ) -> None:
         self.path = path
         self.receive_buffer = receive_buffer
@@ -832,6 +882,7 @@ class IngestServer:
             receive_buffer, keep=max(1, RECEIVE_BUFFERS_KEPT // receive_buffer)
         )
         self.start_timeout = start_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.max_start_bytes = max_start_bytes
         self.store = store
         self.ledger = RequestIdLedger(store.root / LEDGER_NAME)
@@ -844,7 +895,8 @@ class IngestServer:
         self._slots = threading.BoundedSemaphore(max_connections)
         self._count_lock = threading.Lock()
         self.committed = 0
-        #: connections being served, against the CPUs this process may run on
+        #: connections being served (kept ones waiting for their next exchange included),
+        #: against the CPUs this process may run on
         self._active = 0
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         path.parent.mkdir(parents=True, exist_ok=True)
