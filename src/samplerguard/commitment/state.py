@@ -32,6 +32,7 @@ from samplerguard.commitment.digest import tensor_digest
 from samplerguard.errors import MalformedInputError
 
 __all__ = [
+    "CopyMemo",
     "SamplerState",
     "capture_schedule",
     "capture_state",
@@ -185,15 +186,53 @@ def host_copy(t: torch.Tensor) -> torch.Tensor:
     return buf
 
 
-def _capture_value(value: Any, depth: int = 0) -> tuple[bool, Value]:
+#: host copies of the tensors a scheduler carried at the previous capture, by ``id()``: the
+#: tensor itself (holding it keeps its ``id`` from being reused), its version counter then, and
+#: the copy. See :func:`capture_state`.
+CopyMemo = dict[int, tuple[torch.Tensor, int, torch.Tensor]]
+#: smaller tensors are copied every time: below this, a copy costs less than the bookkeeping
+#: (on the CPU, 16 KiB: 15 us memoised against 12 us copied; 1 MiB: 64 us against 90 us)
+MEMO_MIN_BYTES = 64 << 10
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's version counter (bumped by every in-place change); None for an inference
+    tensor, which keeps none."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
+
+
+def _capture_value(
+    value: Any, depth: int = 0, memo: CopyMemo | None = None, seen: CopyMemo | None = None
+) -> tuple[bool, Value]:
     if value is None or isinstance(value, bool | int | float | str):
         return True, value
     if isinstance(value, torch.Tensor):
-        return True, host_copy(value)
+        if seen is None or value.numel() * value.element_size() < MEMO_MIN_BYTES:
+            return True, host_copy(value)
+        version = _version(value)
+        # this capture's own copy first (a tensor the state names twice), then the last one's
+        earlier = seen.get(id(value))
+        if earlier is None and memo is not None:
+            earlier = memo.get(id(value))
+        if (
+            earlier is not None
+            and earlier[0] is value
+            and version is not None
+            and earlier[1] == version
+        ):
+            copy = earlier[2]  # the same tensor, unchanged since the last capture
+        else:
+            copy = host_copy(value)
+        if version is not None:
+            seen[id(value)] = (value, version, copy)
+        return True, copy
     if isinstance(value, list | tuple) and depth < 3 and len(value) <= _MAX_ITEMS:
         items = []
         for item in value:
-            ok, v = _capture_value(item, depth + 1)
+            ok, v = _capture_value(item, depth + 1, memo, seen)
             if not ok:
                 return False, None
             items.append(v)
@@ -255,13 +294,27 @@ def schedule_digest(schedule: Mapping[str, torch.Tensor]) -> str:
     return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()
 
 
-def capture_state(scheduler: Any, schedule: Mapping[str, torch.Tensor]) -> SamplerState:
-    """Everything the scheduler carries into its next step, as host copies."""
+def capture_state(
+    scheduler: Any, schedule: Mapping[str, torch.Tensor], memo: CopyMemo | None = None
+) -> SamplerState:
+    """Everything the scheduler carries into its next step, as host copies.
+
+    With ``memo`` (the recorder passes one per trajectory, empty at first), a tensor of at least
+    ``MEMO_MIN_BYTES`` the scheduler still carries unchanged since the previous capture (the
+    same object, its version counter not moved by any in-place change) reuses that capture's
+    copy instead of being copied again: a multistep solver shifts its history list by one each
+    step, so all but one of its model outputs were copied a step earlier (for a GPU model, a
+    device-to-host copy into newly pinned memory each). ``memo`` is updated to this capture's
+    tensors. Copies are never written to, so sharing one between two states is safe."""
+    seen: CopyMemo | None = None if memo is None else {}
     values: dict[str, Value] = {}
     for name, value in vars(scheduler).items():
         if name in _SKIP or (name in schedule and value is schedule[name]):
             continue
-        ok, captured = _capture_value(value)
+        ok, captured = _capture_value(value, 0, memo, seen)
         if ok:
             values[name] = captured
+    if memo is not None and seen is not None:
+        memo.clear()
+        memo.update(seen)
     return SamplerState(values=values)

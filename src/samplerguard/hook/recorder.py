@@ -37,6 +37,7 @@ from samplerguard.commitment.fingerprint import build_fingerprint
 from samplerguard.commitment.plan import sampler_plan
 from samplerguard.commitment.request import check_request_params, request_digest
 from samplerguard.commitment.state import (
+    CopyMemo,
     SamplerState,
     capture_schedule,
     capture_state,
@@ -338,6 +339,8 @@ class Trajectory:
         self.request = request
         self._noise: list[torch.Tensor] = []
         self._schedule: dict[str, torch.Tensor] = {}
+        #: the last step's state copies, reused for tensors the scheduler carries unchanged
+        self._copies: CopyMemo = {}
         self._pending_initial: tuple[Any, ...] | None = None
         self._conditioning: dict[str, torch.Tensor] | None = None
         self._started = False
@@ -455,7 +458,7 @@ class Trajectory:
         if self._pending_initial is not None:
             self.set_conditioning({})
         latent = host_copy(latents)
-        state = capture_state(scheduler, self._schedule)
+        state = capture_state(scheduler, self._schedule, self._copies)
         noise, self._noise = self._noise, []
         # A CUDA timestep is copied like the latent and read on the worker: ``.item()`` here
         # would synchronise the device every step and stall the loop's run-ahead.
