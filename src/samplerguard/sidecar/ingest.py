@@ -676,7 +676,8 @@ def _issue_seed(ingest: IngestServer, frame: Frame) -> dict[str, Any]:
 
 
 def _cut(sock: socket.socket) -> None:
-    """End a connection whose first frame missed its deadline (wakes the blocked read)."""
+    """End a connection (its first frame missed the deadline, or a new connection needs the
+    slot it keeps idle): wakes its handler's blocked read."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
@@ -732,6 +733,7 @@ class _Handler(socketserver.BaseRequestHandler):
         # nothing and is closed after its answer.
         while self._exchange(sock, frames, first, peer):
             sock.settimeout(ingest.keepalive_timeout)
+            ingest._idle_connection(sock, True)
             try:
                 first = frames.read(max_body=ingest.max_start_bytes)
             except (WireClosedError, TimeoutError):
@@ -742,6 +744,8 @@ class _Handler(socketserver.BaseRequestHandler):
             except (SamplerGuardError, ValueError) as exc:
                 self._refuse(sock, None, exc)
                 return
+            finally:
+                ingest._idle_connection(sock, False)
 
     def _exchange(
         self, sock: socket.socket, frames: FrameReader, first: Frame, peer: int | None
@@ -843,8 +847,11 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Block the accept loop while max_connections are busy: further hooks wait in the
-        # backlog (backpressure) instead of being refused.
-        self.ingest._slots.acquire()
+        # backlog (backpressure) instead of being refused. A kept connection waiting for its
+        # next exchange gives its slot up to a new one.
+        if not self.ingest._slots.acquire(blocking=False):
+            self.ingest.reclaim_idle()
+            self.ingest._slots.acquire()
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -898,6 +905,8 @@ class IngestServer:
         #: connections being served (kept ones waiting for their next exchange included),
         #: against the CPUs this process may run on
         self._active = 0
+        #: kept connections waiting for their next exchange, longest-idle first
+        self._idle: dict[socket.socket, None] = {}
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
@@ -922,6 +931,24 @@ class IngestServer:
     def _connection(self, delta: int) -> None:
         with self._count_lock:
             self._active += delta
+
+    def _idle_connection(self, sock: socket.socket, idle: bool) -> None:
+        with self._count_lock:
+            if idle:
+                self._idle[sock] = None
+            else:
+                self._idle.pop(sock, None)
+
+    def reclaim_idle(self) -> bool:
+        """Close the longest-idle kept connection, if any (its hook opens a new one for its next
+        exchange); True when one was closed."""
+        with self._count_lock:
+            if not self._idle:
+                return False
+            sock = next(iter(self._idle))
+            del self._idle[sock]
+        _cut(sock)  # wakes its handler's read with end of stream; the slot is freed
+        return True
 
     def start(self) -> None:
         self._thread.start()

@@ -139,6 +139,27 @@ def test_a_connection_left_idle_past_the_keepalive_is_closed_and_replaced(
         srv.close()
 
 
+def test_kept_connections_give_their_slots_up_to_new_ones(tmp_path: Path) -> None:
+    """With every slot held by a kept idle connection, a new hook is served at once (not after
+    the keep-alive), and the hook whose connection was taken reconnects for its next one."""
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
+    gate = Gate(key=_KEY, public_pem=_pem(), admit=lambda s: Decision(Admission("accept", ())))
+    srv = IngestServer(tmp_path / "s.sock", store, gate, max_connections=2, keepalive_timeout=60.0)
+    srv.start()
+    try:
+        sinks = [SidecarSink(srv.path) for _ in range(3)]
+        _generate(sinks[0], "slot-0")
+        _generate(sinks[1], "slot-1")  # both slots now held by idle kept connections
+        start = time.monotonic()
+        _generate(sinks[2], "slot-2")
+        assert time.monotonic() - start < 10  # not the 60 s keep-alive
+        _generate(sinks[0], "slot-3")
+        _generate(sinks[1], "slot-4")
+        assert sorted(e.id for e in srv.store.committed()) == [f"slot-{i}" for i in range(5)]
+    finally:
+        srv.close()
+
+
 def test_a_start_racing_the_keepalive_close_goes_out_again_on_a_fresh_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
