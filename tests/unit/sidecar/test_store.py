@@ -393,3 +393,12 @@ def test_a_tail_that_cannot_be_switched_to_buffered_fails_the_commit(
     assert not list(tmp_path.iterdir())
     assert store._open_bytes == 0
     store.close()
+
+
+def test_an_index_orjson_cannot_write_is_written_by_json() -> None:
+    import json as _json
+
+    from samplerguard.sidecar.store import _index_bytes
+
+    for index in ({"seq": 1, "committedAt": 1.5e9, "id": "é"}, {"seq": 2**70}):
+        assert _json.loads(_index_bytes(index)) == index

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 import threading
@@ -212,3 +213,57 @@ def test_header_must_be_a_json_object(
     with pytest.raises(MalformedInputError, match="not JSON"):
         read(b)
     assert struct.calcsize("!2sBBIQ") == PREFIX.size == 16
+
+
+@pytest.fixture(params=["orjson", "json"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Frame headers as the sidecar parses them (orjson) and as the hook's pure-Python copy in
+    an app container does (json)."""
+    from samplerguard.hook import wire
+
+    if request.param == "json":
+        monkeypatch.setattr(wire, "_fast_loads", None)
+    return str(request.param)
+
+
+@pytest.mark.parametrize(
+    ("head", "match"),
+    [
+        (b"[1]", "not a JSON object"),
+        (b"{x:", "not JSON"),
+        (b"\xff\xfe{}", "not JSON"),
+        (b"[" * 5000 + b"]" * 5000, "nests too deeply"),
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nests too deeply"),
+    ],
+)
+def test_both_parsers_refuse_the_same_malformed_headers(
+    parser: str, head: bytes, match: str
+) -> None:
+    from samplerguard.hook.wire import _parse_header
+
+    with pytest.raises(MalformedInputError, match=match):
+        _parse_header(head)
+
+
+def test_both_parsers_read_a_hooks_header_alike(parser: str) -> None:
+    from samplerguard.hook.wire import _parse_header
+
+    doc = {
+        "index": 3,
+        "timestep": 999.5,
+        "state": {"s": {"float": (0.1).hex()}, "k": [1, None, True, "é"]},
+        "big": 2**63 - 1,
+        "small": 1e-7,
+    }
+    assert _parse_header(json.dumps(doc).encode()) == doc
+
+
+def test_orjson_refuses_what_json_would_let_through(parser: str) -> None:
+    """Non-standard literals: the sidecar (orjson) refuses them; json takes NaN."""
+    from samplerguard.hook.wire import _parse_header
+
+    if parser == "orjson":
+        with pytest.raises(MalformedInputError, match="not JSON"):
+            _parse_header(b'{"timestep": NaN}')
+    else:
+        assert math.isnan(_parse_header(b'{"timestep": NaN}')["timestep"])
