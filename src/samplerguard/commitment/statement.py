@@ -160,6 +160,18 @@ def commit(
     if not _REQUEST_ID.match(request_id):
         raise MalformedInputError(f"request id {request_id[:40]!r} is malformed")
     recipe = record.recipe
+    # what Commitment.verify holds a received statement to, checked on the parts
+    output = record.output_digest
+    if not output.startswith("sha256:") or not _HEX64.match(output.removeprefix("sha256:")):
+        raise MalformedInputError("statement subject has no sha256 digest")
+    if len(record.root) != 32:
+        raise MalformedInputError("predicate.root is not a 64-hex SHA-256")
+    if isinstance(record.tree_size, bool) or not 5 <= record.tree_size <= 4100:
+        raise MalformedInputError(f"predicate.treeSize {record.tree_size!r} is out of range")
+    if not isinstance(recipe, dict):
+        raise MalformedInputError("predicate.recipe is not an object")
+    if not isinstance(tenant, str) or len(tenant) > 128:
+        raise MalformedInputError("predicate.tenant is missing or malformed")
     predicate: dict[str, Any] = {
         "root": record.root.hex(),
         "treeSize": record.tree_size,
@@ -185,4 +197,15 @@ def commit(
     }
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
     envelope = sign_envelope(payload, key)
-    return Commitment._from_statement(envelope, statement)
+    # built here from checked parts: no need to parse it back (Commitment.verify does, for
+    # everyone who receives it), which canonicalised the recipe a second time per commit
+    return Commitment(
+        envelope=envelope,
+        statement=statement,
+        root=record.root,
+        tree_size=record.tree_size,
+        recipe=predicate["recipe"],
+        request_id=request_id,
+        tenant=tenant,
+        output_digest=record.output_digest,
+    )

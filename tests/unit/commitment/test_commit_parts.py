@@ -1,0 +1,76 @@
+"""``commit`` builds its Commitment from the parts it signed, without parsing the statement
+back: it must equal what anyone who receives the envelope gets from ``Commitment.verify``, and
+refuse the parts ``verify`` would refuse."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from samplerguard.commitment.state import SamplerState
+from samplerguard.commitment.statement import Commitment, commit
+from samplerguard.commitment.trajectory import TrajectoryBuilder
+from samplerguard.errors import MalformedInputError
+
+OUT = "sha256:" + "ab" * 32
+
+
+def _record(recipe: dict[str, object], steps: int = 2) -> object:
+    b = TrajectoryBuilder(recipe=recipe)
+    state = SamplerState(values={"i": 0})
+    b.initial(torch.zeros(2), state, "sha256:" + "0" * 64)
+    for i in range(steps):
+        b.step(i, 10.5 - i, torch.full((2,), float(i)), state)
+    b.final(torch.ones(2))
+    return b.finish(OUT)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"pipeline": "t", "steps": 2},
+        {"pipeline": "t", "guidance_scale": 7.5, "config": {"beta_end": 0.012, "k": 1.0}},
+        {"pipeline": "é", "steps": 2, "nested": {"list": [1, 2.5, None, True]}},
+    ],
+)
+def test_the_commitment_equals_what_its_receiver_verifies(recipe: dict[str, object]) -> None:
+    key = Ed25519PrivateKey.generate()
+    made = commit(
+        _record(recipe),  # type: ignore[arg-type]
+        key,
+        request_id="r-1",
+        tenant="tenant-a",
+        extra={"policy": "p"},
+    )
+    received = Commitment.verify(made.to_json(), key.public_key())
+    assert dataclasses.asdict(made) == dataclasses.asdict(received)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"output_digest": "sha256:" + "AB" * 32}, "no sha256 digest"),
+        ({"output_digest": "md5:" + "ab" * 16}, "no sha256 digest"),
+        ({"root": b"\0" * 31}, "64-hex"),
+        ({"leaves": [b"x"] * 4}, "out of range"),
+    ],
+)
+def test_parts_a_receiver_would_refuse_are_not_signed(
+    change: dict[str, object], match: str
+) -> None:
+    record = dataclasses.replace(_record({"pipeline": "t"}), **change)  # type: ignore[type-var]
+    with pytest.raises(MalformedInputError, match=match):
+        commit(record, Ed25519PrivateKey.generate(), request_id="r-1", tenant="t")  # type: ignore[arg-type]
+
+
+def test_an_overlong_tenant_is_not_signed() -> None:
+    with pytest.raises(MalformedInputError, match="tenant"):
+        commit(
+            _record({"pipeline": "t"}),  # type: ignore[arg-type]
+            Ed25519PrivateKey.generate(),
+            request_id="r-1",
+            tenant="t" * 129,
+        )
