@@ -117,3 +117,17 @@ def generate(
         )
     finally:
         recorder.close()
+
+
+def tiny_record(recipe: dict[str, Any], steps: int, output_digest: str) -> Any:
+    """A finished trajectory of 2-element tensors (a ``TrajectoryRecord``), to sign in tests."""
+    from samplerguard.commitment.state import SamplerState
+    from samplerguard.commitment.trajectory import TrajectoryBuilder
+
+    b = TrajectoryBuilder(recipe=recipe)
+    state = SamplerState(values={"i": 0})
+    b.initial(torch.zeros(2), state, "sha256:" + "0" * 64)
+    for i in range(steps):
+        b.step(i, 10 - i, torch.full((2,), float(i)), state)
+    b.final(torch.ones(2))
+    return b.finish(output_digest)

@@ -7,25 +7,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from samplerguard.commitment.state import SamplerState
 from samplerguard.commitment.statement import Commitment, commit
-from samplerguard.commitment.trajectory import TrajectoryBuilder
 from samplerguard.errors import MalformedInputError
+from tests.support.dataplane import tiny_record
 
 OUT = "sha256:" + "ab" * 32
 
 
 def _record(recipe: dict[str, object], steps: int = 2) -> object:
-    b = TrajectoryBuilder(recipe=recipe)
-    state = SamplerState(values={"i": 0})
-    b.initial(torch.zeros(2), state, "sha256:" + "0" * 64)
-    for i in range(steps):
-        b.step(i, 10.5 - i, torch.full((2,), float(i)), state)
-    b.final(torch.ones(2))
-    return b.finish(OUT)
+    return tiny_record(recipe, steps, OUT)
 
 
 @pytest.mark.parametrize(

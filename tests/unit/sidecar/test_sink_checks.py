@@ -9,23 +9,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from samplerguard.commitment.state import SamplerState
 from samplerguard.commitment.statement import Commitment, commit
-from samplerguard.commitment.trajectory import TrajectoryBuilder
 from samplerguard.errors import MalformedInputError
 from samplerguard.hook.recorder import TrajectoryRequest
 from samplerguard.hook.sidecar_sink import SidecarSink, _Session
+from tests.support.dataplane import tiny_record
 
 RECIPE = {"pipeline": "t", "steps": 3}
 OUT = "sha256:" + "1" * 64
 
 
 def _commitment(request_id: str = "r-1", steps: int = 3, recipe: dict = RECIPE) -> Commitment:  # type: ignore[type-arg]
-    b = TrajectoryBuilder(recipe=recipe)
-    state = SamplerState(values={"i": 0})
-    b.initial(torch.zeros(2), state, "sha256:" + "0" * 64)
-    for i in range(steps):
-        b.step(i, 10 - i, torch.full((2,), float(i)), state)
-    b.final(torch.ones(2))
-    record = b.finish(OUT)
+    record = tiny_record(recipe, steps, OUT)
     return commit(record, Ed25519PrivateKey.generate(), request_id=request_id, tenant="t")
 
 
