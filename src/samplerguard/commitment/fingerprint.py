@@ -45,7 +45,7 @@ def _static(device_kind: str, device_index: int) -> dict[str, Any]:
         name = platform.machine()
         capability = torch.backends.cpu.get_cpu_capability()
     return {
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: TorchVersion compares by parsing
         "diffusers": diffusers.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
