@@ -145,6 +145,9 @@ class SidecarSink:
         #: costs the sidecar no accept, thread start or first-frame timer (it closes them after
         #: its keep-alive timeout; a closed one is noticed before use)
         self._idle: list[socket.socket] = []
+        #: the process the idle connections belong to: a forked child (a server's worker
+        #: processes) inherits them, and must never write into its parent's streams
+        self._idle_pid = os.getpid()
         self._closed = False
         # a sink dropped without close() still closes the connections it kept
         weakref.finalize(self, _close_all, self._idle)
@@ -217,6 +220,7 @@ class SidecarSink:
         """A connection for the next exchange: an idle one still open, else a new one; and
         whether it was reused."""
         with self._lock:
+            self._leave_parents_connections()
             while self._idle:
                 sock = self._idle.pop()
                 if _open_and_quiet(sock):
@@ -224,9 +228,19 @@ class SidecarSink:
                 sock.close()
         return self._connect(), False
 
+    def _leave_parents_connections(self) -> None:
+        """In a forked child, drop the idle connections inherited from the parent (closing the
+        child's copies only: the parent's stay open for the parent)."""
+        if self._idle_pid != os.getpid():
+            for sock in self._idle:
+                sock.close()
+            self._idle.clear()
+            self._idle_pid = os.getpid()
+
     def _keep(self, sock: socket.socket) -> None:
         """Keep a connection whose exchange completed (up to ``idle_connections``)."""
         with self._lock:
+            self._leave_parents_connections()
             if not self._closed and len(self._idle) < self.idle_connections:
                 sock.settimeout(self.io_timeout)
                 self._idle.append(sock)

@@ -234,3 +234,30 @@ def test_a_committed_id_on_a_kept_connection_is_refused(server: IngestServer) ->
         assert not answer["ok"]
         assert _closed_by_peer(s)
     assert [e.id for e in server.store.committed()] == ["once"]
+
+
+def test_a_forked_child_never_uses_its_parents_kept_connection(server: IngestServer) -> None:
+    """A server's worker processes fork after the sink kept a connection: the child opens its
+    own, and the parent's stream stays the parent's."""
+    import os
+
+    sink = SidecarSink(server.path)
+    _generate(sink, "fork-parent-0")
+    kept = sink._idle[0]
+    pid = os.fork()
+    if pid == 0:  # the child: one trajectory on its own connection, then out
+        code = 1
+        try:
+            _generate(sink, "fork-child")
+            code = 0 if sink._idle and sink._idle[0] is not kept else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _generate(sink, "fork-parent-1")
+    assert sink._idle == [kept]  # the parent went on with its own connection
+    assert sorted(e.id for e in server.store.committed()) == [
+        "fork-child",
+        "fork-parent-0",
+        "fork-parent-1",
+    ]
