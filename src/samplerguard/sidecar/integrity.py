@@ -74,7 +74,7 @@ def scheduler_config_digest(path: Path) -> str:
 MAX_SOLVER_FILE = 4 << 20
 MAX_SOLVER_FILES = 64
 _MODULE = re.compile(r"^diffusers(\.[A-Za-z_][A-Za-z0-9_]*){1,6}$")
-_SOLVER_CACHE: dict[tuple[int, str, int, int, int], str] = {}
+_SOLVER_CACHE: dict[tuple[int, str, int, int, int, int], str] = {}
 
 
 def measure_solver(
@@ -86,7 +86,7 @@ def measure_solver(
     The digest is the one :func:`samplerguard.hook.solver.solver_code_digest` computes in the
     app: SHA-256 over the RFC 8785 JSON of ``{module: sha256 of its file}``. Files are read
     through ``/proc/<pid>/root``, so they are the files of the app's mount namespace, and their
-    digests are cached by inode, size and mtime."""
+    digests are cached by inode, size, modification and change time."""
     if files is None:
         return None, "the hook named no solver files"
     if not isinstance(files, Mapping) or not 0 < len(files) <= MAX_SOLVER_FILES:
@@ -114,7 +114,9 @@ def measure_solver(
             return None, f"cannot read the app's {path}: {exc.strerror}"
         try:
             st = os.fstat(fd)
-            key = (pid, path, st.st_ino, st.st_size, st.st_mtime_ns)
+            # the change time too: the app may write a file in place at the same size and set
+            # its mtime back (utimensat), but every write or utime moves the ctime
+            key = (pid, path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             digest = _SOLVER_CACHE.get(key)
             if digest is None:
                 if st.st_size > MAX_SOLVER_FILE:

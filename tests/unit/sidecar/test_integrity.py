@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,15 @@ def test_the_sidecar_hashes_the_solver_files_of_the_peer_itself(tmp_path: Path) 
     app_file.write_text("def step(): return 2  # patched\n")
     second, _ = measure_solver(4242, fake, proc=proc)
     assert first and second and first != second
+    # patched in place at the same size with its mtime set back: the change time still moves
+    before = app_file.stat()
+    time.sleep(0.01)
+    app_file.write_text("def step(): return 3  # patched\n")
+    os.utime(app_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert app_file.stat().st_mtime_ns == before.st_mtime_ns
+    assert app_file.stat().st_size == before.st_size
+    third, _ = measure_solver(4242, fake, proc=proc)
+    assert third and third != second
 
 
 @pytest.mark.parametrize(
