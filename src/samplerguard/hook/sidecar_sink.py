@@ -168,7 +168,7 @@ class SidecarSink:
                 if not reused:
                     raise
                 # the sidecar closed the idle connection as this request went out: once more
-                # on a fresh one (a seed request nobody answered issued nothing)
+                # on a fresh one (asked again before its START, a request id gets the same seed)
                 sock.close()
                 sock, reused = self._connect(), False
                 send_frame(
