@@ -191,7 +191,8 @@ def host_copy(t: torch.Tensor) -> torch.Tensor:
 #: the copy. See :func:`capture_state`.
 CopyMemo = dict[int, tuple[torch.Tensor, int, torch.Tensor]]
 #: smaller tensors are copied every time: below this, a copy costs less than the bookkeeping
-#: (on the CPU, 16 KiB: 15 us memoised against 12 us copied; 1 MiB: 64 us against 90 us)
+#: (a DPM++ 2M state capture on the CPU, memoised against copied: 2 KiB tensors 15 us against
+#: 12 us; 256 KiB 25 us against 28 us; 1 MiB 64 us against 90 us)
 MEMO_MIN_BYTES = 64 << 10
 
 

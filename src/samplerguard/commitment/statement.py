@@ -115,18 +115,9 @@ class Commitment:
         digest = subject.get("digest", {}).get("sha256") if isinstance(subject, dict) else None
         root_hex, size = pred.get("root"), pred.get("treeSize")
         recipe, request_id, tenant = pred.get("recipe"), pred.get("requestId"), pred.get("tenant")
-        if not (isinstance(digest, str) and _HEX64.match(digest)):
-            raise MalformedInputError("statement subject has no sha256 digest")
-        if not (isinstance(root_hex, str) and _HEX64.match(root_hex)):
-            raise MalformedInputError("predicate.root is not a 64-hex SHA-256")
-        if not (isinstance(size, int) and not isinstance(size, bool) and 5 <= size <= 4100):
-            raise MalformedInputError(f"predicate.treeSize {size!r} is out of range")
-        if not isinstance(recipe, dict):
-            raise MalformedInputError("predicate.recipe is not an object")
-        if not (isinstance(request_id, str) and _REQUEST_ID.match(request_id)):
-            raise MalformedInputError("predicate.requestId is missing or malformed")
-        if not isinstance(tenant, str) or len(tenant) > 128:
-            raise MalformedInputError("predicate.tenant is missing or malformed")
+        digest, root_hex, size, recipe, request_id, tenant = _check_parts(
+            digest, root_hex, size, recipe, request_id, tenant
+        )
         recipe_digest = "sha256:" + hashlib.sha256(canonical(recipe)).hexdigest()
         if pred.get("recipeDigest") != recipe_digest:
             raise VerificationError(
@@ -148,6 +139,37 @@ class Commitment:
         )
 
 
+#: the predicate fields commit() sets itself; ``extra`` may add others, never replace these
+_CORE_PREDICATE = frozenset(
+    {"root", "treeSize", "recipe", "recipeDigest", "modelDigest", "tenant", "requestId"}
+)
+
+
+def _check_parts(
+    digest: object,
+    root_hex: object,
+    size: object,
+    recipe: object,
+    request_id: object,
+    tenant: object,
+) -> tuple[str, str, int, dict[str, Any], str, str]:
+    """What a commitment's statement must hold: the output's sha256 (hex), the root (hex), a
+    tree size in range, a recipe object, the request id and the tenant; returned as checked."""
+    if not (isinstance(digest, str) and _HEX64.match(digest)):
+        raise MalformedInputError("statement subject has no sha256 digest")
+    if not (isinstance(root_hex, str) and _HEX64.match(root_hex)):
+        raise MalformedInputError("predicate.root is not a 64-hex SHA-256")
+    if not (isinstance(size, int) and not isinstance(size, bool) and 5 <= size <= 4100):
+        raise MalformedInputError(f"predicate.treeSize {size!r} is out of range")
+    if not isinstance(recipe, dict):
+        raise MalformedInputError("predicate.recipe is not an object")
+    if not (isinstance(request_id, str) and _REQUEST_ID.match(request_id)):
+        raise MalformedInputError("predicate.requestId is missing or malformed")
+    if not isinstance(tenant, str) or len(tenant) > 128:
+        raise MalformedInputError("predicate.tenant is missing or malformed")
+    return digest, root_hex, size, recipe, request_id, tenant
+
+
 def commit(
     record: Tree,
     key: Ed25519PrivateKey,
@@ -160,18 +182,21 @@ def commit(
     if not _REQUEST_ID.match(request_id):
         raise MalformedInputError(f"request id {request_id[:40]!r} is malformed")
     recipe = record.recipe
-    # what Commitment.verify holds a received statement to, checked on the parts
     output = record.output_digest
-    if not output.startswith("sha256:") or not _HEX64.match(output.removeprefix("sha256:")):
-        raise MalformedInputError("statement subject has no sha256 digest")
-    if len(record.root) != 32:
-        raise MalformedInputError("predicate.root is not a 64-hex SHA-256")
-    if isinstance(record.tree_size, bool) or not 5 <= record.tree_size <= 4100:
-        raise MalformedInputError(f"predicate.treeSize {record.tree_size!r} is out of range")
-    if not isinstance(recipe, dict):
-        raise MalformedInputError("predicate.recipe is not an object")
-    if not isinstance(tenant, str) or len(tenant) > 128:
-        raise MalformedInputError("predicate.tenant is missing or malformed")
+    # the checks Commitment.verify holds a received statement to, on the parts signed here
+    _check_parts(
+        output.removeprefix("sha256:") if output.startswith("sha256:") else None,
+        record.root.hex(),
+        record.tree_size,
+        recipe,
+        request_id,
+        tenant,
+    )
+    if extra and not _CORE_PREDICATE.isdisjoint(extra):
+        raise MalformedInputError(
+            f"extra predicate fields {sorted(_CORE_PREDICATE & set(extra))} would replace the "
+            "commitment's own"
+        )
     predicate: dict[str, Any] = {
         "root": record.root.hex(),
         "treeSize": record.tree_size,

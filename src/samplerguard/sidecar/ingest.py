@@ -704,17 +704,11 @@ class _Handler(socketserver.BaseRequestHandler):
             sock, buffer_size=ingest.receive_buffer, buffers=ingest.receive_buffers
         )
         try:
-            first = frames.read(max_body=ingest.max_start_bytes)
-        except WireClosedError:
-            return
-        except (TimeoutError, OSError) as exc:
-            log.warning("hook connection failed: %s", type(exc).__name__)
-            return
-        except (SamplerGuardError, ValueError) as exc:
-            self._refuse(sock, None, exc)
-            return
+            first = self._first_frame(sock, frames, kept=False)
         finally:
             deadline.cancel()
+        if first is None:
+            return
         peer = _peer_pid(sock)
         ingest._connection(1)
         try:
@@ -735,17 +729,31 @@ class _Handler(socketserver.BaseRequestHandler):
             sock.settimeout(ingest.keepalive_timeout)
             ingest._idle_connection(sock, True)
             try:
-                first = frames.read(max_body=ingest.max_start_bytes)
-            except (WireClosedError, TimeoutError):
-                return  # the hook closed its idle connection, or left it idle too long
-            except OSError as exc:
-                log.warning("hook connection failed: %s", type(exc).__name__)
-                return
-            except (SamplerGuardError, ValueError) as exc:
-                self._refuse(sock, None, exc)
-                return
+                next_first = self._first_frame(sock, frames, kept=True)
             finally:
                 ingest._idle_connection(sock, False)
+            if next_first is None:
+                return
+            first = next_first
+
+    def _first_frame(self, sock: socket.socket, frames: FrameReader, *, kept: bool) -> Frame | None:
+        """The first frame of an exchange, or None when the connection ends here: closed by
+        the hook, failed, or refused with an answer. On a ``kept`` connection a timeout is the
+        keep-alive running out, not a failure."""
+        try:
+            return frames.read(max_body=self.server.ingest.max_start_bytes)
+        except WireClosedError:
+            return None
+        except TimeoutError:
+            if not kept:
+                log.warning("hook connection failed: TimeoutError")
+            return None
+        except OSError as exc:
+            log.warning("hook connection failed: %s", type(exc).__name__)
+            return None
+        except (SamplerGuardError, ValueError) as exc:
+            self._refuse(sock, None, exc)
+            return None
 
     def _exchange(
         self, sock: socket.socket, frames: FrameReader, first: Frame, peer: int | None

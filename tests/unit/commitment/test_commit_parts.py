@@ -58,11 +58,17 @@ def test_parts_a_receiver_would_refuse_are_not_signed(
         commit(record, Ed25519PrivateKey.generate(), request_id="r-1", tenant="t")  # type: ignore[arg-type]
 
 
-def test_an_overlong_tenant_is_not_signed() -> None:
-    with pytest.raises(MalformedInputError, match="tenant"):
-        commit(
-            _record({"pipeline": "t"}),  # type: ignore[arg-type]
-            Ed25519PrivateKey.generate(),
-            request_id="r-1",
-            tenant="t" * 129,
-        )
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"tenant": "t" * 129}, "tenant"),
+        # the result is built from the parts, so the signed predicate must carry those parts
+        ({"extra": {"root": "00" * 32}}, "would replace"),
+    ],
+)
+def test_a_bad_tenant_or_an_extra_field_replacing_a_part_is_not_signed(
+    arguments: dict[str, object], match: str
+) -> None:
+    kwargs: dict[str, object] = {"request_id": "r-1", "tenant": "t", **arguments}
+    with pytest.raises(MalformedInputError, match=match):
+        commit(_record({"pipeline": "t"}), Ed25519PrivateKey.generate(), **kwargs)  # type: ignore[arg-type]
