@@ -52,6 +52,7 @@ CHECKS: frozenset[str] = frozenset(
         "escrow",  # the seed escrow: recipient, tenant, request and keys
         "malformed",  # a transcript or opening from the prover that does not parse
         "policy",  # the committed recipe against the policy
+        "ticket",  # the gateway's request ticket: signer, request, tenant, lifetime
     }
 )
 

@@ -26,6 +26,7 @@ HOOK_API = [
     "install",
     "install_from_env",
     "instrument",
+    "ticketed",
 ]
 
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from samplerguard.commitment import jcs
 from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.ticket import ticket_digest
 from samplerguard.errors import MalformedInputError, VerificationError
 
 __all__ = [
@@ -84,6 +85,7 @@ def verify_response(
     *,
     request: Mapping[str, Any],
     output: bytes,
+    ticket: Mapping[str, Any] | None = None,
 ) -> Commitment:
     """What a consumer checks about a response, with what it holds: the commitment envelope
     (JSON), the sidecar's public key, its own request parameters and the output bytes.
@@ -91,7 +93,9 @@ def verify_response(
     Raises :class:`VerificationError` naming the failed check (or
     :class:`MalformedInputError` for input that is not a commitment at all); returns the
     verified commitment. It proves the response is *committed* to this request and output; the
-    verifier's challenges prove the committed trajectory was computed as declared.
+    verifier's challenges prove the committed trajectory was computed as declared. A gateway that
+    issued a request ``ticket`` (:mod:`samplerguard.commitment.ticket`) also checks that the
+    commitment binds that very ticket.
     """
     # (1): the sidecar's signature
     c = Commitment.verify(commitment, public_key)
@@ -127,7 +131,20 @@ def verify_response(
             f"and {request['guidanceScale']!r}",
             check="request-binding",
         )
-    # (5): the output received is the output committed
+    # (5): the gateway's own ticket, when it issued one
+    if ticket is not None:
+        bound = c.predicate.get("requestTicket")
+        want_ticket = ticket_digest(ticket)
+        got_ticket = bound.get("digest") if isinstance(bound, dict) else None
+        if got_ticket != want_ticket:
+            raise VerificationError(
+                "request binding: the commitment does not bind the gateway's request ticket "
+                f"({str(got_ticket)[:23]}…, expected {want_ticket[:23]}…)",
+                check="ticket",
+                found=str(got_ticket),
+                expected=want_ticket,
+            )
+    # (6): the output received is the output committed
     got_out = "sha256:" + hashlib.sha256(output).hexdigest()
     if got_out != c.output_digest:
         raise VerificationError(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from samplerguard.families import UnsupportedPipeline
-    from samplerguard.hook.auto import install, install_from_env
+    from samplerguard.hook.auto import install, install_from_env, ticketed
     from samplerguard.hook.local import LocalSink
     from samplerguard.hook.pipelines import InstrumentedPipeline, RecordedOutput, instrument
     from samplerguard.hook.recorder import (
@@ -45,6 +45,7 @@ _OWNERS = {
     "install": "samplerguard.hook.auto",
     "install_from_env": "samplerguard.hook.auto",
     "instrument": "samplerguard.hook.pipelines",
+    "ticketed": "samplerguard.hook.auto",
 }
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "install",
     "install_from_env",
     "instrument",
+    "ticketed",
 ]
 
 

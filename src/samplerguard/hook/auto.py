@@ -23,6 +23,7 @@ and returns the unrecorded output, marked unverified). Failing closed is the def
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -39,7 +40,7 @@ from samplerguard.hook.pipelines import instrument
 from samplerguard.hook.recorder import Recorder, RecordingError, TrajectoryRequest
 from samplerguard.policy.spec import KNOWN_SAMPLERS
 
-__all__ = ["install", "install_from_env", "request_for"]
+__all__ = ["install", "install_from_env", "request_for", "ticketed"]
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,31 @@ for _sid, _cls in KNOWN_SAMPLERS.items():
     _SAMPLER_IDS.setdefault(_cls, _sid)
 
 
+_TICKET: contextvars.ContextVar[tuple[dict[str, Any], str] | None] = contextvars.ContextVar(
+    "samplerguard_ticket", default=None
+)
+
+
+@contextlib.contextmanager
+def ticketed(ticket: Mapping[str, Any] | str | bytes) -> Iterator[str]:
+    """Run the pipeline calls inside under the gateway's request ticket (the DSSE envelope
+    the gateway sent with the request, as a JSON object or text). The call is recorded under
+    the ticket's request id, the ticket goes to the sidecar with its seed request and START, and
+    a policy requiring tickets accepts it. Yields the request id. One ticket is good for one
+    generation: a second call inside the same block is refused by the sidecar."""
+    from samplerguard.commitment.ticket import read_ticket
+
+    doc, named = read_ticket(dict(ticket) if isinstance(ticket, Mapping) else ticket)
+    token = _TICKET.set((doc, str(named["requestId"])))
+    try:
+        yield str(named["requestId"])
+    finally:
+        _TICKET.reset(token)
+
+
 def request_for(pipe: Any, kwargs: Mapping[str, Any], tenant: str) -> TrajectoryRequest:
-    """The public facts of one call, read from the pipeline and its arguments."""
+    """The public facts of one call, read from the pipeline and its arguments (and the
+    request id of the :func:`ticketed` block it runs in)."""
     from samplerguard.commitment.digest import module_digest
 
     name = type(pipe).__name__
@@ -68,8 +92,11 @@ def request_for(pipe: Any, kwargs: Mapping[str, Any], tenant: str) -> Trajectory
     cfg = kwargs.get("guidance_scale", _default(sig, "guidance_scale"))
     if not isinstance(steps, int) or isinstance(cfg, bool) or not isinstance(cfg, int | float):
         raise RecordingError(f"{name}: num_inference_steps and guidance_scale must be numbers")
+    active = _TICKET.get()
+    ticket, request_id = active if active is not None else (None, f"req-{uuid.uuid4().hex}")
     return TrajectoryRequest(
-        request_id=f"req-{uuid.uuid4().hex}",
+        request_id=request_id,
+        ticket=ticket,
         tenant=tenant,
         pipeline=family.name,
         model_name=str(getattr(pipe, "name_or_path", None) or name),
@@ -94,7 +121,7 @@ def _request_noise(recorder: Recorder, req: TrajectoryRequest) -> Iterator[Traje
     request_noise = getattr(recorder.sink, "request_noise", None)
     if request_noise is None:
         raise RecordingError(f"{mode} noise needs the sidecar sink, which issues the seeds")
-    noise = request_noise(req.tenant, req.request_id, mode)
+    noise = request_noise(req.tenant, req.request_id, mode, ticket=req.ticket)
     try:
         with noise_from(noise.noise_fn()):
             yield dataclasses.replace(req, rng_mode=noise.mode)

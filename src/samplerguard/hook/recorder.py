@@ -45,6 +45,7 @@ from samplerguard.commitment.state import (
     schedule_digest,
 )
 from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.ticket import read_ticket
 from samplerguard.commitment.trajectory import TrajectoryRecord
 from samplerguard.errors import MalformedInputError, SamplerGuardError
 
@@ -87,9 +88,20 @@ class TrajectoryRequest:
     params: Mapping[str, Any] | None = None
     #: The pipeline's ``output_type``: how the output bytes are derived from the final latent.
     output_type: str = "pt"
+    #: The gateway's request ticket for this request (a DSSE envelope, see
+    #: :mod:`samplerguard.commitment.ticket`): sent with START, where a policy requiring
+    #: tickets checks it. It must name this request id and tenant.
+    ticket: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_request_fields(self)
+        if self.ticket is not None:
+            _, named = read_ticket(self.ticket)
+            if (named["requestId"], named["tenant"]) != (self.request_id, self.tenant):
+                raise MalformedInputError(
+                    f"the request ticket is for request {named['requestId'][:64]!r} of tenant "
+                    f"{named['tenant'][:64]!r}, not {self.request_id!r} of {self.tenant!r}"
+                )
         if self.params is None:
             return
         params = check_request_params(self.params)

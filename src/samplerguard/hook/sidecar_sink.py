@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,17 +153,26 @@ class SidecarSink:
         # a sink dropped without close() still closes the connections it kept
         weakref.finalize(self, _close_all, self._idle)
 
-    def request_noise(self, tenant: str, request_id: str, mode: str = "ctr-drbg") -> RequestNoise:
+    def request_noise(
+        self,
+        tenant: str,
+        request_id: str,
+        mode: str = "ctr-drbg",
+        *,
+        ticket: Mapping[str, Any] | None = None,
+    ) -> RequestNoise:
         """The request's noise source, from the seed the sidecar issues (``SEED``). Call it
         before the generation draws anything; the sidecar escrows the seed to the verifier and
-        binds the escrow into the request's commitment. Raises :class:`SidecarRefusedError`
-        when the sidecar issues no seeds or refuses the request id."""
+        binds the escrow into the request's commitment. Under a policy that requires request
+        tickets, pass the gateway's ``ticket`` for this request. Raises
+        :class:`SidecarRefusedError` when the sidecar issues no seeds or refuses the request."""
+        header: dict[str, Any] = {"requestId": request_id, "tenant": tenant, "rngMode": mode}
+        if ticket is not None:
+            header["ticket"] = dict(ticket)
         sock, reused = self._take()
         try:
             try:
-                send_frame(
-                    sock, FRAME_SEED, {"requestId": request_id, "tenant": tenant, "rngMode": mode}
-                )
+                send_frame(sock, FRAME_SEED, header)
                 reply = self._reply(sock, f"the seed of request {request_id}")
             except (TemporaryError, OSError):
                 if not reused:
@@ -171,9 +181,7 @@ class SidecarSink:
                 # on a fresh one (asked again before its START, a request id gets the same seed)
                 sock.close()
                 sock, reused = self._connect(), False
-                send_frame(
-                    sock, FRAME_SEED, {"requestId": request_id, "tenant": tenant, "rngMode": mode}
-                )
+                send_frame(sock, FRAME_SEED, header)
                 reply = self._reply(sock, f"the seed of request {request_id}")
         except BaseException:
             sock.close()
@@ -370,6 +378,8 @@ class SidecarSink:
             escrow = self._escrows.pop(req.request_id, None)
         if escrow is not None:
             header["seedEscrow"] = escrow
+        if req.ticket is not None:
+            header["ticket"] = dict(req.ticket)
         tensors = [("latent", begin.latent), *_state_tensors("state/", begin.state)]
         tensors += [(f"cond/{k}", v) for k, v in sorted(begin.conditioning.items())]
         self._send(sess, FRAME_START, header, tensors)

@@ -12,6 +12,7 @@ import fnmatch
 import re
 from typing import Annotated, Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import (
     BaseModel,
@@ -200,6 +201,13 @@ def _cel_config(*rules: tuple[str, str]) -> ConfigDict:
         use_attribute_docstrings=True,
         json_schema_extra=_cel(*rules),
     )
+
+
+#: A list whose items are keyed by ``name``: the API server refuses two items of one name.
+_NAMED_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+}
 
 
 # --- images and who must sign them ------------------------------------------------------------
@@ -392,10 +400,7 @@ class ImageRule(_Model):
         Field(
             min_length=1,
             max_length=8,
-            json_schema_extra={
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["name"],
-            },
+            json_schema_extra=_NAMED_LIST,
         ),
     ]
     """The signers; names are unique (the API server refuses duplicates)."""
@@ -662,6 +667,61 @@ class GoldenDigests(_Model):
     with the serving image's diffusers version."""
 
 
+class TicketSigner(_Model):
+    """A gateway's key for request tickets."""
+
+    model_config = _cel_config(
+        (
+            "self.publicKey.contains('-----BEGIN PUBLIC KEY-----') && "
+            "self.publicKey.contains('-----END PUBLIC KEY-----')",
+            "publicKey must be a PEM public key (-----BEGIN PUBLIC KEY----- ... "
+            "-----END PUBLIC KEY-----)",
+        ),
+    )
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")]
+    """A name for the key (the gateway it belongs to), shown in messages."""
+    public_key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    """The gateway's Ed25519 public key, PEM (``samplerguard ticket keygen`` writes one)."""
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, value: str) -> str:
+        try:
+            key = load_pem_public_key(value.encode())
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"publicKey is not a PEM public key: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"ticket keys are Ed25519, got {type(key).__name__.lstrip('_')}")
+        return value
+
+
+class TicketRule(_Model):
+    """Requests must carry a ticket signed by the consumer's gateway (see ``samplerguard
+    ticket``): the sidecar issues a seed, and commits a trajectory, only for a request id a
+    gateway ticketed, once. The provider can then no longer invent request ids to draw seeds
+    under and keep the draw it likes."""
+
+    signers: Annotated[
+        list[TicketSigner],
+        Field(
+            min_length=1,
+            max_length=8,
+            json_schema_extra=_NAMED_LIST,
+        ),
+    ]
+    """The gateways' keys; a ticket signed by any one of them is accepted."""
+    max_lifetime_seconds: Annotated[int, Field(ge=10, le=86400)] = 600
+    """The longest a ticket may live (expiresAt - issuedAt): a longer-lived one is refused."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TicketRule:
+        names = [s.name for s in self.signers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ticket signer names repeat: {names}")
+        return self
+
+
 class RngRule(_Model):
     mode: Literal["ctr-drbg", "hmac-drbg", "framework"] = "ctr-drbg"
     """Where the noise comes from: ctr-drbg or hmac-drbg (NIST SP 800-90A, per request, seeded by
@@ -670,6 +730,8 @@ class RngRule(_Model):
     """Require the request seed escrowed to the verifier's X25519 key."""
     health_checks: bool = True
     """Run the seed-vector health checks before generation."""
+    tickets: TicketRule | None = None
+    """Require a gateway-signed request ticket with every request (unset: none required)."""
 
 
 class CanaryCase(_Model):
@@ -938,10 +1000,7 @@ class SamplerPolicySpec(_Model):
         list[AttestationRule],
         Field(
             max_length=32,
-            json_schema_extra={
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["name"],
-            },
+            json_schema_extra=_NAMED_LIST,
         ),
     ] = []
     """Attestations (SLSA provenance and others) the image must carry; names are unique."""

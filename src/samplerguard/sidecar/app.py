@@ -125,6 +125,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             "commitment": doc["envelope"],
             "quarantine": doc.get("quarantine", []),
             "seedEscrow": doc.get("seedEscrow"),
+            "ticket": doc.get("ticket"),
             "steps": len(doc["steps"]),
         }
 

@@ -81,12 +81,18 @@ class StartRequest:
     #: it lives in a process namespace this sidecar cannot see
     peer_pid: int | None = None
     solver_files: dict[str, Any] | None = None
+    #: the gateway's request ticket (a DSSE envelope) as the hook sent it, unchecked
+    ticket: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
     admission: Admission
     predicate: dict[str, Any] = field(default_factory=dict)
+
+
+#: (ticket envelope or None, tenant, request id) -> None, or raises the refusal
+TicketCheck = Callable[[object, str, str], None]
 
 
 class Gate:
@@ -101,9 +107,13 @@ class Gate:
         committed: Callable[[StartRequest, Commitment, Decision], None] | None = None,
         refused: Callable[[StartRequest | None, str], None] | None = None,
         seeds: SeedIssuer | None = None,
+        ticket: TicketCheck | None = None,
     ) -> None:
         #: the sidecar-held DRBG: when set, the sidecar issues every DRBG request's seed
         self.seeds = seeds
+        #: checks a request's ticket against the policy before its seed is issued: raises
+        #: when the policy refuses the request (see ``Sidecar.check_ticket``)
+        self.ticket = ticket
         self.key = key
         self.public_pem = public_pem
         self.admit = admit
@@ -370,6 +380,15 @@ def _digester(spare_core: Callable[[], bool]) -> _InlineDigester:
     return _InlineDigester(DIGEST_THREAD_AFTER if threaded else None, spare_core)
 
 
+def _ticket(header: dict[str, Any]) -> dict[str, Any] | None:
+    """The request ticket a SEED or START carries (None: none); its shape and signature are
+    checked against the policy by the gate."""
+    ticket = header.get("ticket")
+    if ticket is None or isinstance(ticket, dict):
+        return ticket
+    raise MalformedInputError("the request ticket is not a JSON object (a DSSE envelope)")
+
+
 def _request_params(
     params: object, recipe: dict[str, Any], start: StartRequest
 ) -> dict[str, Any] | None:
@@ -463,6 +482,7 @@ class _Trajectory:
             seed_escrow=escrow if isinstance(escrow, dict) else None,
             peer_pid=peer_pid,
             solver_files=header.get("solverFiles"),
+            ticket=_ticket(header),
         )
         self.params = _request_params(header.get("requestParams"), recipe, self.start)
         self.decision = server.gate.admit(self.start)
@@ -624,6 +644,7 @@ class _Trajectory:
             quarantine=list(self.decision.admission.reasons),
             seedEscrow=self.start.seed_escrow,
             request=self.params,
+            ticket=self.start.ticket,
         )
         self.writer.commit(self.index, fsync=self.server.fsync)
         # claimed once committed, not at START: a refused or interrupted stream may be retried;
@@ -663,6 +684,9 @@ def _issue_seed(ingest: IngestServer, frame: Frame) -> dict[str, Any]:
     request_id = _str(header, "requestId", 128)
     tenant = _str(header, "tenant", 128)
     ingest.ledger.check(request_id)
+    if ingest.gate.ticket is not None:
+        # before the seed exists: an unticketed request id never claims one
+        ingest.gate.ticket(_ticket(header), tenant, request_id)
     issued = seeds.issue(tenant, request_id, _str(header, "rngMode", 32))
     seed = issued.seed
     return {

@@ -13,7 +13,8 @@ from typing import Any
 
 from samplerguard.commitment.dsse import keyid
 from samplerguard.commitment.statement import Commitment
-from samplerguard.errors import MalformedInputError, PolicyError, TemporaryError
+from samplerguard.commitment.ticket import Ticket, TicketSigners, verify_ticket
+from samplerguard.errors import MalformedInputError, PolicyError, TemporaryError, VerificationError
 from samplerguard.policy.load import load_policy, report_policy_name
 from samplerguard.policy.schedule import schedule_id
 from samplerguard.policy.spec import GoldenDigests, SamplerPolicySpec
@@ -109,6 +110,7 @@ class Sidecar:
             committed=self._committed,
             refused=self._refused,
             seeds=_seed_issuer(cfg, self._drbg_secret_changed),
+            ticket=self.check_ticket,
         )
         self.ingest = IngestServer(
             cfg.socket,
@@ -289,11 +291,17 @@ class Sidecar:
             peer_pid=start.peer_pid,
             solver_files=start.solver_files,
         )
+        checks += ["integrity"] * len(problems)
         if self.spec is not None and self.spec.rng.escrow and start.seed_escrow is None:
             problems.append("the policy requires a seed escrow; the request carries none")
             checks.append("seed")
+        ticket, unticketed = self._ticket(
+            start.ticket, start.tenant, start.request_id, start.recipe.get("request")
+        )
+        if unticketed is not None:
+            problems.append(unticketed)
+            checks.append("ticket")
         if problems:
-            checks += ["integrity"] * (len(problems) - checks.count("seed"))
             if self.spec is not None and self.spec.mode == "enforce":
                 self._record_violations(checks, "rejected")
                 raise RequestRefusedError("; ".join(problems), checks=tuple(checks))
@@ -311,11 +319,55 @@ class Sidecar:
             predicate["policy"] = self.policy_name
         if start.seed_escrow is not None:
             predicate["seedEscrowDigest"] = escrow_digest(start.seed_escrow)
+        if ticket is not None:
+            predicate["requestTicket"] = {"digest": ticket.digest, "signer": ticket.signer}
         if self.telemetry is not None:
             self._record_request(start, beacon)
         if len(self._started) < 4096:  # trajectories in flight; more means FINISHes were lost
             self._started[start.request_id] = time.monotonic()
         return Decision(admission, predicate)
+
+    def check_ticket(self, envelope: object, tenant: str, request_id: str) -> None:
+        """Before a seed is issued: a policy that requires tickets in enforce mode refuses a
+        request without a valid one (under warn and audit the seed is issued and the START,
+        which checks the ticket again, is quarantined)."""
+        _, problem = self._ticket(envelope, tenant, request_id, None, check_request=False)
+        if problem is not None and self.spec is not None and self.spec.mode == "enforce":
+            self._record_violations(["ticket"], "rejected")
+            raise RequestRefusedError(problem, checks=("ticket",))
+
+    def _ticket(
+        self,
+        envelope: object,
+        tenant: str,
+        request_id: str,
+        request: object,
+        *,
+        check_request: bool = True,
+    ) -> tuple[Ticket | None, str | None]:
+        """The request's verified ticket and None, or None and why it is not acceptable; (None,
+        None) when the policy requires no tickets."""
+        rule = self.spec.rng.tickets if self.spec is not None else None
+        if rule is None:
+            return None, None
+        if envelope is None:
+            return None, (
+                "the policy requires a request ticket signed by the consumer's gateway; the "
+                "request carries none"
+            )
+        try:
+            ticket = verify_ticket(
+                envelope,
+                TicketSigners.of(rule),
+                tenant=tenant,
+                request_id=request_id,
+                request_digest=request if isinstance(request, str) else None,
+                check_request=check_request,
+                now=time.time(),
+            )
+        except (VerificationError, MalformedInputError) as exc:
+            return None, str(exc)
+        return ticket, None
 
     def _record_violations(self, checks: list[str], action: str) -> None:
         if self.telemetry is not None:

@@ -94,7 +94,17 @@ VERIFICATION_REASONS: frozenset[str] = CHECKS | frozenset(
 )
 #: Recipe checks the sidecar enforces.
 POLICY_CHECKS: frozenset[str] = frozenset(
-    {"guidance", "steps", "schedule", "sampler", "rng", "prediction_type", "integrity", "seed"}
+    {
+        "guidance",
+        "steps",
+        "schedule",
+        "sampler",
+        "rng",
+        "prediction_type",
+        "integrity",
+        "seed",
+        "ticket",
+    }
 )
 # -> SamplerPolicySpec.mode: enforce rejects, warn and audit let the request through.
 POLICY_ACTIONS: frozenset[str] = frozenset({"rejected", "quarantined", "warned", "audited"})

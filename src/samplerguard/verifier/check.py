@@ -35,6 +35,7 @@ from samplerguard.commitment.challenge import (
 from samplerguard.commitment.fingerprint import build_fingerprint
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.statement import Commitment
+from samplerguard.commitment.ticket import TicketSigners, verify_ticket
 from samplerguard.commitment.transcript import Transcript
 from samplerguard.errors import MalformedInputError, TemporaryError, VerificationError
 from samplerguard.policy.conformance import recipe_violations
@@ -121,7 +122,7 @@ class Checker:
         if isinstance(commitment, Judgement):
             return commitment
         # (3): the recipe, once per trajectory, held to the policy by the verifier itself
-        problems = self._recipe(case, commitment)
+        problems = self._recipe(case, commitment, doc.get("ticket"))
         if isinstance(problems, Judgement):
             return problems
         # (4): challenge decision and steps (k windows of w), drawn only now that the signed
@@ -160,9 +161,10 @@ class Checker:
             )
         return commitment
 
-    def _recipe(self, case: _Case, commitment: Commitment) -> list[str] | Judgement:
-        """(3): one ``recipe`` result; returns the recipe's problems (policy violations and the
-        sidecar's quarantine reasons), or the failure when the policy enforces them."""
+    def _recipe(self, case: _Case, commitment: Commitment, ticket: object) -> list[str] | Judgement:
+        """(3): one ``recipe`` result; returns the recipe's problems (policy violations, the
+        request ticket a policy requires, the sidecar's quarantine reasons), or the failure when
+        the policy enforces them."""
         recipe = commitment.recipe
         raw_config = recipe.get("scheduler_config")
         config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
@@ -175,13 +177,15 @@ class Checker:
             **case.ids,
         }
         violations = recipe_violations(self.spec, recipe, str(recipe.get("rng", "framework")))
+        unticketed = self._ticket_problem(commitment, ticket)
+        if unticketed is not None:
+            violations.append(("ticket", unticketed))
         problems = [m for _, m in violations] + [str(q) for q in quarantine]
         if violations and self.spec.mode == "enforce":
             message = "recipe out of policy: " + "; ".join(problems)
-            self._observe("fail", None, "policy")
-            fail = self._result(
-                case.target, "recipe", "fail", message, check="policy", **case.common
-            )
+            check = "ticket" if unticketed is not None else "policy"
+            self._observe("fail", None, check)
+            fail = self._result(case.target, "recipe", "fail", message, check=check, **case.common)
             return Judgement(case.root, [fail], True, "fail")
         message = (
             ("out of policy (quarantined): " + "; ".join(problems))
@@ -191,6 +195,31 @@ class Checker:
         verdict = "warn" if problems else "pass"
         case.results.append(self._result(case.target, "recipe", verdict, message, **case.common))
         return problems
+
+    def _ticket_problem(self, commitment: Commitment, envelope: object) -> str | None:
+        """Under a policy requiring request tickets: why this trajectory's ticket does not hold
+        (none kept, not the one the commitment binds, not signed by a policy signer, for
+        another request, tenant or request parameters), or None. Its lifetime was the
+        sidecar's to check at the time; here only the cap is."""
+        rule = self.spec.rng.tickets
+        if rule is None:
+            return None
+        bound = commitment.predicate.get("requestTicket")
+        if envelope is None or not isinstance(bound, dict):
+            return "request ticket: the policy requires one and the trajectory has none"
+        try:
+            ticket = verify_ticket(
+                envelope,
+                TicketSigners.of(rule),
+                tenant=commitment.tenant,
+                request_id=commitment.request_id,
+                request_digest=_str_or_none(commitment.recipe.get("request")),
+            )
+        except (VerificationError, MalformedInputError) as exc:
+            return str(exc)
+        if ticket.digest != bound.get("digest"):
+            return "request ticket: the ticket kept is not the one the commitment binds"
+        return None
 
     def _draw(self, key: str, n: int, quarantined: bool) -> list[int]:
         """(4): the challenged steps, or none; the service journals the draw under ``key``."""
@@ -438,3 +467,7 @@ def _fields(exc: VerificationError | MalformedInputError) -> dict[str, str]:
         return {"check": "malformed"}
     fields = {"check": exc.check or "other", "found": exc.found, "expected": exc.expected}
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -8,6 +8,7 @@ it demonstrates.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -24,10 +25,13 @@ import pytest
 import torch
 import yaml
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from kubernetes import client as k8s
 
 from samplerguard.commitment.digest import output_bytes
+from samplerguard.commitment.request import request_digest
+from samplerguard.commitment.ticket import issue_ticket, ticket_digest
 from samplerguard.demo.services import (
     ServiceProcess,
     make_token,
@@ -77,6 +81,8 @@ def _generate(
     seed_from_sidecar: bool = False,
     tenant: str = TENANT,
     escrow: dict[str, Any] | None = None,
+    ticket: dict[str, Any] | None = None,
+    labels: list[int] = LABELS,
 ) -> Any:
     """One Euler digits request through the real hook's plain-loop API and ``SidecarSink``;
     returns the commitment (``None`` when the sidecar refused it). With ``seed_from_sidecar``
@@ -89,7 +95,7 @@ def _generate(
     if escrow is not None:
         sink.attach_escrow(request_id, json.dumps(escrow))
     if seed_from_sidecar:
-        noise = sink.request_noise(tenant, request_id)
+        noise = sink.request_noise(tenant, request_id, ticket=ticket)
         first = noise.randn(SHAPE)
         noise.close()
     else:
@@ -98,7 +104,7 @@ def _generate(
     params = {
         "requestId": request_id,
         "tenant": tenant,
-        "classLabels": LABELS,
+        "classLabels": labels,
         "steps": STEPS,
         "guidanceScale": 3.0,
     }
@@ -113,8 +119,9 @@ def _generate(
         steps=STEPS,
         rng_mode="ctr-drbg" if seed_from_sidecar or escrow is not None else "framework",
         params=params,
+        ticket=ticket,
     )
-    inputs = StepInputs(torch.tensor(LABELS), 3.0)
+    inputs = StepInputs(torch.tensor(labels), 3.0)
     recorder = Recorder(sink)
     try:
         with torch.no_grad(), recorder.trajectory(request) as tr:
@@ -243,7 +250,9 @@ class Deployed:
         return [str(e["id"]) for e in doc["trajectories"]]
 
 
-def _deploy(tmp_path: Path, *, drbg: bool) -> Iterator[Deployed]:
+def _deploy(
+    tmp_path: Path, *, drbg: bool, tickets: dict[str, Any] | None = None
+) -> Iterator[Deployed]:
     model = make_model(tmp_path, seed=0)
     policy = write_policy(
         tmp_path / "policy.yaml",
@@ -254,10 +263,12 @@ def _deploy(tmp_path: Path, *, drbg: bool) -> Iterator[Deployed]:
     )
     env = {**os.environ, "SAMPLERGUARD_TENANT": TENANT}
     escrow_key = None
+    body = yaml.safe_load(policy.read_text())
+    body["spec"]["rng"]["escrow"] = drbg
+    if tickets is not None:
+        body["spec"]["rng"]["tickets"] = tickets
+    policy.write_text(yaml.safe_dump(body))
     if drbg:
-        body = yaml.safe_load(policy.read_text())
-        body["spec"]["rng"]["escrow"] = True
-        policy.write_text(yaml.safe_dump(body))
         (tmp_path / "master-secret").write_text(os.urandom(32).hex())
         escrow_key = X25519PrivateKey.generate()
         pub = escrow_key.public_key().public_bytes(
@@ -406,9 +417,10 @@ def test_a_provider_container_named_as_the_sidecar_is_not_audited_as_one() -> No
 def test_seed_shopping_over_fresh_request_ids_is_visible(
     drbg_sidecar: Deployed, tmp_path: Path
 ) -> None:
-    """The provider names its own request ids: it asks for four seeds, keeps the draw it likes
-    and commits that one. The kept one passes (its noise is the sidecar's); each discarded
-    draw lapses unbound and is a seed-health warning of the pod, naming its request id."""
+    """Without request tickets in the policy the provider names its own request ids: it asks
+    for four seeds, keeps the draw it likes and commits that one. The kept one passes (its
+    noise is the sidecar's); each discarded draw lapses unbound and is a seed-health warning of
+    the pod, naming its request id."""
     dep = drbg_sidecar
     sink = SidecarSink(dep.socket, io_timeout=30.0)
     shopped = [f"shop-{i}" for i in range(4)]
@@ -464,6 +476,128 @@ def test_a_request_id_gets_one_seed_even_after_an_aborted_start(
         sink.request_noise("tenant-b", "other-tenant")
     assert _generate(dep.model.unet, dep.model.digest, dep.socket, "other-tenant") is None
     assert dep.listed() == []
+
+
+GATEWAY = Ed25519PrivateKey.generate()
+
+
+def _gateway_policy(key: Ed25519PrivateKey = GATEWAY) -> dict[str, Any]:
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {"signers": [{"name": "gateway", "publicKey": pem.decode()}], "maxLifetimeSeconds": 600}
+
+
+def _params(rid: str, labels: list[int] = LABELS) -> dict[str, Any]:
+    return {
+        "requestId": rid,
+        "tenant": TENANT,
+        "classLabels": labels,
+        "steps": STEPS,
+        "guidanceScale": 3.0,
+    }
+
+
+@pytest.fixture
+def ticketed_sidecar(tmp_path: Path) -> Iterator[Deployed]:
+    yield from _deploy(tmp_path, drbg=True, tickets=_gateway_policy())
+
+
+def test_seed_shopping_is_prevented_by_gateway_tickets(
+    ticketed_sidecar: Deployed, tmp_path: Path
+) -> None:
+    """Under a policy naming the gateway's key the provider can no longer invent request ids:
+    every seed request without the gateway's ticket for exactly that request is refused before
+    a seed exists (so none lapses either), a ticket is good for one seed, and the one request the
+    gateway forwarded commits, binds its ticket and passes the real verifier."""
+    dep = ticketed_sidecar
+    sink = SidecarSink(dep.socket, io_timeout=30.0)
+    ticket = issue_ticket(
+        GATEWAY,
+        request_id="paid-1",
+        tenant=TENANT,
+        request_digest=request_digest(_params("paid-1")),
+    )
+    refusals = {
+        "no ticket": ("shop-1", None, "requires a request ticket"),
+        "a key the provider made": (
+            "shop-2",
+            issue_ticket(Ed25519PrivateKey.generate(), request_id="shop-2", tenant=TENANT),
+            "none of the policy's ticket signers",
+        ),
+        "the real ticket under a fresh id": ("shop-3", ticket, "issued for request 'paid-1'"),
+        "an expired ticket": (
+            "shop-4",
+            issue_ticket(
+                GATEWAY, request_id="shop-4", tenant=TENANT, now=time.time() - 400, lifetime=300
+            ),
+            "expired",
+        ),
+        "a ticket living past the cap": (
+            "shop-5",
+            issue_ticket(GATEWAY, request_id="shop-5", tenant=TENANT, lifetime=3600),
+            "over the policy's 600 s",
+        ),
+    }
+    for what, (rid, shown, message) in refusals.items():
+        with pytest.raises(SamplerGuardError, match=message):
+            sink.request_noise(TENANT, rid, ticket=shown)
+        assert rid, what
+    # the forwarded request, with other labels than the gateway ticketed: refused at START
+    assert (
+        _generate(
+            dep.model.unet,
+            dep.model.digest,
+            dep.socket,
+            "paid-1",
+            seed_from_sidecar=True,
+            ticket=ticket,
+            labels=[1, 1],
+        )
+        is None
+    )
+    # its seed was issued (the ticket was good) and the START refused: the id is spent
+    with pytest.raises(SamplerGuardError, match="paid-1"):
+        sink.request_noise(TENANT, "paid-1", ticket=ticket)
+    fresh = issue_ticket(
+        GATEWAY,
+        request_id="paid-2",
+        tenant=TENANT,
+        request_digest=request_digest(_params("paid-2")),
+    )
+    commitment = _generate(
+        dep.model.unet, dep.model.digest, dep.socket, "paid-2", seed_from_sidecar=True, ticket=fresh
+    )
+    assert commitment is not None
+    assert commitment.predicate["requestTicket"]["digest"] == ticket_digest(fresh)
+    # a replayed ticket gets no second seed
+    with pytest.raises(SamplerGuardError, match="paid-2"):
+        sink.request_noise(TENANT, "paid-2", ticket=fresh)
+    sink.close()
+    time.sleep(SEED_TTL + 1)
+    verdicts = _verdicts(dep, tmp_path)
+    assert dep.listed() == ["paid-2"]
+    assert [res for rule, res, _ in verdicts["paid-2"] if rule == "trajectory-recheck"] == ["pass"]
+    # nothing was issued to the refused requests, so nothing lapsed but paid-1's seed
+    assert set(verdicts) == {"paid-1", "paid-2"}
+    assert [(rule, res) for rule, res, _ in verdicts["paid-1"]] == [("seed-health", "warn")]
+
+
+def test_a_verifier_requiring_tickets_fails_an_unticketed_commitment(
+    drbg_sidecar: Deployed, tmp_path: Path
+) -> None:
+    """A sidecar whose policy asked for no tickets committed a request; a verifier holding the
+    policy that requires them fails it by the ticket check, never passes it."""
+    dep = drbg_sidecar
+    assert _generate(dep.model.unet, dep.model.digest, dep.socket, "plain", seed_from_sidecar=True)
+    body = yaml.safe_load(dep.policy.read_text())
+    body["spec"]["rng"]["tickets"] = _gateway_policy()
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(body))
+    verdicts = _verdicts(dataclasses.replace(dep, policy=strict), tmp_path)
+    ((rule, result, message),) = verdicts["plain"]
+    assert (rule, result) == ("recipe", "fail")
+    assert "the policy requires one and the trajectory has none" in message
 
 
 def test_an_app_supplied_escrow_is_refused(drbg_sidecar: Deployed) -> None:

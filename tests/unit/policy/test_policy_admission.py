@@ -171,6 +171,27 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "String should match pattern",
     ),
     (
+        "ticket signer key that is not PEM",
+        _mutate("spec.rng.tickets", {"signers": [{"name": "gw", "publicKey": "ssh-ed25519 AA"}]}),
+        "publicKey must be a PEM public key",
+        "publicKey is not a PEM public key",
+    ),
+    (
+        "ticket rule without signers",
+        _mutate("spec.rng.tickets", {"signers": []}),
+        "spec.rng.tickets.signers",
+        "List should have at least 1 item",
+    ),
+    (
+        "ticket lifetime over a day",
+        _mutate(
+            "spec.rng.tickets",
+            {"signers": [{"name": "gw", "publicKey": _ED25519}], "maxLifetimeSeconds": 86401},
+        ),
+        "spec.rng.tickets.maxLifetimeSeconds",
+        "less than or equal to 86400",
+    ),
+    (
         "namespaceSelector on a SamplerPolicy",
         _mutate("spec.namespaceSelector", {"matchLabels": {"a": "b"}}, base="sdxl.yaml"),
         "spec.namespaceSelector is only allowed on ClusterSamplerPolicy",
@@ -231,3 +252,21 @@ MODEL_ONLY: list[tuple[str, dict[str, Any], str]] = [
 def test_model_refuses_what_cel_cannot_check(case: str, body: dict[str, Any], model: str) -> None:
     with pytest.raises(PolicyError, match=re.escape(model)):
         parse_policy(body)
+
+
+def test_ticket_signers_are_ed25519_with_unique_names(crd_validate: Validate) -> None:
+    good = {"signers": [{"name": "edge", "publicKey": _ED25519}]}
+    body = _mutate("spec.rng.tickets", good)
+    assert crd_validate(body) == []
+    assert parse_policy(body).spec.rng.tickets is not None
+    p256 = (
+        "-----BEGIN PUBLIC KEY-----\n"
+        "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9\n"
+        "q9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==\n"
+        "-----END PUBLIC KEY-----\n"
+    )
+    with pytest.raises(PolicyError, match="ticket keys are Ed25519"):
+        parse_policy(_mutate("spec.rng.tickets", {"signers": [{"name": "e", "publicKey": p256}]}))
+    twice = {"signers": [good["signers"][0], good["signers"][0]]}
+    with pytest.raises(PolicyError, match="ticket signer names repeat"):
+        parse_policy(_mutate("spec.rng.tickets", twice))

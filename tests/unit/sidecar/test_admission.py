@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from safetensors.torch import save_file
 
 from samplerguard.commitment.digest import module_digest
+from samplerguard.commitment.request import request_digest
+from samplerguard.commitment.ticket import issue_ticket, ticket_digest
 from samplerguard.sidecar.config import SidecarConfig
 from samplerguard.sidecar.enforce import RequestRefusedError
 from samplerguard.sidecar.ingest import StartRequest
 from samplerguard.sidecar.service import Sidecar
 
 
-def _policy(path: Path, digest: str, mode: str = "enforce", escrow: bool = False) -> Path:
+def _policy(
+    path: Path,
+    digest: str,
+    mode: str = "enforce",
+    escrow: bool = False,
+    tickets: dict[str, Any] | None = None,
+) -> Path:
+    rng: dict[str, Any] = {"mode": "framework", "escrow": escrow}
+    if tickets is not None:
+        rng["tickets"] = tickets
     path.write_text(
         yaml.safe_dump(
             {
@@ -32,7 +46,7 @@ def _policy(path: Path, digest: str, mode: str = "enforce", escrow: bool = False
                         "cfg": {"min": 1, "max": 8},
                     },
                     "goldenDigests": {"modelWeights": [digest]},
-                    "rng": {"mode": "framework", "escrow": escrow},
+                    "rng": rng,
                 },
             }
         )
@@ -106,6 +120,46 @@ def test_tenant_escrow_and_warn_mode(tmp_path: Path, model: Any) -> None:
         assert d.admission.verdict == "quarantine"
         assert any("CFG range" in r for r in d.admission.reasons)
         assert any("requires a seed escrow" in r for r in d.admission.reasons)
+    finally:
+        sc.ingest.close()
+
+
+def test_request_tickets_in_enforce_and_audit_mode(tmp_path: Path, model: Any) -> None:
+    """Under ``rng.tickets``: a request with the gateway's ticket is admitted and its predicate
+    binds the ticket; one without (or with a ticket for another request) is refused under
+    enforce, before a seed is issued as well as at START, and quarantined under audit."""
+    path, digest = model
+    gateway = Ed25519PrivateKey.generate()
+    pem = gateway.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    rule = {"signers": [{"name": "edge", "publicKey": pem.decode()}]}
+    params = {"requestId": "r-1", "tenant": "tenant-a", "steps": 10, "guidanceScale": 3.0}
+    bound = request_digest(params)
+    ticket = issue_ticket(gateway, request_id="r-1", tenant="tenant-a", request_digest=bound)
+    other = issue_ticket(gateway, request_id="r-2", tenant="tenant-a")
+    sc = _sidecar(tmp_path, _policy(tmp_path / "p.yaml", digest, tickets=rule), path)
+    try:
+        d = sc._admit(dataclasses.replace(_start(digest, request=bound), ticket=ticket))
+        assert d.admission.verdict == "accept"
+        assert d.predicate["requestTicket"]["digest"] == ticket_digest(ticket)
+        sc.check_ticket(ticket, "tenant-a", "r-1")  # a seed may be issued
+        for shown, message in [(None, "carries none"), (other, "issued for request 'r-2'")]:
+            with pytest.raises(RequestRefusedError, match=message) as err:
+                sc.check_ticket(shown, "tenant-a", "r-1")
+            assert err.value.checks == ("ticket",)
+            with pytest.raises(RequestRefusedError, match=message):
+                sc._admit(dataclasses.replace(_start(digest, request=bound), ticket=shown))
+        swapped = request_digest({**params, "guidanceScale": 4.0})
+        with pytest.raises(RequestRefusedError, match="binds other request parameters"):
+            sc._admit(dataclasses.replace(_start(digest, request=swapped), ticket=ticket))
+    finally:
+        sc.ingest.close()
+    sc = _sidecar(tmp_path, _policy(tmp_path / "p.yaml", digest, "audit", tickets=rule), path)
+    try:
+        sc.check_ticket(None, "tenant-a", "r-1")  # audit: the seed is issued, START is marked
+        d = sc._admit(_start(digest))
+        assert d.admission.verdict == "quarantine"
+        assert "ticket" in d.admission.checks
+        assert "requestTicket" not in d.predicate
     finally:
         sc.ingest.close()
 

@@ -512,7 +512,7 @@ def test_series_count_is_bounded_under_hostile_input(metrics: Metrics, collect: 
     }
     for name, count in series.items():
         assert count <= limits[name], (name, count, limits[name])
-    assert sum(limits.values()) + 36 == 1362  # + drift.alerts: 6 features × 2 kinds × 3 stats
+    assert sum(limits.values()) + 36 == 1373  # + drift.alerts: 6 features × 2 kinds × 3 stats
     # The beacon cap (32 prefixes + "other") is shared by both beacon-carrying metrics.
     beacons = got.attribute_values(MetricName.BEACONS, "beacon") | got.attribute_values(
         MetricName.INTEGRITY_MISMATCHES, "beacon"
