@@ -15,8 +15,10 @@ ticket for each request it forwards::
 A policy with ``spec.rng.tickets`` names the gateways' Ed25519 keys. The sidecar then issues a
 seed only against a ticket signed by one of them, for this pod's tenant, within its lifetime,
 and commits a trajectory only for a ticketed request id; the ticket's digest is signed into the
-commitment and the ticket itself is kept for the verifier, which checks it again. A provider
-gets exactly one seed per request the gateway forwarded, so there is nothing to shop among.
+commitment and the ticket itself is kept for the verifier, which checks it again. A ticketed
+request id's seed is derived from the master secret, tenant and id alone (no drawn nonce), so
+every replica of the namespace, and a restarted sidecar, issues the same one. A provider gets
+exactly one draw per request the gateway forwarded, so there is nothing to shop among.
 
 ``requestDigest`` is optional because a gateway does not always build the pipeline's exact
 request parameters; when present, the trajectory must commit exactly those parameters.
@@ -30,7 +32,9 @@ import functools
 import hashlib
 import json
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +73,8 @@ MAX_TICKET_BYTES = 4096
 #: A ticket's issue time may be this far in the sidecar's future (clocks of two machines).
 CLOCK_SKEW_SECONDS = 60
 _MAX_SIGNATURES = 4
+#: verified envelopes remembered per set of signers (a seed request's, until its START)
+_VERIFIED_CAP = 4096
 _REQUIRED = ("_type", "requestId", "tenant", "issuedAt", "expiresAt")
 _KNOWN = frozenset({*_REQUIRED, "requestDigest"})
 
@@ -88,7 +94,7 @@ class Ticket:
     expires_at: int
     #: the keyid (SHA-256 of the raw public key) of the gateway key that signed it
     signer: str
-    #: :func:`ticket_digest` of the envelope: what the commitment binds
+    #: :func:`ticket_digest`: what the commitment binds
     digest: str
 
 
@@ -100,6 +106,21 @@ class TicketSigners:
             raise MalformedInputError("a ticket policy names at least one signer")
         self.keys = dict(keys)
         self.max_lifetime = max_lifetime
+        #: envelopes whose signature verified under these keys, by digest: (signer, payload).
+        #: A seed request and its START carry the same ticket; the second check skips the
+        #: Ed25519 verification (most of a ticket's cost) but not the checks of the payload.
+        self._verified: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _known(self, digest: str) -> tuple[str, dict[str, Any]] | None:
+        with self._lock:
+            return self._verified.get(digest)
+
+    def _remember(self, digest: str, signer: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._verified[digest] = (signer, body)
+            while len(self._verified) > _VERIFIED_CAP:
+                self._verified.popitem(last=False)
 
     @staticmethod
     def of(rule: TicketRule) -> TicketSigners:
@@ -142,9 +163,16 @@ def issue_ticket(
     return sign_envelope(jcs.dumps(payload), key, TICKET_PAYLOAD_TYPE)
 
 
-def ticket_digest(envelope: Mapping[str, Any]) -> str:
-    """``sha256:`` over the RFC 8785 JSON of the envelope (payload and signatures)."""
-    return "sha256:" + hashlib.sha256(_canonical(envelope)).hexdigest()
+def ticket_digest(envelope: object) -> str:
+    """``sha256:`` over the ticket's payload bytes, as the gateway signed them: the same for
+    every copy of one ticket, whatever signature entries or key ids travel beside it."""
+    doc, _ = _envelope(envelope)
+    return _payload_digest(doc)
+
+
+def _payload_digest(doc: Mapping[str, Any]) -> str:
+    payload = decode_b64(doc.get("payload"), "payload", where="request ticket")
+    return "sha256:" + hashlib.sha256(payload).hexdigest()
 
 
 def verify_ticket(
@@ -164,26 +192,16 @@ def verify_ticket(
     none, which such a ticket refuses), unless ``check_request`` is False (a seed request,
     before there are parameters). Raises :class:`VerificationError` (check ``ticket``) or
     :class:`MalformedInputError`."""
-    doc = _envelope(envelope)
-    payload = None
-    signer = ""
-    for kid, key in signers.keys.items():
-        try:
-            payload = verify_envelope(doc, key, TICKET_PAYLOAD_TYPE)
-        except VerificationError:
-            continue
-        signer = kid
-        break
-    if payload is None:
-        raise _fail(
-            "signed by none of the policy's ticket signers (a ticket the gateway did not issue)",
-            expected=", ".join(k[:16] for k in signers.keys),
-        )
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedInputError("request ticket: the payload is not JSON") from None
-    _check_payload(body)
+    doc, canonical = _envelope(envelope)
+    # the cache is keyed by the whole envelope: what verified is this payload with these
+    # signatures
+    seen = hashlib.sha256(canonical).hexdigest()
+    known = signers._known(seen)
+    if known is None:
+        signer, body = _verified_payload(doc, signers)
+        signers._remember(seen, signer, body)
+    else:
+        signer, body = known
     if body["tenant"] != tenant:
         raise _fail(
             f"issued for tenant {body['tenant'][:64]!r}, not {tenant[:64]!r}",
@@ -225,14 +243,33 @@ def verify_ticket(
         issued_at=issued,
         expires_at=expires,
         signer=signer,
-        digest=ticket_digest(doc),
+        digest=_payload_digest(doc),
+    )
+
+
+def _verified_payload(doc: dict[str, Any], signers: TicketSigners) -> tuple[str, dict[str, Any]]:
+    """The signer's keyid and the payload of an envelope one of ``signers`` signed."""
+    for kid, key in signers.keys.items():
+        try:
+            payload = verify_envelope(doc, key, TICKET_PAYLOAD_TYPE)
+        except VerificationError:
+            continue
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedInputError("request ticket: the payload is not JSON") from None
+        _check_payload(body)
+        return kid, body
+    raise _fail(
+        "signed by none of the policy's ticket signers (a ticket the gateway did not issue)",
+        expected=", ".join(k[:16] for k in signers.keys),
     )
 
 
 def read_ticket(envelope: object) -> tuple[dict[str, Any], dict[str, Any]]:
     """The envelope and its payload, shape-checked but *not* verified: what the hook reads to
     learn the request id and tenant a ticket names (the sidecar verifies it)."""
-    doc = _envelope(envelope)
+    doc, _ = _envelope(envelope)
     payload = decode_b64(doc.get("payload"), "payload", where="request ticket")
     try:
         body = json.loads(payload)
@@ -242,7 +279,7 @@ def read_ticket(envelope: object) -> tuple[dict[str, Any], dict[str, Any]]:
     return doc, body
 
 
-def _envelope(envelope: object) -> dict[str, Any]:
+def _envelope(envelope: object) -> tuple[dict[str, Any], bytes]:
     if isinstance(envelope, bytes | str):
         if len(envelope) > MAX_TICKET_BYTES:
             raise MalformedInputError(f"request ticket exceeds {MAX_TICKET_BYTES} bytes")
@@ -259,10 +296,12 @@ def _envelope(envelope: object) -> dict[str, Any]:
     sigs = envelope.get("signatures")
     if not isinstance(sigs, list) or not 1 <= len(sigs) <= _MAX_SIGNATURES:
         raise MalformedInputError(f"request ticket needs 1 to {_MAX_SIGNATURES} signatures")
-    size = len(_canonical(envelope))
-    if size > MAX_TICKET_BYTES:
-        raise MalformedInputError(f"request ticket is {size} bytes, over {MAX_TICKET_BYTES}")
-    return envelope
+    canonical = _canonical(envelope)
+    if len(canonical) > MAX_TICKET_BYTES:
+        raise MalformedInputError(
+            f"request ticket is {len(canonical)} bytes, over {MAX_TICKET_BYTES}"
+        )
+    return envelope, canonical
 
 
 def _canonical(envelope: Mapping[str, Any]) -> bytes:

@@ -138,6 +138,8 @@ class SidecarSink:
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
         self.pinned_key = public_key
+        #: the last START reply's public key, as PEM and parsed
+        self._last_announced: tuple[str, Ed25519PublicKey] | None = None
         self._lock = threading.Lock()
         self.aborted: dict[str, str] = {}
         self.verdicts: dict[str, dict[str, Any]] = {}
@@ -389,13 +391,23 @@ class SidecarSink:
         pem = reply.get("publicKey")
         if not isinstance(pem, str):
             raise MalformedInputError("the sidecar's START reply carries no public key")
-        announced = load_public_key(pem.encode())
+        announced = self._announced_key(pem)
         if self.pinned_key is not None and keyid(announced) != keyid(self.pinned_key):
             raise SidecarRefusedError(
                 f"the sidecar announced key {keyid(announced)[:16]}…, the pinned key is "
                 f"{keyid(self.pinned_key)[:16]}…"
             )
         sess.public_key = announced
+
+    def _announced_key(self, pem: str) -> Ed25519PublicKey:
+        """The sidecar's public key from a START reply: parsed once while the sidecar keeps
+        announcing the same PEM (a restarted sidecar with a new key is parsed anew)."""
+        cached = self._last_announced
+        if cached is not None and cached[0] == pem:
+            return cached[1]
+        key = load_public_key(pem.encode())
+        self._last_announced = (pem, key)
+        return key
 
     def step(self, handle: _Session, step: StepRecord) -> None:
         """Queue the record; a full batch goes out as one ``STEPS`` frame (the sidecar reads,

@@ -195,8 +195,13 @@ class NoiseAuthority:
         (for any mode) within the ledger's window."""
         return RequestNoise(self.seed_for(tenant, request_id), record_draws=record_draws)
 
-    def seed_for(self, tenant: str, request_id: str) -> RequestSeed:
-        """Claim ``request_id`` and derive its seed (what :meth:`request` wraps)."""
+    def seed_for(self, tenant: str, request_id: str, *, derived: bool = False) -> RequestSeed:
+        """Claim ``request_id`` and derive its seed (what :meth:`request` wraps). With
+        ``derived`` the DRBG nonce is derived like the entropy input, so the seed is a function
+        of (master secret, tenant, request id) alone: every sidecar holding the namespace's
+        master secret, and the same sidecar after a restart, issues the same seed for the id.
+        The sidecar does so for a request id a gateway ticketed (unique per request), so that a
+        provider asking several replicas, or one replica across a restart, gets one draw."""
         _check_tenant(tenant)
         _check_request_id(request_id)
         pseudonym = self.tenant_pseudonym(tenant)
@@ -206,7 +211,7 @@ class NoiseAuthority:
         self._ledger.claim(entry, f"request id {request_id!r} of tenant {pseudonym}")
         tenant_key = _hkdf(self._master, b"samplerguard/v1/tenant", _lp(tenant))
         entropy = _hkdf(tenant_key, b"samplerguard/v1/request", _lp(request_id))
-        if self._deterministic:
+        if self._deterministic or derived:
             nonce = _hkdf(tenant_key, b"samplerguard/v1/nonce", _lp(request_id), 16)
         else:
             nonce = os.urandom(16)

@@ -91,8 +91,9 @@ class Decision:
     predicate: dict[str, Any] = field(default_factory=dict)
 
 
-#: (ticket envelope or None, tenant, request id) -> None, or raises the refusal
-TicketCheck = Callable[[object, str, str], None]
+#: (ticket envelope or None, tenant, request id) -> whether a valid ticket vouches for the
+#: request id, or raises the refusal
+TicketCheck = Callable[[object, str, str], bool]
 
 
 class Gate:
@@ -684,10 +685,13 @@ def _issue_seed(ingest: IngestServer, frame: Frame) -> dict[str, Any]:
     request_id = _str(header, "requestId", 128)
     tenant = _str(header, "tenant", 128)
     ingest.ledger.check(request_id)
+    ticketed = False
     if ingest.gate.ticket is not None:
         # before the seed exists: an unticketed request id never claims one
-        ingest.gate.ticket(_ticket(header), tenant, request_id)
-    issued = seeds.issue(tenant, request_id, _str(header, "rngMode", 32))
+        ticketed = ingest.gate.ticket(_ticket(header), tenant, request_id)
+    # a ticketed id's seed is derived, not drawn: the same on every replica and after a
+    # restart, so one ticket is one draw however often it is presented
+    issued = seeds.issue(tenant, request_id, _str(header, "rngMode", 32), derived=ticketed)
     seed = issued.seed
     return {
         "ok": True,

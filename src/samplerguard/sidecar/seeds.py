@@ -132,9 +132,12 @@ class SeedIssuer:
         with self._lock:
             self._expire(time.monotonic())
 
-    def issue(self, tenant: str, request_id: str, mode: str) -> IssuedSeed:
+    def issue(
+        self, tenant: str, request_id: str, mode: str, *, derived: bool = False
+    ) -> IssuedSeed:
         """The seed of ``request_id`` (the same one again if the hook asks twice before its
-        START, e.g. after a dropped connection)."""
+        START, e.g. after a dropped connection). ``derived``: a ticketed request id, whose seed
+        is a function of the master secret, tenant and id (see ``NoiseAuthority.seed_for``)."""
         if self.tenant is not None and tenant != self.tenant:
             raise MalformedInputError(
                 f"request tenant {tenant[:128]!r} is not this pod's tenant {self.tenant!r}: no "
@@ -155,7 +158,7 @@ class SeedIssuer:
                     )
                 return hit
         authority, escrow_key = self.current()
-        seed = authority.seed_for(tenant, request_id)
+        seed = authority.seed_for(tenant, request_id, derived=derived)
         escrow = None
         if escrow_key is not None:
             escrow = escrow_seed(seed, escrow_key).model_dump(mode="json", by_alias=True)

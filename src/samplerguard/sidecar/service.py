@@ -327,14 +327,16 @@ class Sidecar:
             self._started[start.request_id] = time.monotonic()
         return Decision(admission, predicate)
 
-    def check_ticket(self, envelope: object, tenant: str, request_id: str) -> None:
-        """Before a seed is issued: a policy that requires tickets in enforce mode refuses a
-        request without a valid one (under warn and audit the seed is issued and the START,
-        which checks the ticket again, is quarantined)."""
-        _, problem = self._ticket(envelope, tenant, request_id, None, check_request=False)
+    def check_ticket(self, envelope: object, tenant: str, request_id: str) -> bool:
+        """Before a seed is issued: whether a valid ticket vouches for the request id. A
+        policy that requires tickets in enforce mode refuses a request without a valid one
+        (under warn and audit the seed is issued and the START, which checks the ticket again,
+        is quarantined)."""
+        ticket, problem = self._ticket(envelope, tenant, request_id, None, check_request=False)
         if problem is not None and self.spec is not None and self.spec.mode == "enforce":
             self._record_violations(["ticket"], "rejected")
             raise RequestRefusedError(problem, checks=("ticket",))
+        return ticket is not None
 
     def _ticket(
         self,

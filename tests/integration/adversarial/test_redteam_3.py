@@ -8,6 +8,7 @@ it demonstrates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -239,6 +240,7 @@ class Deployed:
     token: Path
     policy: Path
     escrow_key: X25519PrivateKey | None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def socket(self) -> str:
@@ -251,8 +253,13 @@ class Deployed:
 
 
 def _deploy(
-    tmp_path: Path, *, drbg: bool, tickets: dict[str, Any] | None = None
+    tmp_path: Path,
+    *,
+    drbg: bool,
+    tickets: dict[str, Any] | None = None,
+    secret: str | None = None,
 ) -> Iterator[Deployed]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     model = make_model(tmp_path, seed=0)
     policy = write_policy(
         tmp_path / "policy.yaml",
@@ -269,7 +276,7 @@ def _deploy(
         body["spec"]["rng"]["tickets"] = tickets
     policy.write_text(yaml.safe_dump(body))
     if drbg:
-        (tmp_path / "master-secret").write_text(os.urandom(32).hex())
+        (tmp_path / "master-secret").write_text(secret or os.urandom(32).hex())
         escrow_key = X25519PrivateKey.generate()
         pub = escrow_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -286,10 +293,11 @@ def _deploy(
     svc = start_sidecar(
         tmp_path / "run", token_file=token, policy=policy, model_files=[model.path], env=env
     )
+    dep = Deployed(model, svc, token, policy, escrow_key, env)
     try:
-        yield Deployed(model, svc, token, policy, escrow_key)
+        yield dep
     finally:
-        svc.stop()
+        dep.sidecar.stop()  # the one running now (a test may have restarted it)
 
 
 @pytest.fixture
@@ -581,6 +589,69 @@ def test_seed_shopping_is_prevented_by_gateway_tickets(
     # nothing was issued to the refused requests, so nothing lapsed but paid-1's seed
     assert set(verdicts) == {"paid-1", "paid-2"}
     assert [(rule, res) for rule, res, _ in verdicts["paid-1"]] == [("seed-health", "warn")]
+
+
+def _draw(socket_path: str, rid: str, ticket: dict[str, Any]) -> torch.Tensor:
+    sink = SidecarSink(socket_path, io_timeout=30.0)
+    try:
+        noise = sink.request_noise(TENANT, rid, ticket=ticket)
+        draw = noise.randn(SHAPE)
+        noise.close()
+        return draw
+    finally:
+        sink.close()
+
+
+def test_one_ticket_is_one_draw_on_every_replica_and_across_a_restart(tmp_path: Path) -> None:
+    """The provider presents one ticket to the sidecars of two replicas (one namespace: one
+    DRBG master secret, one tenant), and to one sidecar again after restarting it. A ticketed
+    request id's seed is derived, not drawn: every presentation gets the same noise, so the
+    trajectories it can commit are one and the same, and there is nothing to choose among."""
+    dep_a = _deploy(tmp_path / "a", drbg=True, tickets=_gateway_policy())
+    a = next(dep_a)
+    secret = (tmp_path / "a" / "master-secret").read_text()
+    dep_b = _deploy(tmp_path / "b", drbg=True, tickets=_gateway_policy(), secret=secret)
+    b = next(dep_b)
+    try:
+        ticket = issue_ticket(
+            GATEWAY,
+            request_id="paid-1",
+            tenant=TENANT,
+            request_digest=request_digest(_params("paid-1")),
+        )
+        assert torch.equal(_draw(a.socket, "paid-1", ticket), _draw(b.socket, "paid-1", ticket))
+        committed = [
+            _generate(
+                d.model.unet,
+                d.model.digest,
+                d.socket,
+                "paid-1",
+                seed_from_sidecar=True,
+                ticket=ticket,
+            )
+            for d in (a, b)
+        ]
+        assert all(c is not None for c in committed)
+        assert committed[0].root == committed[1].root  # the same trajectory, twice
+        # a seed issued, the sidecar restarted before the START: the same seed again
+        later = issue_ticket(GATEWAY, request_id="paid-2", tenant=TENANT)
+        before = _draw(a.socket, "paid-2", later)
+        a.sidecar.stop()
+        a.sidecar = start_sidecar(
+            tmp_path / "a" / "run",
+            token_file=a.token,
+            policy=a.policy,
+            model_files=[a.model.path],
+            env=a.env,
+        )
+        assert torch.equal(_draw(a.socket, "paid-2", later), before)
+        # and a committed request id stays refused after the restart
+        with pytest.raises(SamplerGuardError, match="paid-1"):
+            _draw(a.socket, "paid-1", ticket)
+    finally:
+        for gen in (dep_a, dep_b):
+            with contextlib.suppress(StopIteration):
+                next(gen)
 
 
 def test_a_verifier_requiring_tickets_fails_an_unticketed_commitment(

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from samplerguard.commitment import jcs
+from samplerguard.commitment import dsse
 from samplerguard.commitment.dsse import sign_envelope
 from samplerguard.commitment.request import request_digest
 from samplerguard.commitment.ticket import (
@@ -70,7 +70,7 @@ def test_a_gateway_ticket_verifies_and_binds_its_digest() -> None:
     assert (
         got.digest
         == ticket_digest(ticket)
-        == "sha256:" + hashlib.sha256(jcs.dumps(ticket)).hexdigest()
+        == "sha256:" + hashlib.sha256(base64.b64decode(ticket["payload"])).hexdigest()
     )
     assert got.signer in SIGNERS.keys
     # text and bytes forms are the same ticket
@@ -218,3 +218,55 @@ def test_a_policy_names_at_least_one_signer_and_only_ed25519_keys() -> None:
     pem = p256.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
     with pytest.raises(MalformedInputError, match="Ed25519"):
         TicketSigners.from_pems((pem,), 600)
+
+
+def test_a_second_check_of_the_same_ticket_skips_only_the_signature(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seed request and its START carry one ticket: the second check reuses the verified
+    signature, and still judges the request, tenant, time and parameters anew."""
+    import samplerguard.commitment.ticket as module
+
+    signers = TicketSigners.from_pems((_pem(GATEWAY),), 601)  # a fresh cache
+    calls: list[int] = []
+    real = dsse.verify_envelope
+
+    def counted(*args: Any, **kw: Any) -> bytes:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, "verify_envelope", counted)
+    ticket = _ticket(request_digest=DIGEST)
+    first = verify_ticket(
+        ticket, signers, tenant="acme", request_id="r-1", request_digest=DIGEST, now=NOW
+    )
+    again = verify_ticket(
+        json.dumps(ticket), signers, tenant="acme", request_id="r-1", request_digest=DIGEST
+    )
+    assert calls == [1] and again.digest == first.digest
+    with pytest.raises(VerificationError, match="expired"):
+        verify_ticket(ticket, signers, tenant="acme", request_id="r-1", now=NOW + 400)
+    with pytest.raises(VerificationError, match="issued for request"):
+        verify_ticket(ticket, signers, tenant="acme", request_id="r-2", now=NOW)
+    with pytest.raises(VerificationError, match="the trajectory commits none"):
+        verify_ticket(ticket, signers, tenant="acme", request_id="r-1", request_digest=None)
+    # an edited copy is another envelope: verified (and refused) on its own
+    edited = copy.deepcopy(ticket)
+    edited["signatures"][0]["sig"] = base64.b64encode(b"\0" * 64).decode()
+    with pytest.raises(VerificationError, match="none of the policy's ticket signers"):
+        verify_ticket(edited, signers, tenant="acme", request_id="r-1", now=NOW)
+    assert len(calls) == 2
+
+
+def test_the_digest_is_the_signed_payload_s_whatever_travels_beside_it() -> None:
+    """A copy with an extra signature entry or another key id is the same ticket: the
+    commitment binds what the gateway signed, so the provider cannot make the gateway's own
+    check of a response fail by re-wrapping its ticket."""
+    ticket = _ticket()
+    rewrapped = copy.deepcopy(ticket)
+    rewrapped["signatures"][0]["keyid"] = "not-the-key-id"
+    rewrapped["signatures"].append({"keyid": "", "sig": base64.b64encode(b"1" * 64).decode()})
+    assert ticket_digest(rewrapped) == ticket_digest(ticket)
+    assert _verify(rewrapped).digest == _verify(ticket).digest
+    other = _ticket(request_id="r-2")
+    assert ticket_digest(other) != ticket_digest(ticket)
