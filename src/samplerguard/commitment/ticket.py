@@ -254,12 +254,7 @@ def _verified_payload(doc: dict[str, Any], signers: TicketSigners) -> tuple[str,
             payload = verify_envelope(doc, key, TICKET_PAYLOAD_TYPE)
         except VerificationError:
             continue
-        try:
-            body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedInputError("request ticket: the payload is not JSON") from None
-        _check_payload(body)
-        return kid, body
+        return kid, _body(payload)
     raise _fail(
         "signed by none of the policy's ticket signers (a ticket the gateway did not issue)",
         expected=", ".join(k[:16] for k in signers.keys),
@@ -270,13 +265,16 @@ def read_ticket(envelope: object) -> tuple[dict[str, Any], dict[str, Any]]:
     """The envelope and its payload, shape-checked but *not* verified: what the hook reads to
     learn the request id and tenant a ticket names (the sidecar verifies it)."""
     doc, _ = _envelope(envelope)
-    payload = decode_b64(doc.get("payload"), "payload", where="request ticket")
+    return doc, _body(decode_b64(doc.get("payload"), "payload", where="request ticket"))
+
+
+def _body(payload: bytes) -> dict[str, Any]:
+    """The payload as a checked ticket body."""
     try:
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise MalformedInputError("request ticket: the payload is not JSON") from None
-    _check_payload(body)
-    return doc, body
+    return _check_payload(body)
 
 
 def _envelope(envelope: object) -> tuple[dict[str, Any], bytes]:
@@ -311,7 +309,8 @@ def _canonical(envelope: Mapping[str, Any]) -> bytes:
         raise MalformedInputError(f"request ticket is not canonical JSON: {exc}") from None
 
 
-def _check_payload(body: object) -> None:
+def _check_payload(body: object) -> dict[str, Any]:
+    """``body`` if it is a well-formed ticket payload, else :class:`MalformedInputError`."""
     if not isinstance(body, dict):
         raise MalformedInputError("request ticket: the payload is not a JSON object")
     missing = [k for k in _REQUIRED if k not in body]
@@ -340,3 +339,4 @@ def _check_payload(body: object) -> None:
         or not all(c in "0123456789abcdef" for c in digest[7:])
     ):
         raise MalformedInputError("request ticket requestDigest is not a sha256: digest")
+    return body
