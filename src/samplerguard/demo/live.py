@@ -7,8 +7,10 @@ through the real hook streaming to the sidecar's Unix socket (:class:`SidecarSin
 request the verifier is asked for a round (``POST /v1/rounds``): it pulls the new commitment
 over authenticated TCP, draws k steps from its CSPRNG, fetches the openings and re-runs them
 with its own copy of the model, and writes PolicyReport results to the audit log, which this
-module reads back. Teardown stops both services; ``--keep`` leaves them running and prints how
-to reach them.
+module reads back. The driver acts as the consumer's gateway: it signs a request ticket for
+every request it forwards, and the policy requires them, so a last provider that shops for seeds
+under request ids of its own is refused by the sidecar. Teardown stops both services;
+``--keep`` leaves them running and prints how to reach them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from typing import Any
 import torch
 import yaml
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from samplerguard.demo.providers import CHEATS, Declared, Provider
+from samplerguard.commitment.request import request_digest
+from samplerguard.commitment.ticket import issue_ticket
+from samplerguard.demo.providers import CHEATS, Declared, Provider, request_params
 from samplerguard.demo.run import (
     Check,
     DemoConfig,
@@ -62,7 +67,43 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def write_demo_policy(path: Path, cfg: DemoConfig, model_digest: str) -> Path:
+class _Gateway:
+    """The consumer's gateway in front of the provider: it takes each request, signs a ticket
+    for it (request id, tenant, the request parameters' digest) and forwards both."""
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self._issued: dict[str, dict[str, Any]] = {}
+
+    @property
+    def public_pem(self) -> str:
+        return (
+            self.key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+
+    def forward(self, params: dict[str, Any]) -> None:
+        rid = str(params["requestId"])
+        self._issued[rid] = issue_ticket(
+            self.key,
+            request_id=rid,
+            tenant=str(params["tenant"]),
+            request_digest=request_digest(params),
+        )
+
+    def ticket(self, request_id: str) -> dict[str, Any] | None:
+        return self._issued.get(request_id)
+
+
+def write_demo_policy(
+    path: Path, cfg: DemoConfig, model_digest: str, gateway_pem: str | None = None
+) -> Path:
+    rng: dict[str, Any] = {"mode": "ctr-drbg", "escrow": True}
+    if gateway_pem is not None:
+        rng["tickets"] = {"signers": [{"name": "demo-gateway", "publicKey": gateway_pem}]}
     body = {
         "apiVersion": "samplerguard.dev/v1alpha1",
         "kind": "ClusterSamplerPolicy",
@@ -75,7 +116,7 @@ def write_demo_policy(path: Path, cfg: DemoConfig, model_digest: str) -> Path:
                 "cfg": {"min": 1.0, "max": max(cfg.cfg, 1.0)},
             },
             "goldenDigests": {"modelWeights": [model_digest]},
-            "rng": {"mode": "ctr-drbg", "escrow": True},
+            "rng": rng,
             "verification": {
                 "fraction": 1.0,
                 "stepsPerChallenge": cfg.k,
@@ -117,7 +158,8 @@ def run_live_demo(
     out.mkdir(parents=True, exist_ok=True)
     services = out / "services"
     digest = safetensors_digest(MODEL_FILE)
-    policy = write_demo_policy(out / "policy.yaml", cfg, digest)
+    gateway = _Gateway()
+    policy = write_demo_policy(out / "policy.yaml", cfg, digest, gateway.public_pem)
     token = make_token(services / "verifier.token")
     audit = out / "audit.jsonl"
     audit.unlink(missing_ok=True)
@@ -205,6 +247,7 @@ def run_live_demo(
             progress,
             unet,
             classifier,
+            gateway,
         )
         if cfg.export is not None:
             _export(cfg, sidecar.url, token, summary)
@@ -282,13 +325,47 @@ def _secret_file(path: Path, data: bytes) -> Path:
 
 
 class _SidecarNoise:
-    """Per-request noise from the seeds the sidecar issues (the provider's noise source)."""
+    """Per-request noise from the seeds the sidecar issues (the provider's noise source),
+    asked for with the gateway's ticket of the request."""
 
-    def __init__(self, sink: SidecarSink) -> None:
+    def __init__(self, sink: SidecarSink, gateway: _Gateway) -> None:
         self.sink = sink
+        self.gateway = gateway
 
     def request(self, tenant: str, request_id: str) -> Any:
-        return self.sink.request_noise(tenant, request_id, "ctr-drbg")
+        ticket = self.gateway.ticket(request_id)
+        return self.sink.request_noise(tenant, request_id, "ctr-drbg", ticket=ticket)
+
+
+def _seed_shopping(
+    socket: Path, gateway: _Gateway, declared: Declared, spent: str, progress: Callable[[str], None]
+) -> ProviderResult:
+    """The provider that wants to choose its noise: it asks the sidecar for seeds under request
+    ids it made up (to keep the draw it likes), and once more under a ticket already spent.
+    Without the gateway's ticket for a fresh request there is no seed."""
+    res = ProviderResult(provider="seed-shopping", verdict="rejected", requests=0, root="")
+    sink = SidecarSink(socket, io_timeout=60.0)
+    attempts: list[tuple[str, dict[str, Any] | None]] = [
+        (f"shop-{n}-{time.time_ns() % 10**9}", None) for n in range(3)
+    ]
+    attempts.append((spent, gateway.ticket(spent)))
+    try:
+        for rid, ticket in attempts:
+            res.requests += 1
+            try:
+                sink.request_noise(declared.tenant, rid, "ctr-drbg", ticket=ticket).close()
+            except SamplerGuardError as exc:
+                res.checks.append(Check(None, None, None, "reject", str(exc)))
+                continue
+            res.verdict = "not caught"
+            res.checks.append(Check(None, None, None, "pass", f"seed issued for {rid}"))
+    finally:
+        sink.close()
+    progress(
+        f"  {'seed-shopping':<18} {res.requests} seed requests without a fresh gateway ticket: "
+        + ("all REFUSED by the sidecar" if res.verdict == "rejected" else "NOT all refused")
+    )
+    return res
 
 
 def _run_providers(
@@ -301,6 +378,7 @@ def _run_providers(
     progress: Callable[[str], None],
     unet: Any,
     classifier: Any,
+    gateway: _Gateway,
 ) -> dict[str, Any]:
     declared = Declared(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
     journal = out / "services" / "verifier-state" / "journal.jsonl"
@@ -314,7 +392,9 @@ def _run_providers(
     for name in ("honest", *CHEATS):
         sink = SidecarSink(socket, io_timeout=60.0)
         recorder = Recorder(sink)
-        provider = Provider(name, unet, declared, recorder, _SidecarNoise(sink))
+        provider = Provider(
+            name, unet, declared, recorder, _SidecarNoise(sink, gateway), tickets=gateway.ticket
+        )
         limit = cfg.honest_requests if name == "honest" else max_requests_for(cfg)
         res = ProviderResult(provider=name, verdict="accepted", requests=0, root="")
         gen_times: list[float] = []
@@ -323,6 +403,7 @@ def _run_providers(
             for r in range(1, limit + 1):
                 labels = torch.randint(0, 10, (cfg.batch,), generator=gen)
                 rid = f"{name}-{r}-{time.time_ns() % 10**9}"
+                gateway.forward(request_params(declared, rid, labels))
                 start = time.perf_counter()
                 try:
                     g = provider.generate(rid, labels)
@@ -372,6 +453,7 @@ def _run_providers(
         res.generation_s = statistics.mean(gen_times) if gen_times else 0.0
         res.recheck_s = statistics.mean(check_times) if check_times else 0.0
         results.append(res)
+    results.append(_seed_shopping(socket, gateway, declared, results[0].request_id, progress))
     honest = results[0]
     rho = honest.recheck_s / honest.generation_s if honest.generation_s else float("nan")
     return {

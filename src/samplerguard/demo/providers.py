@@ -47,7 +47,15 @@ from samplerguard.models.digits import (
 )
 from samplerguard.rng import NoiseAuthority
 
-__all__ = ["CHEATS", "Declared", "Generation", "Provider", "make_scheduler", "providers"]
+__all__ = [
+    "CHEATS",
+    "Declared",
+    "Generation",
+    "Provider",
+    "make_scheduler",
+    "providers",
+    "request_params",
+]
 
 CHEATS = (
     "substituted-model",
@@ -96,6 +104,7 @@ class Provider:
         recorder: Recorder,
         authority: NoiseAuthority | Any = None,
         escrow_key: Any = None,
+        tickets: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         if name != "honest" and name not in CHEATS:
             raise ValueError(f"unknown provider {name!r}; known: honest, {', '.join(CHEATS)}")
@@ -111,6 +120,8 @@ class Provider:
         self.authority = authority
         #: the verifier's X25519 public key: each request's seed is escrowed to it
         self.escrow_key = escrow_key
+        #: the gateway's ticket of a request id (None: no gateway in front of this provider)
+        self.tickets = tickets
         self._first_z: torch.Tensor | None = None
         self._pipe = DigitsPipeline(unet, make_scheduler(declared.sampler))
         self._instrumented = instrument(self._pipe, recorder)
@@ -123,15 +134,7 @@ class Provider:
         labels: torch.Tensor | None = None,
     ) -> TrajectoryRequest:
         d = self.declared
-        params = None
-        if labels is not None:
-            params = {
-                "requestId": request_id,
-                "tenant": d.tenant,
-                "classLabels": [int(x) for x in labels.reshape(-1).tolist()],
-                "steps": d.steps,
-                "guidanceScale": d.cfg,
-            }
+        params = None if labels is None else request_params(d, request_id, labels)
         return TrajectoryRequest(
             request_id=request_id,
             tenant=d.tenant,
@@ -144,6 +147,7 @@ class Provider:
             rng_mode=rng_mode,
             extra=extra or {},
             params=params,
+            ticket=None if self.tickets is None else self.tickets(request_id),
         )
 
     def generate(
@@ -247,6 +251,18 @@ class Provider:
             tr.end(latents, output_bytes(served))
         assert tr.commitment is not None
         return Generation(served, tr.commitment, request_id, labels, faked)
+
+
+def request_params(declared: Declared, request_id: str, labels: torch.Tensor) -> dict[str, Any]:
+    """The consumer's request parameters for ``labels`` (what a gateway tickets and the
+    commitment binds)."""
+    return {
+        "requestId": request_id,
+        "tenant": declared.tenant,
+        "classLabels": [int(x) for x in labels.reshape(-1).tolist()],
+        "steps": declared.steps,
+        "guidanceScale": declared.cfg,
+    }
 
 
 def _perturbed(unet: Any, scale: float = 0.05) -> Any:
