@@ -754,13 +754,22 @@ class _Handler(socketserver.BaseRequestHandler):
         # first frame, then the sidecar closes it and frees the slot. A readiness probe proves
         # nothing and is closed after its answer.
         while self._exchange(sock, frames, first, peer):
+            if not ingest._enter_idle(sock):
+                return  # a new connection is waiting for this slot
             sock.settimeout(ingest.keepalive_timeout)
-            ingest._idle_connection(sock, True)
+            # the whole wait, the next first frame included, is bounded: a trickled frame
+            # holds a slot, a thread and a buffer no longer than a silent connection
+            deadline = threading.Timer(
+                ingest.keepalive_timeout + ingest.start_timeout, ingest.reclaim_idle, (sock,)
+            )
+            deadline.daemon = True
+            deadline.start()
             try:
                 next_first = self._first_frame(sock, frames, kept=True)
             finally:
-                ingest._idle_connection(sock, False)
-            if next_first is None:
+                deadline.cancel()
+                still_ours = ingest._leave_idle(sock)
+            if next_first is None or not still_ours:
                 return
             first = next_first
 
@@ -885,9 +894,15 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         # Block the accept loop while max_connections are busy: further hooks wait in the
         # backlog (backpressure) instead of being refused. A kept connection waiting for its
         # next exchange gives its slot up to a new one.
-        if not self.ingest._slots.acquire(blocking=False):
-            self.ingest.reclaim_idle()
-            self.ingest._slots.acquire()
+        ingest = self.ingest
+        if not ingest._slots.acquire(blocking=False):
+            ingest._waiting(1)
+            try:
+                ingest.reclaim_idle()
+                # a connection that goes idle from now on gives its slot up instead of waiting
+                ingest._slots.acquire()
+            finally:
+                ingest._waiting(-1)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -943,6 +958,10 @@ class IngestServer:
         self._active = 0
         #: kept connections waiting for their next exchange, longest-idle first
         self._idle: dict[socket.socket, None] = {}
+        #: kept connections closed while idle: their handler must not act on a frame it read
+        self._reclaimed: set[socket.socket] = set()
+        #: new connections waiting for a slot (the accept loop: at most one)
+        self._slot_waiters = 0
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
@@ -968,21 +987,46 @@ class IngestServer:
         with self._count_lock:
             self._active += delta
 
-    def _idle_connection(self, sock: socket.socket, idle: bool) -> None:
+    def _waiting(self, delta: int) -> None:
         with self._count_lock:
-            if idle:
-                self._idle[sock] = None
-            else:
-                self._idle.pop(sock, None)
+            self._slot_waiters += delta
 
-    def reclaim_idle(self) -> bool:
-        """Close the longest-idle kept connection, if any (its hook opens a new one for its next
-        exchange); True when one was closed."""
+    def _enter_idle(self, sock: socket.socket) -> bool:
+        """A kept connection starts waiting for its next exchange: False when a new connection
+        is waiting for a slot, which this one then gives up at once (its handler ends)."""
         with self._count_lock:
-            if not self._idle:
+            if self._slot_waiters:
                 return False
-            sock = next(iter(self._idle))
+            self._idle[sock] = None
+            self._active -= 1  # waiting takes no core
+            return True
+
+    def _leave_idle(self, sock: socket.socket) -> bool:
+        """A kept connection's wait ended (a first frame read, or the read failed): False when
+        the connection was reclaimed meanwhile, and whatever was read must be dropped: the
+        hook sees its exchange unanswered on a reused connection and sends it again on a new
+        one, which is right only if nothing of it was acted on."""
+        with self._count_lock:
+            self._idle.pop(sock, None)
+            self._active += 1
+            if sock in self._reclaimed:
+                self._reclaimed.discard(sock)
+                return False
+            return True
+
+    def reclaim_idle(self, sock: socket.socket | None = None) -> bool:
+        """Close a kept connection still waiting for its next exchange: ``sock`` (its
+        keep-alive deadline), or the longest-idle one (a new connection needs the slot); its
+        hook opens a new connection for its next exchange. True when one was closed."""
+        with self._count_lock:
+            if sock is None:
+                if not self._idle:
+                    return False
+                sock = next(iter(self._idle))
+            elif sock not in self._idle:
+                return False  # its wait already ended
             del self._idle[sock]
+            self._reclaimed.add(sock)
         _cut(sock)  # wakes its handler's read with end of stream; the slot is freed
         return True
 
