@@ -80,6 +80,12 @@ class SidecarRefusedError(SamplerGuardError):
     """The sidecar refused the request (policy, integrity, store full); the reason is its own."""
 
 
+class ConnectionLostError(TemporaryError):
+    """The connection ended before the exchange was answered (closed or reset, not timed
+    out): on a kept connection the sidecar closed, the exchange was not acted on and goes out
+    again on a new connection."""
+
+
 #: a STEPS frame is sent once its records hold this many bytes, whatever the batch size: large
 #: latents (SDXL batches) stay far below the wire's per-frame cap
 STEPS_FRAME_BYTES = 8 << 20
@@ -176,7 +182,9 @@ class SidecarSink:
             try:
                 send_frame(sock, FRAME_SEED, header)
                 reply = self._reply(sock, f"the seed of request {request_id}")
-            except (TemporaryError, OSError):
+            except (ConnectionLostError, ConnectionError):
+                # not a timeout: a slow answer may still come, and the request may have been
+                # acted on
                 if not reused:
                     raise
                 # the sidecar closed the idle connection as this request went out: once more
@@ -295,7 +303,7 @@ class SidecarSink:
         try:
             frame = read_frame(sock, max_body=0)
         except WireClosedError:
-            raise TemporaryError(
+            raise ConnectionLostError(
                 f"the sidecar closed the connection before answering {what}"
             ) from None
         except TimeoutError:
@@ -323,7 +331,7 @@ class SidecarSink:
             ) from None
         except OSError as exc:
             reason = self._pending_error(sess.sock)
-            raise TemporaryError(
+            raise ConnectionLostError(
                 f"lost the sidecar connection: {exc.strerror or type(exc).__name__}"
                 + (f" (the sidecar said: {reason})" if reason else "")
             ) from None
@@ -346,7 +354,7 @@ class SidecarSink:
         try:
             try:
                 self._send_start(sess, begin)
-            except TemporaryError:
+            except ConnectionLostError:
                 if not sess.reused:
                     raise
                 # the sidecar closed the idle connection as START went out (its keep-alive

@@ -294,3 +294,44 @@ def test_a_reclaimed_kept_connection_never_acts_on_a_first_frame_already_read(
     finally:
         sink.close()
         srv.close()
+
+
+def test_a_start_whose_answer_is_late_is_not_sent_again(tmp_path: Path, quiet_logs: None) -> None:
+    """On a kept connection only a closed or reset connection means the sidecar never acted
+    on the START; a late answer does not. The sink reports the timeout and never sends the
+    START a second time (which the sidecar, already working on it, would refuse, or worse)."""
+    starts: list[str] = []
+
+    def slow_admit(start: Any) -> Decision:
+        starts.append(start.request_id)
+        if start.request_id == "slow":
+            time.sleep(2.0)
+        return Decision(Admission("accept", ()))
+
+    store = OpeningStore(tmp_path / "store", retention=3600, max_bytes=1 << 26, min_free_bytes=0)
+    srv = IngestServer(
+        tmp_path / "s.sock",
+        store,
+        Gate(key=KEY, public_pem=PEM, admit=slow_admit),
+        max_trajectory_bytes=1 << 20,
+    )
+    srv.start()
+    sink = SidecarSink(srv.path, io_timeout=0.5)
+    recipe = {"pipeline": "t", "steps": 1, "scheduler_class": "EulerDiscreteScheduler"}
+    z = torch.zeros(1, 2, 4, 4)
+
+    def begin() -> Begin:
+        return Begin(recipe, z, SamplerState(values={}), ZERO, {})
+
+    try:
+        first = TrajectoryRequest("fast", "t", "t", "m", ZERO, "euler", 1.0, 1)
+        sess = sink.start(first, begin())
+        sink.step(sess, StepRecord(0, 999, z, SamplerState(values={}), []))
+        sink.finish(sess, z, OUT)  # the connection is kept
+        with pytest.raises(Exception, match="did not answer"):
+            sink.start(TrajectoryRequest("slow", "t", "t", "m", ZERO, "euler", 1.0, 1), begin())
+        time.sleep(2.5)
+        assert starts == ["fast", "slow"]
+    finally:
+        sink.close()
+        srv.close()
