@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import re
@@ -757,17 +759,9 @@ class _Handler(socketserver.BaseRequestHandler):
             if not ingest._enter_idle(sock):
                 return  # a new connection is waiting for this slot
             sock.settimeout(ingest.keepalive_timeout)
-            # the whole wait, the next first frame included, is bounded: a trickled frame
-            # holds a slot, a thread and a buffer no longer than a silent connection
-            deadline = threading.Timer(
-                ingest.keepalive_timeout + ingest.start_timeout, ingest.reclaim_idle, (sock,)
-            )
-            deadline.daemon = True
-            deadline.start()
             try:
                 next_first = self._first_frame(sock, frames, kept=True)
             finally:
-                deadline.cancel()
                 still_ours = ingest._leave_idle(sock)
             if next_first is None or not still_ours:
                 return
@@ -956,8 +950,18 @@ class IngestServer:
         #: connections being served (kept ones waiting for their next exchange included),
         #: against the CPUs this process may run on
         self._active = 0
-        #: kept connections waiting for their next exchange, longest-idle first
-        self._idle: dict[socket.socket, None] = {}
+        #: kept connections waiting for their next exchange, longest-idle first, with the
+        #: token of this wait (a connection waits again and again)
+        self._idle: dict[socket.socket, int] = {}
+        self._wait_tokens = itertools.count()
+        #: (deadline, token, connection) of every wait, earliest first; one watchdog thread
+        #: closes a connection whose wait, next first frame included, passed its deadline
+        self._deadlines: list[tuple[float, int, socket.socket]] = []
+        self._watch = threading.Condition(self._count_lock)
+        self._closing = False
+        self._watchdog = threading.Thread(
+            target=self._expire_waits, name="sg-keepalive", daemon=True
+        )
         #: kept connections closed while idle: their handler must not act on a frame it read
         self._reclaimed: set[socket.socket] = set()
         #: new connections waiting for a slot (the accept loop: at most one)
@@ -997,9 +1001,34 @@ class IngestServer:
         with self._count_lock:
             if self._slot_waiters:
                 return False
-            self._idle[sock] = None
+            token = next(self._wait_tokens)
+            self._idle[sock] = token
+            # the whole wait, the next first frame included, is bounded: a trickled frame
+            # holds a slot, a thread and a buffer no longer than a silent connection
+            deadline = time.monotonic() + self.keepalive_timeout + self.start_timeout
+            heapq.heappush(self._deadlines, (deadline, token, sock))
+            if self._deadlines[0][1] == token:
+                self._watch.notify()
             self._active -= 1  # waiting takes no core
             return True
+
+    def _expire_waits(self) -> None:
+        """The watchdog: closes kept connections whose wait passed its deadline."""
+        with self._watch:
+            while not self._closing:
+                if not self._deadlines:
+                    self._watch.wait()
+                    continue
+                deadline, token, sock = self._deadlines[0]
+                now = time.monotonic()
+                if deadline > now:
+                    self._watch.wait(deadline - now)
+                    continue
+                heapq.heappop(self._deadlines)
+                if self._idle.get(sock) == token:  # still that wait
+                    del self._idle[sock]
+                    self._reclaimed.add(sock)
+                    _cut(sock)
 
     def _leave_idle(self, sock: socket.socket) -> bool:
         """A kept connection's wait ended (a first frame read, or the read failed): False when
@@ -1014,26 +1043,26 @@ class IngestServer:
                 return False
             return True
 
-    def reclaim_idle(self, sock: socket.socket | None = None) -> bool:
-        """Close a kept connection still waiting for its next exchange: ``sock`` (its
-        keep-alive deadline), or the longest-idle one (a new connection needs the slot); its
-        hook opens a new connection for its next exchange. True when one was closed."""
+    def reclaim_idle(self) -> bool:
+        """Close the longest-idle kept connection, if any (a new connection needs its slot);
+        its hook opens a new connection for its next exchange. True when one was closed."""
         with self._count_lock:
-            if sock is None:
-                if not self._idle:
-                    return False
-                sock = next(iter(self._idle))
-            elif sock not in self._idle:
-                return False  # its wait already ended
+            if not self._idle:
+                return False
+            sock = next(iter(self._idle))
             del self._idle[sock]
             self._reclaimed.add(sock)
         _cut(sock)  # wakes its handler's read with end of stream; the slot is freed
         return True
 
     def start(self) -> None:
+        self._watchdog.start()
         self._thread.start()
 
     def close(self) -> None:
+        with self._watch:
+            self._closing = True
+            self._watch.notify()
         if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
             self._server.shutdown()
         self._server.server_close()
