@@ -1,8 +1,9 @@
 """The deployed lane on a cluster whose kubelet runs pods: images built, pushed, signed and
 attested; the chart installed as a release of its own; the quick-start policy applied; an
 honest and a cheating app pod from the bundled model; admission, injection, challenges,
-PolicyReports, ``samplerguard report``, every component's metrics; and faults (a restarted
-verifier and operator, a rotated webhook certificate).
+PolicyReports, ``samplerguard report``, every component's metrics; faults (a restarted
+verifier and operator, a rotated webhook certificate, a lost DRBG Secret); and last, the policy
+requiring a gateway's request tickets.
 
 Runs outside CI. It skips unless ``KUBECONFIG`` names a cluster with a Ready node and
 ``SG_E2E_REGISTRY`` names a registry that the test host pushes to and the nodes pull from:
@@ -669,3 +670,87 @@ def test_a_lost_drbg_secret_is_made_again_and_the_verifier_still_opens_old_escro
     text = sidecar_log()
     for secret in (old, new):
         assert base64.b64decode(secret).decode() not in text
+
+
+def test_under_request_tickets_only_the_gateways_requests_get_seeds(
+    apps: dict[str, dict[str, Any]],
+) -> None:
+    """The policy starts requiring request tickets signed by a gateway's key. The honest pod,
+    whose requests carry none, is refused its seeds by its sidecar (nothing of its own choosing
+    to shop among); a pod that serves each request under the gateway's ticket (mounted from a
+    ConfigMap, as a server passes on what the gateway forwarded) commits them, and the
+    verifier, holding the same policy, passes them."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from samplerguard.commitment.ticket import issue_ticket
+
+    gateway = Ed25519PrivateKey.generate()
+    pem = gateway.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    run = os.urandom(4).hex()
+    tickets = {
+        f"gw-{n}.json": json.dumps(
+            issue_ticket(gateway, request_id=f"gw-{run}-{n}", tenant=APP_NS, lifetime=3600)
+        )
+        for n in range(1, 61)
+    }
+    rule: dict[str, Any] = {
+        "signers": [{"name": "e2e-gateway", "publicKey": pem.decode()}],
+        "maxLifetimeSeconds": 3600,
+    }
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "gateway-tickets", "namespace": APP_NS},
+        "data": tickets,
+    }
+    pod = _app_pod("ticketed", _ref("digits-app"))
+    app = pod["spec"]["containers"][0]
+    app["env"].append({"name": "TICKETS", "value": "/tickets"})
+    app["volumeMounts"] = [{"name": "tickets", "mountPath": "/tickets", "readOnly": True}]
+    pod["spec"]["volumes"] = [
+        {"name": "tickets", "configMap": {"name": "gateway-tickets"}},
+    ]
+    patch = {"spec": {"rng": {"tickets": rule}}}
+    try:
+        kubectl("apply", "-f", "-", stdin=json.dumps(configmap))
+        kubectl("patch", "clustersamplerpolicy", POLICY, "--type", "merge", "-p", json.dumps(patch))
+        kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+        _wait("pod ticketed Ready 2/2", lambda: _ready("ticketed"), timeout=420)
+
+        def app_log(name: str) -> str:
+            return kubectl("logs", "-n", APP_NS, name, "-c", "app", check=False).stdout
+
+        # the honest pod's sidecar takes up the policy (its refresh) and refuses its seeds
+        _wait(
+            "the honest pod refused its seeds",
+            lambda: "requires a request ticket" in app_log("honest"),
+            timeout=240,
+        )
+        _wait(
+            "ticketed generations committed",
+            lambda: app_log("ticketed").count("committed: True") >= 2,
+            timeout=300,
+        )
+        log = app_log("ticketed")
+        assert "under the gateway's ticket gw-1.json" in log
+        assert "requires a request ticket" not in log, log[-2000:]
+        _wait(
+            "passes for the ticketed pod",
+            lambda: _count(_results("ticketed"), "pass") >= 2,
+            timeout=420,
+        )
+        assert _count(_results("ticketed"), "fail") == 0, _results("ticketed")
+    finally:
+        kubectl("delete", "pod", "-n", APP_NS, "ticketed", "--ignore-not-found", check=False)
+        kubectl(
+            "patch",
+            "clustersamplerpolicy",
+            POLICY,
+            "--type",
+            "json",
+            "-p",
+            json.dumps([{"op": "remove", "path": "/spec/rng/tickets"}]),
+            check=False,
+        )
+        kubectl("delete", "configmap", "-n", APP_NS, "gateway-tickets", check=False)
