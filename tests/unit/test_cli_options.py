@@ -74,6 +74,26 @@ def test_variables_become_defaults_with_the_options_type(monkeypatch: pytest.Mon
     assert args.registry_plain_http == ["c:1"]
 
 
+def test_a_subcommand_s_options_read_their_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ticket issue`` and ``drift fit`` are a command's subcommands: the variables their help
+    names are read as well."""
+    key = tmp_path / "gw.key"
+    assert main(["ticket", "keygen", "--key", str(key)]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("SAMPLERGUARD_TENANT", "acme")
+    monkeypatch.setenv("SAMPLERGUARD_LIFETIME", "45")
+    assert main(["ticket", "issue", "--key", str(key)]) == 0
+    from samplerguard.commitment.ticket import read_ticket
+
+    _, body = read_ticket(capsys.readouterr().out)
+    assert body["tenant"] == "acme" and body["expiresAt"] - body["issuedAt"] == 45
+    monkeypatch.setenv("SAMPLERGUARD_LIFETIME", "soon")
+    assert main(["ticket", "issue", "--key", str(key)]) == 2
+    assert "SAMPLERGUARD_LIFETIME='soon'" in capsys.readouterr().err
+
+
 def test_help_shows_defaults_and_variables(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["verifier", "--help"])

@@ -111,12 +111,17 @@ def _convert(action: argparse.Action, name: str, raw: str) -> object:
 
 
 def apply_env(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """Defaults from the environment for the top-level options and the command in ``argv``."""
+    """Defaults from the environment for the top-level options, the command in ``argv`` and
+    its subcommand (``drift fit``, ``ticket issue``): every option whose help names a variable
+    reads it."""
     targets = [parser]
-    commands = subparsers(parser)
-    chosen = next((a for a in argv if a in commands), None)
-    if chosen is not None:
-        targets.append(commands[chosen])
+    rest = list(argv)
+    while commands := subparsers(targets[-1]):
+        at = next((i for i, a in enumerate(rest) if a in commands), None)
+        if at is None:
+            break
+        targets.append(commands[rest[at]])
+        rest = rest[at + 1 :]
     for target in targets:
         for action in _actions(target):
             name = env_name(action)
