@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -71,51 +70,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _keygen(path: Path, name: str) -> int:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        PublicFormat,
-    )
-
     from samplerguard.errors import MalformedInputError
+    from samplerguard.sidecar.keys import create_key, public_pem
 
-    key = Ed25519PrivateKey.generate()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        key = create_key(path)
     except FileExistsError:
         raise MalformedInputError(f"{path} exists; a key is never overwritten") from None
     except OSError as exc:
         raise MalformedInputError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        os.write(fd, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
-    block = {"rng": {"tickets": {"signers": [{"name": name, "publicKey": pem}]}}}
+    block = {"rng": {"tickets": {"signers": [{"name": name, "publicKey": public_pem(key)}]}}}
     print(f"# {path}: new gateway key; trust it in the policy's spec:", file=sys.stderr)
     print(yaml.safe_dump(block, sort_keys=False), end="")
     return 0
 
 
 def _issue(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
     from samplerguard.commitment.request import check_request_params, request_digest
     from samplerguard.commitment.ticket import issue_ticket
     from samplerguard.errors import MalformedInputError
+    from samplerguard.sidecar.keys import load_key
 
-    try:
-        key = load_pem_private_key(args.key.read_bytes(), password=None)
-    except OSError as exc:
-        raise MalformedInputError(f"cannot read {args.key}: {exc.strerror}") from None
-    except (ValueError, TypeError):
-        raise MalformedInputError(f"{args.key} is not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise MalformedInputError(f"{args.key} is not an Ed25519 key")
+    key = load_key(args.key)
     digest, request_id = None, args.request_id
     if args.request is not None:
         try:

@@ -56,6 +56,7 @@ from samplerguard.errors import SamplerGuardError
 from samplerguard.hook.recorder import Recorder, RecordingError
 from samplerguard.hook.sidecar_sink import SidecarSink
 from samplerguard.policy.report import ReportResult, read_audit_log
+from samplerguard.sidecar.keys import public_pem
 
 __all__ = ["DEMO_POD", "run_live_demo"]
 
@@ -77,13 +78,7 @@ class _Gateway:
 
     @property
     def public_pem(self) -> str:
-        return (
-            self.key.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-        )
+        return public_pem(self.key)
 
     def forward(self, params: dict[str, Any]) -> None:
         rid = str(params["requestId"])

@@ -21,16 +21,22 @@ from cryptography.hazmat.primitives.serialization import (
 
 from samplerguard.errors import MalformedInputError
 
-__all__ = ["load_or_create_key", "public_pem"]
+__all__ = ["create_key", "load_key", "load_or_create_key", "public_pem"]
 
 
 def public_pem(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def _load(path: Path) -> Ed25519PrivateKey:
+def load_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in the PEM file at ``path``; :class:`MalformedInputError` when it
+    cannot be read or is not one."""
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MalformedInputError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise MalformedInputError(f"{path} is not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -38,15 +44,10 @@ def _load(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
-    """The key at ``path``, creating it if absent. Returns ``(key, created)``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        fd = -1
-    if fd < 0:
-        return _load(path), False
+def create_key(path: Path) -> Ed25519PrivateKey:
+    """A new key written to ``path`` (``O_EXCL``, mode 0600); ``FileExistsError`` when a file is
+    already there: a key is never overwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     try:
@@ -54,4 +55,13 @@ def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return key, True
+    return key
+
+
+def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """The key at ``path``, creating it if absent. Returns ``(key, created)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return create_key(path), True
+    except FileExistsError:
+        return load_key(path), False
