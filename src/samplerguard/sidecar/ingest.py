@@ -753,8 +753,9 @@ class _Handler(socketserver.BaseRequestHandler):
         # A connection that committed a trajectory or took a seed has proved itself (a validated
         # START or seed request): it may carry the next exchange, as the hook keeps its
         # connection for the next trajectory. It waits up to keepalive_timeout for the next
-        # first frame, then the sidecar closes it and frees the slot. A readiness probe proves
-        # nothing and is closed after its answer.
+        # first frame (and that frame must be whole by the start deadline after), then the
+        # sidecar closes it and frees the slot; it gives the slot up at once to a new connection
+        # that waits for one. A readiness probe proves nothing and is closed after its answer.
         while self._exchange(sock, frames, first, peer):
             if not ingest._enter_idle(sock):
                 return  # a new connection is waiting for this slot
@@ -947,8 +948,8 @@ class IngestServer:
         self._slots = threading.BoundedSemaphore(max_connections)
         self._count_lock = threading.Lock()
         self.committed = 0
-        #: connections being served (kept ones waiting for their next exchange included),
-        #: against the CPUs this process may run on
+        #: connections being served (not kept ones waiting for their next exchange), against
+        #: the CPUs this process may run on
         self._active = 0
         #: kept connections waiting for their next exchange, longest-idle first, with the
         #: token of this wait (a connection waits again and again)
