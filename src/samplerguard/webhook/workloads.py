@@ -167,6 +167,13 @@ def find_pod_template(group: str, kind: str, obj: object) -> PodTemplate:
                     pointer=f"{pointer}/spec/{list_name}/{index}",
                 )
             )
+    volumes = spec.get("volumes")
+    if volumes is not None and not (
+        isinstance(volumes, list) and all(isinstance(v, dict) for v in volumes)
+    ):
+        # the injection checks them (a hostPath reaches the sidecar's files): a shape
+        # Kubernetes never gives them is refused here, not tripped over there
+        raise MalformedInputError(f"{where}.spec.volumes must be a list of objects")
     if not any(ref.list_name == "containers" for ref in refs):
         # Kubernetes requires one; a pod spec without any would be admitted with nothing
         # checked (the API server refuses it later, after the webhook said yes)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from samplerguard.errors import PolicyError
@@ -170,6 +170,10 @@ def test_wrong_kinds(fuzz_client: httpx.Client, kind: str, group: str) -> None:
     ),
     json_values,
 )
+# volumes that are not a list of objects reached the injection's hostPath check (a 500)
+@example(("spec", "volumes"), True)
+@example(("spec", "volumes"), 1.5)
+@example(("spec", "volumes"), ["a"])
 def test_shapes_of_the_object(fuzz_client: httpx.Client, path: tuple[Any, ...], value: Any) -> None:
     obj = workload("Pod", SIGNED, UNSIGNED)
     node: Any = obj
