@@ -28,6 +28,7 @@ __all__ = [
     "output_bytes",
     "raw_digest",
     "raw_digests",
+    "record_digests",
     "safetensors_digest",
     "tensor_bytes",
     "tensor_digest",
@@ -78,6 +79,41 @@ def raw_digests(
         [(tensor_header(dtype, tuple(shape)), memoryview(data)) for dtype, shape, data in tensors]
     )
     return ["sha256:" + d.hex() for d in digests]
+
+
+_digest_records: (
+    Callable[[Any, Sequence[tuple[int, tuple[tuple[bytes, int, int], ...]]]], list[str]] | None
+)
+try:
+    from samplerguard._digest import digest_records as _digest_records
+except ImportError:  # see _sha256_many
+    _digest_records = None
+
+#: one tensor of a frame body for :func:`record_digests`: its :func:`tensor_header`, and where
+#: its bytes lie relative to the record's first byte
+HashItem = tuple[bytes, int, int]
+
+
+def record_digests(
+    body: bytes | bytearray | memoryview, records: Sequence[tuple[int, tuple[HashItem, ...]]]
+) -> list[str]:
+    """The digests of the tensors of several records laid out in one frame body, in order: a
+    record is ``(base, items)``, its tensors at ``base + offset``. One compiled call for all of
+    them (the GIL released once, no Python work per tensor); the same digests as
+    :func:`raw_digest` of each."""
+    if _digest_records is not None and sum(len(items) for _, items in records) <= 4096:
+        return _digest_records(body, records)
+    view = memoryview(body).cast("B")
+    out = []
+    for base, items in records:
+        for prefix, offset, nbytes in items:
+            start = base + offset
+            if start < 0 or start + nbytes > len(view) or offset < 0 or nbytes < 0:
+                raise ValueError(f"{nbytes} bytes at {base} + {offset} lie outside the body")
+            h = hashlib.sha256(prefix)
+            h.update(view[start : start + nbytes])
+            out.append("sha256:" + h.hexdigest())
+    return out
 
 
 def _dtype_name(t: torch.Tensor) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import rfc8785
 
-__all__ = ["dumps", "number"]
+__all__ = ["dumps", "json_string", "number"]
 
 _MAX_SAFE = 2**53 - 1
 _encode: Callable[[Any], str] = json.JSONEncoder(
@@ -47,6 +47,11 @@ if c_make_encoder is not None:
 
     def _encode(value: Any) -> str:
         return "".join(_c_encode(value, 0))
+
+
+#: the RFC 8785 text of one string (quoted; ES6 and Python's JSON escape strings alike once
+#: ``ensure_ascii`` is off)
+json_string: Callable[[str], str] = encode_basestring
 
 
 _LEAF_TYPES = (str, bool, type(None))

@@ -29,13 +29,17 @@ import torch
 
 from samplerguard.commitment import jcs
 from samplerguard.commitment.digest import tensor_digest
+from samplerguard.commitment.jcs import json_string as _json_string
 from samplerguard.errors import MalformedInputError
 
 __all__ = [
+    "Borrowed",
     "CopyMemo",
     "SamplerState",
+    "borrow_or_copy",
     "capture_schedule",
     "capture_state",
+    "changed_since",
     "host_copy",
     "schedule_digest",
     "state_digest",
@@ -67,6 +71,24 @@ class SamplerState:
         """JSON structure with tensors replaced by ``{"tensor": "<path>"}``."""
         return {name: _skeleton(name, v) for name, v in self.values.items()}
 
+    def wire(self, prefix: str) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]:
+        """:meth:`skeleton` and the ``(prefix + path, tensor)`` pairs of :meth:`tensors`, in one
+        walk (the hook sends both for every step)."""
+        tensors: list[tuple[str, torch.Tensor]] = []
+        skeleton: dict[str, Any] = {}
+        for name, value in self.values.items():
+            if isinstance(value, torch.Tensor):
+                skeleton[name] = {"tensor": name}
+                tensors.append((prefix + name, value))
+            elif isinstance(value, list):
+                skeleton[name] = _skeleton(name, value)
+                tensors += [(prefix + p, t) for p, t in _walk_tensors(name, value)]
+            elif isinstance(value, float):
+                skeleton[name] = {"float": value.hex()}
+            else:
+                skeleton[name] = value
+        return skeleton, tensors
+
     def digest(self) -> str:
         """``sha256:`` over the RFC 8785 JSON of the state with tensors as their digests."""
         return state_digest(
@@ -97,11 +119,79 @@ def state_digest(skeleton: Mapping[str, Any], digests: Mapping[str, str]) -> str
     if not isinstance(skeleton, Mapping):
         raise MalformedInputError("sampler state skeleton is not a JSON object")
     used: set[str] = set()
+    text = _canonical_state(skeleton, digests, used) if type(skeleton) is dict else None
+    if text is not None and len(used) == len(digests) and text.isascii():
+        return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+    used.clear()  # anything unusual: the general path below decides, and names the problem
     doc = {str(k): _digest_node(v, digests, used, 0) for k, v in skeleton.items()}
     if len(used) != len(digests):
         extra = sorted(set(digests) - used)[:3]
         raise MalformedInputError(f"sampler state carries tensors it does not name: {extra}")
     return "sha256:" + hashlib.sha256(jcs.dumps(doc)).hexdigest()
+
+
+_MAX_SAFE_INT = 2**53 - 1
+
+
+def _canonical_state(
+    node: dict[str, Any], digests: Mapping[str, str], used: set[str], depth: int = 0
+) -> str | None:
+    """The RFC 8785 text of the digested state document, written in one pass (the sidecar
+    digests a state per step record): the same bytes as ``jcs.dumps`` of what
+    :func:`_digest_node` builds. None for anything off the common shapes (a non-ASCII key, a
+    float outside ``{"float": hex}``, an unknown or repeated tensor, deep nesting), which the
+    general path then encodes or refuses with its reason."""
+    parts = []
+    for key in sorted(node):
+        if type(key) is not str or not key.isascii():
+            return None  # JCS orders other keys by UTF-16 code units: the general path
+        value = _canonical_value(node[key], digests, used, depth)
+        if value is None:
+            return None
+        parts.append(f"{_json_string(key)}:{value}")
+    return "{" + ",".join(parts) + "}"
+
+
+def _canonical_value(
+    value: Any, digests: Mapping[str, str], used: set[str], depth: int
+) -> str | None:
+    t = type(value)
+    if t is int:
+        return str(value) if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else None
+    if t is str:
+        return _json_string(value)
+    if value is None:
+        return "null"
+    if t is bool:
+        return "true" if value else "false"
+    if t is not dict or len(value) != 1 or depth >= 4:
+        return None
+    if "tensor" in value:
+        path = value["tensor"]
+        if type(path) is not str or path in used or path not in digests:
+            return None
+        used.add(path)
+        digest = digests[path]
+        return f'{{"tensor":{_json_string(digest)}}}' if type(digest) is str else None
+    if "float" in value:
+        hexed = value["float"]
+        if type(hexed) is not str:
+            return None
+        try:
+            float.fromhex(hexed)
+        except ValueError:
+            return None
+        return f'{{"float":{_json_string(hexed)}}}'
+    items = value.get("list")
+    if type(items) is not list or len(items) > _MAX_ITEMS:
+        return None
+    out = []
+    for item in items:
+        text = _canonical_value(item, digests, used, depth + 1)
+        if text is None:
+            return None
+        out.append(text)
+    return '{"list":[' + ",".join(out) + "]}"
 
 
 def _digest_node(node: Any, digests: Mapping[str, str], used: set[str], depth: int) -> Any:
@@ -205,12 +295,39 @@ def _version(t: torch.Tensor) -> int | None:
         return None
 
 
+#: tensors a capture kept instead of copying, with their version counters then (see
+#: :func:`capture_state`'s ``borrow``)
+Borrowed = list[tuple[torch.Tensor, int]]
+
+
+def borrow_or_copy(t: torch.Tensor, borrowed: Borrowed) -> torch.Tensor:
+    """``t`` itself, noted in ``borrowed`` with its version counter, when ``t`` is a host tensor
+    that keeps one; else a :func:`host_copy`."""
+    if t.device.type == "cpu":
+        version = _version(t)
+        if version is not None:
+            borrowed.append((t, version))
+            return t
+    return host_copy(t)
+
+
+def changed_since(borrowed: Borrowed) -> int:
+    """How many borrowed tensors were changed in place since they were borrowed."""
+    return sum(1 for t, version in borrowed if _version(t) != version)
+
+
 def _capture_value(
-    value: Any, depth: int = 0, memo: CopyMemo | None = None, seen: CopyMemo | None = None
+    value: Any,
+    depth: int = 0,
+    memo: CopyMemo | None = None,
+    seen: CopyMemo | None = None,
+    borrowed: Borrowed | None = None,
 ) -> tuple[bool, Value]:
     if value is None or isinstance(value, bool | int | float | str):
         return True, value
     if isinstance(value, torch.Tensor):
+        if borrowed is not None and value.device.type == "cpu" and _version(value) is not None:
+            return True, borrow_or_copy(value, borrowed)
         if seen is None or value.numel() * value.element_size() < MEMO_MIN_BYTES:
             return True, host_copy(value)
         version = _version(value)
@@ -233,7 +350,7 @@ def _capture_value(
     if isinstance(value, list | tuple) and depth < 3 and len(value) <= _MAX_ITEMS:
         items = []
         for item in value:
-            ok, v = _capture_value(item, depth + 1, memo, seen)
+            ok, v = _capture_value(item, depth + 1, memo, seen, borrowed)
             if not ok:
                 return False, None
             items.append(v)
@@ -296,7 +413,11 @@ def schedule_digest(schedule: Mapping[str, torch.Tensor]) -> str:
 
 
 def capture_state(
-    scheduler: Any, schedule: Mapping[str, torch.Tensor], memo: CopyMemo | None = None
+    scheduler: Any,
+    schedule: Mapping[str, torch.Tensor],
+    memo: CopyMemo | None = None,
+    *,
+    borrow: Borrowed | None = None,
 ) -> SamplerState:
     """Everything the scheduler carries into its next step, as host copies.
 
@@ -306,13 +427,19 @@ def capture_state(
     copy instead of being copied again: a multistep solver shifts its history list by one each
     step, so all but one of its model outputs were copied a step earlier (for a GPU model, a
     device-to-host copy into newly pinned memory each). ``memo`` is updated to this capture's
-    tensors. Copies are never written to, so sharing one between two states is safe."""
+    tensors. Copies are never written to, so sharing one between two states is safe.
+
+    With ``borrow``, host tensors that keep a version counter are not copied at all: the state
+    holds the scheduler's tensors themselves, each noted in ``borrow`` with its version, and
+    whoever reads them later must check with :func:`changed_since` that nothing changed them
+    in place meanwhile (a diffusers scheduler replaces its tensors, it does not write into
+    them). Device tensors, and inference tensors, which keep no version, are copied."""
     seen: CopyMemo | None = None if memo is None else {}
     values: dict[str, Value] = {}
     for name, value in vars(scheduler).items():
         if name in _SKIP or (name in schedule and value is schedule[name]):
             continue
-        ok, captured = _capture_value(value, 0, memo, seen)
+        ok, captured = _capture_value(value, 0, memo, seen, borrow)
         if ok:
             values[name] = captured
     if memo is not None and seen is not None:

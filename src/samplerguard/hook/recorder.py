@@ -37,8 +37,10 @@ from samplerguard.commitment.fingerprint import build_fingerprint
 from samplerguard.commitment.plan import sampler_plan
 from samplerguard.commitment.request import check_request_params, request_digest
 from samplerguard.commitment.state import (
+    Borrowed,
     CopyMemo,
     SamplerState,
+    borrow_or_copy,
     capture_schedule,
     capture_state,
     host_copy,
@@ -238,13 +240,19 @@ class Begin:
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One step as the recorder hands it to the sink (host copies, synchronised)."""
+    """One step as the recorder hands it to the sink (host copies, synchronised).
+
+    For a sink that ``borrows``, host tensors are not copied: ``latent`` and the state's
+    tensors may be the pipeline's own, listed in ``borrowed`` with their version counters, and
+    the sink must check with :func:`~samplerguard.commitment.state.changed_since` after it has
+    read them that the pipeline did not change them in place meanwhile."""
 
     index: int
     timestep: int | float
     latent: torch.Tensor
     state: SamplerState
     noise: list[torch.Tensor]
+    borrowed: Borrowed = field(default_factory=list)
 
 
 class Sink(Protocol):
@@ -252,7 +260,10 @@ class Sink(Protocol):
 
     :class:`~samplerguard.hook.local.LocalSink` builds the tree and signs in this process;
     :class:`~samplerguard.hook.sidecar_sink.SidecarSink` streams the tensors to the sidecar,
-    which hashes, builds the tree and signs (the serving process spends no CPU on hashing)."""
+    which hashes, builds the tree and signs (the serving process spends no CPU on hashing).
+
+    A sink with a true ``borrows`` attribute takes host tensors without copies (see
+    :class:`StepRecord`); any other gets copies it owns."""
 
     def start(self, request: TrajectoryRequest, begin: Begin) -> Any:
         """Open the trajectory; returns a per-trajectory handle."""
@@ -362,6 +373,7 @@ class Trajectory:
         self._jobs: list[Callable[[], None]] = []
         self._lagged: str | None = None  # set on the loop thread when the worker fell behind
         self._began = False
+        self._borrow = False
         self._ended = False
         self._next_step = 0
         self._commitment: Commitment | None = None
@@ -416,6 +428,7 @@ class Trajectory:
                 f"{set_for}: declare what runs (or call set_timesteps({self.request.steps}))"
             )
         self._began = True
+        self._borrow = bool(getattr(self._recorder.sink, "borrows", False))
         recipe = self.request.recipe(scheduler, tuple(latents.shape), latents.device)
         if before is None:
             _reset_leftovers(scheduler, recipe, latents)
@@ -469,8 +482,14 @@ class Trajectory:
             return  # already unverified: copy nothing more
         if self._pending_initial is not None:
             self.set_conditioning({})
-        latent = host_copy(latents)
-        state = capture_state(scheduler, self._schedule, self._copies)
+        borrowed: Borrowed = []
+        if self._borrow:
+            # the pipeline's own host tensors, checked unchanged by the sink once it read them
+            latent = borrow_or_copy(latents, borrowed)
+            state = capture_state(scheduler, self._schedule, self._copies, borrow=borrowed)
+        else:
+            latent = host_copy(latents)
+            state = capture_state(scheduler, self._schedule, self._copies)
         noise, self._noise = self._noise, []
         # A CUDA timestep is copied like the latent and read on the worker: ``.item()`` here
         # would synchronise the device every step and stall the loop's run-ahead.
@@ -487,7 +506,9 @@ class Trajectory:
             _sync(event)
             t = t_in.item() if isinstance(t_in, torch.Tensor) else t_in
             try:
-                self._recorder.sink.step(self._handle, StepRecord(index, t, latent, state, noise))
+                self._recorder.sink.step(
+                    self._handle, StepRecord(index, t, latent, state, noise, borrowed)
+                )
             except Exception as exc:
                 self._fail(f"could not record step {index}: {exc}")
 

@@ -29,6 +29,7 @@ import base64
 import contextlib
 import errno
 import json
+import logging
 import os
 import select
 import socket
@@ -43,7 +44,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from samplerguard.commitment.dsse import keyid, load_public_key
-from samplerguard.commitment.state import SamplerState
+from samplerguard.commitment.state import Borrowed, SamplerState, changed_since
 from samplerguard.commitment.statement import Commitment
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
 from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest
@@ -68,6 +69,8 @@ from samplerguard.hook.wire import (
 )
 from samplerguard.rng.noise import RequestNoise
 from samplerguard.rng.seed import RequestSeed
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SidecarRefusedError", "SidecarSink", "probe"]
 
@@ -108,6 +111,8 @@ class _Session:
         default_factory=list
     )
     pending_bytes: int = 0
+    #: the pipeline's tensors the held records borrowed (see ``SidecarSink.borrows``)
+    borrowed: Borrowed = field(default_factory=list)
 
 
 def _state_tensors(prefix: str, state: SamplerState) -> list[tuple[str, torch.Tensor]]:
@@ -130,16 +135,25 @@ class SidecarSink:
         public_key: Ed25519PublicKey | None = None,
         batch: int = 8,
         idle_connections: int = MAX_IDLE_CONNECTIONS,
+        borrow: bool = True,
     ) -> None:
         """``batch``: step records per ``STEPS`` frame (1 sends one ``STEP`` frame per step).
         ``idle_connections``: connections kept open for the next exchanges (0: a connection
-        per trajectory and per seed)."""
+        per trajectory and per seed). ``borrow``: take the pipeline's host tensors without
+        copying them (see ``borrows``)."""
         if not 1 <= batch <= MAX_STEPS_PER_FRAME:
             raise ValueError(f"batch must be 1..{MAX_STEPS_PER_FRAME}")
         if not 0 <= idle_connections <= 64:
             raise ValueError("idle_connections must be 0..64")
         self.idle_connections = idle_connections
         self.batch = batch
+        #: The recorder hands this sink the pipeline's own host tensors instead of copies (a
+        #: step's latent and sampler state: copying them was a third of the hook's time on
+        #: the denoising thread). They are read straight into the socket, and after each send
+        #: the sink checks their version counters: a pipeline that changed a recorded tensor in
+        #: place before it was sent fails that trajectory (nothing wrong is ever committed), and
+        #: the sink takes copies from then on.
+        self.borrows = borrow
         self.socket_path = os.fspath(socket_path)
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
@@ -420,21 +434,50 @@ class SidecarSink:
     def step(self, handle: _Session, step: StepRecord) -> None:
         """Queue the record; a full batch goes out as one ``STEPS`` frame (the sidecar reads,
         stores and hashes it with one header, one system call and one hand-off)."""
-        header = {"index": step.index, "timestep": step.timestep, "state": step.state.skeleton()}
-        tensors = [("latent", step.latent), *_state_tensors("state/", step.state)]
+        skeleton, state = step.state.wire("state/")
+        header = {"index": step.index, "timestep": step.timestep, "state": skeleton}
+        tensors = [("latent", step.latent), *state]
         tensors += [(f"noise/{k}", n) for k, n in enumerate(step.noise)]
         handle.pending.append((header, tensors))
+        handle.borrowed += step.borrowed
         handle.pending_bytes += sum(t.numel() * t.element_size() for _, t in tensors)
         if len(handle.pending) >= self.batch or handle.pending_bytes >= STEPS_FRAME_BYTES:
             self._flush_steps(handle)
 
     def _flush_steps(self, sess: _Session) -> None:
+        borrowed = sess.borrowed
+        self._send_parts(sess, self._pending_parts(sess))
+        self._check_borrowed(borrowed)
+
+    def _check_borrowed(self, borrowed: Borrowed) -> None:
+        """After the records that borrowed these tensors went out: were any changed in place
+        meanwhile? Then what was sent may not be what the step produced."""
+        changed = changed_since(borrowed)
+        borrowed.clear()
+        if changed:
+            self.borrows = False
+            log.warning(
+                "the pipeline changed %d recorded tensors in place before they were sent; "
+                "this sink copies them from now on",
+                changed,
+            )
+            raise MalformedInputError(
+                f"the pipeline changed {changed} recorded tensors in place before they were "
+                "sent, so this trajectory cannot be committed (later ones are recorded from "
+                "copies; SidecarSink(borrow=False) copies from the start)"
+            )
+
+    @staticmethod
+    def _pending_parts(sess: _Session) -> list[bytes | memoryview]:
+        """The held step records as one frame (none when nothing is held); the caller checks
+        the tensors they borrowed once they are sent."""
         records, sess.pending, sess.pending_bytes = sess.pending, [], 0
-        if len(records) == 1:
-            self._send(sess, FRAME_STEP, *records[0])
-        elif records:
-            self._send_parts(sess, encode_steps(records))
+        sess.borrowed = []
         sess.sent_steps += len(records)
+        if len(records) == 1:
+            return encode_frame(FRAME_STEP, *records[0])
+        # the headers are step()'s own: index, timestep, SamplerState.wire()'s skeleton
+        return encode_steps(records, skeletons=True) if records else []
 
     def finish(
         self, handle: _Session, final_latent: torch.Tensor, output_digest: str
@@ -443,9 +486,20 @@ class SidecarSink:
         try:
             if sess.public_key is None:
                 raise MalformedInputError("the trajectory was not started")
-            self._flush_steps(sess)
-            self._send(sess, FRAME_FINAL, {}, [("latent", final_latent)])
-            self._send(sess, FRAME_FINISH, {"output": output_digest}, [])
+            # the last steps and FINAL in one send; FINISH, which commits, only once the
+            # tensors they borrowed are known unchanged
+            borrowed = sess.borrowed
+            finish = encode_frame(FRAME_FINISH, {"output": output_digest}, [])
+            last = [
+                *self._pending_parts(sess),
+                *encode_frame(FRAME_FINAL, {}, [("latent", final_latent)]),
+            ]
+            if borrowed:
+                self._send_parts(sess, last)
+                self._check_borrowed(borrowed)
+                self._send_parts(sess, finish)
+            else:
+                self._send_parts(sess, [*last, *finish])
             assert sess.sock is not None
             reply = self._reply(sess.sock, f"the commitment of {sess.request.request_id}")
             commitment = Commitment.verify(reply.get("commitment"), sess.public_key)

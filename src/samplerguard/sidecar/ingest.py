@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samplerguard.commitment.digest import raw_digests
+from samplerguard.commitment.digest import HashItem, record_digests, tensor_header
 from samplerguard.commitment.request import check_request_params, request_digest
 from samplerguard.commitment.state import state_digest
 from samplerguard.commitment.statement import Commitment, commit
@@ -149,16 +149,25 @@ class _StepLayout:
     noise: tuple[str, ...]
     #: the ``state/…`` tensor names
     state: tuple[str, ...]
+    #: every tensor's name, in body order
+    names: tuple[str, ...]
+    #: what :func:`record_digests` hashes, in body order
+    hashing: tuple[HashItem, ...]
+
+
+def _hashing(specs: list[TensorSpec]) -> tuple[HashItem, ...]:
+    return tuple((tensor_header(s.dtype, s.shape), s.offset, s.nbytes) for s in specs)
 
 
 def _step_layout(specs: list[TensorSpec], nbytes: int, what: str) -> _StepLayout:
-    names = [spec.name for spec in specs]
+    names = tuple(spec.name for spec in specs)
     if "latent" not in names:
         raise MalformedInputError(f"{what} carries no latent")
     noise = tuple(f"noise/{k}" for k in range(sum(n.startswith("noise/") for n in names)))
     if not all(n in names for n in noise):
         raise MalformedInputError(f"{what} numbers its noise tensors with gaps")
-    return _StepLayout(specs, nbytes, noise, tuple(n for n in names if n.startswith("state/")))
+    state = tuple(n for n in names if n.startswith("state/"))
+    return _StepLayout(specs, nbytes, noise, state, names, _hashing(specs))
 
 
 class _Layouts:
@@ -221,23 +230,8 @@ class _Layouts:
 def _digests(body: bytearray | memoryview, specs: list[TensorSpec]) -> dict[str, str]:
     """The canonical digest of every tensor in a frame body, from the raw bytes received (no
     tensors are built: one SHA-256 pass per tensor, with the GIL released)."""
-    return _many_digests([(body, specs)])[0]
-
-
-def _many_digests(
-    records: list[tuple[bytearray | memoryview, list[TensorSpec]]],
-) -> list[dict[str, str]]:
-    """:func:`_digests` of several records (a ``STEPS`` frame's) in one batch: with the compiled
-    hasher the GIL is released once for all of their tensors."""
-    tensors = []
-    for body, specs in records:
-        view = memoryview(body)
-        tensors += [
-            (spec.dtype, spec.shape, view[spec.offset : spec.offset + spec.nbytes])
-            for spec in specs
-        ]
-    digests = iter(raw_digests(tensors))
-    return [{spec.name: next(digests) for spec in specs} for _, specs in records]
+    digests = record_digests(body, [(0, _hashing(specs))])
+    return {spec.name: d for spec, d in zip(specs, digests, strict=True)}
 
 
 def _index(header: dict[str, Any]) -> int:
@@ -572,7 +566,7 @@ class _Trajectory:
                     "noise": [f"{prefix}{n}" for n in layout.noise],
                 }
             )
-            jobs.append((index, timestep, skeleton, layout, view[offset : offset + layout.nbytes]))
+            jobs.append((index, timestep, skeleton, layout, view, offset))
         self._check_size(len(view))
         self.writer.add_records(entries, view)
         self._digester.submit(len(view), self._leaves, jobs)
@@ -580,8 +574,12 @@ class _Trajectory:
     def _leaves(self, jobs: list[tuple[Any, ...]]) -> None:
         """On the digester: the digests of a batch of step records (one hashing call) and
         their leaves, in order."""
-        all_digests = _many_digests([(job[4], job[3].specs) for job in jobs])
-        for (index, timestep, skeleton, layout, _), digests in zip(jobs, all_digests, strict=True):
+        # every job holds the same frame body, each record at its own offset
+        flat = record_digests(jobs[0][4], [(job[5], job[3].hashing) for job in jobs])
+        at = 0
+        for index, timestep, skeleton, layout, _, _ in jobs:
+            digests = dict(zip(layout.names, flat[at : at + len(layout.names)], strict=True))
+            at += len(layout.names)
             state = _state_digest(skeleton, digests)
             self.leaves.step(
                 index, timestep, digests["latent"], state, [digests[n] for n in layout.noise]

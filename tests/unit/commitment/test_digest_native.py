@@ -95,3 +95,63 @@ def test_raw_digests_match_raw_digest(compiled: bool, monkeypatch: pytest.Monkey
     assert raw_digests(tensors) == [raw_digest(*t) for t in tensors]
     many = [("uint8", (1,), bytes([i % 256])) for i in range(4100)]  # past one batch's cap
     assert raw_digests(many) == [raw_digest(*t) for t in many]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["native", "hashlib"])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 300),
+            st.lists(st.tuples(st.binary(max_size=40), st.integers(0, 200), st.integers(0, 300))),
+        ),
+        max_size=6,
+    )
+)
+def test_record_digests_are_the_raw_digests_of_each_range(
+    compiled: bool, records: list[tuple[int, list[tuple[bytes, int, int]]]]
+) -> None:
+    """Every range inside the body hashes as raw_digest would; any range outside it is
+    refused, never read (the compiled loop and the hashlib fallback alike)."""
+    if compiled and native is None:
+        pytest.skip("samplerguard._digest is not built here")
+    body = bytes(range(256)) * 2  # 512 bytes
+    plan = [(base, tuple(items)) for base, items in records]
+    inside = all(base + off + n <= len(body) for base, items in plan for _, off, n in items)
+    call = native.digest_records if compiled else _hashlib_record_digests
+    if not inside:
+        with pytest.raises(ValueError, match="outside"):
+            call(body, plan)
+        return
+    want = [
+        "sha256:" + hashlib.sha256(prefix + body[base + off : base + off + n]).hexdigest()
+        for base, items in plan
+        for prefix, off, n in items
+    ]
+    assert call(body, plan) == want
+
+
+def _hashlib_record_digests(body: bytes, plan: list[Any]) -> list[str]:
+    saved, digest._digest_records = digest._digest_records, None
+    try:
+        return digest.record_digests(body, plan)
+    finally:
+        digest._digest_records = saved
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("records", "error", "match"),
+    [
+        ("nope", TypeError, "list of records|records are"),
+        ([(0, [(b"", 0, 1)])], TypeError, "records are"),
+        ([(0, ((b"", 0),))], TypeError, "items are"),
+        ([(0, (("str", 0, 1),))], TypeError, "items are"),
+        ([(-1, ((b"", 0, 1),))], ValueError, "outside"),
+        ([(0, ((b"", 0, -1),))], ValueError, "outside"),
+        ([(0, ((b"", 2**62, 1),))], ValueError, "outside"),
+        ([(0, tuple((b"", 0, 0) for _ in range(4097)))], ValueError, "at most 4096"),
+    ],
+)
+def test_record_digests_refuses_malformed_plans(records: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        native.digest_records(b"abcd", records)

@@ -3,7 +3,10 @@ the reference canonical JSON; the state digest from a skeleton against SamplerSt
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
+import rfc8785
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -159,3 +162,76 @@ def test_state_digest_refuses_malformed_skeletons(
 ) -> None:
     with pytest.raises(MalformedInputError, match=match):
         state_digest(skeleton, parts)  # type: ignore[arg-type]
+
+
+_text_chars = st.characters(codec="utf-8", exclude_categories=["Cs"])
+_names = st.one_of(
+    st.text("abcdef_.0123", max_size=6),
+    st.text(_text_chars, max_size=6),
+)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.integers(min_value=-100, max_value=1000),
+    st.text('ab"\\\n\x01z', max_size=6),
+    st.text(_text_chars, max_size=8),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: {"float": f.hex()}),
+)
+_tensors = st.text("abc.0123", min_size=1, max_size=4).map(lambda p: {"tensor": p})
+_nodes = st.recursive(
+    st.one_of(_scalars, _tensors),
+    lambda inner: st.lists(inner, max_size=4).map(lambda v: {"list": v}),
+    max_leaves=8,
+)
+
+
+def _paths(node: object) -> list[str]:
+    if isinstance(node, dict) and "tensor" in node:
+        return [node["tensor"]]
+    if isinstance(node, dict) and "list" in node:
+        return [p for item in node["list"] for p in _paths(item)]
+    return []
+
+
+@given(st.dictionaries(_names, _nodes, max_size=5), st.booleans(), st.data())
+def test_state_digest_one_pass_text_equals_the_reference_canonical_json(
+    skeleton: dict[str, object], extra: bool, data: st.DataObject
+) -> None:
+    """The sidecar's one-pass state text against the general path (the document built node by
+    node, encoded by the reference JCS): the same digest, or the same refusal. Every tensor the
+    skeleton names gets a digest (a repeated name is refused), and ``extra`` adds one it does
+    not name."""
+    from samplerguard.commitment import state as state_module
+
+    named = [p for v in skeleton.values() for p in _paths(v)]
+    parts = {p: data.draw(digests) for p in named}
+    if extra:
+        parts["unnamed"] = D
+    used: set[str] = set()
+    try:
+        doc = {k: state_module._digest_node(v, parts, used, 0) for k, v in skeleton.items()}
+        reference = (
+            None
+            if len(used) != len(parts)
+            else "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+        )
+    except (MalformedInputError, rfc8785.IntegerDomainError):
+        reference = None
+    if reference is None:
+        with pytest.raises((MalformedInputError, rfc8785.IntegerDomainError)):
+            state_digest(skeleton, parts)
+    else:
+        assert state_digest(skeleton, parts) == reference
+
+
+def test_state_wire_is_the_skeleton_and_the_tensors_in_one_walk() -> None:
+    t1, t2, t3 = torch.zeros(2), torch.ones(3), torch.full((1,), 2.0)
+    state = SamplerState(
+        values={"h": [t1, None, [t2, 1.5]], "x": t3, "f": 0.25, "n": 4, "s": "euler", "z": None}
+    )
+    skeleton, tensors = state.wire("state/")
+    assert skeleton == state.skeleton()
+    assert [(name, t) for name, t in tensors] == [
+        (f"state/{p}", t) for p, t in state.tensors().items()
+    ]
