@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from samplerguard.commitment.digest import tensor_digest
 from samplerguard.commitment.fingerprint import differences
 from samplerguard.commitment.opening import Opening
 from samplerguard.commitment.plan import sampler_plan
@@ -32,6 +33,7 @@ from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.transcript import (
     TailFacts,
     Transcript,
+    UncheckedBinding,
     check_noise_stream,
     check_transcript,
 )
@@ -186,11 +188,16 @@ def _check_approximate(facts: TailFacts, opened: Opening | None, result: Challen
     false claim and the swapped output is rejected."""
     if not result.accepted:
         return
-    if facts.approximate:
+    approximate = dict(facts.approximate)
+    if facts.from_opened is not None and opened is not None:
+        approximate.update(_from_opened(facts, opened, result))
+    elif facts.from_opened is not None:
+        result.unchecked.append("request conditioning (no step opened to compare it with)")
+    if approximate:
         if opened is None:
             result.unchecked.append("request conditioning (no step opened to compare it with)")
         else:
-            for name, derived in facts.approximate.items():
+            for name, derived in approximate.items():
                 committed = opened.conditioning.get(name)
                 score = _rel_l2(derived, committed)
                 if score > result.tau:
@@ -209,6 +216,42 @@ def _check_approximate(facts: TailFacts, opened: Opening | None, result: Challen
             "does not explain the difference (a swapped output behind a false build claim)",
             check="output-binding",
         )
+
+
+def _from_opened(
+    facts: TailFacts, opened: Opening, result: ChallengeResult
+) -> dict[str, torch.Tensor]:
+    """A request that sent embeddings: the opened (committed) conditioning must hold them, and
+    be what the pipeline derives from them (their repeats per image, the negative half). Exact
+    on the same build; what may differ in its last bits here (another build) is returned, to be
+    compared at the challenge's tau."""
+    assert facts.from_opened is not None
+    try:
+        derived = facts.from_opened(opened.conditioning)
+    except UncheckedBinding as exc:
+        result.unchecked.append(f"request conditioning ({exc})")
+        return {}
+    except MalformedInputError as exc:
+        raise VerificationError(f"request binding: {exc}", check="request-binding") from None
+    if set(derived) != set(opened.conditioning):
+        raise VerificationError(
+            f"request binding: the request derives conditioning {sorted(derived)}, the recipe "
+            f"commits {sorted(opened.conditioning)}",
+            check="request-binding",
+        )
+    inexact = {}
+    for name, tensor in derived.items():
+        committed = opened.conditioning[name]
+        if tensor_digest(tensor.to(committed.dtype)) == tensor_digest(committed):
+            continue
+        if not facts.inexact:
+            raise VerificationError(
+                f"request binding: conditioning {name!r} is not what the request's embeddings "
+                "derive (their repeats or the negative half differ)",
+                check="request-binding",
+            )
+        inexact[name] = tensor
+    return inexact
 
 
 def _rel_l2(derived: torch.Tensor, committed: torch.Tensor | None) -> float:

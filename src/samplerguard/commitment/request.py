@@ -15,7 +15,9 @@ them (RFC 8785 JSON of a flat object). Two parties check it:
 Request parameters are a JSON object of at most 64 keys with these always present:
 ``requestId``, ``tenant``, ``steps``, ``guidanceScale``; the rest are the pipeline's inputs
 (``classLabels`` for the bundled model; ``prompt`` and ``negativePrompt`` for text pipelines;
-``height``, ``width``, ``seed`` where the consumer sent them).
+``height``, ``width``, ``seed`` where the consumer sent them). A consumer that sends prompt
+embeddings instead of a prompt binds them as ``promptEmbeds`` (and ``negativePromptEmbeds``):
+:func:`embeds_param` of the tensor it sent, ``{"digest", "dtype", "shape"}``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "REQUIRED_PARAMS",
     "check_request_params",
+    "embeds_param",
     "request_digest",
     "verify_response",
 ]
@@ -63,6 +66,28 @@ def check_request_params(params: object) -> dict[str, Any]:
     if not isinstance(params["requestId"], str) or not isinstance(params["tenant"], str):
         raise MalformedInputError("request requestId and tenant must be strings")
     return {str(k): v for k, v in params.items()}
+
+
+def embeds_param(embeds: Any) -> dict[str, Any]:
+    """The request parameter that binds a tensor of prompt embeddings, as its sender computes
+    it: the canonical tensor digest, the dtype and the shape of the tensor exactly as sent
+    (``samplerguard.commitment.digest.tensor_digest``). The verifier finds these embeddings in
+    the conditioning the provider committed; it can when the pipeline ran them in the sent
+    dtype or a wider one (float16 sent, float32 run), not when it narrowed them (float32 sent,
+    float16 run: then they are reported NOT CHECKED)."""
+    import torch
+
+    from samplerguard.commitment.digest import tensor_digest
+
+    if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or not embeds.is_floating_point():
+        raise MalformedInputError(
+            "prompt embeddings are a 3-D floating-point tensor (prompts, tokens, width)"
+        )
+    return {
+        "digest": tensor_digest(embeds),
+        "dtype": str(embeds.dtype).removeprefix("torch."),
+        "shape": list(embeds.shape),
+    }
 
 
 def request_digest(params: Mapping[str, Any]) -> str:

@@ -30,7 +30,7 @@ import binascii
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -91,6 +91,12 @@ class UncheckedBinding(Exception):
     """A reference program cannot check this binding here (no reference component, or an input
     it does not re-derive): the challenge is incomplete, never a pass. The message names what
     is missing."""
+
+
+class FromOpenedConditioning(UncheckedBinding):
+    """The request binds its conditioning by digest (prompt embeddings the consumer sent), so
+    it is checked against the conditioning a challenged step opens, with the program's
+    ``conditioning_from_opened``; without an opened step it stays unchecked."""
 
 
 class TailProgram(Protocol):
@@ -186,6 +192,12 @@ class TailFacts:
     #: the reference decode differs from the served output on another build: that is only
     #: explained by the build if the steps do not reproduce bit for bit either
     output_differs: bool = False
+    #: for a request that binds its conditioning by digest: derives the conditioning from the
+    #: opened (committed) one, after checking that it holds the request's embeddings (see
+    #: :class:`FromOpenedConditioning`)
+    from_opened: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    #: whether derived conditioning may differ in its last bits here (another build)
+    inexact: bool = False
 
 
 def _doc(data: bytes, index: int, kind: str) -> dict[str, Any]:
@@ -346,13 +358,18 @@ def check_transcript(
         unchecked.append(f"initial latent ({exc})")
     # (6): the consumer's request
     approximate: dict[str, torch.Tensor] = {}
-    unchecked += _check_request(commitment, recipe, meta.request, program, plan.order, approximate)
+    deferred: list[Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = []
+    unchecked += _check_request(
+        commitment, recipe, meta.request, program, plan.order, approximate, deferred
+    )
     return TailFacts(
         initial_latent=transcript.initial,
         step_noise=step_noise,
         unchecked=unchecked,
         approximate=approximate,
         output_differs=output_differs,
+        from_opened=deferred[0] if deferred else None,
+        inexact=_inexact_here(program, recipe),
     )
 
 
@@ -382,9 +399,11 @@ def _check_request(
     program: TailProgram,
     order: int,
     approximate: dict[str, torch.Tensor],
+    deferred: list[Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]],
 ) -> list[str]:
-    """Check the request binding; returns what could not be checked, and puts in
-    ``approximate`` the conditioning to compare with the opened one at the challenge's tau."""
+    """Check the request binding; returns what could not be checked, puts in ``approximate``
+    the conditioning to compare with the opened one at the challenge's tau, and in ``deferred``
+    the derivation that needs the opened conditioning (a request that sent embeddings)."""
     committed = recipe.get("request")
     if committed is None or params is None:
         raise VerificationError(
@@ -476,6 +495,11 @@ def _check_request(
                 "(a swapped prompt or label)",
                 check="request-binding",
             )
+    except FromOpenedConditioning:
+        from_opened = getattr(program, "conditioning_from_opened", None)
+        if from_opened is None:
+            return ["request conditioning (no derivation from the committed conditioning)"]
+        deferred.append(lambda opened: from_opened(params, recipe, opened))
     except UncheckedBinding as exc:
         return [f"request conditioning ({exc})"]
     except MalformedInputError as exc:

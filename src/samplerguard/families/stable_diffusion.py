@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from samplerguard.commitment.transcript import UncheckedBinding
+from samplerguard.commitment.transcript import FromOpenedConditioning, UncheckedBinding
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families._base import (
     Family,
@@ -75,6 +75,18 @@ class StableDiffusionProgram(FamilyProgram):
             raise UncheckedBinding(f"the {self.pipeline} reference has no text encoder")
         return self.codec.conditioning(request, recipe)
 
+    def conditioning_from_opened(
+        self,
+        request: Mapping[str, Any],
+        recipe: Mapping[str, Any],
+        opened: Mapping[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The UNet's conditioning for a request that sent prompt embeddings, from the opened
+        conditioning that must hold them (see :class:`StableDiffusionCodec`)."""
+        if self.codec is None:
+            raise UncheckedBinding(f"the {self.pipeline} reference has no text encoder")
+        return self.codec.conditioning_from_opened(request, recipe, opened)
+
     def model_input(
         self, latent_model_input: torch.Tensor, conditioning: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
@@ -125,6 +137,8 @@ class StableDiffusionFamily(Family):
         ("negative_prompt", "negativePrompt"),
         ("num_images_per_prompt", "imagesPerPrompt"),
         ("clip_skip", "clipSkip"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
     )
     conditioning = MappingProxyType({"encoder_hidden_states": "prompt_embeds"})
     neutral_options = MappingProxyType(
@@ -155,6 +169,8 @@ class StableDiffusionImg2ImgFamily(StableDiffusionFamily):
         ("negative_prompt", "negativePrompt"),
         ("num_images_per_prompt", "imagesPerPrompt"),
         ("clip_skip", "clipSkip"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
     )
     partial_schedule = True
     default_strength = 0.8
@@ -312,6 +328,73 @@ def _small_int(request: Mapping[str, Any], key: str, default: int | None, top: i
     return value
 
 
+_FLOAT_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+#: the dtypes each sent dtype may be run in without losing a bit (a cast back recovers it)
+_WIDER = {
+    torch.float16: {torch.float16, torch.float32, torch.float64},
+    torch.bfloat16: {torch.bfloat16, torch.float32, torch.float64},
+    torch.float32: {torch.float32, torch.float64},
+    torch.float64: {torch.float64},
+}
+
+
+def _embeds_spec(request: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The request's ``{"digest", "dtype", "shape"}`` of a tensor of embeddings, checked."""
+    from samplerguard.commitment.digest import DIGEST_RE
+
+    spec = request.get(key)
+    if not isinstance(spec, dict) or set(spec) != {"digest", "dtype", "shape"}:
+        raise MalformedInputError(f"the request's {key} is not {{digest, dtype, shape}}")
+    shape = spec["shape"]
+    if (
+        not isinstance(spec["digest"], str)
+        or not DIGEST_RE.match(spec["digest"])
+        or spec["dtype"] not in _FLOAT_DTYPES
+        or not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(type(d) is int and 0 < d <= 1 << 16 for d in shape)
+        or shape[0] > _MAX_PROMPTS
+    ):
+        raise MalformedInputError(
+            f"the request's {key} needs a sha256 digest, a floating-point dtype and a 3-D shape "
+            f"of at most {_MAX_PROMPTS} prompts"
+        )
+    return spec
+
+
+def _sent_embeds(found: torch.Tensor, spec: Mapping[str, Any], what: str) -> torch.Tensor:
+    """The embeddings the request sent, recovered from the committed conditioning's rows
+    ``found``, and checked against the request's digest."""
+    from samplerguard.commitment.digest import tensor_digest
+
+    if list(found.shape) != spec["shape"]:
+        raise VerificationError(
+            f"request binding: the request's {what} are {spec['shape']}, the committed "
+            f"conditioning holds {list(found.shape)}",
+            check="request-binding",
+        )
+    dtype = _FLOAT_DTYPES[spec["dtype"]]
+    if found.dtype not in _WIDER[dtype]:
+        raise UncheckedBinding(
+            f"the {what} were sent as {spec['dtype']} and run as "
+            f"{str(found.dtype).removeprefix('torch.')}, which loses bits: they cannot be "
+            "recovered from the committed conditioning (send them in the model's dtype)"
+        )
+    sent = found.to(dtype)
+    if tensor_digest(sent) != spec["digest"]:
+        raise VerificationError(
+            f"request binding: the committed conditioning does not hold the request's {what} "
+            "(swapped embeddings)",
+            check="request-binding",
+        )
+    return sent
+
+
 class StableDiffusionCodec:
     """The reference text encoder and VAE of a Stable Diffusion 1.x/2.x checkpoint. It runs the
     pipeline's own code on the verifier's components: ``encode_prompt`` for the conditioning
@@ -328,9 +411,10 @@ class StableDiffusionCodec:
     ) -> dict[str, torch.Tensor]:
         prompt = _prompts(request, "prompt")
         if prompt is None:
+            if "promptEmbeds" in request:
+                raise FromOpenedConditioning("the request binds its prompt embeddings by digest")
             raise UncheckedBinding(
-                "the request carries prompt embeddings, not a prompt, so there is nothing to "
-                "re-derive them from"
+                "the request carries neither a prompt nor a digest of its prompt embeddings"
             )
         negative = _prompts(request, "negativePrompt")
         guidance = float(request["guidanceScale"])
@@ -350,25 +434,87 @@ class StableDiffusionCodec:
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
         layers = int(self.pipe.text_encoder.config.num_hidden_layers)
         clip_skip = _small_int(request, "clipSkip", None, layers - 1)
-        device = self.pipe.text_encoder.device
-        try:
-            with torch.no_grad():
-                positive, negative_embeds = self.pipe.encode_prompt(
-                    prompt,
-                    device,
-                    per_prompt,
-                    do_cfg,
-                    negative_prompt=negative,
-                    clip_skip=clip_skip,
-                )
-        except Exception as exc:  # the pipeline's own code raises anything for odd inputs
-            raise MalformedInputError(
-                f"the reference text encoder cannot encode the request's prompt: "
-                f"{type(exc).__name__}: {str(exc)[:120]}"
-            ) from None
+        positive, negative_embeds = self._encode(
+            prompt, per_prompt, do_cfg, negative_prompt=negative, clip_skip=clip_skip
+        )
         self._check_latents(request, recipe, int(positive.shape[0]))
         embeds = torch.cat([negative_embeds, positive]) if do_cfg else positive
         return {"prompt_embeds": embeds}
+
+    def conditioning_from_opened(
+        self,
+        request: Mapping[str, Any],
+        recipe: Mapping[str, Any],
+        opened: Mapping[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The conditioning of a request that sent prompt embeddings, derived as the pipeline
+        derives it: the committed (opened) conditioning must hold the embeddings the request
+        binds (``promptEmbeds``, and ``negativePromptEmbeds`` when sent), and the pipeline's
+        own ``encode_prompt`` then derives the whole conditioning from them (their repeats per
+        image; the negative half from ``negativePrompt`` or the empty prompt, through the
+        reference text encoder, when no negative embeddings were sent), which the caller
+        compares with the committed one."""
+        committed = opened.get("prompt_embeds")
+        if committed is None or committed.dim() != 3:
+            raise MalformedInputError("the committed conditioning holds no 3-D prompt embeddings")
+        if _prompts(request, "prompt") is not None:
+            raise MalformedInputError("the request carries both a prompt and prompt embeddings")
+        do_cfg = float(request["guidanceScale"]) > 1.0
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
+        positive = _embeds_spec(request, "promptEmbeds")
+        negative = (
+            _embeds_spec(request, "negativePromptEmbeds")
+            if do_cfg and "negativePromptEmbeds" in request
+            else None
+        )
+        negative_prompt = _prompts(request, "negativePrompt")
+        if negative is not None and negative_prompt is not None:
+            raise MalformedInputError(
+                "the request carries both a negative prompt and negative prompt embeddings"
+            )
+        rows = positive["shape"][0] * per_prompt
+        if committed.shape[0] != rows * (2 if do_cfg else 1):
+            raise VerificationError(
+                f"request binding: the request's embeddings make {rows} images"
+                f"{' and as many negative rows' if do_cfg else ''}, the committed conditioning "
+                f"holds {committed.shape[0]} rows",
+                check="request-binding",
+            )
+        sent = _sent_embeds(committed[-rows:][::per_prompt], positive, "prompt embeddings")
+        sent_negative = (
+            None
+            if negative is None
+            else _sent_embeds(
+                committed[:rows][::per_prompt], negative, "negative prompt embeddings"
+            )
+        )
+        self._check_latents(request, recipe, rows)
+        device = self.pipe.text_encoder.device
+        embeds, negative_embeds = self._encode(
+            None,
+            per_prompt,
+            do_cfg,
+            negative_prompt=negative_prompt,
+            prompt_embeds=sent.to(device),
+            negative_prompt_embeds=None if sent_negative is None else sent_negative.to(device),
+        )
+        return {"prompt_embeds": torch.cat([negative_embeds, embeds]) if do_cfg else embeds}
+
+    def _encode(
+        self, prompt: str | list[str] | None, per_prompt: int | None, do_cfg: bool, **kw: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's own ``encode_prompt`` on the reference text encoder."""
+        try:
+            with torch.no_grad():
+                out: tuple[torch.Tensor, torch.Tensor] = self.pipe.encode_prompt(
+                    prompt, self.pipe.text_encoder.device, per_prompt, do_cfg, **kw
+                )
+        except Exception as exc:  # the pipeline's own code raises anything for odd inputs
+            raise MalformedInputError(
+                f"the reference text encoder cannot encode the request: "
+                f"{type(exc).__name__}: {str(exc)[:120]}"
+            ) from None
+        return out
 
     def _check_latents(self, request: Mapping[str, Any], recipe: Mapping[str, Any], n: int) -> None:
         """The committed latents are the request's: one per prompt and image, and for

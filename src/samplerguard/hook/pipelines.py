@@ -42,6 +42,7 @@ import torch
 
 from samplerguard.commitment.digest import bytes_digest, output_bytes
 from samplerguard.commitment.plan import reset_to_fresh
+from samplerguard.commitment.request import embeds_param
 from samplerguard.commitment.state import SamplerState, capture_schedule, capture_state
 from samplerguard.commitment.statement import Commitment
 from samplerguard.families import (
@@ -89,6 +90,8 @@ def request_params(
             continue
         if key.endswith("Digest"):
             value = input_digest(value)
+        elif key.endswith("Embeds"):
+            value = embeds_param(value)
         elif isinstance(value, torch.Tensor):
             value = value.reshape(-1).tolist()
         if isinstance(value, tuple):

@@ -182,19 +182,113 @@ def test_on_a_build_whose_steps_drift_a_differing_decode_is_not_checked_never_pa
         _check_approximate(facts, None, ChallengeResult([0], False, 1e-5, results=[exact]))
 
 
-def test_prompt_embeddings_leave_the_conditioning_unchecked(folder: Path) -> None:
-    case = stable_diffusion_prompted()
+def _embeddings(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a consumer sends instead of a prompt: its own encoding of one."""
     with torch.no_grad():
         embeds, negative = case.pipe.encode_prompt("a red cat", "cpu", 1, True, "blurry")
+    return embeds, negative
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_prompt_embeddings_are_found_in_the_committed_conditioning(
+    folder: Path, images: int
+) -> None:
+    """The request binds the embeddings it sent by digest; the verifier finds them in the
+    committed conditioning (each image's rows, the negative half) and has the pipeline's own
+    code derive the whole conditioning from them."""
+    case = stable_diffusion_prompted()
+    embeds, negative = _embeddings(case)
     sink, commitment = _serve(
-        case, "embeds", prompt=None, negative_prompt=None, prompt_embeds=embeds,
+        case, f"embeds-{images}", prompt=None, negative_prompt=None, prompt_embeds=embeds,
+        negative_prompt_embeds=negative, num_images_per_prompt=images,
+    )  # fmt: skip
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.unchecked == []
+
+
+def test_prompt_embeddings_with_a_negative_prompt_derive_the_negative_half(folder: Path) -> None:
+    case = stable_diffusion_prompted()
+    embeds, _ = _embeddings(case)
+    sink, commitment = _serve(
+        case, "embeds-neg", prompt=None, negative_prompt="blurry", prompt_embeds=embeds
+    )
+    assert _challenge(folder, sink, commitment).unchecked == []
+
+
+def test_swapped_prompt_embeddings_are_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer sent the embeddings of "a blue dog"; the provider ran others and committed
+    the consumer's request."""
+    from samplerguard.commitment.request import embeds_param
+
+    case = stable_diffusion_prompted()
+    embeds, negative = _embeddings(case)
+    with torch.no_grad():
+        asked, _ = case.pipe.encode_prompt("a blue dog", "cpu", 1, True, "blurry")
+    _forge(monkeypatch, promptEmbeds=embeds_param(asked))
+    sink, commitment = _serve(
+        case, "embeds-swap", prompt=None, negative_prompt=None, prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+    )  # fmt: skip
+    with pytest.raises(VerificationError, match="does not hold the request's prompt embeddings"):
+        _challenge(folder, sink, commitment)
+
+
+def test_a_negative_half_other_than_the_request_derives_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request sent embeddings and the negative prompt "blurry"; the provider ran the empty
+    negative prompt (no negative guidance away from "blurry") with the consumer's embeddings."""
+    case = stable_diffusion_prompted()
+    embeds, _ = _embeddings(case)
+    _forge(monkeypatch, negativePrompt="blurry")
+    sink, commitment = _serve(
+        case, "embeds-neg-swap", prompt=None, negative_prompt=None, prompt_embeds=embeds
+    )
+    with pytest.raises(VerificationError, match="not what the request's embeddings derive"):
+        _challenge(folder, sink, commitment)
+
+
+def test_embeddings_narrowed_by_the_pipeline_are_not_checked_never_passed(folder: Path) -> None:
+    """Sent as float64, run as float32: the sent bits cannot be recovered from what was
+    committed, so the conditioning is reported NOT CHECKED (an incomplete challenge)."""
+    case = stable_diffusion_prompted()
+    embeds, negative = _embeddings(case)
+    sink, commitment = _serve(
+        case, "embeds-f64", prompt=None, negative_prompt=None, prompt_embeds=embeds.double(),
+        negative_prompt_embeds=negative.double(),
+    )  # fmt: skip
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted
+    assert len(result.unchecked) == 1
+    assert "sent as float64 and run as float32, which loses bits" in result.unchecked[0]
+
+
+def test_a_request_without_a_prompt_or_its_embeddings_is_not_checked(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider that records no embeddings digest cannot make the conditioning pass."""
+    real = pipelines.request_params
+
+    def without_embeds(*args: Any) -> dict[str, Any]:
+        params = real(*args)
+        params.pop("promptEmbeds", None)
+        params.pop("negativePromptEmbeds", None)
+        return params
+
+    monkeypatch.setattr(pipelines, "request_params", without_embeds)
+    case = stable_diffusion_prompted()
+    embeds, negative = _embeddings(case)
+    sink, commitment = _serve(
+        case, "embeds-none", prompt=None, negative_prompt=None, prompt_embeds=embeds,
         negative_prompt_embeds=negative,
     )  # fmt: skip
     result = _challenge(folder, sink, commitment)
     assert result.accepted
     assert result.unchecked == [
-        "request conditioning (the request carries prompt embeddings, not a prompt, so there is "
-        "nothing to re-derive them from)"
+        "request conditioning (the request carries neither a prompt nor a digest of its "
+        "prompt embeddings)"
     ]
 
 
