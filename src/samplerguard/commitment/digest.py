@@ -32,6 +32,7 @@ __all__ = [
     "safetensors_digest",
     "tensor_bytes",
     "tensor_digest",
+    "tensor_digests",
     "tensor_header",
 ]
 
@@ -114,6 +115,11 @@ def record_digests(
             h.update(view[start : start + nbytes])
             out.append("sha256:" + h.hexdigest())
     return out
+
+
+def tensor_digests(tensors: Sequence[torch.Tensor]) -> list[str]:
+    """:func:`tensor_digest` of several tensors, hashed in one call (see :func:`raw_digests`)."""
+    return raw_digests([(_dtype_name(t), tuple(t.shape), tensor_bytes(t)) for t in tensors])
 
 
 def _dtype_name(t: torch.Tensor) -> str:

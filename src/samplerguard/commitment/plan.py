@@ -394,6 +394,10 @@ class SamplerPlan:
     schedule_names: frozenset[str]
     #: the scheduler's order: the model calls one step of the pipeline's loop makes
     order: int = 1
+    #: whether a step writes in place into a tensor it carried or returned earlier (PNDM adds
+    #: into its running model output): a recorder must then copy the state tensors at each
+    #: step instead of borrowing them (see ``SidecarSink.borrows``)
+    writes_in_place: bool = False
 
     def reset(self, scheduler: Any) -> list[str]:
         """Bring a *reused* scheduler, just after ``set_timesteps``, to the state of a fresh
@@ -493,9 +497,29 @@ def _ignore(_: torch.Tensor) -> None:
     """A dry run's draws are nobody's noise: an enclosing recorder must not see them."""
 
 
+class _Writes:
+    """Watches a dry run for in-place writes: every tensor a step receives, carries in its
+    state or returns is remembered with its version counter, and a later change of a counter
+    is a write into a tensor the step had already handed over."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[torch.Tensor, int]] = {}
+        self.found = False
+
+    def after_step(self, scheduler: Any, schedule: Mapping[str, torch.Tensor], *more: Any) -> None:
+        for t, version in self.seen.values():
+            if t._version != version:
+                self.found = True
+        live = [v for k, v in vars(scheduler).items() if k not in schedule]
+        for value in [*live, *more]:
+            for t in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(t, torch.Tensor) and id(t) not in self.seen:
+                    self.seen[id(t)] = (t, t._version)
+
+
 def _dry_run(
     recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype, fill: float
-) -> tuple[Any, dict[str, torch.Tensor], list[SamplerState], list[list[tuple[Any, ...]]]]:
+) -> tuple[Any, dict[str, torch.Tensor], list[SamplerState], list[list[tuple[Any, ...]]], bool]:
     scheduler = build_scheduler(recipe)
     schedule = capture_schedule(scheduler, timesteps_call(recipe))
     extra = step_args(recipe)
@@ -503,6 +527,7 @@ def _dry_run(
     sample = torch.full(shape, fill, dtype=dtype)
     states = [capture_state(scheduler, schedule)]
     noise: list[list[tuple[Any, ...]]] = []
+    writes = _Writes()
     for t in loop_timesteps(scheduler, recipe):
         draws: list[tuple[Any, ...]] = []
 
@@ -528,15 +553,17 @@ def _dry_run(
                 f"{tuple(shape)} {dtype} latent: {type(exc).__name__}: {str(exc)[:200]}",
                 check="sampler",
             ) from None
+        writes.after_step(scheduler, schedule, sample, out)
         sample = out.to(dtype) * 0 + fill
         states.append(capture_state(scheduler, schedule))
         noise.append(draws)
-    return scheduler, schedule_copy, states, noise
+    writes.after_step(scheduler, schedule)
+    return scheduler, schedule_copy, states, noise, writes.found
 
 
 def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype) -> SamplerPlan:
-    scheduler, schedule, states_a, noise = _dry_run(recipe, shape, dtype, 0.0)
-    _, _, states_b, _ = _dry_run(recipe, shape, dtype, 1.0)
+    scheduler, schedule, states_a, noise, writes = _dry_run(recipe, shape, dtype, 0.0)
+    _, _, states_b, _, _ = _dry_run(recipe, shape, dtype, 1.0)
     plans = []
     for a, b in zip(states_a, states_b, strict=True):
         ta, tb = a.tensors(), b.tensors()
@@ -562,6 +589,7 @@ def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype)
         fresh=states_a[0],
         schedule_names=frozenset(schedule),
         order=int(getattr(scheduler, "order", 1)),
+        writes_in_place=writes,
     )
 
 

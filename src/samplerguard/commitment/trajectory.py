@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from samplerguard.commitment import jcs
-from samplerguard.commitment.digest import DIGEST_RE, tensor_digest
+from samplerguard.commitment.digest import DIGEST_RE, tensor_digest, tensor_digests
 from samplerguard.commitment.merkle import inclusion_proof, leaf_hash, merkle_root_from_hashes
-from samplerguard.commitment.state import SamplerState
+from samplerguard.commitment.state import SamplerState, state_digest
 from samplerguard.errors import MalformedInputError
 
 __all__ = [
@@ -249,12 +249,16 @@ class TrajectoryBuilder:
         state: SamplerState,
         noise: Sequence[torch.Tensor] = (),
     ) -> None:
+        skeleton, named = state.wire("")
+        # every tensor of the step in one hashing call (the same digests as tensor_digest)
+        digests = tensor_digests([latent, *(t for _, t in named), *noise])
+        parts = dict(zip((path for path, _ in named), digests[1 : 1 + len(named)], strict=True))
         self._log.step(
             index,
             timestep,
-            tensor_digest(latent),
-            state.digest(),
-            [tensor_digest(n) for n in noise],
+            digests[0],
+            state_digest(skeleton, parts),
+            digests[1 + len(named) :],
         )
         self._steps.append(StepTensors(latent=latent, state=state, noise=tuple(noise)))
 

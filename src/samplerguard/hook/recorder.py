@@ -34,7 +34,7 @@ import torch
 from samplerguard.commitment.digest import bytes_digest
 from samplerguard.commitment.draws import observe_noise
 from samplerguard.commitment.fingerprint import build_fingerprint
-from samplerguard.commitment.plan import sampler_plan
+from samplerguard.commitment.plan import SamplerPlan, sampler_plan
 from samplerguard.commitment.request import check_request_params, request_digest
 from samplerguard.commitment.state import (
     Borrowed,
@@ -43,6 +43,7 @@ from samplerguard.commitment.state import (
     borrow_or_copy,
     capture_schedule,
     capture_state,
+    changed_since,
     host_copy,
     schedule_digest,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "StepRecord",
     "Trajectory",
     "TrajectoryRequest",
+    "check_borrowed",
     "scheduler_config",
 ]
 
@@ -255,6 +257,28 @@ class StepRecord:
     borrowed: Borrowed = field(default_factory=list)
 
 
+def check_borrowed(sink: Any, borrowed: Borrowed, read: str) -> None:
+    """After a sink has ``read`` the tensors a step borrowed (sent them, copied them): were any
+    changed in place meanwhile? Then what it read may not be what the step produced: the
+    trajectory fails, and the sink (its ``borrows`` cleared) gets copies from then on."""
+    changed = changed_since(borrowed)
+    borrowed.clear()
+    if changed:
+        sink.borrows = False
+        log.warning(
+            "the pipeline changed %d recorded tensors in place before they were %s; "
+            "%s copies them from now on",
+            changed,
+            read,
+            type(sink).__name__,
+        )
+        raise MalformedInputError(
+            f"the pipeline changed {changed} recorded tensors in place before they were "
+            f"{read}, so this trajectory cannot be committed (later ones are recorded from "
+            f"copies; {type(sink).__name__}(borrow=False) copies from the start)"
+        )
+
+
 class Sink(Protocol):
     """Where trajectories go, called on the recorder's worker thread only.
 
@@ -428,14 +452,21 @@ class Trajectory:
                 f"{set_for}: declare what runs (or call set_timesteps({self.request.steps}))"
             )
         self._began = True
-        self._borrow = bool(getattr(self._recorder.sink, "borrows", False))
         recipe = self.request.recipe(scheduler, tuple(latents.shape), latents.device)
+        if before is not None:
+            recipe.update(before.recipe)
+        plan = _plan(recipe, latents)
+        # borrowing needs a sampler that never writes into a tensor it handed over
+        self._borrow = (
+            bool(getattr(self._recorder.sink, "borrows", False))
+            and plan is not None
+            and not plan.writes_in_place
+        )
         if before is None:
-            _reset_leftovers(scheduler, recipe, latents)
+            _reset_leftovers(scheduler, plan)
             self._schedule = capture_schedule(scheduler)
             state = capture_state(scheduler, self._schedule)
         else:
-            recipe.update(before.recipe)
             self._schedule, state = dict(before.schedule), before.state
         latent = host_copy(latents)
         schedule = dict(self._schedule)
@@ -586,18 +617,22 @@ class Trajectory:
             raise RecordingError(f"request {self.request.request_id} is unverified: {self._error}")
 
 
-def _reset_leftovers(scheduler: Any, recipe: Mapping[str, Any], latents: torch.Tensor) -> None:
+def _plan(recipe: Mapping[str, Any], latents: torch.Tensor) -> SamplerPlan | None:
+    """The declared sampler's plan (cached); a recipe it cannot be built for is left to fail
+    at verification, with the reason logged now."""
+    try:
+        return sampler_plan(recipe, tuple(latents.shape), latents.dtype)
+    except SamplerGuardError as exc:
+        log.warning("request's declared sampler cannot be planned, it will not verify: %s", exc)
+        return None
+
+
+def _reset_leftovers(scheduler: Any, plan: SamplerPlan | None) -> None:
     """A pipeline reuses its scheduler across requests, and ``set_timesteps`` leaves a few
     attributes of the previous run behind that a fresh instance does not have; the verifier
     accepts only the states a fresh instance carries, so they are reset here (the step never
-    reads them before writing them). A recipe the plan cannot be built for is left to fail at
-    verification, with the reason logged now."""
-    try:
-        plan = sampler_plan(recipe, tuple(latents.shape), latents.dtype)
-    except SamplerGuardError as exc:
-        log.warning("request's declared sampler cannot be planned, it will not verify: %s", exc)
-        return
-    changed = plan.reset(scheduler)
+    reads them before writing them)."""
+    changed = [] if plan is None else plan.reset(scheduler)
     if changed:
         log.debug("reset scheduler attributes left from an earlier run: %s", changed)
 

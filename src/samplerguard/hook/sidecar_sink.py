@@ -44,10 +44,10 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from samplerguard.commitment.dsse import keyid, load_public_key
-from samplerguard.commitment.state import Borrowed, SamplerState, changed_since
+from samplerguard.commitment.state import Borrowed, SamplerState
 from samplerguard.commitment.statement import Commitment
 from samplerguard.errors import MalformedInputError, SamplerGuardError, TemporaryError
-from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest
+from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest, check_borrowed
 from samplerguard.hook.solver import solver_code_digest, solver_files
 from samplerguard.hook.wire import (
     FRAME_ABORT,
@@ -447,25 +447,7 @@ class SidecarSink:
     def _flush_steps(self, sess: _Session) -> None:
         borrowed = sess.borrowed
         self._send_parts(sess, self._pending_parts(sess))
-        self._check_borrowed(borrowed)
-
-    def _check_borrowed(self, borrowed: Borrowed) -> None:
-        """After the records that borrowed these tensors went out: were any changed in place
-        meanwhile? Then what was sent may not be what the step produced."""
-        changed = changed_since(borrowed)
-        borrowed.clear()
-        if changed:
-            self.borrows = False
-            log.warning(
-                "the pipeline changed %d recorded tensors in place before they were sent; "
-                "this sink copies them from now on",
-                changed,
-            )
-            raise MalformedInputError(
-                f"the pipeline changed {changed} recorded tensors in place before they were "
-                "sent, so this trajectory cannot be committed (later ones are recorded from "
-                "copies; SidecarSink(borrow=False) copies from the start)"
-            )
+        check_borrowed(self, borrowed, "sent")
 
     @staticmethod
     def _pending_parts(sess: _Session) -> list[bytes | memoryview]:
@@ -496,7 +478,7 @@ class SidecarSink:
             ]
             if borrowed:
                 self._send_parts(sess, last)
-                self._check_borrowed(borrowed)
+                check_borrowed(self, borrowed, "sent")
                 self._send_parts(sess, finish)
             else:
                 self._send_parts(sess, [*last, *finish])
