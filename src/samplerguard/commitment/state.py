@@ -71,19 +71,6 @@ class SamplerState:
         """JSON structure with tensors replaced by ``{"tensor": "<path>"}``."""
         return {name: _skeleton(name, v) for name, v in self.values.items()}
 
-    def replacing(self, tensors: Mapping[int, torch.Tensor]) -> SamplerState:
-        """This state with each tensor whose ``id`` is a key of ``tensors`` replaced by its
-        value (a sink's own copies of tensors it borrowed)."""
-
-        def swap(value: Value) -> Value:
-            if isinstance(value, torch.Tensor):
-                return tensors.get(id(value), value)
-            if isinstance(value, list):
-                return [swap(v) for v in value]
-            return value
-
-        return SamplerState(values={k: swap(v) for k, v in self.values.items()})
-
     def wire(self, prefix: str) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]:
         """:meth:`skeleton` and the ``(prefix + path, tensor)`` pairs of :meth:`tensors`, in one
         walk (the hook sends both for every step)."""

@@ -18,7 +18,7 @@ from samplerguard.commitment.statement import Commitment, commit
 from samplerguard.commitment.trajectory import TrajectoryBuilder, TrajectoryRecord
 from samplerguard.commitment.transcript import Transcript, build_transcript
 from samplerguard.errors import MalformedInputError
-from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest, check_borrowed
+from samplerguard.hook.recorder import Begin, StepRecord, TrajectoryRequest
 
 __all__ = ["LocalSink"]
 
@@ -32,15 +32,9 @@ class _Local:
 class LocalSink:
     """Signs commitments with ``key`` and keeps the last ``keep`` records in memory."""
 
-    def __init__(
-        self, key: Ed25519PrivateKey | None = None, *, keep: int = 64, borrow: bool = True
-    ) -> None:
+    def __init__(self, key: Ed25519PrivateKey | None = None, *, keep: int = 64) -> None:
         self.key = key or Ed25519PrivateKey.generate()
         self.keep = keep
-        #: The recorder hands this sink the pipeline's own host tensors, and the sink copies
-        #: them on the worker thread instead of the denoising loop copying them, then checks
-        #: their version counters (see ``recorder.check_borrowed``).
-        self.borrows = borrow
         self._records: OrderedDict[str, TrajectoryRecord] = OrderedDict()
         self._lock = threading.Lock()
         self.aborted: dict[str, str] = {}
@@ -53,12 +47,10 @@ class LocalSink:
         return _Local(request, builder)
 
     def step(self, handle: _Local, step: StepRecord) -> None:
-        latent, state = step.latent, step.state
-        if step.borrowed:
-            copies = {id(t): t.clone() for t, _ in step.borrowed}
-            check_borrowed(self, step.borrowed, "copied")
-            latent, state = copies.get(id(latent), latent), state.replacing(copies)
-        handle.builder.step(step.index, step.timestep, latent, state, step.noise)
+        # the recorder copied the step's tensors: this sink keeps them for its openings (a copy
+        # on this thread instead, of tensors borrowed from the loop, cost the worker four
+        # times what it saved the loop)
+        handle.builder.step(step.index, step.timestep, step.latent, step.state, step.noise)
 
     def finish(
         self, handle: _Local, final_latent: torch.Tensor, output_digest: str

@@ -96,37 +96,12 @@ def test_a_sink_that_does_not_borrow_gets_copies_from_the_start(
     assert latent_copies.count(torch.Size([1, 2, 4, 4])) == 2 + 4
 
 
-def test_the_in_process_sink_copies_on_its_worker_and_checks_the_same(
-    latent_copies: list[torch.Size],
+def test_a_sampler_that_writes_into_its_state_is_recorded_from_copies(
+    server: IngestServer,
 ) -> None:
-    """LocalSink keeps the tensors for its openings, so it copies what it borrowed, on the
-    worker thread; a tensor changed in place before that copy fails the trajectory too."""
-    from samplerguard.hook.local import LocalSink
-
-    sink = LocalSink()
-    recorder = Recorder(sink)
-    try:
-        assert _generate(recorder, "local-1") is not None
-        assert latent_copies.count(torch.Size([1, 2, 4, 4])) == 2  # none on the loop thread
-        with pytest.raises(RecordingError, match="before they were copied"):
-            _generate(recorder, "local-2", change_step=1)
-        assert sink.borrows is False
-        assert _generate(recorder, "local-3", change_step=1) is not None
-    finally:
-        recorder.close()
-    # the record holds the sink's copies: the committed digests still open
-    from samplerguard.commitment.opening import Opening
-
-    for step in range(4):
-        opened = Opening.from_bytes(sink.opening("local-1", step).to_bytes())
-        assert opened.step == step
-
-
-def test_a_sampler_that_writes_into_its_state_is_recorded_from_copies() -> None:
     """PNDM adds into its running model output in place; the declared sampler's dry run sees
     that, so the recorder copies its state even for a sink that borrows (nothing fails)."""
     from samplerguard.commitment.plan import sampler_plan
-    from samplerguard.hook.local import LocalSink
     from samplerguard.hook.recorder import scheduler_config
 
     for cls, writes in (("PNDMScheduler", True), ("DPMSolverMultistepScheduler", False)):
@@ -139,7 +114,7 @@ def test_a_sampler_that_writes_into_its_state_is_recorded_from_copies() -> None:
         assert sampler_plan(recipe, (1, 2, 4, 4)).writes_in_place is writes
     sched = diffusers.PNDMScheduler()
     sched.set_timesteps(6)
-    sink = LocalSink()
+    sink = SidecarSink(server.path)
     recorder = Recorder(sink)
     req = TrajectoryRequest("pndm", "t", "digits", "m", ZERO, "PNDMScheduler", 1.0, 6)
     x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
