@@ -40,6 +40,7 @@ from samplerguard.commitment.state import (
     capture_schedule,
     capture_state,
     schedule_digest,
+    version_counter,
 )
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.policy.schedule import schedule_id
@@ -507,14 +508,18 @@ class _Writes:
         self.found = False
 
     def after_step(self, scheduler: Any, schedule: Mapping[str, torch.Tensor], *more: Any) -> None:
-        for t, version in self.seen.values():
-            if t._version != version:
+        for t, seen in self.seen.values():
+            if version_counter(t) != seen:
                 self.found = True
         live = [v for k, v in vars(scheduler).items() if k not in schedule]
         for value in [*live, *more]:
             for t in value if isinstance(value, list | tuple) else [value]:
                 if isinstance(t, torch.Tensor) and id(t) not in self.seen:
-                    self.seen[id(t)] = (t, t._version)
+                    version = version_counter(t)
+                    if version is None:  # a tensor that keeps no counter: assume the worst
+                        self.found = True
+                    else:
+                        self.seen[id(t)] = (t, version)
 
 
 def _dry_run(
@@ -562,8 +567,11 @@ def _dry_run(
 
 
 def _plan(recipe: Mapping[str, Any], shape: tuple[int, ...], dtype: torch.dtype) -> SamplerPlan:
-    scheduler, schedule, states_a, noise, writes = _dry_run(recipe, shape, dtype, 0.0)
-    _, _, states_b, _, _ = _dry_run(recipe, shape, dtype, 1.0)
+    # ordinary tensors even when the caller runs under inference mode (a serving app's): the
+    # dry run reads their version counters, which inference tensors do not keep
+    with torch.inference_mode(False):
+        scheduler, schedule, states_a, noise, writes = _dry_run(recipe, shape, dtype, 0.0)
+        _, _, states_b, _, _ = _dry_run(recipe, shape, dtype, 1.0)
     plans = []
     for a, b in zip(states_a, states_b, strict=True):
         ta, tb = a.tensors(), b.tensors()

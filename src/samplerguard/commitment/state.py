@@ -43,6 +43,7 @@ __all__ = [
     "host_copy",
     "schedule_digest",
     "state_digest",
+    "version_counter",
 ]
 
 Scalar = bool | int | float | str | None
@@ -286,13 +287,16 @@ CopyMemo = dict[int, tuple[torch.Tensor, int, torch.Tensor]]
 MEMO_MIN_BYTES = 64 << 10
 
 
-def _version(t: torch.Tensor) -> int | None:
+def version_counter(t: torch.Tensor) -> int | None:
     """The tensor's version counter (bumped by every in-place change); None for an inference
     tensor, which keeps none."""
     try:
         return int(t._version)
     except RuntimeError:
         return None
+
+
+_version = version_counter
 
 
 #: tensors a capture kept instead of copying, with their version counters then (see

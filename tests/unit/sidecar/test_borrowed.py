@@ -128,3 +128,25 @@ def test_a_sampler_that_writes_into_its_state_is_recorded_from_copies(
     finally:
         recorder.close()
     assert tr.commitment is not None and sink.borrows is True
+
+
+def test_a_generation_under_inference_mode_is_recorded_from_copies(
+    server: IngestServer,
+) -> None:
+    """A serving app that runs its pipeline under ``torch.inference_mode``: its tensors keep no
+    version counter, so nothing is borrowed, and the sampler's dry run (made in that context,
+    the first time its recipe is seen) still reads the counters of its own tensors."""
+    from samplerguard.commitment import plan
+
+    plan._CACHE.clear()  # the dry run happens inside the inference-mode call below
+    sink = SidecarSink(server.path)
+    recorder = Recorder(sink)
+    try:
+        with torch.inference_mode():
+            commitment = _generate(recorder, "inference-1")
+    finally:
+        recorder.close()
+    assert server.committed == 1 and sink.borrows is True
+    # the dry run read real version counters: Euler is known not to write in place
+    recipe = commitment.recipe  # type: ignore[attr-defined]
+    assert plan.sampler_plan(recipe, (1, 2, 4, 4)).writes_in_place is False
