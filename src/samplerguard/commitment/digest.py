@@ -109,7 +109,7 @@ def record_digests(
     for base, items in records:
         for prefix, offset, nbytes in items:
             start = base + offset
-            if start < 0 or start + nbytes > len(view) or offset < 0 or nbytes < 0:
+            if base < 0 or offset < 0 or nbytes < 0 or start + nbytes > len(view):
                 raise ValueError(f"{nbytes} bytes at {base} + {offset} lie outside the body")
             h = hashlib.sha256(prefix)
             h.update(view[start : start + nbytes])
