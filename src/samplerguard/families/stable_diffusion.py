@@ -379,6 +379,12 @@ def _sent_embeds(found: torch.Tensor, spec: Mapping[str, Any], what: str) -> tor
             check="request-binding",
         )
     dtype = _FLOAT_DTYPES[spec["dtype"]]
+    if found.dtype not in _WIDER:
+        raise VerificationError(
+            f"request binding: the committed conditioning holds {what} of dtype "
+            f"{str(found.dtype).removeprefix('torch.')}, not floating point",
+            check="request-binding",
+        )
     if found.dtype not in _WIDER[dtype]:
         raise UncheckedBinding(
             f"the {what} were sent as {spec['dtype']} and run as "
