@@ -346,3 +346,51 @@ def test_an_explicit_size_is_held_too(folder: Path) -> None:
     sink, commitment = _serve(stable_diffusion_prompted(), "sized", height=24, width=16)
     assert commitment.recipe["latent_shape"][2:] == [12, 8]
     assert _challenge(folder, sink, commitment).unchecked == []
+
+
+def test_prompt_embeddings_through_the_sidecar_are_found_in_what_it_stored(
+    folder: Path, tmp_path: Path
+) -> None:
+    """The deployed path: the hook streams to a real ingest server, which checks the request
+    parameters (the embeddings' binding is a nested object) against the recipe's digest and
+    stores them; the verifier reads the transcript and the openings as the sidecar serves
+    them, and finds the request's embeddings in the committed conditioning."""
+    from samplerguard.commitment.transcript import Transcript
+    from samplerguard.hook.sidecar_sink import SidecarSink
+    from tests.unit.sidecar.test_keepalive import _KEY, _server
+
+    server = _server(tmp_path)
+    server.gate.key = _KEY
+    case = stable_diffusion_prompted()
+    embeds, negative = _embeddings(case)
+    recorder = Recorder(SidecarSink(server.path))
+    try:
+        out = instrument(case.pipe, recorder)(
+            num_inference_steps=case.steps,
+            guidance_scale=case.guidance,
+            generator=torch.Generator().manual_seed(7),
+            trajectory_request=request_for(case, "embeds-sidecar"),
+            **{**case.kwargs, "prompt": None, "negative_prompt": None},
+            prompt_embeds=embeds,
+            negative_prompt_embeds=negative,
+        )
+        commitment = out.commitment
+        transcript = Transcript.from_bytes(server.store.transcript_bytes("embeds-sidecar"))
+        assert transcript.meta.request is not None
+        assert transcript.meta.request["promptEmbeds"]["shape"] == list(embeds.shape)
+        digest = commitment.recipe["model"]["digest"]
+        program = ReferenceModels(
+            {"stable-diffusion": folder}, GoldenDigests(model_weights=[digest])
+        ).program(dict(commitment.recipe))
+        result = verify_challenge(
+            commitment,
+            transcript,
+            lambda s: Opening.from_bytes(server.store.opening_bytes("embeds-sidecar", s)),
+            program,
+            steps=list(range(commitment.n_steps)),
+            tau=0.0,
+        )
+    finally:
+        recorder.close()
+        server.close()
+    assert result.accepted and result.unchecked == []
