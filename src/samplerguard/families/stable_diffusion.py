@@ -401,6 +401,16 @@ def _sent_embeds(found: torch.Tensor, spec: Mapping[str, Any], what: str) -> tor
     return sent
 
 
+def _repeated_exactly(rows: torch.Tensor, sent: torch.Tensor, per_prompt: int, what: str) -> None:
+    """``rows`` are each prompt's ``sent`` embeddings once per image, in the committed dtype."""
+    if not torch.equal(rows, sent.to(rows.dtype).repeat_interleave(per_prompt, dim=0)):
+        raise VerificationError(
+            f"request binding: the committed rows of the request's {what} are not the sent "
+            "ones, once per image",
+            check="request-binding",
+        )
+
+
 class StableDiffusionCodec:
     """The reference text encoder and VAE of a Stable Diffusion 1.x/2.x checkpoint. It runs the
     pipeline's own code on the verifier's components: ``encode_prompt`` for the conditioning
@@ -494,6 +504,12 @@ class StableDiffusionCodec:
                 committed[:rows][::per_prompt], negative, "negative prompt embeddings"
             )
         )
+        # rows made of sent embeddings are copies of them, exactly, on any build (only a
+        # negative half the text encoder derives may differ in its last bits there): a false
+        # build claim must not buy room to nudge one image's rows
+        _repeated_exactly(committed[-rows:], sent, per_prompt, "prompt embeddings")
+        if sent_negative is not None:
+            _repeated_exactly(committed[:rows], sent_negative, per_prompt, "negative embeddings")
         self._check_latents(request, recipe, rows)
         device = self.pipe.text_encoder.device
         embeds, negative_embeds = self._encode(

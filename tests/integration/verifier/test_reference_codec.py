@@ -394,3 +394,45 @@ def test_prompt_embeddings_through_the_sidecar_are_found_in_what_it_stored(
         recorder.close()
         server.close()
     assert result.accepted and result.unchecked == []
+
+
+def test_a_nudged_image_row_behind_a_false_build_claim_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider declares a build the verifier does not reproduce, so derived conditioning
+    is compared within tau, and nudges the second image's copy of the consumer's embeddings by
+    1e-7 (far below tau): the first rows still hold the sent embeddings. Rows made of sent
+    embeddings are copies on any build, so the nudge is rejected."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    mine = build_fingerprint("cpu")
+    monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d: {**mine, "torch": "0.0.1"})
+    case = stable_diffusion_prompted()
+    embeds, negative = _embeddings(case)
+    real = case.pipe.encode_prompt
+
+    def nudged(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        positive, neg = real(*args, **kwargs)
+        positive = positive.clone()
+        positive[1] += 1e-7 * positive[1].abs().max()
+        return positive, neg
+
+    monkeypatch.setattr(case.pipe, "encode_prompt", nudged)
+    sink, commitment = _serve(
+        case, "embeds-nudge", prompt=None, negative_prompt=None, prompt_embeds=embeds,
+        negative_prompt_embeds=negative, num_images_per_prompt=2,
+    )  # fmt: skip
+    digest = commitment.recipe["model"]["digest"]
+    rid = commitment.request_id
+    with pytest.raises(VerificationError, match="not the sent ones, once per image"):
+        verify_challenge(
+            commitment,
+            sink.transcript(rid),
+            lambda s: Opening.from_bytes(sink.opening(rid, s).to_bytes()),
+            ReferenceModels(
+                {"stable-diffusion": folder}, GoldenDigests(model_weights=[digest])
+            ).program(dict(commitment.recipe)),
+            steps=list(range(commitment.n_steps)),
+            tau=1e-3,
+        )
