@@ -73,22 +73,12 @@ class SamplerState:
         return {name: _skeleton(name, v) for name, v in self.values.items()}
 
     def wire(self, prefix: str) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]:
-        """:meth:`skeleton` and the ``(prefix + path, tensor)`` pairs of :meth:`tensors`, in one
-        walk (the hook sends both for every step)."""
+        """:meth:`skeleton` and the ``(prefix + path, tensor)`` pairs of :meth:`tensors`,
+        together (the hook sends both for every step)."""
         tensors: list[tuple[str, torch.Tensor]] = []
-        skeleton: dict[str, Any] = {}
         for name, value in self.values.items():
-            if isinstance(value, torch.Tensor):
-                skeleton[name] = {"tensor": name}
-                tensors.append((prefix + name, value))
-            elif isinstance(value, list):
-                skeleton[name] = _skeleton(name, value)
-                tensors += [(prefix + p, t) for p, t in _walk_tensors(name, value)]
-            elif isinstance(value, float):
-                skeleton[name] = {"float": value.hex()}
-            else:
-                skeleton[name] = value
-        return skeleton, tensors
+            tensors += [(prefix + path, t) for path, t in _walk_tensors(name, value)]
+        return self.skeleton(), tensors
 
     def digest(self) -> str:
         """``sha256:`` over the RFC 8785 JSON of the state with tensors as their digests."""
@@ -296,28 +286,29 @@ def version_counter(t: torch.Tensor) -> int | None:
         return None
 
 
-_version = version_counter
-
-
 #: tensors a capture kept instead of copying, with their version counters then (see
 #: :func:`capture_state`'s ``borrow``)
 Borrowed = list[tuple[torch.Tensor, int]]
 
 
+def _borrowed(t: torch.Tensor, borrowed: Borrowed) -> bool:
+    """Note ``t`` in ``borrowed`` with its version counter when it is a host tensor that keeps
+    one (True); a device or inference tensor is left to be copied (False)."""
+    version = version_counter(t) if t.device.type == "cpu" else None
+    if version is not None:
+        borrowed.append((t, version))
+    return version is not None
+
+
 def borrow_or_copy(t: torch.Tensor, borrowed: Borrowed) -> torch.Tensor:
     """``t`` itself, noted in ``borrowed`` with its version counter, when ``t`` is a host tensor
     that keeps one; else a :func:`host_copy`."""
-    if t.device.type == "cpu":
-        version = _version(t)
-        if version is not None:
-            borrowed.append((t, version))
-            return t
-    return host_copy(t)
+    return t if _borrowed(t, borrowed) else host_copy(t)
 
 
 def changed_since(borrowed: Borrowed) -> int:
     """How many borrowed tensors were changed in place since they were borrowed."""
-    return sum(1 for t, version in borrowed if _version(t) != version)
+    return sum(1 for t, version in borrowed if version_counter(t) != version)
 
 
 def _capture_value(
@@ -330,11 +321,11 @@ def _capture_value(
     if value is None or isinstance(value, bool | int | float | str):
         return True, value
     if isinstance(value, torch.Tensor):
-        if borrowed is not None and value.device.type == "cpu" and _version(value) is not None:
-            return True, borrow_or_copy(value, borrowed)
+        if borrowed is not None and _borrowed(value, borrowed):
+            return True, value
         if seen is None or value.numel() * value.element_size() < MEMO_MIN_BYTES:
             return True, host_copy(value)
-        version = _version(value)
+        version = version_counter(value)
         # this capture's own copy first (a tensor the state names twice), then the last one's
         earlier = seen.get(id(value))
         if earlier is None and memo is not None:

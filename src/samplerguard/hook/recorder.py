@@ -513,14 +513,12 @@ class Trajectory:
             return  # already unverified: copy nothing more
         if self._pending_initial is not None:
             self.set_conditioning({})
+        # with a sink that borrows: the pipeline's own host tensors, which the sink checks
+        # unchanged once it has read them
         borrowed: Borrowed = []
-        if self._borrow:
-            # the pipeline's own host tensors, checked unchanged by the sink once it read them
-            latent = borrow_or_copy(latents, borrowed)
-            state = capture_state(scheduler, self._schedule, self._copies, borrow=borrowed)
-        else:
-            latent = host_copy(latents)
-            state = capture_state(scheduler, self._schedule, self._copies)
+        borrow = borrowed if self._borrow else None
+        latent = borrow_or_copy(latents, borrowed) if self._borrow else host_copy(latents)
+        state = capture_state(scheduler, self._schedule, self._copies, borrow=borrow)
         noise, self._noise = self._noise, []
         # A CUDA timestep is copied like the latent and read on the worker: ``.item()`` here
         # would synchronise the device every step and stall the loop's run-ahead.
