@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["BUILDERS", "Case", "request_for", "stable_diffusion_prompted", "tiny_clip_tokenizer"]
+__all__ = [
+    "BUILDERS",
+    "Case",
+    "request_for",
+    "stable_diffusion_prompted",
+    "stable_diffusion_xl_prompted",
+    "tiny_clip_tokenizer",
+]
 
 
 @dataclass
@@ -186,6 +193,48 @@ def stable_diffusion_xl() -> Case:
             "pooled_prompt_embeds": _embeds(1, 32, seed=2),
             "negative_prompt_embeds": _embeds(1, 8, 64, seed=3),
             "negative_pooled_prompt_embeds": _embeds(1, 32, seed=4),
+            "output_type": "np",
+            "height": 16,
+            "width": 16,
+        },
+    )
+
+
+def stable_diffusion_xl_prompted() -> Case:
+    """Stable Diffusion XL with both tokenizers and text encoders (the second one projects
+    its pooled embedding): the request is a prompt, so the verifier can re-derive all three
+    conditioning tensors from it."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    case = stable_diffusion_xl()
+    config = {
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "layer_norm_eps": 1e-05,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "pad_token_id": 1,
+        "vocab_size": 1000,
+        "hidden_act": "gelu",
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        encoder = CLIPTextModel(CLIPTextConfig(**config)).eval()
+        encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=32)).eval()
+    pipe = case.pipe
+    pipe.register_modules(
+        text_encoder=encoder,
+        text_encoder_2=encoder_2,
+        tokenizer=tiny_clip_tokenizer(),
+        tokenizer_2=tiny_clip_tokenizer(),
+    )
+    return Case(
+        pipe,
+        {
+            "prompt": "a red cat",
+            "negative_prompt": "blurry",
             "output_type": "np",
             "height": 16,
             "width": 16,

@@ -71,17 +71,23 @@ def check_request_params(params: object) -> dict[str, Any]:
 def embeds_param(embeds: Any) -> dict[str, Any]:
     """The request parameter that binds a tensor of prompt embeddings, as its sender computes
     it: the canonical tensor digest, the dtype and the shape of the tensor exactly as sent
-    (``samplerguard.commitment.digest.tensor_digest``). The verifier finds these embeddings in
-    the conditioning the provider committed; it can when the pipeline ran them in the sent
-    dtype or a wider one (float16 sent, float32 run), not when it narrowed them (float32 sent,
-    float16 run: then they are reported NOT CHECKED)."""
+    (``samplerguard.commitment.digest.tensor_digest``). Prompt embeddings are 3-D (prompts,
+    tokens, width); pooled ones (Stable Diffusion XL) 2-D (prompts, width). The verifier finds
+    these embeddings in the conditioning the provider committed; it can when the pipeline ran
+    them in the sent dtype or a wider one (float16 sent, float32 run), not when it narrowed
+    them (float32 sent, float16 run: then they are reported NOT CHECKED)."""
     import torch
 
     from samplerguard.commitment.digest import tensor_digest
 
-    if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or not embeds.is_floating_point():
+    if (
+        not isinstance(embeds, torch.Tensor)
+        or embeds.dim() not in (2, 3)
+        or not embeds.is_floating_point()
+    ):
         raise MalformedInputError(
-            "prompt embeddings are a 3-D floating-point tensor (prompts, tokens, width)"
+            "prompt embeddings are a 3-D floating-point tensor (prompts, tokens, width), or "
+            "2-D when pooled (prompts, width)"
         )
     return {
         "digest": tensor_digest(embeds),

@@ -31,16 +31,24 @@ __all__ = [
     "StableDiffusionInpaintFamily",
     "StableDiffusionInpaintProgram",
     "StableDiffusionProgram",
+    "StableDiffusionXLCodec",
     "StableDiffusionXLFamily",
     "StableDiffusionXLProgram",
     "load_codec",
 ]
 
-#: the families whose reference codec :func:`load_codec` builds (SDXL and AnimateDiff encode
-#: with other components)
+#: the families whose reference codec :func:`load_codec` builds (AnimateDiff's output is
+#: frames, decoded by another pipeline's code)
 SD_CODEC_FAMILIES = frozenset(
-    {"stable-diffusion", "stable-diffusion-img2img", "stable-diffusion-inpaint"}
+    {
+        "stable-diffusion",
+        "stable-diffusion-img2img",
+        "stable-diffusion-inpaint",
+        "stable-diffusion-xl",
+    }
 )
+#: the text-to-image families: the request sets the image size
+_SIZED = frozenset({"stable-diffusion", "stable-diffusion-xl"})
 
 
 class StableDiffusionProgram(FamilyProgram):
@@ -177,6 +185,9 @@ class StableDiffusionImg2ImgFamily(StableDiffusionFamily):
 
 
 class StableDiffusionXLFamily(StableDiffusionFamily):
+    """Stable Diffusion XL: two text encoders, whose pooled embedding and the micro-conditioning
+    sizes (``add_time_ids``) condition the UNet besides the prompt embeddings."""
+
     name = "stable-diffusion-xl"
     pipelines = ("StableDiffusionXLPipeline",)
     request_inputs = (
@@ -184,6 +195,20 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
         ("prompt_2", "prompt2"),
         ("height", "height"),
         ("width", "width"),
+        ("negative_prompt", "negativePrompt"),
+        ("negative_prompt_2", "negativePrompt2"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("clip_skip", "clipSkip"),
+        ("original_size", "originalSize"),
+        ("crops_coords_top_left", "cropsCoordsTopLeft"),
+        ("target_size", "targetSize"),
+        ("negative_original_size", "negativeOriginalSize"),
+        ("negative_crops_coords_top_left", "negativeCropsCoordsTopLeft"),
+        ("negative_target_size", "negativeTargetSize"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
+        ("pooled_prompt_embeds", "pooledPromptEmbeds"),
+        ("negative_pooled_prompt_embeds", "negativePooledPromptEmbeds"),
     )
     conditioning = MappingProxyType(
         {
@@ -556,15 +581,10 @@ class StableDiffusionCodec:
                 found=str(shape[0]),
                 expected=str(n),
             )
-        if recipe.get("pipeline") != "stable-diffusion":
+        if recipe.get("pipeline") not in _SIZED:
             return
         factor = int(self.pipe.vae_scale_factor)
-        default = self.pipe.unet.config.sample_size
-        default = default * factor if isinstance(default, int) else None
-        height = _small_int(request, "height", default, _MAX_SIDE)
-        width = _small_int(request, "width", default, _MAX_SIDE)
-        if height is None or width is None:
-            raise UncheckedBinding("the UNet's default image size is not a single number")
+        height, width = self._size(request)
         want = [height // factor, width // factor]
         if shape[2:] != want:
             raise VerificationError(
@@ -572,6 +592,21 @@ class StableDiffusionCodec:
                 f"committed latents are {shape[2] * factor}x{shape[3] * factor}",
                 check="request-binding",
             )
+
+    def _size(self, request: Mapping[str, Any]) -> tuple[int, int]:
+        """The requested image size, or the pipeline's default (the UNet's sample size)."""
+        factor = int(self.pipe.vae_scale_factor)
+        default = self.pipe.unet.config.sample_size
+        default = default * factor if isinstance(default, int) else None
+        height = _small_int(request, "height", default, _MAX_SIDE)
+        width = _small_int(request, "width", default, _MAX_SIDE)
+        if height is None or width is None:
+            raise UncheckedBinding("the UNet's default image size is not a single number")
+        return height, width
+
+    def _unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        """The final latent as the VAE decodes it."""
+        return latents / float(self.pipe.vae.config.scaling_factor)
 
     def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
         from samplerguard.commitment.digest import output_bytes
@@ -584,18 +619,156 @@ class StableDiffusionCodec:
         vae = self.pipe.vae
         latents = final_latent.to(device=vae.device, dtype=vae.dtype)
         with torch.no_grad():
-            image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+            image = vae.decode(self._unscale(latents), return_dict=False)[0]
         image = self.pipe.image_processor.postprocess(
             image, output_type=kind, do_denormalize=[True] * image.shape[0]
         )
         return output_bytes(image)
 
 
-#: the component classes a reference folder's VAE, text encoder and tokenizer may name
+def _pair(request: Mapping[str, Any], key: str, default: tuple[int, int] | None) -> Any:
+    """A ``[height, width]`` (or ``[top, left]``) request input: two integers 0.._MAX_SIDE."""
+    value = request.get(key)
+    if value is None:
+        return default
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(type(v) is int and 0 <= v <= _MAX_SIDE for v in value)
+    ):
+        raise MalformedInputError(f"the request's {key} is not two integers 0..{_MAX_SIDE}")
+    return tuple(value)
+
+
+def _paired(prompt: str | list[str], other: str | list[str] | None, key: str) -> None:
+    if other is not None and (
+        type(other) is not type(prompt)
+        or (isinstance(prompt, list) and isinstance(other, list) and len(other) != len(prompt))
+    ):
+        raise MalformedInputError(
+            f"the request's {key} does not match its prompt (one per prompt, both strings or "
+            "both lists)"
+        )
+
+
+class StableDiffusionXLCodec(StableDiffusionCodec):
+    """The reference text encoders and VAE of a Stable Diffusion XL checkpoint. The
+    conditioning is what ``StableDiffusionXLPipeline`` derives from the request: both text
+    encoders' prompt embeddings (``encode_prompt``), the second encoder's pooled embedding,
+    and the micro-conditioning sizes (``_get_add_time_ids``: original size, crop corner and
+    target size, the negative ones when the request sets them), batched as the UNet receives
+    them. The output is the VAE decode (with the VAE's latent mean and spread when its config
+    has them) and the image processor's post-processing. No invisible watermark is applied: a
+    pipeline that watermarks serves an output that is not the decode, and fails the output
+    binding (construct it with ``add_watermarker=False``)."""
+
+    def conditioning(
+        self, request: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        prompt = _prompts(request, "prompt")
+        if prompt is None:
+            raise UncheckedBinding(
+                "the request carries no prompt (prompt embeddings sent to Stable Diffusion XL "
+                "are bound by digest, and not re-derived)"
+            )
+        do_cfg = float(request["guidanceScale"]) > 1.0
+        prompt_2 = _prompts(request, "prompt2")
+        negative = _prompts(request, "negativePrompt") if do_cfg else None
+        negative_2 = _prompts(request, "negativePrompt2") if do_cfg else None
+        _paired(prompt, prompt_2, "prompt2")
+        _paired(prompt, negative, "negativePrompt")
+        _paired(prompt, negative_2, "negativePrompt2")
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
+        layers = min(
+            int(self.pipe.text_encoder.config.num_hidden_layers),
+            int(self.pipe.text_encoder_2.config.num_hidden_layers),
+        )
+        clip_skip = _small_int(request, "clipSkip", None, layers - 1)
+        try:
+            with torch.no_grad():
+                embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+                    prompt,
+                    prompt_2,
+                    self.pipe.text_encoder.device,
+                    per_prompt,
+                    do_cfg,
+                    negative,
+                    negative_2,
+                    clip_skip=clip_skip,
+                )
+        except Exception as exc:  # the pipeline's own code raises anything for odd inputs
+            raise MalformedInputError(
+                f"the reference text encoders cannot encode the request: "
+                f"{type(exc).__name__}: {str(exc)[:120]}"
+            ) from None
+        rows = int(embeds.shape[0])
+        self._check_latents(request, recipe, rows)
+        height, width = self._size(request)
+        time_ids = self._time_ids(request, "", (height, width), embeds.dtype)
+        if _pair(request, "negativeOriginalSize", None) is not None and (
+            _pair(request, "negativeTargetSize", None) is not None
+        ):
+            negative_time_ids = self._time_ids(request, "negative", None, embeds.dtype)
+        else:
+            negative_time_ids = time_ids
+        if do_cfg:
+            embeds = torch.cat([negative_embeds, embeds])
+            pooled = torch.cat([negative_pooled, pooled])
+            time_ids = torch.cat([negative_time_ids, time_ids])
+        return {
+            "prompt_embeds": embeds,
+            "add_text_embeds": pooled,
+            "add_time_ids": time_ids.to(embeds.device).repeat(rows, 1),
+        }
+
+    def _time_ids(
+        self,
+        request: Mapping[str, Any],
+        prefix: str,
+        size: tuple[int, int] | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        def key(name: str) -> str:
+            return f"{prefix}{name[0].upper()}{name[1:]}" if prefix else name
+
+        original = _pair(request, key("originalSize"), size)
+        crop = _pair(request, key("cropsCoordsTopLeft"), (0, 0))
+        target = _pair(request, key("targetSize"), size)
+        try:
+            ids: torch.Tensor = self.pipe._get_add_time_ids(
+                original,
+                crop,
+                target,
+                dtype=dtype,
+                text_encoder_projection_dim=int(self.pipe.text_encoder_2.config.projection_dim),
+            )
+        except ValueError as exc:  # the UNet's added embedding does not take these
+            raise MalformedInputError(f"the reference UNet: {str(exc)[:160]}") from None
+        return ids
+
+    def _unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.pipe.vae.config
+        mean = getattr(config, "latents_mean", None)
+        std = getattr(config, "latents_std", None)
+        scale = float(config.scaling_factor)
+        if mean is None or std is None:
+            return latents / scale
+        channels = latents.shape[1]
+        mean_t = torch.tensor(mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+        return latents * std_t / scale + mean_t
+
+
+#: the component classes a reference folder's VAE, text encoders and tokenizers may name
 _COMPONENTS = {
     "vae": ("diffusers", "AutoencoderKL"),
     "text_encoder": ("transformers", "CLIPTextModel"),
     "tokenizer": ("transformers", "CLIPTokenizer"),
+}
+_XL_COMPONENTS = {
+    **_COMPONENTS,
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+    "tokenizer_2": ("transformers", "CLIPTokenizer"),
 }
 
 
@@ -604,23 +777,28 @@ def load_codec(
     unet: torch.nn.Module,
     device: torch.device | str = "cpu",
     text_encoders: Sequence[str] = (),
+    pipeline: str = "stable-diffusion",
 ) -> StableDiffusionCodec | None:
     """The reference codec of a diffusers Stable Diffusion folder (``vae/``, ``text_encoder/``
-    and ``tokenizer/`` beside the UNet), or None when the folder lacks them. Only the classes
-    above are instantiated, from safetensors, with nothing fetched. ``text_encoders``: the
-    digests the policy pins the text encoder to (empty: unpinned). Raises
+    and ``tokenizer/`` beside the UNet, and ``text_encoder_2/`` and ``tokenizer_2/`` for
+    Stable Diffusion XL), or None when the folder lacks them. Only the classes above are
+    instantiated, from safetensors, with nothing fetched. ``text_encoders``: the digests the
+    policy pins the text encoders to (empty: unpinned; each of XL's two must be pinned). Raises
     :class:`MalformedInputError` for an unusable folder, :class:`VerificationError` for a text
     encoder the policy does not pin."""
     import importlib
 
     from samplerguard.commitment.digest import module_digest
 
-    if not all((folder / name).is_dir() for name in _COMPONENTS):
+    xl = pipeline == "stable-diffusion-xl"
+    components = _XL_COMPONENTS if xl else _COMPONENTS
+    if not all((folder / name).is_dir() for name in components):
         return None
     parts: dict[str, Any] = {}
-    for name, (module, cls_name) in _COMPONENTS.items():
+    for name, (module, cls_name) in components.items():
         sub = folder / name
-        doc = read_config(sub / ("tokenizer_config.json" if name == "tokenizer" else "config.json"))
+        tokenizer = name.startswith("tokenizer")
+        doc = read_config(sub / ("tokenizer_config.json" if tokenizer else "config.json"))
         named = (
             doc.get("tokenizer_class")
             or doc.get("_class_name")
@@ -632,7 +810,7 @@ def load_codec(
             )
         cls = getattr(importlib.import_module(module), cls_name)
         try:
-            if name == "tokenizer":
+            if tokenizer:
                 parts[name] = cls.from_pretrained(sub, local_files_only=True)
             else:
                 model = cls.from_pretrained(sub, local_files_only=True, use_safetensors=True)
@@ -643,20 +821,40 @@ def load_codec(
                 f"{str(exc)[:200]}"
             ) from None
     if text_encoders:
-        got = module_digest(parts["text_encoder"])
-        if got not in text_encoders:
-            raise VerificationError(
-                f"reference text encoder {got[:23]}… is not among the policy's "
-                "goldenDigests.textEncoder",
-                check="model",
-                found=got,
+        for name in ("text_encoder", "text_encoder_2"):
+            if name not in parts:
+                continue
+            got = module_digest(parts[name])
+            if got not in text_encoders:
+                raise VerificationError(
+                    f"reference {name.replace('_', ' ')} {got[:23]}… is not among the policy's "
+                    "goldenDigests.textEncoder",
+                    check="model",
+                    found=got,
+                )
+    if xl:
+        from diffusers import StableDiffusionXLPipeline
+
+        index = read_config(folder / "model_index.json")
+        zeros = index.get("force_zeros_for_empty_prompt", True)
+        if not isinstance(zeros, bool):
+            raise MalformedInputError(
+                f"reference {folder}/model_index.json: force_zeros_for_empty_prompt is not a "
+                "boolean"
             )
+        return StableDiffusionXLCodec(
+            StableDiffusionXLPipeline(
+                **parts,
+                unet=unet,
+                scheduler=None,
+                force_zeros_for_empty_prompt=zeros,
+                add_watermarker=False,
+            )
+        )
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
+        **parts,
         unet=unet,
         scheduler=None,
         safety_checker=None,

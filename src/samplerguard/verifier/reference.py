@@ -129,7 +129,9 @@ def load_reference(
     if pipeline != "digits":
         program.scheduler_reference = _scheduler_config(path)  # type: ignore[attr-defined]
     if pipeline in SD_CODEC_FAMILIES and (path / "model_index.json").is_file():
-        program.codec = load_codec(path, model, device, text_encoders)  # type: ignore[attr-defined]
+        program.codec = load_codec(  # type: ignore[attr-defined]
+            path, model, device, text_encoders, pipeline
+        )
     return program
 
 

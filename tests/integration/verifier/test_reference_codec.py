@@ -61,7 +61,7 @@ def _challenge(
 ) -> ChallengeResult:
     digest = commitment.recipe["model"]["digest"]
     refs = ReferenceModels(
-        {"stable-diffusion": folder}, golden or GoldenDigests(model_weights=[digest])
+        {commitment.recipe["pipeline"]: folder}, golden or GoldenDigests(model_weights=[digest])
     )
     rid = commitment.request_id
     return verify_challenge(

@@ -1,5 +1,6 @@
 """How a request binds prompt embeddings: the consumer and the hook compute the same parameter
-from the same tensor, and anything but a 3-D floating-point tensor is refused."""
+from the same tensor, and anything but a 3-D (or pooled, 2-D) floating-point tensor is
+refused."""
 
 from __future__ import annotations
 
@@ -37,11 +38,22 @@ def test_the_hook_binds_the_embeddings_the_pipeline_was_called_with() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [torch.zeros(7, 16), torch.zeros(1, 7, 16, dtype=torch.int64), [[0.0]], "embeds"],
+    [
+        torch.zeros(16),
+        torch.zeros(1, 1, 7, 16),
+        torch.zeros(1, 7, 16, dtype=torch.int64),
+        [[0.0]],
+        "embeds",
+    ],
 )
 def test_anything_but_a_3d_float_tensor_is_refused(value: object) -> None:
     with pytest.raises(MalformedInputError, match="3-D floating-point tensor"):
         embeds_param(value)
+
+
+def test_pooled_embeddings_are_bound_as_2d() -> None:
+    pooled = torch.randn(2, 32)
+    assert embeds_param(pooled)["shape"] == [2, 32]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,237 @@
+"""The reference codec of Stable Diffusion XL: the verifier re-derives all three conditioning
+tensors (both text encoders' prompt embeddings, the pooled embedding, the micro-conditioning
+sizes) from the consumer's request, and the served output with the reference VAE. Every
+provider here records through the real hook."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from samplerguard.commitment.digest import module_digest
+from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.policy.spec import GoldenDigests
+from tests.integration.verifier.test_reference_codec import _challenge, _forge, _post, _serve
+from tests.support.families import stable_diffusion_xl, stable_diffusion_xl_prompted
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The verifier's reference: the honest pipeline, saved as a diffusers folder."""
+    path = tmp_path_factory.mktemp("sdxl")
+    stable_diffusion_xl_prompted().pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_an_honest_prompted_generation_is_checked_end_to_end(folder: Path) -> None:
+    sink, commitment = _serve(stable_diffusion_xl_prompted(), "honest")
+    assert sorted(commitment.recipe["conditioning"]) == [
+        "add_text_embeds",
+        "add_time_ids",
+        "prompt_embeds",
+    ]
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.exact
+    assert result.unchecked == []  # the output and all three conditioning tensors re-derived
+    assert [r.worst for r in result.results] == [0.0] * commitment.n_steps
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        # two prompts, each with its second-encoder prompt and negatives, two images each
+        {
+            "prompt": ["a", "b c"],
+            "prompt_2": ["d", "e"],
+            "negative_prompt": ["x", "y"],
+            "negative_prompt_2": ["z", "w"],
+            "num_images_per_prompt": 2,
+        },
+        # no negative prompt: the negative half is zeros (force_zeros_for_empty_prompt)
+        {"negative_prompt": None},
+        # the micro-conditioning sizes the consumer set, positive and negative
+        {
+            "original_size": (64, 48),
+            "crops_coords_top_left": (4, 0),
+            "target_size": (16, 16),
+            "negative_original_size": (8, 8),
+            "negative_target_size": (16, 16),
+        },
+        {"clip_skip": 1},
+    ],
+    ids=["batched", "zeros-negative", "micro-conditioning", "clip-skip"],
+)
+def test_what_the_consumer_sets_is_derived_as_the_pipeline_does(
+    folder: Path, call: dict[str, Any]
+) -> None:
+    sink, commitment = _serve(stable_diffusion_xl_prompted(), "set", **call)
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.exact and result.unchecked == []
+
+
+def test_no_guidance_has_no_negative_half(folder: Path) -> None:
+    case = stable_diffusion_xl_prompted()
+    case.guidance = 1.0
+    sink, commitment = _serve(case, "nocfg")
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.unchecked == []
+
+
+@pytest.mark.parametrize(
+    ("claim", "tensor"),
+    [
+        ({"prompt": "a blue dog"}, "prompt_embeds"),
+        ({"prompt2": "a blue dog"}, "prompt_embeds"),
+        ({"negativePrompt2": "nsfw"}, "prompt_embeds"),
+        # the consumer asked for a 1024x1024 original and a crop; the provider conditioned on
+        # others (a cheaper or differently framed image), and committed the consumer's request
+        ({"originalSize": [1024, 1024]}, "add_time_ids"),
+        ({"cropsCoordsTopLeft": [8, 8]}, "add_time_ids"),
+        ({"negativeOriginalSize": [8, 8], "negativeTargetSize": [8, 8]}, "add_time_ids"),
+    ],
+)
+def test_a_request_other_than_the_one_run_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, claim: dict[str, Any], tensor: str
+) -> None:
+    """The provider commits the consumer's request but ran another: every step re-checks
+    (they ran what they committed), but the conditioning is not what the request derives."""
+    _forge(monkeypatch, **claim)
+    sink, commitment = _serve(stable_diffusion_xl_prompted(), "swap")
+    with pytest.raises(VerificationError, match=rf"conditioning '{tensor}' is not what"):
+        _challenge(folder, sink, commitment)
+
+
+@pytest.mark.parametrize("encoder", ["text_encoder", "text_encoder_2"])
+def test_a_substituted_text_encoder_is_rejected(folder: Path, encoder: str) -> None:
+    """Either encoder fine-tuned (to drop a safety concept, say) conditions the UNet on other
+    embeddings for the same prompt; the second one also changes the pooled embedding."""
+    case = stable_diffusion_xl_prompted()
+    changed = copy.deepcopy(getattr(case.pipe, encoder))
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.mul_(1.001)
+    setattr(case.pipe, encoder, changed)
+    sink, commitment = _serve(case, "encoder")
+    with pytest.raises(VerificationError, match="not what the request derives"):
+        _challenge(folder, sink, commitment)
+
+
+def test_a_served_image_that_is_not_the_decode_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = stable_diffusion_xl_prompted()
+    _post(monkeypatch, case, lambda image: image * 0.99)
+    sink, commitment = _serve(case, "image")
+    with pytest.raises(VerificationError, match="output binding: the served output"):
+        _challenge(folder, sink, commitment)
+
+
+def test_a_vae_with_a_latent_mean_and_spread_is_decoded_with_them(tmp_path: Path) -> None:
+    """Checkpoints whose VAE config carries ``latents_mean``/``latents_std`` are decoded the
+    way the pipeline decodes them; without them the output would not reproduce."""
+    case = stable_diffusion_xl_prompted()
+    case.pipe.vae.register_to_config(
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 1.0, 2.0]
+    )
+    case.pipe.save_pretrained(tmp_path, safe_serialization=True)
+    sink, commitment = _serve(case, "mean")
+    result = _challenge(tmp_path, sink, commitment)
+    assert result.accepted and result.unchecked == []
+
+
+def test_sent_embeddings_are_bound_and_not_checked_never_passed(folder: Path) -> None:
+    """Stable Diffusion XL's prompt embeddings (and pooled ones) are bound to the request by
+    digest, but not yet found in the committed conditioning: the verifier says so."""
+    case = stable_diffusion_xl()
+    sink, commitment = _serve(case, "embeds")
+    params = sink.transcript("embeds").meta.request or {}
+    assert params["pooledPromptEmbeds"]["shape"] == [1, 32]
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted
+    assert result.unchecked == [
+        "request conditioning (the request carries no prompt (prompt embeddings sent to Stable "
+        "Diffusion XL are bound by digest, and not re-derived))"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        ({"height": 32, "width": 32}, r"asks for 32x32 images, the committed latents are 16x16"),
+        ({"imagesPerPrompt": 2}, r"request derives 2 images, the committed latents hold 1"),
+        ({"originalSize": [1024]}, r"originalSize is not two integers"),
+        ({"prompt2": ["a", "b"]}, r"prompt2 does not match its prompt"),
+    ],
+)
+def test_fewer_or_smaller_images_or_malformed_requests_are_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, claim: dict[str, Any], message: str
+) -> None:
+    _forge(monkeypatch, **claim)
+    sink, commitment = _serve(stable_diffusion_xl_prompted(), "less")
+    with pytest.raises(VerificationError, match=message):
+        _challenge(folder, sink, commitment)
+
+
+def test_both_text_encoders_must_be_pinned(folder: Path) -> None:
+    case = stable_diffusion_xl_prompted()
+    sink, commitment = _serve(case, "pinned")
+    model = commitment.recipe["model"]["digest"]
+    first = module_digest(case.pipe.text_encoder)
+    second = module_digest(case.pipe.text_encoder_2)
+    with pytest.raises(VerificationError, match=r"text encoder 2 .* goldenDigests\.textEncoder"):
+        _challenge(
+            folder, sink, commitment, GoldenDigests(model_weights=[model], text_encoder=[first])
+        )
+    ok = _challenge(
+        folder,
+        sink,
+        commitment,
+        GoldenDigests(model_weights=[model], text_encoder=[first, second]),
+    )
+    assert ok.accepted and ok.unchecked == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: (d / "text_encoder_2" / "config.json").write_text(
+                json.dumps(
+                    {
+                        **json.loads((d / "text_encoder_2" / "config.json").read_text()),
+                        "architectures": ["CLIPTextModel"],
+                    }
+                )
+            ),
+            "names 'CLIPTextModel'; the text_encoder_2 is a CLIPTextModelWithProjection",
+        ),
+        (
+            lambda d: (d / "model_index.json").write_text(
+                json.dumps(
+                    {
+                        **json.loads((d / "model_index.json").read_text()),
+                        "force_zeros_for_empty_prompt": "yes",
+                    }
+                )
+            ),
+            "force_zeros_for_empty_prompt is not a boolean",
+        ),
+    ],
+)
+def test_an_unusable_reference_folder_is_refused(
+    folder: Path, tmp_path: Path, change: Any, message: str
+) -> None:
+    copy_ = tmp_path / "sdxl"
+    shutil.copytree(folder, copy_)
+    change(copy_)
+    sink, commitment = _serve(stable_diffusion_xl_prompted(), "bad")
+    with pytest.raises(MalformedInputError, match=message):
+        _challenge(copy_, sink, commitment)
