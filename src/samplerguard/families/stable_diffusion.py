@@ -368,8 +368,9 @@ _WIDER = {
 }
 
 
-def _embeds_spec(request: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """The request's ``{"digest", "dtype", "shape"}`` of a tensor of embeddings, checked."""
+def _embeds_spec(request: Mapping[str, Any], key: str, rank: int = 3) -> dict[str, Any]:
+    """The request's ``{"digest", "dtype", "shape"}`` of a tensor of embeddings, checked
+    (``rank``: 3 for prompt embeddings, 2 for pooled ones)."""
     from samplerguard.commitment.digest import DIGEST_RE
 
     spec = request.get(key)
@@ -381,12 +382,13 @@ def _embeds_spec(request: Mapping[str, Any], key: str) -> dict[str, Any]:
         or not DIGEST_RE.match(spec["digest"])
         or spec["dtype"] not in _FLOAT_DTYPES
         or not isinstance(shape, list)
-        or len(shape) != 3
+        or len(shape) != rank
         or not all(type(d) is int and 0 < d <= 1 << 16 for d in shape)
         or shape[0] > _MAX_PROMPTS
     ):
         raise MalformedInputError(
-            f"the request's {key} needs a sha256 digest, a floating-point dtype and a 3-D shape "
+            f"the request's {key} needs a sha256 digest, a floating-point dtype and a {rank}-D "
+            "shape "
             f"of at most {_MAX_PROMPTS} prompts"
         )
     return spec
@@ -640,6 +642,18 @@ def _pair(request: Mapping[str, Any], key: str, default: tuple[int, int] | None)
     return tuple(value)
 
 
+def _with_pooled(
+    request: Mapping[str, Any], key: str, pooled_key: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A request's prompt embeddings and the pooled ones the pipeline needs with them."""
+    spec = _embeds_spec(request, key)
+    if pooled_key not in request:
+        raise MalformedInputError(
+            f"the request sends {key} without {pooled_key} (the pipeline needs both)"
+        )
+    return spec, _embeds_spec(request, pooled_key, rank=2)
+
+
 def _paired(prompt: str | list[str], other: str | list[str] | None, key: str) -> None:
     if other is not None and (
         type(other) is not type(prompt)
@@ -657,19 +671,21 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
     encoders' prompt embeddings (``encode_prompt``), the second encoder's pooled embedding,
     and the micro-conditioning sizes (``_get_add_time_ids``: original size, crop corner and
     target size, the negative ones when the request sets them), batched as the UNet receives
-    them. The output is the VAE decode (with the VAE's latent mean and spread when its config
-    has them) and the image processor's post-processing. No invisible watermark is applied: a
-    pipeline that watermarks serves an output that is not the decode, and fails the output
-    binding (construct it with ``add_watermarker=False``)."""
+    them; a request that sent embeddings has them found in the committed conditioning first
+    (:meth:`conditioning_from_opened`). The output is the VAE decode (with the VAE's latent
+    mean and spread when its config has them) and the image processor's post-processing. No
+    invisible watermark is applied: a pipeline that watermarks serves an output that is not the
+    decode, and fails the output binding (construct it with ``add_watermarker=False``)."""
 
     def conditioning(
         self, request: Mapping[str, Any], recipe: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
         prompt = _prompts(request, "prompt")
         if prompt is None:
+            if "promptEmbeds" in request:
+                raise FromOpenedConditioning("the request binds its prompt embeddings by digest")
             raise UncheckedBinding(
-                "the request carries no prompt (prompt embeddings sent to Stable Diffusion XL "
-                "are bound by digest, and not re-derived)"
+                "the request carries neither a prompt nor a digest of its prompt embeddings"
             )
         do_cfg = float(request["guidanceScale"]) > 1.0
         prompt_2 = _prompts(request, "prompt2")
@@ -684,23 +700,127 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
             int(self.pipe.text_encoder_2.config.num_hidden_layers),
         )
         clip_skip = _small_int(request, "clipSkip", None, layers - 1)
+        encoded = self._encode_xl(
+            prompt,
+            per_prompt,
+            do_cfg,
+            prompt_2=prompt_2,
+            negative_prompt=negative,
+            negative_prompt_2=negative_2,
+            clip_skip=clip_skip,
+        )
+        return self._batched(request, recipe, do_cfg, *encoded)
+
+    def conditioning_from_opened(
+        self,
+        request: Mapping[str, Any],
+        recipe: Mapping[str, Any],
+        opened: Mapping[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The conditioning of a request that sent prompt embeddings and pooled embeddings
+        (``promptEmbeds`` and ``pooledPromptEmbeds``; with guidance, optionally their negative
+        counterparts). The committed prompt embeddings and pooled embedding must hold them, each
+        prompt's first image's rows in the positive half, and the pipeline's own
+        ``encode_prompt`` derives the rest: the repeats per image, and the negative half from the
+        negative embeddings, the negative prompts, or zeros (``force_zeros_for_empty_prompt``).
+        The micro-conditioning comes from the request as for a prompt."""
+        committed = opened.get("prompt_embeds")
+        committed_pooled = opened.get("add_text_embeds")
+        if committed is None or committed.dim() != 3:
+            raise MalformedInputError("the committed conditioning holds no 3-D prompt embeddings")
+        if committed_pooled is None or committed_pooled.dim() != 2:
+            raise MalformedInputError("the committed conditioning holds no 2-D pooled embeddings")
+        for key in ("prompt", "prompt2"):
+            if _prompts(request, key) is not None:
+                raise MalformedInputError(f"the request carries both a {key} and prompt embeddings")
+        do_cfg = float(request["guidanceScale"]) > 1.0
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
+        positive, pooled = _with_pooled(request, "promptEmbeds", "pooledPromptEmbeds")
+        negative = negative_pooled = None
+        if do_cfg and "negativePromptEmbeds" in request:
+            negative, negative_pooled = _with_pooled(
+                request, "negativePromptEmbeds", "negativePooledPromptEmbeds"
+            )
+        negative_prompt = _prompts(request, "negativePrompt") if do_cfg else None
+        negative_prompt_2 = _prompts(request, "negativePrompt2") if do_cfg else None
+        if negative is not None and (negative_prompt is not None or negative_prompt_2 is not None):
+            raise MalformedInputError(
+                "the request carries both a negative prompt and negative prompt embeddings"
+            )
+        rows = positive["shape"][0] * per_prompt
+        halves = 2 if do_cfg else 1
+        if committed.shape[0] != rows * halves or committed_pooled.shape[0] != rows * halves:
+            raise VerificationError(
+                f"request binding: the request's embeddings make {rows} images"
+                f"{' and as many negative rows' if do_cfg else ''}, the committed conditioning "
+                f"holds {committed.shape[0]} and {committed_pooled.shape[0]} rows",
+                check="request-binding",
+            )
+        sent = {
+            "prompt_embeds": _sent_embeds(
+                committed[-rows:][::per_prompt], positive, "prompt embeddings"
+            ),
+            "pooled_prompt_embeds": _sent_embeds(
+                committed_pooled[-rows:][::per_prompt], pooled, "pooled prompt embeddings"
+            ),
+        }
+        if negative is not None and negative_pooled is not None:
+            sent["negative_prompt_embeds"] = _sent_embeds(
+                committed[:rows][::per_prompt], negative, "negative prompt embeddings"
+            )
+            sent["negative_pooled_prompt_embeds"] = _sent_embeds(
+                committed_pooled[:rows][::per_prompt], negative_pooled, "negative pooled embeddings"
+            )
+        # rows made of sent embeddings are copies of them, exactly, on any build
+        for name, tensor in sent.items():
+            half = committed_pooled if "pooled" in name else committed
+            found = half[:rows] if name.startswith("negative") else half[-rows:]
+            _repeated_exactly(found, tensor, per_prompt, name.replace("_", " "))
+        device = self.pipe.text_encoder_2.device
+        encoded = self._encode_xl(
+            None,
+            per_prompt,
+            do_cfg,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            **{name: tensor.to(device) for name, tensor in sent.items()},
+        )
+        return self._batched(request, recipe, do_cfg, *encoded)
+
+    def _encode_xl(
+        self, prompt: str | list[str] | None, per_prompt: int, do_cfg: bool, **kw: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pipeline's own ``encode_prompt`` on the reference text encoders: the prompt
+        embeddings, the negative ones, the pooled embedding and the negative pooled one."""
         try:
             with torch.no_grad():
-                embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+                out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+                out = self.pipe.encode_prompt(
                     prompt,
-                    prompt_2,
-                    self.pipe.text_encoder.device,
-                    per_prompt,
-                    do_cfg,
-                    negative,
-                    negative_2,
-                    clip_skip=clip_skip,
+                    device=self.pipe.text_encoder_2.device,
+                    num_images_per_prompt=per_prompt,
+                    do_classifier_free_guidance=do_cfg,
+                    **kw,
                 )
         except Exception as exc:  # the pipeline's own code raises anything for odd inputs
             raise MalformedInputError(
                 f"the reference text encoders cannot encode the request: "
                 f"{type(exc).__name__}: {str(exc)[:120]}"
             ) from None
+        return out
+
+    def _batched(
+        self,
+        request: Mapping[str, Any],
+        recipe: Mapping[str, Any],
+        do_cfg: bool,
+        embeds: torch.Tensor,
+        negative_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        negative_pooled: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The UNet's conditioning as the pipeline batches it, with the micro-conditioning
+        sizes from the request."""
         rows = int(embeds.shape[0])
         self._check_latents(request, recipe, rows)
         height, width = self._size(request)

@@ -57,7 +57,11 @@ def _serve(case: Case, rid: str, **kwargs: Any) -> tuple[LocalSink, Commitment]:
 
 
 def _challenge(
-    folder: Path, sink: LocalSink, commitment: Commitment, golden: GoldenDigests | None = None
+    folder: Path,
+    sink: LocalSink,
+    commitment: Commitment,
+    golden: GoldenDigests | None = None,
+    tau: float = 0.0,
 ) -> ChallengeResult:
     digest = commitment.recipe["model"]["digest"]
     refs = ReferenceModels(
@@ -70,7 +74,7 @@ def _challenge(
         lambda s: Opening.from_bytes(sink.opening(rid, s).to_bytes()),
         refs.program(dict(commitment.recipe)),
         steps=list(range(commitment.n_steps)),
-        tau=0.0,
+        tau=tau,
     )
 
 

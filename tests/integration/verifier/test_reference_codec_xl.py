@@ -16,9 +16,10 @@ import torch
 
 from samplerguard.commitment.digest import module_digest
 from samplerguard.errors import MalformedInputError, VerificationError
+from samplerguard.hook import pipelines
 from samplerguard.policy.spec import GoldenDigests
 from tests.integration.verifier.test_reference_codec import _challenge, _forge, _post, _serve
-from tests.support.families import stable_diffusion_xl, stable_diffusion_xl_prompted
+from tests.support.families import stable_diffusion_xl_prompted
 
 pytestmark = pytest.mark.slow
 
@@ -147,19 +148,152 @@ def test_a_vae_with_a_latent_mean_and_spread_is_decoded_with_them(tmp_path: Path
     assert result.accepted and result.unchecked == []
 
 
-def test_sent_embeddings_are_bound_and_not_checked_never_passed(folder: Path) -> None:
-    """Stable Diffusion XL's prompt embeddings (and pooled ones) are bound to the request by
-    digest, but not yet found in the committed conditioning: the verifier says so."""
-    case = stable_diffusion_xl()
-    sink, commitment = _serve(case, "embeds")
-    params = sink.transcript("embeds").meta.request or {}
+def _embeddings(case: Any, prompt: str = "a red cat") -> dict[str, torch.Tensor]:
+    """What a consumer sends instead of a prompt: its own encoding of one (and of "blurry")."""
+    with torch.no_grad():
+        embeds, negative, pooled, negative_pooled = case.pipe.encode_prompt(
+            prompt, device="cpu", negative_prompt="blurry"
+        )
+    return {
+        "prompt_embeds": embeds,
+        "negative_prompt_embeds": negative,
+        "pooled_prompt_embeds": pooled,
+        "negative_pooled_prompt_embeds": negative_pooled,
+    }
+
+
+def _sent(case: Any, rid: str, negatives: bool = True, **kwargs: Any) -> tuple[Any, Any]:
+    sent = _embeddings(case)
+    if not negatives:
+        del sent["negative_prompt_embeds"], sent["negative_pooled_prompt_embeds"]
+    return _serve(case, rid, **{"prompt": None, "negative_prompt": None, **sent, **kwargs})
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_sent_embeddings_are_found_in_the_committed_conditioning(folder: Path, images: int) -> None:
+    """The request binds the prompt and pooled embeddings it sent by digest; the verifier finds
+    them in the committed prompt embeddings and pooled embedding, and has the pipeline's own
+    code derive the whole conditioning from them."""
+    case = stable_diffusion_xl_prompted()
+    sink, commitment = _sent(case, f"embeds-{images}", num_images_per_prompt=images)
+    params = sink.transcript(f"embeds-{images}").meta.request or {}
     assert params["pooledPromptEmbeds"]["shape"] == [1, 32]
     result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.unchecked == []
+
+
+@pytest.mark.parametrize(
+    "negative", [{}, {"negative_prompt": "blurry", "negative_prompt_2": "dark"}]
+)
+def test_without_negative_embeddings_the_negative_half_is_derived(
+    folder: Path, negative: dict[str, str]
+) -> None:
+    """Zeros when the request has no negative prompt (``force_zeros_for_empty_prompt``), else
+    the reference text encoders' encoding of the negative prompts."""
+    sink, commitment = _sent(stable_diffusion_xl_prompted(), "neg", negatives=False, **negative)
+    assert _challenge(folder, sink, commitment).unchecked == []
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("promptEmbeds", "does not hold the request's prompt embeddings"),
+        ("pooledPromptEmbeds", "does not hold the request's pooled prompt embeddings"),
+        ("negativePromptEmbeds", "does not hold the request's negative prompt embeddings"),
+        ("negativePooledPromptEmbeds", "does not hold the request's negative pooled"),
+    ],
+)
+def test_swapped_embeddings_are_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, key: str, message: str
+) -> None:
+    """The consumer sent the encoding of "a blue dog"; the provider ran another tensor in one
+    place (the pooled embedding alone steers SDXL too) and committed the consumer's request."""
+    from samplerguard.commitment.request import embeds_param
+
+    case = stable_diffusion_xl_prompted()
+    asked = _embeddings(case, "a blue dog")
+    name = {
+        "promptEmbeds": "prompt_embeds",
+        "pooledPromptEmbeds": "pooled_prompt_embeds",
+        "negativePromptEmbeds": "negative_prompt_embeds",
+        "negativePooledPromptEmbeds": "negative_pooled_prompt_embeds",
+    }[key]
+    tensor = asked[name] if not key.startswith("negative") else asked[name] + 1.0
+    _forge(monkeypatch, **{key: embeds_param(tensor)})
+    sink, commitment = _sent(case, "embeds-swap")
+    with pytest.raises(VerificationError, match=message):
+        _challenge(folder, sink, commitment)
+
+
+def test_a_negative_half_other_than_the_request_derives_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request sent embeddings and the negative prompt "blurry"; the provider ran the zero
+    negative half (no negative guidance away from "blurry")."""
+    _forge(monkeypatch, negativePrompt="blurry")
+    sink, commitment = _sent(stable_diffusion_xl_prompted(), "neg-swap", negatives=False)
+    with pytest.raises(VerificationError, match="not what the request's embeddings derive"):
+        _challenge(folder, sink, commitment)
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("pooledPromptEmbeds", "promptEmbeds without pooledPromptEmbeds"),
+        ("negativePooledPromptEmbeds", "negativePromptEmbeds without negativePooledPromptEmbeds"),
+    ],
+)
+def test_embeddings_without_their_pooled_ones_are_refused(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, drop: str, message: str
+) -> None:
+    real = pipelines.request_params
+    monkeypatch.setattr(
+        pipelines,
+        "request_params",
+        lambda *a: {k: v for k, v in real(*a).items() if k != drop},
+    )
+    sink, commitment = _sent(stable_diffusion_xl_prompted(), "no-pooled")
+    with pytest.raises(VerificationError, match=message):
+        _challenge(folder, sink, commitment)
+
+
+def test_embeddings_narrowed_by_the_pipeline_are_not_checked_never_passed(folder: Path) -> None:
+    case = stable_diffusion_xl_prompted()
+    sent = {k: v.double() for k, v in _embeddings(case).items()}
+    sink, commitment = _serve(case, "f64", prompt=None, negative_prompt=None, **sent)
+    result = _challenge(folder, sink, commitment)
     assert result.accepted
-    assert result.unchecked == [
-        "request conditioning (the request carries no prompt (prompt embeddings sent to Stable "
-        "Diffusion XL are bound by digest, and not re-derived))"
-    ]
+    assert len(result.unchecked) == 1
+    assert "sent as float64 and run as float32, which loses bits" in result.unchecked[0]
+
+
+def test_a_nudged_image_row_behind_a_false_build_claim_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declared build the verifier does not reproduce loosens only what the text encoders
+    derive; the second image's copy of the sent pooled embedding, nudged by 1e-7, is not a
+    copy, and is rejected."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    mine = build_fingerprint("cpu")
+    monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d: {**mine, "torch": "0.0.1"})
+    case = stable_diffusion_xl_prompted()
+    real = case.pipe.encode_prompt
+
+    def nudged(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        embeds, negative, pooled, negative_pooled = real(*args, **kwargs)
+        pooled = pooled.clone()
+        pooled[1] += 1e-7 * pooled[1].abs().max()
+        return embeds, negative, pooled, negative_pooled
+
+    sent = _embeddings(case)
+    monkeypatch.setattr(case.pipe, "encode_prompt", nudged)
+    sink, commitment = _serve(
+        case, "nudge", prompt=None, negative_prompt=None, num_images_per_prompt=2, **sent
+    )
+    with pytest.raises(VerificationError, match="not the sent ones, once per image"):
+        _challenge(folder, sink, commitment, tau=1e-3)
 
 
 @pytest.mark.parametrize(
