@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "BUILDERS",
     "Case",
+    "latent_consistency_prompted",
     "request_for",
     "stable_diffusion_prompted",
     "stable_diffusion_xl_prompted",
@@ -462,6 +463,16 @@ def latent_consistency() -> Case:
         sampler="lcm",
         guidance=8.5,
     )
+
+
+def latent_consistency_prompted() -> Case:
+    """A latent consistency model with Stable Diffusion's tokenizer and text encoder: the
+    request is a prompt (there is no negative prompt: the guidance scale is an embedding)."""
+    case = latent_consistency()
+    prompted = stable_diffusion_prompted().pipe
+    case.pipe.register_modules(text_encoder=prompted.text_encoder, tokenizer=prompted.tokenizer)
+    case.kwargs = {"prompt": "a red cat", "output_type": "np", "height": 16, "width": 16}
+    return case
 
 
 def animatediff() -> Case:

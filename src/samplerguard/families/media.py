@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from samplerguard.families._base import Family, FamilyProgram, UnsupportedPipeline, register
+from samplerguard.families.stable_diffusion import CodecProgram
 
 __all__ = [
     "LatentConsistencyFamily",
@@ -29,7 +30,14 @@ class LatentConsistencyFamily(Family):
 
     name = "latent-consistency"
     pipelines = ("LatentConsistencyModelPipeline",)
-    request_inputs = (("prompt", "prompt"), ("height", "height"), ("width", "width"))
+    request_inputs = (
+        ("prompt", "prompt"),
+        ("height", "height"),
+        ("width", "width"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("clip_skip", "clipSkip"),
+        ("prompt_embeds", "promptEmbeds"),
+    )
     conditioning = MappingProxyType({"encoder_hidden_states": "prompt_embeds"})
     derived = frozenset({"timestep", "timestep_cond"})
     neutral_options = MappingProxyType(
@@ -45,7 +53,11 @@ class LatentConsistencyFamily(Family):
         return LatentConsistencyProgram(denoiser, model_digest)
 
 
-class LatentConsistencyProgram(FamilyProgram):
+class LatentConsistencyProgram(CodecProgram):
+    """The loop body of ``LatentConsistencyModelPipeline``; its reference codec is Stable
+    Diffusion's without the unconditional half (the last step's latent is the denoised one the
+    pipeline decodes)."""
+
     def step(
         self,
         scheduler: Any,

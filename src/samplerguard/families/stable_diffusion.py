@@ -24,6 +24,7 @@ __all__ = [
     "SD_CODEC_FAMILIES",
     "AnimateDiffFamily",
     "AnimateDiffProgram",
+    "CodecProgram",
     "StableDiffusionCodec",
     "StableDiffusionFamily",
     "StableDiffusionImg2ImgFamily",
@@ -45,24 +46,19 @@ SD_CODEC_FAMILIES = frozenset(
         "stable-diffusion-img2img",
         "stable-diffusion-inpaint",
         "stable-diffusion-xl",
+        "latent-consistency",
     }
 )
 #: the text-to-image families: the request sets the image size
-_SIZED = frozenset({"stable-diffusion", "stable-diffusion-xl"})
+_SIZED = frozenset({"stable-diffusion", "stable-diffusion-xl", "latent-consistency"})
 
 
-class StableDiffusionProgram(FamilyProgram):
-    """The loop body of diffusers' ``StableDiffusionPipeline`` (and its img2img and XL
-    variants): CFG batching, ``scale_model_input``, the UNet, the guided ε, the update. No
-    guidance rescale, no IP adapter, no ControlNet residuals (the hook refuses those)."""
+class CodecProgram(FamilyProgram):
+    """A step program whose request encoder and decode are a reference codec (the CLIP text
+    encoders and VAE of the Stable Diffusion line), when the verifier has one."""
 
-    family: ClassVar[Family]  # set below, once the family is registered
     #: the reference text encoder and VAE, when the verifier has them (:func:`load_codec`)
     codec: StableDiffusionCodec | None = None
-
-    @property
-    def unet(self) -> torch.nn.Module:
-        return self.denoiser
 
     def output(
         self,
@@ -94,6 +90,18 @@ class StableDiffusionProgram(FamilyProgram):
         if self.codec is None:
             raise UncheckedBinding(f"the {self.pipeline} reference has no text encoder")
         return self.codec.conditioning_from_opened(request, recipe, opened)
+
+
+class StableDiffusionProgram(CodecProgram):
+    """The loop body of diffusers' ``StableDiffusionPipeline`` (and its img2img and XL
+    variants): CFG batching, ``scale_model_input``, the UNet, the guided ε, the update. No
+    guidance rescale, no IP adapter, no ControlNet residuals (the hook refuses those)."""
+
+    family: ClassVar[Family]  # set below, once the family is registered
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.denoiser
 
     def model_input(
         self, latent_model_input: torch.Tensor, conditioning: Mapping[str, torch.Tensor]
@@ -446,8 +454,11 @@ class StableDiffusionCodec:
     runs: a pipeline whose safety checker blanks an image serves an output that is not the
     decode, and fails the output binding."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, *, cfg: bool = True) -> None:
         self.pipe = pipe
+        #: whether the pipeline batches an unconditional half (a latent consistency model
+        #: takes the guidance scale as an embedding instead)
+        self.cfg = cfg
 
     def conditioning(
         self, request: Mapping[str, Any], recipe: Mapping[str, Any]
@@ -460,8 +471,7 @@ class StableDiffusionCodec:
                 "the request carries neither a prompt nor a digest of its prompt embeddings"
             )
         negative = _prompts(request, "negativePrompt")
-        guidance = float(request["guidanceScale"])
-        do_cfg = guidance > 1.0
+        do_cfg = self.cfg and float(request["guidanceScale"]) > 1.0
         if (
             do_cfg
             and negative is not None
@@ -502,7 +512,7 @@ class StableDiffusionCodec:
             raise MalformedInputError("the committed conditioning holds no 3-D prompt embeddings")
         if _prompts(request, "prompt") is not None:
             raise MalformedInputError("the request carries both a prompt and prompt embeddings")
-        do_cfg = float(request["guidanceScale"]) > 1.0
+        do_cfg = self.cfg and float(request["guidanceScale"]) > 1.0
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
         positive = _embeds_spec(request, "promptEmbeds")
         negative = (
@@ -981,7 +991,9 @@ def load_codec(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return StableDiffusionCodec(pipe)
+    # a latent consistency model's pipeline encodes and decodes with Stable Diffusion's code,
+    # without the unconditional half
+    return StableDiffusionCodec(pipe, cfg=pipeline != "latent-consistency")
 
 
 StableDiffusionProgram.family = register(StableDiffusionFamily())
