@@ -116,17 +116,31 @@ def test_a_swapped_prompt_is_rejected(folder: Path, monkeypatch: pytest.MonkeyPa
         _challenge(folder, sink, commitment)
 
 
-def test_a_substituted_text_encoder_is_rejected(folder: Path) -> None:
+def rejects_a_substituted_encoder(folder: Path, case: Case, encoder: str = "text_encoder") -> None:
     """A provider whose text encoder is not the reference's (a fine-tune that drops a safety
     concept, say) conditions the UNet on other embeddings for the same prompt."""
-    case = stable_diffusion_prompted()
-    case.pipe.text_encoder = copy.deepcopy(case.pipe.text_encoder)
+    changed = copy.deepcopy(getattr(case.pipe, encoder))
     with torch.no_grad():
-        for p in case.pipe.text_encoder.parameters():
+        for p in changed.parameters():
             p.mul_(1.001)
+    setattr(case.pipe, encoder, changed)
     sink, commitment = _serve(case, "encoder")
     with pytest.raises(VerificationError, match="not what the request derives"):
         _challenge(folder, sink, commitment)
+
+
+def rejects_an_output_not_the_decode(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, case: Case
+) -> None:
+    """The provider serves an image other than the decode of its final latent."""
+    _post(monkeypatch, case, lambda image: image * 0.99)
+    sink, commitment = _serve(case, "image")
+    with pytest.raises(VerificationError, match="output binding: the served output"):
+        _challenge(folder, sink, commitment)
+
+
+def test_a_substituted_text_encoder_is_rejected(folder: Path) -> None:
+    rejects_a_substituted_encoder(folder, stable_diffusion_prompted())
 
 
 def _post(monkeypatch: pytest.MonkeyPatch, case: Case, change: Callable[[Any], Any]) -> None:
@@ -138,11 +152,7 @@ def _post(monkeypatch: pytest.MonkeyPatch, case: Case, change: Callable[[Any], A
 def test_a_served_image_that_is_not_the_decode_is_rejected(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    case = stable_diffusion_prompted()
-    _post(monkeypatch, case, lambda image: image * 0.99)
-    sink, commitment = _serve(case, "image")
-    with pytest.raises(VerificationError, match="output binding: the served output"):
-        _challenge(folder, sink, commitment)
+    rejects_an_output_not_the_decode(folder, monkeypatch, stable_diffusion_prompted())
 
 
 def test_a_swapped_output_behind_a_false_build_claim_is_rejected(

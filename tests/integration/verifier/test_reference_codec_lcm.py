@@ -4,14 +4,19 @@ records through the real hook."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 
 from samplerguard.errors import VerificationError
-from tests.integration.verifier.test_reference_codec import _challenge, _forge, _post, _serve
+from tests.integration.verifier.test_reference_codec import (
+    _challenge,
+    _forge,
+    _serve,
+    rejects_a_substituted_encoder,
+    rejects_an_output_not_the_decode,
+)
 from tests.support.families import latent_consistency_prompted
 
 pytestmark = pytest.mark.slow
@@ -50,24 +55,13 @@ def test_a_swapped_prompt_is_rejected(folder: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_a_substituted_text_encoder_is_rejected(folder: Path) -> None:
-    case = latent_consistency_prompted()
-    case.pipe.text_encoder = copy.deepcopy(case.pipe.text_encoder)
-    with torch.no_grad():
-        for p in case.pipe.text_encoder.parameters():
-            p.mul_(1.001)
-    sink, commitment = _serve(case, "encoder")
-    with pytest.raises(VerificationError, match="not what the request derives"):
-        _challenge(folder, sink, commitment)
+    rejects_a_substituted_encoder(folder, latent_consistency_prompted())
 
 
 def test_a_served_image_that_is_not_the_decode_is_rejected(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    case = latent_consistency_prompted()
-    _post(monkeypatch, case, lambda image: image * 0.99)
-    sink, commitment = _serve(case, "image")
-    with pytest.raises(VerificationError, match="output binding: the served output"):
-        _challenge(folder, sink, commitment)
+    rejects_an_output_not_the_decode(folder, monkeypatch, latent_consistency_prompted())
 
 
 def test_smaller_images_than_requested_are_rejected(

@@ -5,7 +5,6 @@ provider here records through the real hook."""
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +17,13 @@ from samplerguard.commitment.digest import module_digest
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.hook import pipelines
 from samplerguard.policy.spec import GoldenDigests
-from tests.integration.verifier.test_reference_codec import _challenge, _forge, _post, _serve
+from tests.integration.verifier.test_reference_codec import (
+    _challenge,
+    _forge,
+    _serve,
+    rejects_a_substituted_encoder,
+    rejects_an_output_not_the_decode,
+)
 from tests.support.families import stable_diffusion_xl_prompted
 
 pytestmark = pytest.mark.slow
@@ -112,27 +117,14 @@ def test_a_request_other_than_the_one_run_is_rejected(
 
 @pytest.mark.parametrize("encoder", ["text_encoder", "text_encoder_2"])
 def test_a_substituted_text_encoder_is_rejected(folder: Path, encoder: str) -> None:
-    """Either encoder fine-tuned (to drop a safety concept, say) conditions the UNet on other
-    embeddings for the same prompt; the second one also changes the pooled embedding."""
-    case = stable_diffusion_xl_prompted()
-    changed = copy.deepcopy(getattr(case.pipe, encoder))
-    with torch.no_grad():
-        for p in changed.parameters():
-            p.mul_(1.001)
-    setattr(case.pipe, encoder, changed)
-    sink, commitment = _serve(case, "encoder")
-    with pytest.raises(VerificationError, match="not what the request derives"):
-        _challenge(folder, sink, commitment)
+    """Either encoder; the second one also changes the pooled embedding."""
+    rejects_a_substituted_encoder(folder, stable_diffusion_xl_prompted(), encoder)
 
 
 def test_a_served_image_that_is_not_the_decode_is_rejected(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    case = stable_diffusion_xl_prompted()
-    _post(monkeypatch, case, lambda image: image * 0.99)
-    sink, commitment = _serve(case, "image")
-    with pytest.raises(VerificationError, match="output binding: the served output"):
-        _challenge(folder, sink, commitment)
+    rejects_an_output_not_the_decode(folder, monkeypatch, stable_diffusion_xl_prompted())
 
 
 def test_a_vae_with_a_latent_mean_and_spread_is_decoded_with_them(tmp_path: Path) -> None:
