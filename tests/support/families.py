@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "BUILDERS",
+    "PROMPTED",
     "Case",
     "latent_consistency_prompted",
     "request_for",
@@ -205,42 +206,15 @@ def stable_diffusion_xl_prompted() -> Case:
     """Stable Diffusion XL with both tokenizers and text encoders (the second one projects
     its pooled embedding): the request is a prompt, so the verifier can re-derive all three
     conditioning tensors from it."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    case = stable_diffusion_xl()
-    config = {
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "layer_norm_eps": 1e-05,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "pad_token_id": 1,
-        "vocab_size": 1000,
-        "hidden_act": "gelu",
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        encoder = CLIPTextModel(CLIPTextConfig(**config)).eval()
-        encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=32)).eval()
-    pipe = case.pipe
-    pipe.register_modules(
-        text_encoder=encoder,
-        text_encoder_2=encoder_2,
+    case = _prompted(
+        stable_diffusion_xl(),
+        text_encoder=_clip_encoder(1),
+        text_encoder_2=_clip_encoder(2, projection=True),
         tokenizer=tiny_clip_tokenizer(),
         tokenizer_2=tiny_clip_tokenizer(),
     )
-    return Case(
-        pipe,
-        {
-            "prompt": "a red cat",
-            "negative_prompt": "blurry",
-            "output_type": "np",
-            "height": 16,
-            "width": 16,
-        },
-    )
+    case.kwargs["negative_prompt"] = "blurry"
+    return case
 
 
 def stable_diffusion_3() -> Case:
@@ -646,4 +620,109 @@ BUILDERS: dict[str, Callable[[], Case]] = {
     "animatediff": animatediff,
     "wan": wan,
     "stable-audio": stable_audio,
+}
+
+
+def _clip_encoder(seed: int, projection: bool = False) -> Any:
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from tests.support.tiny_sd import tiny_clip_config
+
+    config = tiny_clip_config(hidden_act="gelu", projection_dim=32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+        return cls(config).eval()
+
+
+def tiny_t5_tokenizer() -> Any:
+    """A T5 tokenizer (the real class and Unigram algorithm) over printable ASCII, each
+    character a token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(chr(c), -3.0) for c in range(33, 127)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return T5TokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=16,
+    )
+
+
+def _t5_encoder(seed: int, d_model: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return T5EncoderModel(
+            T5Config(d_model=d_model, d_ff=16, num_layers=1, num_heads=2, d_kv=4, vocab_size=100)
+        ).eval()
+
+
+def _prompted(case: Case, **components: Any) -> Case:
+    """``case`` with tokenizers and text encoders, its pipeline built anew (pipelines read
+    their tokenizers' lengths when they are built), called with a prompt."""
+    case.pipe = type(case.pipe)(**{**case.pipe.components, **components})
+    case.pipe.set_progress_bar_config(disable=True)
+    case.kwargs = {
+        k: v for k, v in case.kwargs.items() if "embeds" not in k and "attention_mask" not in k
+    }
+    case.kwargs["prompt"] = "a red cat"
+    return case
+
+
+def animatediff_prompted() -> Case:
+    return _prompted(animatediff(), text_encoder=_clip_encoder(1), tokenizer=tiny_clip_tokenizer())
+
+
+def stable_diffusion_3_prompted() -> Case:
+    """SD3 with both CLIP encoders and no T5 (the pipeline pads with zeros for it)."""
+    return _prompted(
+        stable_diffusion_3(),
+        text_encoder=_clip_encoder(1, projection=True),
+        text_encoder_2=_clip_encoder(2, projection=True),
+        tokenizer=tiny_clip_tokenizer(),
+        tokenizer_2=tiny_clip_tokenizer(),
+    )
+
+
+def flux_prompted() -> Case:
+    return _prompted(
+        flux(),
+        text_encoder=_clip_encoder(1),
+        tokenizer=tiny_clip_tokenizer(),
+        text_encoder_2=_t5_encoder(2, 32),
+        tokenizer_2=tiny_t5_tokenizer(),
+    )
+
+
+def wan_prompted() -> Case:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        encoder = UMT5EncoderModel(
+            UMT5Config(d_model=32, d_ff=16, num_layers=1, num_heads=2, d_kv=4, vocab_size=100)
+        ).eval()
+    return _prompted(wan(), text_encoder=encoder, tokenizer=tiny_t5_tokenizer())
+
+
+def stable_audio_prompted() -> Case:
+    return _prompted(stable_audio(), tokenizer=tiny_t5_tokenizer())
+
+
+#: the builders of the families whose tiny pipelines have tokenizers and text encoders
+PROMPTED: dict[str, Callable[[], Case]] = {
+    "animatediff": animatediff_prompted,
+    "stable-diffusion-3": stable_diffusion_3_prompted,
+    "flux": flux_prompted,
+    "wan": wan_prompted,
+    "stable-audio": stable_audio_prompted,
 }

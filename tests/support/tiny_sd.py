@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_sd15_scale", "build_tiny_sd", "prompt_embeddings"]
+__all__ = ["build_sd15_scale", "build_tiny_sd", "prompt_embeddings", "tiny_clip_config"]
 
 
 def build_tiny_sd(scheduler: Any, *, seed: int = 0, sample_size: int = 16) -> Any:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -41,20 +41,28 @@ def build_tiny_sd(scheduler: Any, *, seed: int = 0, sample_size: int = 16) -> An
             latent_channels=4,
             norm_num_groups=8,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=0,
-                eos_token_id=2,
-                hidden_size=32,
-                intermediate_size=37,
-                layer_norm_eps=1e-05,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                pad_token_id=1,
-                vocab_size=1000,
-            )
-        )
+        text_encoder = CLIPTextModel(tiny_clip_config())
     return _assemble(unet, vae, text_encoder, scheduler)
+
+
+def tiny_clip_config(**overrides: Any) -> Any:
+    """The configuration of a tiny CLIP text encoder (32 wide, 2 layers)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        **{
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "layer_norm_eps": 1e-05,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "pad_token_id": 1,
+            "vocab_size": 1000,
+            **overrides,
+        }
+    )
 
 
 def _assemble(unet: Any, vae: Any, text_encoder: Any, scheduler: Any) -> Any:

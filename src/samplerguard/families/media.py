@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from samplerguard.families._base import Family, FamilyProgram, UnsupportedPipeline, register
+from samplerguard.families._base import Family, UnsupportedPipeline, register
 from samplerguard.families.stable_diffusion import CodecProgram
 
 __all__ = [
@@ -107,6 +107,10 @@ class WanFamily(Family):
         ("height", "height"),
         ("width", "width"),
         ("num_frames", "numFrames"),
+        ("num_videos_per_prompt", "videosPerPrompt"),
+        ("max_sequence_length", "maxSequenceLength"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
     )
     conditioning = MappingProxyType({"encoder_hidden_states": "prompt_embeds"})
     derived = frozenset({"timestep", "hidden_states"})
@@ -134,7 +138,7 @@ class WanFamily(Family):
         return WanProgram(denoiser, model_digest)
 
 
-class WanProgram(FamilyProgram):
+class WanProgram(CodecProgram):
     def step(
         self,
         scheduler: Any,
@@ -188,6 +192,9 @@ class StableAudioFamily(Family):
         ("audio_end_in_s", "audioEndInS"),
         ("audio_start_in_s", "audioStartInS"),
         ("negative_prompt", "negativePrompt"),
+        ("num_waveforms_per_prompt", "waveformsPerPrompt"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
     )
     conditioning = MappingProxyType(
         {
@@ -202,7 +209,7 @@ class StableAudioFamily(Family):
         return StableAudioProgram(denoiser, model_digest)
 
 
-class StableAudioProgram(FamilyProgram):
+class StableAudioProgram(CodecProgram):
     def step(
         self,
         scheduler: Any,

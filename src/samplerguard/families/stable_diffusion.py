@@ -19,6 +19,7 @@ from samplerguard.families._base import (
     read_config,
     register,
 )
+from samplerguard.families.pipeline_codec import PipelineCodec
 
 __all__ = [
     "SD_CODEC_FAMILIES",
@@ -57,8 +58,10 @@ class CodecProgram(FamilyProgram):
     """A step program whose request encoder and decode are a reference codec (the CLIP text
     encoders and VAE of the Stable Diffusion line), when the verifier has one."""
 
-    #: the reference text encoder and VAE, when the verifier has them (:func:`load_codec`)
-    codec: StableDiffusionCodec | None = None
+    #: the reference text encoders and VAE, when the verifier has them (:func:`load_codec`,
+    #: or :func:`samplerguard.families.pipeline_codec.load_pipeline_codec` for the families
+    #: without a hand-written codec)
+    codec: StableDiffusionCodec | PipelineCodec | None = None
 
     def output(
         self,
@@ -69,7 +72,7 @@ class CodecProgram(FamilyProgram):
         """The pipeline's output from its final latent (the reference VAE decode)."""
         if self.codec is None:
             raise UncheckedBinding(f"the {self.pipeline} reference has no VAE")
-        return self.codec.output(final_latent, recipe)
+        return self.codec.output(final_latent, recipe, request)
 
     def conditioning(
         self, request: Mapping[str, Any], recipe: Mapping[str, Any]
@@ -87,8 +90,11 @@ class CodecProgram(FamilyProgram):
     ) -> dict[str, torch.Tensor]:
         """The UNet's conditioning for a request that sent prompt embeddings, from the opened
         conditioning that must hold them (see :class:`StableDiffusionCodec`)."""
-        if self.codec is None:
-            raise UncheckedBinding(f"the {self.pipeline} reference has no text encoder")
+        if not isinstance(self.codec, StableDiffusionCodec):
+            raise UncheckedBinding(
+                f"the {self.pipeline} reference does not find sent embeddings in the committed "
+                "conditioning"
+            )
         return self.codec.conditioning_from_opened(request, recipe, opened)
 
 
@@ -317,8 +323,18 @@ class AnimateDiffFamily(StableDiffusionFamily):
         ("num_frames", "numFrames"),
         ("height", "height"),
         ("width", "width"),
+        ("negative_prompt", "negativePrompt"),
+        ("num_videos_per_prompt", "videosPerPrompt"),
+        ("clip_skip", "clipSkip"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
     )
     output = "frames"
+    #: the reference decode runs the VAE over 16 frames at a time, as the pipeline does by
+    #: default; another chunk size batches the decode differently
+    neutral_options = MappingProxyType(
+        {**StableDiffusionFamily.neutral_options, "decode_chunk_size": 16}
+    )
 
     def check_pipe(self, pipe: Any) -> None:
         if getattr(pipe, "free_init_enabled", False):
@@ -620,7 +636,13 @@ class StableDiffusionCodec:
         """The final latent as the VAE decodes it."""
         return latents / float(self.pipe.vae.config.scaling_factor)
 
-    def output(self, final_latent: torch.Tensor, recipe: Mapping[str, Any]) -> bytes:
+    def output(
+        self,
+        final_latent: torch.Tensor,
+        recipe: Mapping[str, Any],
+        request: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """The served output: the reference decode and post-processing of ``final_latent``."""
         from samplerguard.commitment.digest import output_bytes
 
         kind = recipe.get("output_type")

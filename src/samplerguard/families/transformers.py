@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from samplerguard.families._base import Family, FamilyProgram, register
+from samplerguard.families._base import Family, register
+from samplerguard.families.stable_diffusion import CodecProgram
 
 __all__ = [
     "FluxFamily",
@@ -54,6 +55,16 @@ class SD3Family(Family):
         ("prompt_3", "prompt3"),
         ("height", "height"),
         ("width", "width"),
+        ("negative_prompt", "negativePrompt"),
+        ("negative_prompt_2", "negativePrompt2"),
+        ("negative_prompt_3", "negativePrompt3"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("clip_skip", "clipSkip"),
+        ("max_sequence_length", "maxSequenceLength"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
+        ("pooled_prompt_embeds", "pooledPromptEmbeds"),
+        ("negative_pooled_prompt_embeds", "negativePooledPromptEmbeds"),
     )
     conditioning = MappingProxyType(
         {
@@ -77,7 +88,7 @@ class SD3Family(Family):
         return SD3Program(denoiser, model_digest)
 
 
-class SD3Program(FamilyProgram):
+class SD3Program(CodecProgram):
     """The loop body of ``StableDiffusion3Pipeline`` without skip-layer guidance (a second
     transformer call per step, which the hook refuses)."""
 
@@ -133,6 +144,10 @@ class FluxFamily(Family):
         ("prompt_2", "prompt2"),
         ("height", "height"),
         ("width", "width"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("max_sequence_length", "maxSequenceLength"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("pooled_prompt_embeds", "pooledPromptEmbeds"),
     )
     conditioning = MappingProxyType(
         {
@@ -161,7 +176,7 @@ class FluxFamily(Family):
         return FluxProgram(denoiser, model_digest)
 
 
-class FluxProgram(FamilyProgram):
+class FluxProgram(CodecProgram):
     """The loop body of ``FluxPipeline`` (packed latents, the guidance embedding, no true
     CFG: a second transformer call per step, which the hook refuses)."""
 
@@ -253,7 +268,7 @@ class PixArtSigmaFamily(Family):
         return PixArtSigmaProgram(denoiser, model_digest)
 
 
-class PixArtSigmaProgram(FamilyProgram):
+class PixArtSigmaProgram(CodecProgram):
     """The loop body of ``PixArtSigmaPipeline``: CFG batching, the attention mask, and the
     learned-σ half of the output dropped."""
 

@@ -30,6 +30,7 @@ from samplerguard.commitment.digest import safetensors_digest
 from samplerguard.commitment.recheck import StepProgram
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families._base import read_config
+from samplerguard.families.pipeline_codec import PIPELINE_CODEC_FAMILIES, load_pipeline_codec
 from samplerguard.families.stable_diffusion import SD_CODEC_FAMILIES, load_codec
 from samplerguard.policy.spec import GoldenDigests
 
@@ -107,10 +108,17 @@ def load_reference(
             )
         import diffusers
 
+        cls = getattr(diffusers, cls_name)
         try:
-            model = getattr(diffusers, cls_name).from_pretrained(
-                folder, local_files_only=True, use_safetensors=True
-            )
+            if getattr(cls, "_keep_in_fp32_modules", None):
+                # diffusers loads such a class only through accelerate's low-memory path,
+                # which the verifier does not depend on: build it and load the weights
+                from safetensors.torch import load_file
+
+                model = cls.from_config(cls.load_config(folder, local_files_only=True))
+                model.load_state_dict(load_file(weights_file(pipeline, path)))
+            else:
+                model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         except Exception as exc:  # diffusers raises many types for a bad folder
             raise MalformedInputError(
                 f"reference {folder} cannot be loaded as {cls_name}: {type(exc).__name__}: "
@@ -128,10 +136,15 @@ def load_reference(
     program: StepProgram = family.program(model, digest)
     if pipeline != "digits":
         program.scheduler_reference = _scheduler_config(path)  # type: ignore[attr-defined]
-    if pipeline in SD_CODEC_FAMILIES and (path / "model_index.json").is_file():
-        program.codec = load_codec(  # type: ignore[attr-defined]
-            path, model, device, text_encoders, pipeline
-        )
+    if (path / "model_index.json").is_file():
+        if pipeline in SD_CODEC_FAMILIES:
+            program.codec = load_codec(  # type: ignore[attr-defined]
+                path, model, device, text_encoders, pipeline
+            )
+        elif pipeline in PIPELINE_CODEC_FAMILIES:
+            program.codec = load_pipeline_codec(  # type: ignore[attr-defined]
+                path, family, model, device, text_encoders
+            )
     return program
 
 
