@@ -79,9 +79,11 @@ _LEFT_OUT = frozenset(
 #: where the T5 encoder's would be)
 _OPTIONAL = {"stable-diffusion-3": frozenset({"text_encoder_3", "tokenizer_3"})}
 _LIBRARIES = {"stable_audio": "diffusers.pipelines.stable_audio"}
-#: the most latent elements a request may make the verifier allocate (a 4096² SDXL image is
-#: 2^20 per channel; video and audio stay far below this at their real sizes)
-_MAX_REQUEST_ELEMENTS = 1 << 26
+#: the most pixels (times frames, times images) a request may make the verifier derive: 81
+#: frames of 720p video are 2^26.2, and the latents are 16 to 256 times smaller still
+_MAX_REQUEST_ELEMENTS = 1 << 30
+#: bounds on the integer request inputs that size what the pipeline allocates
+_INT_BOUNDS = {"maxSequenceLength": 1024, "clipSkip": 64}
 _MAX_PROMPT_CHARS = 4096
 _MAX_PROMPTS = 64
 
@@ -179,6 +181,11 @@ class PipelineCodec:
                     "re-derived"
                 )
             kwargs[arg] = _checked(key, value)
+        if "prompt" in kwargs and "promptEmbeds" in request:
+            raise MalformedInputError(
+                "the request carries both a prompt and prompt embeddings (the pipeline refuses "
+                "that)"
+            )
         if "prompt" not in kwargs:
             if not for_output:
                 raise UncheckedBinding(
@@ -268,6 +275,8 @@ def _checked(key: str, value: Any) -> Any:
         if len(value) > _MAX_PROMPT_CHARS:
             raise MalformedInputError(f"the request's {key} is longer than {_MAX_PROMPT_CHARS}")
         return value
+    if isinstance(value, int) and key in _INT_BOUNDS and not 0 <= value <= _INT_BOUNDS[key]:
+        raise MalformedInputError(f"the request's {key} is not an integer 0..{_INT_BOUNDS[key]}")
     if isinstance(value, int | float):  # bool included
         return value
     if isinstance(value, list) and 0 < len(value) <= _MAX_PROMPTS:
@@ -281,7 +290,8 @@ def _checked(key: str, value: Any) -> Any:
 
 def _check_size(kwargs: Mapping[str, Any]) -> None:
     """The request cannot make the verifier allocate more than a bounded latent."""
-    total = 1
+    prompt = kwargs.get("prompt")
+    total = len(prompt) if isinstance(prompt, list) else 1
     for key in (
         "height",
         "width",

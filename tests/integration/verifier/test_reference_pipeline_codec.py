@@ -104,10 +104,26 @@ def test_fewer_or_smaller_outputs_than_requested_are_rejected(
     ("claim", "message"),
     [
         ({"height": 1 << 20}, r"height is not an integer 1\.\.65536"),
-        ({"numFrames": 4096, "height": 8192, "width": 8192}, "more than this verifier derives"),
+        ({"numFrames": 4096, "height": 16384, "width": 16384}, "more than this verifier derives"),
         ({"prompt": "x" * 5000}, "prompt is longer than 4096"),
         ({"prompt": [{"a": 1}]}, "not a string, a number or a list of them"),
-        ({"clipSkip": 99}, "cannot run the request"),
+        ({"clipSkip": 63}, "cannot run the request"),
+        ({"clipSkip": 99}, r"clipSkip is not an integer 0\.\.64"),
+        (
+            {"prompt": ["a"] * 64, "videosPerPrompt": 64, "height": 2048, "width": 2048},
+            "more than this verifier derives",
+        ),
+        # the pipeline refuses both; committing both must not turn a rejection into NOT CHECKED
+        (
+            {
+                "promptEmbeds": {
+                    "digest": "sha256:" + "0" * 64,
+                    "dtype": "float32",
+                    "shape": [1, 8, 32],
+                }
+            },
+            "both a prompt and prompt embeddings",
+        ),
     ],
 )
 def test_a_hostile_request_is_refused_with_its_reason(
@@ -117,6 +133,15 @@ def test_a_hostile_request_is_refused_with_its_reason(
     sink, commitment = _serve(PROMPTED["animatediff"](), "hostile")
     with pytest.raises(VerificationError, match=message):
         _challenge(folders["animatediff"], sink, commitment)
+
+
+def test_a_sequence_length_that_would_pad_without_bound_is_refused(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _forge(monkeypatch, maxSequenceLength=10**9)
+    sink, commitment = _serve(PROMPTED["wan"](), "long")
+    with pytest.raises(VerificationError, match=r"maxSequenceLength is not an integer 0\.\.1024"):
+        _challenge(folders["wan"], sink, commitment)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
