@@ -718,11 +718,21 @@ def stable_audio_prompted() -> Case:
     return _prompted(stable_audio(), tokenizer=tiny_t5_tokenizer())
 
 
+def pixart_sigma_prompted() -> Case:
+    """PixArt-Σ with its T5 encoder, called with caption cleaning off (see
+    :meth:`PixArtSigmaFamily.underivable`)."""
+    case = _prompted(pixart_sigma(), text_encoder=_t5_encoder(1, 32), tokenizer=tiny_t5_tokenizer())
+    case.kwargs["clean_caption"] = False
+    del case.kwargs["negative_prompt"]  # its default, the empty prompt
+    return case
+
+
 #: the builders of the families whose tiny pipelines have tokenizers and text encoders
 PROMPTED: dict[str, Callable[[], Case]] = {
     "animatediff": animatediff_prompted,
     "stable-diffusion-3": stable_diffusion_3_prompted,
     "flux": flux_prompted,
+    "pixart-sigma": pixart_sigma_prompted,
     "wan": wan_prompted,
     "stable-audio": stable_audio_prompted,
 }

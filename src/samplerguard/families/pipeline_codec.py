@@ -38,10 +38,9 @@ from samplerguard.families._base import Family, read_config
 __all__ = ["COMPONENT_CLASSES", "PIPELINE_CODEC_FAMILIES", "PipelineCodec", "load_pipeline_codec"]
 
 #: the families whose reference pipeline derives their conditioning and output here: every
-#: call argument of theirs that changes the conditioning is a request input (PixArt-Σ's
-#: caption cleaning depends on optional packages at each end, so it stays unchecked)
+#: call argument of theirs that changes the conditioning is a request input
 PIPELINE_CODEC_FAMILIES = frozenset(
-    {"animatediff", "stable-diffusion-3", "flux", "wan", "stable-audio"}
+    {"animatediff", "stable-diffusion-3", "flux", "pixart-sigma", "wan", "stable-audio"}
 )
 
 #: what a reference folder's components may be: (library, class) by component kind
@@ -220,6 +219,10 @@ class PipelineCodec:
         from samplerguard.commitment.plan import build_scheduler
 
         kwargs = self._kwargs(request)
+        underivable = getattr(self.family, "underivable", None)
+        why = underivable(request) if underivable is not None else None
+        if why is not None:
+            raise UncheckedBinding(why)
         _check_size(kwargs)
         guidance = float(request["guidanceScale"])
         calls = self.family.calls_per_step(guidance)

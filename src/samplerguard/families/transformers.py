@@ -240,6 +240,12 @@ class PixArtSigmaFamily(Family):
         ("negative_prompt", "negativePrompt"),
         ("height", "height"),
         ("width", "width"),
+        ("num_images_per_prompt", "imagesPerPrompt"),
+        ("max_sequence_length", "maxSequenceLength"),
+        ("clean_caption", "cleanCaption"),
+        ("use_resolution_binning", "useResolutionBinning"),
+        ("prompt_embeds", "promptEmbeds"),
+        ("negative_prompt_embeds", "negativePromptEmbeds"),
     )
     conditioning = MappingProxyType(
         {
@@ -249,6 +255,18 @@ class PixArtSigmaFamily(Family):
     )
     derived = frozenset({"timestep"})
     neutral_options = MappingProxyType({"timesteps": None, "sigmas": None})
+
+    def underivable(self, request: Mapping[str, Any]) -> str | None:
+        """Why the prompt's conditioning cannot be derived at the verifier, if it cannot: the
+        pipeline cleans captions (its default) only where ``bs4`` and ``ftfy`` are installed,
+        so the provider's and the verifier's cleaning may differ."""
+        if request.get("cleanCaption") is False:
+            return None
+        return (
+            "PixArt-Σ cleans captions only where bs4 and ftfy are installed, which the provider "
+            "and this verifier may not share: call it with clean_caption=False to have the "
+            "prompt checked"
+        )
 
     def capture(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float

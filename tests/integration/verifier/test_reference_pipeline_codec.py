@@ -1,7 +1,7 @@
-"""The reference pipeline as codec (AnimateDiff, SD3, Flux, Wan, Stable Audio): the verifier runs
-the family's own diffusers pipeline on its components to derive the conditioning from the
-consumer's request and the output from the final latent. Every provider here records through
-the real hook."""
+"""The reference pipeline as codec (AnimateDiff, SD3, Flux, PixArt-Σ, Wan, Stable Audio): the
+verifier runs the family's own diffusers pipeline on its components to derive the conditioning
+from the consumer's request and the output from the final latent. Every provider here records
+through the real hook."""
 
 from __future__ import annotations
 
@@ -155,6 +155,20 @@ def test_sent_embeddings_are_bound_and_not_checked_never_passed(
     assert result.accepted
     assert len(result.unchecked) == 1
     assert "are bound by digest, and not re-derived" in result.unchecked[0]
+
+
+def test_pixart_captions_cleaned_by_default_are_not_checked_never_passed(
+    folders: dict[str, Path],
+) -> None:
+    """PixArt-Σ cleans captions only where optional packages are installed: with its default
+    cleaning the prompt's conditioning is reported NOT CHECKED; the output is still held."""
+    case = PROMPTED["pixart-sigma"]()
+    del case.kwargs["clean_caption"]
+    sink, commitment = _serve(case, "clean")
+    result = _challenge(folders["pixart-sigma"], sink, commitment)
+    assert result.accepted
+    assert len(result.unchecked) == 1
+    assert "clean_caption=False" in result.unchecked[0]
 
 
 def test_animatediff_decodes_sixteen_frames_at_a_time_only() -> None:
