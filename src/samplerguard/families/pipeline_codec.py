@@ -31,9 +31,10 @@ from typing import Any
 
 import torch
 
-from samplerguard.commitment.transcript import UncheckedBinding
+from samplerguard.commitment.transcript import FromOpenedConditioning, UncheckedBinding
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families._base import Family, read_config
+from samplerguard.families._embeds import MAX_IMAGES, embeds_spec, repeated_exactly, sent_embeds
 
 __all__ = ["COMPONENT_CLASSES", "PIPELINE_CODEC_FAMILIES", "PipelineCodec", "load_pipeline_codec"]
 
@@ -78,11 +79,21 @@ _LEFT_OUT = frozenset(
 #: where the T5 encoder's would be)
 _OPTIONAL = {"stable-diffusion-3": frozenset({"text_encoder_3", "tokenizer_3"})}
 _LIBRARIES = {"stable_audio": "diffusers.pipelines.stable_audio"}
+#: families whose sent embeddings come with attention masks the request does not bind
+_MASKED = frozenset({"pixart-sigma", "stable-audio"})
+#: the pipeline arguments that repeat each prompt's embeddings
+_PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt", "num_waveforms_per_prompt")
 #: the most pixels (times frames, times images) a request may make the verifier derive: 81
 #: frames of 720p video are 2^26.2, and the latents are 16 to 256 times smaller still
 _MAX_REQUEST_ELEMENTS = 1 << 30
 #: bounds on the integer request inputs that size what the pipeline allocates
-_INT_BOUNDS = {"maxSequenceLength": 1024, "clipSkip": 64}
+_INT_BOUNDS = {
+    "maxSequenceLength": 1024,
+    "clipSkip": 64,
+    "imagesPerPrompt": MAX_IMAGES,
+    "videosPerPrompt": MAX_IMAGES,
+    "waveformsPerPrompt": MAX_IMAGES,
+}
 _MAX_PROMPT_CHARS = 4096
 _MAX_PROMPTS = 64
 
@@ -156,8 +167,11 @@ class PipelineCodec:
         self.pipe = pipe
         self.family = family
 
-    def _kwargs(self, request: Mapping[str, Any], for_output: bool = False) -> dict[str, Any]:
-        """The pipeline call's arguments from the consumer's request parameters."""
+    def _kwargs(self, request: Mapping[str, Any], mode: str = "prompt") -> dict[str, Any]:
+        """The pipeline call's arguments from the consumer's request parameters, without the
+        embeddings it binds by digest. ``mode``: ``"prompt"`` (a request that sends embeddings
+        is derived from the opened conditioning instead), ``"embeds"`` (that derivation),
+        ``"output"`` (the decode, where a request without a prompt gets empty ones)."""
         kwargs: dict[str, Any] = {}
         inputs = [
             *self.family.request_inputs,
@@ -172,27 +186,28 @@ class PipelineCodec:
                     f"the request binds its {arg} by digest, which the {self.family.name} "
                     "reference does not re-derive"
                 )
-            if key.endswith("Embeds"):
-                if for_output:
-                    continue
-                raise UncheckedBinding(
-                    f"prompt embeddings sent to {self.family.name} are bound by digest, and not "
-                    "re-derived"
-                )
-            kwargs[arg] = _checked(key, value)
-        if "prompt" in kwargs and "promptEmbeds" in request:
+            if not key.endswith("Embeds"):
+                kwargs[arg] = _checked(key, value)
+        sends = "promptEmbeds" in request
+        if "prompt" in kwargs and sends:
             raise MalformedInputError(
                 "the request carries both a prompt and prompt embeddings (the pipeline refuses "
                 "that)"
             )
-        if "prompt" not in kwargs:
-            if not for_output:
+        if mode == "prompt" and sends:
+            if self.family.name in _MASKED:
+                raise UncheckedBinding(
+                    f"prompt embeddings sent to {self.family.name} come with attention masks, "
+                    "which the request does not bind"
+                )
+            raise FromOpenedConditioning("the request binds its prompt embeddings by digest")
+        if "prompt" not in kwargs and mode != "embeds":
+            if mode == "prompt":
                 raise UncheckedBinding(
                     "the request carries neither a prompt nor a digest of its prompt embeddings"
                 )
-            sent = request.get("promptEmbeds")
-            rows = sent.get("shape", [1])[0] if isinstance(sent, dict) else 1
-            kwargs["prompt"] = [""] * max(1, min(int(rows), _MAX_PROMPTS))
+            rows = embeds_spec(request, "promptEmbeds")["shape"][0] if sends else 1
+            kwargs["prompt"] = [""] * rows
         kwargs["num_inference_steps"] = int(request["steps"])
         kwargs["guidance_scale"] = float(request["guidanceScale"])
         return kwargs
@@ -216,13 +231,38 @@ class PipelineCodec:
     def conditioning(
         self, request: Mapping[str, Any], recipe: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
-        from samplerguard.commitment.plan import build_scheduler
-
         kwargs = self._kwargs(request)
         underivable = getattr(self.family, "underivable", None)
         why = underivable(request) if underivable is not None else None
         if why is not None:
             raise UncheckedBinding(why)
+        return self._capture(kwargs, request, recipe)
+
+    def conditioning_from_opened(
+        self,
+        request: Mapping[str, Any],
+        recipe: Mapping[str, Any],
+        opened: Mapping[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The conditioning of a request that sent embeddings (each bound by digest): each is
+        found in the opened (committed) conditioning, its copies per image held bit for bit,
+        and the pipeline's own code derives the whole conditioning from them."""
+        kwargs = self._kwargs(request, mode="embeds")
+        per = next((kwargs[k] for k in _PER_PROMPT if k in kwargs), 1)
+        if not isinstance(per, int) or isinstance(per, bool) or not 1 <= per <= _MAX_PROMPTS:
+            raise MalformedInputError(f"the request's images per prompt is not 1..{_MAX_PROMPTS}")
+        for arg, key in self.family.request_inputs:
+            if key.endswith("Embeds") and key in request:
+                spec = embeds_spec(request, key, rank=2 if "pooled" in key.lower() else 3)
+                kwargs[arg] = _find(spec, opened, per, key)
+        return self._capture(kwargs, request, recipe)
+
+    def _capture(
+        self, kwargs: dict[str, Any], request: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """What the denoiser receives on the first step of the pipeline run on ``kwargs``."""
+        from samplerguard.commitment.plan import build_scheduler
+
         _check_size(kwargs)
         guidance = float(request["guidanceScale"])
         calls = self.family.calls_per_step(guidance)
@@ -254,13 +294,17 @@ class PipelineCodec:
         if request is None:
             raise UncheckedBinding("the decode needs the request's arguments")
         try:
-            kwargs = self._kwargs(request, for_output=True)
+            kwargs = self._kwargs(request, mode="output")
         except MalformedInputError as exc:
             raise VerificationError(f"output binding: {exc}", check="output-binding") from None
         kind = recipe.get("output_type")
         if not isinstance(kind, str) or kind not in ("np", "pil", "pt", "latent"):
             raise UncheckedBinding(f"no reference post-processing for output type {kind!r}")
         device = getattr(self.pipe, self.family.denoiser).device
+        try:
+            _check_size(kwargs)
+        except MalformedInputError as exc:
+            raise VerificationError(f"output binding: {exc}", check="output-binding") from None
         kwargs.update(
             num_inference_steps=1, output_type=kind, latents=final_latent.clone().to(device)
         )
@@ -270,6 +314,43 @@ class PipelineCodec:
         except MalformedInputError as exc:  # the provider's request, as it committed it
             raise VerificationError(f"output binding: {exc}", check="output-binding") from None
         return output_bytes(self.family.outputs(out))
+
+
+def _find(spec: Mapping[str, Any], opened: Mapping[str, torch.Tensor], per: int, key: str) -> Any:
+    """The embeddings ``spec`` binds, found in the opened conditioning: a block of rows at
+    either end of a tensor of their shape (the unconditional half comes first), each prompt's
+    first image's rows holding them. Where they are found, every image's copy must be them,
+    bit for bit. Which tensor and block is searched does not weaken the check: what is found
+    has the consumer's digest, and the pipeline derives the whole conditioning from it."""
+    shape = spec["shape"]
+    narrowed: UncheckedBinding | None = None
+    candidates = [
+        (tensor, repeats, start)
+        for tensor in opened.values()
+        if tensor.dim() == len(shape) and list(tensor.shape[1:]) == shape[1:]
+        # some pipelines repeat sent embeddings per image, others leave that to the denoiser
+        for repeats in dict.fromkeys((per, 1))
+        if tensor.shape[0] >= shape[0] * repeats
+        for start in dict.fromkeys((0, int(tensor.shape[0]) - shape[0] * repeats))
+    ]
+    for tensor, repeats, start in candidates:
+        block = tensor[start : start + shape[0] * repeats]
+        try:
+            found = sent_embeds(block[::repeats], spec, key)
+        except UncheckedBinding as exc:
+            narrowed = exc
+            continue
+        except VerificationError:
+            continue
+        repeated_exactly(block, found, repeats, key)
+        return found
+    if narrowed is not None:
+        raise narrowed
+    raise VerificationError(
+        f"request binding: the committed conditioning does not hold the request's {key} "
+        "(swapped embeddings)",
+        check="request-binding",
+    )
 
 
 def _checked(key: str, value: Any) -> Any:
@@ -294,7 +375,13 @@ def _checked(key: str, value: Any) -> Any:
 def _check_size(kwargs: Mapping[str, Any]) -> None:
     """The request cannot make the verifier allocate more than a bounded latent."""
     prompt = kwargs.get("prompt")
-    total = len(prompt) if isinstance(prompt, list) else 1
+    prompts = len(prompt) if isinstance(prompt, list) else 1
+    per = next((kwargs[k] for k in _PER_PROMPT if k in kwargs), 1)
+    if not isinstance(per, int) or isinstance(per, bool) or not 0 < prompts * per <= MAX_IMAGES:
+        raise MalformedInputError(
+            f"the request makes more than {MAX_IMAGES} images (prompts times images per prompt)"
+        )
+    total = prompts
     for key in (
         "height",
         "width",
@@ -361,7 +448,8 @@ def load_pipeline_codec(
     for name, entry in index.items():
         if name.startswith("_") or name in (family.denoiser, "scheduler"):
             continue
-        if not isinstance(entry, list) and name in accepted:
+        component = name in _LEFT_OUT or name.rstrip("_0123456789") in COMPONENT_CLASSES
+        if not isinstance(entry, list) and name in accepted and not component:
             # a pipeline setting (Wan's expand_timesteps, say), not a component
             if not isinstance(entry, bool | int | float | str | type(None)):
                 raise MalformedInputError(f"reference {folder}: setting {name!r} is malformed")

@@ -19,6 +19,13 @@ from samplerguard.families._base import (
     read_config,
     register,
 )
+from samplerguard.families._embeds import MAX_PROMPTS as _MAX_PROMPTS
+from samplerguard.families._embeds import (
+    check_images,
+    embeds_spec,
+    repeated_exactly,
+    sent_embeds,
+)
 from samplerguard.families.pipeline_codec import PipelineCodec
 
 __all__ = [
@@ -90,11 +97,8 @@ class CodecProgram(FamilyProgram):
     ) -> dict[str, torch.Tensor]:
         """The UNet's conditioning for a request that sent prompt embeddings, from the opened
         conditioning that must hold them (see :class:`StableDiffusionCodec`)."""
-        if not isinstance(self.codec, StableDiffusionCodec):
-            raise UncheckedBinding(
-                f"the {self.pipeline} reference does not find sent embeddings in the committed "
-                "conditioning"
-            )
+        if self.codec is None:
+            raise UncheckedBinding(f"the {self.pipeline} reference has no text encoder")
         return self.codec.conditioning_from_opened(request, recipe, opened)
 
 
@@ -346,7 +350,6 @@ class AnimateDiffProgram(StableDiffusionProgram):
 
 
 #: bounds on the request inputs the reference encoder reads
-_MAX_PROMPTS = 64
 _MAX_PROMPT_CHARS = 4096
 _MAX_SIDE = 16384
 _OUTPUT_TYPES = ("np", "pil", "pt", "latent")
@@ -375,91 +378,6 @@ def _small_int(request: Mapping[str, Any], key: str, default: int | None, top: i
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
         raise MalformedInputError(f"the request's {key} is not an integer 0..{top}")
     return value
-
-
-_FLOAT_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-#: the dtypes each sent dtype may be run in without losing a bit (a cast back recovers it)
-_WIDER = {
-    torch.float16: {torch.float16, torch.float32, torch.float64},
-    torch.bfloat16: {torch.bfloat16, torch.float32, torch.float64},
-    torch.float32: {torch.float32, torch.float64},
-    torch.float64: {torch.float64},
-}
-
-
-def _embeds_spec(request: Mapping[str, Any], key: str, rank: int = 3) -> dict[str, Any]:
-    """The request's ``{"digest", "dtype", "shape"}`` of a tensor of embeddings, checked
-    (``rank``: 3 for prompt embeddings, 2 for pooled ones)."""
-    from samplerguard.commitment.digest import DIGEST_RE
-
-    spec = request.get(key)
-    if not isinstance(spec, dict) or set(spec) != {"digest", "dtype", "shape"}:
-        raise MalformedInputError(f"the request's {key} is not {{digest, dtype, shape}}")
-    shape = spec["shape"]
-    if (
-        not isinstance(spec["digest"], str)
-        or not DIGEST_RE.match(spec["digest"])
-        or spec["dtype"] not in _FLOAT_DTYPES
-        or not isinstance(shape, list)
-        or len(shape) != rank
-        or not all(type(d) is int and 0 < d <= 1 << 16 for d in shape)
-        or shape[0] > _MAX_PROMPTS
-    ):
-        raise MalformedInputError(
-            f"the request's {key} needs a sha256 digest, a floating-point dtype and a {rank}-D "
-            "shape "
-            f"of at most {_MAX_PROMPTS} prompts"
-        )
-    return spec
-
-
-def _sent_embeds(found: torch.Tensor, spec: Mapping[str, Any], what: str) -> torch.Tensor:
-    """The embeddings the request sent, recovered from the committed conditioning's rows
-    ``found``, and checked against the request's digest."""
-    from samplerguard.commitment.digest import tensor_digest
-
-    if list(found.shape) != spec["shape"]:
-        raise VerificationError(
-            f"request binding: the request's {what} are {spec['shape']}, the committed "
-            f"conditioning holds {list(found.shape)}",
-            check="request-binding",
-        )
-    dtype = _FLOAT_DTYPES[spec["dtype"]]
-    if found.dtype not in _WIDER:
-        raise VerificationError(
-            f"request binding: the committed conditioning holds {what} of dtype "
-            f"{str(found.dtype).removeprefix('torch.')}, not floating point",
-            check="request-binding",
-        )
-    if found.dtype not in _WIDER[dtype]:
-        raise UncheckedBinding(
-            f"the {what} were sent as {spec['dtype']} and run as "
-            f"{str(found.dtype).removeprefix('torch.')}, which loses bits: they cannot be "
-            "recovered from the committed conditioning (send them in the model's dtype)"
-        )
-    sent = found.to(dtype)
-    if tensor_digest(sent) != spec["digest"]:
-        raise VerificationError(
-            f"request binding: the committed conditioning does not hold the request's {what} "
-            "(swapped embeddings)",
-            check="request-binding",
-        )
-    return sent
-
-
-def _repeated_exactly(rows: torch.Tensor, sent: torch.Tensor, per_prompt: int, what: str) -> None:
-    """``rows`` are each prompt's ``sent`` embeddings once per image, in the committed dtype."""
-    if not torch.equal(rows, sent.to(rows.dtype).repeat_interleave(per_prompt, dim=0)):
-        raise VerificationError(
-            f"request binding: the committed rows of the request's {what} are not the sent "
-            "ones, once per image",
-            check="request-binding",
-        )
 
 
 class StableDiffusionCodec:
@@ -501,6 +419,7 @@ class StableDiffusionCodec:
                 "per prompt, both strings or both lists)"
             )
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
+        check_images(len(prompt) if isinstance(prompt, list) else 1, per_prompt or 1)
         layers = int(self.pipe.text_encoder.config.num_hidden_layers)
         clip_skip = _small_int(request, "clipSkip", None, layers - 1)
         positive, negative_embeds = self._encode(
@@ -530,9 +449,9 @@ class StableDiffusionCodec:
             raise MalformedInputError("the request carries both a prompt and prompt embeddings")
         do_cfg = self.cfg and float(request["guidanceScale"]) > 1.0
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
-        positive = _embeds_spec(request, "promptEmbeds")
+        positive = embeds_spec(request, "promptEmbeds")
         negative = (
-            _embeds_spec(request, "negativePromptEmbeds")
+            embeds_spec(request, "negativePromptEmbeds")
             if do_cfg and "negativePromptEmbeds" in request
             else None
         )
@@ -541,6 +460,7 @@ class StableDiffusionCodec:
             raise MalformedInputError(
                 "the request carries both a negative prompt and negative prompt embeddings"
             )
+        check_images(positive["shape"][0], per_prompt)
         rows = positive["shape"][0] * per_prompt
         if committed.shape[0] != rows * (2 if do_cfg else 1):
             raise VerificationError(
@@ -549,20 +469,18 @@ class StableDiffusionCodec:
                 f"holds {committed.shape[0]} rows",
                 check="request-binding",
             )
-        sent = _sent_embeds(committed[-rows:][::per_prompt], positive, "prompt embeddings")
+        sent = sent_embeds(committed[-rows:][::per_prompt], positive, "prompt embeddings")
         sent_negative = (
             None
             if negative is None
-            else _sent_embeds(
-                committed[:rows][::per_prompt], negative, "negative prompt embeddings"
-            )
+            else sent_embeds(committed[:rows][::per_prompt], negative, "negative prompt embeddings")
         )
         # rows made of sent embeddings are copies of them, exactly, on any build (only a
         # negative half the text encoder derives may differ in its last bits there): a false
         # build claim must not buy room to nudge one image's rows
-        _repeated_exactly(committed[-rows:], sent, per_prompt, "prompt embeddings")
+        repeated_exactly(committed[-rows:], sent, per_prompt, "prompt embeddings")
         if sent_negative is not None:
-            _repeated_exactly(committed[:rows], sent_negative, per_prompt, "negative embeddings")
+            repeated_exactly(committed[:rows], sent_negative, per_prompt, "negative embeddings")
         self._check_latents(request, recipe, rows)
         device = self.pipe.text_encoder.device
         embeds, negative_embeds = self._encode(
@@ -678,12 +596,12 @@ def _with_pooled(
     request: Mapping[str, Any], key: str, pooled_key: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A request's prompt embeddings and the pooled ones the pipeline needs with them."""
-    spec = _embeds_spec(request, key)
+    spec = embeds_spec(request, key)
     if pooled_key not in request:
         raise MalformedInputError(
             f"the request sends {key} without {pooled_key} (the pipeline needs both)"
         )
-    return spec, _embeds_spec(request, pooled_key, rank=2)
+    return spec, embeds_spec(request, pooled_key, rank=2)
 
 
 def _paired(prompt: str | list[str], other: str | list[str] | None, key: str) -> None:
@@ -727,6 +645,7 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
         _paired(prompt, negative, "negativePrompt")
         _paired(prompt, negative_2, "negativePrompt2")
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
+        check_images(len(prompt) if isinstance(prompt, list) else 1, per_prompt)
         layers = min(
             int(self.pipe.text_encoder.config.num_hidden_layers),
             int(self.pipe.text_encoder_2.config.num_hidden_layers),
@@ -779,6 +698,7 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
             raise MalformedInputError(
                 "the request carries both a negative prompt and negative prompt embeddings"
             )
+        check_images(positive["shape"][0], per_prompt)
         rows = positive["shape"][0] * per_prompt
         halves = 2 if do_cfg else 1
         if committed.shape[0] != rows * halves or committed_pooled.shape[0] != rows * halves:
@@ -789,25 +709,25 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
                 check="request-binding",
             )
         sent = {
-            "prompt_embeds": _sent_embeds(
+            "prompt_embeds": sent_embeds(
                 committed[-rows:][::per_prompt], positive, "prompt embeddings"
             ),
-            "pooled_prompt_embeds": _sent_embeds(
+            "pooled_prompt_embeds": sent_embeds(
                 committed_pooled[-rows:][::per_prompt], pooled, "pooled prompt embeddings"
             ),
         }
         if negative is not None and negative_pooled is not None:
-            sent["negative_prompt_embeds"] = _sent_embeds(
+            sent["negative_prompt_embeds"] = sent_embeds(
                 committed[:rows][::per_prompt], negative, "negative prompt embeddings"
             )
-            sent["negative_pooled_prompt_embeds"] = _sent_embeds(
+            sent["negative_pooled_prompt_embeds"] = sent_embeds(
                 committed_pooled[:rows][::per_prompt], negative_pooled, "negative pooled embeddings"
             )
         # rows made of sent embeddings are copies of them, exactly, on any build
         for name, tensor in sent.items():
             half = committed_pooled if "pooled" in name else committed
             found = half[:rows] if name.startswith("negative") else half[-rows:]
-            _repeated_exactly(found, tensor, per_prompt, name.replace("_", " "))
+            repeated_exactly(found, tensor, per_prompt, name.replace("_", " "))
         device = self.pipe.text_encoder_2.device
         encoded = self._encode_xl(
             None,

@@ -110,8 +110,8 @@ def test_fewer_or_smaller_outputs_than_requested_are_rejected(
         ({"clipSkip": 63}, "cannot run the request"),
         ({"clipSkip": 99}, r"clipSkip is not an integer 0\.\.64"),
         (
-            {"prompt": ["a"] * 64, "videosPerPrompt": 64, "height": 2048, "width": 2048},
-            "more than this verifier derives",
+            {"prompt": ["a"] * 64, "videosPerPrompt": 2},
+            "makes more than 64 images",
         ),
         # the pipeline refuses both; committing both must not turn a rejection into NOT CHECKED
         (
@@ -145,16 +145,36 @@ def test_a_sequence_length_that_would_pad_without_bound_is_refused(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sent_embeddings_are_bound_and_not_checked_never_passed(
+def test_sent_embeddings_are_found_in_the_committed_conditioning(
     folders: dict[str, Path], family: str
 ) -> None:
-    """The tiny pipelines without tokenizers send embeddings: bound to the request by digest,
-    the output still re-derived, the conditioning reported NOT CHECKED."""
+    """The tiny pipelines without tokenizers send embeddings, bound to the request by digest:
+    the verifier finds them in the committed conditioning and the pipeline derives the rest.
+    PixArt-Σ and Stable Audio send attention masks with them, which the request does not
+    bind: NOT CHECKED, never passed."""
     sink, commitment = _serve(BUILDERS[family](), "embeds")
     result = _challenge(folders[family], sink, commitment)
     assert result.accepted
-    assert len(result.unchecked) == 1
-    assert "are bound by digest, and not re-derived" in result.unchecked[0]
+    if family in ("pixart-sigma", "stable-audio"):
+        assert len(result.unchecked) == 1
+        assert "attention masks, which the request does not bind" in result.unchecked[0]
+    else:
+        assert result.unchecked == []
+
+
+@pytest.mark.parametrize("family", ["animatediff", "stable-diffusion-3", "flux", "wan"])
+def test_swapped_embeddings_are_rejected(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, family: str
+) -> None:
+    """The consumer sent other embeddings than the provider ran."""
+    from samplerguard.commitment.request import embeds_param
+
+    case = BUILDERS[family]()
+    sent = case.kwargs["prompt_embeds"]
+    _forge(monkeypatch, promptEmbeds=embeds_param(sent + 1.0))
+    sink, commitment = _serve(case, "swap")
+    with pytest.raises(VerificationError, match="does not hold the request's promptEmbeds"):
+        _challenge(folders[family], sink, commitment)
 
 
 def test_pixart_captions_cleaned_by_default_are_not_checked_never_passed(

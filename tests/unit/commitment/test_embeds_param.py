@@ -70,25 +70,25 @@ def test_pooled_embeddings_are_bound_as_2d() -> None:
     ],
 )
 def test_the_verifier_refuses_a_malformed_embeddings_binding(spec: object) -> None:
-    from samplerguard.families.stable_diffusion import _embeds_spec
+    from samplerguard.families._embeds import embeds_spec
 
     with pytest.raises(MalformedInputError, match="promptEmbeds"):
-        _embeds_spec({"promptEmbeds": spec}, "promptEmbeds")
+        embeds_spec({"promptEmbeds": spec}, "promptEmbeds")
 
 
 def test_embeddings_are_recovered_only_from_floating_point_rows_of_their_shape() -> None:
     from samplerguard.commitment.transcript import UncheckedBinding
     from samplerguard.errors import VerificationError
-    from samplerguard.families.stable_diffusion import _sent_embeds
+    from samplerguard.families._embeds import sent_embeds
 
     sent = torch.randn(1, 7, 16, dtype=torch.float16)
     spec = embeds_param(sent)
-    assert torch.equal(_sent_embeds(sent.float(), spec, "prompt embeddings"), sent)  # widened
+    assert torch.equal(sent_embeds(sent.float(), spec, "prompt embeddings"), sent)  # widened
     with pytest.raises(VerificationError, match="swapped embeddings"):
-        _sent_embeds(sent.float() + 1, spec, "prompt embeddings")
+        sent_embeds(sent.float() + 1, spec, "prompt embeddings")
     with pytest.raises(VerificationError, match="are \\[1, 7, 16\\], the committed"):
-        _sent_embeds(torch.zeros(1, 7, 8), spec, "prompt embeddings")
+        sent_embeds(torch.zeros(1, 7, 8), spec, "prompt embeddings")
     with pytest.raises(VerificationError, match="not floating point"):
-        _sent_embeds(torch.zeros(1, 7, 16, dtype=torch.int64), spec, "prompt embeddings")
+        sent_embeds(torch.zeros(1, 7, 16, dtype=torch.int64), spec, "prompt embeddings")
     with pytest.raises(UncheckedBinding, match="sent as float32 and run as float16"):
-        _sent_embeds(sent, embeds_param(sent.float()), "prompt embeddings")
+        sent_embeds(sent, embeds_param(sent.float()), "prompt embeddings")
