@@ -188,6 +188,9 @@ def _check_approximate(facts: TailFacts, opened: Opening | None, result: Challen
     false claim and the swapped output is rejected."""
     if not result.accepted:
         return
+    # every challenged step reproduced bit for bit: the declared build is this verifier's in
+    # all that matters, and whatever the build would explain must be exact too
+    reproduced = bool(result.results) and all(r.worst == 0.0 for r in result.results)
     approximate = dict(facts.approximate)
     if facts.from_opened is not None and opened is not None:
         approximate.update(_from_opened(facts, opened, result))
@@ -199,6 +202,14 @@ def _check_approximate(facts: TailFacts, opened: Opening | None, result: Challen
         else:
             for name, derived in approximate.items():
                 committed = opened.conditioning.get(name)
+                if reproduced:
+                    raise VerificationError(
+                        f"request binding: conditioning {name!r} derived here differs from the "
+                        "committed one, while every challenged step reproduces bit for bit: "
+                        "the declared build does not explain it (a swapped prompt or text "
+                        "encoder behind a false build claim)",
+                        check="request-binding",
+                    )
                 score = _rel_l2(derived, committed)
                 if score > result.tau:
                     raise VerificationError(
@@ -209,7 +220,7 @@ def _check_approximate(facts: TailFacts, opened: Opening | None, result: Challen
                         found=f"relL2 {score:.3g}",
                         expected=f"<= {result.tau:g}",
                     )
-    if facts.output_differs and result.results and all(r.worst == 0.0 for r in result.results):
+    if facts.output_differs and reproduced:
         raise VerificationError(
             "output binding: the served output is not the reference decode of the final "
             "latent, while every challenged step reproduces bit for bit: the declared build "
@@ -255,9 +266,21 @@ def _from_opened(
 
 
 def _rel_l2(derived: torch.Tensor, committed: torch.Tensor | None) -> float:
+    """The worst relative L2 distance over the rows (first dimension) of two tensors: one
+    swapped prompt among many is not diluted by the rows that match."""
     if committed is None or tuple(committed.shape) != tuple(derived.shape):
         return math.inf
     a = derived.detach().to("cpu", torch.float64)
     b = committed.detach().to("cpu", torch.float64)
-    den = float(b.norm())
-    return float((a - b).norm()) / den if den > 0 else (0.0 if float(a.norm()) == 0 else math.inf)
+    if a.dim() == 0:
+        a, b = a.reshape(1), b.reshape(1)
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    worst = 0.0
+    for row_a, row_b in zip(a, b, strict=True):
+        den = float(row_b.norm())
+        diff = float((row_a - row_b).norm())
+        if den > 0:
+            worst = max(worst, diff / den)
+        elif diff > 0:
+            return math.inf
+    return worst

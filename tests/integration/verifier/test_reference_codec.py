@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,57 @@ def test_a_swapped_output_behind_a_false_build_claim_is_rejected(
     sink, commitment = _serve(case, "other-build")
     with pytest.raises(VerificationError, match="false build claim"):
         _challenge(folder, sink, commitment)
+
+
+def test_a_swapped_prompt_behind_a_false_build_claim_is_rejected(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a declared build the verifier does not reproduce, derived conditioning is compared
+    within tau. One swapped prompt among 32 moves the whole tensor little, so the comparison
+    is per row; and since every step reproduces bit for bit, the build claim explains no
+    difference at all: rejected either way."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    mine = build_fingerprint("cpu")
+    monkeypatch.setattr(hook_recorder, "build_fingerprint", lambda d: {**mine, "torch": "0.0.1"})
+    prompts = [f"a cat number {i}" for i in range(32)]
+    _forge(monkeypatch, prompt=[*prompts[:-1], "a dog"])
+    sink, commitment = _serve(
+        stable_diffusion_prompted(), "build-swap", prompt=prompts, negative_prompt=None
+    )
+    with pytest.raises(VerificationError, match="does not explain it"):
+        _challenge(folder, sink, commitment, tau=0.3)
+
+
+def test_conditioning_within_tau_passes_only_where_the_steps_drift_too() -> None:
+    """The rule behind the test above, on its own: a derived conditioning a few bits from the
+    committed one passes at tau when the steps drift as a real build difference makes them,
+    and is rejected when they reproduce bit for bit. One row far off is not diluted."""
+    from samplerguard.commitment.challenge import ChallengeResult, _check_approximate, _rel_l2
+    from samplerguard.commitment.recheck import RecheckResult
+    from samplerguard.commitment.transcript import TailFacts
+
+    committed = torch.randn(32, 4, 8, generator=torch.Generator().manual_seed(1))
+    derived = committed * (1 + 1e-7)
+    facts = TailFacts(
+        initial_latent=torch.zeros(1), step_noise=[], unchecked=[], approximate={"c": derived}
+    )
+    opened: Any = types.SimpleNamespace(conditioning={"c": committed})
+    drift = RecheckResult("r", 0, 2e-7, 0.0, 3e-7, tau=1e-5)
+    result = ChallengeResult(steps=[0], exact=False, tau=1e-5, results=[drift])
+    _check_approximate(facts, opened, result)
+    assert result.accepted
+    exact = RecheckResult("r", 0, 0.0, 0.0, 0.0, tau=1e-5)
+    with pytest.raises(VerificationError, match="does not explain it"):
+        _check_approximate(facts, opened, ChallengeResult([0], False, 1e-5, results=[exact]))
+    swapped = committed.clone()
+    swapped[7] = torch.randn(4, 8, generator=torch.Generator().manual_seed(2))
+    assert (
+        _rel_l2(swapped, committed)
+        > 1.0
+        > 3 * float((swapped - committed).norm() / committed.norm())
+    )
 
 
 def test_on_a_build_whose_steps_drift_a_differing_decode_is_not_checked_never_passed() -> None:
