@@ -18,6 +18,7 @@ __all__ = [
     "Family",
     "FamilyProgram",
     "UnsupportedPipeline",
+    "aligned",
     "all_families",
     "describe_argument",
     "family_for_pipeline",
@@ -341,3 +342,15 @@ def family_named(name: str) -> Family:
 
 def all_families() -> list[Family]:
     return list(_REGISTRY.values())
+
+
+def aligned(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every parameter and buffer in memory of its own (64-byte aligned, as
+    torch allocates it). Loaders may leave tensors at any offset of the file they read, and a
+    CPU matrix product over an odd width rounds its last bit differently at different
+    alignments; the pipeline's own components, built or copied in memory, are aligned."""
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
+    return module

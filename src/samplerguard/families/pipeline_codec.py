@@ -33,7 +33,7 @@ import torch
 
 from samplerguard.commitment.transcript import FromOpenedConditioning, UncheckedBinding
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.families._base import Family, read_config
+from samplerguard.families._base import Family, aligned, read_config
 from samplerguard.families._embeds import MAX_IMAGES, embeds_spec, repeated_exactly, sent_embeds
 
 __all__ = ["COMPONENT_CLASSES", "PIPELINE_CODEC_FAMILIES", "PipelineCodec", "load_pipeline_codec"]
@@ -506,21 +506,9 @@ def _load(sub: Path, library: str, component: str, kind: str, device: torch.devi
             # Oobleck builds on torch's deprecated weight_norm
             warnings.filterwarnings("ignore", ".*weight_norm", FutureWarning)
             model = cls.from_pretrained(sub, local_files_only=True, use_safetensors=True)
-        return _aligned(model.to(device).eval())
+        return aligned(model.to(device).eval())
     except Exception as exc:  # diffusers/transformers raise many types for a bad folder
         raise MalformedInputError(
             f"reference {sub} cannot be loaded as {component}: {type(exc).__name__}: "
             f"{str(exc)[:200]}"
         ) from None
-
-
-def _aligned(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` with every parameter and buffer in memory of its own (64-byte aligned, as
-    torch allocates it). Loaders may leave tensors at any offset of the file they read, and a
-    CPU matrix product over an odd width rounds its last bit differently at different
-    alignments; the pipeline's own components, built or copied in memory, are aligned."""
-    with torch.no_grad():
-        for tensor in (*module.parameters(), *module.buffers()):
-            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
-                tensor.data = tensor.data.clone()
-    return module

@@ -16,6 +16,7 @@ from samplerguard.families._base import (
     Family,
     FamilyProgram,
     UnsupportedPipeline,
+    aligned,
     read_config,
     register,
 )
@@ -886,7 +887,7 @@ def load_codec(
                 parts[name] = cls.from_pretrained(sub, local_files_only=True)
             else:
                 model = cls.from_pretrained(sub, local_files_only=True, use_safetensors=True)
-                parts[name] = model.to(device).eval()
+                parts[name] = aligned(model.to(device).eval())
         except Exception as exc:  # diffusers/transformers raise many types for a bad folder
             raise MalformedInputError(
                 f"reference {sub} cannot be loaded as {cls_name}: {type(exc).__name__}: "

@@ -100,6 +100,18 @@ def request_params(
     return params
 
 
+def _call_output_type(pipe: Any, bound: Mapping[str, Any]) -> str | None:
+    """The ``output_type`` a pipeline call produces: its argument, or the signature's default
+    (``"pil"`` for most diffusers pipelines); None for a pipeline without one."""
+    if "output_type" in bound:
+        value = bound["output_type"]
+        return value if isinstance(value, str) else None
+    param = inspect.signature(type(pipe).__call__).parameters.get("output_type")
+    if param is None or not isinstance(param.default, str):
+        return None
+    return param.default
+
+
 def input_digest(value: Any) -> str:
     """The digest of an image input as the pipeline received it (a tensor, an array, a PIL
     image or a list of them): SHA-256 over :func:`output_bytes`, so a consumer binds its own
@@ -394,6 +406,10 @@ class InstrumentedPipeline:
                 trajectory_request,
                 params=request_params(family, trajectory_request, bound),
             )
+        output_type = _call_output_type(pipe, bound)
+        if output_type is not None and output_type != trajectory_request.output_type:
+            # the recipe records how the pipeline makes its output, which the call decides
+            trajectory_request = dataclasses.replace(trajectory_request, output_type=output_type)
         if getattr(_ACTIVE, "call", None) is not None:
             raise UnsupportedPipeline("a recorded pipeline call cannot run inside another")
         with _pipe_lock(pipe):

@@ -29,7 +29,7 @@ import torch
 from samplerguard.commitment.digest import safetensors_digest
 from samplerguard.commitment.recheck import StepProgram
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.families._base import read_config
+from samplerguard.families._base import aligned, read_config
 from samplerguard.families.pipeline_codec import PIPELINE_CODEC_FAMILIES, load_pipeline_codec
 from samplerguard.families.stable_diffusion import SD_CODEC_FAMILIES, load_codec
 from samplerguard.policy.spec import GoldenDigests
@@ -124,7 +124,7 @@ def load_reference(
                 f"reference {folder} cannot be loaded as {cls_name}: {type(exc).__name__}: "
                 f"{str(exc)[:200]}"
             ) from None
-        model = model.to(device).eval()
+        model = aligned(model.to(device).eval())
     loaded = module_digest(model)
     if loaded != digest:
         raise VerificationError(

@@ -87,6 +87,17 @@ def test_an_honest_prompted_generation_is_checked_end_to_end(folder: Path) -> No
     assert [r.worst for r in result.results] == [0.0] * commitment.n_steps
 
 
+def test_the_recipe_records_the_output_type_the_call_produces(folder: Path) -> None:
+    """The request declares ``np``; the call leaves ``output_type`` at the pipeline's default
+    (PIL images). The recipe records what the call produced, so the honest output checks."""
+    case = stable_diffusion_prompted()
+    del case.kwargs["output_type"]
+    sink, commitment = _serve(case, "pil")
+    assert commitment.recipe["output_type"] == "pil"
+    result = _challenge(folder, sink, commitment)
+    assert result.accepted and result.unchecked == []
+
+
 def test_several_images_per_prompt_and_no_guidance_are_derived_as_the_pipeline_does(
     folder: Path,
 ) -> None:
