@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedPipeline",
     "aligned",
     "all_families",
+    "check_encoder_pin",
     "describe_argument",
     "family_for_pipeline",
     "family_named",
@@ -354,3 +355,28 @@ def aligned(module: torch.nn.Module) -> torch.nn.Module:
             if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
                 tensor.data = tensor.data.clone()
     return module
+
+
+def check_encoder_pin(folder: Path, name: str, pins: Sequence[str]) -> None:
+    """Hold a reference text encoder's weights file to the policy's ``goldenDigests.textEncoder``
+    (``pins``; empty: unpinned) before anything is deserialised from it. The digest is the
+    file's, as ``samplerguard digest`` prints it: a module's own digest would count a tied
+    embedding (T5's) twice."""
+    from samplerguard.commitment.digest import safetensors_digest
+
+    if not pins:
+        return
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise MalformedInputError(
+            f"reference {folder}: no model.safetensors to hold to goldenDigests.textEncoder "
+            "(save the encoder as one safetensors file)"
+        )
+    got = safetensors_digest(weights)
+    if got not in pins:
+        raise VerificationError(
+            f"reference {name.replace('_', ' ')} {got[:23]}… is not among the policy's "
+            "goldenDigests.textEncoder",
+            check="model",
+            found=got,
+        )

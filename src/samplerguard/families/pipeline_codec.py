@@ -33,7 +33,7 @@ import torch
 
 from samplerguard.commitment.transcript import FromOpenedConditioning, UncheckedBinding
 from samplerguard.errors import MalformedInputError, VerificationError
-from samplerguard.families._base import Family, aligned, read_config
+from samplerguard.families._base import Family, aligned, check_encoder_pin, read_config
 from samplerguard.families._embeds import MAX_IMAGES, embeds_spec, repeated_exactly, sent_embeds
 
 __all__ = ["COMPONENT_CLASSES", "PIPELINE_CODEC_FAMILIES", "PipelineCodec", "load_pipeline_codec"]
@@ -433,8 +433,6 @@ def load_pipeline_codec(
     policy does not pin."""
     import diffusers
 
-    from samplerguard.commitment.digest import module_digest
-
     index = read_config(folder / "model_index.json")
     cls_name = index.get("_class_name")
     if cls_name not in family.pipelines:
@@ -448,8 +446,8 @@ def load_pipeline_codec(
     for name, entry in index.items():
         if name.startswith("_") or name in (family.denoiser, "scheduler"):
             continue
-        component = name in _LEFT_OUT or name.rstrip("_0123456789") in COMPONENT_CLASSES
-        if not isinstance(entry, list) and name in accepted and not component:
+        is_component = name in _LEFT_OUT or name.rstrip("_0123456789") in COMPONENT_CLASSES
+        if not isinstance(entry, list) and name in accepted and not is_component:
             # a pipeline setting (Wan's expand_timesteps, say), not a component
             if not isinstance(entry, bool | int | float | str | type(None)):
                 raise MalformedInputError(f"reference {folder}: setting {name!r} is malformed")
@@ -474,20 +472,11 @@ def load_pipeline_codec(
             )
         if not (folder / name).is_dir():
             return None
+        if kind == "text_encoder":
+            check_encoder_pin(folder / name, name, text_encoders)
         parts[name] = _load(folder / name, library, component, kind, device)
-    if text_encoders:
-        for name, part in parts.items():
-            if name.startswith("text_encoder") and part is not None:
-                got = module_digest(part)
-                if got not in text_encoders:
-                    raise VerificationError(
-                        f"reference {name.replace('_', ' ')} {got[:23]}… is not among the "
-                        "policy's goldenDigests.textEncoder",
-                        check="model",
-                        found=got,
-                    )
     try:
-        pipe = getattr(diffusers, cls_name)(**parts, **{family.denoiser: denoiser}, scheduler=None)
+        pipe = pipeline_cls(**parts, **{family.denoiser: denoiser}, scheduler=None)
     except Exception as exc:  # diffusers raises many types for a component that does not fit
         raise MalformedInputError(
             f"reference {folder}: the components do not make a {cls_name}: "

@@ -17,6 +17,7 @@ from samplerguard.families._base import (
     FamilyProgram,
     UnsupportedPipeline,
     aligned,
+    check_encoder_pin,
     read_config,
     register,
 )
@@ -861,8 +862,6 @@ def load_codec(
     encoder the policy does not pin."""
     import importlib
 
-    from samplerguard.commitment.digest import module_digest
-
     xl = pipeline == "stable-diffusion-xl"
     components = _XL_COMPONENTS if xl else _COMPONENTS
     if not all((folder / name).is_dir() for name in components):
@@ -870,6 +869,8 @@ def load_codec(
     parts: dict[str, Any] = {}
     for name, (module, cls_name) in components.items():
         sub = folder / name
+        if name.startswith("text_encoder"):
+            check_encoder_pin(sub, name, text_encoders)
         tokenizer = name.startswith("tokenizer")
         doc = read_config(sub / ("tokenizer_config.json" if tokenizer else "config.json"))
         named = (
@@ -893,18 +894,6 @@ def load_codec(
                 f"reference {sub} cannot be loaded as {cls_name}: {type(exc).__name__}: "
                 f"{str(exc)[:200]}"
             ) from None
-    if text_encoders:
-        for name in ("text_encoder", "text_encoder_2"):
-            if name not in parts:
-                continue
-            got = module_digest(parts[name])
-            if got not in text_encoders:
-                raise VerificationError(
-                    f"reference {name.replace('_', ' ')} {got[:23]}… is not among the policy's "
-                    "goldenDigests.textEncoder",
-                    check="model",
-                    found=got,
-                )
     if xl:
         from diffusers import StableDiffusionXLPipeline
 

@@ -247,3 +247,27 @@ def test_concurrent_derivations_share_nothing(folders: dict[str, Path]) -> None:
         assert output == results[0][0]
         assert conditioning.keys() == results[0][1].keys()
         assert all(torch.equal(conditioning[k], results[0][1][k]) for k in conditioning)
+
+
+@pytest.mark.parametrize("family", ["stable-diffusion-3", "flux"])
+def test_the_pins_samplerguard_digest_prints_admit_every_text_encoder(
+    folders: dict[str, Path], family: str
+) -> None:
+    """``samplerguard digest`` of the reference folder prints the text encoders' digests that
+    the codec then holds each encoder to (SD3 and Flux have two)."""
+    from samplerguard.cli._pins import pinned_digests
+    from samplerguard.policy.spec import GoldenDigests
+
+    pins = pinned_digests(folders[family]).golden_digests()
+    assert len(pins["textEncoder"]) == 2
+    sink, commitment = _serve(PROMPTED[family](), "pinned")
+    golden = GoldenDigests(model_weights=pins["modelWeights"], text_encoder=pins["textEncoder"])
+    result = _challenge(folders[family], sink, commitment, golden)
+    assert result.accepted and result.unchecked == []
+    with pytest.raises(VerificationError, match=r"goldenDigests\.textEncoder"):
+        _challenge(
+            folders[family],
+            sink,
+            commitment,
+            GoldenDigests(model_weights=pins["modelWeights"], text_encoder=pins["textEncoder"][:1]),
+        )
