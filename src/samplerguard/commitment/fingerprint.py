@@ -27,7 +27,7 @@ import torch
 from samplerguard.policy.spec import REPRODUCED_FIELDS
 from samplerguard.policy.tolerance import differing_fields
 
-__all__ = ["SETTABLE", "build_fingerprint", "differences", "reproduce"]
+__all__ = ["SETTABLE", "build_fingerprint", "differences", "reproduce", "text_cleaning"]
 
 #: Fingerprint fields the verifier sets to the provider's values for a re-check.
 SETTABLE = REPRODUCED_FIELDS
@@ -53,7 +53,23 @@ def _static(device_kind: str, device_index: int) -> dict[str, Any]:
         "deviceName": name,
         "capability": capability,
         "cuda": torch.version.cuda if device_kind == "cuda" else None,
+        "textCleaning": text_cleaning(),
     }
+
+
+def text_cleaning() -> str:
+    """The optional packages diffusers pipelines clean prompts with where they are installed
+    (PixArt's captions with ``bs4`` and ``ftfy``, Wan's prompts with ``ftfy``), with their
+    versions: ``"bs4 4.12.3, ftfy -"``."""
+    from importlib import metadata
+
+    out = []
+    for name, dist in (("bs4", "beautifulsoup4"), ("ftfy", "ftfy")):
+        try:
+            out.append(f"{name} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name} -")
+    return ", ".join(out)
 
 
 def build_fingerprint(device: torch.device | str | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 
 from samplerguard.families._base import Family, UnsupportedPipeline, register
+from samplerguard.families.pipeline_codec import cleaning_differs
 from samplerguard.families.stable_diffusion import CodecProgram
 
 __all__ = [
@@ -91,6 +93,10 @@ class LatentConsistencyProgram(CodecProgram):
 LatentConsistencyProgram.family = register(LatentConsistencyFamily())
 
 
+#: printable ASCII, which prompt cleaning with ftfy leaves as it is
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
 # --- Wan (video) ------------------------------------------------------------------------------
 
 
@@ -119,6 +125,16 @@ class WanFamily(Family):
 
     def calls_per_step(self, guidance_scale: float) -> int:
         return 2 if guidance_scale > 1.0 else 1
+
+    def underivable(self, request: Mapping[str, Any], recipe: Mapping[str, Any]) -> str | None:
+        """Wan cleans prompts with ``ftfy`` where it is installed. Printable ASCII prompts are
+        the same either way (ftfy repairs encodings, quotes and control characters, none of
+        which they hold); others are derived where the provider recorded the same packages."""
+        prompts = [request.get("prompt"), request.get("negativePrompt")]
+        texts = [t for p in prompts for t in (p if isinstance(p, list) else [p]) if t]
+        if all(isinstance(t, str) and _PRINTABLE.fullmatch(t) for t in texts):
+            return None
+        return cleaning_differs(recipe, "Wan cleans prompts that are not printable ASCII", None)
 
     def check_pipe(self, pipe: Any) -> None:
         if getattr(pipe, "transformer_2", None) is not None or pipe.config.get(

@@ -36,7 +36,13 @@ from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families._base import Family, aligned, check_encoder_pin, read_config
 from samplerguard.families._embeds import MAX_IMAGES, embeds_spec, repeated_exactly, sent_embeds
 
-__all__ = ["COMPONENT_CLASSES", "PIPELINE_CODEC_FAMILIES", "PipelineCodec", "load_pipeline_codec"]
+__all__ = [
+    "COMPONENT_CLASSES",
+    "PIPELINE_CODEC_FAMILIES",
+    "PipelineCodec",
+    "cleaning_differs",
+    "load_pipeline_codec",
+]
 
 #: the families whose reference pipeline derives their conditioning and output here: every
 #: call argument of theirs that changes the conditioning is a request input
@@ -233,7 +239,7 @@ class PipelineCodec:
     ) -> dict[str, torch.Tensor]:
         kwargs = self._kwargs(request)
         underivable = getattr(self.family, "underivable", None)
-        why = underivable(request) if underivable is not None else None
+        why = underivable(request, recipe) if underivable is not None else None
         if why is not None:
             raise UncheckedBinding(why)
         return self._capture(kwargs, request, recipe)
@@ -314,6 +320,25 @@ class PipelineCodec:
         except MalformedInputError as exc:  # the provider's request, as it committed it
             raise VerificationError(f"output binding: {exc}", check="output-binding") from None
         return output_bytes(self.family.outputs(out))
+
+
+def cleaning_differs(recipe: Mapping[str, Any], what: str, remedy: str | None) -> str | None:
+    """Why a prompt a pipeline cleans with optional packages cannot be derived here, or None:
+    the provider's build fingerprint must record the same packages (``textCleaning``) as this
+    verifier has. A provider recording others only turns the check into NOT CHECKED; one
+    recording these while it cleaned otherwise is rejected by the derivation."""
+    from samplerguard.commitment.fingerprint import text_cleaning
+
+    runtime = recipe.get("runtime")
+    recorded = runtime.get("textCleaning") if isinstance(runtime, Mapping) else None
+    mine = text_cleaning()
+    if recorded == mine:
+        return None
+    hint = f": {remedy} to have the prompt checked" if remedy else ""
+    return (
+        f"{what} with optional packages, and the provider's ({str(recorded)[:60]}) are not "
+        f"this verifier's ({mine}){hint}"
+    )
 
 
 def _find(spec: Mapping[str, Any], opened: Mapping[str, torch.Tensor], per: int, key: str) -> Any:

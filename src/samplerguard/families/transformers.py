@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from samplerguard.families._base import Family, register
+from samplerguard.families.pipeline_codec import cleaning_differs
 from samplerguard.families.stable_diffusion import CodecProgram
 
 __all__ = [
@@ -256,17 +257,14 @@ class PixArtSigmaFamily(Family):
     derived = frozenset({"timestep"})
     neutral_options = MappingProxyType({"timesteps": None, "sigmas": None})
 
-    def underivable(self, request: Mapping[str, Any]) -> str | None:
+    def underivable(self, request: Mapping[str, Any], recipe: Mapping[str, Any]) -> str | None:
         """Why the prompt's conditioning cannot be derived at the verifier, if it cannot: the
         pipeline cleans captions (its default) only where ``bs4`` and ``ftfy`` are installed,
-        so the provider's and the verifier's cleaning may differ."""
+        so unless the provider recorded the same packages as this verifier has, its cleaning
+        may differ."""
         if request.get("cleanCaption") is False:
             return None
-        return (
-            "PixArt-Σ cleans captions only where bs4 and ftfy are installed, which the provider "
-            "and this verifier may not share: call it with clean_caption=False to have the "
-            "prompt checked"
-        )
+        return cleaning_differs(recipe, "PixArt-Σ cleans captions", "clean_caption=False")
 
     def capture(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], guidance_scale: float

@@ -764,6 +764,7 @@ FINGERPRINT_FIELDS = frozenset(
         "cudnn",
         "cudnnDeterministic",
         "cudnnBenchmark",
+        "textCleaning",
     }
 )
 #: Fields the verifier sets to the provider's values for a re-check (they never differ), and
@@ -771,7 +772,9 @@ FINGERPRINT_FIELDS = frozenset(
 REPRODUCED_FIELDS = frozenset(
     {"threads", "mkldnn", "tf32Matmul", "tf32Cudnn", "cudnn", "cudnnDeterministic", "deterministic"}
 )
-_UNCOMPARED_FIELDS = REPRODUCED_FIELDS | {"cudnnBenchmark"}
+#: (``textCleaning``, the optional packages some pipelines clean prompts with, changes no
+#: kernel: the codecs of those pipelines compare it themselves)
+_UNCOMPARED_FIELDS = REPRODUCED_FIELDS | {"cudnnBenchmark", "textCleaning"}
 
 FingerprintText = Annotated[str, StringConstraints(max_length=128)]
 #: Tolerances above this are not calibrations of honest float drift but of a different

@@ -177,18 +177,57 @@ def test_swapped_embeddings_are_rejected(
         _challenge(folders[family], sink, commitment)
 
 
-def test_pixart_captions_cleaned_by_default_are_not_checked_never_passed(
-    folders: dict[str, Path],
+def _recording_text_cleaning(monkeypatch: pytest.MonkeyPatch, packages: str) -> None:
+    """The provider's build fingerprint records these prompt-cleaning packages."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    monkeypatch.setattr(
+        hook_recorder,
+        "build_fingerprint",
+        lambda d: {**build_fingerprint(d), "textCleaning": packages},
+    )
+
+
+def test_pixart_captions_cleaned_by_default_are_checked_where_the_packages_match(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PixArt-Σ cleans captions only where optional packages are installed: with its default
-    cleaning the prompt's conditioning is reported NOT CHECKED; the output is still held."""
+    """PixArt-Σ cleans captions only where ``bs4`` and ``ftfy`` are installed. With the same
+    packages recorded as the verifier has, its default cleaning is derived; with others, the
+    prompt's conditioning is reported NOT CHECKED (the output is still held)."""
     case = PROMPTED["pixart-sigma"]()
     del case.kwargs["clean_caption"]
     sink, commitment = _serve(case, "clean")
+    assert _challenge(folders["pixart-sigma"], sink, commitment).unchecked == []
+    _recording_text_cleaning(monkeypatch, "bs4 4.12.3, ftfy 6.2.0")
+    case = PROMPTED["pixart-sigma"]()
+    del case.kwargs["clean_caption"]
+    sink, commitment = _serve(case, "other")
     result = _challenge(folders["pixart-sigma"], sink, commitment)
     assert result.accepted
     assert len(result.unchecked) == 1
+    assert "(bs4 4.12.3, ftfy 6.2.0) are not this verifier's" in result.unchecked[0]
     assert "clean_caption=False" in result.unchecked[0]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "checked"), [("a red cat", True), ("a red cat\r\n", False), ("ein Kätzchen", False)]
+)
+def test_wan_prompts_ftfy_would_change_need_the_same_packages(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, prompt: str, checked: bool
+) -> None:
+    """Wan cleans prompts with ``ftfy`` where it is installed, which leaves printable ASCII
+    alone: those are checked whatever the provider records; others only where it recorded
+    the verifier's packages."""
+    _recording_text_cleaning(monkeypatch, "bs4 -, ftfy 6.2.0")
+    sink, commitment = _serve(PROMPTED["wan"](), "ftfy", prompt=prompt)
+    result = _challenge(folders["wan"], sink, commitment)
+    assert result.accepted
+    if checked:
+        assert result.unchecked == []
+    else:
+        assert len(result.unchecked) == 1
+        assert "Wan cleans prompts that are not printable ASCII" in result.unchecked[0]
 
 
 def test_animatediff_decodes_sixteen_frames_at_a_time_only() -> None:
