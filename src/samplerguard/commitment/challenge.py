@@ -272,15 +272,9 @@ def _rel_l2(derived: torch.Tensor, committed: torch.Tensor | None) -> float:
         return math.inf
     a = derived.detach().to("cpu", torch.float64)
     b = committed.detach().to("cpu", torch.float64)
-    if a.dim() == 0:
-        a, b = a.reshape(1), b.reshape(1)
-    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    worst = 0.0
-    for row_a, row_b in zip(a, b, strict=True):
-        den = float(row_b.norm())
-        diff = float((row_a - row_b).norm())
-        if den > 0:
-            worst = max(worst, diff / den)
-        elif diff > 0:
-            return math.inf
-    return worst
+    rows = a.shape[0] if a.dim() else 1
+    den = b.reshape(rows, -1).norm(dim=1)
+    diff = (a - b).reshape(rows, -1).norm(dim=1)
+    if bool(((den == 0) & (diff > 0)).any()):
+        return math.inf
+    return float(torch.where(den > 0, diff / den, 0.0).max())

@@ -15,14 +15,19 @@ from samplerguard.errors import MalformedInputError, VerificationError
 __all__ = [
     "MAX_IMAGES",
     "MAX_PROMPTS",
+    "MAX_PROMPT_CHARS",
+    "OUTPUT_TYPES",
     "check_images",
     "embeds_spec",
     "repeated_exactly",
     "sent_embeds",
 ]
 
-#: the most prompts a request may carry
+#: the most prompts a request may carry, and the longest prompt
 MAX_PROMPTS = 64
+MAX_PROMPT_CHARS = 4096
+#: the pipeline output types the reference codecs post-process
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 #: the most images (prompts times images per prompt) a request may make the verifier encode
 MAX_IMAGES = 64
 

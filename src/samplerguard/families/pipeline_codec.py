@@ -34,7 +34,15 @@ import torch
 from samplerguard.commitment.transcript import FromOpenedConditioning, UncheckedBinding
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families._base import Family, aligned, check_encoder_pin, read_config
-from samplerguard.families._embeds import MAX_IMAGES, embeds_spec, repeated_exactly, sent_embeds
+from samplerguard.families._embeds import (
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_PROMPTS,
+    OUTPUT_TYPES,
+    embeds_spec,
+    repeated_exactly,
+    sent_embeds,
+)
 
 __all__ = [
     "COMPONENT_CLASSES",
@@ -100,8 +108,6 @@ _INT_BOUNDS = {
     "videosPerPrompt": MAX_IMAGES,
     "waveformsPerPrompt": MAX_IMAGES,
 }
-_MAX_PROMPT_CHARS = 4096
-_MAX_PROMPTS = 64
 
 
 class _Stop(Exception):
@@ -254,9 +260,8 @@ class PipelineCodec:
         found in the opened (committed) conditioning, its copies per image held bit for bit,
         and the pipeline's own code derives the whole conditioning from them."""
         kwargs = self._kwargs(request, mode="embeds")
+        _check_size(kwargs)
         per = next((kwargs[k] for k in _PER_PROMPT if k in kwargs), 1)
-        if not isinstance(per, int) or isinstance(per, bool) or not 1 <= per <= _MAX_PROMPTS:
-            raise MalformedInputError(f"the request's images per prompt is not 1..{_MAX_PROMPTS}")
         for arg, key in self.family.request_inputs:
             if key.endswith("Embeds") and key in request:
                 spec = embeds_spec(request, key, rank=2 if "pooled" in key.lower() else 3)
@@ -299,25 +304,18 @@ class PipelineCodec:
 
         if request is None:
             raise UncheckedBinding("the decode needs the request's arguments")
-        try:
-            kwargs = self._kwargs(request, mode="output")
-        except MalformedInputError as exc:
-            raise VerificationError(f"output binding: {exc}", check="output-binding") from None
         kind = recipe.get("output_type")
-        if not isinstance(kind, str) or kind not in ("np", "pil", "pt", "latent"):
+        if not isinstance(kind, str) or kind not in OUTPUT_TYPES:
             raise UncheckedBinding(f"no reference post-processing for output type {kind!r}")
         device = getattr(self.pipe, self.family.denoiser).device
-        try:
+        try:  # the provider's request, as it committed it
+            kwargs = self._kwargs(request, mode="output")
             _check_size(kwargs)
-        except MalformedInputError as exc:
-            raise VerificationError(f"output binding: {exc}", check="output-binding") from None
-        kwargs.update(
-            num_inference_steps=1, output_type=kind, latents=final_latent.clone().to(device)
-        )
-
-        try:
+            kwargs.update(
+                num_inference_steps=1, output_type=kind, latents=final_latent.clone().to(device)
+            )
             out = self._run(kwargs, _identity_scheduler(recipe), _zeros)
-        except MalformedInputError as exc:  # the provider's request, as it committed it
+        except MalformedInputError as exc:
             raise VerificationError(f"output binding: {exc}", check="output-binding") from None
         return output_bytes(self.family.outputs(out))
 
@@ -381,14 +379,14 @@ def _find(spec: Mapping[str, Any], opened: Mapping[str, torch.Tensor], per: int,
 def _checked(key: str, value: Any) -> Any:
     """A request value as a pipeline argument: bounded strings, numbers, lists of them."""
     if isinstance(value, str):
-        if len(value) > _MAX_PROMPT_CHARS:
-            raise MalformedInputError(f"the request's {key} is longer than {_MAX_PROMPT_CHARS}")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise MalformedInputError(f"the request's {key} is longer than {MAX_PROMPT_CHARS}")
         return value
     if isinstance(value, int) and key in _INT_BOUNDS and not 0 <= value <= _INT_BOUNDS[key]:
         raise MalformedInputError(f"the request's {key} is not an integer 0..{_INT_BOUNDS[key]}")
     if isinstance(value, int | float):  # bool included
         return value
-    if isinstance(value, list) and 0 < len(value) <= _MAX_PROMPTS:
+    if isinstance(value, list) and 0 < len(value) <= MAX_PROMPTS:
         items = [_checked(key, v) for v in value]
         if all(isinstance(v, str) for v in items) or all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in items

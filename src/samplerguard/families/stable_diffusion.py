@@ -21,7 +21,9 @@ from samplerguard.families._base import (
     read_config,
     register,
 )
+from samplerguard.families._embeds import MAX_PROMPT_CHARS as _MAX_PROMPT_CHARS
 from samplerguard.families._embeds import MAX_PROMPTS as _MAX_PROMPTS
+from samplerguard.families._embeds import OUTPUT_TYPES as _OUTPUT_TYPES
 from samplerguard.families._embeds import (
     check_images,
     embeds_spec,
@@ -352,9 +354,7 @@ class AnimateDiffProgram(StableDiffusionProgram):
 
 
 #: bounds on the request inputs the reference encoder reads
-_MAX_PROMPT_CHARS = 4096
 _MAX_SIDE = 16384
-_OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 
 def _prompts(request: Mapping[str, Any], key: str) -> str | list[str] | None:
@@ -371,6 +371,30 @@ def _prompts(request: Mapping[str, Any], key: str) -> str | list[str] | None:
             f"most {_MAX_PROMPT_CHARS} characters"
         )
     return value if isinstance(value, str) else list(items)
+
+
+def _prompt(request: Mapping[str, Any]) -> str | list[str]:
+    """The request's prompt; a request that sent embeddings instead is derived from the
+    opened conditioning (:class:`FromOpenedConditioning`)."""
+    prompt = _prompts(request, "prompt")
+    if prompt is not None:
+        return prompt
+    if "promptEmbeds" in request:
+        raise FromOpenedConditioning("the request binds its prompt embeddings by digest")
+    raise UncheckedBinding(
+        "the request carries neither a prompt nor a digest of its prompt embeddings"
+    )
+
+
+def _paired(prompt: str | list[str], other: str | list[str] | None, key: str) -> None:
+    if other is not None and (
+        type(other) is not type(prompt)
+        or (isinstance(prompt, list) and isinstance(other, list) and len(other) != len(prompt))
+    ):
+        raise MalformedInputError(
+            f"the request's {key} does not match its prompt (one per prompt, both strings or "
+            "both lists)"
+        )
 
 
 def _small_int(request: Mapping[str, Any], key: str, default: int | None, top: int) -> int | None:
@@ -399,27 +423,11 @@ class StableDiffusionCodec:
     def conditioning(
         self, request: Mapping[str, Any], recipe: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
-        prompt = _prompts(request, "prompt")
-        if prompt is None:
-            if "promptEmbeds" in request:
-                raise FromOpenedConditioning("the request binds its prompt embeddings by digest")
-            raise UncheckedBinding(
-                "the request carries neither a prompt nor a digest of its prompt embeddings"
-            )
+        prompt = _prompt(request)
         negative = _prompts(request, "negativePrompt")
         do_cfg = self.cfg and float(request["guidanceScale"]) > 1.0
-        if (
-            do_cfg
-            and negative is not None
-            and (
-                type(negative) is not type(prompt)
-                or (isinstance(prompt, list) and len(negative) != len(prompt))
-            )
-        ):
-            raise MalformedInputError(
-                "the request's negativePrompt does not match its prompt (one negative prompt "
-                "per prompt, both strings or both lists)"
-            )
+        if do_cfg:
+            _paired(prompt, negative, "negativePrompt")
         per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
         check_images(len(prompt) if isinstance(prompt, list) else 1, per_prompt or 1)
         layers = int(self.pipe.text_encoder.config.num_hidden_layers)
@@ -606,17 +614,6 @@ def _with_pooled(
     return spec, embeds_spec(request, pooled_key, rank=2)
 
 
-def _paired(prompt: str | list[str], other: str | list[str] | None, key: str) -> None:
-    if other is not None and (
-        type(other) is not type(prompt)
-        or (isinstance(prompt, list) and isinstance(other, list) and len(other) != len(prompt))
-    ):
-        raise MalformedInputError(
-            f"the request's {key} does not match its prompt (one per prompt, both strings or "
-            "both lists)"
-        )
-
-
 class StableDiffusionXLCodec(StableDiffusionCodec):
     """The reference text encoders and VAE of a Stable Diffusion XL checkpoint. The
     conditioning is what ``StableDiffusionXLPipeline`` derives from the request: both text
@@ -632,13 +629,7 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
     def conditioning(
         self, request: Mapping[str, Any], recipe: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
-        prompt = _prompts(request, "prompt")
-        if prompt is None:
-            if "promptEmbeds" in request:
-                raise FromOpenedConditioning("the request binds its prompt embeddings by digest")
-            raise UncheckedBinding(
-                "the request carries neither a prompt nor a digest of its prompt embeddings"
-            )
+        prompt = _prompt(request)
         do_cfg = float(request["guidanceScale"]) > 1.0
         prompt_2 = _prompts(request, "prompt2")
         negative = _prompts(request, "negativePrompt") if do_cfg else None

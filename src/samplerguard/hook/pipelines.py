@@ -106,10 +106,13 @@ def _call_output_type(pipe: Any, bound: Mapping[str, Any]) -> str | None:
     if "output_type" in bound:
         value = bound["output_type"]
         return value if isinstance(value, str) else None
-    param = inspect.signature(type(pipe).__call__).parameters.get("output_type")
-    if param is None or not isinstance(param.default, str):
-        return None
-    return param.default
+    return _default_output_type(type(pipe).__call__)
+
+
+@functools.cache
+def _default_output_type(call: Callable[..., Any]) -> str | None:
+    param = inspect.signature(call).parameters.get("output_type")
+    return param.default if param is not None and isinstance(param.default, str) else None
 
 
 def input_digest(value: Any) -> str:

@@ -18,7 +18,12 @@ from samplerguard.commitment.request import request_digest
 from samplerguard.errors import MalformedInputError, VerificationError
 from samplerguard.families import pipeline_codec
 from samplerguard.hook import pipelines
-from tests.integration.verifier.test_reference_codec import _challenge, _forge, _serve
+from tests.integration.verifier.test_reference_codec import (
+    _challenge,
+    _forge,
+    _serve,
+    saved_reference,
+)
 from tests.support.families import (
     BUILDERS,
     PROMPTED,
@@ -43,8 +48,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 
     def get(family: str) -> Path:
         if family not in made:
-            made[family] = tmp_path_factory.mktemp(family)
-            _BUILD[family]().pipe.save_pretrained(made[family], safe_serialization=True)
+            made[family] = saved_reference(tmp_path_factory, _BUILD[family], family)
         return made[family]
 
     return get

@@ -30,12 +30,19 @@ from tests.support.families import Case, request_for, stable_diffusion_prompted
 pytestmark = pytest.mark.slow
 
 
+def saved_reference(
+    tmp_path_factory: pytest.TempPathFactory, build: Callable[[], Case], name: str
+) -> Path:
+    """The verifier's reference: the honest pipeline ``build`` makes, saved as a diffusers
+    folder."""
+    path = tmp_path_factory.mktemp(name)
+    build().pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The verifier's reference: the honest pipeline, saved as a diffusers folder."""
-    path = tmp_path_factory.mktemp("sd")
-    stable_diffusion_prompted().pipe.save_pretrained(path, safe_serialization=True)
-    return path
+    return saved_reference(tmp_path_factory, stable_diffusion_prompted, "sd")
 
 
 def _serve(case: Case, rid: str, **kwargs: Any) -> tuple[LocalSink, Commitment]:

@@ -16,6 +16,7 @@ from tests.integration.verifier.test_reference_codec import (
     _serve,
     rejects_a_substituted_encoder,
     rejects_an_output_not_the_decode,
+    saved_reference,
 )
 from tests.support.families import latent_consistency_prompted
 
@@ -24,9 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("lcm")
-    latent_consistency_prompted().pipe.save_pretrained(path, safe_serialization=True)
-    return path
+    return saved_reference(tmp_path_factory, latent_consistency_prompted, "lcm")
 
 
 @pytest.mark.parametrize("call", [{}, {"prompt": ["a", "b c"], "num_images_per_prompt": 2}])

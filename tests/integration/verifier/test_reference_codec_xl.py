@@ -23,6 +23,7 @@ from tests.integration.verifier.test_reference_codec import (
     _serve,
     rejects_a_substituted_encoder,
     rejects_an_output_not_the_decode,
+    saved_reference,
 )
 from tests.support.families import stable_diffusion_xl_prompted
 
@@ -31,10 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The verifier's reference: the honest pipeline, saved as a diffusers folder."""
-    path = tmp_path_factory.mktemp("sdxl")
-    stable_diffusion_xl_prompted().pipe.save_pretrained(path, safe_serialization=True)
-    return path
+    return saved_reference(tmp_path_factory, stable_diffusion_xl_prompted, "sdxl")
 
 
 def test_an_honest_prompted_generation_is_checked_end_to_end(folder: Path) -> None:

@@ -22,6 +22,7 @@ from tests.integration.verifier.test_reference_codec import (
     _forge,
     _serve,
     rejects_a_substituted_encoder,
+    saved_reference,
 )
 from tests.support.families import BUILDERS, PROMPTED
 
@@ -33,11 +34,7 @@ FAMILIES = sorted(PROMPTED)
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The verifier's references: each honest pipeline, saved as a diffusers folder."""
-    out = {}
-    for name in FAMILIES:
-        out[name] = tmp_path_factory.mktemp(name)
-        PROMPTED[name]().pipe.save_pretrained(out[name], safe_serialization=True)
-    return out
+    return {name: saved_reference(tmp_path_factory, PROMPTED[name], name) for name in FAMILIES}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
