@@ -223,3 +223,62 @@ def test_a_reference_with_a_bare_null_component_does_not_blame_the_provider(
     except MalformedInputError:
         return
     assert result.accepted and result.unchecked
+
+
+# --- sent embeddings and prompt cleaning ----------------------------------------------------
+
+
+def test_sent_embeddings_run_in_the_unconditional_half_are_rejected(
+    folders: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider guides toward the consumer's negative embeddings: it runs the positive and
+    negative tensors (and their pooled ones) the other way round and commits the consumer's
+    bindings. Each sent tensor is still found somewhere in the committed conditioning, but the
+    pipeline's derivation from them puts them in their own halves."""
+    from samplerguard.commitment.request import embeds_param
+
+    case = BUILDERS["stable-diffusion-3"]()
+    kw = case.kwargs
+    _forge(
+        monkeypatch,
+        promptEmbeds=embeds_param(kw["prompt_embeds"]),
+        negativePromptEmbeds=embeds_param(kw["negative_prompt_embeds"]),
+        pooledPromptEmbeds=embeds_param(kw["pooled_prompt_embeds"]),
+        negativePooledPromptEmbeds=embeds_param(kw["negative_pooled_prompt_embeds"]),
+    )
+    kw["prompt_embeds"], kw["negative_prompt_embeds"] = (
+        kw["negative_prompt_embeds"],
+        kw["prompt_embeds"],
+    )
+    kw["pooled_prompt_embeds"], kw["negative_pooled_prompt_embeds"] = (
+        kw["negative_pooled_prompt_embeds"],
+        kw["pooled_prompt_embeds"],
+    )
+    sink, commitment = _serve(case, "inverted")
+    with pytest.raises(VerificationError, match="not what the request's embeddings derive"):
+        _challenge(folders("stable-diffusion-3"), sink, commitment)
+
+
+def test_a_swapped_prompt_behind_other_cleaning_packages_is_never_passed(
+    folders: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit, kept visible: a Wan prompt that is not printable ASCII is derived only where
+    the provider records the verifier's prompt-cleaning packages. A provider that swaps such a
+    prompt and records other packages gets NOT CHECKED (an incomplete challenge), not a
+    rejection; it never gets a pass. Recording the verifier's packages gets it rejected."""
+    from samplerguard.commitment.fingerprint import build_fingerprint
+    from samplerguard.hook import recorder as hook_recorder
+
+    _forge(monkeypatch, prompt="ein Kätzchen")
+    sink, commitment = _serve(_BUILD["wan"](), "clean-same", prompt="ein Hündchen")
+    with pytest.raises(VerificationError, match="is not what the request derives"):
+        _challenge(folders("wan"), sink, commitment)
+    monkeypatch.setattr(
+        hook_recorder,
+        "build_fingerprint",
+        lambda d: {**build_fingerprint(d), "textCleaning": "bs4 -, ftfy 6.2.0"},
+    )
+    sink, commitment = _serve(_BUILD["wan"](), "clean-other", prompt="ein Hündchen")
+    result = _challenge(folders("wan"), sink, commitment)
+    assert result.accepted and result.unchecked  # the verdict is an error, never a pass
+    assert "Wan cleans prompts that are not printable ASCII" in result.unchecked[0]
