@@ -11,7 +11,9 @@ whatever one variant leaves running hit all variants alike:
   rebuilds the tree, signs and stores the openings; the call returns once the signed
   commitment is back. The sink keeps its connection for the next trajectory;
 * hook + sidecar, new connection each: the same, with a connection per trajectory
-  (``idle_connections=0``), as the sink did before it kept them.
+  (``idle_connections=0``), as the sink did before it kept them;
+* hook + sidecar, 8 a batch: the same, with 8 steps per hand-off to the worker and per
+  ``STEPS`` frame, as before hand-offs were sized by bytes.
 
 Printed: the ratio of medians, and the median of per-round paired ratios (variant / the same
 round's plain run) with its interquartile range, which is robust to the drifts of a shared VM;
@@ -175,6 +177,7 @@ def main() -> None:
     local = Recorder(LocalSink())
     remote = Recorder(SidecarSink(svc.ready["socket"]))
     fresh = Recorder(SidecarSink(svc.ready["socket"], idle_connections=0))
+    eights = Recorder(SidecarSink(svc.ready["socket"], batch=8), batch=8)
     null = Recorder(_NullSink())
     variants = {
         "plain": None,
@@ -182,12 +185,14 @@ def main() -> None:
         "hook + LocalSink": instrument(pipe, local),
         "hook + sidecar": instrument(pipe, remote),
         "sidecar, new conn": instrument(pipe, fresh),
+        "sidecar, 8 a batch": instrument(pipe, eights),
     }
     recorders = {
         "hook + null sink": null,
         "hook + LocalSink": local,
         "hook + sidecar": remote,
         "sidecar, new conn": fresh,
+        "sidecar, 8 a batch": eights,
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     #: per round: CPU seconds of the plain generation; per variant: (loop, worker, sidecar)
@@ -234,13 +239,18 @@ def main() -> None:
                     if recorder is None:
                         plain_cpu.append(time.process_time() - cpu0)
                     else:
-                        side = process_cpu(svc.pid) - side0 if recorder in (remote, fresh) else 0.0
+                        side = (
+                            process_cpu(svc.pid) - side0
+                            if recorder in (remote, fresh, eights)
+                            else 0.0
+                        )
                         extra[name].append((loop, worker_cpu(recorder) - worker0, side))
     finally:
         null.close()
         local.close()
         remote.close()
         fresh.close()
+        eights.close()
         svc.stop()
     base = statistics.median(times["plain"])
     where = (

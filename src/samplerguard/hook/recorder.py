@@ -40,12 +40,12 @@ from samplerguard.commitment.state import (
     Borrowed,
     CopyMemo,
     SamplerState,
+    ScheduleDigests,
     borrow_or_copy,
     capture_schedule,
     capture_state,
     changed_since,
     host_copy,
-    schedule_digest,
 )
 from samplerguard.commitment.statement import Commitment
 from samplerguard.commitment.ticket import read_ticket
@@ -293,7 +293,8 @@ class Sink(Protocol):
         """Open the trajectory; returns a per-trajectory handle."""
 
     def step(self, handle: Any, step: StepRecord) -> None:
-        """Record one step."""
+        """Record one step. A sink may also take a hand-off's steps at once, with a
+        ``steps(handle, records)`` method, which the recorder then calls instead."""
 
     def finish(
         self, handle: Any, final_latent: torch.Tensor, output_digest: str
@@ -306,28 +307,56 @@ class Sink(Protocol):
 
 _STOP = object()
 
+#: a step as the loop holds it for the worker: index, timestep (a host copy of a CUDA one),
+#: latent, state, noise, borrowed tensors, the CUDA event to wait for
+_Held = tuple[int, Any, torch.Tensor, SamplerState, list[torch.Tensor], Borrowed, Any]
+
+
+#: at most this many steps go to the worker in one hand-off
+BATCH = 32
+#: a hand-off goes sooner once its steps hold this many bytes of tensors (large latents: the
+#: worker then starts on them while the loop runs on, and fewer wait in memory)
+HANDOFF_BYTES = 4 << 20
+
 
 class Recorder:
-    """Owns the worker thread and the bounded hand-off queue.
+    """Owns the worker thread and the hand-off queue, bounded in steps.
 
     ``max_pending`` bounds memory in steps. Backpressure never reaches the denoising loop:
     when the worker falls that far behind (a sidecar that stopped reading), the trajectory is
     marked unverified at once, its queued data is dropped and the loop goes on without copying
     anything more for it; the request then fails closed with that reason.
 
-    Steps are handed over in batches of ``batch``: every hand-off wakes the worker, and a woken
-    worker takes the GIL from the denoising loop, so fewer, larger hand-offs cost the loop less.
-    The start of a trajectory and its end are handed over at once.
+    Steps are handed over in batches of up to ``batch``, fewer once they hold ``handoff_bytes``
+    of tensors. Every hand-off wakes the worker, and the woken worker (and the sidecar it
+    streams to) then runs its code cold: on a small model the number of hand-offs, not the
+    bytes, is what the recording costs. The start of a trajectory and its end are handed over
+    at once.
     """
 
-    def __init__(self, sink: Sink, *, max_pending: int = 256, batch: int = 8) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        max_pending: int = 256,
+        batch: int = BATCH,
+        handoff_bytes: int = HANDOFF_BYTES,
+    ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
+        if max_pending < 1 or handoff_bytes < 1:
+            raise ValueError("max_pending and handoff_bytes must be at least 1")
         self.sink = sink
         self.batch = batch
+        self.handoff_bytes = handoff_bytes
         self._closed = False
         self.max_pending = max_pending
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_pending // batch))
+        #: jobs with the steps they carry; what it holds is bounded by ``max_pending`` steps
+        self._queue: queue.SimpleQueue[tuple[Any, int]] = queue.SimpleQueue()
+        self._pending = 0  # steps handed over and not yet run
+        self._lock = threading.Lock()
+        #: the schedule digest, worked out once per distinct schedule (on the worker only)
+        self.schedule_digests = ScheduleDigests()
         self._thread = threading.Thread(
             target=self._work, name="samplerguard-recorder", daemon=True
         )
@@ -335,25 +364,31 @@ class Recorder:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            item, steps = self._queue.get()
             if item is _STOP:
                 return
             try:
                 item()
             except Exception:  # pragma: no cover - every job catches its own errors
                 log.exception("recorder job failed")
+            finally:
+                if steps:
+                    with self._lock:
+                        self._pending -= steps
 
-    def submit(self, job: Callable[[], None], *, wait: bool = True) -> None:
-        """Queue a job for the worker; with ``wait=False`` raise :class:`queue.Full` instead of
-        blocking when the worker is ``max_pending`` steps behind."""
-        if wait:
-            self._queue.put(job)
-        else:
-            self._queue.put_nowait(job)
+    def submit(self, job: Callable[[], None], *, steps: int = 0, bounded: bool = False) -> None:
+        """Queue a job carrying ``steps`` step records for the worker. ``bounded``: raise
+        :class:`queue.Full` instead when the worker already holds ``max_pending`` steps (the
+        loop's hand-offs of steps; a trajectory's start and end are always taken)."""
+        with self._lock:
+            if bounded and self._pending + steps > self.max_pending:
+                raise queue.Full
+            self._pending += steps
+        self._queue.put((job, steps))
 
     def close(self) -> None:
         self._closed = True
-        self._queue.put(_STOP)
+        self._queue.put((_STOP, 0))
         self._thread.join(timeout=30)
         close = getattr(self.sink, "close", None)
         if callable(close):
@@ -394,10 +429,14 @@ class Trajectory:
         self._handle: Any = None
         self._error: str | None = None
         self._done = threading.Event()
-        self._jobs: list[Callable[[], None]] = []
+        #: steps recorded on the loop, held for the next hand-off to the worker
+        self._held: list[_Held] = []
+        #: steps per hand-off, set at the first step (see Recorder)
+        self._handoff: int | None = None
         self._lagged: str | None = None  # set on the loop thread when the worker fell behind
         self._began = False
         self._borrow = False
+        self._cuda = False  # the latents live on a CUDA device: copies need an event
         self._ended = False
         self._next_step = 0
         self._commitment: Commitment | None = None
@@ -452,6 +491,7 @@ class Trajectory:
                 f"{set_for}: declare what runs (or call set_timesteps({self.request.steps}))"
             )
         self._began = True
+        self._cuda = latents.is_cuda
         recipe = self.request.recipe(scheduler, tuple(latents.shape), latents.device)
         if before is not None:
             recipe.update(before.recipe)
@@ -493,7 +533,8 @@ class Trajectory:
                 return
             _sync(event)
             try:
-                begin = Begin(recipe, latent, state, schedule_digest(schedule), cond)
+                digest = self._recorder.schedule_digests(schedule)
+                begin = Begin(recipe, latent, state, digest, cond)
                 self._handle = self._recorder.sink.start(self.request, begin)
                 self._started = True
             except Exception as exc:
@@ -525,23 +566,26 @@ class Trajectory:
         t_in: Any = timestep
         if isinstance(timestep, torch.Tensor):
             t_in = host_copy(timestep) if timestep.is_cuda else timestep.item()
-        event = self._event(latents, *([timestep] if isinstance(t_in, torch.Tensor) else []))
+        cuda_timestep = isinstance(t_in, torch.Tensor)
+        event = (
+            self._event(latents, *([timestep] if cuda_timestep else []))
+            if self._cuda or cuda_timestep
+            else None
+        )
 
-        def job() -> None:
-            if self._lagged is not None:
-                self._fail(self._lagged)
-            if self._error or not self._started:
-                return
-            _sync(event)
-            t = t_in.item() if isinstance(t_in, torch.Tensor) else t_in
-            try:
-                self._recorder.sink.step(
-                    self._handle, StepRecord(index, t, latent, state, noise, borrowed)
-                )
-            except Exception as exc:
-                self._fail(f"could not record step {index}: {exc}")
+        if self._handoff is None:
+            self._handoff = self._steps_per_handoff(latent, state, noise)
+        self._held.append((index, t_in, latent, state, noise, borrowed, event))
+        if len(self._held) >= self._handoff:
+            self._hand_off(None)
 
-        self._submit(job, flush=False)
+    def _steps_per_handoff(
+        self, latent: torch.Tensor, state: SamplerState, noise: list[torch.Tensor]
+    ) -> int:
+        """How many steps go to the worker at once, from the first step's bytes."""
+        tensors = [latent, *state.tensors().values(), *noise]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        return max(1, min(self._recorder.batch, self._recorder.handoff_bytes // max(1, nbytes)))
 
     def end(self, final_latents: torch.Tensor, output: bytes) -> None:
         """Record the final latent and the output bytes; the commitment follows on the worker."""
@@ -580,24 +624,52 @@ class Trajectory:
             except Exception:  # the sink is already broken; the error above is what counts
                 log.debug("sink abort failed", exc_info=True)
 
-    def _submit(self, job: Callable[[], None], *, flush: bool = True) -> None:
-        """Queue ``job``; hand the queued jobs to the worker when ``flush`` or a batch is full."""
-        self._jobs.append(job)
-        if flush or len(self._jobs) >= self._recorder.batch:
-            jobs, self._jobs = self._jobs, []
+    def _submit(self, job: Callable[[], None]) -> None:
+        """Hand ``job`` to the worker at once, after the steps held for it."""
+        self._hand_off(job)
 
-            def run() -> None:
-                for j in jobs:
-                    j()
+    def _hand_off(self, job: Callable[[], None] | None) -> None:
+        """Hand the held steps, then ``job``, to the worker. Steps alone are refused when the
+        worker is ``max_pending`` steps behind: the trajectory is then unverified."""
+        held, self._held = self._held, []
 
-            try:
-                self._recorder.submit(jobs[0] if len(jobs) == 1 else run, wait=flush)
-            except queue.Full:
-                self._lagged = (
-                    f"the recorder fell {self._recorder.max_pending} steps behind the "
-                    "denoising loop (the sink is not keeping up); the request is unverified"
-                )
-                log.warning("trajectory %s: %s", self.request.request_id, self._lagged)
+        def run() -> None:
+            if held:
+                self._record_steps(held)
+            if job is not None:
+                job()
+
+        try:
+            self._recorder.submit(run, steps=len(held), bounded=job is None)
+        except queue.Full:
+            self._lagged = (
+                f"the recorder fell {self._recorder.max_pending} steps behind the "
+                "denoising loop (the sink is not keeping up); the request is unverified"
+            )
+            log.warning("trajectory %s: %s", self.request.request_id, self._lagged)
+
+    def _record_steps(self, held: list[_Held]) -> None:
+        """On the worker: the held steps to the sink, in one call where it takes a batch."""
+        if self._lagged is not None:
+            self._fail(self._lagged)
+        if self._error or not self._started:
+            return
+        records = []
+        for index, t_in, latent, state, noise, borrowed, event in held:
+            _sync(event)
+            t = t_in.item() if isinstance(t_in, torch.Tensor) else t_in
+            records.append(StepRecord(index, t, latent, state, noise, borrowed))
+        sink = self._recorder.sink
+        try:
+            steps = getattr(sink, "steps", None)
+            if callable(steps):
+                steps(self._handle, records)
+            else:
+                for record in records:
+                    sink.step(self._handle, record)
+        except Exception as exc:
+            shown = f"{records[0].index}" + (f"-{records[-1].index}" if len(records) > 1 else "")
+            self._fail(f"could not record step {shown}: {exc}")
 
     def _abort(self, reason: str) -> None:
         def job() -> None:

@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,7 @@ class SidecarSink:
         connect_timeout: float = 30.0,
         io_timeout: float = 60.0,
         public_key: Ed25519PublicKey | None = None,
-        batch: int = 8,
+        batch: int = 32,
         idle_connections: int = MAX_IDLE_CONNECTIONS,
         borrow: bool = True,
     ) -> None:
@@ -430,6 +430,14 @@ class SidecarSink:
         key = load_public_key(pem.encode())
         self._last_announced = (pem, key)
         return key
+
+    def steps(self, handle: _Session, steps: Sequence[StepRecord]) -> None:
+        """A hand-off's records, sent now: as one ``STEPS`` frame, or several where they are
+        more than ``batch`` or hold ``STEPS_FRAME_BYTES``."""
+        for step in steps:
+            self.step(handle, step)
+        if handle.pending:
+            self._flush_steps(handle)
 
     def step(self, handle: _Session, step: StepRecord) -> None:
         """Queue the record; a full batch goes out as one ``STEPS`` frame (the sidecar reads,

@@ -37,23 +37,19 @@ def _request(steps: int) -> TrajectoryRequest:
     return TrajectoryRequest("bp-1", "t", "digits", "m", "sha256:" + "0" * 64, "euler", 1.0, steps)
 
 
-def test_a_stuck_sink_fails_the_request_and_never_blocks_the_loop() -> None:
-    sink = StuckSink()
-    recorder = Recorder(sink, max_pending=16, batch=4)
-    sched = make_scheduler("euler")
-    sched.set_timesteps(200)
+def _against_stuck_sink(recorder: Recorder, sink: StuckSink, steps: int) -> BaseException | None:
+    """Record ``steps`` steps while ``sink`` is stuck; release it once the loop has run
+    through (it must never block on the sink). What the generation raised, if anything."""
     outcome: dict[str, BaseException | None] = {}
     looped = threading.Event()
 
+    def at(i: int) -> None:
+        if i == steps - 1:
+            looped.set()  # the whole loop ran while the sink was stuck
+
     def generate() -> None:
-        latents = torch.randn(1, 1, 8, 8)
         try:
-            with recorder.trajectory(_request(200)) as tr:
-                tr.begin(sched, latents, conditioning={})
-                for i, t in enumerate(sched.timesteps):
-                    tr.step(i, t, latents, sched)
-                looped.set()  # the whole loop ran while the sink was stuck
-                tr.end(latents, b"out")
+            _record(recorder, steps, torch.randn(1, 1, 8, 8), at)
             outcome["error"] = None
         except BaseException as exc:
             outcome["error"] = exc
@@ -64,7 +60,12 @@ def test_a_stuck_sink_fails_the_request_and_never_blocks_the_loop() -> None:
     sink.release.set()
     thread.join(30)
     recorder.close()
-    error = outcome["error"]
+    return outcome["error"]
+
+
+def test_a_stuck_sink_fails_the_request_and_never_blocks_the_loop() -> None:
+    sink = StuckSink()
+    error = _against_stuck_sink(Recorder(sink, max_pending=16, batch=4), sink, 200)
     assert isinstance(error, RecordingError)
     assert "fell 16 steps behind" in str(error) and "unverified" in str(error)
     assert sink.aborted_reasons and "fell 16 steps behind" in sink.aborted_reasons[0]
@@ -91,3 +92,76 @@ def test_a_sink_that_keeps_up_is_unaffected_by_batching() -> None:
 def test_a_batch_must_hold_at_least_one_step() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Recorder(LocalSink(), batch=0)
+
+
+class WatchedSink(LocalSink):
+    """A LocalSink that notes the steps it got, and when the first one came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[int] = []
+        self.first = threading.Event()
+
+    def step(self, handle: Any, step: StepRecord) -> None:
+        self.got.append(step.index)
+        self.first.set()
+        super().step(handle, step)
+
+
+def _record(recorder: Recorder, steps: int, latents: torch.Tensor, during: Any = None) -> Any:
+    sched = make_scheduler("euler")
+    sched.set_timesteps(steps)
+    with recorder.trajectory(_request(steps)) as tr:
+        tr.begin(sched, latents, conditioning={})
+        for i, t in enumerate(sched.timesteps):
+            latents = latents * 0.9
+            tr.step(i, t, latents, sched)
+            if during is not None:
+                during(i)
+        tr.end(latents, b"out")
+    return tr
+
+
+def test_small_steps_go_to_the_worker_in_one_hand_off_at_the_end() -> None:
+    # 10 steps of a 256-byte latent stay below both the batch and the bytes: the worker is
+    # woken once for them, with the end
+    sink = WatchedSink()
+    recorder = Recorder(sink)
+    seen_during: list[int] = []
+    tr = _record(recorder, 10, torch.randn(1, 1, 8, 8), lambda i: seen_during.append(len(sink.got)))
+    recorder.close()
+    assert seen_during == [0] * 10
+    assert sink.got == list(range(10))
+    assert tr.commitment is not None and tr.commitment.tree_size == 14
+
+
+def test_large_steps_go_to_the_worker_while_the_loop_runs() -> None:
+    # a step holding more than handoff_bytes goes at once: the worker starts on it while the
+    # loop is still running, and memory holds no backlog of large steps
+    sink = WatchedSink()
+    recorder = Recorder(sink, handoff_bytes=1024)
+    waited: list[bool] = []
+    tr = _record(
+        recorder, 6, torch.randn(1, 4, 16, 16), lambda i: waited.append(sink.first.wait(10))
+    )
+    recorder.close()
+    assert waited[0], "the first large step did not reach the worker during the loop"
+    assert sink.got == list(range(6))
+    assert tr.commitment is not None and tr.commitment.tree_size == 10
+
+
+def test_the_pending_bound_counts_steps_whatever_the_hand_off_size() -> None:
+    # hand-offs of one step each (large steps): the worker may still fall 16 steps behind, not
+    # 16 hand-offs or 16 // batch
+    sink = StuckSink()
+    error = _against_stuck_sink(Recorder(sink, max_pending=16, handoff_bytes=1), sink, 40)
+    assert isinstance(error, RecordingError) and "fell 16 steps behind" in str(error)
+    # at most the stuck first step and the 16 queued behind it; the rest was dropped
+    assert sink.steps <= 17
+
+
+def test_hand_off_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Recorder(LocalSink(), handoff_bytes=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        Recorder(LocalSink(), max_pending=0)
