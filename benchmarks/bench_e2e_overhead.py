@@ -13,7 +13,9 @@ whatever one variant leaves running hit all variants alike:
 * hook + sidecar, new connection each: the same, with a connection per trajectory
   (``idle_connections=0``), as the sink did before it kept them;
 * hook + sidecar, 8 a batch: the same, with 8 steps per hand-off to the worker and per
-  ``STEPS`` frame, as before hand-offs were sized by bytes.
+  ``STEPS`` frame, as before hand-offs were sized by bytes;
+* hook + sidecar, START now: the same, with the trajectory's START sent as soon as its first
+  step is recorded (``early_start=True``), not with the first hand-off of steps.
 
 Printed: the ratio of medians, and the median of per-round paired ratios (variant / the same
 round's plain run) with its interquartile range, which is robust to the drifts of a shared VM;
@@ -178,6 +180,7 @@ def main() -> None:
     remote = Recorder(SidecarSink(svc.ready["socket"]))
     fresh = Recorder(SidecarSink(svc.ready["socket"], idle_connections=0))
     eights = Recorder(SidecarSink(svc.ready["socket"], batch=8), batch=8)
+    early = Recorder(SidecarSink(svc.ready["socket"]), early_start=True)
     null = Recorder(_NullSink())
     variants = {
         "plain": None,
@@ -186,6 +189,7 @@ def main() -> None:
         "hook + sidecar": instrument(pipe, remote),
         "sidecar, new conn": instrument(pipe, fresh),
         "sidecar, 8 a batch": instrument(pipe, eights),
+        "sidecar, START now": instrument(pipe, early),
     }
     recorders = {
         "hook + null sink": null,
@@ -193,6 +197,7 @@ def main() -> None:
         "hook + sidecar": remote,
         "sidecar, new conn": fresh,
         "sidecar, 8 a batch": eights,
+        "sidecar, START now": early,
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     #: per round: CPU seconds of the plain generation; per variant: (loop, worker, sidecar)
@@ -241,7 +246,7 @@ def main() -> None:
                     else:
                         side = (
                             process_cpu(svc.pid) - side0
-                            if recorder in (remote, fresh, eights)
+                            if recorder in (remote, fresh, eights, early)
                             else 0.0
                         )
                         extra[name].append((loop, worker_cpu(recorder) - worker0, side))
@@ -251,6 +256,7 @@ def main() -> None:
         remote.close()
         fresh.close()
         eights.close()
+        early.close()
         svc.stop()
     base = statistics.median(times["plain"])
     where = (

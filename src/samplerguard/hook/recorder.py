@@ -341,6 +341,7 @@ class Recorder:
         max_pending: int = 256,
         batch: int = BATCH,
         handoff_bytes: int = HANDOFF_BYTES,
+        early_start: bool = False,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -349,6 +350,7 @@ class Recorder:
         self.sink = sink
         self.batch = batch
         self.handoff_bytes = handoff_bytes
+        self.early_start = early_start
         self._closed = False
         self.max_pending = max_pending
         #: jobs with the steps they carry; what it holds is bounded by ``max_pending`` steps
@@ -431,6 +433,8 @@ class Trajectory:
         self._done = threading.Event()
         #: steps recorded on the loop, held for the next hand-off to the worker
         self._held: list[_Held] = []
+        #: the trajectory's start, when it waits for the first hand-off
+        self._start: Callable[[], None] | None = None
         #: steps per hand-off, set at the first step (see Recorder)
         self._handoff: int | None = None
         self._lagged: str | None = None  # set on the loop thread when the worker fell behind
@@ -540,7 +544,10 @@ class Trajectory:
             except Exception as exc:
                 self._fail(f"could not start the trajectory: {exc}")
 
-        self._submit(job)
+        if self._recorder.early_start:
+            self._submit(job)
+        else:
+            self._start = job  # goes with the first hand-off of steps
 
     def step(self, index: int, timestep: Any, latents: torch.Tensor, scheduler: Any) -> None:
         """Record the latent after step ``index`` and the state the scheduler carries on."""
@@ -632,8 +639,11 @@ class Trajectory:
         """Hand the held steps, then ``job``, to the worker. Steps alone are refused when the
         worker is ``max_pending`` steps behind: the trajectory is then unverified."""
         held, self._held = self._held, []
+        start, self._start = self._start, None
 
         def run() -> None:
+            if start is not None:
+                start()
             if held:
                 self._record_steps(held)
             if job is not None:
@@ -676,6 +686,7 @@ class Trajectory:
             self._fail(reason)
             self._done.set()
 
+        self._start = None  # a start not handed over yet is never sent: nothing to abort there
         self._submit(job)
 
     def _wait(self, timeout: float = 60.0) -> None:

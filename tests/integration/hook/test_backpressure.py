@@ -95,12 +95,17 @@ def test_a_batch_must_hold_at_least_one_step() -> None:
 
 
 class WatchedSink(LocalSink):
-    """A LocalSink that notes the steps it got, and when the first one came."""
+    """A LocalSink that notes the steps it got, when the first one came, and its starts."""
 
     def __init__(self) -> None:
         super().__init__()
         self.got: list[int] = []
         self.first = threading.Event()
+        self.started = threading.Event()
+
+    def start(self, request: TrajectoryRequest, begin: Any) -> Any:
+        self.started.set()
+        return super().start(request, begin)
 
     def step(self, handle: Any, step: StepRecord) -> None:
         self.got.append(step.index)
@@ -165,3 +170,46 @@ def test_hand_off_settings_are_checked() -> None:
         Recorder(LocalSink(), handoff_bytes=0)
     with pytest.raises(ValueError, match="at least 1"):
         Recorder(LocalSink(), max_pending=0)
+
+
+def test_the_start_goes_with_the_first_hand_off_unless_asked_for_at_once() -> None:
+    # deferred (the default): the worker is woken once for a small trajectory, start included
+    sink = WatchedSink()
+    recorder = Recorder(sink)
+    started_during: list[bool] = []
+    tr = _record(
+        recorder,
+        10,
+        torch.randn(1, 1, 8, 8),
+        lambda i: started_during.append(sink.started.is_set()),
+    )
+    recorder.close()
+    assert started_during == [False] * 10
+    assert tr.commitment is not None and tr.commitment.tree_size == 14
+    # early_start: START goes as the first step is recorded, so admission runs beside the loop
+    sink = WatchedSink()
+    recorder = Recorder(sink, early_start=True)
+    waited: list[bool] = []
+    tr = _record(
+        recorder, 4, torch.randn(1, 1, 8, 8), lambda i: waited.append(sink.started.wait(10))
+    )
+    recorder.close()
+    assert waited == [True] * 4
+    assert tr.commitment is not None and tr.commitment.tree_size == 8
+
+
+def test_a_generation_that_fails_before_its_first_hand_off_starts_nothing() -> None:
+    sink = WatchedSink()
+    recorder = Recorder(sink)
+    sched = make_scheduler("euler")
+    sched.set_timesteps(10)
+    latents = torch.randn(1, 1, 8, 8)
+    with (
+        pytest.raises(RuntimeError, match="out of memory"),
+        recorder.trajectory(_request(10)) as tr,
+    ):
+        tr.begin(sched, latents, conditioning={})
+        tr.step(0, sched.timesteps[0], latents * 0.9, sched)
+        raise RuntimeError("out of memory")
+    recorder.close()
+    assert not sink.started.is_set() and sink.got == []
