@@ -24,6 +24,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -317,6 +318,9 @@ BATCH = 32
 #: a hand-off goes sooner once its steps hold this many bytes of tensors (large latents: the
 #: worker then starts on them while the loop runs on, and fewer wait in memory)
 HANDOFF_BYTES = 4 << 20
+#: or once the oldest step it holds (or the trajectory's start) waited this long: a slow model
+#: with small latents has its start admitted, and its steps sent, while the loop runs on
+HANDOFF_SECONDS = 1.0
 
 
 class Recorder:
@@ -328,10 +332,11 @@ class Recorder:
     anything more for it; the request then fails closed with that reason.
 
     Steps are handed over in batches of up to ``batch``, fewer once they hold ``handoff_bytes``
-    of tensors. Every hand-off wakes the worker, and the woken worker (and the sidecar it
-    streams to) then runs its code cold: on a small model the number of hand-offs, not the
-    bytes, is what the recording costs. The start of a trajectory and its end are handed over
-    at once.
+    of tensors or the oldest waited ``handoff_seconds``. Every hand-off wakes the worker, and
+    the woken worker (and the sidecar it streams to) then runs its code cold: on a small model
+    the number of hand-offs, not the bytes, is what the recording costs. The trajectory's start
+    goes with its first hand-off (``early_start``: at once, so that the sidecar admits it while
+    the loop runs); its end goes at once.
     """
 
     def __init__(
@@ -341,15 +346,19 @@ class Recorder:
         max_pending: int = 256,
         batch: int = BATCH,
         handoff_bytes: int = HANDOFF_BYTES,
+        handoff_seconds: float = HANDOFF_SECONDS,
         early_start: bool = False,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         if max_pending < 1 or handoff_bytes < 1:
             raise ValueError("max_pending and handoff_bytes must be at least 1")
+        if not handoff_seconds > 0:
+            raise ValueError("handoff_seconds must be positive")
         self.sink = sink
         self.batch = batch
         self.handoff_bytes = handoff_bytes
+        self.handoff_seconds = handoff_seconds
         self.early_start = early_start
         self._closed = False
         self.max_pending = max_pending
@@ -435,6 +444,7 @@ class Trajectory:
         self._held: list[_Held] = []
         #: the trajectory's start, when it waits for the first hand-off
         self._start: Callable[[], None] | None = None
+        self._held_since = 0.0  # monotonic time of the oldest thing held
         #: steps per hand-off, set at the first step (see Recorder)
         self._handoff: int | None = None
         self._lagged: str | None = None  # set on the loop thread when the worker fell behind
@@ -548,6 +558,7 @@ class Trajectory:
             self._submit(job)
         else:
             self._start = job  # goes with the first hand-off of steps
+            self._held_since = time.monotonic()
 
     def step(self, index: int, timestep: Any, latents: torch.Tensor, scheduler: Any) -> None:
         """Record the latent after step ``index`` and the state the scheduler carries on."""
@@ -582,8 +593,13 @@ class Trajectory:
 
         if self._handoff is None:
             self._handoff = self._steps_per_handoff(latent, state, noise)
+        if not self._held and self._start is None:
+            self._held_since = time.monotonic()
         self._held.append((index, t_in, latent, state, noise, borrowed, event))
-        if len(self._held) >= self._handoff:
+        if (
+            len(self._held) >= self._handoff
+            or time.monotonic() - self._held_since >= self._recorder.handoff_seconds
+        ):
             self._hand_off(None)
 
     def _steps_per_handoff(

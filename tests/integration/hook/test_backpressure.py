@@ -4,6 +4,7 @@ request unverified (fail closed), while the loop runs on without blocking or cop
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -165,7 +166,27 @@ def test_the_pending_bound_counts_steps_whatever_the_hand_off_size() -> None:
     assert sink.steps <= 17
 
 
+def test_a_slow_loop_hands_off_what_waited_too_long() -> None:
+    # small steps that each take a while (a big model with small latents): the start and the
+    # steps go once the oldest waited handoff_seconds, not at the end
+    sink = WatchedSink()
+    recorder = Recorder(sink, handoff_seconds=0.05)
+    seen: list[bool] = []
+
+    def slow(i: int) -> None:
+        time.sleep(0.03)
+        seen.append(sink.first.is_set())
+
+    tr = _record(recorder, 12, torch.randn(1, 1, 8, 8), slow)
+    recorder.close()
+    assert sink.started.is_set() and any(seen), "nothing reached the worker during the loop"
+    assert sink.got == list(range(12))
+    assert tr.commitment is not None and tr.commitment.tree_size == 16
+
+
 def test_hand_off_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Recorder(LocalSink(), handoff_seconds=0)
     with pytest.raises(ValueError, match="at least 1"):
         Recorder(LocalSink(), handoff_bytes=0)
     with pytest.raises(ValueError, match="at least 1"):
