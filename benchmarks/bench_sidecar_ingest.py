@@ -6,8 +6,9 @@ to the Merkle tree and written to the openings store by the sidecar; the commitm
 Two client setups, measured side by side in one run:
 
 * raw: pre-encoded frames from 1, 2 and 4 client threads (the sidecar's capacity), as
-  ``STEPS`` frames of 8 records (what the hook sends) and, for comparison, one ``STEP`` frame
-  per record from one client;
+  ``STEPS`` frames of 32 records (what the hook sends for these latents: a hand-off's steps)
+  and, for comparison from one client, frames of 8 records (what it sent before) and one
+  ``STEP`` frame per record;
 * hook: the real Recorder + SidecarSink path (the hook's worker thread encodes and sends).
 
 The raw setups run in interleaved rounds (medians and ranges are printed); the store's disk is
@@ -135,6 +136,7 @@ def main() -> None:
         help="client counts to measure beside 1 (a serving pod with concurrent requests "
         "streams several trajectories at once)",
     )
+    ap.add_argument("--batch", type=int, default=32, help="step records per STEPS frame")
     ap.add_argument(
         "--store-direct-io",
         choices=["auto", "on", "off"],
@@ -154,9 +156,11 @@ def main() -> None:
     )
     try:
         sock = svc.ready["socket"]
-        stream = RawStream(args.steps, batch=8)
+        stream = RawStream(args.steps, batch=args.batch)
+        eights = RawStream(args.steps, batch=8)
         single = RawStream(args.steps, batch=1)
         stream.send(sock, "warmup")
+        eights.send(sock, "warmup-eights")
         single.send(sock, "warmup-single")
         mb = LATENT_SHAPE[0] * LATENT_SHAPE[1] * LATENT_SHAPE[2] * LATENT_SHAPE[3] * 4 / 1024
         print(
@@ -170,6 +174,7 @@ def main() -> None:
         per_cpu: list[float] = []
         share: list[float] = []
         r1_single: list[float] = []
+        r1_eights: list[float] = []
         more: dict[int, list[float]] = {c: [] for c in counts}
         #: the sidecar's CPU microseconds per record, per client count
         more_cpu: dict[int, list[float]] = {c: [] for c in counts}
@@ -180,6 +185,7 @@ def main() -> None:
             per_cpu.append(args.trajectories * args.steps / max(cpu1 - cpu0, 1e-9))
             share.append((cpu1 - cpu0) / (t1 - t0))
             r1_single.append(raw(sock, single, args.trajectories, 1, f"single-{r}"))
+            r1_eights.append(raw(sock, eights, args.trajectories, 1, f"eights-{r}"))
             for c in counts:
                 cpu0 = cpu_seconds(svc.pid)
                 more[c].append(raw(sock, stream, args.trajectories, c, f"raw{c}-{r}"))
@@ -188,11 +194,16 @@ def main() -> None:
                 )
         h = hook(sock, args.steps, max(2, args.trajectories // 4))
         ratios = [a / b for a, b in zip(r1, r1_single, strict=True)]
+        by8 = [a / b for a, b in zip(r1, r1_eights, strict=True)]
         print("  step records/s: median [min-max] over the rounds")
-        print(f"  raw frames, 1 client : {spread(r1)}")
+        print(f"  raw frames (STEPS x{args.batch}), 1 client : {spread(r1)}")
+        print(
+            f"  STEPS x8, 1 client: {spread(r1_eights)}  (x{args.batch} / x8 = "
+            f"{statistics.median(by8):.2f} [{min(by8):.2f}-{max(by8):.2f}])"
+        )
         print(
             f"  one STEP frame per record, 1 client: {spread(r1_single)}  "
-            f"(STEPS x8 / STEP = {statistics.median(ratios):.2f})"
+            f"(STEPS x{args.batch} / STEP = {statistics.median(ratios):.2f})"
         )
         for c, rates in more.items():
             us_c = more_cpu[c]

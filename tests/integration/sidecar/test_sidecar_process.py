@@ -136,7 +136,8 @@ def _slow_trajectory(
 
     scheduler = diffusers.EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
     scheduler.set_timesteps(8)
-    recorder = Recorder(SidecarSink(socket, io_timeout=10.0))
+    # every step handed over and sent as it is recorded: the sidecar holds a partial trajectory
+    recorder = Recorder(SidecarSink(socket, io_timeout=10.0, batch=1), batch=1)
     latents = torch.randn(1, 1, 8, 8) * scheduler.init_noise_sigma
     request = TrajectoryRequest(
         request_id=request_id,
