@@ -205,7 +205,7 @@ def main() -> None:
     extra: dict[str, list[tuple[float, float, float]]] = {k: [] for k in recorders}
     meter = LoopMeter()
     try:
-        with meter.installed():
+        with meter.installed(type(pipe)):
             for r in range(args.runs + 2):
                 call_args, call_kw = work.inputs()
                 names = list(variants)

@@ -124,7 +124,7 @@ def main() -> None:
 
     plain(), rec(), control()  # warm up
     meter = LoopMeter()
-    with meter.installed():
+    with meter.installed(type(pipe)):
         rows.append(
             _row("bundled digits (batch 20)", plain, control, rec, args.repeat, recorder, meter)[0]
         )
@@ -158,7 +158,7 @@ def main() -> None:
         return sd(**kw, callback_on_step_end=noop)
 
     sd_plain(), sd_rec(), sd_control()
-    with meter.installed():
+    with meter.installed(type(sd)):
         rows.append(
             _row(
                 "tiny SD 64x64 (batch 2)",

@@ -479,6 +479,9 @@ def capture_state(
     seen: CopyMemo | None = None if memo is None else {}
     values: dict[str, Value] = {}
     for name, value in vars(scheduler).items():
+        if type(value) in _PLAIN or value is None:  # the common case, without a call
+            values[name] = value
+            continue
         if name in _SKIP or (name in schedule and value is schedule[name]):
             continue
         ok, captured = _capture_value(value, 0, memo, seen, borrow)

@@ -124,11 +124,18 @@ def input_digest(value: Any) -> str:
     return bytes_digest(output_bytes(value))
 
 
+@functools.lru_cache(maxsize=64)
+def _signature(call: Callable[..., Any]) -> inspect.Signature:
+    """A pipeline class's ``__call__`` signature, worked out once (``inspect.signature`` took
+    most of a request's binding)."""
+    return inspect.signature(call)
+
+
 def bound_arguments(pipe: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of a pipeline call by parameter name, positional ones included (a
     positional ``negative_prompt`` is the 8th argument of ``StableDiffusionPipeline``)."""
     try:
-        bound = inspect.signature(type(pipe).__call__).bind_partial(pipe, *args, **kwargs)
+        bound = _signature(type(pipe).__call__).bind_partial(pipe, *args, **kwargs)
     except TypeError as exc:
         raise UnsupportedPipeline(f"{type(pipe).__name__}: {exc}") from None
     out: dict[str, Any] = {}
@@ -164,6 +171,8 @@ class _Call:
         self.step_args: dict[str, Any] | None = None
         self.index = 0
         self.calls = 0
+        #: the denoiser calls one step may make (one, or two for CFG run unbatched)
+        self.max_calls = family.calls_per_step(guidance)
         self.last: torch.Tensor | None = None
 
     # -- scheduler set-up ----------------------------------------------------------------------
@@ -202,7 +211,7 @@ class _Call:
 
     def denoise(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         self.calls += 1
-        if self.calls > self.family.calls_per_step(self.guidance):
+        if self.calls > self.max_calls:
             raise UnsupportedPipeline(
                 f"{self.family.name}: the denoiser ran {self.calls} times in step {self.index} "
                 "(true CFG, skip-layer guidance), which the step program does not re-run"
@@ -221,7 +230,11 @@ class _Call:
         if len(args) != 3:
             raise UnsupportedPipeline("scheduler.step takes (model_output, timestep, sample)")
         _, timestep, sample = args
-        extra = {k: v for k, v in kwargs.items() if k not in _STEP_PLUMBING}
+        extra = (
+            {k: v for k, v in kwargs.items() if k not in _STEP_PLUMBING}
+            if kwargs.keys() - _STEP_PLUMBING
+            else {}
+        )
         bad = [k for k, v in extra.items() if k not in _STEP_SCALARS or isinstance(v, torch.Tensor)]
         if bad:
             raise UnsupportedPipeline(f"scheduler.step({bad[0]}=...) is not verified")

@@ -199,12 +199,26 @@ def _tensor(value: object, what: str) -> torch.Tensor:
 def scheduler_config(scheduler: Any) -> dict[str, Any]:
     """The scheduler's effective config as JSON. diffusers' private keys are dropped: in
     particular ``_use_default_values``, which would make ``from_config`` reset values that a
-    pipeline changed after construction (Stable Diffusion rewrites DDIM's ``steps_offset``)."""
-    return {
-        str(k): _jsonable(v)
-        for k, v in dict(scheduler.config).items()
-        if not str(k).startswith("_")
-    }
+    pipeline changed after construction (Stable Diffusion rewrites DDIM's ``steps_offset``).
+
+    The last config's JSON is kept, by the config's ``repr``: a server asks for the same
+    scheduler's config every request, and its ``repr`` (which tells ``1`` from ``1.0`` and
+    ``True``, and ``0.0`` from ``-0.0``) costs a fraction of converting it. A ``repr`` that
+    abbreviates (a long array's ``...``) is never kept."""
+    global _LAST_CONFIG
+    raw = dict(scheduler.config)
+    key = repr(raw)
+    last = _LAST_CONFIG
+    if last is not None and last[0] == key:
+        return dict(last[1])
+    out = {str(k): _jsonable(v) for k, v in raw.items() if not str(k).startswith("_")}
+    if "..." not in key:
+        _LAST_CONFIG = (key, out)
+    return dict(out)
+
+
+#: the ``repr`` of the last config :func:`scheduler_config` converted, and its JSON
+_LAST_CONFIG: tuple[str, dict[str, Any]] | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -564,7 +578,8 @@ class Trajectory:
         """Record the latent after step ``index`` and the state the scheduler carries on."""
         if not self._began:
             raise MalformedInputError("step() before begin()")
-        _tensor(latents, "step(): latents")
+        if type(latents) is not torch.Tensor:
+            _tensor(latents, "step(): latents")
         if index != self._next_step:
             raise MalformedInputError(f"step {index} out of order (expected {self._next_step})")
         self._next_step += 1
@@ -580,11 +595,17 @@ class Trajectory:
         state = capture_state(scheduler, self._schedule, self._copies, borrow=borrow)
         noise, self._noise = self._noise, []
         # A CUDA timestep is copied like the latent and read on the worker: ``.item()`` here
-        # would synchronise the device every step and stall the loop's run-ahead.
+        # would synchronise the device every step and stall the loop's run-ahead. A host one is
+        # borrowed like the latent where the sink borrows, and read on the worker too.
         t_in: Any = timestep
+        cuda_timestep = False
         if isinstance(timestep, torch.Tensor):
-            t_in = host_copy(timestep) if timestep.is_cuda else timestep.item()
-        cuda_timestep = isinstance(t_in, torch.Tensor)
+            if timestep.is_cuda:
+                t_in, cuda_timestep = host_copy(timestep), True
+            elif self._borrow:
+                t_in = borrow_or_copy(timestep, borrowed)
+            else:
+                t_in = timestep.item()
         event = (
             self._event(latents, *([timestep] if cuda_timestep else []))
             if self._cuda or cuda_timestep
