@@ -316,11 +316,6 @@ def changed_since(borrowed: Borrowed) -> int:
     return sum(1 for t, version in borrowed if version_counter(t) != version)
 
 
-#: the exact types a capture keeps as they are, looked up before the isinstance checks (a
-#: capture runs on the denoising thread every step)
-_PLAIN = frozenset({int, float, str, bool})
-
-
 def _capture_value(
     value: Any,
     depth: int = 0,
@@ -328,7 +323,7 @@ def _capture_value(
     seen: CopyMemo | None = None,
     borrowed: Borrowed | None = None,
 ) -> tuple[bool, Value]:
-    if type(value) in _PLAIN or value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, bool | int | float | str):
         return True, value
     if isinstance(value, torch.Tensor):
         if borrowed is not None and _borrowed(value, borrowed):
@@ -452,6 +447,11 @@ def _held(t: torch.Tensor, held: tuple[str, tuple[int, ...], bytes]) -> bool:
         and tuple(t.shape) == shape
         and bytes(tensor_bytes(t)) == data
     )
+
+
+#: the exact types a capture keeps as they are, without a call (a capture runs on the
+#: denoising thread every step)
+_PLAIN = frozenset({int, float, str, bool})
 
 
 def capture_state(

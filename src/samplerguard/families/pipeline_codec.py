@@ -261,7 +261,7 @@ class PipelineCodec:
         and the pipeline's own code derives the whole conditioning from them."""
         kwargs = self._kwargs(request, mode="embeds")
         _check_size(kwargs)
-        per = next((kwargs[k] for k in _PER_PROMPT if k in kwargs), 1)
+        per = _per_prompt(kwargs)
         for arg, key in self.family.request_inputs:
             if key.endswith("Embeds") and key in request:
                 spec = embeds_spec(request, key, rank=2 if "pooled" in key.lower() else 3)
@@ -395,11 +395,16 @@ def _checked(key: str, value: Any) -> Any:
     raise MalformedInputError(f"the request's {key} is not a string, a number or a list of them")
 
 
+def _per_prompt(kwargs: Mapping[str, Any]) -> Any:
+    """The call's images (videos, waveforms) per prompt, as the request gave it."""
+    return next((kwargs[k] for k in _PER_PROMPT if k in kwargs), 1)
+
+
 def _check_size(kwargs: Mapping[str, Any]) -> None:
     """The request cannot make the verifier allocate more than a bounded latent."""
     prompt = kwargs.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) else 1
-    per = next((kwargs[k] for k in _PER_PROMPT if k in kwargs), 1)
+    per = _per_prompt(kwargs)
     if not isinstance(per, int) or isinstance(per, bool) or not 0 < prompts * per <= MAX_IMAGES:
         raise MalformedInputError(
             f"the request makes more than {MAX_IMAGES} images (prompts times images per prompt)"

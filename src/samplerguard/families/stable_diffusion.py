@@ -21,10 +21,10 @@ from samplerguard.families._base import (
     read_config,
     register,
 )
-from samplerguard.families._embeds import MAX_PROMPT_CHARS as _MAX_PROMPT_CHARS
-from samplerguard.families._embeds import MAX_PROMPTS as _MAX_PROMPTS
-from samplerguard.families._embeds import OUTPUT_TYPES as _OUTPUT_TYPES
 from samplerguard.families._embeds import (
+    MAX_PROMPT_CHARS,
+    MAX_PROMPTS,
+    OUTPUT_TYPES,
     check_images,
     embeds_spec,
     repeated_exactly,
@@ -363,12 +363,12 @@ def _prompts(request: Mapping[str, Any], key: str) -> str | list[str] | None:
         return None
     items = value if isinstance(value, list) else [value]
     if not (
-        1 <= len(items) <= _MAX_PROMPTS
-        and all(isinstance(p, str) and len(p) <= _MAX_PROMPT_CHARS for p in items)
+        1 <= len(items) <= MAX_PROMPTS
+        and all(isinstance(p, str) and len(p) <= MAX_PROMPT_CHARS for p in items)
     ):
         raise MalformedInputError(
-            f"the request's {key} is not a string or a list of 1..{_MAX_PROMPTS} strings of at "
-            f"most {_MAX_PROMPT_CHARS} characters"
+            f"the request's {key} is not a string or a list of 1..{MAX_PROMPTS} strings of at "
+            f"most {MAX_PROMPT_CHARS} characters"
         )
     return value if isinstance(value, str) else list(items)
 
@@ -428,7 +428,7 @@ class StableDiffusionCodec:
         do_cfg = self.cfg and float(request["guidanceScale"]) > 1.0
         if do_cfg:
             _paired(prompt, negative, "negativePrompt")
-        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS)
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, MAX_PROMPTS)
         check_images(len(prompt) if isinstance(prompt, list) else 1, per_prompt or 1)
         layers = int(self.pipe.text_encoder.config.num_hidden_layers)
         clip_skip = _small_int(request, "clipSkip", None, layers - 1)
@@ -458,7 +458,7 @@ class StableDiffusionCodec:
         if _prompts(request, "prompt") is not None:
             raise MalformedInputError("the request carries both a prompt and prompt embeddings")
         do_cfg = self.cfg and float(request["guidanceScale"]) > 1.0
-        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, MAX_PROMPTS) or 1
         positive = embeds_spec(request, "promptEmbeds")
         negative = (
             embeds_spec(request, "negativePromptEmbeds")
@@ -574,7 +574,7 @@ class StableDiffusionCodec:
         from samplerguard.commitment.digest import output_bytes
 
         kind = recipe.get("output_type")
-        if kind not in _OUTPUT_TYPES:
+        if kind not in OUTPUT_TYPES:
             raise UncheckedBinding(f"no reference post-processing for output type {kind!r}")
         if kind == "latent":
             return output_bytes(final_latent)
@@ -637,7 +637,7 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
         _paired(prompt, prompt_2, "prompt2")
         _paired(prompt, negative, "negativePrompt")
         _paired(prompt, negative_2, "negativePrompt2")
-        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, MAX_PROMPTS) or 1
         check_images(len(prompt) if isinstance(prompt, list) else 1, per_prompt)
         layers = min(
             int(self.pipe.text_encoder.config.num_hidden_layers),
@@ -678,7 +678,7 @@ class StableDiffusionXLCodec(StableDiffusionCodec):
             if _prompts(request, key) is not None:
                 raise MalformedInputError(f"the request carries both a {key} and prompt embeddings")
         do_cfg = float(request["guidanceScale"]) > 1.0
-        per_prompt = _small_int(request, "imagesPerPrompt", 1, _MAX_PROMPTS) or 1
+        per_prompt = _small_int(request, "imagesPerPrompt", 1, MAX_PROMPTS) or 1
         positive, pooled = _with_pooled(request, "promptEmbeds", "pooledPromptEmbeds")
         negative = negative_pooled = None
         if do_cfg and "negativePromptEmbeds" in request:

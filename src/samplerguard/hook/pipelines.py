@@ -111,7 +111,7 @@ def _call_output_type(pipe: Any, bound: Mapping[str, Any]) -> str | None:
 
 @functools.cache
 def _default_output_type(call: Callable[..., Any]) -> str | None:
-    param = inspect.signature(call).parameters.get("output_type")
+    param = _signature(call).parameters.get("output_type")
     return param.default if param is not None and isinstance(param.default, str) else None
 
 
@@ -230,11 +230,7 @@ class _Call:
         if len(args) != 3:
             raise UnsupportedPipeline("scheduler.step takes (model_output, timestep, sample)")
         _, timestep, sample = args
-        extra = (
-            {k: v for k, v in kwargs.items() if k not in _STEP_PLUMBING}
-            if kwargs.keys() - _STEP_PLUMBING
-            else {}
-        )
+        extra = {k: v for k, v in kwargs.items() if k not in _STEP_PLUMBING}
         bad = [k for k, v in extra.items() if k not in _STEP_SCALARS or isinstance(v, torch.Tensor)]
         if bad:
             raise UnsupportedPipeline(f"scheduler.step({bad[0]}=...) is not verified")

@@ -569,7 +569,7 @@ class Trajectory:
                 self._fail(f"could not start the trajectory: {exc}")
 
         if self._recorder.early_start:
-            self._submit(job)
+            self._hand_off(job)
         else:
             self._start = job  # goes with the first hand-off of steps
             self._held_since = time.monotonic()
@@ -578,8 +578,7 @@ class Trajectory:
         """Record the latent after step ``index`` and the state the scheduler carries on."""
         if not self._began:
             raise MalformedInputError("step() before begin()")
-        if type(latents) is not torch.Tensor:
-            _tensor(latents, "step(): latents")
+        _tensor(latents, "step(): latents")
         if index != self._next_step:
             raise MalformedInputError(f"step {index} out of order (expected {self._next_step})")
         self._next_step += 1
@@ -655,7 +654,7 @@ class Trajectory:
             finally:
                 self._done.set()
 
-        self._submit(job)
+        self._hand_off(job)
 
     # -- failure and completion ----------------------------------------------------------------
 
@@ -668,13 +667,10 @@ class Trajectory:
             except Exception:  # the sink is already broken; the error above is what counts
                 log.debug("sink abort failed", exc_info=True)
 
-    def _submit(self, job: Callable[[], None]) -> None:
-        """Hand ``job`` to the worker at once, after the steps held for it."""
-        self._hand_off(job)
-
     def _hand_off(self, job: Callable[[], None] | None) -> None:
-        """Hand the held steps, then ``job``, to the worker. Steps alone are refused when the
-        worker is ``max_pending`` steps behind: the trajectory is then unverified."""
+        """Hand the held steps (and a start waiting for them), then ``job``, to the worker at
+        once. Steps alone are refused when the worker is ``max_pending`` steps behind: the
+        trajectory is then unverified."""
         held, self._held = self._held, []
         start, self._start = self._start, None
 
@@ -724,7 +720,7 @@ class Trajectory:
             self._done.set()
 
         self._start = None  # a start not handed over yet is never sent: nothing to abort there
-        self._submit(job)
+        self._hand_off(job)
 
     def _wait(self, timeout: float = 60.0) -> None:
         if not self._ended:
